@@ -1,1 +1,43 @@
-//! stub
+//! Platte's signed payload format and the streaming verifier/applier.
+//!
+//! A payload is `header || manifest || signatures || data`. The header, manifest and signatures
+//! (the *prefix*) are bounded in size and say everything needed to decide whether to trust the
+//! payload before its first data byte arrives; the data is a sequence of operations (REPLACE,
+//! REPLACE_ZSTD, ZERO), each checked against its signed SHA-256 before it is written. The format
+//! is specified byte by byte in `docs/payload-format.md`.
+//!
+//! - [`build`]: build and sign a payload from an image; [`sign`]: add a signature.
+//! - [`Prefix::verify`], [`read_prefix`]: read and verify a payload's prefix without its data
+//!   (what the server does on publish); [`verify_payload`]: verify everything without writing.
+//! - [`Applier`]: the push-style streaming applier with resumable [`Checkpoint`]s (what the agent
+//!   drives); [`apply_from_reader`]: the same from any reader.
+//! - [`keys`]: key generation, PEM files, key ids and the [`TrustStore`].
+
+pub mod apply;
+pub mod build;
+mod digest;
+pub mod format;
+pub mod keys;
+pub mod sign;
+mod target;
+mod verify;
+
+pub use apply::{
+    Applied, Applier, ApplyError, ApplyOptions, Checkpoint, ErrorClass, Expectations, Progress,
+    apply_from_reader, verify_payload,
+};
+pub use build::{BuildOptions, BuildReport, build_file, build_payload, build_to_vec};
+pub use digest::{ParseDigestError, Sha256Digest};
+pub use ed25519_dalek::{SigningKey, VerifyingKey};
+pub use format::{FormatError, Kind, Manifest, OpKind, Operation, Prefix, read_prefix};
+pub use keys::{KeyError, KeyId, TrustStore};
+pub use target::Target;
+pub use verify::{PayloadInfo, VerifyError};
+
+/// The current time in Unix seconds, for [`ApplyOptions::now`]. Call it at the edge (the CLI, the
+/// agent's main loop), not inside library logic.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

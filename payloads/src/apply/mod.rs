@@ -1,0 +1,598 @@
+//! The streaming applier: a push-style state machine that is fed payload bytes in chunks of any
+//! size, verifies header, manifest and signatures before anything is written, checks each
+//! operation's SHA-256 before writing it, and finally re-reads the target and checks its SHA-256.
+//! It does no network I/O; the caller owns the transport, the clock and checkpoint persistence.
+//!
+//! Memory is bounded independently of the image size: the prefix (≤ 1 MiB + signatures), one
+//! operation's data (≤ 4 MiB) and one decompressed operation (≤ 4 MiB).
+
+mod checkpoint;
+mod error;
+mod sink;
+
+use std::io::{self, Read};
+
+pub use checkpoint::{CHECKPOINT_VERSION, Checkpoint};
+pub use error::{ApplyError, ErrorClass};
+
+use sink::Sink;
+
+use crate::digest::Sha256Digest;
+use crate::format::{Kind, Manifest, OpKind, Operation, Prefix, prefix_len_needed};
+use crate::keys::TrustStore;
+use crate::target::Target;
+use crate::verify::PayloadInfo;
+
+/// Size of the reads done by [`apply_from_reader`] and [`verify_payload`].
+const READ_CHUNK: usize = 1 << 20;
+
+/// Manifest values the caller requires; a mismatch is refused before anything is written.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Expectations {
+    /// Required application id.
+    pub app_id: Option<String>,
+    /// Required version.
+    pub version: Option<String>,
+    /// Required kind.
+    pub kind: Option<Kind>,
+    /// Required architecture.
+    pub arch: Option<String>,
+    /// Required board.
+    pub board: Option<String>,
+}
+
+impl Expectations {
+    /// Checks `manifest` against every expectation that is set.
+    pub fn check(&self, manifest: &Manifest) -> Result<(), ApplyError> {
+        let fields: [(&'static str, Option<&str>, &str); 5] = [
+            ("app id", self.app_id.as_deref(), &manifest.app_id),
+            ("version", self.version.as_deref(), &manifest.version),
+            ("kind", self.kind.map(Kind::as_str), manifest.kind.as_str()),
+            ("arch", self.arch.as_deref(), &manifest.arch),
+            ("board", self.board.as_deref(), &manifest.board),
+        ];
+        for (field, expected, found) in fields {
+            if let Some(expected) = expected.filter(|&e| e != found) {
+                return Err(ApplyError::Mismatch {
+                    field,
+                    expected: expected.to_owned(),
+                    found: found.to_owned(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How to apply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApplyOptions {
+    /// Current time in Unix seconds, for the expiry check (injected, never read from the clock here).
+    pub now: u64,
+    /// Manifest values the caller requires.
+    pub expect: Expectations,
+    /// Whether [`Applier::finish`] syncs the target to its device before re-reading it.
+    pub sync: bool,
+}
+
+impl ApplyOptions {
+    /// Options with the given time, no expectations, and syncing enabled.
+    pub fn new(now: u64) -> Self {
+        Self {
+            now,
+            expect: Expectations::default(),
+            sync: true,
+        }
+    }
+}
+
+/// Where an apply stands after a [`Applier::feed`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Payload bytes consumed so far (the payload offset of the next byte to feed).
+    pub received: u64,
+    /// Total payload length, once the prefix has been verified.
+    pub payload_len: Option<u64>,
+    /// Operations written.
+    pub operations_done: u64,
+    /// Number of operations, once the prefix has been verified.
+    pub operations_total: Option<u64>,
+    /// Target bytes written.
+    pub target_bytes_done: u64,
+}
+
+impl Progress {
+    /// Whether header, manifest and signatures have been verified.
+    pub fn is_verified(&self) -> bool {
+        self.payload_len.is_some()
+    }
+
+    /// Whether every operation has been written; [`Applier::finish`] remains.
+    pub fn is_complete(&self) -> bool {
+        self.operations_total == Some(self.operations_done)
+    }
+}
+
+/// The result of a successful apply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// The verified payload.
+    pub info: PayloadInfo,
+    /// SHA-256 of the target as re-read (equal to the manifest's).
+    pub target_sha256: Sha256Digest,
+}
+
+/// The streaming applier. See the module documentation.
+pub struct Applier {
+    trust: TrustStore,
+    opts: ApplyOptions,
+    sink: Sink,
+    stage: Stage,
+    received: u64,
+    stopped: bool,
+}
+
+enum Stage {
+    /// Collecting header, manifest and signatures.
+    Prefix(Vec<u8>),
+    /// Verified; applying operations.
+    Data(Box<DataState>),
+}
+
+struct DataState {
+    info: PayloadInfo,
+    /// Index of the first operation not yet written.
+    next_op: usize,
+    /// Payload offset of that operation's data.
+    op_data_offset: u64,
+    target_done: u64,
+    /// Partial data of `next_op`.
+    buf: Vec<u8>,
+    /// Decompression output.
+    scratch: Vec<u8>,
+    decompressor: Option<zstd::bulk::Decompressor<'static>>,
+}
+
+impl Applier {
+    /// An applier that writes into `target` once the payload it is fed has been verified against
+    /// `trust` (copied: trust stores are small).
+    pub fn new(trust: &TrustStore, target: Target, opts: ApplyOptions) -> Self {
+        Self::with_sink(trust, Sink::target(target), opts)
+    }
+
+    /// An applier that writes nothing: it reconstructs the target in memory order, hashes it and
+    /// checks the result, so a payload can be fully verified without a target.
+    pub fn verifier(trust: &TrustStore, opts: ApplyOptions) -> Self {
+        Self::with_sink(trust, Sink::Hash(Default::default()), opts)
+    }
+
+    fn with_sink(trust: &TrustStore, sink: Sink, opts: ApplyOptions) -> Self {
+        Self {
+            trust: trust.clone(),
+            opts,
+            sink,
+            stage: Stage::Prefix(Vec::new()),
+            received: 0,
+            stopped: false,
+        }
+    }
+
+    /// Continues an apply from `checkpoint`. `prefix` must be the payload's first
+    /// `checkpoint.prefix_len` bytes; it is decoded and verified again (trust, expiry,
+    /// expectations, target size) and must be the payload the checkpoint was taken from. Then feed
+    /// the payload from `checkpoint.payload_offset` on.
+    pub fn resume(
+        trust: &TrustStore,
+        target: Target,
+        checkpoint: &Checkpoint,
+        prefix: &[u8],
+        opts: ApplyOptions,
+    ) -> Result<Self, ApplyError> {
+        let bad = |reason: String| ApplyError::InvalidCheckpoint { reason };
+        if checkpoint.version != CHECKPOINT_VERSION {
+            return Err(bad(format!(
+                "checkpoint version {} is not {CHECKPOINT_VERSION}",
+                checkpoint.version
+            )));
+        }
+        if prefix.len() as u64 != checkpoint.prefix_len {
+            return Err(bad(format!(
+                "{} prefix bytes supplied, the checkpoint needs exactly {}",
+                prefix.len(),
+                checkpoint.prefix_len
+            )));
+        }
+        if (target.base(), target.len()) != (checkpoint.target_base, checkpoint.target_len) {
+            return Err(bad(format!(
+                "target range {}+{} differs from the checkpoint's {}+{}",
+                target.base(),
+                target.len(),
+                checkpoint.target_base,
+                checkpoint.target_len
+            )));
+        }
+        let mut applier = Self::new(trust, target, opts);
+        let info = applier.admit(prefix)?;
+        if info.signed_sha256 != checkpoint.signed_sha256 {
+            return Err(bad(
+                "the checkpoint belongs to another payload (header and manifest digest differ)"
+                    .to_owned(),
+            ));
+        }
+        let ops = &info.manifest.operations;
+        let next_op = usize::try_from(checkpoint.next_operation)
+            .ok()
+            .filter(|&n| n <= ops.len())
+            .ok_or_else(|| {
+                bad(format!(
+                    "next operation {} is beyond the payload's {} operations",
+                    checkpoint.next_operation,
+                    ops.len()
+                ))
+            })?;
+        let done = &ops[..next_op];
+        let offset = info.prefix_len + done.iter().map(|op| op.data_len).sum::<u64>();
+        if offset != checkpoint.payload_offset {
+            return Err(bad(format!(
+                "payload offset {} does not match operation {next_op}, whose data starts at {offset}",
+                checkpoint.payload_offset
+            )));
+        }
+        let target_done = done.iter().map(|op| op.dst_len).sum();
+        applier.sink.start(info.manifest.target_size, target_done);
+        applier.stage = Stage::Data(Box::new(DataState::new(info, next_op, offset, target_done)));
+        applier.received = offset;
+        Ok(applier)
+    }
+
+    /// Decodes and verifies a complete prefix, and checks expectations and target capacity.
+    fn admit(&self, prefix: &[u8]) -> Result<PayloadInfo, ApplyError> {
+        let prefix = Prefix::decode(prefix)?;
+        let info = prefix.verify(&self.trust, self.opts.now)?;
+        self.opts.expect.check(&info.manifest)?;
+        let capacity = self.sink.capacity().map_err(|error| ApplyError::Io {
+            action: "checking target size",
+            offset: 0,
+            error,
+        })?;
+        if let Some(available) = capacity.filter(|&a| a < info.manifest.target_size) {
+            return Err(ApplyError::TargetTooSmall {
+                needed: info.manifest.target_size,
+                available,
+            });
+        }
+        Ok(info)
+    }
+
+    /// Consumes the next bytes of the payload. Once the prefix is complete it is verified; then
+    /// every operation whose data is complete is checked and written. After an error the applier
+    /// refuses further input ([`ApplyError::Stopped`]); its [`checkpoint`](Self::checkpoint)
+    /// stays valid.
+    pub fn feed(&mut self, chunk: &[u8]) -> Result<Progress, ApplyError> {
+        if self.stopped {
+            return Err(ApplyError::Stopped);
+        }
+        match self.feed_inner(chunk) {
+            Ok(()) => Ok(self.progress()),
+            Err(e) => {
+                self.stopped = true;
+                Err(e)
+            }
+        }
+    }
+
+    fn feed_inner(&mut self, mut chunk: &[u8]) -> Result<(), ApplyError> {
+        if let Stage::Prefix(buf) = &mut self.stage {
+            loop {
+                let needed = prefix_len_needed(buf)?;
+                if buf.len() == needed {
+                    break;
+                }
+                if chunk.is_empty() {
+                    return Ok(());
+                }
+                let take = (needed - buf.len()).min(chunk.len());
+                buf.extend_from_slice(&chunk[..take]);
+                chunk = &chunk[take..];
+                self.received += take as u64;
+            }
+            let prefix = std::mem::take(buf);
+            let info = self.admit(&prefix)?;
+            let start = info.prefix_len;
+            self.sink.start(info.manifest.target_size, 0);
+            self.stage = Stage::Data(Box::new(DataState::new(info, 0, start, 0)));
+        }
+        match &mut self.stage {
+            Stage::Data(state) => state.consume(&mut self.sink, chunk, &mut self.received),
+            Stage::Prefix(_) => Ok(()),
+        }
+    }
+
+    /// Current progress.
+    pub fn progress(&self) -> Progress {
+        match &self.stage {
+            Stage::Prefix(_) => Progress {
+                received: self.received,
+                payload_len: None,
+                operations_done: 0,
+                operations_total: None,
+                target_bytes_done: 0,
+            },
+            Stage::Data(s) => Progress {
+                received: self.received,
+                payload_len: Some(s.info.payload_len()),
+                operations_done: s.next_op as u64,
+                operations_total: Some(s.info.manifest.operations.len() as u64),
+                target_bytes_done: s.target_done,
+            },
+        }
+    }
+
+    /// The verified payload, once the prefix has been verified.
+    pub fn info(&self) -> Option<&PayloadInfo> {
+        match &self.stage {
+            Stage::Data(s) => Some(&s.info),
+            Stage::Prefix(_) => None,
+        }
+    }
+
+    /// A checkpoint of the operations written so far, once the prefix has been verified (and only
+    /// when writing to a target). Call [`sync`](Self::sync) before persisting it if it must survive
+    /// a power loss; the final hash check catches lost writes in any case.
+    pub fn checkpoint(&self) -> Option<Checkpoint> {
+        let Stage::Data(s) = &self.stage else {
+            return None;
+        };
+        let (target_base, target_len) = self.sink.range()?;
+        Some(Checkpoint {
+            version: CHECKPOINT_VERSION,
+            signed_sha256: s.info.signed_sha256,
+            prefix_len: s.info.prefix_len,
+            next_operation: s.next_op as u64,
+            payload_offset: s.op_data_offset,
+            target_base,
+            target_len,
+        })
+    }
+
+    /// Flushes the target's written data to its device.
+    pub fn sync(&self) -> Result<(), ApplyError> {
+        self.sink.sync().map_err(|error| ApplyError::Io {
+            action: "syncing target",
+            offset: 0,
+            error,
+        })
+    }
+
+    /// Completes the apply: every operation must have been written and nothing may be left over;
+    /// then the target is synced (if [`ApplyOptions::sync`]) and re-read, and its SHA-256 must
+    /// equal the manifest's.
+    pub fn finish(self) -> Result<Applied, ApplyError> {
+        if self.stopped {
+            return Err(ApplyError::Stopped);
+        }
+        let mut sink = self.sink;
+        let Stage::Data(mut s) = self.stage else {
+            return Err(ApplyError::Truncated {
+                received: self.received,
+                expected: None,
+            });
+        };
+        s.run_zero_ops(&mut sink)?;
+        if s.next_op < s.info.manifest.operations.len() {
+            return Err(ApplyError::Truncated {
+                received: self.received,
+                expected: Some(s.info.payload_len()),
+            });
+        }
+        let expected = s.info.manifest.target_sha256;
+        let found = sink
+            .final_digest(s.info.manifest.target_size, self.opts.sync)
+            .map_err(|(offset, error)| ApplyError::Io {
+                action: "re-reading target",
+                offset,
+                error,
+            })?;
+        if found != expected {
+            return Err(ApplyError::TargetHashMismatch { expected, found });
+        }
+        Ok(Applied {
+            info: s.info,
+            target_sha256: found,
+        })
+    }
+}
+
+fn write_error(offset: u64) -> impl FnOnce(io::Error) -> ApplyError {
+    move |error| ApplyError::Io {
+        action: "writing target",
+        offset,
+        error,
+    }
+}
+
+impl DataState {
+    fn new(info: PayloadInfo, next_op: usize, op_data_offset: u64, target_done: u64) -> Self {
+        Self {
+            info,
+            next_op,
+            op_data_offset,
+            target_done,
+            buf: Vec::new(),
+            scratch: Vec::new(),
+            decompressor: None,
+        }
+    }
+
+    /// Applies operations as their data completes.
+    fn consume(
+        &mut self,
+        sink: &mut Sink,
+        mut chunk: &[u8],
+        received: &mut u64,
+    ) -> Result<(), ApplyError> {
+        loop {
+            self.run_zero_ops(sink)?;
+            let Some(op) = self.info.manifest.operations.get(self.next_op).copied() else {
+                if chunk.is_empty() {
+                    return Ok(());
+                }
+                return Err(ApplyError::DataAfterEnd {
+                    offset: *received,
+                    payload_len: self.info.payload_len(),
+                });
+            };
+            if chunk.is_empty() {
+                return Ok(());
+            }
+            // data_len ≤ MAX_DATA_OPERATION_LEN (4 MiB), checked by the manifest decoder.
+            let data_len = op.data_len as usize;
+            let need = data_len - self.buf.len();
+            if self.buf.is_empty() && chunk.len() >= need {
+                let (data, rest) = chunk.split_at(need);
+                *received += need as u64;
+                chunk = rest;
+                self.apply_op(sink, &op, data)?;
+            } else {
+                let take = need.min(chunk.len());
+                self.buf.extend_from_slice(&chunk[..take]);
+                *received += take as u64;
+                chunk = &chunk[take..];
+                if self.buf.len() == data_len {
+                    let data = std::mem::take(&mut self.buf);
+                    let result = self.apply_op(sink, &op, &data);
+                    self.buf = data;
+                    self.buf.clear();
+                    result?;
+                }
+            }
+        }
+    }
+
+    /// Applies the ZERO operations at the current position (they need no data).
+    fn run_zero_ops(&mut self, sink: &mut Sink) -> Result<(), ApplyError> {
+        while let Some(op) = self.info.manifest.operations.get(self.next_op).copied() {
+            if op.kind != OpKind::Zero {
+                break;
+            }
+            self.apply_op(sink, &op, &[])?;
+        }
+        Ok(())
+    }
+
+    /// Checks an operation's data against its digest, then writes it.
+    fn apply_op(&mut self, sink: &mut Sink, op: &Operation, data: &[u8]) -> Result<(), ApplyError> {
+        let index = self.next_op;
+        match op.kind {
+            OpKind::Zero => sink
+                .write_zeros(op.dst_offset, op.dst_len)
+                .map_err(write_error(op.dst_offset))?,
+            OpKind::Replace | OpKind::ReplaceZstd => {
+                let found = Sha256Digest::of(data);
+                if found != op.data_sha256 {
+                    return Err(ApplyError::DataHashMismatch {
+                        index,
+                        payload_offset: self.op_data_offset,
+                        expected: op.data_sha256,
+                        found,
+                    });
+                }
+                let bytes = if op.kind == OpKind::Replace {
+                    data
+                } else {
+                    self.decompress(index, data, op.dst_len as usize)?
+                };
+                sink.write(op.dst_offset, bytes)
+                    .map_err(write_error(op.dst_offset))?;
+            }
+        }
+        sink.advance(op.dst_end());
+        self.next_op += 1;
+        self.op_data_offset += op.data_len;
+        self.target_done += op.dst_len;
+        Ok(())
+    }
+
+    /// Decompresses one zstd operation into exactly `dst_len` bytes.
+    fn decompress(
+        &mut self,
+        index: usize,
+        data: &[u8],
+        dst_len: usize,
+    ) -> Result<&[u8], ApplyError> {
+        let fail = |reason: String| ApplyError::Decompress { index, reason };
+        let decompressor = match &mut self.decompressor {
+            Some(d) => d,
+            slot => slot.insert(zstd::bulk::Decompressor::new().map_err(|e| fail(e.to_string()))?),
+        };
+        if self.scratch.len() < dst_len {
+            self.scratch.resize(dst_len, 0);
+        }
+        let out = &mut self.scratch[..dst_len];
+        let n = decompressor
+            .decompress_to_buffer(data, out)
+            .map_err(|e| fail(e.to_string()))?;
+        if n != dst_len {
+            return Err(fail(format!("produced {n} bytes, expected {dst_len}")));
+        }
+        Ok(&self.scratch[..dst_len])
+    }
+}
+
+/// Feeds everything `reader` yields into `applier`, in 1 MiB reads.
+fn drive(applier: &mut Applier, mut reader: impl Read) -> Result<(), ApplyError> {
+    let mut buf = vec![0u8; READ_CHUNK];
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(error) => {
+                return Err(ApplyError::Io {
+                    action: "reading payload",
+                    offset: applier.received,
+                    error,
+                });
+            }
+        };
+        applier.feed(&buf[..n])?;
+    }
+}
+
+/// Applies the whole payload from `reader` into `target` and finishes (final hash check).
+pub fn apply_from_reader(
+    reader: impl Read,
+    trust: &TrustStore,
+    target: Target,
+    opts: ApplyOptions,
+) -> Result<Applied, ApplyError> {
+    let mut applier = Applier::new(trust, target, opts);
+    drive(&mut applier, reader)?;
+    applier.finish()
+}
+
+/// Fully verifies a payload without writing anything: prefix, signatures, expiry, expectations,
+/// every operation's data, nothing after the end, and the SHA-256 of the target it produces.
+pub fn verify_payload(
+    reader: impl Read,
+    trust: &TrustStore,
+    opts: ApplyOptions,
+) -> Result<PayloadInfo, ApplyError> {
+    let mut applier = Applier::verifier(trust, opts);
+    drive(&mut applier, reader)?;
+    applier.finish().map(|applied| applied.info)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The agent drives the applier from a blocking task of an async runtime.
+    #[test]
+    fn applier_and_checkpoint_are_send() {
+        fn assert_send<T: Send + 'static>() {}
+        assert_send::<Applier>();
+        assert_send::<Checkpoint>();
+        assert_send::<ApplyError>();
+    }
+}

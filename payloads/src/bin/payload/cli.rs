@@ -1,0 +1,146 @@
+//! Command-line syntax of `payload` (clap derive).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use payloads::Kind;
+
+/// Build, sign, verify, inspect and apply Platte update payloads.
+#[derive(Debug, Parser)]
+#[command(name = "payload", version, about, after_help = EXIT_CODES)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+const EXIT_CODES: &str = "Exit codes: 0 ok, 1 I/O or local error, 2 usage error, \
+3 invalid payload, 4 untrusted payload.";
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Generate an Ed25519 key pair: PREFIX.key (PKCS#8 PEM, mode 0600) and PREFIX.pub (SPKI PEM).
+    Keygen {
+        /// Path prefix of the two files.
+        #[arg(long, value_name = "PREFIX")]
+        out: PathBuf,
+    },
+    /// Build and sign a payload from an image.
+    Build(BuildArgs),
+    /// Add a signature to an existing payload (in place, atomically).
+    Sign {
+        /// Private key (PKCS#8 PEM).
+        #[arg(long, value_name = "KEY")]
+        key: PathBuf,
+        /// Payload file.
+        payload: PathBuf,
+    },
+    /// Verify a payload completely against trusted keys, without writing anything.
+    Verify {
+        /// Directory of trusted *.pub files, or one public key file.
+        #[arg(long, value_name = "DIR|PUBFILE")]
+        trusted: PathBuf,
+        /// Payload file.
+        payload: PathBuf,
+    },
+    /// Show a payload's header, manifest and signatures (not verified).
+    Inspect {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Also list every operation.
+        #[arg(long)]
+        operations: bool,
+        /// Payload file.
+        payload: PathBuf,
+    },
+    /// Verify and write a payload into a target file, block device, or byte range of one.
+    Apply(ApplyArgs),
+}
+
+/// Arguments of `payload build`.
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// Private signing key; repeat to sign with several keys.
+    #[arg(long = "key", value_name = "KEY", required = true)]
+    pub keys: Vec<PathBuf>,
+    /// Application id (e.g. the Omaha app id).
+    #[arg(long = "app", value_name = "ID")]
+    pub app_id: String,
+    /// Version of the image.
+    #[arg(long)]
+    pub version: String,
+    /// What the image is.
+    #[arg(long, default_value = "partition", value_parser = parse_kind)]
+    pub kind: Kind,
+    /// Architecture (default: this machine's).
+    #[arg(long, default_value = std::env::consts::ARCH)]
+    pub arch: String,
+    /// Board; empty means any.
+    #[arg(long, default_value = "")]
+    pub board: String,
+    /// Metadata entry; repeatable.
+    #[arg(long = "meta", value_name = "KEY=VALUE", value_parser = parse_meta)]
+    pub meta: Vec<(String, String)>,
+    /// Creation time in Unix seconds (default: $SOURCE_DATE_EPOCH, else now).
+    #[arg(long, value_name = "UNIX")]
+    pub created: Option<u64>,
+    /// Expiry time in Unix seconds; the payload is refused from then on.
+    #[arg(long, value_name = "UNIX")]
+    pub expires: Option<u64>,
+    /// Oldest version this payload may be installed over.
+    #[arg(long, value_name = "VERSION")]
+    pub min_source_version: Option<String>,
+    /// Block size in bytes.
+    #[arg(long, default_value_t = 4096)]
+    pub block_size: u32,
+    /// Target bytes per data operation (multiple of the block size, at most 4 MiB).
+    #[arg(long, default_value_t = payloads::build::DEFAULT_CHUNK_SIZE)]
+    pub chunk_size: u32,
+    /// zstd compression level.
+    #[arg(long, default_value_t = payloads::build::DEFAULT_ZSTD_LEVEL)]
+    pub level: i32,
+    /// Compression threads (default: one per CPU).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Image file to package.
+    #[arg(long, value_name = "IMG")]
+    pub image: PathBuf,
+    /// Payload file to write.
+    #[arg(long, value_name = "P")]
+    pub out: PathBuf,
+}
+
+/// Arguments of `payload apply`.
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// Directory of trusted *.pub files, or one public key file.
+    #[arg(long, value_name = "DIR|PUBFILE")]
+    pub trusted: PathBuf,
+    /// Target file or block device.
+    #[arg(long, value_name = "PATH")]
+    pub target: PathBuf,
+    /// Byte offset of the target range in PATH.
+    #[arg(long, default_value_t = 0)]
+    pub offset: u64,
+    /// Length of the target range (default: from OFFSET to the end of PATH).
+    #[arg(long)]
+    pub length: Option<u64>,
+    /// Create PATH as a new regular file (it must not exist) sized for the payload.
+    #[arg(long)]
+    pub create: bool,
+    /// Payload file.
+    pub payload: PathBuf,
+}
+
+fn parse_kind(s: &str) -> Result<Kind, String> {
+    s.parse()
+}
+
+fn parse_meta(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
+    }
+}

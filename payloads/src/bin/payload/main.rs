@@ -1,0 +1,24 @@
+//! `payload`: generate keys, build, sign, verify, inspect and apply Platte payloads.
+//!
+//! Exit codes: 0 success; 1 I/O or other local error (files, keys, trust store, target too
+//! small); 2 usage error; 3 invalid payload (malformed, corrupted, truncated, expired, hash
+//! mismatch); 4 untrusted payload (no signature, no signature by a trusted key, bad signature).
+
+mod cli;
+mod commands;
+mod exit;
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    match commands::run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("payload: error: {err:#}");
+            ExitCode::from(exit::code(&err))
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! Helpers shared by the integration tests: deterministic keys, images and payloads, and target
+//! files pre-filled with a recognisable "old slot" pattern.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::fs::File;
+use std::io::Write as _;
+use std::os::unix::fs::FileExt as _;
+
+use payloads::build::{BuildOptions, build_to_vec};
+use payloads::{SigningKey, Target, TrustStore};
+
+/// The byte every target starts filled with (stands for the old slot contents).
+pub const OLD: u8 = 0xA5;
+/// "Now" for tests, well after the build time below.
+pub const NOW: u64 = 1_750_000_000;
+/// Creation time used by the test builds.
+pub const CREATED: u64 = 1_700_000_000;
+
+/// A deterministic signing key.
+pub fn key(seed: u8) -> SigningKey {
+    SigningKey::from_bytes(&[seed; 32])
+}
+
+/// A trust store holding the keys with these seeds.
+pub fn trust(seeds: &[u8]) -> TrustStore {
+    TrustStore::from_keys(seeds.iter().map(|&s| key(s).verifying_key())).unwrap()
+}
+
+/// xorshift64* bytes: incompressible, deterministic.
+pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        out.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Compressible text-like bytes.
+pub fn text_bytes(len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 64);
+    let mut i = 0u64;
+    while out.len() < len {
+        out.extend_from_slice(format!("line {i}: the quick brown fox jumps\n").as_bytes());
+        i += 1;
+    }
+    out.truncate(len);
+    out
+}
+
+/// An image of `regions` regions of `region` bytes cycling random, zero and text, plus a short
+/// random tail so the size is not a multiple of the block size.
+pub fn mixed_image(region: usize, regions: usize) -> Vec<u8> {
+    let mut img = Vec::with_capacity(region * regions + 777);
+    for r in 0..regions {
+        match r % 3 {
+            0 => img.extend(random_bytes(r as u64 + 1, region)),
+            1 => img.extend(std::iter::repeat_n(0u8, region)),
+            _ => img.extend(text_bytes(region)),
+        }
+    }
+    img.extend(random_bytes(99, 777));
+    img
+}
+
+/// Build options for tests: small chunks so there are many operations.
+pub fn options(chunk_size: u32) -> BuildOptions {
+    let mut o = BuildOptions::new("test-app", "1.0.0", "x86_64", CREATED);
+    o.chunk_size = chunk_size;
+    o.threads = 2;
+    o
+}
+
+/// Builds a payload signed by the keys with these seeds.
+pub fn build(image: &[u8], chunk_size: u32, seeds: &[u8]) -> Vec<u8> {
+    let keys: Vec<_> = seeds.iter().map(|&s| key(s)).collect();
+    build_to_vec(image, &keys, &options(chunk_size)).unwrap().0
+}
+
+/// A temporary file of `len` bytes of [`OLD`].
+pub fn old_file(len: usize) -> File {
+    let mut f = tempfile::tempfile().unwrap();
+    f.write_all(&vec![OLD; len]).unwrap();
+    f
+}
+
+/// A target covering all of a fresh [`old_file`] of `len` bytes, plus a handle to read it back.
+pub fn target(len: usize) -> (Target, File) {
+    let f = old_file(len);
+    let reader = f.try_clone().unwrap();
+    (Target::new(f, 0, len as u64).unwrap(), reader)
+}
+
+/// All bytes of `file`.
+pub fn contents(file: &File) -> Vec<u8> {
+    let len = file.metadata().unwrap().len() as usize;
+    let mut buf = vec![0u8; len];
+    file.read_exact_at(&mut buf, 0).unwrap();
+    buf
+}
