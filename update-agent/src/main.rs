@@ -1,0 +1,167 @@
+//! `update-agent`: the Platte host agent's command line (the pieces built so far).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use update_agent::boot::{BootBackend, GptprioBackend};
+use update_agent::config::{self, LoadedConfig};
+use update_agent::health::{self, MarkGoodError, SystemctlChecker};
+use update_agent::identity::Identity;
+use update_agent::{HostPaths, state};
+
+/// Platte host agent.
+#[derive(Debug, Parser)]
+#[command(name = "update-agent", version, about)]
+struct Cli {
+    /// Read drop-ins from these directories (lowest precedence first) instead of the defaults.
+    #[arg(long = "config-dir", global = true, value_name = "DIR")]
+    config_dirs: Vec<PathBuf>,
+    /// Resolve every host path (config, /etc/machine-id, /proc/cmdline, /dev...) under DIR.
+    #[arg(long, global = true, value_name = "DIR", hide = true)]
+    host_root: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Validate the configuration and print the warnings and effective settings.
+    CheckConfig,
+    /// Print the A/B slots and their boot attributes.
+    StatusSlots {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the health checks, then mark the booted slot successful (exit 1 if a check fails).
+    MarkGood,
+    /// Print this host's identity as JSON.
+    Identity,
+    /// Print the persisted agent state as JSON.
+    State,
+}
+
+fn load(cli: &Cli) -> Result<(HostPaths, LoadedConfig)> {
+    let mut paths = match &cli.host_root {
+        Some(root) => HostPaths::under(root),
+        None => HostPaths::default(),
+    };
+    if !cli.config_dirs.is_empty() {
+        paths.config_dirs = cli.config_dirs.clone();
+    }
+    let loaded = config::load(&paths.config_dirs, &paths.legacy_update_conf)
+        .context("loading configuration")?;
+    Ok((paths, loaded))
+}
+
+fn backend(paths: &HostPaths, cfg: &LoadedConfig) -> Result<GptprioBackend> {
+    GptprioBackend::from_settings(&cfg.settings.boot, paths).context("locating the A/B slots")
+}
+
+fn run(cli: &Cli) -> Result<ExitCode> {
+    let (paths, cfg) = load(cli)?;
+    match &cli.command {
+        Cmd::CheckConfig => {
+            for w in &cfg.warnings {
+                println!("warning: {w}");
+            }
+            for d in &cfg.dropins {
+                println!("applied: {}", d.display());
+            }
+            println!("{:#?}", cfg.settings);
+        }
+        Cmd::StatusSlots { json } => {
+            let b = backend(&paths, &cfg)?;
+            let slots = b.describe().context("reading slot attributes")?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&slots)?);
+            } else {
+                println!("disk: {}", b.disk().display());
+                println!("SLOT PART LABEL            PRIORITY TRIES SUCCESSFUL BOOTED PARTUUID");
+                for s in &slots {
+                    let booted = match s.booted {
+                        Some(true) => "yes",
+                        Some(false) => "no",
+                        None => "?",
+                    };
+                    println!(
+                        "{:<4} {:<4} {:<16} {:<8} {:<5} {:<10} {:<6} {}",
+                        s.slot,
+                        s.partition,
+                        s.label,
+                        s.state.priority,
+                        s.state.tries,
+                        if s.state.successful { "yes" } else { "no" },
+                        booted,
+                        s.partuuid
+                    );
+                }
+            }
+        }
+        Cmd::MarkGood => {
+            let b = backend(&paths, &cfg)?;
+            let units = SystemctlChecker {
+                systemctl: cfg.settings.health.systemctl.clone(),
+            };
+            match health::mark_good(&cfg.settings.health, &units, &b) {
+                Ok(report) => {
+                    let slot = b.booted_slot().context("reading the booted slot")?;
+                    println!(
+                        "{} health check(s) and {} unit(s) passed; slot {slot} marked successful",
+                        report.checks.len(),
+                        report.units.len()
+                    );
+                }
+                Err(MarkGoodError::ChecksFailed(report)) => {
+                    for f in report.failures() {
+                        eprintln!("update-agent: {f}");
+                    }
+                    eprintln!("update-agent: booted slot left unmarked");
+                    return Ok(ExitCode::FAILURE);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Cmd::Identity => {
+            let id = Identity::load(&paths, &cfg.settings).context("reading identity")?;
+            println!("{}", serde_json::to_string_pretty(&id)?);
+        }
+        Cmd::State => {
+            let dir = &cfg.settings.state_dir;
+            let dir = match &cli.host_root {
+                Some(root) => update_agent::paths::reroot(root, dir),
+                None => dir.clone(),
+            };
+            match state::read_state(&dir)? {
+                None => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&state::AgentState::default())?
+                ),
+                Some(Ok(s)) => println!("{}", serde_json::to_string_pretty(&s)?),
+                Some(Err(e)) => anyhow::bail!("state file in {} is corrupt: {e}", dir.display()),
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("update-agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,407 @@
+//! Persistent agent state (`state.json` in the state directory), written atomically.
+//!
+//! A save writes `state.json.tmp` in the same directory, fsyncs it, renames it over
+//! `state.json` and fsyncs the directory, so after a crash or `kill -9` at any point the file
+//! holds either the previous or the new state, never a mix. A leftover temp file is ignored (and
+//! overwritten by the next save). A state file that cannot be parsed is moved aside to
+//! `state.json.corrupt-<unix time>` and reported, never silently replaced. One process holds
+//! `state.lock` while it owns the state.
+
+use std::collections::BTreeSet;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::boot::SlotId;
+
+/// State file name.
+pub const STATE_FILE: &str = "state.json";
+/// Temporary file written before the rename.
+pub const STATE_TMP: &str = "state.json.tmp";
+/// Lock file held by the owning process.
+pub const LOCK_FILE: &str = "state.lock";
+/// Current layout version written in `schema`.
+pub const SCHEMA_VERSION: u32 = 1;
+/// Largest state file read; a larger one is treated as corrupt.
+pub const MAX_STATE_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Where the agent is in the update flow (the persistent part of it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Nothing in progress.
+    #[default]
+    Idle,
+    /// Writing an update into the target slot (resumable from `checkpoint`).
+    Installing,
+    /// An update is written, verified and marked active; waiting for a reboot.
+    Staged,
+}
+
+/// The update being installed or staged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StagedUpdate {
+    /// Version being installed.
+    pub version: String,
+    /// Slot it goes to.
+    pub slot: SlotId,
+}
+
+/// An update that was staged and is expected to be running after the next boot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstalledUpdate {
+    /// Version installed.
+    pub version: String,
+    /// Slot it was written to.
+    pub slot: SlotId,
+    /// Version that was running when it was installed.
+    pub from_version: String,
+    /// Boot id of the boot during which it was installed.
+    pub boot_id: String,
+}
+
+/// The last failure, for status displays and the next report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastError {
+    /// Error code (update_engine's where one fits).
+    pub code: u32,
+    /// Human-readable message.
+    pub message: String,
+    /// When it happened (seconds since the Unix epoch).
+    pub at_unix: u64,
+}
+
+/// Everything the agent persists. Unknown fields (from a newer agent) are ignored on load.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AgentState {
+    /// Layout version ([`SCHEMA_VERSION`]).
+    pub schema: u32,
+    /// Current phase.
+    pub phase: Phase,
+    /// Update being installed or staged.
+    pub staged: Option<StagedUpdate>,
+    /// Payload applier checkpoint (opaque to the state store).
+    pub checkpoint: Option<serde_json::Value>,
+    /// Versions never to install automatically (rolled back before).
+    pub deny_list: BTreeSet<String>,
+    /// Last failure.
+    pub last_error: Option<LastError>,
+    /// Update installed before the pending reboot, checked after boot for a rollback.
+    pub installed_before_reboot: Option<InstalledUpdate>,
+    /// Version that ran before the last successful update (sent as `previousversion`).
+    pub previous_version: Option<String>,
+}
+
+impl Default for AgentState {
+    fn default() -> Self {
+        Self {
+            schema: SCHEMA_VERSION,
+            phase: Phase::Idle,
+            staged: None,
+            checkpoint: None,
+            deny_list: BTreeSet::new(),
+            last_error: None,
+            installed_before_reboot: None,
+            previous_version: None,
+        }
+    }
+}
+
+/// A state file that could not be used and was moved aside.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CorruptState {
+    /// Where it was moved.
+    pub moved_to: PathBuf,
+    /// Why it was rejected.
+    pub reason: String,
+}
+
+/// The result of loading state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Loaded {
+    /// The state (default when there was none or it was corrupt).
+    pub state: AgentState,
+    /// Set when a corrupt file was found and moved aside.
+    pub corrupt: Option<CorruptState>,
+}
+
+/// State store errors.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// An I/O operation on a state path failed.
+    #[error("state {what} {}: {source}", path.display())]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Another process owns the state directory.
+    #[error("state directory {} is in use by another process (lock {} is held)", dir.display(), dir.join(LOCK_FILE).display())]
+    Locked {
+        /// The directory.
+        dir: PathBuf,
+    },
+    /// The state could not be serialised.
+    #[error("cannot serialise state: {0}")]
+    Serialise(#[from] serde_json::Error),
+}
+
+fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StateError {
+    let path = path.to_owned();
+    move |source| StateError::Io { what, path, source }
+}
+
+/// Parses state file bytes.
+fn parse(bytes: &[u8]) -> Result<AgentState, String> {
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    if !value.is_object() {
+        return Err("the state is not a JSON object".into());
+    }
+    serde_json::from_value(value).map_err(|e| e.to_string())
+}
+
+/// Reads the state in `dir` without locking or repairing it (for status displays).
+/// `Ok(None)` when there is no state file.
+pub fn read_state(dir: &Path) -> Result<Option<Result<AgentState, String>>, StateError> {
+    let path = dir.join(STATE_FILE);
+    match fs::metadata(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io("reading", &path)(e)),
+        Ok(m) if m.len() > MAX_STATE_BYTES => {
+            return Ok(Some(Err(format!(
+                "{} bytes is larger than {MAX_STATE_BYTES}",
+                m.len()
+            ))));
+        }
+        Ok(_) => {}
+    }
+    let bytes = fs::read(&path).map_err(io("reading", &path))?;
+    Ok(Some(parse(&bytes)))
+}
+
+/// Owner of the state directory: loads and saves [`AgentState`] atomically.
+#[derive(Debug)]
+pub struct StateStore {
+    dir: PathBuf,
+    _lock: File,
+}
+
+impl StateStore {
+    /// Opens (creating if needed, mode 0700) `dir` and takes its lock.
+    pub fn open(dir: &Path) -> Result<Self, StateError> {
+        fs::create_dir_all(dir).map_err(io("creating directory", dir))?;
+        let lock_path = dir.join(LOCK_FILE);
+        let lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(io("opening lock", &lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(StateError::Locked {
+                    dir: dir.to_owned(),
+                });
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(io("locking", &lock_path)(e)),
+        }
+        Ok(Self {
+            dir: dir.to_owned(),
+            _lock: lock,
+        })
+    }
+
+    /// Path of the state file.
+    pub fn path(&self) -> PathBuf {
+        self.dir.join(STATE_FILE)
+    }
+
+    /// Loads the state; a corrupt file is moved aside, reported in [`Loaded::corrupt`] and logged.
+    pub fn load(&self) -> Result<Loaded, StateError> {
+        let path = self.path();
+        let reason = match read_state(&self.dir)? {
+            None => {
+                return Ok(Loaded {
+                    state: AgentState::default(),
+                    corrupt: None,
+                });
+            }
+            Some(Ok(state)) => {
+                if state.schema > SCHEMA_VERSION {
+                    tracing::warn!(
+                        schema = state.schema,
+                        "state was written by a newer agent; fields this agent does not know are dropped on the next save"
+                    );
+                }
+                return Ok(Loaded {
+                    state,
+                    corrupt: None,
+                });
+            }
+            Some(Err(reason)) => reason,
+        };
+        let stamp = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let mut moved_to = self.dir.join(format!("{STATE_FILE}.corrupt-{stamp}"));
+        let mut n = 1;
+        while moved_to.exists() {
+            moved_to = self.dir.join(format!("{STATE_FILE}.corrupt-{stamp}.{n}"));
+            n += 1;
+        }
+        fs::rename(&path, &moved_to).map_err(io("moving aside corrupt", &path))?;
+        sync_dir(&self.dir)?;
+        tracing::warn!(
+            file = %path.display(),
+            moved_to = %moved_to.display(),
+            reason = %reason,
+            "state file is corrupt; moved it aside and starting from an empty state"
+        );
+        Ok(Loaded {
+            state: AgentState::default(),
+            corrupt: Some(CorruptState { moved_to, reason }),
+        })
+    }
+
+    /// Saves `state` atomically (temp file, fsync, rename, fsync directory).
+    pub fn save(&self, state: &AgentState) -> Result<(), StateError> {
+        let mut bytes = serde_json::to_vec_pretty(state)?;
+        bytes.push(b'\n');
+        let tmp = self.dir.join(STATE_TMP);
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io("creating", &tmp))?;
+        f.write_all(&bytes).map_err(io("writing", &tmp))?;
+        f.sync_all().map_err(io("syncing", &tmp))?;
+        drop(f);
+        let path = self.path();
+        fs::rename(&tmp, &path).map_err(io("renaming into place", &path))?;
+        sync_dir(&self.dir)
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StateError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io("syncing directory", dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> AgentState {
+        AgentState {
+            phase: Phase::Staged,
+            staged: Some(StagedUpdate {
+                version: "4000.0.0".into(),
+                slot: SlotId::B,
+            }),
+            checkpoint: Some(serde_json::json!({"offset": 1234, "sha": "ab"})),
+            deny_list: ["3999.0.0".to_string()].into(),
+            last_error: Some(LastError {
+                code: 20,
+                message: "hash mismatch".into(),
+                at_unix: 1,
+            }),
+            installed_before_reboot: Some(InstalledUpdate {
+                version: "4000.0.0".into(),
+                slot: SlotId::B,
+                from_version: "3998.0.0".into(),
+                boot_id: "b".into(),
+            }),
+            previous_version: Some("3997.0.0".into()),
+            ..AgentState::default()
+        }
+    }
+
+    #[test]
+    fn round_trips_and_starts_empty() {
+        let d = tempfile::tempdir().unwrap();
+        let s = StateStore::open(d.path()).unwrap();
+        assert_eq!(s.load().unwrap().state, AgentState::default());
+        s.save(&sample()).unwrap();
+        let loaded = s.load().unwrap();
+        assert_eq!(loaded.state, sample());
+        assert!(loaded.corrupt.is_none());
+        assert!(!d.path().join(STATE_TMP).exists());
+    }
+
+    #[test]
+    fn leftover_temp_file_is_ignored_and_replaced() {
+        let d = tempfile::tempdir().unwrap();
+        let s = StateStore::open(d.path()).unwrap();
+        s.save(&sample()).unwrap();
+        fs::write(d.path().join(STATE_TMP), b"{\"phase\": \"inst").unwrap();
+        assert_eq!(s.load().unwrap().state, sample());
+        s.save(&AgentState::default()).unwrap();
+        assert_eq!(s.load().unwrap().state, AgentState::default());
+        assert!(!d.path().join(STATE_TMP).exists());
+    }
+
+    #[test]
+    fn corrupt_file_is_moved_aside_and_reported() {
+        let d = tempfile::tempdir().unwrap();
+        let s = StateStore::open(d.path()).unwrap();
+        fs::write(s.path(), b"{not json").unwrap();
+        let loaded = s.load().unwrap();
+        assert_eq!(loaded.state, AgentState::default());
+        let c = loaded.corrupt.unwrap();
+        assert_eq!(fs::read(&c.moved_to).unwrap(), b"{not json");
+        assert!(
+            c.moved_to
+                .file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("state.json.corrupt-")
+        );
+        assert!(!s.path().exists());
+        // A second corrupt file does not overwrite the first one moved aside.
+        fs::write(s.path(), b"[]").unwrap();
+        let c2 = s.load().unwrap().corrupt.unwrap();
+        assert_ne!(c2.moved_to, c.moved_to);
+        assert!(c.moved_to.exists() && c2.moved_to.exists());
+    }
+
+    #[test]
+    fn unknown_fields_from_newer_agents_are_tolerated() {
+        let d = tempfile::tempdir().unwrap();
+        let s = StateStore::open(d.path()).unwrap();
+        fs::write(
+            s.path(),
+            br#"{"schema": 7, "phase": "staged", "future": [1,2]}"#,
+        )
+        .unwrap();
+        let l = s.load().unwrap();
+        assert!(l.corrupt.is_none());
+        assert_eq!(l.state.phase, Phase::Staged);
+        assert_eq!(l.state.schema, 7);
+    }
+
+    #[test]
+    fn second_owner_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let _s = StateStore::open(d.path()).unwrap();
+        assert!(matches!(
+            StateStore::open(d.path()),
+            Err(StateError::Locked { .. })
+        ));
+    }
+}
