@@ -94,6 +94,39 @@ fn undeclared_entities_are_rejected_without_a_doctype() {
     ));
 }
 
+/// Skipped (unknown) elements are still well-formedness checked, attributes included: an
+/// undeclared entity, a malformed or duplicate attribute, or one beyond the limits is refused
+/// there too, as libxml2 (update_engine) would refuse it.
+#[test]
+fn attributes_of_skipped_elements_are_checked() {
+    let entity = app_with(r#"<unknown a="&lol9;"/>"#);
+    assert!(matches!(
+        parse_request(entity.as_bytes()).unwrap_err(),
+        ParseError::Entity { offset: 39, .. }
+    ));
+    let malformed = app_with(r#"<unknown a></unknown>"#);
+    assert!(matches!(
+        parse_request(malformed.as_bytes()).unwrap_err(),
+        ParseError::Syntax { offset: 39, .. }
+    ));
+    let duplicate = app_with(r#"<unknown a="1" a="2"/>"#);
+    assert_eq!(
+        parse_request(duplicate.as_bytes()).unwrap_err(),
+        ParseError::DuplicateAttribute {
+            offset: 39,
+            element: "unknown".into(),
+            attribute: "a".into()
+        }
+    );
+    let long = app_with(&format!(r#"<unknown a="{}"/>"#, "a".repeat(4097)));
+    assert!(matches!(
+        parse_request(long.as_bytes()).unwrap_err(),
+        ParseError::AttributeTooLong { offset: 39, .. }
+    ));
+    let fine = app_with(r#"<unknown a="&amp;&#65;" b='x'/>"#);
+    assert!(parse_request(fine.as_bytes()).is_ok());
+}
+
 #[test]
 fn invalid_utf8_is_reported_at_its_offset() {
     let mut body = br#"<request protocol="3.0"><app appid="ab"#.to_vec();

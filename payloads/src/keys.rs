@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::{self, OpenOptions};
-use std::io::{self, Write as _};
+use std::io::{self, Read as _, Write as _};
 use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
@@ -217,15 +217,24 @@ pub fn public_key_pem(key: &VerifyingKey) -> String {
 }
 
 fn read_small(path: &Path) -> Result<String, KeyError> {
+    let too_large = || KeyError::Parse {
+        path: path.to_owned(),
+        expected: "PEM key file",
+        reason: format!("more than {MAX_KEY_FILE_LEN} bytes is too large for a key"),
+    };
     let meta = fs::metadata(path).map_err(io_err("reading", path))?;
     if meta.len() > MAX_KEY_FILE_LEN {
-        return Err(KeyError::Parse {
-            path: path.to_owned(),
-            expected: "PEM key file",
-            reason: format!("{} bytes is too large for a key", meta.len()),
-        });
+        return Err(too_large());
     }
-    fs::read_to_string(path).map_err(io_err("reading", path))
+    // The size may lie (a device, a FIFO, a file still growing): bound the read itself too.
+    let mut text = String::new();
+    fs::File::open(path)
+        .and_then(|f| f.take(MAX_KEY_FILE_LEN + 1).read_to_string(&mut text))
+        .map_err(io_err("reading", path))?;
+    if text.len() as u64 > MAX_KEY_FILE_LEN {
+        return Err(too_large());
+    }
+    Ok(text)
 }
 
 /// Loads a PKCS#8 PEM private key. Refuses a file that group or others may access.
@@ -375,6 +384,21 @@ mod tests {
         assert!(matches!(
             load_signing_key(&files.private),
             Err(KeyError::InsecurePermissions { mode: 0o640, .. })
+        ));
+    }
+
+    #[test]
+    fn key_files_are_read_with_a_bound() {
+        // A character device reports length 0 and never ends: reading must stop at the bound
+        // (so must a file that grows after its size was checked).
+        let endless = Path::new("/dev/zero");
+        assert!(matches!(
+            load_public_key(endless),
+            Err(KeyError::Parse { .. })
+        ));
+        assert!(matches!(
+            TrustStore::load(endless),
+            Err(KeyError::Parse { .. })
         ));
     }
 

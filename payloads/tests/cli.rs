@@ -242,6 +242,29 @@ fn exit_codes() {
     assert!(!env.path("t").exists());
 }
 
+/// `--create` removes the file it created whenever the apply fails, also when sizing the new file
+/// fails (here: a range no file can have).
+#[test]
+fn create_leaves_nothing_behind_when_sizing_fails() {
+    let env = setup();
+    for (option, value) in [("--length", u64::MAX), ("--offset", u64::MAX)] {
+        let value = value.to_string();
+        let out = env.run(&[
+            "apply",
+            "--trusted",
+            "rel.pub",
+            "--target",
+            "t",
+            "--create",
+            option,
+            &value,
+            "p",
+        ]);
+        expect_code(&out, 1);
+        assert!(!env.path("t").exists(), "{option} left the target behind");
+    }
+}
+
 #[test]
 fn apply_into_a_range_of_a_disk_image() {
     let env = setup();

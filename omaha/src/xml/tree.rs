@@ -293,7 +293,11 @@ impl Builder<'_> {
                 attrs: self.attributes(start, name, pos)?,
                 children: Vec::new(),
             }),
-            None => None,
+            None => {
+                // Skipped, but its attributes are still checked (syntax, limits, entities).
+                self.attributes(start, &String::from_utf8_lossy(raw_name), pos)?;
+                None
+            }
         };
         let frame = Frame {
             element,
@@ -328,7 +332,7 @@ impl Builder<'_> {
     fn attributes(
         &self,
         start: &BytesStart<'_>,
-        element: &'static str,
+        element: &str,
         pos: usize,
     ) -> Result<Vec<(String, String)>, ParseError> {
         let mut attrs: Vec<(String, String)> = Vec::new();

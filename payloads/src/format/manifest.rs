@@ -495,7 +495,9 @@ fn check_operation(
     match op.dst_offset.checked_add(op.dst_len) {
         Some(end) if end <= target_size => {
             let bs = u64::from(block_size);
-            if op.dst_offset % bs != 0 || (op.dst_len % bs != 0 && end != target_size) {
+            if !op.dst_offset.is_multiple_of(bs)
+                || (!op.dst_len.is_multiple_of(bs) && end != target_size)
+            {
                 return Err(FormatError::OperationMisaligned {
                     index,
                     offset: op.dst_offset,

@@ -316,10 +316,18 @@ fn open_target(args: &ApplyArgs, target_size: u64) -> Result<Target> {
             .open(path)
             .with_context(|| format!("creating target {}", path.display()))?;
         let len = args.length.unwrap_or(target_size);
-        file.set_len(args.offset.saturating_add(len))
-            .with_context(|| format!("sizing target {}", path.display()))?;
-        return Target::new(file, args.offset, len)
-            .with_context(|| format!("target {}", path.display()));
+        let target = file
+            .set_len(args.offset.saturating_add(len))
+            .with_context(|| format!("sizing target {}", path.display()))
+            .and_then(|()| {
+                Target::new(file, args.offset, len)
+                    .with_context(|| format!("target {}", path.display()))
+            });
+        if target.is_err() {
+            // Do not leave behind the file we just created.
+            let _ = std::fs::remove_file(path);
+        }
+        return target;
     }
     let file = OpenOptions::new()
         .read(true)
