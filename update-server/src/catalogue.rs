@@ -1,0 +1,228 @@
+//! The in-memory catalogue: apps, channels, groups and packages as one immutable snapshot behind
+//! an `Arc`, swapped whole after every admin change. An update check reads it without touching
+//! the database.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use crate::model::{App, Channel, Group, Package};
+use crate::store::CatalogueData;
+
+/// One consistent view of the catalogue.
+#[derive(Debug, Default)]
+pub struct Catalogue {
+    apps: HashMap<String, App>,
+    packages: HashMap<String, Package>,
+    channels: HashMap<String, Channel>,
+    groups: HashMap<String, Group>,
+    group_by_track: HashMap<(String, String), String>,
+    package_by_sha256: HashMap<String, String>,
+    data: CatalogueData,
+}
+
+impl Catalogue {
+    /// Indexes loaded data.
+    pub fn build(data: CatalogueData) -> Self {
+        let mut c = Self::default();
+        for a in &data.apps {
+            c.apps.insert(a.id.clone(), a.clone());
+        }
+        for p in &data.packages {
+            if p.external_url.is_none() {
+                c.package_by_sha256
+                    .insert(p.sha256_hex.clone(), p.id.clone());
+            }
+            c.packages.insert(p.id.clone(), p.clone());
+        }
+        for ch in &data.channels {
+            c.channels.insert(ch.id.clone(), ch.clone());
+        }
+        for g in &data.groups {
+            c.group_by_track.insert(
+                (g.app_id.clone(), g.track.to_ascii_lowercase()),
+                g.id.clone(),
+            );
+            c.groups.insert(g.id.clone(), g.clone());
+        }
+        c.data = data;
+        c
+    }
+
+    /// The raw lists (for admin listings).
+    pub fn data(&self) -> &CatalogueData {
+        &self.data
+    }
+
+    /// An application by normalised appid.
+    pub fn app(&self, id: &str) -> Option<&App> {
+        self.apps.get(id)
+    }
+
+    /// A package by id.
+    pub fn package(&self, id: &str) -> Option<&Package> {
+        self.packages.get(id)
+    }
+
+    /// A hosted package by SHA-256 (hex).
+    pub fn hosted_package_by_sha256(&self, sha256_hex: &str) -> Option<&Package> {
+        self.package_by_sha256
+            .get(sha256_hex)
+            .and_then(|id| self.packages.get(id))
+    }
+
+    /// A channel by id.
+    pub fn channel(&self, id: &str) -> Option<&Channel> {
+        self.channels.get(id)
+    }
+
+    /// A group by id.
+    pub fn group(&self, id: &str) -> Option<&Group> {
+        self.groups.get(id)
+    }
+
+    /// Resolves an Omaha `track` to a group of `app_id`: by track (case-insensitive), then by id.
+    pub fn resolve_group(&self, app_id: &str, track: &str) -> Option<&Group> {
+        let key = (app_id.to_owned(), track.trim().to_ascii_lowercase());
+        self.group_by_track
+            .get(&key)
+            .and_then(|id| self.groups.get(id))
+            .or_else(|| self.groups.get(track.trim()).filter(|g| g.app_id == app_id))
+    }
+
+    /// The package a channel points at for `arch` (falling back to an `all` pointer).
+    pub fn channel_package(&self, channel: &Channel, arch: &str) -> Option<&Package> {
+        channel
+            .packages
+            .get(arch)
+            .or_else(|| channel.packages.get("all"))
+            .and_then(|id| self.packages.get(id))
+    }
+
+    /// Channel names pointing at a package (to refuse deleting a package in use).
+    pub fn channels_using(&self, package_id: &str) -> Vec<&Channel> {
+        self.data
+            .channels
+            .iter()
+            .filter(|c| c.packages.values().any(|p| p == package_id))
+            .collect()
+    }
+}
+
+/// The current snapshot, replaced atomically.
+#[derive(Debug, Default)]
+pub struct CatalogueCache {
+    current: RwLock<Arc<Catalogue>>,
+}
+
+impl CatalogueCache {
+    /// A cache holding `c`.
+    pub fn new(c: Catalogue) -> Self {
+        Self {
+            current: RwLock::new(Arc::new(c)),
+        }
+    }
+
+    /// The current snapshot (cheap: an `Arc` clone).
+    pub fn get(&self) -> Arc<Catalogue> {
+        match self.current.read() {
+            Ok(g) => Arc::clone(&g),
+            Err(p) => Arc::clone(&p.into_inner()),
+        }
+    }
+
+    /// Replaces the snapshot.
+    pub fn replace(&self, c: Catalogue) {
+        let c = Arc::new(c);
+        match self.current.write() {
+            Ok(mut g) => *g = c,
+            Err(p) => *p.into_inner() = c,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::model::GroupPolicy;
+
+    fn data() -> CatalogueData {
+        let pkg = |id: &str, arch: &str| Package {
+            id: id.into(),
+            app_id: "a".into(),
+            version: "2.0.0".into(),
+            arch: arch.into(),
+            kind: "full".into(),
+            filename: "f".into(),
+            size: 1,
+            sha1_base64: String::new(),
+            sha256_hex: format!("sha-{id}"),
+            external_url: None,
+            created_at: 0,
+        };
+        CatalogueData {
+            apps: vec![App {
+                id: "a".into(),
+                name: "A".into(),
+                description: String::new(),
+                created_at: 0,
+            }],
+            packages: vec![pkg("p-amd", "amd64"), pkg("p-all", "all")],
+            channels: vec![Channel {
+                id: "c".into(),
+                app_id: "a".into(),
+                name: "stable".into(),
+                packages: BTreeMap::from([
+                    ("amd64".into(), "p-amd".into()),
+                    ("all".into(), "p-all".into()),
+                ]),
+                created_at: 0,
+            }],
+            groups: vec![Group {
+                id: "g-1".into(),
+                app_id: "a".into(),
+                name: "Stable".into(),
+                track: "Stable".into(),
+                channel_id: Some("c".into()),
+                description: String::new(),
+                policy: GroupPolicy::default(),
+                created_at: 0,
+            }],
+        }
+    }
+
+    #[test]
+    fn resolves_track_by_name_case_insensitively_or_id() {
+        let c = Catalogue::build(data());
+        assert_eq!(
+            c.resolve_group("a", "stable").map(|g| g.id.as_str()),
+            Some("g-1")
+        );
+        assert_eq!(
+            c.resolve_group("a", "g-1").map(|g| g.id.as_str()),
+            Some("g-1")
+        );
+        assert!(c.resolve_group("a", "beta").is_none());
+        assert!(c.resolve_group("other", "stable").is_none());
+    }
+
+    #[test]
+    fn arch_pointer_with_all_fallback() {
+        let c = Catalogue::build(data());
+        let ch = c.channel("c").unwrap();
+        assert_eq!(c.channel_package(ch, "amd64").unwrap().id, "p-amd");
+        assert_eq!(c.channel_package(ch, "arm64").unwrap().id, "p-all");
+        assert_eq!(c.channels_using("p-amd").len(), 1);
+        assert_eq!(c.hosted_package_by_sha256("sha-p-all").unwrap().id, "p-all");
+    }
+
+    #[test]
+    fn cache_swaps_snapshots() {
+        let cache = CatalogueCache::new(Catalogue::default());
+        let old = cache.get();
+        cache.replace(Catalogue::build(data()));
+        assert!(old.app("a").is_none());
+        assert!(cache.get().app("a").is_some());
+    }
+}

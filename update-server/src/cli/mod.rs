@@ -1,0 +1,662 @@
+//! The operator CLI: `update-server serve` and the subcommands that drive the admin API over
+//! HTTP (`app`, `channel`, `group`, `package`, `instance`, `activity`), printing tables or, with
+//! `--json`, the API's JSON.
+
+mod client;
+mod table;
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use serde_json::{Value, json};
+
+pub use client::ApiClient;
+use table::{print_table, s, ts};
+
+use crate::config::ServeArgs;
+
+/// Platte update server and its admin CLI.
+#[derive(Debug, Parser)]
+#[command(name = "update-server", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Connection options of the admin subcommands.
+#[derive(Debug, Clone, Args)]
+pub struct Conn {
+    /// Server base URL.
+    #[arg(
+        long,
+        global = true,
+        env = "UPDATE_SERVER_URL",
+        default_value = "http://127.0.0.1:8370"
+    )]
+    pub server: String,
+    /// Bearer token (admin, or read-only for listings).
+    #[arg(
+        long,
+        global = true,
+        env = "UPDATE_SERVER_TOKEN",
+        hide_env_values = true
+    )]
+    pub token: Option<String>,
+    /// Print the API's JSON instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+    /// Print the admin API's OpenAPI document.
+    Openapi,
+    /// Applications.
+    App {
+        /// Connection.
+        #[command(flatten)]
+        conn: Conn,
+        /// Action.
+        #[command(subcommand)]
+        cmd: AppCmd,
+    },
+    /// Channels.
+    Channel {
+        /// Connection.
+        #[command(flatten)]
+        conn: Conn,
+        /// Action.
+        #[command(subcommand)]
+        cmd: ChannelCmd,
+    },
+    /// Groups.
+    Group {
+        /// Connection.
+        #[command(flatten)]
+        conn: Conn,
+        /// Action.
+        #[command(subcommand)]
+        cmd: GroupCmd,
+    },
+    /// Packages.
+    Package {
+        /// Connection.
+        #[command(flatten)]
+        conn: Conn,
+        /// Action.
+        #[command(subcommand)]
+        cmd: PackageCmd,
+    },
+    /// Instances (machines).
+    Instance {
+        /// Connection.
+        #[command(flatten)]
+        conn: Conn,
+        /// Action.
+        #[command(subcommand)]
+        cmd: InstanceCmd,
+    },
+    /// The activity feed.
+    Activity {
+        /// Connection.
+        #[command(flatten)]
+        conn: Conn,
+        /// Only this application.
+        #[arg(long)]
+        app: Option<String>,
+        /// How many entries.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+}
+
+/// `app` actions.
+#[derive(Debug, Subcommand)]
+pub enum AppCmd {
+    /// List applications.
+    List,
+    /// Show one.
+    Show {
+        /// appid.
+        app: String,
+    },
+    /// Create one.
+    Create {
+        /// Omaha appid.
+        id: String,
+        /// Name.
+        name: String,
+        /// Description.
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// Delete one (refused while it has packages).
+    Delete {
+        /// appid.
+        app: String,
+    },
+}
+
+/// `channel` actions.
+#[derive(Debug, Subcommand)]
+pub enum ChannelCmd {
+    /// List an application's channels.
+    List {
+        /// appid.
+        app: String,
+    },
+    /// Create a channel.
+    Create {
+        /// appid.
+        app: String,
+        /// Channel name.
+        name: String,
+    },
+    /// Point a channel at a package (for the package's arch unless --arch is given).
+    Set {
+        /// appid.
+        app: String,
+        /// Channel id or name.
+        channel: String,
+        /// Package id.
+        package: String,
+        /// Architecture pointer to set.
+        #[arg(long)]
+        arch: Option<String>,
+    },
+    /// Delete a channel.
+    Delete {
+        /// appid.
+        app: String,
+        /// Channel id or name.
+        channel: String,
+    },
+}
+
+/// `group` actions.
+#[derive(Debug, Subcommand)]
+pub enum GroupCmd {
+    /// List an application's groups.
+    List {
+        /// appid.
+        app: String,
+    },
+    /// Create a group.
+    Create {
+        /// appid.
+        app: String,
+        /// Group name.
+        name: String,
+        /// Omaha track clients send [default: the name].
+        #[arg(long)]
+        track: Option<String>,
+        /// Channel to follow.
+        #[arg(long)]
+        channel: Option<String>,
+    },
+    /// Change a group's channel or pause/resume its rollout.
+    Update {
+        /// appid.
+        app: String,
+        /// Group id, track or name.
+        group: String,
+        /// Channel to follow ("" detaches).
+        #[arg(long)]
+        channel: Option<String>,
+        /// Pause the rollout.
+        #[arg(long, conflicts_with = "resume")]
+        pause: bool,
+        /// Resume the rollout.
+        #[arg(long)]
+        resume: bool,
+    },
+    /// Delete a group.
+    Delete {
+        /// appid.
+        app: String,
+        /// Group id, track or name.
+        group: String,
+    },
+}
+
+/// `package` actions.
+#[derive(Debug, Subcommand)]
+pub enum PackageCmd {
+    /// List packages.
+    List {
+        /// Only this application.
+        #[arg(long)]
+        app: Option<String>,
+    },
+    /// Upload a signed payload (verified by the server against its trusted keys).
+    Publish {
+        /// Payload file.
+        file: PathBuf,
+        /// Name clients download it as.
+        #[arg(long)]
+        filename: Option<String>,
+        /// Serve from this external codebase URL instead of the server.
+        #[arg(long)]
+        external_url: Option<String>,
+    },
+    /// Delete a package no channel uses.
+    Delete {
+        /// Package id.
+        id: String,
+    },
+}
+
+/// `instance` actions.
+#[derive(Debug, Subcommand)]
+pub enum InstanceCmd {
+    /// List instances.
+    List {
+        /// Application.
+        #[arg(long)]
+        app: Option<String>,
+        /// Group id.
+        #[arg(long)]
+        group: Option<String>,
+        /// Version.
+        #[arg(long)]
+        version: Option<String>,
+        /// Status.
+        #[arg(long)]
+        status: Option<String>,
+        /// Substring of machine id, alias or IP.
+        #[arg(long)]
+        search: Option<String>,
+        /// Page size.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Show a machine with its status history.
+    Show {
+        /// Machine id.
+        machine: String,
+    },
+    /// Delete a machine (retired host).
+    Delete {
+        /// Machine id.
+        machine: String,
+        /// Only this application's record.
+        #[arg(long)]
+        app: Option<String>,
+    },
+}
+
+fn enc(v: &str) -> String {
+    v.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+fn query(pairs: &[(&str, Option<String>)]) -> String {
+    let q: Vec<String> = pairs
+        .iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", enc(v))))
+        .collect();
+    if q.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", q.join("&"))
+    }
+}
+
+fn output(conn: &Conn, v: &Value, render: impl FnOnce(&Value)) -> anyhow::Result<()> {
+    if conn.json {
+        println!("{}", serde_json::to_string_pretty(v)?);
+    } else {
+        render(v);
+    }
+    Ok(())
+}
+
+fn rows(v: &Value) -> &[Value] {
+    v.as_array().map(Vec::as_slice).unwrap_or(&[])
+}
+
+fn apps_table(v: &Value) {
+    print_table(
+        &["ID", "NAME", "CREATED"],
+        rows(v)
+            .iter()
+            .map(|a| vec![s(&a["id"]), s(&a["name"]), ts(&a["created_at"])]),
+    );
+}
+
+fn packages_table(v: &Value) {
+    print_table(
+        &["ID", "APP", "VERSION", "ARCH", "KIND", "SIZE", "FILE"],
+        rows(v).iter().map(|p| {
+            vec![
+                s(&p["id"]),
+                s(&p["app_id"]),
+                s(&p["version"]),
+                s(&p["arch"]),
+                s(&p["kind"]),
+                s(&p["size"]),
+                s(&p["filename"]),
+            ]
+        }),
+    );
+}
+
+/// Runs an admin subcommand (everything but `serve`/`openapi`).
+pub async fn run_admin(cmd: Command) -> anyhow::Result<()> {
+    match cmd {
+        Command::Serve(_) | Command::Openapi => anyhow::bail!("not an admin command"),
+        Command::App { conn, cmd } => {
+            let c = ApiClient::new(&conn.server, conn.token.as_deref())?;
+            match cmd {
+                AppCmd::List => output(&conn, &c.get("/apps").await?, apps_table),
+                AppCmd::Show { app } => {
+                    output(&conn, &c.get(&format!("/apps/{}", enc(&app))).await?, |a| {
+                        apps_table(&Value::Array(vec![a.clone()]))
+                    })
+                }
+                AppCmd::Create {
+                    id,
+                    name,
+                    description,
+                } => {
+                    let v = c
+                        .post(
+                            "/apps",
+                            &json!({"id": id, "name": name, "description": description}),
+                        )
+                        .await?;
+                    output(&conn, &v, |a| apps_table(&Value::Array(vec![a.clone()])))
+                }
+                AppCmd::Delete { app } => {
+                    c.delete(&format!("/apps/{}", enc(&app))).await?;
+                    output(&conn, &json!({"deleted": app}), |_| {
+                        println!("deleted application {app}")
+                    })
+                }
+            }
+        }
+        Command::Channel { conn, cmd } => {
+            let c = ApiClient::new(&conn.server, conn.token.as_deref())?;
+            let render = |v: &Value| {
+                let list = if v.is_array() {
+                    rows(v).to_vec()
+                } else {
+                    vec![v.clone()]
+                };
+                print_table(
+                    &["ID", "NAME", "PACKAGES (arch=package)"],
+                    list.iter().map(|ch| {
+                        let pk = ch["packages"]
+                            .as_object()
+                            .map(|m| {
+                                m.iter()
+                                    .map(|(k, v)| format!("{k}={}", s(v)))
+                                    .collect::<Vec<_>>()
+                                    .join(" ")
+                            })
+                            .unwrap_or_default();
+                        vec![s(&ch["id"]), s(&ch["name"]), pk]
+                    }),
+                );
+            };
+            match cmd {
+                ChannelCmd::List { app } => output(
+                    &conn,
+                    &c.get(&format!("/apps/{}/channels", enc(&app))).await?,
+                    render,
+                ),
+                ChannelCmd::Create { app, name } => output(
+                    &conn,
+                    &c.post(
+                        &format!("/apps/{}/channels", enc(&app)),
+                        &json!({"name": name}),
+                    )
+                    .await?,
+                    render,
+                ),
+                ChannelCmd::Set {
+                    app,
+                    channel,
+                    package,
+                    arch,
+                } => {
+                    let arch = match arch {
+                        Some(a) => a,
+                        None => s(&c.get(&format!("/packages/{}", enc(&package))).await?["arch"]),
+                    };
+                    let body = json!({"packages": {arch: package}});
+                    let path = format!("/apps/{}/channels/{}", enc(&app), enc(&channel));
+                    output(&conn, &c.patch(&path, &body).await?, render)
+                }
+                ChannelCmd::Delete { app, channel } => {
+                    c.delete(&format!("/apps/{}/channels/{}", enc(&app), enc(&channel)))
+                        .await?;
+                    output(&conn, &json!({"deleted": channel}), |_| {
+                        println!("deleted channel {channel}")
+                    })
+                }
+            }
+        }
+        Command::Group { conn, cmd } => {
+            let c = ApiClient::new(&conn.server, conn.token.as_deref())?;
+            let render = |v: &Value| {
+                let list = if v.is_array() {
+                    rows(v).to_vec()
+                } else {
+                    vec![v.clone()]
+                };
+                print_table(
+                    &["ID", "NAME", "TRACK", "CHANNEL", "PAUSED"],
+                    list.iter().map(|g| {
+                        vec![
+                            s(&g["id"]),
+                            s(&g["name"]),
+                            s(&g["track"]),
+                            s(&g["channel_id"]),
+                            s(&g["policy"]["paused"]),
+                        ]
+                    }),
+                );
+            };
+            match cmd {
+                GroupCmd::List { app } => output(
+                    &conn,
+                    &c.get(&format!("/apps/{}/groups", enc(&app))).await?,
+                    render,
+                ),
+                GroupCmd::Create {
+                    app,
+                    name,
+                    track,
+                    channel,
+                } => {
+                    let body = json!({"name": name, "track": track, "channel": channel});
+                    output(
+                        &conn,
+                        &c.post(&format!("/apps/{}/groups", enc(&app)), &body)
+                            .await?,
+                        render,
+                    )
+                }
+                GroupCmd::Update {
+                    app,
+                    group,
+                    channel,
+                    pause,
+                    resume,
+                } => {
+                    let path = format!("/apps/{}/groups/{}", enc(&app), enc(&group));
+                    let mut body = json!({});
+                    if let Some(ch) = channel {
+                        body["channel"] = json!(ch);
+                    }
+                    if pause || resume {
+                        let mut policy = c.get(&path).await?["policy"].clone();
+                        policy["paused"] = json!(pause);
+                        body["policy"] = policy;
+                    }
+                    output(&conn, &c.patch(&path, &body).await?, render)
+                }
+                GroupCmd::Delete { app, group } => {
+                    c.delete(&format!("/apps/{}/groups/{}", enc(&app), enc(&group)))
+                        .await?;
+                    output(&conn, &json!({"deleted": group}), |_| {
+                        println!("deleted group {group}")
+                    })
+                }
+            }
+        }
+        Command::Package { conn, cmd } => {
+            let c = ApiClient::new(&conn.server, conn.token.as_deref())?;
+            match cmd {
+                PackageCmd::List { app } => output(
+                    &conn,
+                    &c.get(&format!("/packages{}", query(&[("app", app)])))
+                        .await?,
+                    packages_table,
+                ),
+                PackageCmd::Publish {
+                    file,
+                    filename,
+                    external_url,
+                } => {
+                    let f = tokio::fs::File::open(&file)
+                        .await
+                        .with_context(|| format!("opening {}", file.display()))?;
+                    let q = query(&[("filename", filename), ("external_url", external_url)]);
+                    let v = c.upload(&format!("/packages{q}"), f).await?;
+                    output(&conn, &v, |p| {
+                        packages_table(&Value::Array(vec![p.clone()]))
+                    })
+                }
+                PackageCmd::Delete { id } => {
+                    c.delete(&format!("/packages/{}", enc(&id))).await?;
+                    output(&conn, &json!({"deleted": id}), |_| {
+                        println!("deleted package {id}")
+                    })
+                }
+            }
+        }
+        Command::Instance { conn, cmd } => {
+            let c = ApiClient::new(&conn.server, conn.token.as_deref())?;
+            match cmd {
+                InstanceCmd::List {
+                    app,
+                    group,
+                    version,
+                    status,
+                    search,
+                    limit,
+                } => {
+                    let q = query(&[
+                        ("app", app),
+                        ("group", group),
+                        ("version", version),
+                        ("status", status),
+                        ("search", search),
+                        ("limit", Some(limit.to_string())),
+                    ]);
+                    output(&conn, &c.get(&format!("/instances{q}")).await?, |v| {
+                        print_table(
+                            &[
+                                "MACHINE",
+                                "ALIAS",
+                                "APP",
+                                "VERSION",
+                                "STATUS",
+                                "IP",
+                                "LAST CHECK",
+                            ],
+                            rows(&v["instances"]).iter().map(|i| {
+                                vec![
+                                    s(&i["machine_id"]),
+                                    s(&i["alias"]),
+                                    s(&i["app_id"]),
+                                    s(&i["version"]),
+                                    s(&i["status"]),
+                                    s(&i["ip"]),
+                                    ts(&i["last_check_at"]),
+                                ]
+                            }),
+                        );
+                        println!(
+                            "{} of {} shown",
+                            rows(&v["instances"]).len(),
+                            s(&v["total"])
+                        );
+                    })
+                }
+                InstanceCmd::Show { machine } => output(
+                    &conn,
+                    &c.get(&format!("/instances/{}", enc(&machine))).await?,
+                    |v| {
+                        for a in rows(&v["apps"]) {
+                            let i = &a["instance"];
+                            println!(
+                                "{} app {} version {} status {} {} (granted {}, last check {})",
+                                s(&i["machine_id"]),
+                                s(&i["app_id"]),
+                                s(&i["version"]),
+                                s(&i["status"]),
+                                s(&i["status_detail"]),
+                                s(&i["granted_version"]),
+                                ts(&i["last_check_at"])
+                            );
+                            print_table(
+                                &["AT", "STATUS", "VERSION", "DETAIL"],
+                                rows(&a["history"]).iter().map(|h| {
+                                    vec![
+                                        ts(&h["at"]),
+                                        s(&h["status"]),
+                                        s(&h["version"]),
+                                        s(&h["detail"]),
+                                    ]
+                                }),
+                            );
+                        }
+                    },
+                ),
+                InstanceCmd::Delete { machine, app } => {
+                    c.delete(&format!(
+                        "/instances/{}{}",
+                        enc(&machine),
+                        query(&[("app", app)])
+                    ))
+                    .await?;
+                    output(&conn, &json!({"deleted": machine}), |_| {
+                        println!("deleted instance {machine}")
+                    })
+                }
+            }
+        }
+        Command::Activity { conn, app, limit } => {
+            let c = ApiClient::new(&conn.server, conn.token.as_deref())?;
+            let q = query(&[("app", app), ("limit", Some(limit.to_string()))]);
+            output(&conn, &c.get(&format!("/activity{q}")).await?, |v| {
+                print_table(
+                    &["AT", "SEVERITY", "KIND", "MESSAGE"],
+                    rows(v).iter().map(|a| {
+                        vec![
+                            ts(&a["at"]),
+                            s(&a["severity"]),
+                            s(&a["kind"]),
+                            s(&a["message"]),
+                        ]
+                    }),
+                );
+            })
+        }
+    }
+}

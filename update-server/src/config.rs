@@ -1,0 +1,297 @@
+//! Server configuration in three stages: [`ServeArgs`] (command line and environment, via clap),
+//! [`FileConfig`] (what the `--config` TOML file may say, all optional) and [`Settings`] (merged
+//! and validated; what the server reads). Precedence: command line > environment > file >
+//! defaults.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Default listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8370";
+/// Default data directory.
+pub const DEFAULT_DATA_DIR: &str = "./platte-data";
+/// Default interval between batched check-in writes.
+pub const DEFAULT_FLUSH_MS: u64 = 1000;
+/// Default maximum size of an uploaded package (8 GiB).
+pub const DEFAULT_MAX_PACKAGE: u64 = 8 << 30;
+
+/// `update-server serve` options.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServeArgs {
+    /// TOML configuration file (keys as the long options, with `_` for `-`).
+    #[arg(long, env = "UPDATE_SERVER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8370].
+    #[arg(long, env = "UPDATE_SERVER_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Data directory (database, packages, tokens) [default: ./platte-data].
+    #[arg(long, env = "UPDATE_SERVER_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Base URL clients reach this server at, for download URLs [default: http://LISTEN].
+    #[arg(long, env = "UPDATE_SERVER_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Admin bearer token [default: generated into DATA_DIR/admin-token].
+    #[arg(long, env = "UPDATE_SERVER_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Read-only bearer token [default: generated into DATA_DIR/read-only-token].
+    #[arg(long, env = "UPDATE_SERVER_READ_ONLY_TOKEN", hide_env_values = true)]
+    pub read_only_token: Option<String>,
+    /// Directory of trusted publisher public keys (`*.pub`); publishing is refused without it.
+    #[arg(long, env = "UPDATE_SERVER_TRUSTED_KEYS")]
+    pub trusted_keys: Option<PathBuf>,
+    /// Interval between batched check-in writes, in milliseconds [default: 1000].
+    #[arg(long, env = "UPDATE_SERVER_FLUSH_INTERVAL_MS")]
+    pub flush_interval_ms: Option<u64>,
+    /// Header carrying the client IP from a trusted reverse proxy (e.g. X-Forwarded-For).
+    #[arg(long, env = "UPDATE_SERVER_PROXY_HEADER")]
+    pub proxy_header: Option<String>,
+    /// Largest accepted package upload, in bytes [default: 8 GiB].
+    #[arg(long, env = "UPDATE_SERVER_MAX_PACKAGE_SIZE")]
+    pub max_package_size: Option<u64>,
+}
+
+/// What a `--config` TOML file may contain.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// See [`ServeArgs::listen`].
+    pub listen: Option<SocketAddr>,
+    /// See [`ServeArgs::data_dir`].
+    pub data_dir: Option<PathBuf>,
+    /// See [`ServeArgs::public_url`].
+    pub public_url: Option<String>,
+    /// See [`ServeArgs::admin_token`].
+    pub admin_token: Option<String>,
+    /// See [`ServeArgs::read_only_token`].
+    pub read_only_token: Option<String>,
+    /// See [`ServeArgs::trusted_keys`].
+    pub trusted_keys: Option<PathBuf>,
+    /// See [`ServeArgs::flush_interval_ms`].
+    pub flush_interval_ms: Option<u64>,
+    /// See [`ServeArgs::proxy_header`].
+    pub proxy_header: Option<String>,
+    /// See [`ServeArgs::max_package_size`].
+    pub max_package_size: Option<u64>,
+}
+
+/// Configuration errors.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid.
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        /// File.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: Box<toml::de::Error>,
+    },
+    /// A value is not acceptable.
+    #[error("invalid value for {key}: {reason}")]
+    Invalid {
+        /// Option name.
+        key: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Validated settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Public base URL without trailing slash (`None`: derived from the bound address).
+    pub public_url: Option<String>,
+    /// Explicit admin token.
+    pub admin_token: Option<String>,
+    /// Explicit read-only token.
+    pub read_only_token: Option<String>,
+    /// Trusted publisher keys directory.
+    pub trusted_keys: Option<PathBuf>,
+    /// Batched write interval.
+    pub flush_interval: Duration,
+    /// Trusted proxy header (lower case).
+    pub proxy_header: Option<String>,
+    /// Largest upload.
+    pub max_package_size: u64,
+}
+
+impl FileConfig {
+    /// Reads and parses a TOML file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })
+    }
+}
+
+impl Settings {
+    /// Merges arguments (already holding CLI > env) over the file over defaults, and validates.
+    pub fn resolve(args: &ServeArgs, file: &FileConfig) -> Result<Self, ConfigError> {
+        let listen = match args.listen.or(file.listen) {
+            Some(l) => l,
+            None => DEFAULT_LISTEN.parse().map_err(|_| ConfigError::Invalid {
+                key: "listen",
+                reason: "bad default".into(),
+            })?,
+        };
+        let public_url = args.public_url.clone().or_else(|| file.public_url.clone());
+        if let Some(u) = &public_url
+            && !(u.starts_with("http://") || u.starts_with("https://"))
+        {
+            return Err(ConfigError::Invalid {
+                key: "public_url",
+                reason: format!("{u:?} must start with http:// or https://"),
+            });
+        }
+        let non_empty = |key: &'static str, v: Option<String>| match v {
+            Some(t) if t.trim().len() < 16 => Err(ConfigError::Invalid {
+                key,
+                reason: "a token must have at least 16 characters".into(),
+            }),
+            other => Ok(other),
+        };
+        let flush_ms = args
+            .flush_interval_ms
+            .or(file.flush_interval_ms)
+            .unwrap_or(DEFAULT_FLUSH_MS);
+        if flush_ms == 0 || flush_ms > 60_000 {
+            return Err(ConfigError::Invalid {
+                key: "flush_interval_ms",
+                reason: format!("{flush_ms} is outside 1..=60000"),
+            });
+        }
+        Ok(Self {
+            listen,
+            data_dir: args
+                .data_dir
+                .clone()
+                .or_else(|| file.data_dir.clone())
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            public_url: public_url.map(|u| u.trim_end_matches('/').to_owned()),
+            admin_token: non_empty(
+                "admin_token",
+                args.admin_token
+                    .clone()
+                    .or_else(|| file.admin_token.clone()),
+            )?,
+            read_only_token: non_empty(
+                "read_only_token",
+                args.read_only_token
+                    .clone()
+                    .or_else(|| file.read_only_token.clone()),
+            )?,
+            trusted_keys: args
+                .trusted_keys
+                .clone()
+                .or_else(|| file.trusted_keys.clone()),
+            flush_interval: Duration::from_millis(flush_ms),
+            proxy_header: args
+                .proxy_header
+                .clone()
+                .or_else(|| file.proxy_header.clone())
+                .map(|h| h.to_ascii_lowercase()),
+            max_package_size: args
+                .max_package_size
+                .or(file.max_package_size)
+                .unwrap_or(DEFAULT_MAX_PACKAGE),
+        })
+    }
+
+    /// Reads `--config` if given, then resolves.
+    pub fn from_args(args: &ServeArgs) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(p) => FileConfig::load(p)?,
+            None => FileConfig::default(),
+        };
+        Self::resolve(args, &file)
+    }
+
+    /// Defaults with a given data directory and an ephemeral port (for tests and benches).
+    pub fn for_tests(data_dir: &Path) -> Self {
+        let mut s = Self::resolve(&ServeArgs::default(), &FileConfig::default())
+            .unwrap_or_else(|_| unreachable_defaults());
+        s.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        s.data_dir = data_dir.to_owned();
+        s
+    }
+}
+
+fn unreachable_defaults() -> Settings {
+    Settings {
+        listen: SocketAddr::from(([127, 0, 0, 1], 8370)),
+        data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+        public_url: None,
+        admin_token: None,
+        read_only_token: None,
+        trusted_keys: None,
+        flush_interval: Duration::from_millis(DEFAULT_FLUSH_MS),
+        proxy_header: None,
+        max_package_size: DEFAULT_MAX_PACKAGE,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_apply() {
+        let s = Settings::resolve(&ServeArgs::default(), &FileConfig::default()).unwrap();
+        assert_eq!(s.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(s.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+        assert_eq!(s.flush_interval, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn args_beat_file_beats_defaults() {
+        let file: FileConfig = toml::from_str(
+            "listen = \"0.0.0.0:9000\"\ndata_dir = \"/var/lib/platte\"\npublic_url = \"https://u.example/\"",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            listen: Some("127.0.0.1:1".parse().unwrap()),
+            ..Default::default()
+        };
+        let s = Settings::resolve(&args, &file).unwrap();
+        assert_eq!(s.listen.to_string(), "127.0.0.1:1");
+        assert_eq!(s.data_dir, PathBuf::from("/var/lib/platte"));
+        assert_eq!(s.public_url.as_deref(), Some("https://u.example"));
+    }
+
+    #[test]
+    fn rejects_unknown_keys_and_bad_values() {
+        assert!(toml::from_str::<FileConfig>("lisen = \"x\"").is_err());
+        let args = ServeArgs {
+            admin_token: Some("short".into()),
+            ..Default::default()
+        };
+        let err = Settings::resolve(&args, &FileConfig::default()).unwrap_err();
+        assert!(err.to_string().contains("admin_token"), "{err}");
+        let args = ServeArgs {
+            public_url: Some("ftp://x".into()),
+            ..Default::default()
+        };
+        assert!(Settings::resolve(&args, &FileConfig::default()).is_err());
+    }
+}

@@ -1,0 +1,64 @@
+//! Operational routes: `/healthz` (process alive), `/readyz` (database answers), `/metrics`
+//! (Prometheus text) and `/api/v1/openapi.json`.
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+
+use super::AppState;
+use crate::metrics::InstanceLabels;
+
+/// Always 200: the process serves HTTP.
+pub async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// 200 when the database answers, else 503.
+pub async fn readyz(State(st): State<AppState>) -> impl IntoResponse {
+    match st.store.ping().await {
+        Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("database unavailable: {e}\n"),
+        ),
+    }
+}
+
+/// Prometheus text exposition; the instance gauge is recomputed from memory.
+pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
+    let cat = st.service.catalogue.get();
+    let mut counts: HashMap<InstanceLabels, i64> = HashMap::new();
+    st.service.fleet.for_each(|i| {
+        let group = i.group_id.as_deref().and_then(|g| cat.group(g));
+        let channel = group
+            .and_then(|g| g.channel_id.as_deref())
+            .and_then(|c| cat.channel(c));
+        let labels = InstanceLabels {
+            app: i.app_id.clone(),
+            group: group.map(|g| g.name.clone()).unwrap_or_default(),
+            channel: channel.map(|c| c.name.clone()).unwrap_or_default(),
+            version: i.version.clone(),
+            status: i.status.as_str().to_owned(),
+        };
+        *counts.entry(labels).or_default() += 1;
+    });
+    st.metrics.instances.clear();
+    for (labels, n) in counts {
+        st.metrics.instances.get_or_create(&labels).set(n);
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        st.metrics.encode(),
+    )
+}
+
+/// The OpenAPI document of the admin API.
+pub async fn openapi() -> impl IntoResponse {
+    Json(crate::openapi::document())
+}

@@ -1,0 +1,26 @@
+//! Platte update server: an Omaha v3 endpoint for update_engine-compatible agents, the fleet
+//! model (apps, channels, groups, packages, instances), content-addressed package hosting, the
+//! admin REST API and its CLI, and metrics.
+//!
+//! Map: [`server`] starts everything; [`http`] holds the routes; [`service`] answers update
+//! checks from the in-memory [`catalogue`] and [`fleet`]; [`lifecycle`] is the instance state
+//! machine; [`policy`] is the rollout hook; [`store`] is the database behind a trait;
+//! [`blobs`] stores payload files; [`cli`] is the operator client.
+
+pub mod blobs;
+pub mod catalogue;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod fleet;
+pub mod http;
+pub mod lifecycle;
+pub mod metrics;
+pub mod model;
+pub mod openapi;
+pub mod policy;
+pub mod server;
+pub mod service;
+pub mod store;
+pub mod version;

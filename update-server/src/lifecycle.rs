@@ -1,0 +1,189 @@
+//! The instance lifecycle as an explicit state machine: a pure function from (status, event) to
+//! the next status, following update_engine's sequence:
+//!
+//! ```text
+//!  (check) ──grant──▶ granted ──13/1──▶ downloading ──14/1──▶ downloaded ──3/1──▶ installed
+//!                                                                              (awaiting reboot)
+//!  installed ──reboot, check with 3/2 previousversion=V──▶ complete
+//!  any ──x/0 errorcode──▶ error            any ──policy hold──▶ on_hold
+//! ```
+//!
+//! Events are honoured whenever they are meaningful, not only while an update is "in progress"
+//! (a machine updated by hand and rebooted still reports 3/2 and becomes `complete`).
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// Lifecycle status of an instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum InstanceStatus {
+    /// Registered; no update activity known.
+    Idle,
+    /// The server answered `ok` with a version.
+    Granted,
+    /// Event 13/1: download started.
+    Downloading,
+    /// Event 14/1: download finished.
+    Downloaded,
+    /// Event 3/1 (or 800/1): written to the other slot, awaiting a reboot. Not a failure.
+    Installed,
+    /// Event 3/2 with a previous version after reboot: running the new version.
+    Complete,
+    /// An event with result 0 (error code kept and decoded).
+    Error,
+    /// A rollout policy held the update back (reason kept server-side).
+    OnHold,
+}
+
+impl InstanceStatus {
+    /// All statuses, in lifecycle order.
+    pub const ALL: [Self; 8] = [
+        Self::Idle,
+        Self::Granted,
+        Self::Downloading,
+        Self::Downloaded,
+        Self::Installed,
+        Self::Complete,
+        Self::Error,
+        Self::OnHold,
+    ];
+
+    /// Stable text form (as in the API and the database).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Idle => "idle",
+            Self::Granted => "granted",
+            Self::Downloading => "downloading",
+            Self::Downloaded => "downloaded",
+            Self::Installed => "installed",
+            Self::Complete => "complete",
+            Self::Error => "error",
+            Self::OnHold => "on_hold",
+        }
+    }
+
+    /// Parses the text form.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// True while a granted update is on its way (granted, downloading, downloaded): the server
+    /// re-serves the granted version to such a machine without re-running the policy.
+    pub fn in_flight(self) -> bool {
+        matches!(self, Self::Granted | Self::Downloading | Self::Downloaded)
+    }
+}
+
+/// A client event, as far as the lifecycle cares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientEvent {
+    /// Omaha event type (3 complete, 13 download started, 14 download finished, 800 installed).
+    pub event_type: u32,
+    /// Omaha event result (0 error, 1 success, 2 success-reboot, 9 deferred...).
+    pub event_result: u32,
+    /// `previousversion` attribute (empty when absent).
+    pub previous_version: String,
+}
+
+/// Event type: update complete (update_engine uses it for install and post-reboot reports).
+pub const EVENT_UPDATE_COMPLETE: u32 = 3;
+/// Event type: download started.
+pub const EVENT_DOWNLOAD_STARTED: u32 = 13;
+/// Event type: download finished.
+pub const EVENT_DOWNLOAD_FINISHED: u32 = 14;
+/// Event type: installed (CoreUpdate dialect).
+pub const EVENT_INSTALLED: u32 = 800;
+
+/// The status an event moves an instance to, or `None` when it changes nothing.
+pub fn transition(current: InstanceStatus, event: &ClientEvent) -> Option<InstanceStatus> {
+    use InstanceStatus as S;
+    let next = match (event.event_type, event.event_result) {
+        (_, 0) => S::Error,
+        (EVENT_DOWNLOAD_STARTED, 1) => S::Downloading,
+        (EVENT_DOWNLOAD_FINISHED, 1) => S::Downloaded,
+        (EVENT_UPDATE_COMPLETE, 1) | (EVENT_INSTALLED, 1) => S::Installed,
+        (EVENT_UPDATE_COMPLETE, 2) => {
+            // update_engine attaches 3/2 to every check; only a real previous version (the first
+            // check after the update reboot) means "now running the new version".
+            let pv = event.previous_version.trim();
+            if pv.is_empty() || pv == "0.0.0.0" {
+                return None;
+            }
+            S::Complete
+        }
+        _ => return None,
+    };
+    (next != current).then_some(next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::InstanceStatus as S;
+    use super::*;
+
+    fn ev(t: u32, r: u32, pv: &str) -> ClientEvent {
+        ClientEvent {
+            event_type: t,
+            event_result: r,
+            previous_version: pv.to_owned(),
+        }
+    }
+
+    #[test]
+    fn full_update_engine_sequence() {
+        let mut s = S::Granted;
+        for (e, want) in [
+            (ev(13, 1, ""), S::Downloading),
+            (ev(14, 1, ""), S::Downloaded),
+            (ev(3, 1, ""), S::Installed),
+            (ev(3, 2, "3374.2.5"), S::Complete),
+        ] {
+            s = transition(s, &e).unwrap_or(s);
+            assert_eq!(s, want, "after {e:?}");
+        }
+    }
+
+    #[test]
+    fn installed_is_not_a_failure_and_routine_3_2_changes_nothing() {
+        assert_eq!(transition(S::Installed, &ev(3, 2, "")), None);
+        assert_eq!(transition(S::Installed, &ev(3, 2, "0.0.0.0")), None);
+        assert_eq!(transition(S::Complete, &ev(3, 2, "")), None);
+        assert_ne!(S::Installed, S::Error);
+    }
+
+    #[test]
+    fn errors_from_any_state() {
+        for s in S::ALL {
+            let want = if s == S::Error { None } else { Some(S::Error) };
+            assert_eq!(transition(s, &ev(3, 0, "")), want);
+        }
+        assert_eq!(transition(S::Downloading, &ev(13, 0, "")), Some(S::Error));
+    }
+
+    #[test]
+    fn events_count_outside_an_update_in_progress() {
+        // A machine updated out of band still completes.
+        assert_eq!(
+            transition(S::Idle, &ev(3, 2, "3000.0.0")),
+            Some(S::Complete)
+        );
+        assert_eq!(transition(S::Error, &ev(13, 1, "")), Some(S::Downloading));
+        assert_eq!(transition(S::Idle, &ev(800, 1, "")), Some(S::Installed));
+    }
+
+    #[test]
+    fn unknown_and_deferred_events_change_nothing() {
+        assert_eq!(transition(S::Granted, &ev(3, 9, "")), None);
+        assert_eq!(transition(S::Granted, &ev(15, 1, "")), None);
+        assert_eq!(transition(S::Granted, &ev(999, 4, "")), None);
+    }
+
+    #[test]
+    fn status_text_round_trips() {
+        for s in S::ALL {
+            assert_eq!(S::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(S::parse("bogus"), None);
+    }
+}

@@ -1,0 +1,64 @@
+//! `update-server`: runs the Platte update server (`serve`) or drives its admin API.
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use update_server::cli::{Cli, Command, run_admin};
+use update_server::config::Settings;
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting runtime")?;
+    match cli.command {
+        Command::Openapi => {
+            print!("{}", update_server::openapi::document_pretty());
+            Ok(())
+        }
+        Command::Serve(args) => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                )
+                .init();
+            let settings = Settings::from_args(&args).context("reading configuration")?;
+            rt.block_on(serve(settings))
+        }
+        other => rt.block_on(run_admin(other)),
+    }
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let server = update_server::server::start(settings).await?;
+    println!("update-server listening on http://{}", server.addr);
+    match &server.admin_token_file {
+        Some(f) => println!("admin token: {} (read-only token beside it)", f.display()),
+        None => println!("admin token: as configured"),
+    }
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    server.shutdown().await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,309 @@
+//! The fleet data model: applications, channels, groups (with rollout policy fields), packages,
+//! instances, events and activity. Timestamps are Unix seconds.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::lifecycle::InstanceStatus;
+
+/// An application: a thing clients update (the OS, an extension...), keyed by its Omaha appid.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct App {
+    /// Normalised appid (lower case, no braces).
+    pub id: String,
+    /// Human name.
+    pub name: String,
+    /// Free text.
+    pub description: String,
+    /// Creation time.
+    pub created_at: i64,
+}
+
+/// A published payload (hosted by this server or at an external URL).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Package {
+    /// Server-assigned id.
+    pub id: String,
+    /// Owning application.
+    pub app_id: String,
+    /// Release version.
+    pub version: String,
+    /// Architecture (`amd64`, `arm64`, or `all`).
+    pub arch: String,
+    /// Payload kind from the manifest (e.g. `full`, `delta`, `sysext`).
+    pub kind: String,
+    /// File name clients append to the codebase URL.
+    pub filename: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// SHA-1 of the file, base64 (Omaha `hash`).
+    pub sha1_base64: String,
+    /// SHA-256 of the file, hex.
+    pub sha256_hex: String,
+    /// External codebase URL (ending in `/`) when not hosted by this server.
+    pub external_url: Option<String>,
+    /// Creation time.
+    pub created_at: i64,
+}
+
+/// A channel: names the package each architecture should run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Channel {
+    /// Server-assigned id.
+    pub id: String,
+    /// Owning application.
+    pub app_id: String,
+    /// Channel name (`stable`, `beta`...), unique per app.
+    pub name: String,
+    /// Package id per architecture.
+    pub packages: BTreeMap<String, String>,
+    /// Creation time.
+    pub created_at: i64,
+}
+
+/// Rollout policy of a group. Stored as one JSON document so the policy engine (issue 5) can add
+/// fields without a schema migration; unknown fields are kept verbatim.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct GroupPolicy {
+    /// Rollout paused: checks are answered `noupdate` (reason `paused`).
+    #[serde(default)]
+    pub paused: bool,
+    /// Further policy fields (percentages, ramps, limits, windows...), kept as given.
+    #[serde(flatten)]
+    #[schema(value_type = Object)]
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+/// A group of machines: clients name it in the Omaha `track`; it follows one channel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Group {
+    /// Server-assigned id.
+    pub id: String,
+    /// Owning application.
+    pub app_id: String,
+    /// Human name.
+    pub name: String,
+    /// The Omaha `track` clients send (unique per app).
+    pub track: String,
+    /// Channel followed, if any.
+    pub channel_id: Option<String>,
+    /// Free text.
+    pub description: String,
+    /// Rollout policy.
+    pub policy: GroupPolicy,
+    /// Creation time.
+    pub created_at: i64,
+}
+
+/// What the server knows about one machine running one application.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Instance {
+    /// Machine id (`/etc/machine-id`).
+    pub machine_id: String,
+    /// Application.
+    pub app_id: String,
+    /// Operator-facing alias the machine reports.
+    pub alias: String,
+    /// Client IP as seen (or from the trusted proxy header).
+    pub ip: String,
+    /// Version the machine runs.
+    pub version: String,
+    /// Group resolved from the track (if known).
+    pub group_id: Option<String>,
+    /// Track as sent.
+    pub track: String,
+    /// OEM id.
+    pub oem: String,
+    /// OEM version.
+    pub oem_version: String,
+    /// Board (`amd64-usr`...).
+    pub board: String,
+    /// Boot id of the last check.
+    pub boot_id: String,
+    /// Last contact.
+    pub last_check_at: i64,
+    /// Version last granted.
+    pub granted_version: Option<String>,
+    /// When it was granted.
+    pub granted_at: Option<i64>,
+    /// Lifecycle status.
+    pub status: InstanceStatus,
+    /// Why (hold reason, decoded error...).
+    pub status_detail: String,
+    /// update_engine error code of the last failure (flags included).
+    pub error_code: Option<i64>,
+    /// When the status last changed.
+    pub status_at: i64,
+    /// First contact.
+    pub created_at: i64,
+}
+
+/// One entry of an instance's status history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct StatusChange {
+    /// New status.
+    pub status: InstanceStatus,
+    /// Version the machine ran.
+    pub version: String,
+    /// Detail (reason, decoded error).
+    pub detail: String,
+    /// Error code, if any.
+    pub error_code: Option<i64>,
+    /// When.
+    pub at: i64,
+}
+
+/// An Omaha event a client reported.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct EventRecord {
+    /// Sequence number.
+    pub id: i64,
+    /// Machine.
+    pub machine_id: String,
+    /// Application.
+    pub app_id: String,
+    /// Omaha event type.
+    pub event_type: i64,
+    /// Omaha event result.
+    pub event_result: i64,
+    /// Error code as sent.
+    pub error_code: Option<i64>,
+    /// previousversion as sent.
+    pub previous_version: String,
+    /// Version the client reported with the event.
+    pub version: String,
+    /// When received.
+    pub at: i64,
+}
+
+/// Severity of an activity entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    /// Informational.
+    Info,
+    /// Something went well.
+    Success,
+    /// Needs a look.
+    Warning,
+    /// Something failed.
+    Error,
+}
+
+impl Severity {
+    /// Stable text form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Info => "info",
+            Self::Success => "success",
+            Self::Warning => "warning",
+            Self::Error => "error",
+        }
+    }
+    /// Parses the text form (unknown → info).
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "success" => Self::Success,
+            "warning" => Self::Warning,
+            "error" => Self::Error,
+            _ => Self::Info,
+        }
+    }
+}
+
+/// One entry of the activity feed (admin changes and notable fleet happenings).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Activity {
+    /// Sequence number.
+    pub id: i64,
+    /// When.
+    pub at: i64,
+    /// Machine-readable kind (`app_created`, `instance_update_failed`...).
+    pub kind: String,
+    /// Severity.
+    pub severity: Severity,
+    /// Application concerned.
+    pub app_id: Option<String>,
+    /// Group concerned.
+    pub group_id: Option<String>,
+    /// Machine concerned.
+    pub machine_id: Option<String>,
+    /// Version concerned.
+    pub version: Option<String>,
+    /// Human text.
+    pub message: String,
+}
+
+/// A new activity entry (before it has an id).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NewActivity {
+    /// Kind.
+    pub kind: String,
+    /// Severity text.
+    pub severity: &'static str,
+    /// Application.
+    pub app_id: Option<String>,
+    /// Group.
+    pub group_id: Option<String>,
+    /// Machine.
+    pub machine_id: Option<String>,
+    /// Version.
+    pub version: Option<String>,
+    /// Text.
+    pub message: String,
+}
+
+/// Normalises an Omaha appid: trims, strips braces, lower-cases.
+pub fn normalize_appid(appid: &str) -> String {
+    appid
+        .trim()
+        .trim_start_matches('{')
+        .trim_end_matches('}')
+        .to_ascii_lowercase()
+}
+
+/// Maps a board / arch string from a client or manifest to the catalogue's arch names.
+pub fn normalize_arch(s: &str) -> String {
+    let s = s.trim().to_ascii_lowercase();
+    let base = s.strip_suffix("-usr").unwrap_or(&s);
+    match base {
+        "" => "amd64".to_owned(),
+        "x86_64" | "x64" | "amd64" => "amd64".to_owned(),
+        "aarch64" | "arm64" => "arm64".to_owned(),
+        other => other.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn appid_normalised() {
+        assert_eq!(
+            normalize_appid(" {E96281A6-D1AF-4BDE-9A0A-97B76E56DC57} "),
+            "e96281a6-d1af-4bde-9a0a-97b76e56dc57"
+        );
+    }
+
+    #[test]
+    fn arch_normalised() {
+        assert_eq!(normalize_arch("amd64-usr"), "amd64");
+        assert_eq!(normalize_arch("arm64-usr"), "arm64");
+        assert_eq!(normalize_arch("x86_64"), "amd64");
+        assert_eq!(normalize_arch(""), "amd64");
+        assert_eq!(normalize_arch("riscv64"), "riscv64");
+    }
+
+    #[test]
+    fn policy_keeps_unknown_fields() {
+        let p: GroupPolicy =
+            serde_json::from_str(r#"{"paused":true,"percentage":25,"windows":[]}"#).unwrap();
+        assert!(p.paused);
+        let back = serde_json::to_value(&p).unwrap();
+        assert_eq!(back["percentage"], 25);
+        assert_eq!(back["windows"], serde_json::json!([]));
+    }
+}

@@ -1,0 +1,167 @@
+//! Server start-up and shutdown: open the data directory, apply migrations, load the catalogue
+//! and fleet, resolve tokens, start the batch writer, bind and serve; on shutdown stop accepting,
+//! drain, and flush pending check-ins.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio::sync::watch;
+
+use crate::blobs::BlobStore;
+use crate::catalogue::CatalogueCache;
+use crate::clock::{Clock, SystemClock};
+use crate::config::Settings;
+use crate::fleet::Fleet;
+use crate::http::{AppState, auth, router};
+use crate::metrics::Metrics;
+use crate::policy::{BasicPolicy, RolloutPolicy};
+use crate::service::UpdateService;
+use crate::store::{SqliteStore, Store};
+
+/// A running server.
+#[derive(Debug)]
+pub struct RunningServer {
+    /// Bound address.
+    pub addr: SocketAddr,
+    /// Admin token in force.
+    pub admin_token: String,
+    /// Read-only token in force.
+    pub read_only_token: String,
+    /// Where a generated admin token was written (if one was generated or read from file).
+    pub admin_token_file: Option<std::path::PathBuf>,
+    /// Shared state (for in-process inspection in tests and benches).
+    pub state: AppState,
+    shutdown: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningServer {
+    /// Stops accepting, drains in-flight requests, flushes check-ins, closes the database.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let _ = self.shutdown.send(true);
+        self.task.await.context("server task panicked")?
+    }
+}
+
+/// Starts the server with the given settings, clock and policy.
+pub async fn start_with(
+    settings: Settings,
+    clock: Arc<dyn Clock>,
+    policy: Arc<dyn RolloutPolicy>,
+) -> anyhow::Result<RunningServer> {
+    let dir = &settings.data_dir;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating data directory {}", dir.display()))?;
+    let sqlite = SqliteStore::open(&dir.join("platte.sqlite"))
+        .await
+        .with_context(|| format!("opening database in {}", dir.display()))?;
+    let store: Arc<dyn Store> = Arc::new(sqlite.clone());
+    let blobs = Arc::new(BlobStore::open(dir.join("packages")).context("opening package store")?);
+    let cache = Arc::new(CatalogueCache::default());
+    crate::http::admin::load_into(store.as_ref(), &cache)
+        .await
+        .context("loading catalogue")?;
+    let rows = store.load_instances().await.context("loading instances")?;
+    let fleet = Arc::new(Fleet::new(Arc::clone(&store), rows));
+
+    let admin_file = dir.join("admin-token");
+    let (admin_token, _) = auth::load_or_create(settings.admin_token.as_deref(), &admin_file)
+        .with_context(|| format!("admin token file {}", admin_file.display()))?;
+    let ro_file = dir.join("read-only-token");
+    let (read_only_token, _) = auth::load_or_create(settings.read_only_token.as_deref(), &ro_file)
+        .with_context(|| format!("read-only token file {}", ro_file.display()))?;
+    let tokens = Arc::new(auth::Tokens::new(&admin_token, &read_only_token));
+
+    let trust = match &settings.trusted_keys {
+        Some(p) => Some(Arc::new(payloads::TrustStore::load(p).with_context(
+            || format!("loading trusted keys from {}", p.display()),
+        )?)),
+        None => None,
+    };
+
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("binding {}", settings.listen))?;
+    let addr = listener.local_addr().context("reading bound address")?;
+    let public_url = settings
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"));
+
+    let metrics = Arc::new(Metrics::new());
+    let service = Arc::new(UpdateService {
+        catalogue: cache,
+        fleet: Arc::clone(&fleet),
+        policy,
+        metrics: Arc::clone(&metrics),
+        clock,
+        public_url,
+    });
+    let state = AppState {
+        store: Arc::clone(&store),
+        service,
+        blobs,
+        metrics,
+        trust,
+        admin_lock: Arc::new(tokio::sync::Mutex::new(())),
+        proxy_header: settings.proxy_header.clone(),
+        max_package_size: settings.max_package_size,
+    };
+    let app = router(state.clone(), tokens);
+    let (tx, mut rx) = watch::channel(false);
+
+    let flusher = {
+        let fleet = Arc::clone(&fleet);
+        let mut rx = rx.clone();
+        let every = settings.flush_interval;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        if let Err(e) = fleet.flush().await {
+                            tracing::warn!(error = %e, "batched check-in write failed; will retry");
+                        }
+                    }
+                    _ = rx.changed() => break,
+                }
+            }
+        })
+    };
+
+    let task = tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = rx.wait_for(|v| *v).await;
+        })
+        .await
+        .context("serving HTTP")?;
+        let _ = flusher.await;
+        let n = fleet
+            .flush()
+            .await
+            .context("flushing check-ins at shutdown")?;
+        tracing::info!(rows = n, "flushed check-ins at shutdown");
+        sqlite.close().await;
+        Ok(())
+    });
+    Ok(RunningServer {
+        addr,
+        admin_token,
+        read_only_token,
+        admin_token_file: settings.admin_token.is_none().then_some(admin_file),
+        state,
+        shutdown: tx,
+        task,
+    })
+}
+
+/// Starts the server with the system clock and the basic policy.
+pub async fn start(settings: Settings) -> anyhow::Result<RunningServer> {
+    start_with(settings, Arc::new(SystemClock), Arc::new(BasicPolicy)).await
+}

@@ -1,0 +1,487 @@
+//! The update-check service, independent of the wire format: per app in a request, events
+//! first, then the ping (registers or refreshes the instance), then the update check. The Omaha
+//! endpoint translates XML to [`AppCheckIn`] and [`AppAnswer`] back.
+
+use std::sync::Arc;
+
+use crate::catalogue::{Catalogue, CatalogueCache};
+use crate::clock::Clock;
+use crate::fleet::{Fleet, InstanceKey};
+use crate::lifecycle::{ClientEvent, InstanceStatus, transition};
+use crate::metrics::{ErrorLabels, EventLabels, Metrics, OutcomeLabels};
+use crate::model::{Instance, NewActivity, Package, StatusChange, normalize_appid, normalize_arch};
+use crate::policy::{PolicyContext, PolicyDecision, RolloutPolicy};
+use crate::store::{InstanceChange, NewEvent, StoreError};
+use crate::version;
+
+/// One client event, decoded by the protocol layer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventIn {
+    /// Event type.
+    pub event_type: u32,
+    /// Event result.
+    pub event_result: u32,
+    /// Error code as sent (flags included).
+    pub error_code: Option<i64>,
+    /// `previousversion`.
+    pub previous_version: String,
+    /// Human description of the error code (decoded by the protocol layer).
+    pub error_detail: String,
+}
+
+/// One `<app>` of a request, protocol-neutral.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AppCheckIn {
+    /// appid as sent.
+    pub appid: String,
+    /// Version the client runs.
+    pub version: String,
+    /// Track (group name or id).
+    pub track: String,
+    /// Machine id.
+    pub machine_id: String,
+    /// Machine alias.
+    pub alias: String,
+    /// Boot id.
+    pub boot_id: String,
+    /// OEM.
+    pub oem: String,
+    /// OEM version.
+    pub oem_version: String,
+    /// Board (or OS arch as fallback).
+    pub board: String,
+    /// Client IP.
+    pub ip: String,
+    /// Events, in order.
+    pub events: Vec<EventIn>,
+    /// A `<ping>` was present.
+    pub ping: bool,
+    /// An `<updatecheck>` was present.
+    pub updatecheck: bool,
+}
+
+/// Why there is no update.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NoUpdateReason {
+    /// Already at (or above) the target.
+    UpToDate,
+    /// The track names no group.
+    UnknownGroup,
+    /// The group follows no channel, or the channel has no package for the arch.
+    NoPackage,
+    /// Installed, waiting for its reboot.
+    AwaitingReboot,
+    /// The client's version string is unusable.
+    InvalidVersion,
+    /// A rollout policy held it back.
+    Hold(String),
+}
+
+impl NoUpdateReason {
+    /// Metric / API label.
+    pub fn label(&self) -> String {
+        match self {
+            Self::UpToDate => "up_to_date".into(),
+            Self::UnknownGroup => "unknown_group".into(),
+            Self::NoPackage => "no_package".into(),
+            Self::AwaitingReboot => "awaiting_reboot".into(),
+            Self::InvalidVersion => "invalid_version".into(),
+            Self::Hold(r) => format!("hold_{r}"),
+        }
+    }
+}
+
+/// The answer to an update check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckAnswer {
+    /// Serve this package from this codebase URL (ending in `/`).
+    Update {
+        /// Package (boxed: it is much larger than the other variant).
+        package: Box<Package>,
+        /// Codebase URL.
+        codebase: String,
+    },
+    /// No update.
+    NoUpdate(NoUpdateReason),
+}
+
+/// The answer for one app.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppAnswer {
+    /// The appid is not known.
+    UnknownApp,
+    /// Known app.
+    Known {
+        /// Events acknowledged.
+        events: usize,
+        /// Ping acknowledged.
+        ping: bool,
+        /// Update check answer, if one was asked.
+        check: Option<CheckAnswer>,
+    },
+}
+
+/// Error of the check path (storage failed while persisting an event or grant).
+#[derive(Debug, thiserror::Error)]
+#[error("could not record instance {machine_id} of {app_id}: {source}")]
+pub struct CheckError {
+    /// Machine.
+    pub machine_id: String,
+    /// App.
+    pub app_id: String,
+    /// Cause.
+    #[source]
+    pub source: StoreError,
+}
+
+/// The update-check service.
+#[derive(Debug)]
+pub struct UpdateService {
+    /// Catalogue snapshot.
+    pub catalogue: Arc<CatalogueCache>,
+    /// Instances.
+    pub fleet: Arc<Fleet>,
+    /// Policy engine.
+    pub policy: Arc<dyn RolloutPolicy>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Clock.
+    pub clock: Arc<dyn Clock>,
+    /// Base URL for hosted packages (no trailing slash).
+    pub public_url: String,
+}
+
+fn is_routine(e: &EventIn) -> bool {
+    let pv = e.previous_version.trim();
+    e.event_type == 3 && e.event_result == 2 && (pv.is_empty() || pv == "0.0.0.0")
+}
+
+fn set_status(
+    row: &mut Instance,
+    change: &mut InstanceChange,
+    status: InstanceStatus,
+    detail: String,
+    error_code: Option<i64>,
+    now: i64,
+) {
+    row.status = status;
+    row.status_detail = detail.clone();
+    row.error_code = error_code.or(if status == InstanceStatus::Error {
+        row.error_code
+    } else {
+        None
+    });
+    row.status_at = now;
+    change.status_change = Some(StatusChange {
+        status,
+        version: row.version.clone(),
+        detail,
+        error_code,
+        at: now,
+    });
+}
+
+impl UpdateService {
+    /// Codebase URL for a package.
+    pub fn codebase(&self, p: &Package) -> String {
+        match &p.external_url {
+            Some(u) if u.ends_with('/') => u.clone(),
+            Some(u) => format!("{u}/"),
+            None => format!("{}/packages/{}/", self.public_url, p.sha256_hex),
+        }
+    }
+
+    /// Handles one app of a request.
+    pub async fn handle(&self, req: &AppCheckIn) -> Result<AppAnswer, CheckError> {
+        let cat = self.catalogue.get();
+        let app_id = normalize_appid(&req.appid);
+        if cat.app(&app_id).is_none() {
+            self.metrics.check("unknown", "unknown_app");
+            return Ok(AppAnswer::UnknownApp);
+        };
+        let now = self.clock.now();
+        if req.machine_id.trim().is_empty() {
+            // Untrackable client: answer, but keep no state.
+            let check = req
+                .updatecheck
+                .then(|| self.decide(&cat, req, &app_id, None, now).0);
+            return Ok(AppAnswer::Known {
+                events: req.events.len(),
+                ping: req.ping,
+                check,
+            });
+        }
+        let key: InstanceKey = (req.machine_id.trim().to_owned(), app_id.clone());
+        let group = cat.resolve_group(&app_id, &req.track);
+        let mut change = InstanceChange::default();
+        let mut durable = false;
+
+        // Events, then ping (refresh), in one critical section on the row.
+        let snapshot = self.fleet.update(
+            &key,
+            || Instance {
+                machine_id: key.0.clone(),
+                app_id: app_id.clone(),
+                alias: String::new(),
+                ip: String::new(),
+                version: req.version.clone(),
+                group_id: None,
+                track: String::new(),
+                oem: String::new(),
+                oem_version: String::new(),
+                board: String::new(),
+                boot_id: String::new(),
+                last_check_at: now,
+                granted_version: None,
+                granted_at: None,
+                status: InstanceStatus::Idle,
+                status_detail: String::new(),
+                error_code: None,
+                status_at: now,
+                created_at: now,
+            },
+            |row| {
+                row.last_check_at = now;
+                if !req.version.is_empty() {
+                    row.version = req.version.clone();
+                }
+                row.track = req.track.clone();
+                row.group_id = group.map(|g| g.id.clone());
+                for (value, field) in [
+                    (&req.alias, &mut row.alias),
+                    (&req.ip, &mut row.ip),
+                    (&req.oem, &mut row.oem),
+                    (&req.oem_version, &mut row.oem_version),
+                    (&req.board, &mut row.board),
+                    (&req.boot_id, &mut row.boot_id),
+                ] {
+                    if !value.is_empty() && field != value {
+                        field.clone_from(value);
+                    }
+                }
+                for e in &req.events {
+                    self.metrics
+                        .events
+                        .get_or_create(&EventLabels {
+                            app: app_id.clone(),
+                            event_type: e.event_type,
+                            result: e.event_result,
+                        })
+                        .inc();
+                    if is_routine(e) {
+                        continue;
+                    }
+                    durable = true;
+                    change.events.push(NewEvent {
+                        event_type: i64::from(e.event_type),
+                        event_result: i64::from(e.event_result),
+                        error_code: e.error_code,
+                        previous_version: e.previous_version.clone(),
+                    });
+                    let ce = ClientEvent {
+                        event_type: e.event_type,
+                        event_result: e.event_result,
+                        previous_version: e.previous_version.clone(),
+                    };
+                    if let Some(next) = transition(row.status, &ce) {
+                        let detail = match next {
+                            InstanceStatus::Error => e.error_detail.clone(),
+                            InstanceStatus::Complete => {
+                                format!("updated from {}", ce.previous_version)
+                            }
+                            _ => String::new(),
+                        };
+                        set_status(row, &mut change, next, detail, e.error_code, now);
+                        self.count_outcome(&app_id, next, e);
+                        if next == InstanceStatus::Error {
+                            change.activity.push(NewActivity {
+                                kind: "instance_update_failed".into(),
+                                severity: "error",
+                                app_id: Some(app_id.clone()),
+                                group_id: row.group_id.clone(),
+                                machine_id: Some(row.machine_id.clone()),
+                                version: row.granted_version.clone(),
+                                message: format!(
+                                    "{} failed to update: {}",
+                                    row.machine_id, e.error_detail
+                                ),
+                            });
+                        }
+                    }
+                }
+                row.clone()
+            },
+        );
+
+        let check = if req.updatecheck {
+            let (answer, grant) = self.decide(&cat, req, &app_id, Some(&snapshot), now);
+            let label = match &answer {
+                CheckAnswer::Update { .. } => "update".to_owned(),
+                CheckAnswer::NoUpdate(r) => format!("noupdate_{}", r.label()),
+            };
+            self.metrics.check(&app_id, &label);
+            let status_update = match (&answer, grant) {
+                (CheckAnswer::Update { package, .. }, true) => Some((
+                    InstanceStatus::Granted,
+                    String::new(),
+                    Some(package.version.clone()),
+                )),
+                (CheckAnswer::NoUpdate(NoUpdateReason::Hold(r)), _) => {
+                    Some((InstanceStatus::OnHold, r.clone(), None))
+                }
+                _ => None,
+            };
+            if let Some((status, detail, granted)) = status_update {
+                let changed = self.fleet.update(
+                    &key,
+                    || snapshot.clone(),
+                    |row| {
+                        if row.status == status && row.status_detail == detail && granted.is_none()
+                        {
+                            return false;
+                        }
+                        if let Some(v) = granted {
+                            row.granted_version = Some(v);
+                            row.granted_at = Some(now);
+                        }
+                        set_status(row, &mut change, status, detail, None, now);
+                        true
+                    },
+                );
+                durable |= changed;
+            }
+            Some(answer)
+        } else {
+            None
+        };
+
+        if durable {
+            self.fleet
+                .persist(&key, &change)
+                .await
+                .map_err(|source| CheckError {
+                    machine_id: key.0.clone(),
+                    app_id: key.1.clone(),
+                    source,
+                })?;
+        }
+        Ok(AppAnswer::Known {
+            events: req.events.len(),
+            ping: req.ping,
+            check,
+        })
+    }
+
+    fn count_outcome(&self, app_id: &str, status: InstanceStatus, e: &EventIn) {
+        let outcome = match status {
+            InstanceStatus::Installed => "installed",
+            InstanceStatus::Complete => "complete",
+            InstanceStatus::Error => "error",
+            _ => return,
+        };
+        self.metrics
+            .update_outcomes
+            .get_or_create(&OutcomeLabels {
+                app: app_id.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+        if status == InstanceStatus::Error {
+            let raw = e.error_code.unwrap_or(0);
+            let code = u32::try_from(raw & 0x0FFF_FFFF).unwrap_or(0);
+            let name = e
+                .error_detail
+                .split([' ', '('])
+                .next()
+                .unwrap_or("")
+                .to_owned();
+            self.metrics
+                .update_errors
+                .get_or_create(&ErrorLabels {
+                    app: app_id.to_owned(),
+                    code,
+                    name,
+                })
+                .inc();
+        }
+    }
+
+    /// Decides the update check; the bool says whether it is a new grant.
+    fn decide(
+        &self,
+        cat: &Catalogue,
+        req: &AppCheckIn,
+        app_id: &str,
+        instance: Option<&Instance>,
+        now: i64,
+    ) -> (CheckAnswer, bool) {
+        let no = |r| (CheckAnswer::NoUpdate(r), false);
+        if !version::is_valid(&req.version) {
+            return no(NoUpdateReason::InvalidVersion);
+        }
+        let Some(app) = cat.app(app_id) else {
+            return no(NoUpdateReason::UnknownGroup);
+        };
+        let Some(group) = cat.resolve_group(app_id, &req.track) else {
+            return no(NoUpdateReason::UnknownGroup);
+        };
+        let Some(channel) = group.channel_id.as_deref().and_then(|c| cat.channel(c)) else {
+            return no(NoUpdateReason::NoPackage);
+        };
+        let arch = normalize_arch(&req.board);
+        let Some(target) = cat.channel_package(channel, &arch) else {
+            return no(NoUpdateReason::NoPackage);
+        };
+        if let Some(inst) = instance
+            && let Some(granted) = &inst.granted_version
+        {
+            let behind = version::compare(&req.version, granted).is_lt();
+            if inst.status.in_flight() && behind {
+                // Re-serve the granted version without re-running the policy.
+                let pkg = cat
+                    .data()
+                    .packages
+                    .iter()
+                    .find(|p| {
+                        p.app_id == app_id
+                            && &p.version == granted
+                            && (p.arch == arch || p.arch == "all")
+                    })
+                    .unwrap_or(target);
+                return (
+                    CheckAnswer::Update {
+                        package: Box::new(pkg.clone()),
+                        codebase: self.codebase(pkg),
+                    },
+                    false,
+                );
+            }
+            if inst.status == InstanceStatus::Installed && behind {
+                return no(NoUpdateReason::AwaitingReboot);
+            }
+        }
+        if version::compare(&req.version, &target.version).is_ge() {
+            return no(NoUpdateReason::UpToDate);
+        }
+        if let Some(inst) = instance {
+            let ctx = PolicyContext {
+                app,
+                group,
+                channel,
+                target,
+                instance: inst,
+                now,
+            };
+            if let PolicyDecision::Hold(reason) = self.policy.decide(&ctx) {
+                return no(NoUpdateReason::Hold(reason));
+            }
+        }
+        (
+            CheckAnswer::Update {
+                package: Box::new(target.clone()),
+                codebase: self.codebase(target),
+            },
+            true,
+        )
+    }
+}

@@ -1,0 +1,181 @@
+//! Persistent storage behind a trait, so handlers do not know the database. [`SqliteStore`] is
+//! the embedded implementation; the SQL is kept portable for a PostgreSQL one.
+
+mod sqlite;
+
+use std::future::Future;
+use std::pin::Pin;
+
+pub use sqlite::SqliteStore;
+
+use crate::lifecycle::InstanceStatus;
+use crate::model::{
+    Activity, App, Channel, EventRecord, Group, Instance, NewActivity, Package, StatusChange,
+};
+
+/// A boxed future returned by [`Store`] methods (keeps the trait usable as `dyn Store`).
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// What can go wrong in storage.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The named object does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// A uniqueness or reference rule was violated.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// A stored value could not be decoded.
+    #[error("corrupt stored data in {table}.{column}: {detail}")]
+    Corrupt {
+        /// Table.
+        table: &'static str,
+        /// Column.
+        column: &'static str,
+        /// What was wrong.
+        detail: String,
+    },
+    /// The database failed.
+    #[error("database error during {op}: {source}")]
+    Database {
+        /// Operation.
+        op: &'static str,
+        /// Cause.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// Schema migration failed.
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+/// Everything the in-memory catalogue is built from.
+#[derive(Debug, Clone, Default)]
+pub struct CatalogueData {
+    /// Applications.
+    pub apps: Vec<App>,
+    /// Packages.
+    pub packages: Vec<Package>,
+    /// Channels.
+    pub channels: Vec<Channel>,
+    /// Groups.
+    pub groups: Vec<Group>,
+}
+
+/// Instance list filters (all optional, combined with AND).
+#[derive(Debug, Clone, Default)]
+pub struct InstanceFilter {
+    /// Exact machine id.
+    pub machine_id: Option<String>,
+    /// Application.
+    pub app_id: Option<String>,
+    /// Group id.
+    pub group_id: Option<String>,
+    /// Exact version.
+    pub version: Option<String>,
+    /// Status.
+    pub status: Option<InstanceStatus>,
+    /// Substring of machine id, alias or IP.
+    pub search: Option<String>,
+    /// Page size.
+    pub limit: u32,
+    /// Page offset.
+    pub offset: u32,
+}
+
+/// An event to store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    /// Event type.
+    pub event_type: i64,
+    /// Event result.
+    pub event_result: i64,
+    /// Error code as sent.
+    pub error_code: Option<i64>,
+    /// previousversion as sent.
+    pub previous_version: String,
+}
+
+/// A durable change to one instance: its new row plus what explains it.
+#[derive(Debug, Clone, Default)]
+pub struct InstanceChange {
+    /// New status history entry.
+    pub status_change: Option<StatusChange>,
+    /// Events received.
+    pub events: Vec<NewEvent>,
+    /// Activity entries.
+    pub activity: Vec<NewActivity>,
+}
+
+/// Storage operations used by the server. Every write is one transaction, durable when the
+/// future resolves.
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// Checks the database answers.
+    fn ping(&self) -> StoreFuture<'_, ()>;
+    /// Loads apps, packages, channels and groups.
+    fn load_catalogue(&self) -> StoreFuture<'_, CatalogueData>;
+    /// Inserts an application.
+    fn insert_app<'a>(&'a self, app: &'a App, act: &'a NewActivity) -> StoreFuture<'a, ()>;
+    /// Updates an application's name/description.
+    fn update_app<'a>(&'a self, app: &'a App, act: &'a NewActivity) -> StoreFuture<'a, ()>;
+    /// Deletes an application (refused while it has packages).
+    fn delete_app<'a>(&'a self, id: &'a str, act: &'a NewActivity) -> StoreFuture<'a, ()>;
+    /// Inserts a channel (with its package pointers).
+    fn insert_channel<'a>(&'a self, c: &'a Channel, act: &'a NewActivity) -> StoreFuture<'a, ()>;
+    /// Replaces a channel's name and package pointers.
+    fn update_channel<'a>(&'a self, c: &'a Channel, act: &'a NewActivity) -> StoreFuture<'a, ()>;
+    /// Deletes a channel.
+    fn delete_channel<'a>(&'a self, id: &'a str, act: &'a NewActivity) -> StoreFuture<'a, ()>;
+    /// Inserts a group.
+    fn insert_group<'a>(&'a self, g: &'a Group, act: &'a NewActivity) -> StoreFuture<'a, ()>;
+    /// Updates a group.
+    fn update_group<'a>(&'a self, g: &'a Group, act: &'a NewActivity) -> StoreFuture<'a, ()>;
+    /// Deletes a group.
+    fn delete_group<'a>(&'a self, id: &'a str, act: &'a NewActivity) -> StoreFuture<'a, ()>;
+    /// Inserts a package.
+    fn insert_package<'a>(&'a self, p: &'a Package, act: &'a NewActivity) -> StoreFuture<'a, ()>;
+    /// Deletes a package (refused while a channel points at it).
+    fn delete_package<'a>(&'a self, id: &'a str, act: &'a NewActivity) -> StoreFuture<'a, ()>;
+    /// Loads every instance (at start-up, to fill the in-memory fleet).
+    fn load_instances(&self) -> StoreFuture<'_, Vec<Instance>>;
+    /// Writes a batch of instance rows (coalesced check-ins) in one transaction.
+    fn upsert_instances<'a>(&'a self, rows: &'a [Instance]) -> StoreFuture<'a, ()>;
+    /// Writes one instance row with its history/events/activity in one transaction.
+    fn record_instance<'a>(
+        &'a self,
+        row: &'a Instance,
+        change: &'a InstanceChange,
+    ) -> StoreFuture<'a, ()>;
+    /// Lists instances matching a filter, with the total count.
+    fn list_instances<'a>(&'a self, f: &'a InstanceFilter)
+    -> StoreFuture<'a, (Vec<Instance>, u64)>;
+    /// An instance's status history, newest first.
+    fn instance_history<'a>(
+        &'a self,
+        machine_id: &'a str,
+        app_id: &'a str,
+        limit: u32,
+    ) -> StoreFuture<'a, Vec<StatusChange>>;
+    /// Deletes a machine's rows (for one app or all), with its history and events.
+    fn delete_instance<'a>(
+        &'a self,
+        machine_id: &'a str,
+        app_id: Option<&'a str>,
+        act: &'a NewActivity,
+    ) -> StoreFuture<'a, u64>;
+    /// Events, newest first, optionally for one machine/app, before an id.
+    fn list_events<'a>(
+        &'a self,
+        machine_id: Option<&'a str>,
+        app_id: Option<&'a str>,
+        before_id: Option<i64>,
+        limit: u32,
+    ) -> StoreFuture<'a, Vec<EventRecord>>;
+    /// Activity feed, newest first, optionally for one app, before an id.
+    fn list_activity<'a>(
+        &'a self,
+        app_id: Option<&'a str>,
+        before_id: Option<i64>,
+        limit: u32,
+    ) -> StoreFuture<'a, Vec<Activity>>;
+}

@@ -1,0 +1,1011 @@
+//! [`Store`] on embedded SQLite (sqlx): WAL, foreign keys, busy timeout, synchronous=FULL so a
+//! committed admin write survives a crash, and migrations embedded in the binary.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, Transaction};
+
+use super::{CatalogueData, InstanceChange, InstanceFilter, Store, StoreError, StoreFuture};
+use crate::lifecycle::InstanceStatus;
+use crate::model::{
+    Activity, App, Channel, EventRecord, Group, GroupPolicy, Instance, NewActivity, Package,
+    Severity, StatusChange,
+};
+
+const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "initial",
+    include_str!("../../migrations/0001_initial.sql"),
+)];
+
+/// SQLite-backed store.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+fn db(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |source| match &source {
+        sqlx::Error::Database(e) if e.is_unique_violation() => {
+            StoreError::Conflict(format!("{op}: already exists"))
+        }
+        sqlx::Error::Database(e)
+            if e.is_foreign_key_violation() || e.message().contains("FOREIGN KEY") =>
+        {
+            StoreError::Conflict(format!(
+                "{op}: still referenced or refers to a missing object"
+            ))
+        }
+        _ => StoreError::Database { op, source },
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and applies migrations.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        let opts = SqliteConnectOptions::from_str("sqlite:")
+            .map_err(db("open"))?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await
+            .map_err(db("open"))?;
+        let migrator = Migrator {
+            migrations: Cow::Owned(
+                MIGRATIONS
+                    .iter()
+                    .map(|(v, d, sql)| {
+                        Migration::new(
+                            *v,
+                            Cow::Borrowed(*d),
+                            MigrationType::Simple,
+                            Cow::Borrowed(*sql),
+                            false,
+                        )
+                    })
+                    .collect(),
+            ),
+            ..Migrator::DEFAULT
+        };
+        migrator.run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    /// Closes the pool (checkpointing the WAL).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+async fn add_activity(
+    tx: &mut Transaction<'_, Sqlite>,
+    a: &NewActivity,
+    at: i64,
+) -> Result<(), StoreError> {
+    if a.kind.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO activity (at, kind, severity, app_id, group_id, machine_id, version, message) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(at)
+    .bind(&a.kind)
+    .bind(a.severity)
+    .bind(&a.app_id)
+    .bind(&a.group_id)
+    .bind(&a.machine_id)
+    .bind(&a.version)
+    .bind(&a.message)
+    .execute(&mut **tx)
+    .await
+    .map_err(db("insert activity"))?;
+    Ok(())
+}
+
+fn now() -> i64 {
+    crate::clock::Clock::now(&crate::clock::SystemClock)
+}
+
+fn get<'r, T: sqlx::Decode<'r, Sqlite> + sqlx::Type<Sqlite>>(
+    row: &'r SqliteRow,
+    table: &'static str,
+    column: &'static str,
+) -> Result<T, StoreError> {
+    row.try_get(column).map_err(|e| StoreError::Corrupt {
+        table,
+        column,
+        detail: e.to_string(),
+    })
+}
+
+fn u64_of(v: i64, table: &'static str, column: &'static str) -> Result<u64, StoreError> {
+    u64::try_from(v).map_err(|_| StoreError::Corrupt {
+        table,
+        column,
+        detail: format!("negative {v}"),
+    })
+}
+
+fn status_of(s: &str, table: &'static str) -> Result<InstanceStatus, StoreError> {
+    InstanceStatus::parse(s).ok_or_else(|| StoreError::Corrupt {
+        table,
+        column: "status",
+        detail: format!("unknown status {s:?}"),
+    })
+}
+
+fn instance_of(r: &SqliteRow) -> Result<Instance, StoreError> {
+    const T: &str = "instances";
+    Ok(Instance {
+        machine_id: get(r, T, "machine_id")?,
+        app_id: get(r, T, "app_id")?,
+        alias: get(r, T, "alias")?,
+        ip: get(r, T, "ip")?,
+        version: get(r, T, "version")?,
+        group_id: get(r, T, "group_id")?,
+        track: get(r, T, "track")?,
+        oem: get(r, T, "oem")?,
+        oem_version: get(r, T, "oem_version")?,
+        board: get(r, T, "board")?,
+        boot_id: get(r, T, "boot_id")?,
+        last_check_at: get(r, T, "last_check_at")?,
+        granted_version: get(r, T, "granted_version")?,
+        granted_at: get(r, T, "granted_at")?,
+        status: status_of(&get::<String>(r, T, "status")?, T)?,
+        status_detail: get(r, T, "status_detail")?,
+        error_code: get(r, T, "error_code")?,
+        status_at: get(r, T, "status_at")?,
+        created_at: get(r, T, "created_at")?,
+    })
+}
+
+async fn upsert_instance(tx: &mut Transaction<'_, Sqlite>, i: &Instance) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO instances (machine_id, app_id, alias, ip, version, group_id, track, oem, \
+         oem_version, board, boot_id, last_check_at, granted_version, granted_at, status, \
+         status_detail, error_code, status_at, created_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+         ON CONFLICT (machine_id, app_id) DO UPDATE SET alias = excluded.alias, ip = excluded.ip, \
+         version = excluded.version, group_id = excluded.group_id, track = excluded.track, \
+         oem = excluded.oem, oem_version = excluded.oem_version, board = excluded.board, \
+         boot_id = excluded.boot_id, last_check_at = excluded.last_check_at, \
+         granted_version = excluded.granted_version, granted_at = excluded.granted_at, \
+         status = excluded.status, status_detail = excluded.status_detail, \
+         error_code = excluded.error_code, status_at = excluded.status_at",
+    )
+    .bind(&i.machine_id)
+    .bind(&i.app_id)
+    .bind(&i.alias)
+    .bind(&i.ip)
+    .bind(&i.version)
+    .bind(&i.group_id)
+    .bind(&i.track)
+    .bind(&i.oem)
+    .bind(&i.oem_version)
+    .bind(&i.board)
+    .bind(&i.boot_id)
+    .bind(i.last_check_at)
+    .bind(&i.granted_version)
+    .bind(i.granted_at)
+    .bind(i.status.as_str())
+    .bind(&i.status_detail)
+    .bind(i.error_code)
+    .bind(i.status_at)
+    .bind(i.created_at)
+    .execute(&mut **tx)
+    .await
+    .map_err(db("upsert instance"))?;
+    Ok(())
+}
+
+async fn set_channel_packages(
+    tx: &mut Transaction<'_, Sqlite>,
+    c: &Channel,
+) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM channel_packages WHERE channel_id = ?")
+        .bind(&c.id)
+        .execute(&mut **tx)
+        .await
+        .map_err(db("update channel packages"))?;
+    for (arch, pkg) in &c.packages {
+        sqlx::query("INSERT INTO channel_packages (channel_id, arch, package_id) VALUES (?, ?, ?)")
+            .bind(&c.id)
+            .bind(arch)
+            .bind(pkg)
+            .execute(&mut **tx)
+            .await
+            .map_err(db("set channel package"))?;
+    }
+    Ok(())
+}
+
+fn policy_json(g: &Group) -> Result<String, StoreError> {
+    serde_json::to_string(&g.policy).map_err(|e| StoreError::Corrupt {
+        table: "groups_",
+        column: "policy",
+        detail: e.to_string(),
+    })
+}
+
+impl SqliteStore {
+    async fn begin(&self, op: &'static str) -> Result<Transaction<'static, Sqlite>, StoreError> {
+        self.pool.begin().await.map_err(db(op))
+    }
+
+    async fn exec_one(
+        &self,
+        op: &'static str,
+        what: String,
+        sql: &'static str,
+        binds: Vec<Option<String>>,
+        act: &NewActivity,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin(op).await?;
+        let mut q = sqlx::query(sql);
+        for b in binds {
+            q = q.bind(b);
+        }
+        let res = q.execute(&mut *tx).await.map_err(db(op))?;
+        if res.rows_affected() == 0 {
+            return Err(StoreError::NotFound(what));
+        }
+        add_activity(&mut tx, act, now()).await?;
+        tx.commit().await.map_err(db(op))
+    }
+}
+
+impl Store for SqliteStore {
+    fn ping(&self) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            sqlx::query("SELECT 1")
+                .execute(&self.pool)
+                .await
+                .map_err(db("ping"))?;
+            Ok(())
+        })
+    }
+
+    fn load_catalogue(&self) -> StoreFuture<'_, CatalogueData> {
+        Box::pin(async move {
+            let mut out = CatalogueData::default();
+            for r in sqlx::query("SELECT * FROM apps ORDER BY id")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db("load apps"))?
+            {
+                out.apps.push(App {
+                    id: get(&r, "apps", "id")?,
+                    name: get(&r, "apps", "name")?,
+                    description: get(&r, "apps", "description")?,
+                    created_at: get(&r, "apps", "created_at")?,
+                });
+            }
+            for r in sqlx::query("SELECT * FROM packages ORDER BY created_at, id")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db("load packages"))?
+            {
+                const T: &str = "packages";
+                out.packages.push(Package {
+                    id: get(&r, T, "id")?,
+                    app_id: get(&r, T, "app_id")?,
+                    version: get(&r, T, "version")?,
+                    arch: get(&r, T, "arch")?,
+                    kind: get(&r, T, "kind")?,
+                    filename: get(&r, T, "filename")?,
+                    size: u64_of(get(&r, T, "size")?, T, "size")?,
+                    sha1_base64: get(&r, T, "sha1_base64")?,
+                    sha256_hex: get(&r, T, "sha256_hex")?,
+                    external_url: get(&r, T, "external_url")?,
+                    created_at: get(&r, T, "created_at")?,
+                });
+            }
+            let mut pointers: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+            for r in sqlx::query("SELECT * FROM channel_packages")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db("load channel packages"))?
+            {
+                const T: &str = "channel_packages";
+                pointers
+                    .entry(get(&r, T, "channel_id")?)
+                    .or_default()
+                    .insert(get(&r, T, "arch")?, get(&r, T, "package_id")?);
+            }
+            for r in sqlx::query("SELECT * FROM channels ORDER BY app_id, name")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db("load channels"))?
+            {
+                const T: &str = "channels";
+                let id: String = get(&r, T, "id")?;
+                out.channels.push(Channel {
+                    packages: pointers.remove(&id).unwrap_or_default(),
+                    id,
+                    app_id: get(&r, T, "app_id")?,
+                    name: get(&r, T, "name")?,
+                    created_at: get(&r, T, "created_at")?,
+                });
+            }
+            for r in sqlx::query("SELECT * FROM groups_ ORDER BY app_id, name")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db("load groups"))?
+            {
+                const T: &str = "groups_";
+                let policy: String = get(&r, T, "policy")?;
+                let policy: GroupPolicy =
+                    serde_json::from_str(&policy).map_err(|e| StoreError::Corrupt {
+                        table: T,
+                        column: "policy",
+                        detail: e.to_string(),
+                    })?;
+                out.groups.push(Group {
+                    id: get(&r, T, "id")?,
+                    app_id: get(&r, T, "app_id")?,
+                    name: get(&r, T, "name")?,
+                    track: get(&r, T, "track")?,
+                    channel_id: get(&r, T, "channel_id")?,
+                    description: get(&r, T, "description")?,
+                    policy,
+                    created_at: get(&r, T, "created_at")?,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    fn insert_app<'a>(&'a self, app: &'a App, act: &'a NewActivity) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let mut tx = self.begin("insert app").await?;
+            sqlx::query("INSERT INTO apps (id, name, description, created_at) VALUES (?, ?, ?, ?)")
+                .bind(&app.id)
+                .bind(&app.name)
+                .bind(&app.description)
+                .bind(app.created_at)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("insert app"))?;
+            add_activity(&mut tx, act, app.created_at).await?;
+            tx.commit().await.map_err(db("insert app"))
+        })
+    }
+
+    fn update_app<'a>(&'a self, app: &'a App, act: &'a NewActivity) -> StoreFuture<'a, ()> {
+        Box::pin(self.exec_one(
+            "update app",
+            format!("application {}", app.id),
+            "UPDATE apps SET name = ?, description = ? WHERE id = ?",
+            vec![
+                Some(app.name.clone()),
+                Some(app.description.clone()),
+                Some(app.id.clone()),
+            ],
+            act,
+        ))
+    }
+
+    fn delete_app<'a>(&'a self, id: &'a str, act: &'a NewActivity) -> StoreFuture<'a, ()> {
+        Box::pin(self.exec_one(
+            "delete app",
+            format!("application {id}"),
+            "DELETE FROM apps WHERE id = ?",
+            vec![Some(id.to_owned())],
+            act,
+        ))
+    }
+
+    fn insert_channel<'a>(&'a self, c: &'a Channel, act: &'a NewActivity) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let mut tx = self.begin("insert channel").await?;
+            sqlx::query("INSERT INTO channels (id, app_id, name, created_at) VALUES (?, ?, ?, ?)")
+                .bind(&c.id)
+                .bind(&c.app_id)
+                .bind(&c.name)
+                .bind(c.created_at)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("insert channel"))?;
+            set_channel_packages(&mut tx, c).await?;
+            add_activity(&mut tx, act, c.created_at).await?;
+            tx.commit().await.map_err(db("insert channel"))
+        })
+    }
+
+    fn update_channel<'a>(&'a self, c: &'a Channel, act: &'a NewActivity) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let mut tx = self.begin("update channel").await?;
+            let res = sqlx::query("UPDATE channels SET name = ? WHERE id = ?")
+                .bind(&c.name)
+                .bind(&c.id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("update channel"))?;
+            if res.rows_affected() == 0 {
+                return Err(StoreError::NotFound(format!("channel {}", c.id)));
+            }
+            set_channel_packages(&mut tx, c).await?;
+            add_activity(&mut tx, act, now()).await?;
+            tx.commit().await.map_err(db("update channel"))
+        })
+    }
+
+    fn delete_channel<'a>(&'a self, id: &'a str, act: &'a NewActivity) -> StoreFuture<'a, ()> {
+        Box::pin(self.exec_one(
+            "delete channel",
+            format!("channel {id}"),
+            "DELETE FROM channels WHERE id = ?",
+            vec![Some(id.to_owned())],
+            act,
+        ))
+    }
+
+    fn insert_group<'a>(&'a self, g: &'a Group, act: &'a NewActivity) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let policy = policy_json(g)?;
+            let mut tx = self.begin("insert group").await?;
+            sqlx::query(
+                "INSERT INTO groups_ (id, app_id, name, track, channel_id, description, policy, \
+                 created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&g.id)
+            .bind(&g.app_id)
+            .bind(&g.name)
+            .bind(&g.track)
+            .bind(&g.channel_id)
+            .bind(&g.description)
+            .bind(policy)
+            .bind(g.created_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("insert group"))?;
+            add_activity(&mut tx, act, g.created_at).await?;
+            tx.commit().await.map_err(db("insert group"))
+        })
+    }
+
+    fn update_group<'a>(&'a self, g: &'a Group, act: &'a NewActivity) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let policy = policy_json(g)?;
+            self.exec_one(
+                "update group",
+                format!("group {}", g.id),
+                "UPDATE groups_ SET name = ?, track = ?, channel_id = ?, description = ?, \
+                 policy = ? WHERE id = ?",
+                vec![
+                    Some(g.name.clone()),
+                    Some(g.track.clone()),
+                    g.channel_id.clone(),
+                    Some(g.description.clone()),
+                    Some(policy),
+                    Some(g.id.clone()),
+                ],
+                act,
+            )
+            .await
+        })
+    }
+
+    fn delete_group<'a>(&'a self, id: &'a str, act: &'a NewActivity) -> StoreFuture<'a, ()> {
+        Box::pin(self.exec_one(
+            "delete group",
+            format!("group {id}"),
+            "DELETE FROM groups_ WHERE id = ?",
+            vec![Some(id.to_owned())],
+            act,
+        ))
+    }
+
+    fn insert_package<'a>(&'a self, p: &'a Package, act: &'a NewActivity) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let size = i64::try_from(p.size)
+                .map_err(|_| StoreError::Conflict(format!("package size {} too large", p.size)))?;
+            let mut tx = self.begin("insert package").await?;
+            sqlx::query(
+                "INSERT INTO packages (id, app_id, version, arch, kind, filename, size, \
+                 sha1_base64, sha256_hex, external_url, created_at) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&p.id)
+            .bind(&p.app_id)
+            .bind(&p.version)
+            .bind(&p.arch)
+            .bind(&p.kind)
+            .bind(&p.filename)
+            .bind(size)
+            .bind(&p.sha1_base64)
+            .bind(&p.sha256_hex)
+            .bind(&p.external_url)
+            .bind(p.created_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("insert package"))?;
+            add_activity(&mut tx, act, p.created_at).await?;
+            tx.commit().await.map_err(db("insert package"))
+        })
+    }
+
+    fn delete_package<'a>(&'a self, id: &'a str, act: &'a NewActivity) -> StoreFuture<'a, ()> {
+        Box::pin(self.exec_one(
+            "delete package",
+            format!("package {id}"),
+            "DELETE FROM packages WHERE id = ?",
+            vec![Some(id.to_owned())],
+            act,
+        ))
+    }
+
+    fn load_instances(&self) -> StoreFuture<'_, Vec<Instance>> {
+        Box::pin(async move {
+            sqlx::query("SELECT * FROM instances")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db("load instances"))?
+                .iter()
+                .map(instance_of)
+                .collect()
+        })
+    }
+
+    fn upsert_instances<'a>(&'a self, rows: &'a [Instance]) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            for chunk in rows.chunks(2000) {
+                let mut tx = self.begin("write check-ins").await?;
+                for i in chunk {
+                    upsert_instance(&mut tx, i).await?;
+                }
+                tx.commit().await.map_err(db("write check-ins"))?;
+            }
+            Ok(())
+        })
+    }
+
+    fn record_instance<'a>(
+        &'a self,
+        row: &'a Instance,
+        change: &'a InstanceChange,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let mut tx = self.begin("record instance").await?;
+            upsert_instance(&mut tx, row).await?;
+            for e in &change.events {
+                sqlx::query(
+                    "INSERT INTO events (machine_id, app_id, event_type, event_result, \
+                     error_code, previous_version, version, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                )
+                .bind(&row.machine_id)
+                .bind(&row.app_id)
+                .bind(e.event_type)
+                .bind(e.event_result)
+                .bind(e.error_code)
+                .bind(&e.previous_version)
+                .bind(&row.version)
+                .bind(row.last_check_at)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("insert event"))?;
+            }
+            if let Some(s) = &change.status_change {
+                sqlx::query(
+                    "INSERT INTO instance_status_history (machine_id, app_id, status, version, \
+                     detail, error_code, at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                )
+                .bind(&row.machine_id)
+                .bind(&row.app_id)
+                .bind(s.status.as_str())
+                .bind(&s.version)
+                .bind(&s.detail)
+                .bind(s.error_code)
+                .bind(s.at)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("insert status history"))?;
+            }
+            for a in &change.activity {
+                add_activity(&mut tx, a, row.last_check_at).await?;
+            }
+            tx.commit().await.map_err(db("record instance"))
+        })
+    }
+
+    fn list_instances<'a>(
+        &'a self,
+        f: &'a InstanceFilter,
+    ) -> StoreFuture<'a, (Vec<Instance>, u64)> {
+        Box::pin(async move {
+            let mut cond = String::from(" WHERE 1 = 1");
+            let mut binds: Vec<String> = Vec::new();
+            if let Some(m) = &f.machine_id {
+                cond.push_str(" AND machine_id = ?");
+                binds.push(m.clone());
+            }
+            if let Some(a) = &f.app_id {
+                cond.push_str(" AND app_id = ?");
+                binds.push(a.clone());
+            }
+            if let Some(g) = &f.group_id {
+                cond.push_str(" AND group_id = ?");
+                binds.push(g.clone());
+            }
+            if let Some(v) = &f.version {
+                cond.push_str(" AND version = ?");
+                binds.push(v.clone());
+            }
+            if let Some(s) = f.status {
+                cond.push_str(" AND status = ?");
+                binds.push(s.as_str().to_owned());
+            }
+            if let Some(s) = &f.search {
+                cond.push_str(" AND (machine_id LIKE ? OR alias LIKE ? OR ip LIKE ?)");
+                let pat = format!("%{}%", s.replace(['%', '_'], ""));
+                binds.extend([pat.clone(), pat.clone(), pat]);
+            }
+            let count_sql = format!("SELECT COUNT(*) AS n FROM instances{cond}");
+            let mut q = sqlx::query(&count_sql);
+            for b in &binds {
+                q = q.bind(b);
+            }
+            let total: i64 = get(
+                &q.fetch_one(&self.pool)
+                    .await
+                    .map_err(db("count instances"))?,
+                "instances",
+                "n",
+            )?;
+            let list_sql = format!(
+                "SELECT * FROM instances{cond} ORDER BY last_check_at DESC, machine_id, app_id \
+                 LIMIT ? OFFSET ?"
+            );
+            let mut q = sqlx::query(&list_sql);
+            for b in &binds {
+                q = q.bind(b);
+            }
+            let rows = q
+                .bind(i64::from(f.limit))
+                .bind(i64::from(f.offset))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db("list instances"))?;
+            let list = rows
+                .iter()
+                .map(instance_of)
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((list, u64_of(total, "instances", "count")?))
+        })
+    }
+
+    fn instance_history<'a>(
+        &'a self,
+        machine_id: &'a str,
+        app_id: &'a str,
+        limit: u32,
+    ) -> StoreFuture<'a, Vec<StatusChange>> {
+        Box::pin(async move {
+            const T: &str = "instance_status_history";
+            let rows = sqlx::query(
+                "SELECT * FROM instance_status_history WHERE machine_id = ? AND app_id = ? \
+                 ORDER BY id DESC LIMIT ?",
+            )
+            .bind(machine_id)
+            .bind(app_id)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("instance history"))?;
+            rows.iter()
+                .map(|r| {
+                    Ok(StatusChange {
+                        status: status_of(&get::<String>(r, T, "status")?, T)?,
+                        version: get(r, T, "version")?,
+                        detail: get(r, T, "detail")?,
+                        error_code: get(r, T, "error_code")?,
+                        at: get(r, T, "at")?,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn delete_instance<'a>(
+        &'a self,
+        machine_id: &'a str,
+        app_id: Option<&'a str>,
+        act: &'a NewActivity,
+    ) -> StoreFuture<'a, u64> {
+        Box::pin(async move {
+            let mut tx = self.begin("delete instance").await?;
+            let mut n = 0;
+            for (table, counts) in [
+                ("instances", true),
+                ("instance_status_history", false),
+                ("events", false),
+            ] {
+                let sql = match app_id {
+                    Some(_) => format!("DELETE FROM {table} WHERE machine_id = ? AND app_id = ?"),
+                    None => format!("DELETE FROM {table} WHERE machine_id = ?"),
+                };
+                let mut q = sqlx::query(&sql).bind(machine_id);
+                if let Some(a) = app_id {
+                    q = q.bind(a);
+                }
+                let res = q.execute(&mut *tx).await.map_err(db("delete instance"))?;
+                if counts {
+                    n = res.rows_affected();
+                }
+            }
+            if n == 0 {
+                return Err(StoreError::NotFound(format!("instance {machine_id}")));
+            }
+            add_activity(&mut tx, act, now()).await?;
+            tx.commit().await.map_err(db("delete instance"))?;
+            Ok(n)
+        })
+    }
+
+    fn list_events<'a>(
+        &'a self,
+        machine_id: Option<&'a str>,
+        app_id: Option<&'a str>,
+        before_id: Option<i64>,
+        limit: u32,
+    ) -> StoreFuture<'a, Vec<EventRecord>> {
+        Box::pin(async move {
+            const T: &str = "events";
+            let rows = sqlx::query(
+                "SELECT * FROM events WHERE (? IS NULL OR machine_id = ?) \
+                 AND (? IS NULL OR app_id = ?) AND (? IS NULL OR id < ?) ORDER BY id DESC LIMIT ?",
+            )
+            .bind(machine_id)
+            .bind(machine_id)
+            .bind(app_id)
+            .bind(app_id)
+            .bind(before_id)
+            .bind(before_id)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("list events"))?;
+            rows.iter()
+                .map(|r| {
+                    Ok(EventRecord {
+                        id: get(r, T, "id")?,
+                        machine_id: get(r, T, "machine_id")?,
+                        app_id: get(r, T, "app_id")?,
+                        event_type: get(r, T, "event_type")?,
+                        event_result: get(r, T, "event_result")?,
+                        error_code: get(r, T, "error_code")?,
+                        previous_version: get(r, T, "previous_version")?,
+                        version: get(r, T, "version")?,
+                        at: get(r, T, "at")?,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn list_activity<'a>(
+        &'a self,
+        app_id: Option<&'a str>,
+        before_id: Option<i64>,
+        limit: u32,
+    ) -> StoreFuture<'a, Vec<Activity>> {
+        Box::pin(async move {
+            const T: &str = "activity";
+            let rows = sqlx::query(
+                "SELECT * FROM activity WHERE (? IS NULL OR app_id = ?) \
+                 AND (? IS NULL OR id < ?) ORDER BY id DESC LIMIT ?",
+            )
+            .bind(app_id)
+            .bind(app_id)
+            .bind(before_id)
+            .bind(before_id)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("list activity"))?;
+            rows.iter()
+                .map(|r| {
+                    Ok(Activity {
+                        id: get(r, T, "id")?,
+                        at: get(r, T, "at")?,
+                        kind: get(r, T, "kind")?,
+                        severity: Severity::parse(&get::<String>(r, T, "severity")?),
+                        app_id: get(r, T, "app_id")?,
+                        group_id: get(r, T, "group_id")?,
+                        machine_id: get(r, T, "machine_id")?,
+                        version: get(r, T, "version")?,
+                        message: get(r, T, "message")?,
+                    })
+                })
+                .collect()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn act() -> NewActivity {
+        NewActivity {
+            kind: "test".into(),
+            severity: "info",
+            ..Default::default()
+        }
+    }
+
+    fn app(id: &str) -> App {
+        App {
+            id: id.into(),
+            name: "OS".into(),
+            description: String::new(),
+            created_at: 1,
+        }
+    }
+
+    fn pkg(id: &str, app: &str, v: &str) -> Package {
+        Package {
+            id: id.into(),
+            app_id: app.into(),
+            version: v.into(),
+            arch: "amd64".into(),
+            kind: "full".into(),
+            filename: "p.raw".into(),
+            size: 10,
+            sha1_base64: "x".into(),
+            sha256_hex: "y".into(),
+            external_url: None,
+            created_at: 2,
+        }
+    }
+
+    #[tokio::test]
+    async fn catalogue_round_trip_and_referential_rules() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("db.sqlite"))
+            .await
+            .unwrap();
+        s.insert_app(&app("a"), &act()).await.unwrap();
+        assert!(matches!(
+            s.insert_app(&app("a"), &act()).await,
+            Err(StoreError::Conflict(_))
+        ));
+        s.insert_package(&pkg("p1", "a", "1.0.0"), &act())
+            .await
+            .unwrap();
+        let mut ch = Channel {
+            id: "c".into(),
+            app_id: "a".into(),
+            name: "stable".into(),
+            packages: BTreeMap::new(),
+            created_at: 3,
+        };
+        ch.packages.insert("amd64".into(), "p1".into());
+        s.insert_channel(&ch, &act()).await.unwrap();
+        let mut policy = GroupPolicy::default();
+        policy
+            .extra
+            .insert("percentage".into(), serde_json::json!(10));
+        let g = Group {
+            id: "g".into(),
+            app_id: "a".into(),
+            name: "Stable".into(),
+            track: "stable".into(),
+            channel_id: Some("c".into()),
+            description: String::new(),
+            policy,
+            created_at: 4,
+        };
+        s.insert_group(&g, &act()).await.unwrap();
+        // A package a channel points at cannot be deleted.
+        let r = s.delete_package("p1", &act()).await;
+        assert!(matches!(r, Err(StoreError::Conflict(_))), "{r:?}");
+        let data = s.load_catalogue().await.unwrap();
+        assert_eq!(data.apps, vec![app("a")]);
+        assert_eq!(data.channels, vec![ch]);
+        assert_eq!(data.groups, vec![g]);
+        assert_eq!(data.packages.len(), 1);
+        assert!(matches!(
+            s.delete_group("nope", &act()).await,
+            Err(StoreError::NotFound(_))
+        ));
+        let acts = s.list_activity(None, None, 100).await.unwrap();
+        assert_eq!(acts.len(), 4);
+    }
+
+    #[tokio::test]
+    async fn instances_persist_and_delete_with_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        let s = SqliteStore::open(&path).await.unwrap();
+        let mut i = Instance {
+            machine_id: "m1".into(),
+            app_id: "a".into(),
+            alias: "web-1".into(),
+            ip: "10.0.0.1".into(),
+            version: "1.0.0".into(),
+            group_id: None,
+            track: "stable".into(),
+            oem: String::new(),
+            oem_version: String::new(),
+            board: "amd64-usr".into(),
+            boot_id: String::new(),
+            last_check_at: 5,
+            granted_version: None,
+            granted_at: None,
+            status: InstanceStatus::Idle,
+            status_detail: String::new(),
+            error_code: None,
+            status_at: 5,
+            created_at: 5,
+        };
+        s.upsert_instances(std::slice::from_ref(&i)).await.unwrap();
+        i.status = InstanceStatus::Error;
+        i.error_code = Some(268_435_461);
+        let change = InstanceChange {
+            status_change: Some(StatusChange {
+                status: InstanceStatus::Error,
+                version: "1.0.0".into(),
+                detail: "postinstall".into(),
+                error_code: Some(268_435_461),
+                at: 6,
+            }),
+            events: vec![super::super::NewEvent {
+                event_type: 3,
+                event_result: 0,
+                error_code: Some(268_435_461),
+                previous_version: String::new(),
+            }],
+            activity: vec![],
+        };
+        s.record_instance(&i, &change).await.unwrap();
+        s.close().await;
+        // Reopen: the state is durable.
+        let s = SqliteStore::open(&path).await.unwrap();
+        assert_eq!(s.load_instances().await.unwrap(), vec![i.clone()]);
+        let f = InstanceFilter {
+            status: Some(InstanceStatus::Error),
+            search: Some("web".into()),
+            limit: 10,
+            ..Default::default()
+        };
+        let (list, total) = s.list_instances(&f).await.unwrap();
+        assert_eq!((list.len(), total), (1, 1));
+        assert_eq!(s.instance_history("m1", "a", 10).await.unwrap().len(), 1);
+        assert_eq!(
+            s.list_events(Some("m1"), None, None, 10)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        assert_eq!(s.delete_instance("m1", None, &act()).await.unwrap(), 1);
+        assert!(s.load_instances().await.unwrap().is_empty());
+        assert!(
+            s.list_events(Some("m1"), None, None, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(matches!(
+            s.delete_instance("m1", None, &act()).await,
+            Err(StoreError::NotFound(_))
+        ));
+    }
+}

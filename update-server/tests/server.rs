@@ -1,0 +1,709 @@
+//! Integration tests over real HTTP on loopback against a running server.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::path::Path;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use update_server::config::Settings;
+use update_server::server::{RunningServer, start};
+
+const FLATCAR: &str = "e96281a6-d1af-4bde-9a0a-97b76e56dc57";
+const SAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/testdata/omaha");
+
+struct Env {
+    _dir: tempfile::TempDir,
+    server: RunningServer,
+    http: reqwest::Client,
+    base: String,
+    payload: Vec<u8>,
+}
+
+fn build_payload(dir: &Path, app: &str, version: &str) -> Vec<u8> {
+    let key = payloads::keys::generate_signing_key();
+    let keys_dir = dir.join("keys");
+    std::fs::create_dir_all(&keys_dir).unwrap();
+    std::fs::write(
+        keys_dir.join("release.pub"),
+        payloads::keys::public_key_pem(&key.verifying_key()),
+    )
+    .unwrap();
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let image: Vec<u8> = (0..200_000u32)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect();
+    let opts = payloads::BuildOptions::new(app, version, "amd64", payloads::unix_now() - 10);
+    payloads::build_to_vec(&image, &[key], &opts).unwrap().0
+}
+
+impl Env {
+    async fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let payload = build_payload(dir.path(), FLATCAR, "3510.2.0");
+        let mut s = Settings::for_tests(&dir.path().join("data"));
+        s.trusted_keys = Some(dir.path().join("keys"));
+        s.proxy_header = Some("x-forwarded-for".into());
+        let server = start(s).await.unwrap();
+        let base = format!("http://{}", server.addr);
+        Self {
+            _dir: dir,
+            server,
+            http: reqwest::Client::new(),
+            base,
+            payload,
+        }
+    }
+
+    async fn api(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut r = self
+            .http
+            .request(method, format!("{}/api/v1{path}", self.base))
+            .bearer_auth(&self.server.admin_token);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let resp = r.send().await.unwrap();
+        let st = resp.status();
+        let text = resp.text().await.unwrap();
+        (st, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// App, published payload, channel `stable` → it, groups `stable` and `beta` following it.
+    async fn seed(&self) -> Value {
+        let (st, _) = self
+            .api(
+                reqwest::Method::POST,
+                "/apps",
+                Some(json!({"id": format!("{{{}}}", FLATCAR.to_uppercase()), "name": "Flatcar"})),
+            )
+            .await;
+        assert_eq!(st, StatusCode::CREATED);
+        let resp = self
+            .http
+            .post(format!(
+                "{}/api/v1/packages?filename=flatcar_production_update.payload",
+                self.base
+            ))
+            .bearer_auth(&self.server.admin_token)
+            .body(self.payload.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.status(),
+            StatusCode::CREATED,
+            "{}",
+            resp.text().await.unwrap()
+        );
+        let pkg: Value = resp.json().await.unwrap();
+        let (st, _) = self
+            .api(
+                reqwest::Method::POST,
+                &format!("/apps/{FLATCAR}/channels"),
+                Some(json!({"name": "stable", "packages": {"amd64": pkg["id"]}})),
+            )
+            .await;
+        assert_eq!(st, StatusCode::CREATED);
+        for g in ["stable", "beta", "alpha"] {
+            let (st, _) = self
+                .api(
+                    reqwest::Method::POST,
+                    &format!("/apps/{FLATCAR}/groups"),
+                    Some(json!({"name": g, "channel": "stable"})),
+                )
+                .await;
+            assert_eq!(st, StatusCode::CREATED);
+        }
+        pkg
+    }
+
+    async fn omaha(&self, body: impl Into<reqwest::Body>) -> (StatusCode, String) {
+        let r = self
+            .http
+            .post(format!("{}/v1/update/", self.base))
+            .header("content-type", "text/xml")
+            .header("x-forwarded-for", "203.0.113.7, 10.0.0.1")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        (r.status(), r.text().await.unwrap())
+    }
+}
+
+fn check_xml(machine: &str, version: &str, body: &str) -> String {
+    format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?>
+<request protocol="3.0" version="update_engine-0.4.10" updaterversion="update_engine-0.4.10" installsource="scheduler" ismachine="1">
+<os version="Chateau" platform="CoreOS" sp="{version}_x86_64"></os>
+<app appid="{{{FLATCAR}}}" version="{version}" track="stable" bootid="{{b}}" oem="qemu" machineid="{machine}" machinealias="web-1" board="amd64-usr">{body}</app>
+</request>"#
+    )
+}
+
+async fn instance(env: &Env, machine: &str) -> Value {
+    let (st, v) = env
+        .api(reqwest::Method::GET, &format!("/instances/{machine}"), None)
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    v["apps"][0].clone()
+}
+
+#[tokio::test]
+async fn full_event_sequence_moves_instance_through_states() {
+    let env = Env::new().await;
+    let pkg = env.seed().await;
+    let m = "0123456789abcdef0123456789abcdef";
+    let check = r#"<ping active="1"></ping><updatecheck></updatecheck><event eventtype="3" eventresult="2" previousversion=""></event>"#;
+
+    let (st, xml) = env.omaha(check_xml(m, "3374.2.5", check)).await;
+    assert_eq!(st, StatusCode::OK);
+    let resp = omaha::parse_response(xml.as_bytes()).unwrap();
+    let uc = resp.apps[0].updatecheck.as_ref().unwrap();
+    assert_eq!(uc.status.as_str(), "ok");
+    let codebase = &uc.urls[0];
+    assert!(codebase.ends_with('/'), "{codebase}");
+    assert!(codebase.starts_with(&env.base));
+    let man = uc.target_manifest().unwrap();
+    assert_eq!(man.version, "3510.2.0");
+    let p = &man.packages[0];
+    assert_eq!(p.name, "flatcar_production_update.payload");
+    assert_eq!(p.size, env.payload.len() as u64);
+    use sha2::Digest;
+    let sha256: [u8; 32] = sha2::Sha256::digest(&env.payload).into();
+    let sha1: [u8; 20] = sha1::Sha1::digest(&env.payload).into();
+    assert_eq!(p.sha1().unwrap(), Some(sha1));
+    assert_eq!(pkg["sha256_hex"], hex::encode(sha256));
+    assert!(
+        xml.contains(&format!("hash_sha256=\"{}\"", hex::encode(sha256))),
+        "{xml}"
+    );
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(sha256);
+    assert!(xml.contains(&format!("sha256=\"{b64}\"")), "{xml}");
+    let i = instance(&env, m).await;
+    assert_eq!(i["instance"]["status"], "granted");
+    assert_eq!(i["instance"]["granted_version"], "3510.2.0");
+    assert_eq!(i["instance"]["ip"], "203.0.113.7");
+    assert_eq!(i["instance"]["alias"], "web-1");
+
+    // The download itself is served byte-exact by the advertised URL.
+    let url = format!("{codebase}{}", p.name);
+    let body = env
+        .http
+        .get(&url)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(body.as_ref(), env.payload.as_slice());
+
+    for (ev, want) in [
+        (
+            r#"<event eventtype="13" eventresult="1"></event>"#,
+            "downloading",
+        ),
+        (
+            r#"<event eventtype="14" eventresult="1"></event>"#,
+            "downloaded",
+        ),
+        (
+            r#"<event eventtype="3" eventresult="1"></event>"#,
+            "installed",
+        ),
+    ] {
+        let (st, xml) = env.omaha(check_xml(m, "3374.2.5", ev)).await;
+        assert_eq!(st, StatusCode::OK);
+        assert!(
+            xml.contains(r#"<event status="ok">"#) || xml.contains(r#"<event status="ok"/>"#),
+            "{xml}"
+        );
+        assert_eq!(instance(&env, m).await["instance"]["status"], want);
+    }
+    // Staged and awaiting reboot: a ping-only check is not a failure and changes nothing.
+    env.omaha(check_xml(m, "3374.2.5", r#"<ping active="1"></ping>"#))
+        .await;
+    assert_eq!(instance(&env, m).await["instance"]["status"], "installed");
+
+    // After the reboot: 3/2 with the previous version, running the new version.
+    let after = r#"<ping active="1"></ping><updatecheck></updatecheck><event eventtype="3" eventresult="2" previousversion="3374.2.5"></event>"#;
+    let (_, xml) = env.omaha(check_xml(m, "3510.2.0", after)).await;
+    let resp = omaha::parse_response(xml.as_bytes()).unwrap();
+    assert_eq!(
+        resp.apps[0].updatecheck.as_ref().unwrap().status.as_str(),
+        "noupdate"
+    );
+    let i = instance(&env, m).await;
+    assert_eq!(i["instance"]["status"], "complete");
+    assert_eq!(i["instance"]["version"], "3510.2.0");
+    let hist: Vec<&str> = i["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        hist,
+        [
+            "complete",
+            "installed",
+            "downloaded",
+            "downloading",
+            "granted"
+        ]
+    );
+
+    // An error with update_engine's non-production flag is decoded.
+    let err = r#"<event eventtype="3" eventresult="0" errorcode="268435461"></event>"#;
+    env.omaha(check_xml(m, "3510.2.0", err)).await;
+    let i = instance(&env, m).await;
+    assert_eq!(i["instance"]["status"], "error");
+    assert_eq!(i["instance"]["error_code"], 268435461);
+    assert!(
+        i["instance"]["status_detail"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .contains("postinstall"),
+        "{i}"
+    );
+    let (_, events) = env
+        .api(reqwest::Method::GET, &format!("/events?machine={m}"), None)
+        .await;
+    assert_eq!(events.as_array().unwrap().len(), 5);
+    let metrics = env
+        .http
+        .get(format!("{}/metrics", env.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            "platte_update_errors_total{app=\"e96281a6-d1af-4bde-9a0a-97b76e56dc57\",code=\"5\""
+        ),
+        "{metrics}"
+    );
+    assert!(metrics.contains("status=\"error\"} 1"), "{metrics}");
+    env.server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn every_update_engine_sample_gets_a_well_formed_answer() {
+    let env = Env::new().await;
+    env.seed().await;
+    let mut seen = 0;
+    for entry in std::fs::read_dir(SAMPLES).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if !name.contains("request") || !name.ends_with(".xml") {
+            continue;
+        }
+        seen += 1;
+        let body = std::fs::read(&path).unwrap();
+        let parsed = omaha::parse_request(&body);
+        let (st, xml) = env.omaha(body).await;
+        let Ok(req) = parsed else {
+            assert_eq!(st, StatusCode::BAD_REQUEST, "{name}");
+            continue;
+        };
+        assert_eq!(st, StatusCode::OK, "{name}: {xml}");
+        let resp =
+            omaha::parse_response(xml.as_bytes()).unwrap_or_else(|e| panic!("{name}: {e}\n{xml}"));
+        assert_eq!(resp.apps.len(), req.apps.len(), "{name}");
+        for (q, a) in req.apps.iter().zip(&resp.apps) {
+            assert_eq!(q.appid, a.appid, "{name}");
+            let known = q.normalized_appid() == FLATCAR;
+            if !known {
+                assert_eq!(a.status.as_str(), "error-unknownApplication", "{name}");
+                continue;
+            }
+            assert_eq!(a.events.len(), q.events.len(), "{name}");
+            assert_eq!(a.ping.is_some(), q.ping.is_some(), "{name}");
+            match &q.updatecheck {
+                None => assert!(a.updatecheck.is_none(), "{name}"),
+                Some(_) => {
+                    let uc = a.updatecheck.as_ref().unwrap();
+                    let groups = ["stable", "beta", "alpha"];
+                    let expect_ok = groups.contains(&q.track.as_deref().unwrap_or(""));
+                    assert_eq!(
+                        uc.status.as_str(),
+                        if expect_ok { "ok" } else { "noupdate" },
+                        "{name}"
+                    );
+                    if expect_ok {
+                        let m = uc.target_manifest().unwrap();
+                        assert!(uc.urls[0].ends_with('/'));
+                        assert!(m.postinstall().is_some());
+                        assert!(m.packages[0].size > 0);
+                    }
+                }
+            }
+        }
+    }
+    assert!(seen >= 6, "only {seen} request samples found");
+    // The update_engine sample registered its machine under the reported identity.
+    let i = instance(&env, "abce671d61774703ac7be60715220bfe").await;
+    assert_eq!(i["instance"]["oem"], "ami");
+    assert_eq!(i["instance"]["track"], "alpha");
+    env.server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn multi_app_and_unknown_app_are_answered_independently() {
+    let env = Env::new().await;
+    env.seed().await;
+    let xml = format!(
+        r#"<request protocol="3.0"><app appid="{FLATCAR}" version="3374.2.5" track="stable" machineid="m-multi" board="amd64-usr"><ping active="1"/><updatecheck/></app><app appid="{{11111111-2222-3333-4444-555555555555}}" version="1.0.0" track="stable" machineid="m-multi"><updatecheck/></app><app appid="{FLATCAR}" version="3374.2.5" track="nosuchgroup" machineid="m-multi2"><updatecheck/></app></request>"#
+    );
+    let (st, body) = env.omaha(xml).await;
+    assert_eq!(st, StatusCode::OK);
+    let r = omaha::parse_response(body.as_bytes()).unwrap();
+    assert_eq!(r.apps.len(), 3);
+    assert_eq!(
+        r.apps[0].updatecheck.as_ref().unwrap().status.as_str(),
+        "ok"
+    );
+    assert_eq!(r.apps[1].status.as_str(), "error-unknownApplication");
+    assert_eq!(
+        r.apps[2].updatecheck.as_ref().unwrap().status.as_str(),
+        "noupdate"
+    );
+    env.server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn paused_group_answers_noupdate_and_keeps_reason() {
+    let env = Env::new().await;
+    env.seed().await;
+    let (st, _) = env
+        .api(
+            reqwest::Method::PATCH,
+            &format!("/apps/{FLATCAR}/groups/stable"),
+            Some(json!({"policy": {"paused": true, "percentage": 10}})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    let (_, body) = env
+        .omaha(check_xml("m-hold", "3374.2.5", "<updatecheck/>"))
+        .await;
+    let r = omaha::parse_response(body.as_bytes()).unwrap();
+    assert_eq!(
+        r.apps[0].updatecheck.as_ref().unwrap().status.as_str(),
+        "noupdate"
+    );
+    let i = instance(&env, "m-hold").await;
+    assert_eq!(i["instance"]["status"], "on_hold");
+    assert_eq!(i["instance"]["status_detail"], "paused");
+    let (_, g) = env
+        .api(
+            reqwest::Method::GET,
+            &format!("/apps/{FLATCAR}/groups/stable"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        g["policy"]["percentage"], 10,
+        "unknown policy fields are stored for the policy engine"
+    );
+    env.server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn hostile_bodies_get_400_and_server_keeps_serving() {
+    let env = Env::new().await;
+    env.seed().await;
+    let big = format!(
+        "<request protocol=\"3.0\">{}</request>",
+        "<x/>".repeat(20_000)
+    );
+    let bomb = r#"<?xml version="1.0"?><!DOCTYPE r [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;">]><request protocol="3.0">&b;</request>"#;
+    for body in [big.into_bytes(), bomb.as_bytes().to_vec(), b"".to_vec(), b"<request".to_vec(), vec![0xff, 0xfe, 0x00], b"<request protocol=\"3.0\"><app appid=\"x\" version=\"1\"><event eventtype=\"zz\"/></app></request>".to_vec()] {
+        let (st, text) = env.omaha(body).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{text}");
+        assert!(!text.is_empty());
+    }
+    let ok = env
+        .http
+        .get(format!("{}/healthz", env.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), StatusCode::OK);
+    let (st, _) = env
+        .omaha(check_xml("m-after", "3374.2.5", "<updatecheck/>"))
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    env.server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn auth_failures() {
+    let env = Env::new().await;
+    let url = format!("{}/api/v1/apps", env.base);
+    let r = env.http.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "unauthorized");
+    let r = env
+        .http
+        .get(&url)
+        .bearer_auth("wrong-token-wrong-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let r = env
+        .http
+        .get(&url)
+        .bearer_auth(&env.server.read_only_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = env
+        .http
+        .post(&url)
+        .bearer_auth(&env.server.read_only_token)
+        .json(&json!({"id": "x", "name": "y"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "forbidden");
+    let (st, v) = env.api(reqwest::Method::GET, "/apps/nope", None).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    assert_eq!(v["error"]["code"], "not_found");
+    env.server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn publish_refuses_bad_payloads_and_downloads_support_ranges() {
+    let env = Env::new().await;
+    let pkg = env.seed().await;
+    let publish = |body: Vec<u8>| {
+        env.http
+            .post(format!("{}/api/v1/packages", env.base))
+            .bearer_auth(&env.server.admin_token)
+            .body(body)
+            .send()
+    };
+    // Tampered data byte: refused.
+    let mut bad = env.payload.clone();
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    let r = publish(bad).await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    // Signed by an untrusted key: refused.
+    let other = build_payload(tempfile::tempdir().unwrap().path(), FLATCAR, "3600.0.0");
+    assert_eq!(
+        publish(other).await.unwrap().status(),
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    // Same version again: conflict.
+    assert_eq!(
+        publish(env.payload.clone()).await.unwrap().status(),
+        StatusCode::CONFLICT
+    );
+    // Package in use cannot be deleted.
+    let (st, _) = env
+        .api(
+            reqwest::Method::DELETE,
+            &format!("/packages/{}", pkg["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::CONFLICT);
+
+    let url = format!(
+        "{}/packages/{}/flatcar_production_update.payload",
+        env.base,
+        pkg["sha256_hex"].as_str().unwrap()
+    );
+    let len = env.payload.len();
+    let r = env
+        .http
+        .get(&url)
+        .header("range", "bytes=100-4195")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(
+        r.headers()["content-range"],
+        format!("bytes 100-4195/{len}").as_str()
+    );
+    assert_eq!(r.headers()["content-length"], "4096");
+    let etag = r.headers()["etag"].to_str().unwrap().to_owned();
+    assert_eq!(r.bytes().await.unwrap().as_ref(), &env.payload[100..4196]);
+    // Resume from an offset to the end.
+    let r = env
+        .http
+        .get(&url)
+        .header("range", format!("bytes={}-", len - 10))
+        .header("if-range", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.bytes().await.unwrap().as_ref(), &env.payload[len - 10..]);
+    let r = env
+        .http
+        .get(&url)
+        .header("range", format!("bytes={len}-"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+    let r = env
+        .http
+        .get(&url)
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
+    let r = env.http.head(&url).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["content-length"], len.to_string().as_str());
+    let r = env
+        .http
+        .get(format!(
+            "{}/packages/{}/other-name",
+            env.base,
+            pkg["sha256_hex"].as_str().unwrap()
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    env.server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn instances_filter_delete_and_survive_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut s = Settings::for_tests(&data);
+    s.flush_interval = std::time::Duration::from_secs(60);
+    let server = start(s.clone()).await.unwrap();
+    let base = format!("http://{}", server.addr);
+    let http = reqwest::Client::new();
+    let tok = server.admin_token.clone();
+    http.post(format!("{base}/api/v1/apps"))
+        .bearer_auth(&tok)
+        .json(&json!({"id": FLATCAR, "name": "F"}))
+        .send()
+        .await
+        .unwrap();
+    for m in ["aaa1", "aaa2", "bbb3"] {
+        let xml = check_xml(m, "3374.2.5", r#"<ping active="1"/>"#);
+        assert_eq!(
+            http.post(format!("{base}/v1/update"))
+                .body(xml)
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            StatusCode::OK
+        );
+    }
+    // Pings are coalesced (flush interval 60 s): graceful shutdown must write them.
+    server.shutdown().await.unwrap();
+    let server = start(s).await.unwrap();
+    let base = format!("http://{}", server.addr);
+    let list: Value = http
+        .get(format!("{base}/api/v1/instances?search=aaa"))
+        .bearer_auth(&tok)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["total"], 2);
+    let list: Value = http
+        .get(format!(
+            "{base}/api/v1/instances?status=idle&version=3374.2.5"
+        ))
+        .bearer_auth(&tok)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["total"], 3);
+    let r = http
+        .get(format!("{base}/api/v1/instances?status=bogus"))
+        .bearer_auth(&tok)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let r = http
+        .delete(format!("{base}/api/v1/instances/aaa1"))
+        .bearer_auth(&tok)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let r = http
+        .get(format!("{base}/api/v1/instances/aaa1"))
+        .bearer_auth(&tok)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let list: Value = http
+        .get(format!("{base}/api/v1/instances"))
+        .bearer_auth(&tok)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["total"], 2);
+    let ready = http.get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), StatusCode::OK);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn committed_openapi_matches_the_server() {
+    let env = Env::new().await;
+    let served: Value = env
+        .http
+        .get(format!("{}/api/v1/openapi.json", env.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let committed =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/openapi.json"))
+            .expect("docs/openapi.json missing: run `update-server openapi > docs/openapi.json`");
+    let committed: Value = serde_json::from_str(&committed).unwrap();
+    assert_eq!(
+        served, committed,
+        "docs/openapi.json is stale: run `cargo run -p update-server -- openapi > docs/openapi.json`"
+    );
+    assert_eq!(update_server::openapi::document(), served);
+    env.server.shutdown().await.unwrap();
+}
