@@ -1,10 +1,11 @@
-//! `update-agent`: the Platte host agent's command line (the pieces built so far).
+//! `update-agent`: the Platte host agent's command line.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use update_agent::agent::Agent;
 use update_agent::boot::{BootBackend, GptprioBackend};
 use update_agent::config::{self, LoadedConfig};
 use update_agent::health::{self, MarkGoodError, SystemctlChecker};
@@ -42,6 +43,13 @@ enum Cmd {
     Identity,
     /// Print the persisted agent state as JSON.
     State,
+    /// Run the agent: check for updates and install them into the inactive slot.
+    Run {
+        /// Run one full cycle (check, install) and exit: 0 no update (or already staged),
+        /// 2 installed and staged, 3 refused by policy, 1 error.
+        #[arg(long)]
+        once: bool,
+    },
 }
 
 fn load(cli: &Cli) -> Result<(HostPaths, LoadedConfig)> {
@@ -64,6 +72,13 @@ fn backend(paths: &HostPaths, cfg: &LoadedConfig) -> Result<GptprioBackend> {
 fn run(cli: &Cli) -> Result<ExitCode> {
     let (paths, cfg) = load(cli)?;
     match &cli.command {
+        Cmd::Run { once } => {
+            let mut cfg = cfg;
+            if let Some(root) = &cli.host_root {
+                cfg.settings.state_dir = update_agent::paths::reroot(root, &cfg.settings.state_dir);
+            }
+            return run_agent(&paths, cfg, *once);
+        }
         Cmd::CheckConfig => {
             for w in &cfg.warnings {
                 println!("warning: {w}");
@@ -146,6 +161,59 @@ fn run(cli: &Cli) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn run_agent(paths: &HostPaths, cfg: LoadedConfig, once: bool) -> Result<ExitCode> {
+    let settings = cfg.settings;
+    let identity = Identity::load(paths, &settings).context("reading identity")?;
+    let backend = backend_of(paths, &settings)?;
+    let store = state::StateStore::open(&settings.state_dir)
+        .with_context(|| format!("opening state directory {}", settings.state_dir.display()))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    tracing::info!(
+        version = %identity.os_version,
+        app = %identity.app_id,
+        group = %identity.group,
+        machine = %identity.machine_id,
+        "update-agent starting"
+    );
+    rt.block_on(async move {
+        let mut agent = Agent::new(settings, identity, Box::new(backend), store)
+            .context("starting the agent")?;
+        if once {
+            let outcome = agent.run_once(true).await;
+            return Ok(ExitCode::from(outcome.exit_code()));
+        }
+        agent.run(shutdown_signal()).await;
+        tracing::info!("update-agent stopping");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn backend_of(
+    paths: &HostPaths,
+    settings: &update_agent::config::Settings,
+) -> Result<GptprioBackend> {
+    GptprioBackend::from_settings(&settings.boot, paths).context("locating the A/B slots")
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }
 
 fn main() -> ExitCode {

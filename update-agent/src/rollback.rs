@@ -2,7 +2,7 @@
 //! is running now, plus how its outcome updates the state.
 
 use crate::boot::SlotId;
-use crate::state::{AgentState, InstalledUpdate, Phase};
+use crate::state::{AgentState, InstalledUpdate, PendingReport, Phase};
 
 /// What is observed about the running system.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,11 +71,17 @@ impl AgentState {
                 previous_version, ..
             } => {
                 self.previous_version = Some(previous_version.clone());
+                self.pending_report = Some(PendingReport::Rebooted {
+                    previous_version: previous_version.clone(),
+                });
                 self.clear_install();
                 true
             }
             Outcome::RolledBack { version } => {
                 self.deny_list.insert(version.clone());
+                self.pending_report = Some(PendingReport::RolledBack {
+                    version: version.clone(),
+                });
                 self.clear_install();
                 true
             }

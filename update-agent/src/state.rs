@@ -95,6 +95,24 @@ pub struct AgentState {
     pub installed_before_reboot: Option<InstalledUpdate>,
     /// Version that ran before the last successful update (sent as `previousversion`).
     pub previous_version: Option<String>,
+    /// A post-reboot outcome not yet reported to the server.
+    pub pending_report: Option<PendingReport>,
+}
+
+/// A post-reboot outcome to report on the next check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum PendingReport {
+    /// The update booted: the next check carries 3/2 with this `previousversion`.
+    Rebooted {
+        /// Version that ran before the update.
+        previous_version: String,
+    },
+    /// The update rolled back: report 3/0 with update_engine's rollback code (44).
+    RolledBack {
+        /// The version that failed.
+        version: String,
+    },
 }
 
 impl Default for AgentState {
@@ -108,6 +126,7 @@ impl Default for AgentState {
             last_error: None,
             installed_before_reboot: None,
             previous_version: None,
+            pending_report: None,
         }
     }
 }

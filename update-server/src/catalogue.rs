@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use crate::model::{App, Channel, Group, Package};
+use crate::rollout::RolloutSpec;
 use crate::store::CatalogueData;
 
 /// One consistent view of the catalogue.
@@ -17,6 +18,7 @@ pub struct Catalogue {
     groups: HashMap<String, Group>,
     group_by_track: HashMap<(String, String), String>,
     package_by_sha256: HashMap<String, String>,
+    specs: HashMap<String, RolloutSpec>,
     data: CatalogueData,
 }
 
@@ -42,6 +44,15 @@ impl Catalogue {
                 (g.app_id.clone(), g.track.to_ascii_lowercase()),
                 g.id.clone(),
             );
+            let spec = RolloutSpec::from_policy(&g.policy).unwrap_or_else(|e| {
+                // Stored policies are validated on write; an unreadable one grants nothing.
+                tracing::error!(group = %g.id, error = %e, "unreadable rollout policy; holding");
+                RolloutSpec {
+                    percentage: Some(0.0),
+                    ..RolloutSpec::default()
+                }
+            });
+            c.specs.insert(g.id.clone(), spec);
             c.groups.insert(g.id.clone(), g.clone());
         }
         c.data = data;
@@ -78,6 +89,14 @@ impl Catalogue {
     /// A group by id.
     pub fn group(&self, id: &str) -> Option<&Group> {
         self.groups.get(id)
+    }
+
+    /// The parsed rollout spec of a group (default when the group is unknown).
+    pub fn spec(&self, group_id: &str) -> &RolloutSpec {
+        static EMPTY: std::sync::OnceLock<RolloutSpec> = std::sync::OnceLock::new();
+        self.specs
+            .get(group_id)
+            .unwrap_or_else(|| EMPTY.get_or_init(RolloutSpec::default))
     }
 
     /// Resolves an Omaha `track` to a group of `app_id`: by track (case-insensitive), then by id.

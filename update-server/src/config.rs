@@ -51,6 +51,9 @@ pub struct ServeArgs {
     /// Largest accepted package upload, in bytes [default: 8 GiB].
     #[arg(long, env = "UPDATE_SERVER_MAX_PACKAGE_SIZE")]
     pub max_package_size: Option<u64>,
+    /// FleetLock options.
+    #[command(flatten)]
+    pub fleetlock: crate::fleetlock::config::FleetLockArgs,
 }
 
 /// What a `--config` TOML file may contain.
@@ -75,6 +78,8 @@ pub struct FileConfig {
     pub proxy_header: Option<String>,
     /// See [`ServeArgs::max_package_size`].
     pub max_package_size: Option<u64>,
+    /// The `[fleetlock]` table.
+    pub fleetlock: Option<crate::fleetlock::config::FleetLockFile>,
 }
 
 /// Configuration errors.
@@ -129,6 +134,8 @@ pub struct Settings {
     pub proxy_header: Option<String>,
     /// Largest upload.
     pub max_package_size: u64,
+    /// FleetLock server settings.
+    pub fleetlock: crate::fleetlock::FleetLockSettings,
 }
 
 impl FileConfig {
@@ -215,6 +222,10 @@ impl Settings {
                 .max_package_size
                 .or(file.max_package_size)
                 .unwrap_or(DEFAULT_MAX_PACKAGE),
+            fleetlock: crate::fleetlock::FleetLockSettings::resolve(
+                &args.fleetlock,
+                file.fleetlock.as_ref(),
+            )?,
         })
     }
 
@@ -248,6 +259,7 @@ fn unreachable_defaults() -> Settings {
         flush_interval: Duration::from_millis(DEFAULT_FLUSH_MS),
         proxy_header: None,
         max_package_size: DEFAULT_MAX_PACKAGE,
+        fleetlock: crate::fleetlock::FleetLockSettings::default(),
     }
 }
 

@@ -185,6 +185,20 @@ impl Metrics {
             .inc();
     }
 
+    /// Registers a metric owned by another module (e.g. FleetLock) under the `platte_` prefix.
+    pub fn register(
+        &self,
+        name: &str,
+        help: &str,
+        metric: impl prometheus_client::registry::Metric,
+    ) {
+        let mut reg = match self.registry.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        reg.register(name, help, metric);
+    }
+
     /// Encodes the registry in the Prometheus text format.
     pub fn encode(&self) -> String {
         let mut out = String::new();

@@ -4,7 +4,8 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::http::admin;
+use crate::fleetlock::http as fleetlock;
+use crate::http::{admin, rollout};
 
 struct BearerAuth;
 
@@ -30,9 +31,12 @@ impl Modify for BearerAuth {
         admin::delete_channel,
         admin::list_groups, admin::create_group, admin::get_group, admin::update_group,
         admin::delete_group,
+        rollout::status, rollout::preview, rollout::pause, rollout::resume,
         admin::list_packages, admin::get_package, admin::publish_package, admin::delete_package,
         admin::list_instances, admin::get_instance, admin::delete_instance,
         admin::list_events, admin::list_activity,
+        fleetlock::list_groups, fleetlock::get_group, fleetlock::set_slots,
+        fleetlock::release_holder,
     ),
     components(schemas(crate::error::ErrorBody, crate::error::ErrorDetail))
 )]

@@ -1,17 +1,18 @@
-//! The rollout-policy hook of the update-check path. A policy sees the group, target package and
-//! instance and either grants or holds; a hold is answered `noupdate` and its reason is kept on
-//! the server. [`BasicPolicy`] honours only `paused`; the staged-rollout engine (issue 5) plugs in
-//! by implementing [`RolloutPolicy`].
+//! The rollout-policy hook of the update-check path. A policy sees the group (with its parsed
+//! rollout spec), target package and instance and either grants or holds; a hold is answered
+//! `noupdate` and its reason is kept on the server. The staged-rollout engine
+//! ([`crate::rollout::RolloutEngine`]) is the implementation the server runs.
 
 use crate::model::{App, Channel, Group, Instance, Package};
+use crate::rollout::{HoldReason, RolloutSpec};
 
 /// What a policy decides for one check.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PolicyDecision {
-    /// Serve the target.
+    /// Serve the target (subject to the store's atomic limits).
     Grant,
-    /// Hold back, for the given machine-readable reason (`paused`, `rate`, `window`...).
-    Hold(String),
+    /// Hold back, for the given reason.
+    Hold(HoldReason),
 }
 
 /// Everything a policy may look at.
@@ -21,6 +22,8 @@ pub struct PolicyContext<'a> {
     pub app: &'a App,
     /// Group.
     pub group: &'a Group,
+    /// The group's rollout spec (parsed once per catalogue snapshot).
+    pub spec: &'a RolloutSpec,
     /// Channel the group follows.
     pub channel: &'a Channel,
     /// Target package.
@@ -35,18 +38,4 @@ pub struct PolicyContext<'a> {
 pub trait RolloutPolicy: Send + Sync + std::fmt::Debug {
     /// Decides whether the instance may get the target now.
     fn decide(&self, ctx: &PolicyContext<'_>) -> PolicyDecision;
-}
-
-/// Grants everything except in paused groups.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct BasicPolicy;
-
-impl RolloutPolicy for BasicPolicy {
-    fn decide(&self, ctx: &PolicyContext<'_>) -> PolicyDecision {
-        if ctx.group.policy.paused {
-            PolicyDecision::Hold("paused".to_owned())
-        } else {
-            PolicyDecision::Grant
-        }
-    }
 }

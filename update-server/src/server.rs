@@ -13,9 +13,11 @@ use crate::catalogue::CatalogueCache;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Settings;
 use crate::fleet::Fleet;
+use crate::fleetlock::FleetLock;
 use crate::http::{AppState, auth, router};
 use crate::metrics::Metrics;
-use crate::policy::{BasicPolicy, RolloutPolicy};
+use crate::policy::RolloutPolicy;
+use crate::rollout::{RolloutEngine, RolloutMetrics, Rollouts};
 use crate::service::UpdateService;
 use crate::store::{SqliteStore, Store};
 
@@ -90,6 +92,15 @@ pub async fn start_with(
         .unwrap_or_else(|| format!("http://{addr}"));
 
     let metrics = Arc::new(Metrics::new());
+    let fleetlock = Arc::new(FleetLock::new(
+        Arc::new(sqlite.clone()),
+        settings.fleetlock.clone(),
+        Arc::clone(&clock),
+        &metrics,
+    ));
+    if let Err(e) = fleetlock.groups().await {
+        tracing::warn!(error = %e, "reading FleetLock groups for metrics failed");
+    }
     let service = Arc::new(UpdateService {
         catalogue: cache,
         fleet: Arc::clone(&fleet),
@@ -97,6 +108,11 @@ pub async fn start_with(
         metrics: Arc::clone(&metrics),
         clock,
         public_url,
+        rollouts: Rollouts {
+            grants: Arc::new(sqlite.clone()),
+            store: Arc::clone(&store),
+            metrics: RolloutMetrics::register(&metrics),
+        },
     });
     let state = AppState {
         store: Arc::clone(&store),
@@ -107,6 +123,7 @@ pub async fn start_with(
         admin_lock: Arc::new(tokio::sync::Mutex::new(())),
         proxy_header: settings.proxy_header.clone(),
         max_package_size: settings.max_package_size,
+        fleetlock,
     };
     let app = router(state.clone(), tokens);
     let (tx, mut rx) = watch::channel(false);
@@ -161,7 +178,7 @@ pub async fn start_with(
     })
 }
 
-/// Starts the server with the system clock and the basic policy.
+/// Starts the server with the system clock and the staged-rollout engine.
 pub async fn start(settings: Settings) -> anyhow::Result<RunningServer> {
-    start_with(settings, Arc::new(SystemClock), Arc::new(BasicPolicy)).await
+    start_with(settings, Arc::new(SystemClock), Arc::new(RolloutEngine)).await
 }

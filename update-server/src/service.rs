@@ -11,6 +11,10 @@ use crate::lifecycle::{ClientEvent, InstanceStatus, transition};
 use crate::metrics::{ErrorLabels, EventLabels, Metrics, OutcomeLabels};
 use crate::model::{Instance, NewActivity, Package, StatusChange, normalize_appid, normalize_arch};
 use crate::policy::{PolicyContext, PolicyDecision, RolloutPolicy};
+use crate::rollout::Rollouts;
+use crate::rollout::engine::{HoldReason, Verdict, evaluate, is_canary};
+use crate::rollout::target::{TargetChoice, choose};
+use crate::store::rollout::{GrantOutcome, GrantRequest, GrantState};
 use crate::store::{InstanceChange, NewEvent, StoreError};
 use crate::version;
 
@@ -100,6 +104,8 @@ pub enum CheckAnswer {
         package: Box<Package>,
         /// Codebase URL.
         codebase: String,
+        /// A deliberate downgrade (`_rollback="true"`).
+        rollback: bool,
     },
     /// No update.
     NoUpdate(NoUpdateReason),
@@ -149,6 +155,25 @@ pub struct UpdateService {
     pub clock: Arc<dyn Clock>,
     /// Base URL for hosted packages (no trailing slash).
     pub public_url: String,
+    /// Staged-rollout grant store and metrics.
+    pub rollouts: Rollouts,
+}
+
+/// A grant the store must still decide atomically.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct GrantPlan {
+    group_id: String,
+    version: String,
+    canary: bool,
+}
+
+/// A status change that settles a rollout grant.
+#[derive(Debug, Clone)]
+struct Progress {
+    state: Option<GrantState>,
+    outcome: &'static str,
+    group_id: Option<String>,
+    version: Option<String>,
 }
 
 fn is_routine(e: &EventIn) -> bool {
@@ -202,9 +227,16 @@ impl UpdateService {
         let now = self.clock.now();
         if req.machine_id.trim().is_empty() {
             // Untrackable client: answer, but keep no state.
-            let check = req
-                .updatecheck
-                .then(|| self.decide(&cat, req, &app_id, None, now).0);
+            let check = req.updatecheck.then(|| {
+                let (answer, plan) = self.decide(&cat, req, &app_id, None, now);
+                match plan {
+                    // Nothing to count an untracked client against: it gets no limited grant.
+                    Some(_) => CheckAnswer::NoUpdate(NoUpdateReason::Hold(
+                        HoldReason::Percentage.as_str().to_owned(),
+                    )),
+                    None => answer,
+                }
+            });
             return Ok(AppAnswer::Known {
                 events: req.events.len(),
                 ping: req.ping,
@@ -215,6 +247,7 @@ impl UpdateService {
         let group = cat.resolve_group(&app_id, &req.track);
         let mut change = InstanceChange::default();
         let mut durable = false;
+        let mut progress: Vec<Progress> = Vec::new();
 
         // Events, then ping (refresh), in one critical section on the row.
         let snapshot = self.fleet.update(
@@ -293,6 +326,27 @@ impl UpdateService {
                         };
                         set_status(row, &mut change, next, detail, e.error_code, now);
                         self.count_outcome(&app_id, next, e);
+                        let settle = match next {
+                            InstanceStatus::Downloading | InstanceStatus::Downloaded => {
+                                Some((None, ""))
+                            }
+                            InstanceStatus::Installed => {
+                                Some((Some(GrantState::Installed), "installed"))
+                            }
+                            InstanceStatus::Complete => {
+                                Some((Some(GrantState::Complete), "complete"))
+                            }
+                            InstanceStatus::Error => Some((Some(GrantState::Failed), "failed")),
+                            _ => None,
+                        };
+                        if let Some((state, outcome)) = settle {
+                            progress.push(Progress {
+                                state,
+                                outcome,
+                                group_id: row.group_id.clone(),
+                                version: row.granted_version.clone(),
+                            });
+                        }
                         if next == InstanceStatus::Error {
                             change.activity.push(NewActivity {
                                 kind: "instance_update_failed".into(),
@@ -314,7 +368,57 @@ impl UpdateService {
         );
 
         let check = if req.updatecheck {
-            let (answer, grant) = self.decide(&cat, req, &app_id, Some(&snapshot), now);
+            let (mut answer, plan) = self.decide(&cat, req, &app_id, Some(&snapshot), now);
+            let mut grant = false;
+            if let Some(plan) = plan {
+                let outcome = self
+                    .rollouts
+                    .grants
+                    .try_grant(&GrantRequest {
+                        group_id: plan.group_id.clone(),
+                        app_id: app_id.clone(),
+                        machine_id: key.0.clone(),
+                        version: plan.version.clone(),
+                        canary: plan.canary,
+                        now,
+                    })
+                    .await
+                    .map_err(|source| CheckError {
+                        machine_id: key.0.clone(),
+                        app_id: key.1.clone(),
+                        source,
+                    })?;
+                match outcome {
+                    GrantOutcome::Granted => {
+                        grant = true;
+                        self.rollouts.metrics.outcome(
+                            &app_id,
+                            &plan.group_id,
+                            &plan.version,
+                            "granted",
+                        );
+                    }
+                    GrantOutcome::Held { reason, halted_now } => {
+                        if let Some(why) = halted_now {
+                            self.halted(&app_id, &plan.group_id, &plan.version, &why)
+                                .await;
+                        }
+                        answer =
+                            CheckAnswer::NoUpdate(NoUpdateReason::Hold(reason.as_str().to_owned()));
+                    }
+                }
+            }
+            if let (CheckAnswer::NoUpdate(NoUpdateReason::Hold(r)), Some(g)) =
+                (&answer, snapshot.group_id.as_deref())
+            {
+                let version = group
+                    .and_then(|g| g.channel_id.as_deref())
+                    .and_then(|c| cat.channel(c))
+                    .and_then(|c| cat.channel_package(c, &normalize_arch(&req.board)))
+                    .map(|p| p.version.clone())
+                    .unwrap_or_default();
+                self.rollouts.metrics.hold(&app_id, g, &version, r);
+            }
             let label = match &answer {
                 CheckAnswer::Update { .. } => "update".to_owned(),
                 CheckAnswer::NoUpdate(r) => format!("noupdate_{}", r.label()),
@@ -365,11 +469,56 @@ impl UpdateService {
                     source,
                 })?;
         }
+        for p in progress {
+            let halt = self
+                .rollouts
+                .grants
+                .record_progress(&key.0, &key.1, p.state, now)
+                .await
+                .map_err(|source| CheckError {
+                    machine_id: key.0.clone(),
+                    app_id: key.1.clone(),
+                    source,
+                })?;
+            let (Some(g), Some(v)) = (p.group_id, p.version) else {
+                continue;
+            };
+            if !p.outcome.is_empty() {
+                self.rollouts.metrics.outcome(&app_id, &g, &v, p.outcome);
+            }
+            if let Some(why) = halt {
+                self.halted(&app_id, &g, &v, &why).await;
+            }
+        }
         Ok(AppAnswer::Known {
             events: req.events.len(),
             ping: req.ping,
             check,
         })
+    }
+
+    /// A rollout halted itself: reload the catalogue so this process stops granting at once.
+    async fn halted(&self, app_id: &str, group_id: &str, version: &str, why: &str) {
+        tracing::warn!(
+            app = app_id,
+            group = group_id,
+            version,
+            reason = why,
+            "rollout halted"
+        );
+        let m = &self.rollouts.metrics;
+        m.halts
+            .get_or_create(&crate::rollout::metrics::GroupLabels {
+                app: app_id.to_owned(),
+                group: group_id.to_owned(),
+            })
+            .inc();
+        m.set_halted(app_id, group_id, true);
+        if let Err(e) =
+            crate::http::admin::load_into(self.rollouts.store.as_ref(), &self.catalogue).await
+        {
+            tracing::warn!(error = %e, "reloading the catalogue after a halt failed");
+        }
     }
 
     fn count_outcome(&self, app_id: &str, status: InstanceStatus, e: &EventIn) {
@@ -406,7 +555,8 @@ impl UpdateService {
         }
     }
 
-    /// Decides the update check; the bool says whether it is a new grant.
+    /// Decides the update check in memory; a returned plan must still pass the store's atomic
+    /// limits before it is a grant.
     fn decide(
         &self,
         cat: &Catalogue,
@@ -414,8 +564,8 @@ impl UpdateService {
         app_id: &str,
         instance: Option<&Instance>,
         now: i64,
-    ) -> (CheckAnswer, bool) {
-        let no = |r| (CheckAnswer::NoUpdate(r), false);
+    ) -> (CheckAnswer, Option<GrantPlan>) {
+        let no = |r| (CheckAnswer::NoUpdate(r), None);
         if !version::is_valid(&req.version) {
             return no(NoUpdateReason::InvalidVersion);
         }
@@ -432,56 +582,75 @@ impl UpdateService {
         let Some(target) = cat.channel_package(channel, &arch) else {
             return no(NoUpdateReason::NoPackage);
         };
+        let find = |v: &str| {
+            cat.data().packages.iter().find(|p| {
+                p.app_id == app_id && p.version == v && (p.arch == arch || p.arch == "all")
+            })
+        };
+        let spec = cat.spec(&group.id);
         if let Some(inst) = instance
             && let Some(granted) = &inst.granted_version
+            && req.version != *granted
         {
-            let behind = version::compare(&req.version, granted).is_lt();
-            if inst.status.in_flight() && behind {
+            if inst.status.in_flight() {
                 // Re-serve the granted version without re-running the policy.
-                let pkg = cat
-                    .data()
-                    .packages
-                    .iter()
-                    .find(|p| {
-                        p.app_id == app_id
-                            && &p.version == granted
-                            && (p.arch == arch || p.arch == "all")
-                    })
-                    .unwrap_or(target);
+                let pkg = find(granted).unwrap_or(target);
+                let rollback = version::compare(&req.version, granted).is_gt();
                 return (
                     CheckAnswer::Update {
                         package: Box::new(pkg.clone()),
                         codebase: self.codebase(pkg),
+                        rollback,
                     },
-                    false,
+                    None,
                 );
             }
-            if inst.status == InstanceStatus::Installed && behind {
+            if inst.status == InstanceStatus::Installed {
                 return no(NoUpdateReason::AwaitingReboot);
             }
         }
-        if version::compare(&req.version, &target.version).is_ge() {
-            return no(NoUpdateReason::UpToDate);
-        }
-        if let Some(inst) = instance {
-            let ctx = PolicyContext {
+        let (pkg, rollback) =
+            match choose(spec, &req.version, &target.version, |v| find(v).is_some()) {
+                TargetChoice::UpToDate => return no(NoUpdateReason::UpToDate),
+                TargetChoice::Blocked => {
+                    return no(NoUpdateReason::Hold(
+                        HoldReason::Blocked.as_str().to_owned(),
+                    ));
+                }
+                TargetChoice::Serve { version, rollback } => {
+                    (find(&version).unwrap_or(target), rollback)
+                }
+            };
+        let (machine_id, alias) = instance.map_or(("", ""), |i| (&i.machine_id, &i.alias));
+        let decision = match instance {
+            Some(inst) => self.policy.decide(&PolicyContext {
                 app,
                 group,
+                spec,
                 channel,
-                target,
+                target: pkg,
                 instance: inst,
                 now,
-            };
-            if let PolicyDecision::Hold(reason) = self.policy.decide(&ctx) {
-                return no(NoUpdateReason::Hold(reason));
-            }
+            }),
+            None => match evaluate(group.policy.paused, spec, app_id, machine_id, alias, now) {
+                Verdict::Hold(r) => PolicyDecision::Hold(r),
+                Verdict::Candidate { .. } => PolicyDecision::Grant,
+            },
+        };
+        if let PolicyDecision::Hold(reason) = decision {
+            return no(NoUpdateReason::Hold(reason.as_str().to_owned()));
         }
         (
             CheckAnswer::Update {
-                package: Box::new(target.clone()),
-                codebase: self.codebase(target),
+                package: Box::new(pkg.clone()),
+                codebase: self.codebase(pkg),
+                rollback,
             },
-            true,
+            Some(GrantPlan {
+                group_id: group.id.clone(),
+                version: pkg.version.clone(),
+                canary: is_canary(spec, machine_id, alias),
+            }),
         )
     }
 }

@@ -71,6 +71,11 @@ impl SlotWriter {
         self.file.read_exact_at(buf, at)
     }
 
+    /// Turns this handle into the payload applier's target (the same file and byte range).
+    pub fn into_target(self) -> io::Result<payloads::Target> {
+        payloads::Target::new(self.file, self.offset, self.len)
+    }
+
     /// Flushes written data to stable storage.
     pub fn sync(&self) -> io::Result<()> {
         self.file.sync_data()

@@ -27,6 +27,19 @@ pub struct Fragment {
     pub http: Option<HttpFragment>,
     /// `[reboot]`: reboot strategy.
     pub reboot: Option<RebootFragment>,
+    /// `[install]`: download and install tuning.
+    pub install: Option<InstallFragment>,
+}
+
+/// `[install]` section.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct InstallFragment {
+    /// Least time between two persisted checkpoints, in milliseconds.
+    pub checkpoint_interval_ms: Option<u64>,
+    /// Download attempts per URL within one install before trying the next URL.
+    pub attempts_per_url: Option<u64>,
+    /// Failed attempts on the same checkpoint after which the download starts over.
+    pub start_over_after: Option<u64>,
 }
 
 /// `[updates]` section.
@@ -68,6 +81,8 @@ pub struct CheckFragment {
     pub jitter_secs: Option<u64>,
     /// Cap of the exponential backoff on errors.
     pub backoff_cap_secs: Option<u64>,
+    /// First wait of the exponential backoff on errors.
+    pub backoff_base_secs: Option<u64>,
 }
 
 /// `[boot]` section.
@@ -136,6 +151,25 @@ pub struct HttpFragment {
 /// `[reboot]` section.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 pub struct RebootFragment {
-    /// Strategy name (`off`, `immediate`).
+    /// Strategy name (`off`, `immediate`, `windows`, `fleet-lock`).
     pub strategy: Option<String>,
+    /// Weekly maintenance windows (string or table form); a later file's list replaces it.
+    pub windows: Option<Vec<maintenance_window::Window>>,
+    /// `[reboot.fleet_lock]`: FleetLock server and group.
+    pub fleet_lock: Option<FleetLockFragment>,
+    /// Time logged-in users are given after the notice, in seconds.
+    pub grace_period_secs: Option<u64>,
+    /// Program and arguments telling users about the reboot (the message is appended).
+    pub notify_command: Option<Vec<String>>,
+    /// Sentinel written while an update is staged (`""` disables it).
+    pub reboot_required_path: Option<PathBuf>,
+}
+
+/// `[reboot.fleet_lock]` section.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct FleetLockFragment {
+    /// Base URL of the FleetLock server.
+    pub base_url: Option<String>,
+    /// FleetLock group.
+    pub group: Option<String>,
 }

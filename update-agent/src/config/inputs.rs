@@ -83,6 +83,16 @@ pub struct Inputs {
     pub http_request_timeout_secs: Option<Sourced<u64>>,
     pub http_stall_timeout_secs: Option<Sourced<u64>>,
     pub reboot_strategy: Option<Sourced<String>>,
+    pub reboot_windows: Option<Sourced<Vec<maintenance_window::Window>>>,
+    pub reboot_fleet_lock_base_url: Option<Sourced<String>>,
+    pub reboot_fleet_lock_group: Option<Sourced<String>>,
+    pub reboot_grace_period_secs: Option<Sourced<u64>>,
+    pub reboot_notify_command: Option<Sourced<Vec<String>>>,
+    pub reboot_reboot_required_path: Option<Sourced<PathBuf>>,
+    pub install_checkpoint_interval_ms: Option<Sourced<u64>>,
+    pub install_attempts_per_url: Option<Sourced<u64>>,
+    pub install_start_over_after: Option<Sourced<u64>>,
+    pub check_backoff_base_secs: Option<Sourced<u64>>,
 }
 
 /// Overwrites `dst` when `src` is set.
@@ -154,6 +164,7 @@ impl Inputs {
             set(&mut self.check_interval_secs, c.interval_secs, file);
             set(&mut self.check_jitter_secs, c.jitter_secs, file);
             set(&mut self.check_backoff_cap_secs, c.backoff_cap_secs, file);
+            set(&mut self.check_backoff_base_secs, c.backoff_base_secs, file);
         }
         if let Some(b) = f.boot {
             set(&mut self.boot_backend, b.backend, file);
@@ -205,6 +216,31 @@ impl Inputs {
         }
         if let Some(r) = f.reboot {
             set(&mut self.reboot_strategy, r.strategy, file);
+            set(&mut self.reboot_windows, r.windows, file);
+            set(
+                &mut self.reboot_grace_period_secs,
+                r.grace_period_secs,
+                file,
+            );
+            set(&mut self.reboot_notify_command, r.notify_command, file);
+            set(
+                &mut self.reboot_reboot_required_path,
+                r.reboot_required_path,
+                file,
+            );
+            if let Some(fl) = r.fleet_lock {
+                set(&mut self.reboot_fleet_lock_base_url, fl.base_url, file);
+                set(&mut self.reboot_fleet_lock_group, fl.group, file);
+            }
+        }
+        if let Some(n) = f.install {
+            set(
+                &mut self.install_checkpoint_interval_ms,
+                n.checkpoint_interval_ms,
+                file,
+            );
+            set(&mut self.install_attempts_per_url, n.attempts_per_url, file);
+            set(&mut self.install_start_over_after, n.start_over_after, file);
         }
     }
 }

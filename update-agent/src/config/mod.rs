@@ -17,7 +17,8 @@ use std::path::{Path, PathBuf};
 pub use inputs::{Inputs, Origin};
 pub use settings::{
     BootBackendKind, BootSettings, CheckSettings, HealthCheck, HealthSettings, HttpSettings,
-    IdentitySettings, PLATTE_APP_ID, RebootSettings, RebootStrategy, Settings, UpdateSettings,
+    IdentitySettings, InstallSettings, PLATTE_APP_ID, RebootSettings, RebootStrategy, Settings,
+    UpdateSettings,
 };
 
 /// Something in the configuration that was not applied, reported but not fatal.

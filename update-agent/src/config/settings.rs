@@ -43,6 +43,19 @@ pub struct Settings {
     pub http: HttpSettings,
     /// Reboot strategy.
     pub reboot: RebootSettings,
+    /// Download and install tuning.
+    pub install: InstallSettings,
+}
+
+/// `[install]` settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstallSettings {
+    /// Least time between two persisted checkpoints.
+    pub checkpoint_interval: Duration,
+    /// Download attempts per URL within one install before the next URL is tried.
+    pub attempts_per_url: u32,
+    /// Failed attempts on the same checkpoint after which the download starts over from byte 0.
+    pub start_over_after: u32,
 }
 
 /// `[updates]` settings.
@@ -84,6 +97,8 @@ pub struct CheckSettings {
     pub jitter: Duration,
     /// Cap of the exponential backoff after errors.
     pub backoff_cap: Duration,
+    /// First wait of the exponential backoff after an error (doubled on each further error).
+    pub backoff_base: Duration,
 }
 
 /// Which boot backend manages the slots.
@@ -147,13 +162,35 @@ pub struct HttpSettings {
     pub stall_timeout: Duration,
 }
 
-/// Reboot strategies (more come with the reboot coordinator).
+/// Reboot strategies (the coordinator's `reboot::RebootStrategy` carries their data).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RebootStrategy {
     /// Stage only; an operator or external tool reboots.
     Off,
     /// Reboot as soon as an update is staged.
     Immediate,
+    /// Reboot inside `reboot.windows` only.
+    Windows,
+    /// Take a FleetLock slot first (and, when `reboot.windows` is set, only inside them).
+    FleetLock,
+}
+
+/// Default grace period for logged-in users (locksmith's 5 minutes).
+pub const DEFAULT_GRACE_PERIOD_SECS: u64 = 300;
+/// Default reboot-required sentinel (kured's default).
+pub const DEFAULT_REBOOT_REQUIRED_PATH: &str = "/run/reboot-required";
+/// Default command telling logged-in users (the message is appended).
+pub const DEFAULT_NOTIFY_COMMAND: &str = "/usr/bin/wall";
+/// Default FleetLock group (Zincati's).
+pub const DEFAULT_FLEET_LOCK_GROUP: &str = "default";
+
+/// `[reboot.fleet_lock]` settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetLockSettings {
+    /// Server base URL (`v1/pre-reboot` and `v1/steady-state` are appended).
+    pub base_url: Url,
+    /// FleetLock group (`[a-zA-Z0-9.-]+`).
+    pub group: String,
 }
 
 /// `[reboot]` settings.
@@ -161,6 +198,16 @@ pub enum RebootStrategy {
 pub struct RebootSettings {
     /// Strategy.
     pub strategy: RebootStrategy,
+    /// Maintenance windows (required by `windows`, optional with `fleet-lock`).
+    pub windows: maintenance_window::WindowSet,
+    /// FleetLock server (required by `fleet-lock`).
+    pub fleet_lock: Option<FleetLockSettings>,
+    /// Time logged-in users are given after the notice.
+    pub grace_period: Duration,
+    /// Program and arguments telling users (empty: nobody is told).
+    pub notify_command: Vec<String>,
+    /// Sentinel written while an update is staged; `None`: disabled.
+    pub reboot_required: Option<PathBuf>,
 }
 
 /// Builds an "invalid value" error for `key` set at `s.origin`.
@@ -264,30 +311,145 @@ impl Settings {
                 board: token("identity.board", &i.identity_board, 64)?,
             },
             check: check(i)?,
+            install: install(i)?,
             boot: boot(i)?,
             state_dir: absolute("agent.state_dir", &i.agent_state_dir, DEFAULT_STATE_DIR)?,
             health: health(i)?,
             http: http(i)?,
-            reboot: RebootSettings {
-                strategy: match &i.reboot_strategy {
-                    None => RebootStrategy::Off,
-                    Some(s) => match s.value.as_str() {
-                        "off" => RebootStrategy::Off,
-                        "immediate" => RebootStrategy::Immediate,
-                        other => {
-                            return Err(invalid(
-                                "reboot.strategy",
-                                s,
-                                format!(
-                                    "unknown strategy {other:?}: expected \"off\" or \"immediate\""
-                                ),
-                            ));
-                        }
-                    },
-                },
-            },
+            reboot: reboot(i)?,
         })
     }
+}
+
+fn reboot(i: &Inputs) -> Result<RebootSettings, ConfigError> {
+    let strategy = match &i.reboot_strategy {
+        None => RebootStrategy::Off,
+        Some(s) => match s.value.as_str() {
+            "off" => RebootStrategy::Off,
+            "immediate" => RebootStrategy::Immediate,
+            "windows" => RebootStrategy::Windows,
+            "fleet-lock" | "fleet_lock" => RebootStrategy::FleetLock,
+            other => {
+                return Err(invalid(
+                    "reboot.strategy",
+                    s,
+                    format!(
+                        "unknown strategy {other:?}: expected \"off\", \"immediate\", \"windows\" or \"fleet-lock\""
+                    ),
+                ));
+            }
+        },
+    };
+    let windows = maintenance_window::WindowSet::new(
+        i.reboot_windows
+            .as_ref()
+            .map(|w| w.value.clone())
+            .unwrap_or_default(),
+    );
+    match (strategy, &i.reboot_windows, &i.reboot_strategy) {
+        (RebootStrategy::Windows, None, Some(s)) => {
+            return Err(invalid(
+                "reboot.windows",
+                s,
+                "strategy \"windows\" needs at least one window in reboot.windows",
+            ));
+        }
+        (RebootStrategy::Windows, Some(w), _) if w.value.is_empty() => {
+            return Err(invalid(
+                "reboot.windows",
+                w,
+                "strategy \"windows\" needs at least one window",
+            ));
+        }
+        (RebootStrategy::Off | RebootStrategy::Immediate, Some(w), _) if !w.value.is_empty() => {
+            return Err(invalid(
+                "reboot.windows",
+                w,
+                "windows only apply to strategies \"windows\" and \"fleet-lock\"; set reboot.strategy",
+            ));
+        }
+        _ => {}
+    }
+    let fleet_lock = match (&i.reboot_fleet_lock_base_url, strategy) {
+        (Some(u), _) => {
+            let base_url = parse_url("reboot.fleet_lock.base_url", u, &["http", "https"])?;
+            let group = match &i.reboot_fleet_lock_group {
+                None => DEFAULT_FLEET_LOCK_GROUP.to_owned(),
+                Some(g)
+                    if g.value.is_empty()
+                        || g.value.len() > 64
+                        || !g
+                            .value
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-') =>
+                {
+                    return Err(invalid(
+                        "reboot.fleet_lock.group",
+                        g,
+                        format!(
+                            "{:?} must be 1..=64 characters of A-Z a-z 0-9 . - (FleetLock's rule)",
+                            g.value
+                        ),
+                    ));
+                }
+                Some(g) => g.value.clone(),
+            };
+            Some(FleetLockSettings { base_url, group })
+        }
+        (None, RebootStrategy::FleetLock) => {
+            let s = i
+                .reboot_strategy
+                .as_ref()
+                .ok_or_else(|| ConfigError::Invalid {
+                    key: "reboot.fleet_lock.base_url",
+                    origin: String::new(),
+                    message: "missing".into(),
+                })?;
+            return Err(invalid(
+                "reboot.fleet_lock.base_url",
+                s,
+                "strategy \"fleet-lock\" needs reboot.fleet_lock.base_url",
+            ));
+        }
+        (None, _) => None,
+    };
+    let notify_command = match &i.reboot_notify_command {
+        None => vec![DEFAULT_NOTIFY_COMMAND.to_owned()],
+        Some(c) => match c.value.first() {
+            None => Vec::new(),
+            Some(p) if PathBuf::from(p).is_absolute() => c.value.clone(),
+            Some(_) => {
+                return Err(invalid(
+                    "reboot.notify_command",
+                    c,
+                    "must start with an absolute program path (or be [] to tell nobody)",
+                ));
+            }
+        },
+    };
+    let reboot_required = match &i.reboot_reboot_required_path {
+        Some(p) if p.value.as_os_str().is_empty() => None,
+        Some(_) => Some(absolute(
+            "reboot.reboot_required_path",
+            &i.reboot_reboot_required_path,
+            "",
+        )?),
+        None => Some(PathBuf::from(DEFAULT_REBOOT_REQUIRED_PATH)),
+    };
+    Ok(RebootSettings {
+        strategy,
+        windows,
+        fleet_lock,
+        grace_period: secs(
+            "reboot.grace_period_secs",
+            &i.reboot_grace_period_secs,
+            DEFAULT_GRACE_PERIOD_SECS,
+            0,
+            3600,
+        )?,
+        notify_command,
+        reboot_required,
+    })
 }
 
 fn absolute(
@@ -337,6 +499,61 @@ fn updates(i: &Inputs) -> Result<UpdateSettings, ConfigError> {
     })
 }
 
+/// A count in `[min, max]`, or the default.
+fn count(
+    key: &'static str,
+    v: &Option<Sourced<u64>>,
+    default: u32,
+    min: u32,
+    max: u32,
+) -> Result<u32, ConfigError> {
+    match v {
+        None => Ok(default),
+        Some(s) => match u32::try_from(s.value) {
+            Ok(n) if (min..=max).contains(&n) => Ok(n),
+            _ => Err(invalid(
+                key,
+                s,
+                format!("{} is out of range: must be {min}..={max}", s.value),
+            )),
+        },
+    }
+}
+
+fn install(i: &Inputs) -> Result<InstallSettings, ConfigError> {
+    let ms = match &i.install_checkpoint_interval_ms {
+        None => 1000,
+        Some(s) if !(10..=60_000).contains(&s.value) => {
+            return Err(invalid(
+                "install.checkpoint_interval_ms",
+                s,
+                format!(
+                    "{} is out of range: must be 10..=60000 milliseconds",
+                    s.value
+                ),
+            ));
+        }
+        Some(s) => s.value,
+    };
+    Ok(InstallSettings {
+        checkpoint_interval: Duration::from_millis(ms),
+        attempts_per_url: count(
+            "install.attempts_per_url",
+            &i.install_attempts_per_url,
+            3,
+            1,
+            20,
+        )?,
+        start_over_after: count(
+            "install.start_over_after",
+            &i.install_start_over_after,
+            5,
+            1,
+            100,
+        )?,
+    })
+}
+
 fn check(i: &Inputs) -> Result<CheckSettings, ConfigError> {
     const DAY: u64 = 86_400;
     let c = CheckSettings {
@@ -361,6 +578,13 @@ fn check(i: &Inputs) -> Result<CheckSettings, ConfigError> {
             14_400,
             60,
             7 * DAY,
+        )?,
+        backoff_base: secs(
+            "check.backoff_base_secs",
+            &i.check_backoff_base_secs,
+            60,
+            1,
+            DAY,
         )?,
     };
     if let Some(s) = &i.check_jitter_secs

@@ -1,8 +1,10 @@
 //! The operator CLI: `update-server serve` and the subcommands that drive the admin API over
-//! HTTP (`app`, `channel`, `group`, `package`, `instance`, `activity`), printing tables or, with
-//! `--json`, the API's JSON.
+//! HTTP (`app`, `channel`, `group`, `package`, `instance`, `fleetlock`, `activity`), printing
+//! tables or, with `--json`, the API's JSON.
 
 mod client;
+pub mod fleetlock;
+pub mod rollout;
 mod table;
 
 use std::path::PathBuf;
@@ -100,6 +102,24 @@ pub enum Command {
         /// Action.
         #[command(subcommand)]
         cmd: InstanceCmd,
+    },
+    /// FleetLock reboot groups: slots and holders.
+    Fleetlock {
+        /// Connection.
+        #[command(flatten)]
+        conn: Conn,
+        /// Action.
+        #[command(subcommand)]
+        cmd: fleetlock::FleetLockCmd,
+    },
+    /// Staged rollouts of a group: status, preview, pause, resume, policy.
+    Rollout {
+        /// Connection.
+        #[command(flatten)]
+        conn: Conn,
+        /// Action.
+        #[command(subcommand)]
+        cmd: rollout::RolloutCmd,
     },
     /// The activity feed.
     Activity {
@@ -641,6 +661,8 @@ pub async fn run_admin(cmd: Command) -> anyhow::Result<()> {
                 }
             }
         }
+        Command::Fleetlock { conn, cmd } => fleetlock::run(&conn, cmd).await,
+        Command::Rollout { conn, cmd } => rollout::run(&conn, cmd).await,
         Command::Activity { conn, app, limit } => {
             let c = ApiClient::new(&conn.server, conn.token.as_deref())?;
             let q = query(&[("app", app), ("limit", Some(limit.to_string()))]);

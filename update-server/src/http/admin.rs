@@ -43,11 +43,11 @@ fn new_id() -> String {
     )
 }
 
-fn now(st: &AppState) -> i64 {
+pub(crate) fn now(st: &AppState) -> i64 {
     st.service.clock.now()
 }
 
-fn activity(kind: &str, app: Option<&str>, message: String) -> NewActivity {
+pub(crate) fn activity(kind: &str, app: Option<&str>, message: String) -> NewActivity {
     NewActivity {
         kind: kind.to_owned(),
         severity: "info",
@@ -66,7 +66,7 @@ fn check_text(field: &str, v: &str, max: usize) -> Result<(), ApiError> {
     Ok(())
 }
 
-async fn reload(st: &AppState) -> Result<(), ApiError> {
+pub(crate) async fn reload(st: &AppState) -> Result<(), ApiError> {
     let data = st.store.load_catalogue().await?;
     st.service.catalogue.replace(Catalogue::build(data));
     Ok(())
@@ -81,7 +81,7 @@ pub async fn load_into(
     Ok(())
 }
 
-fn find_app(cat: &Catalogue, app: &str) -> Result<App, ApiError> {
+pub(crate) fn find_app(cat: &Catalogue, app: &str) -> Result<App, ApiError> {
     let id = normalize_appid(app);
     cat.app(&id)
         .cloned()
@@ -97,7 +97,7 @@ fn find_channel(cat: &Catalogue, app_id: &str, key: &str) -> Result<Channel, Api
         .ok_or_else(|| ApiError::NotFound(format!("channel {key} of {app_id}")))
 }
 
-fn find_group(cat: &Catalogue, app_id: &str, key: &str) -> Result<Group, ApiError> {
+pub(crate) fn find_group(cat: &Catalogue, app_id: &str, key: &str) -> Result<Group, ApiError> {
     cat.data()
         .groups
         .iter()
@@ -475,6 +475,8 @@ pub async fn create_group(
     Json(b): Json<CreateGroup>,
 ) -> Result<(StatusCode, Json<Group>), ApiError> {
     check_text("name", &b.name, 100)?;
+    crate::rollout::RolloutSpec::parse_valid(&b.policy)
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let track = b.track.unwrap_or_else(|| b.name.clone());
     check_text("track", &track, 100)?;
     let _g = st.admin_lock.lock().await;
@@ -552,6 +554,8 @@ pub async fn update_group(
         g.description = d;
     }
     if let Some(p) = b.policy {
+        crate::rollout::RolloutSpec::parse_valid(&p)
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
         g.policy = p;
     }
     st.store

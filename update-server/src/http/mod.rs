@@ -5,6 +5,7 @@ pub mod auth;
 pub mod download;
 pub mod omaha;
 pub mod ops;
+pub mod rollout;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,6 +17,7 @@ use axum::response::Response;
 use axum::routing::{get, post};
 
 use crate::blobs::BlobStore;
+use crate::fleetlock::http as fleetlock;
 use crate::metrics::{EndpointLabels, HttpLabels, Metrics};
 use crate::service::UpdateService;
 use crate::store::Store;
@@ -39,6 +41,8 @@ pub struct AppState {
     pub proxy_header: Option<String>,
     /// Largest package upload.
     pub max_package_size: u64,
+    /// FleetLock reboot semaphore.
+    pub fleetlock: Arc<crate::fleetlock::FleetLock>,
 }
 
 /// Builds the router.
@@ -65,6 +69,19 @@ pub fn router(state: AppState, tokens: Arc<auth::Tokens>) -> Router {
             "/apps/{app}/groups",
             get(admin::list_groups).post(admin::create_group),
         )
+        .route("/apps/{app}/groups/{group}/rollout", get(rollout::status))
+        .route(
+            "/apps/{app}/groups/{group}/rollout/preview",
+            get(rollout::preview),
+        )
+        .route(
+            "/apps/{app}/groups/{group}/rollout/pause",
+            post(rollout::pause),
+        )
+        .route(
+            "/apps/{app}/groups/{group}/rollout/resume",
+            post(rollout::resume),
+        )
         .route(
             "/apps/{app}/groups/{group}",
             get(admin::get_group)
@@ -88,6 +105,15 @@ pub fn router(state: AppState, tokens: Arc<auth::Tokens>) -> Router {
         )
         .route("/events", get(admin::list_events))
         .route("/activity", get(admin::list_activity))
+        .route("/fleetlock/groups", get(fleetlock::list_groups))
+        .route(
+            "/fleetlock/groups/{group}",
+            get(fleetlock::get_group).patch(fleetlock::set_slots),
+        )
+        .route(
+            "/fleetlock/groups/{group}/holders/{id}",
+            axum::routing::delete(fleetlock::release_holder),
+        )
         .route_layer(middleware::from_fn_with_state(tokens, auth::require_token))
         .route("/openapi.json", get(ops::openapi));
     let metrics = Arc::clone(&state.metrics);
@@ -95,6 +121,8 @@ pub fn router(state: AppState, tokens: Arc<auth::Tokens>) -> Router {
         .nest("/api/v1", api)
         .route("/v1/update", post(omaha::update))
         .route("/v1/update/", post(omaha::update))
+        .route("/fleetlock/v1/pre-reboot", post(fleetlock::pre_reboot))
+        .route("/fleetlock/v1/steady-state", post(fleetlock::steady_state))
         .route("/packages/{sha256}/{name}", get(download::download))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))

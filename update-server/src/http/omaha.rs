@@ -75,7 +75,11 @@ pub fn check_in_of(app: &omaha::AppRequest, os_arch: Option<&str>, ip: String) -
 pub fn updatecheck_of(answer: &CheckAnswer) -> UpdateCheckResponse {
     match answer {
         CheckAnswer::NoUpdate(_) => UpdateCheckResponse::noupdate(),
-        CheckAnswer::Update { package, codebase } => {
+        CheckAnswer::Update {
+            package,
+            codebase,
+            rollback,
+        } => {
             let mut sha1 = [0u8; 20];
             let mut sha256 = [0u8; 32];
             use base64::Engine as _;
@@ -100,7 +104,7 @@ pub fn updatecheck_of(answer: &CheckAnswer) -> UpdateCheckResponse {
             let manifest = Manifest::new(&package.version)
                 .with_package(pkg)
                 .with_action(Action::postinstall(&sha256).with_disable_payload_backoff(true));
-            UpdateCheckResponse::ok(codebase, manifest)
+            UpdateCheckResponse::ok(codebase, manifest).with_rollback(*rollback)
         }
     }
 }

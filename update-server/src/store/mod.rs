@@ -1,11 +1,15 @@
 //! Persistent storage behind a trait, so handlers do not know the database. [`SqliteStore`] is
 //! the embedded implementation; the SQL is kept portable for a PostgreSQL one.
 
+pub mod fleetlock;
+pub mod rollout;
 mod sqlite;
 
 use std::future::Future;
 use std::pin::Pin;
 
+pub use fleetlock::FleetLockStore;
+pub use rollout::RolloutStore;
 pub use sqlite::SqliteStore;
 
 use crate::lifecycle::InstanceStatus;

@@ -21,11 +21,28 @@ use crate::model::{
     Severity, StatusChange,
 };
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "initial",
-    include_str!("../../migrations/0001_initial.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "initial",
+        include_str!("../../migrations/0001_initial.sql"),
+    ),
+    (
+        2,
+        "fleetlock",
+        include_str!("../../migrations/0002_fleetlock.sql"),
+    ),
+    (
+        3,
+        "rollouts",
+        include_str!("../../migrations/0003_rollouts.sql"),
+    ),
+];
+
+#[path = "sqlite_fleetlock.rs"]
+mod fleetlock;
+#[path = "sqlite_rollout.rs"]
+mod rollout;
 
 /// SQLite-backed store.
 #[derive(Debug, Clone)]

@@ -1,0 +1,392 @@
+//! The agent's side of Omaha: builds update_engine-dialect requests from the identity and state,
+//! sends them through the one HTTP client, and turns the answer into an [`CheckAnswer`]
+//! (no update, or an [`Offer`] with URLs, size and SHA-256) or a [`CheckError`] that carries the
+//! update_engine error code to report.
+
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use omaha::{
+    AppRequest, DecodedErrorCode, ErrorCode, ErrorFlags, EventRequest, Os, Request, Response,
+    UpdateCheckStatus,
+};
+use url::Url;
+
+use crate::identity::Identity;
+
+/// Client name sent as `version`/`updaterversion`.
+pub const CLIENT_VERSION: &str = concat!("platte-agent-", env!("CARGO_PKG_VERSION"));
+/// Largest Omaha response body read.
+pub const MAX_RESPONSE_BYTES: usize = 1 << 20;
+
+/// An update the server offers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Offer {
+    /// Version after the update.
+    pub version: String,
+    /// Download URLs of the payload, in the order to try them (codebase + package name).
+    pub urls: Vec<Url>,
+    /// Payload size announced by the server.
+    pub size: u64,
+    /// Payload SHA-256 announced by the server.
+    pub sha256: [u8; 32],
+    /// The server marked this a downgrade (`_rollback="true"`).
+    pub rollback: bool,
+}
+
+/// What an update check answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckAnswer {
+    /// The offered update, `None` for `noupdate`.
+    pub offer: Option<Offer>,
+    /// The server's `PollInterval`.
+    pub poll_interval: Option<Duration>,
+}
+
+/// Why a check (or an event report) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    /// Connecting, sending or receiving failed.
+    #[error("Omaha request to {url} failed: {source}")]
+    Transport {
+        /// The endpoint.
+        url: String,
+        /// The transport error.
+        source: reqwest::Error,
+    },
+    /// The server answered with an HTTP error status.
+    #[error("Omaha server {url} answered HTTP {status}")]
+    HttpStatus {
+        /// The endpoint.
+        url: String,
+        /// The status code.
+        status: u16,
+    },
+    /// The answer is larger than [`MAX_RESPONSE_BYTES`].
+    #[error("Omaha response is larger than {MAX_RESPONSE_BYTES} bytes")]
+    TooLarge,
+    /// The answer is not a valid Omaha response.
+    #[error("invalid Omaha response: {0}")]
+    Parse(#[from] omaha::ParseError),
+    /// The answer has no `<app>` for this app id.
+    #[error("the Omaha response has no app {0}")]
+    NoApp(String),
+    /// The answer's `<app>` or `<updatecheck>` says error.
+    #[error("the server answered status {0:?}")]
+    ServerStatus(String),
+    /// An `ok` update check is unusable (no manifest, package, URL, size or SHA-256).
+    #[error("unusable update offer: {0}")]
+    BadOffer(String),
+}
+
+impl CheckError {
+    /// update_engine's code for this failure.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            CheckError::Transport { .. } => ErrorCode::OmahaRequestError,
+            CheckError::HttpStatus { status, .. } => ErrorCode::http(u32::from(*status)),
+            CheckError::TooLarge | CheckError::Parse(_) => ErrorCode::OmahaRequestXmlParseError,
+            CheckError::NoApp(_) | CheckError::ServerStatus(_) => ErrorCode::OmahaResponseInvalid,
+            CheckError::BadOffer(_) => ErrorCode::OmahaResponseHandlerError,
+        }
+    }
+}
+
+/// `code` with the flag update_engine sets against any non-Flatcar server.
+pub fn reported(code: ErrorCode) -> DecodedErrorCode {
+    DecodedErrorCode::new(code).with_flags(ErrorFlags::NON_PRODUCTION_SERVER)
+}
+
+/// The request skeleton with `<os>` and one `<app>` describing this host.
+fn base(id: &Identity, interactive: bool) -> (Request, AppRequest) {
+    let req = Request::new(CLIENT_VERSION)
+        .with_installsource(if interactive {
+            "ondemandupdate"
+        } else {
+            "scheduler"
+        })
+        .with_os(Os::new(
+            "CoreOS",
+            "Chateau",
+            format!("{}_{}", id.os_version, id.arch),
+        ));
+    let mut app = AppRequest::new(&id.app_id, &id.os_version);
+    app.track = Some(id.group.clone());
+    app.bootid = Some(format!("{{{}}}", id.boot_id));
+    app.machineid = Some(id.machine_id.clone());
+    app.machinealias = id.alias.clone();
+    app.board = Some(id.board.clone());
+    app.lang = Some("en-US".into());
+    app.delta_okay = Some(false);
+    (req, app)
+}
+
+/// An update check: ping + updatecheck + the 3/2 event, whose `previousversion` is the version
+/// before the update on the first check after an update reboot, and empty otherwise.
+pub fn check_request(id: &Identity, previous_version: Option<&str>, interactive: bool) -> Request {
+    let (req, app) = base(id, interactive);
+    req.with_app(
+        app.with_active_ping()
+            .with_updatecheck()
+            .with_event(EventRequest::rebooted(previous_version.unwrap_or(""))),
+    )
+}
+
+/// A request carrying one event (13/1, 14/1, 3/1, 3/0...).
+pub fn event_request(id: &Identity, event: EventRequest) -> Request {
+    let (req, app) = base(id, false);
+    req.with_app(app.with_event(event))
+}
+
+/// Interprets the answer to [`check_request`] for app `app_id`.
+pub fn interpret(resp: &Response, app_id: &str) -> Result<CheckAnswer, CheckError> {
+    let app = resp
+        .app(app_id)
+        .ok_or_else(|| CheckError::NoApp(app_id.to_owned()))?;
+    if app.status.is_error() {
+        return Err(CheckError::ServerStatus(app.status.as_str().to_owned()));
+    }
+    let uc = app
+        .updatecheck
+        .as_ref()
+        .ok_or_else(|| CheckError::BadOffer("no <updatecheck> in the answer".into()))?;
+    let poll_interval = uc.poll_interval.map(|s| Duration::from_secs(u64::from(s)));
+    match &uc.status {
+        UpdateCheckStatus::NoUpdate => {
+            return Ok(CheckAnswer {
+                offer: None,
+                poll_interval,
+            });
+        }
+        UpdateCheckStatus::Ok => {}
+        other => return Err(CheckError::ServerStatus(other.as_str().to_owned())),
+    }
+    let bad = |m: &str| CheckError::BadOffer(m.to_owned());
+    let manifest = uc.next_manifest().ok_or_else(|| bad("no <manifest>"))?;
+    if manifest.version.is_empty() {
+        return Err(bad("the manifest has no version"));
+    }
+    let pkg = match manifest.packages.as_slice() {
+        [p] => p,
+        [] => return Err(bad("the manifest has no <package>")),
+        _ => return Err(bad("the manifest has several packages; one is expected")),
+    };
+    if pkg.name.is_empty() || pkg.name.contains('/') || pkg.size == 0 {
+        return Err(bad("the package has no usable name or size"));
+    }
+    let sha256 = match pkg.sha256() {
+        Ok(Some(d)) => d,
+        Ok(None) => match manifest.postinstall().map(|a| a.sha256_digest()) {
+            Some(Ok(Some(d))) => d,
+            Some(Err(e)) => return Err(CheckError::BadOffer(e.to_string())),
+            _ => {
+                return Err(bad(
+                    "no SHA-256 for the package (hash_sha256 or action sha256)",
+                ));
+            }
+        },
+        Err(e) => return Err(CheckError::BadOffer(e.to_string())),
+    };
+    let urls: Vec<Url> = uc
+        .urls
+        .iter()
+        .filter_map(|base| {
+            let base = if base.ends_with('/') {
+                base.clone()
+            } else {
+                format!("{base}/")
+            };
+            Url::parse(&base)
+                .and_then(|b| b.join(&pkg.name))
+                .ok()
+                .filter(|u| matches!(u.scheme(), "http" | "https"))
+        })
+        .collect();
+    if urls.is_empty() {
+        return Err(bad("no usable http(s) codebase URL"));
+    }
+    Ok(CheckAnswer {
+        offer: Some(Offer {
+            version: manifest.version.clone(),
+            urls,
+            size: pkg.size,
+            sha256,
+            rollback: uc.rollback,
+        }),
+        poll_interval,
+    })
+}
+
+/// Sends Omaha requests to one server.
+#[derive(Debug, Clone)]
+pub struct OmahaClient {
+    http: reqwest::Client,
+    url: Url,
+    timeout: Duration,
+}
+
+impl OmahaClient {
+    /// A client for `url` using `http`, each request bounded by `timeout`.
+    pub fn new(http: reqwest::Client, url: Url, timeout: Duration) -> Self {
+        Self { http, url, timeout }
+    }
+
+    /// The server URL.
+    pub fn url(&self) -> &Url {
+        &self.url
+    }
+
+    /// Sends `req` and parses the answer.
+    pub async fn send(&self, req: &Request) -> Result<Response, CheckError> {
+        let transport = |source| CheckError::Transport {
+            url: self.url.to_string(),
+            source,
+        };
+        let resp = self
+            .http
+            .post(self.url.clone())
+            .header(reqwest::header::CONTENT_TYPE, "text/xml")
+            .timeout(self.timeout)
+            .body(req.to_xml())
+            .send()
+            .await
+            .map_err(transport)?;
+        let status = resp.status();
+        if !status.is_success() {
+            return Err(CheckError::HttpStatus {
+                url: self.url.to_string(),
+                status: status.as_u16(),
+            });
+        }
+        let mut body = Vec::new();
+        let mut stream = resp.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(transport)?;
+            if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+                return Err(CheckError::TooLarge);
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(omaha::parse_response(&body)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use omaha::{Action, AppResponse, DayStart, Manifest, Package, UpdateCheckResponse};
+
+    const APP: &str = "{7b3f6a2e-5c1d-4e8a-9f40-2d6b8c1e9a53}";
+
+    fn id() -> Identity {
+        Identity {
+            machine_id: "0123456789abcdef0123456789abcdef".into(),
+            boot_id: "11111111-2222-3333-4444-555555555555".into(),
+            app_id: APP.into(),
+            group: "beta".into(),
+            os_version: "3999.0.0".into(),
+            board: "amd64-usr".into(),
+            arch: "x86_64".into(),
+            alias: Some("web-1".into()),
+        }
+    }
+
+    fn answer(uc: UpdateCheckResponse) -> Response {
+        Response::new("platte", DayStart::default())
+            .with_app(AppResponse::new(APP.to_uppercase()).with_updatecheck(uc))
+    }
+
+    #[test]
+    fn check_request_has_the_update_engine_shape() {
+        let xml = check_request(&id(), Some("3998.0.0"), false).to_xml();
+        let req = omaha::parse_request(xml.as_bytes()).unwrap();
+        assert_eq!(req.installsource.as_deref(), Some("scheduler"));
+        let app = &req.apps[0];
+        assert_eq!(app.version.as_deref(), Some("3999.0.0"));
+        assert_eq!(app.track.as_deref(), Some("beta"));
+        assert_eq!(app.board.as_deref(), Some("amd64-usr"));
+        assert_eq!(app.machinealias.as_deref(), Some("web-1"));
+        assert!(app.ping.is_some() && app.updatecheck.is_some());
+        assert_eq!(app.events.len(), 1);
+        assert!(app.events[0].is_reboot_completion());
+        assert_eq!(app.events[0].previousversion.as_deref(), Some("3998.0.0"));
+        let later = check_request(&id(), None, true);
+        assert_eq!(later.installsource.as_deref(), Some("ondemandupdate"));
+        assert!(!later.apps[0].events[0].is_reboot_completion());
+    }
+
+    #[test]
+    fn error_event_carries_flagged_code() {
+        let req = event_request(
+            &id(),
+            EventRequest::error(reported(ErrorCode::RollbackError)),
+        );
+        let xml = req.to_xml();
+        assert!(xml.contains(r#"errorcode="268435500""#), "{xml}");
+        assert!(req.apps[0].updatecheck.is_none());
+    }
+
+    #[test]
+    fn interprets_offers() {
+        let digest = [7u8; 32];
+        let m = Manifest::new("4000.0.0").with_package(
+            Package::new("p.payload", 1234)
+                .with_sha256(&digest)
+                .required(true),
+        );
+        let uc = UpdateCheckResponse::ok("http://a.example/pkg", m)
+            .with_url("https://b.example/x/")
+            .with_poll_interval(7200);
+        let a = interpret(&answer(uc), APP).unwrap();
+        let o = a.offer.unwrap();
+        assert_eq!(o.version, "4000.0.0");
+        assert_eq!(o.size, 1234);
+        assert_eq!(o.sha256, digest);
+        assert!(!o.rollback);
+        assert_eq!(
+            o.urls.iter().map(Url::as_str).collect::<Vec<_>>(),
+            [
+                "http://a.example/pkg/p.payload",
+                "https://b.example/x/p.payload"
+            ]
+        );
+        assert_eq!(a.poll_interval, Some(Duration::from_secs(7200)));
+
+        // SHA-256 only in the postinstall action (update_engine's place), and the rollback mark.
+        let m = Manifest::new("3000.0.0")
+            .with_package(Package::new("p", 9))
+            .with_action(Action::postinstall(&digest));
+        let uc = UpdateCheckResponse::ok("http://a.example/", m).with_rollback(true);
+        let o = interpret(&answer(uc), APP).unwrap().offer.unwrap();
+        assert!(o.rollback);
+        assert_eq!(o.sha256, digest);
+
+        let none = interpret(&answer(UpdateCheckResponse::noupdate()), APP).unwrap();
+        assert_eq!(none.offer, None);
+    }
+
+    #[test]
+    fn rejects_unusable_answers() {
+        let no_hash = Manifest::new("4000.0.0").with_package(Package::new("p", 9));
+        let e = interpret(&answer(UpdateCheckResponse::ok("http://a/", no_hash)), APP).unwrap_err();
+        assert!(matches!(e, CheckError::BadOffer(_)), "{e}");
+        let m = Manifest::new("4000.0.0").with_package(Package::new("p", 9).with_sha256(&[0; 32]));
+        let ftp = UpdateCheckResponse::ok("ftp://a/", m);
+        assert!(interpret(&answer(ftp), APP).is_err());
+        let other =
+            Response::new("x", DayStart::default()).with_app(AppResponse::unknown_application(APP));
+        let e = interpret(&other, APP).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::OmahaResponseInvalid);
+        let e = interpret(
+            &answer(UpdateCheckResponse::noupdate()),
+            "{e96281a6-d1af-4bde-9a0a-97b76e56dc57}",
+        )
+        .unwrap_err();
+        assert!(matches!(e, CheckError::NoApp(_)));
+        let status = CheckError::HttpStatus {
+            url: "u".into(),
+            status: 503,
+        };
+        assert_eq!(status.code().http_status(), Some(503));
+    }
+}

@@ -1,0 +1,264 @@
+//! Unit tests of the reboot state machine with an injected clock.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+use maintenance_window::WindowSet;
+use url::Url;
+
+use super::*;
+use crate::reboot::{FleetLockStrategy, Immediate, Off, Windows};
+
+fn ts(s: &str) -> Timestamp {
+    s.parse().unwrap()
+}
+
+fn obs(now: &str) -> Observation {
+    Observation {
+        now: ts(now),
+        staged: Some("4230.1.0".into()),
+        manual: false,
+        inhibitors: vec![],
+        users: vec![],
+    }
+}
+
+fn windows(list: &[&str]) -> WindowSet {
+    WindowSet::new(list.iter().map(|w| w.parse().unwrap()).collect())
+}
+
+fn fleet(ws: &[&str]) -> RebootStrategy {
+    RebootStrategy::FleetLock(FleetLockStrategy {
+        base_url: Url::parse("http://lock.example/").unwrap(),
+        group: "workers".into(),
+        id: "0".repeat(32),
+        windows: windows(ws),
+    })
+}
+
+fn block(who: &str) -> Inhibitor {
+    Inhibitor {
+        what: "sleep:shutdown".into(),
+        who: who.into(),
+        why: "burning a DVD".into(),
+        mode: "block".into(),
+    }
+}
+
+// 2025-06-02 is a Monday.
+const MON_NOON: &str = "2025-06-02T12:00:00Z";
+
+#[test]
+fn immediate_reboots_when_staged_and_idles_otherwise() {
+    let mut c = Coordinator::new(RebootStrategy::Immediate(Immediate), Timing::default());
+    assert_eq!(c.decide(&obs(MON_NOON)), Decision::Reboot);
+    let mut o = obs(MON_NOON);
+    o.staged = None;
+    assert_eq!(c.decide(&o), Decision::Idle);
+}
+
+#[test]
+fn off_waits_for_a_manual_request() {
+    let mut c = Coordinator::new(RebootStrategy::Off(Off), Timing::default());
+    assert_eq!(
+        c.decide(&obs(MON_NOON)),
+        Decision::Wait {
+            until: None,
+            reason: WaitReason::StrategyOff
+        }
+    );
+    let mut o = obs(MON_NOON);
+    o.manual = true;
+    assert_eq!(c.decide(&o), Decision::Reboot);
+}
+
+#[test]
+fn windows_wait_until_the_window_then_reboot() {
+    let s = RebootStrategy::Windows(Windows::new(windows(&["Mon 22:30 2h UTC"])));
+    let mut c = Coordinator::new(s, Timing::default());
+    assert_eq!(
+        c.decide(&obs(MON_NOON)),
+        Decision::Wait {
+            until: Some(ts("2025-06-02T22:30:00Z")),
+            reason: WaitReason::OutsideWindow
+        }
+    );
+    // The clock advances to the window's start.
+    assert_eq!(c.decide(&obs("2025-06-02T22:30:00Z")), Decision::Reboot);
+    // Just after it closes: next Monday.
+    assert_eq!(
+        c.decide(&obs("2025-06-03T00:30:00Z")),
+        Decision::Wait {
+            until: Some(ts("2025-06-09T22:30:00Z")),
+            reason: WaitReason::OutsideWindow
+        }
+    );
+    // A manual request skips the window.
+    let mut o = obs(MON_NOON);
+    o.manual = true;
+    assert_eq!(c.decide(&o), Decision::Reboot);
+}
+
+#[test]
+fn fleet_lock_acquires_then_reboots_and_retries_after_refusal() {
+    let timing = Timing::default();
+    let mut c = Coordinator::new(fleet(&[]), timing);
+    assert_eq!(c.decide(&obs(MON_NOON)), Decision::AcquireLock);
+    c.lock_refused(ts(MON_NOON));
+    assert_eq!(
+        c.decide(&obs("2025-06-02T12:00:30Z")),
+        Decision::Wait {
+            until: Some(ts("2025-06-02T12:01:00Z")),
+            reason: WaitReason::LockRefused
+        }
+    );
+    assert_eq!(
+        c.decide(&obs("2025-06-02T12:01:00Z")),
+        Decision::AcquireLock
+    );
+    c.lock_acquired();
+    assert_eq!(c.decide(&obs("2025-06-02T12:01:01Z")), Decision::Reboot);
+}
+
+#[test]
+fn fleet_lock_with_windows_asks_only_inside_and_releases_when_the_window_closes() {
+    let mut c = Coordinator::new(fleet(&["Mon 22:00 1h UTC"]), Timing::default());
+    assert!(matches!(
+        c.decide(&obs(MON_NOON)),
+        Decision::Wait {
+            reason: WaitReason::OutsideWindow,
+            ..
+        }
+    ));
+    assert_eq!(
+        c.decide(&obs("2025-06-02T22:00:00Z")),
+        Decision::AcquireLock
+    );
+    c.lock_acquired();
+    // Blocked by an inhibitor past the window's end: give the slot back.
+    let mut o = obs("2025-06-02T22:30:00Z");
+    o.inhibitors = vec![block("backup")];
+    assert!(matches!(
+        c.decide(&o),
+        Decision::Wait {
+            reason: WaitReason::Inhibited { .. },
+            ..
+        }
+    ));
+    assert_eq!(
+        c.decide(&obs("2025-06-02T23:00:00Z")),
+        Decision::ReleaseLock
+    );
+    c.lock_released();
+    assert!(matches!(
+        c.decide(&obs("2025-06-02T23:00:00Z")),
+        Decision::Wait {
+            reason: WaitReason::OutsideWindow,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn held_lock_is_released_when_the_update_goes_away() {
+    let mut c = Coordinator::new(fleet(&[]), Timing::default());
+    c.lock_acquired();
+    let mut o = obs(MON_NOON);
+    o.staged = None;
+    assert_eq!(c.decide(&o), Decision::ReleaseLock);
+    c.lock_released();
+    assert_eq!(c.decide(&o), Decision::Idle);
+}
+
+#[test]
+fn block_inhibitor_delays_and_delay_inhibitor_does_not() {
+    let timing = Timing::default();
+    let mut c = Coordinator::new(RebootStrategy::Immediate(Immediate), timing);
+    let mut o = obs(MON_NOON);
+    o.inhibitors = vec![block("cd-burner")];
+    assert_eq!(
+        c.decide(&o),
+        Decision::Wait {
+            until: Some(ts("2025-06-02T12:00:30Z")),
+            reason: WaitReason::Inhibited {
+                who: "cd-burner".into(),
+                why: "burning a DVD".into()
+            }
+        }
+    );
+    o.inhibitors = vec![
+        Inhibitor {
+            mode: "delay".into(),
+            ..block("x")
+        },
+        Inhibitor {
+            what: "sleep:idle".into(),
+            ..block("y")
+        },
+    ];
+    assert_eq!(c.decide(&o), Decision::Reboot);
+}
+
+#[test]
+fn logged_in_users_are_notified_once_then_get_the_grace_period() {
+    let timing = Timing {
+        grace_period: Duration::from_secs(600),
+        ..Timing::default()
+    };
+    let mut c = Coordinator::new(RebootStrategy::Immediate(Immediate), timing);
+    let mut o = obs(MON_NOON);
+    o.users = vec!["alice".into()];
+    assert_eq!(
+        c.decide(&o),
+        Decision::NotifyUsers {
+            users: vec!["alice".into()],
+            at: ts("2025-06-02T12:10:00Z")
+        }
+    );
+    c.users_notified(ts(MON_NOON));
+    o.now = ts("2025-06-02T12:05:00Z");
+    assert_eq!(
+        c.decide(&o),
+        Decision::Wait {
+            until: Some(ts("2025-06-02T12:10:00Z")),
+            reason: WaitReason::GracePeriod
+        }
+    );
+    // Still logged in when the grace period ends: reboot anyway, without a second notice.
+    o.now = ts("2025-06-02T12:10:00Z");
+    assert_eq!(c.decide(&o), Decision::Reboot);
+}
+
+#[test]
+fn zero_grace_period_reboots_with_users_logged_in() {
+    let timing = Timing {
+        grace_period: Duration::ZERO,
+        ..Timing::default()
+    };
+    let mut c = Coordinator::new(RebootStrategy::Immediate(Immediate), timing);
+    let mut o = obs(MON_NOON);
+    o.users = vec!["bob".into()];
+    assert_eq!(c.decide(&o), Decision::Reboot);
+}
+
+#[test]
+fn notice_is_forgotten_when_the_window_closes() {
+    let s = RebootStrategy::Windows(Windows::new(windows(&["Mon 22:00 1h UTC"])));
+    let mut c = Coordinator::new(s, Timing::default());
+    let mut o = obs("2025-06-02T22:58:00Z");
+    o.users = vec!["alice".into()];
+    assert!(matches!(c.decide(&o), Decision::NotifyUsers { .. }));
+    c.users_notified(o.now);
+    o.now = ts("2025-06-02T23:00:00Z");
+    assert!(matches!(
+        c.decide(&o),
+        Decision::Wait {
+            reason: WaitReason::OutsideWindow,
+            ..
+        }
+    ));
+    // Next week the users are told again rather than rebooted on a week-old notice.
+    o.now = ts("2025-06-09T22:00:00Z");
+    assert!(matches!(c.decide(&o), Decision::NotifyUsers { .. }));
+}

@@ -1,0 +1,437 @@
+//! End-to-end test world: a real `update-server` (in-process, over loopback), a small fault
+//! injecting HTTP proxy in front of it, a GPT disk image, and the `update-agent` binary run
+//! against them with a test config directory and host root.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+pub mod proxy;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use update_server::config::Settings;
+use update_server::server::{RunningServer, start};
+
+pub use proxy::Proxy;
+
+/// Platte's default app id (the agent's default `updates.app_id`).
+pub const APP: &str = "{7b3f6a2e-5c1d-4e8a-9f40-2d6b8c1e9a53}";
+/// Machine id of the test host.
+pub const MACHINE: &str = "0123456789abcdef0123456789abcdef";
+/// Image chunk size in payloads: one operation per 256 KiB.
+pub const CHUNK: u32 = 256 << 10;
+/// Size of test images.
+pub const IMAGE_LEN: usize = 6 << 20;
+
+/// Deterministic incompressible bytes.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// A release image: noise with a zero hole in the middle (so ZERO operations are exercised).
+pub fn image(seed: u64) -> Vec<u8> {
+    let mut v = noise(IMAGE_LEN, seed);
+    v[(2 << 20)..(2 << 20) + (512 << 10)].fill(0);
+    v
+}
+
+/// Builds and signs a payload of `image` as `version`.
+pub fn build_payload(key: &payloads::SigningKey, version: &str, image: &[u8]) -> Vec<u8> {
+    let mut opts = payloads::BuildOptions::new(APP, version, "amd64", payloads::unix_now() - 10);
+    opts.chunk_size = CHUNK;
+    opts.threads = 1;
+    payloads::build_to_vec(image, std::slice::from_ref(key), &opts)
+        .unwrap()
+        .0
+}
+
+/// The test world.
+pub struct World {
+    pub dir: tempfile::TempDir,
+    pub rt: tokio::runtime::Runtime,
+    pub server: RunningServer,
+    pub base: String,
+    pub http: reqwest::Client,
+    pub proxy: Proxy,
+    pub key: payloads::SigningKey,
+    pub img: PathBuf,
+    pub conf: PathBuf,
+    pub root: PathBuf,
+    pub state_dir: PathBuf,
+    pub log: PathBuf,
+}
+
+impl World {
+    /// Server (trusting the publisher key), proxy, disk image with slot A filled, agent config
+    /// for version `running` booted from slot A.
+    pub fn new(running: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let key = payloads::keys::generate_signing_key();
+        let server_keys = dir.path().join("server-keys");
+        let agent_keys = dir.path().join("agent-keys");
+        for d in [&server_keys, &agent_keys] {
+            std::fs::create_dir_all(d).unwrap();
+            std::fs::write(
+                d.join("release.pub"),
+                payloads::keys::public_key_pem(&key.verifying_key()),
+            )
+            .unwrap();
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let proxy = rt.block_on(Proxy::start());
+        let mut s = Settings::for_tests(&dir.path().join("server-data"));
+        // Download URLs point at the proxy too.
+        s.public_url = Some(format!("http://{}", proxy.addr));
+        s.trusted_keys = Some(server_keys);
+        s.flush_interval = Duration::from_millis(50);
+        let server = rt.block_on(start(s)).unwrap();
+        let base = format!("http://{}", server.addr);
+        let http = reqwest::Client::new();
+        // Readiness: poll /readyz (bounded), no fixed sleep.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ok = rt.block_on(async {
+                http.get(format!("{base}/readyz"))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            });
+            if ok {
+                break;
+            }
+            assert!(Instant::now() < deadline, "server never became ready");
+            std::thread::yield_now();
+        }
+        proxy.with(|f| f.upstream = base.clone());
+        let img = super::common::make_image(dir.path());
+        // Slot A holds the running release.
+        let a = super::common::info(&img, 1, "First sector");
+        let a_off: u64 = a.split_whitespace().next().unwrap().parse::<u64>().unwrap() * 512;
+        write_at(&img, a_off, &noise(IMAGE_LEN, 0xA));
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        std::fs::create_dir_all(root.join("proc/sys/kernel/random")).unwrap();
+        std::fs::write(root.join("etc/machine-id"), format!("{MACHINE}\n")).unwrap();
+        let conf = dir.path().join("conf");
+        std::fs::create_dir_all(&conf).unwrap();
+        // Written as /var/lib/platte in the config; `--host-root` puts it under the root.
+        let state_dir = root.join("var/lib/platte");
+        let log = dir.path().join("agent.log");
+        let w = Self {
+            dir,
+            rt,
+            server,
+            base,
+            http,
+            proxy,
+            key,
+            img,
+            conf,
+            root,
+            state_dir,
+            log,
+        };
+        w.set_boot_id("boot-1");
+        w.write_config("10-base.toml", &w.base_config(running, &agent_keys));
+        w
+    }
+
+    fn base_config(&self, running: &str, keys: &Path) -> String {
+        format!(
+            r#"[updates]
+server = "http://{proxy}/v1/update/"
+group = "stable"
+trusted_keys_dir = "{keys}"
+
+[identity]
+os_version = "{running}"
+board = "amd64-usr"
+
+[boot]
+disk = "{img}"
+booted_slot = "A"
+
+[agent]
+state_dir = "/var/lib/platte"
+
+[check]
+initial_delay_secs = 0
+interval_secs = 60
+jitter_secs = 0
+backoff_base_secs = 1
+
+[install]
+checkpoint_interval_ms = 50
+
+[http]
+connect_timeout_secs = 5
+request_timeout_secs = 10
+stall_timeout_secs = 10
+"#,
+            proxy = self.proxy.addr,
+            keys = keys.display(),
+            img = self.img.display(),
+        )
+    }
+
+    /// Writes a drop-in.
+    pub fn write_config(&self, name: &str, text: &str) {
+        std::fs::write(self.conf.join(name), text).unwrap();
+    }
+
+    /// Sets the boot id (a new one simulates a reboot).
+    pub fn set_boot_id(&self, id: &str) {
+        let hex: String = id.bytes().map(|b| format!("{b:02x}")).collect();
+        let h = format!("{hex:0<32}");
+        let uuid = format!(
+            "{}-{}-{}-{}-{}",
+            &h[0..8],
+            &h[8..12],
+            &h[12..16],
+            &h[16..20],
+            &h[20..32]
+        );
+        std::fs::write(
+            self.root.join("proc/sys/kernel/random/boot_id"),
+            format!("{uuid}\n"),
+        )
+        .unwrap();
+    }
+
+    /// Simulates a reboot into `slot` running `version`.
+    pub fn reboot_into(&self, boot_id: &str, slot: &str, version: &str) {
+        self.set_boot_id(boot_id);
+        self.write_config(
+            "60-booted.toml",
+            &format!(
+                "[boot]\nbooted_slot = \"{slot}\"\n\n[identity]\nos_version = \"{version}\"\n"
+            ),
+        );
+    }
+
+    /// An admin API call.
+    pub fn api(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        self.rt.block_on(async {
+            let mut r = self
+                .http
+                .request(method, format!("{}/api/v1{path}", self.base))
+                .bearer_auth(&self.server.admin_token);
+            if let Some(b) = body {
+                r = r.json(&b);
+            }
+            let resp = r.send().await.unwrap();
+            let st = resp.status().as_u16();
+            let text = resp.text().await.unwrap();
+            (st, serde_json::from_str(&text).unwrap_or(Value::Null))
+        })
+    }
+
+    /// Publishes a payload; returns its package id.
+    pub fn publish(&self, payload: &[u8]) -> String {
+        let resp = self.rt.block_on(async {
+            let r = self
+                .http
+                .post(format!(
+                    "{}/api/v1/packages?filename=platte_update.payload",
+                    self.base
+                ))
+                .bearer_auth(&self.server.admin_token)
+                .body(payload.to_vec())
+                .send()
+                .await
+                .unwrap();
+            let st = r.status().as_u16();
+            (st, r.text().await.unwrap())
+        });
+        assert_eq!(resp.0, 201, "publish: {}", resp.1);
+        let v: Value = serde_json::from_str(&resp.1).unwrap();
+        v["id"].as_str().unwrap().to_owned()
+    }
+
+    /// App, channel `stable` pointing at a published `version` of `image`, group `stable`.
+    pub fn seed(&self, version: &str, image: &[u8]) -> Vec<u8> {
+        let (st, v) = self.api(
+            reqwest::Method::POST,
+            "/apps",
+            Some(json!({"id": APP, "name": "Platte"})),
+        );
+        assert_eq!(st, 201, "{v}");
+        let payload = build_payload(&self.key, version, image);
+        let pkg = self.publish(&payload);
+        let (st, v) = self.api(
+            reqwest::Method::POST,
+            &format!("/apps/{APP}/channels"),
+            Some(json!({"name": "stable", "packages": {"amd64": pkg}})),
+        );
+        assert_eq!(st, 201, "{v}");
+        let (st, v) = self.api(
+            reqwest::Method::POST,
+            &format!("/apps/{APP}/groups"),
+            Some(json!({"name": "stable", "channel": "stable"})),
+        );
+        assert_eq!(st, 201, "{v}");
+        payload
+    }
+
+    /// Publishes `version` and points the channel at it.
+    pub fn release(&self, version: &str, image: &[u8]) -> Vec<u8> {
+        let payload = build_payload(&self.key, version, image);
+        let pkg = self.publish(&payload);
+        let (st, v) = self.api(
+            reqwest::Method::PATCH,
+            &format!("/apps/{APP}/channels/stable"),
+            Some(json!({"packages": {"amd64": pkg}})),
+        );
+        assert_eq!(st, 200, "{v}");
+        payload
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_update-agent"));
+        c.arg("--config-dir")
+            .arg(&self.conf)
+            .arg("--host-root")
+            .arg(&self.root)
+            .args(args)
+            .env("RUST_LOG", "update_agent=debug,info")
+            .env_remove("HTTP_PROXY")
+            .env_remove("HTTPS_PROXY")
+            .env_remove("ALL_PROXY")
+            .env_remove("http_proxy")
+            .env_remove("https_proxy")
+            .env_remove("all_proxy")
+            .stdin(Stdio::null());
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        c.stdout(log.try_clone().unwrap()).stderr(log);
+        c
+    }
+
+    /// Runs `update-agent run --once`; returns its exit code.
+    pub fn once(&self) -> i32 {
+        let st: ExitStatus = self.command(&["run", "--once"]).status().unwrap();
+        st.code().unwrap_or(-1)
+    }
+
+    /// Starts `update-agent run` (the daemon) or `run --once` in the background.
+    pub fn spawn(&self, once: bool) -> Child {
+        let args: &[&str] = if once { &["run", "--once"] } else { &["run"] };
+        self.command(args).spawn().unwrap()
+    }
+
+    /// The agent's log so far (for assertion messages).
+    pub fn agent_log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The persisted agent state.
+    pub fn state(&self) -> Value {
+        std::fs::read(self.state_dir.join("state.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(Value::Null)
+    }
+
+    /// Polls `cond` on the state until it holds (bounded by `limit`).
+    pub fn wait_state(&self, limit: Duration, what: &str, cond: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            let s = self.state();
+            if cond(&s) {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; state {s}\nagent log:\n{}",
+                self.agent_log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The server's recorded events of the test machine (newest first), polled until `cond`.
+    pub fn wait_events(&self, what: &str, cond: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (_, v) = self.api(
+                reqwest::Method::GET,
+                &format!("/events?machine={MACHINE}"),
+                None,
+            );
+            let list = v.as_array().cloned().unwrap_or_default();
+            if cond(&list) {
+                return list;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server never recorded {what}: {v}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// (offset, length) of partition `n` in bytes.
+    pub fn part_range(&self, n: u32) -> (u64, u64) {
+        let first: u64 = super::common::info(&self.img, n, "First sector")
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let last: u64 = super::common::info(&self.img, n, "Last sector")
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        (first * 512, (last - first + 1) * 512)
+    }
+
+    /// The first `len` bytes of partition `n`.
+    pub fn read_part(&self, n: u32, len: usize) -> Vec<u8> {
+        use std::os::unix::fs::FileExt;
+        let (off, _) = self.part_range(n);
+        let f = std::fs::File::open(&self.img).unwrap();
+        let mut buf = vec![0u8; len];
+        f.read_exact_at(&mut buf, off).unwrap();
+        buf
+    }
+}
+
+fn write_at(path: &Path, off: u64, data: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.write_all_at(data, off).unwrap();
+}
+
+/// The omaha event `(type, result, errorcode)` triples recorded by the server, oldest first.
+pub fn event_triples(events: &[Value]) -> Vec<(i64, i64, Option<i64>)> {
+    let mut v: Vec<_> = events
+        .iter()
+        .map(|e| {
+            (
+                e["event_type"].as_i64().unwrap(),
+                e["event_result"].as_i64().unwrap(),
+                e["error_code"].as_i64(),
+            )
+        })
+        .collect();
+    v.reverse();
+    v
+}

@@ -1,0 +1,38 @@
+//! Staged rollouts: the per-group policy ([`spec`]), the stable machine bucket ([`bucket`]), ramps
+//! ([`ramp`]), the pure policy evaluation ([`engine`]), the choice of the version to serve
+//! (floors, block list, downgrades: [`target`]) and what an operator sees ([`status`]).
+//!
+//! Evaluation is split in two: everything that needs no shared state (pause, halt, windows,
+//! percentage, ramp, canaries, block list, floors) is decided in memory from the cached catalogue,
+//! so the common answers (no update, up to date, not in bucket) cost no database round trip. Only
+//! an actual grant attempt goes to the store, which decides the shared limits (rate, concurrency,
+//! timeouts, auto-halt, canary gate) atomically in one write transaction
+//! ([`crate::store::Store::try_grant`]).
+
+pub mod bucket;
+pub mod engine;
+pub mod metrics;
+pub mod ramp;
+pub mod spec;
+pub mod status;
+pub mod target;
+
+pub use engine::{HoldReason, RolloutEngine, Verdict};
+pub use metrics::RolloutMetrics;
+
+use std::sync::Arc;
+
+use crate::store::{RolloutStore, Store};
+
+/// What the check path needs for staged rollouts beyond the catalogue: the grant store, the
+/// catalogue's store (to reload after an auto-halt) and the metrics.
+#[derive(Debug, Clone)]
+pub struct Rollouts {
+    /// Atomic grant decisions.
+    pub grants: Arc<dyn RolloutStore>,
+    /// Catalogue source (reloaded after a halt so this process stops granting at once).
+    pub store: Arc<dyn Store>,
+    /// Metrics.
+    pub metrics: RolloutMetrics,
+}
+pub use spec::{AutoHalt, Gate, Halt, Ramp, RampStep, RateLimit, RolloutSpec, SpecError};

@@ -1,0 +1,307 @@
+//! [`FleetLockStore`] on SQLite: each lock or unlock is one `BEGIN IMMEDIATE` transaction, which
+//! takes the database write lock before reading the holder count, so concurrent requests (from
+//! this process or another server sharing the file) are serialised and never over-grant.
+
+use std::collections::BTreeMap;
+
+use sqlx::{Sqlite, Transaction};
+
+use super::{SqliteStore, add_activity, db, get};
+use crate::model::NewActivity;
+use crate::store::StoreError;
+use crate::store::StoreFuture;
+use crate::store::fleetlock::{
+    AcquireOutcome, Acquired, FleetLockStore, LockGroup, LockHolder, Released,
+};
+
+const GROUPS: &str = "fleetlock_groups";
+const HOLDERS: &str = "fleetlock_holders";
+
+fn count_of(v: i64) -> Result<u32, StoreError> {
+    u32::try_from(v).map_err(|_| StoreError::Corrupt {
+        table: HOLDERS,
+        column: "count",
+        detail: format!("count {v} out of range"),
+    })
+}
+
+fn slots_of(v: i64) -> Result<u32, StoreError> {
+    u32::try_from(v).map_err(|_| StoreError::Corrupt {
+        table: GROUPS,
+        column: "slots",
+        detail: format!("slot count {v} out of range"),
+    })
+}
+
+async fn holders_in(tx: &mut Transaction<'_, Sqlite>, group: &str) -> Result<u32, StoreError> {
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM fleetlock_holders WHERE group_name = ?")
+        .bind(group)
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(db("count fleetlock holders"))?;
+    count_of(n)
+}
+
+impl FleetLockStore for SqliteStore {
+    fn fleetlock_acquire<'a>(
+        &'a self,
+        group: &'a str,
+        id: &'a str,
+        default_slots: u32,
+        at: i64,
+    ) -> StoreFuture<'a, Acquired> {
+        Box::pin(async move {
+            let mut tx = self
+                .pool
+                .begin_with("BEGIN IMMEDIATE")
+                .await
+                .map_err(db("begin fleetlock acquire"))?;
+            let slots: Option<i64> =
+                sqlx::query_scalar("SELECT slots FROM fleetlock_groups WHERE name = ?")
+                    .bind(group)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(db("read fleetlock slots"))?;
+            let slots = match slots {
+                Some(s) => slots_of(s)?,
+                None => default_slots,
+            };
+            let held: Option<i64> = sqlx::query_scalar(
+                "SELECT 1 FROM fleetlock_holders WHERE group_name = ? AND holder_id = ?",
+            )
+            .bind(group)
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db("read fleetlock holder"))?;
+            let holders = holders_in(&mut tx, group).await?;
+            let outcome = if held.is_some() {
+                AcquireOutcome::AlreadyHeld
+            } else if holders >= slots {
+                AcquireOutcome::Full
+            } else {
+                sqlx::query(
+                    "INSERT INTO fleetlock_holders (group_name, holder_id, since) VALUES (?, ?, ?)",
+                )
+                .bind(group)
+                .bind(id)
+                .bind(at)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("insert fleetlock holder"))?;
+                AcquireOutcome::Granted
+            };
+            tx.commit().await.map_err(db("commit fleetlock acquire"))?;
+            let holders = if outcome == AcquireOutcome::Granted {
+                holders.saturating_add(1)
+            } else {
+                holders
+            };
+            Ok(Acquired {
+                outcome,
+                holders,
+                slots,
+            })
+        })
+    }
+
+    fn fleetlock_release<'a>(
+        &'a self,
+        group: &'a str,
+        id: &'a str,
+        act: Option<&'a NewActivity>,
+        at: i64,
+    ) -> StoreFuture<'a, Released> {
+        Box::pin(async move {
+            let mut tx = self
+                .pool
+                .begin_with("BEGIN IMMEDIATE")
+                .await
+                .map_err(db("begin fleetlock release"))?;
+            let done =
+                sqlx::query("DELETE FROM fleetlock_holders WHERE group_name = ? AND holder_id = ?")
+                    .bind(group)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db("delete fleetlock holder"))?;
+            let was_held = done.rows_affected() > 0;
+            if was_held && let Some(a) = act {
+                add_activity(&mut tx, a, at).await?;
+            }
+            let holders = holders_in(&mut tx, group).await?;
+            tx.commit().await.map_err(db("commit fleetlock release"))?;
+            Ok(Released { was_held, holders })
+        })
+    }
+
+    fn fleetlock_groups(&self, default_slots: u32) -> StoreFuture<'_, Vec<LockGroup>> {
+        Box::pin(async move {
+            let mut tx = self
+                .pool
+                .begin()
+                .await
+                .map_err(db("begin fleetlock list"))?;
+            let mut groups: BTreeMap<String, LockGroup> = BTreeMap::new();
+            for r in sqlx::query("SELECT name, slots FROM fleetlock_groups")
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db("list fleetlock groups"))?
+            {
+                let name: String = get(&r, GROUPS, "name")?;
+                let slots = slots_of(get(&r, GROUPS, "slots")?)?;
+                groups.insert(
+                    name.clone(),
+                    LockGroup {
+                        group: name,
+                        slots,
+                        configured: true,
+                        holders: Vec::new(),
+                    },
+                );
+            }
+            for r in sqlx::query(
+                "SELECT group_name, holder_id, since FROM fleetlock_holders \
+                 ORDER BY since, holder_id",
+            )
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db("list fleetlock holders"))?
+            {
+                let name: String = get(&r, HOLDERS, "group_name")?;
+                let holder = LockHolder {
+                    id: get(&r, HOLDERS, "holder_id")?,
+                    since: get(&r, HOLDERS, "since")?,
+                };
+                groups
+                    .entry(name.clone())
+                    .or_insert_with(|| LockGroup {
+                        group: name,
+                        slots: default_slots,
+                        configured: false,
+                        holders: Vec::new(),
+                    })
+                    .holders
+                    .push(holder);
+            }
+            tx.commit().await.map_err(db("end fleetlock list"))?;
+            Ok(groups.into_values().collect())
+        })
+    }
+
+    fn fleetlock_set_slots<'a>(
+        &'a self,
+        group: &'a str,
+        slots: u32,
+        at: i64,
+        act: &'a NewActivity,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let mut tx = self
+                .pool
+                .begin_with("BEGIN IMMEDIATE")
+                .await
+                .map_err(db("begin fleetlock set slots"))?;
+            sqlx::query(
+                "INSERT INTO fleetlock_groups (name, slots, updated_at) VALUES (?, ?, ?) \
+                 ON CONFLICT (name) DO UPDATE SET slots = excluded.slots, \
+                 updated_at = excluded.updated_at",
+            )
+            .bind(group)
+            .bind(i64::from(slots))
+            .bind(at)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("set fleetlock slots"))?;
+            add_activity(&mut tx, act, at).await?;
+            tx.commit()
+                .await
+                .map_err(db("commit fleetlock set slots"))?;
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("db.sqlite"))
+            .await
+            .unwrap();
+        (dir, s)
+    }
+
+    #[tokio::test]
+    async fn acquire_is_reentrant_and_bounded_by_slots() {
+        let (_d, s) = store().await;
+        let a = s.fleetlock_acquire("g", "a", 1, 10).await.unwrap();
+        assert_eq!(a.outcome, AcquireOutcome::Granted);
+        assert_eq!((a.holders, a.slots), (1, 1));
+        let again = s.fleetlock_acquire("g", "a", 1, 20).await.unwrap();
+        assert_eq!(again.outcome, AcquireOutcome::AlreadyHeld);
+        let b = s.fleetlock_acquire("g", "b", 1, 30).await.unwrap();
+        assert_eq!(b.outcome, AcquireOutcome::Full);
+        // Another group has its own slots.
+        let other = s.fleetlock_acquire("h", "b", 1, 30).await.unwrap();
+        assert_eq!(other.outcome, AcquireOutcome::Granted);
+        let groups = s.fleetlock_groups(1).await.unwrap();
+        assert_eq!(groups.len(), 2);
+        assert_eq!(groups[0].group, "g");
+        assert_eq!(
+            groups[0].holders,
+            vec![LockHolder {
+                id: "a".into(),
+                since: 10
+            }]
+        );
+        assert!(!groups[0].configured);
+    }
+
+    #[tokio::test]
+    async fn release_is_idempotent_and_frees_the_slot() {
+        let (_d, s) = store().await;
+        s.fleetlock_acquire("g", "a", 1, 10).await.unwrap();
+        let r = s.fleetlock_release("g", "a", None, 40).await.unwrap();
+        assert_eq!(
+            r,
+            Released {
+                was_held: true,
+                holders: 0
+            }
+        );
+        let r = s.fleetlock_release("g", "a", None, 40).await.unwrap();
+        assert_eq!(
+            r,
+            Released {
+                was_held: false,
+                holders: 0
+            }
+        );
+        let b = s.fleetlock_acquire("g", "b", 1, 30).await.unwrap();
+        assert_eq!(b.outcome, AcquireOutcome::Granted);
+    }
+
+    #[tokio::test]
+    async fn configured_slots_override_the_default() {
+        let (_d, s) = store().await;
+        let act = NewActivity::default();
+        s.fleetlock_set_slots("g", 2, 5, &act).await.unwrap();
+        for id in ["a", "b"] {
+            let r = s.fleetlock_acquire("g", id, 1, 10).await.unwrap();
+            assert_eq!(r.outcome, AcquireOutcome::Granted, "{id}");
+        }
+        let c = s.fleetlock_acquire("g", "c", 1, 10).await.unwrap();
+        assert_eq!((c.outcome, c.slots), (AcquireOutcome::Full, 2));
+        s.fleetlock_set_slots("g", 0, 6, &act).await.unwrap();
+        let groups = s.fleetlock_groups(1).await.unwrap();
+        assert_eq!((groups[0].slots, groups[0].configured), (0, true));
+        assert_eq!(
+            groups[0].holders.len(),
+            2,
+            "holders are kept when slots shrink"
+        );
+    }
+}
