@@ -5,11 +5,16 @@
 //!   state), [`health`] (the `mark-good` gate), [`rollback`] detection.
 //! - [`http`] (the one HTTP client), [`omaha_client`] (requests, answers, error codes),
 //!   [`scheduler`] (check timing), [`install`] (the verified, resumable install sequence),
-//!   [`agent`] (the state machine and the check-in loop), [`version`] ordering.
+//!   [`agent`] (the state machine, the check-in loop and the daemon), [`version`] ordering.
+//! - [`reboot`] (when and how a staged update reboots: strategies, coordinator, logind,
+//!   FleetLock), [`dbus`] (the `org.platte.Update1` API and update_engine's compatibility
+//!   interface), [`updatectl`] (the command-line client of that API).
 
 pub mod agent;
 pub mod boot;
 pub mod config;
+pub mod dbus;
+pub mod extensions;
 pub mod health;
 pub mod http;
 pub mod identity;
@@ -20,6 +25,7 @@ pub mod reboot;
 pub mod rollback;
 pub mod scheduler;
 pub mod state;
+pub mod updatectl;
 pub mod version;
 
 pub use paths::HostPaths;

@@ -6,10 +6,12 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use update_agent::agent::Agent;
+use update_agent::agent::daemon::{self, DaemonOptions};
 use update_agent::boot::{BootBackend, GptprioBackend};
 use update_agent::config::{self, LoadedConfig};
 use update_agent::health::{self, MarkGoodError, SystemctlChecker};
 use update_agent::identity::Identity;
+use update_agent::reboot::time::{SystemClock, TokioSleeper};
 use update_agent::{HostPaths, state};
 
 /// Platte host agent.
@@ -43,7 +45,8 @@ enum Cmd {
     Identity,
     /// Print the persisted agent state as JSON.
     State,
-    /// Run the agent: check for updates and install them into the inactive slot.
+    /// Run the agent: check for updates, install them into the inactive slot, reboot per the
+    /// strategy, serve the D-Bus API (org.platte.Update1, com.coreos.update1).
     Run {
         /// Run one full cycle (check, install) and exit: 0 no update (or already staged),
         /// 2 installed and staged, 3 refused by policy, 1 error.
@@ -76,6 +79,11 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             let mut cfg = cfg;
             if let Some(root) = &cli.host_root {
                 cfg.settings.state_dir = update_agent::paths::reroot(root, &cfg.settings.state_dir);
+                cfg.settings.reboot.reboot_required = cfg
+                    .settings
+                    .reboot
+                    .reboot_required
+                    .map(|p| update_agent::paths::reroot(root, &p));
             }
             return run_agent(&paths, cfg, *once);
         }
@@ -164,40 +172,28 @@ fn run(cli: &Cli) -> Result<ExitCode> {
 }
 
 fn run_agent(paths: &HostPaths, cfg: LoadedConfig, once: bool) -> Result<ExitCode> {
-    let settings = cfg.settings;
-    let identity = Identity::load(paths, &settings).context("reading identity")?;
-    let backend = backend_of(paths, &settings)?;
-    let store = state::StateStore::open(&settings.state_dir)
-        .with_context(|| format!("opening state directory {}", settings.state_dir.display()))?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    tracing::info!(
-        version = %identity.os_version,
-        app = %identity.app_id,
-        group = %identity.group,
-        machine = %identity.machine_id,
-        "update-agent starting"
-    );
     rt.block_on(async move {
-        let mut agent = Agent::new(settings, identity, Box::new(backend), store)
-            .context("starting the agent")?;
+        let mut agent = Agent::open(paths, cfg.settings).context("starting the agent")?;
         if once {
             let outcome = agent.run_once(true).await;
             return Ok(ExitCode::from(outcome.exit_code()));
         }
-        agent.run(shutdown_signal()).await;
+        let opts = DaemonOptions {
+            notify_socket: std::env::var("NOTIFY_SOCKET")
+                .ok()
+                .filter(|s| !s.is_empty()),
+            ..DaemonOptions::default()
+        };
+        daemon::run(agent, opts, SystemClock, TokioSleeper, shutdown_signal())
+            .await
+            .context("running the daemon")?;
         tracing::info!("update-agent stopping");
         Ok(ExitCode::SUCCESS)
     })
-}
-
-fn backend_of(
-    paths: &HostPaths,
-    settings: &update_agent::config::Settings,
-) -> Result<GptprioBackend> {
-    GptprioBackend::from_settings(&settings.boot, paths).context("locating the A/B slots")
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -2,6 +2,12 @@
 //! sends them through the one HTTP client, and turns the answer into an [`CheckAnswer`]
 //! (no update, or an [`Offer`] with URLs, size and SHA-256) or a [`CheckError`] that carries the
 //! update_engine error code to report.
+//!
+//! One request may carry several `<app>`s: the OS app and every enabled runtime extension
+//! ([`extension_app`], [`check_request_with`], [`multi_app_request`]); each `<app>` of the answer
+//! is read on its own with [`interpret`]. An extension's `<app>` carries the OS version its build
+//! must support as `ap="os=VERSION"` ([`OS_CONTEXT_PREFIX`]): the booted version, or the staged
+//! one while an OS update waits for its reboot.
 
 use std::time::Duration;
 
@@ -124,12 +130,60 @@ fn base(id: &Identity, interactive: bool) -> (Request, AppRequest) {
 /// An update check: ping + updatecheck + the 3/2 event, whose `previousversion` is the version
 /// before the update on the first check after an update reboot, and empty otherwise.
 pub fn check_request(id: &Identity, previous_version: Option<&str>, interactive: bool) -> Request {
+    check_request_with(id, previous_version, interactive, Vec::new())
+}
+
+/// [`check_request`] with further `<app>`s (runtime extensions, from [`extension_app`]) after
+/// the OS app, all in one request.
+pub fn check_request_with(
+    id: &Identity,
+    previous_version: Option<&str>,
+    interactive: bool,
+    extra_apps: Vec<AppRequest>,
+) -> Request {
     let (req, app) = base(id, interactive);
-    req.with_app(
+    let req = req.with_app(
         app.with_active_ping()
             .with_updatecheck()
             .with_event(EventRequest::rebooted(previous_version.unwrap_or(""))),
-    )
+    );
+    extra_apps.into_iter().fold(req, Request::with_app)
+}
+
+/// Prefix of the `ap` attribute value naming the OS version an extension build must support.
+pub const OS_CONTEXT_PREFIX: &str = "os=";
+
+/// The `<app>` of a runtime extension: its own app id, version (`0.0.0` before the first
+/// install) and track, this host's machine and boot ids, and `ap="os=OS_VERSION"`. No ping,
+/// update check or event yet.
+pub fn extension_app(
+    id: &Identity,
+    app_id: &str,
+    version: &str,
+    track: &str,
+    os_version: &str,
+) -> AppRequest {
+    let mut app = AppRequest::new(app_id, version);
+    app.track = Some(track.to_owned());
+    app.ap = Some(format!("{OS_CONTEXT_PREFIX}{os_version}"));
+    app.bootid = Some(format!("{{{}}}", id.boot_id));
+    app.machineid = Some(id.machine_id.clone());
+    app.machinealias = id.alias.clone();
+    app.board = Some(id.board.clone());
+    app.lang = Some("en-US".into());
+    app.delta_okay = Some(false);
+    app
+}
+
+/// The OS version an extension `<app>` names in its `ap` attribute (see [`OS_CONTEXT_PREFIX`]).
+pub fn os_context(app: &AppRequest) -> Option<&str> {
+    app.ap.as_deref()?.strip_prefix(OS_CONTEXT_PREFIX)
+}
+
+/// A request with the `<os>` of this host and exactly `apps` (e.g. extension apps only).
+pub fn multi_app_request(id: &Identity, apps: Vec<AppRequest>, interactive: bool) -> Request {
+    let (req, _) = base(id, interactive);
+    apps.into_iter().fold(req, Request::with_app)
 }
 
 /// A request carrying one event (13/1, 14/1, 3/1, 3/0...).
@@ -313,6 +367,43 @@ mod tests {
         let later = check_request(&id(), None, true);
         assert_eq!(later.installsource.as_deref(), Some("ondemandupdate"));
         assert!(!later.apps[0].events[0].is_reboot_completion());
+    }
+
+    #[test]
+    fn multi_app_request_carries_each_app_with_its_own_version_track_and_os_context() {
+        let ext = extension_app(&id(), "containerd", "1.7.0", "edge", "4000.0.0")
+            .with_active_ping()
+            .with_updatecheck();
+        let xml = check_request_with(&id(), None, false, vec![ext]).to_xml();
+        let req = omaha::parse_request(xml.as_bytes()).unwrap();
+        assert_eq!(req.apps.len(), 2);
+        let (os, ext) = (&req.apps[0], &req.apps[1]);
+        assert_eq!(os.appid, APP);
+        assert_eq!(
+            (os.version.as_deref(), os.track.as_deref()),
+            (Some("3999.0.0"), Some("beta"))
+        );
+        assert_eq!(os.ap, None);
+        assert_eq!(ext.appid, "containerd");
+        assert_eq!(
+            (ext.version.as_deref(), ext.track.as_deref()),
+            (Some("1.7.0"), Some("edge"))
+        );
+        assert_eq!(os_context(ext), Some("4000.0.0"));
+        assert_eq!(
+            ext.machineid.as_deref(),
+            Some("0123456789abcdef0123456789abcdef")
+        );
+        assert!(ext.updatecheck.is_some() && ext.events.is_empty());
+
+        let only = multi_app_request(
+            &id(),
+            vec![extension_app(&id(), "d", "0.0.0", "s", "1")],
+            true,
+        );
+        assert_eq!(only.apps.len(), 1);
+        assert_eq!(only.installsource.as_deref(), Some("ondemandupdate"));
+        assert!(only.os.is_some());
     }
 
     #[test]

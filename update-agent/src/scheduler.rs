@@ -2,8 +2,12 @@
 //! injected clock) and a source of randomness, and sleeps until the returned deadline.
 //!
 //! - The first check comes `initial_delay` ± `jitter`/2 after start (update_engine: ~7 min).
-//! - Then every `interval` ± `jitter`/2 (~hourly), or the server's `PollInterval` when it sent
-//!   one (± the same jitter, never below 60 s).
+//! - Then every `interval` ± `jitter`/2 (~hourly), or the server's `PollInterval` when its last
+//!   answer carried one, clamped to 60 s ..= 24 h, ± the same configured `jitter`/2.
+//!   update_engine fuzzes a server interval by ± half of the interval itself (and caps it at
+//!   4 h); Platte keeps the configured jitter instead, so a server that sets the pace gets it
+//!   within minutes while checks of a fleet still spread out. Like update_engine's, the
+//!   server's interval is not persisted: after a restart the first check uses `initial_delay`.
 //! - After `n` consecutive failures (transport errors, 5xx, unusable answers) the wait is
 //!   `backoff_base · 2^(n-1)`, capped at `backoff_cap`, ± `jitter`/2 but never above the cap.
 //! - An interactive "check now" (D-Bus, issue 7) resets nothing: it runs a check at once and the
@@ -48,6 +52,8 @@ pub enum CheckResult {
 
 /// Smallest server-requested poll interval honoured.
 pub const MIN_POLL_INTERVAL: Duration = Duration::from_secs(60);
+/// Largest server-requested poll interval honoured (a longer one is shortened to this).
+pub const MAX_POLL_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 
 /// The check-in schedule.
 #[derive(Debug, Clone)]
@@ -78,7 +84,7 @@ impl Scheduler {
             CheckResult::Answered { poll_interval } => {
                 self.failures = 0;
                 let nominal = poll_interval
-                    .map(|p| p.max(MIN_POLL_INTERVAL))
+                    .map(|p| p.clamp(MIN_POLL_INTERVAL, MAX_POLL_INTERVAL))
                     .unwrap_or(self.cfg.interval);
                 self.jittered(nominal, None, rng)
             }
@@ -159,6 +165,37 @@ mod tests {
             poll_interval: Some(Duration::from_secs(1)),
         };
         assert_eq!(s.next(t0, tiny, mid) - t0, MIN_POLL_INTERVAL);
+        // A huge one (u32::MAX seconds is 136 years) is shortened to a day.
+        let huge = CheckResult::Answered {
+            poll_interval: Some(Duration::from_secs(u64::from(u32::MAX))),
+        };
+        assert_eq!(s.next(t0, huge, mid) - t0, MAX_POLL_INTERVAL);
+    }
+
+    #[test]
+    fn the_configured_jitter_applies_to_a_server_interval() {
+        let mut s = Scheduler::new(cfg());
+        let t0 = Instant::now();
+        let poll = CheckResult::Answered {
+            poll_interval: Some(Duration::from_secs(2700)),
+        };
+        // jitter 600 s: 2700 − 300 ..= 2700 + 300, not ± half of the interval.
+        assert_eq!(
+            s.next(t0, poll, &mut Fixed(0, 1)) - t0,
+            Duration::from_secs(2400)
+        );
+        assert_eq!(
+            s.next(t0, poll, &mut Fixed(1, 1)) - t0,
+            Duration::from_secs(3000)
+        );
+        // The next answer without one returns to the configured interval.
+        let plain = CheckResult::Answered {
+            poll_interval: None,
+        };
+        assert_eq!(
+            s.next(t0, plain, &mut Fixed(1, 2)) - t0,
+            Duration::from_secs(3600)
+        );
     }
 
     #[test]

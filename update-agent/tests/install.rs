@@ -1,6 +1,8 @@
 //! End-to-end: the agent binary against a real update server over loopback, writing a GPT disk
-//! image file: full update, resume after `kill -9`, 500s and dropped connections, rejected
-//! payloads, downgrade policy, rollback reporting, and a newer release superseding a staged one.
+//! image file: full update, resume after `kill -9`, 500s and dropped connections, starting over
+//! after repeated failures on one checkpoint, falling over to the next download URL, rejected
+//! payloads, downgrade policy, rollback reporting, a newer release superseding a staged one, and
+//! the server's `PollInterval` setting the daemon's next check.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -349,19 +351,204 @@ fn newer_release_supersedes_a_staged_one() {
     assert_eq!(w.once(), 2, "agent log:\n{}", w.agent_log());
     let img3 = image(3);
     w.release("2.1.0", &img3);
-    // The server keeps answering "awaiting reboot" to an instance that installed 2.0.0; forget
-    // the instance so the server offers the newer release (see the report: server gap).
-    let (st, v) = w.api(
-        reqwest::Method::DELETE,
-        &format!("/instances/{MACHINE}"),
-        None,
-    );
-    assert!(st == 200 || st == 204, "{st} {v}");
+    let downloaded = w.proxy.with(|f| f.download_bytes);
+    // The instance still runs 1.0.0 with 2.0.0 staged: the server offers the newer release.
     assert_eq!(w.once(), 2, "agent log:\n{}", w.agent_log());
     assert_eq!(w.read_part(2, IMAGE_LEN), img3);
     assert_eq!(attrs(&w.img, 2), gptprio(2, 1, false));
+    assert_eq!(attrs(&w.img, 1), a_attrs());
     let st = w.state();
     assert_eq!(st["staged"]["version"], "2.1.0");
     assert_eq!(st["installed_before_reboot"]["version"], "2.1.0");
+    assert_eq!(st["installed_before_reboot"]["from_version"], "1.0.0");
     assert_verified(&w.img);
+    let payload3 = w.proxy.with(|f| f.download_bytes) - downloaded;
+    assert!(
+        payload3 > IMAGE_LEN as u64 / 2,
+        "2.1.0 downloaded: {payload3}"
+    );
+    let (_, inst) = w.api(reqwest::Method::GET, &format!("/instances/{MACHINE}"), None);
+    let i = &inst["apps"][0]["instance"];
+    assert_eq!(i["status"], "installed", "{inst}");
+    assert_eq!(i["granted_version"], "2.1.0", "{inst}");
+    // Staged 2.1.0 is the channel's version: no third download.
+    assert_eq!(w.once(), 0, "agent log:\n{}", w.agent_log());
+    assert_eq!(w.proxy.with(|f| f.download_bytes), downloaded + payload3);
+    let last = w.proxy.with(|f| f.omaha_responses.last().cloned().unwrap());
+    assert!(last.contains(r#"status="noupdate""#), "{last}");
+}
+
+#[test]
+fn repeated_failures_on_one_checkpoint_start_the_download_over() {
+    let w = World::new("1.0.0");
+    let img2 = image(2);
+    let payload = w.seed("2.0.0", &img2);
+    let prefix = prefix_len(&payload);
+    // Two attempts per install; a checkpoint on which two attempts failed is dropped.
+    w.write_config(
+        "70-retries.toml",
+        "[install]\nattempts_per_url = 2\nstart_over_after = 2\n",
+    );
+    // The first download is cut at 3 MiB; every resumed (ranged) request then fails.
+    let cut = 3u64 << 20;
+    w.proxy.with(|f| {
+        f.cut_at = Some(cut);
+        f.refuse_ranges = true;
+    });
+    assert_eq!(w.once(), 1, "agent log:\n{}", w.agent_log());
+    let st = w.state();
+    let offset = st["checkpoint"]["applier"]["payload_offset"]
+        .as_u64()
+        .unwrap();
+    assert!(offset > prefix && offset <= cut, "{st}");
+    assert_eq!(st["checkpoint"]["failures"], 2, "{st}");
+    assert_eq!(
+        w.proxy.with(|f| f.ranges.clone()),
+        [None, Some(format!("bytes=0-{}", prefix - 1))],
+        "whole file, then the resume's prefix fetch (refused)"
+    );
+    assert_eq!(attrs(&w.img, 2) >> 48 & 0xff, 0, "target still unbootable");
+
+    // Next run: the checkpoint has had its failures; the download starts from byte 0 (no Range
+    // header at all, although ranged requests would still fail) and completes.
+    let before = w.proxy.with(|f| {
+        f.ranges.clear();
+        f.download_bytes
+    });
+    assert_eq!(w.once(), 2, "agent log:\n{}", w.agent_log());
+    assert_eq!(w.proxy.with(|f| f.ranges.clone()), [None]);
+    assert_eq!(
+        w.proxy.with(|f| f.download_bytes) - before,
+        payload.len() as u64
+    );
+    assert!(
+        w.agent_log().contains("starting the download over"),
+        "{}",
+        w.agent_log()
+    );
+    assert_eq!(w.read_part(2, IMAGE_LEN), img2);
+    assert_eq!(attrs(&w.img, 2), gptprio(2, 1, false));
+    assert!(w.state()["checkpoint"].is_null());
+    assert_verified(&w.img);
+}
+
+#[test]
+fn tries_the_next_url_when_several_are_given() {
+    // Nothing listens on this port: connection refused.
+    let refused = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", l.local_addr().unwrap())
+    };
+    let refused2 = refused.clone();
+    // The server's download mirrors: a dead one, one answering 404 (a path the server does not
+    // serve, through the proxy), then the server's own URL.
+    let w = World::with_server("1.0.0", move |s, proxy| {
+        s.omaha.download_mirrors = vec![refused2, format!("{proxy}/no-such-mirror")];
+    });
+    let img2 = image(2);
+    let payload = w.seed("2.0.0", &img2);
+    w.write_config("70-retries.toml", "[install]\nattempts_per_url = 2\n");
+    assert_eq!(w.once(), 2, "agent log:\n{}", w.agent_log());
+
+    // The update-check answer (later ones acknowledge events).
+    let answer = w.proxy.with(|f| {
+        f.omaha_responses
+            .iter()
+            .find(|r| r.contains("<updatecheck"))
+            .cloned()
+            .unwrap()
+    });
+    let codebases: Vec<&str> = answer
+        .split("codebase=\"")
+        .skip(1)
+        .filter_map(|s| s.split('"').next())
+        .collect();
+    let sha = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&payload))
+    };
+    let proxy = format!("http://{}", w.proxy.addr);
+    assert_eq!(
+        codebases,
+        [
+            format!("{refused}/packages/{sha}/"),
+            format!("{proxy}/no-such-mirror/packages/{sha}/"),
+            format!("{proxy}/packages/{sha}/"),
+        ],
+        "{answer}"
+    );
+    // The refused URL was tried twice (attempts_per_url), the 404 once, then the server's.
+    let log = w.agent_log();
+    let refused_tries = log
+        .lines()
+        .filter(|l| l.contains("download attempt failed") && l.contains(&refused))
+        .count();
+    assert_eq!(refused_tries, 2, "{log}");
+    let file = format!("packages/{sha}/platte_update.payload");
+    assert_eq!(
+        w.proxy.with(|f| f.download_paths.clone()),
+        [format!("/no-such-mirror/{file}"), format!("/{file}")]
+    );
+    assert_eq!(w.proxy.with(|f| f.download_bytes), payload.len() as u64);
+    assert_eq!(w.read_part(2, IMAGE_LEN), img2);
+    assert_eq!(attrs(&w.img, 2), gptprio(2, 1, false));
+    // Falling over is no failure: no error event.
+    let ev = w.wait_events("13/1, 14/1, 3/1", |e| e.len() >= 3);
+    assert_eq!(
+        event_triples(&ev),
+        [(13, 1, None), (14, 1, None), (3, 1, None)],
+        "{ev:?}"
+    );
+}
+
+/// `next_check_in_s` values the daemon logged, in order (ANSI colours stripped).
+fn next_checks(log: &str) -> Vec<u64> {
+    let mut plain = String::with_capacity(log.len());
+    let mut in_escape = false;
+    for c in log.chars() {
+        match c {
+            '\x1b' => in_escape = true,
+            'm' if in_escape => in_escape = false,
+            _ if in_escape => {}
+            _ => plain.push(c),
+        }
+    }
+    plain
+        .lines()
+        .filter(|l| l.contains("waiting for the next check"))
+        .filter_map(|l| l.split("next_check_in_s=").nth(1))
+        .filter_map(|v| v.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+#[test]
+fn server_poll_interval_sets_the_next_check() {
+    // The server sends PollInterval="7200"; the agent's own interval is 60 s, jitter 0.
+    let w = World::with_server("2.0.0", |s, _| s.omaha.poll_interval_secs = Some(7200));
+    w.seed("2.0.0", &image(2));
+    let mut daemon = w.spawn(false);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let waits = loop {
+        let waits = next_checks(&w.agent_log());
+        if waits.len() >= 2 {
+            break waits;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the daemon never scheduled its second check:\n{}",
+            w.agent_log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    daemon.kill().unwrap();
+    daemon.wait().unwrap();
+    let answer = w
+        .proxy
+        .with(|f| f.omaha_responses.first().cloned().unwrap());
+    assert!(answer.contains(r#"PollInterval="7200""#), "{answer}");
+    assert!(answer.contains(r#"status="noupdate""#), "{answer}");
+    // First check at once (initial delay 0), then the server's interval, not the agent's 60 s
+    // (a few milliseconds have passed when the wait is logged, hence 7199).
+    assert_eq!(waits[0], 0, "{waits:?}");
+    assert!((7199..=7200).contains(&waits[1]), "{waits:?}");
 }

@@ -3,7 +3,6 @@
 #![allow(clippy::unwrap_used)]
 
 #[path = "support/dbus_daemon.rs"]
-#[allow(dead_code)]
 mod dbus_daemon;
 
 use std::path::PathBuf;
@@ -63,6 +62,11 @@ fn units_pass_systemd_analyze_verify() {
         out.status.success(),
         "systemd-analyze verify failed:\n{stderr}"
     );
+    // The agent tells systemd when it is ready and what it does.
+    let agent = std::fs::read_to_string(systemd_dir().join("update-agent.service")).unwrap();
+    let keys: Vec<&str> = agent.lines().map(str::trim).collect();
+    assert!(keys.contains(&"Type=notify"), "{agent}");
+    assert!(keys.contains(&"NotifyAccess=main"), "{agent}");
     // Warnings about our own units count as failures too.
     for u in ["update-agent", "update-server"] {
         assert!(

@@ -1,6 +1,7 @@
 //! The in-memory catalogue: apps, channels, groups and packages as one immutable snapshot behind
 //! an `Arc`, swapped whole after every admin change. An update check reads it without touching
-//! the database.
+//! the database. Package digests are decoded once here, when the snapshot is built, so an `ok`
+//! answer only copies bytes.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -9,11 +10,38 @@ use crate::model::{App, Channel, Group, Package};
 use crate::rollout::RolloutSpec;
 use crate::store::CatalogueData;
 
+/// A package's digests, decoded from their stored text forms (`None` when unreadable, which
+/// publishing never produces: the server computes them).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PackageDigests {
+    /// SHA-1 (stored as base64).
+    pub sha1: Option<[u8; 20]>,
+    /// SHA-256 (stored as hex).
+    pub sha256: Option<[u8; 32]>,
+}
+
+impl PackageDigests {
+    /// Decodes the stored forms of `p`.
+    pub fn of(p: &Package) -> Self {
+        use base64::Engine as _;
+        Self {
+            sha1: base64::engine::general_purpose::STANDARD
+                .decode(&p.sha1_base64)
+                .ok()
+                .and_then(|v| <[u8; 20]>::try_from(v.as_slice()).ok()),
+            sha256: hex::decode(&p.sha256_hex)
+                .ok()
+                .and_then(|v| <[u8; 32]>::try_from(v.as_slice()).ok()),
+        }
+    }
+}
+
 /// One consistent view of the catalogue.
 #[derive(Debug, Default)]
 pub struct Catalogue {
     apps: HashMap<String, App>,
     packages: HashMap<String, Package>,
+    digests: HashMap<String, PackageDigests>,
     channels: HashMap<String, Channel>,
     groups: HashMap<String, Group>,
     group_by_track: HashMap<(String, String), String>,
@@ -34,6 +62,7 @@ impl Catalogue {
                 c.package_by_sha256
                     .insert(p.sha256_hex.clone(), p.id.clone());
             }
+            c.digests.insert(p.id.clone(), PackageDigests::of(p));
             c.packages.insert(p.id.clone(), p.clone());
         }
         for ch in &data.channels {
@@ -72,6 +101,11 @@ impl Catalogue {
     /// A package by id.
     pub fn package(&self, id: &str) -> Option<&Package> {
         self.packages.get(id)
+    }
+
+    /// The decoded digests of a package (empty for an unknown id).
+    pub fn digests(&self, package_id: &str) -> PackageDigests {
+        self.digests.get(package_id).copied().unwrap_or_default()
     }
 
     /// A hosted package by SHA-256 (hex).
@@ -234,6 +268,21 @@ mod tests {
         assert_eq!(c.channel_package(ch, "arm64").unwrap().id, "p-all");
         assert_eq!(c.channels_using("p-amd").len(), 1);
         assert_eq!(c.hosted_package_by_sha256("sha-p-all").unwrap().id, "p-all");
+    }
+
+    #[test]
+    fn digests_are_decoded_once_at_build() {
+        let mut d = data();
+        d.packages[0].sha1_base64 = "AAECAwQFBgcICQoLDA0ODxAREhM=".into();
+        d.packages[0].sha256_hex = "ab".repeat(32);
+        let c = Catalogue::build(d);
+        let got = c.digests("p-amd");
+        let sha1: Vec<u8> = (0..20).collect();
+        assert_eq!(got.sha1.map(Vec::from), Some(sha1));
+        assert_eq!(got.sha256, Some([0xab; 32]));
+        // Unreadable stored forms (a short hex string here) decode to nothing, not to zeros.
+        assert_eq!(c.digests("p-all"), PackageDigests::default());
+        assert_eq!(c.digests("nope"), PackageDigests::default());
     }
 
     #[test]

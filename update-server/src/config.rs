@@ -17,6 +17,12 @@ pub const DEFAULT_DATA_DIR: &str = "./platte-data";
 pub const DEFAULT_FLUSH_MS: u64 = 1000;
 /// Default maximum size of an uploaded package (8 GiB).
 pub const DEFAULT_MAX_PACKAGE: u64 = 8 << 30;
+/// Smallest `PollInterval` the server may be configured to send (the agent honours no less).
+pub const MIN_POLL_INTERVAL_SECS: u32 = 60;
+/// Largest `PollInterval` the server may be configured to send (one day).
+pub const MAX_POLL_INTERVAL_SECS: u32 = 86_400;
+/// Most download mirrors that may be configured.
+pub const MAX_DOWNLOAD_MIRRORS: usize = 8;
 
 /// `update-server serve` options.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -51,9 +57,103 @@ pub struct ServeArgs {
     /// Largest accepted package upload, in bytes [default: 8 GiB].
     #[arg(long, env = "UPDATE_SERVER_MAX_PACKAGE_SIZE")]
     pub max_package_size: Option<u64>,
+    /// Omaha answer options.
+    #[command(flatten)]
+    pub omaha: OmahaArgs,
     /// FleetLock options.
     #[command(flatten)]
     pub fleetlock: crate::fleetlock::config::FleetLockArgs,
+}
+
+/// Omaha answer options of `update-server serve`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct OmahaArgs {
+    /// `PollInterval` (seconds, 60..=86400) sent on every update-check answer [default: none].
+    #[arg(long, env = "UPDATE_SERVER_OMAHA_POLL_INTERVAL_SECS")]
+    pub omaha_poll_interval_secs: Option<u32>,
+    /// Base URL of a download mirror serving `/packages/<sha256>/<name>` like this server;
+    /// listed before the server's own URL for hosted packages (repeatable; env: comma-separated).
+    #[arg(
+        long = "omaha-download-mirror",
+        env = "UPDATE_SERVER_OMAHA_DOWNLOAD_MIRRORS",
+        value_delimiter = ','
+    )]
+    pub omaha_download_mirrors: Option<Vec<String>>,
+}
+
+/// The `[omaha]` table of the configuration file.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct OmahaFile {
+    /// See [`OmahaArgs::omaha_poll_interval_secs`].
+    pub poll_interval_secs: Option<u32>,
+    /// See [`OmahaArgs::omaha_download_mirrors`].
+    pub download_mirrors: Option<Vec<String>>,
+}
+
+/// Validated settings of the Omaha answers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OmahaSettings {
+    /// `PollInterval` in seconds on every update-check answer (`None`: not sent; clients keep
+    /// their own schedule).
+    pub poll_interval_secs: Option<u32>,
+    /// Mirror base URLs (no trailing slash), in order, offered before the server's own URL for
+    /// hosted packages.
+    pub download_mirrors: Vec<String>,
+}
+
+impl OmahaSettings {
+    /// Merges arguments over the file, and validates.
+    pub fn resolve(args: &OmahaArgs, file: Option<&OmahaFile>) -> Result<Self, ConfigError> {
+        let poll = args
+            .omaha_poll_interval_secs
+            .or_else(|| file.and_then(|f| f.poll_interval_secs));
+        if let Some(p) = poll
+            && !(MIN_POLL_INTERVAL_SECS..=MAX_POLL_INTERVAL_SECS).contains(&p)
+        {
+            return Err(ConfigError::Invalid {
+                key: "omaha.poll_interval_secs",
+                reason: format!(
+                    "{p} is outside {MIN_POLL_INTERVAL_SECS}..={MAX_POLL_INTERVAL_SECS} seconds"
+                ),
+            });
+        }
+        let mirrors = args
+            .omaha_download_mirrors
+            .clone()
+            .or_else(|| file.and_then(|f| f.download_mirrors.clone()))
+            .unwrap_or_default();
+        if mirrors.len() > MAX_DOWNLOAD_MIRRORS {
+            return Err(ConfigError::Invalid {
+                key: "omaha.download_mirrors",
+                reason: format!(
+                    "{} mirrors given, at most {MAX_DOWNLOAD_MIRRORS} are allowed",
+                    mirrors.len()
+                ),
+            });
+        }
+        let mut download_mirrors = Vec::with_capacity(mirrors.len());
+        for m in mirrors {
+            let m = m.trim();
+            let ok = (m.starts_with("http://") || m.starts_with("https://"))
+                && m.len() <= 2000
+                && !m.contains(['?', '#'])
+                && m.bytes().all(|b| b.is_ascii_graphic());
+            if !ok {
+                return Err(ConfigError::Invalid {
+                    key: "omaha.download_mirrors",
+                    reason: format!(
+                        "{m:?} must be an http(s) base URL without spaces, query or fragment"
+                    ),
+                });
+            }
+            download_mirrors.push(m.trim_end_matches('/').to_owned());
+        }
+        Ok(Self {
+            poll_interval_secs: poll,
+            download_mirrors,
+        })
+    }
 }
 
 /// What a `--config` TOML file may contain.
@@ -78,6 +178,8 @@ pub struct FileConfig {
     pub proxy_header: Option<String>,
     /// See [`ServeArgs::max_package_size`].
     pub max_package_size: Option<u64>,
+    /// The `[omaha]` table.
+    pub omaha: Option<OmahaFile>,
     /// The `[fleetlock]` table.
     pub fleetlock: Option<crate::fleetlock::config::FleetLockFile>,
 }
@@ -134,6 +236,8 @@ pub struct Settings {
     pub proxy_header: Option<String>,
     /// Largest upload.
     pub max_package_size: u64,
+    /// Omaha answer settings (`PollInterval`, download mirrors).
+    pub omaha: OmahaSettings,
     /// FleetLock server settings.
     pub fleetlock: crate::fleetlock::FleetLockSettings,
 }
@@ -222,6 +326,7 @@ impl Settings {
                 .max_package_size
                 .or(file.max_package_size)
                 .unwrap_or(DEFAULT_MAX_PACKAGE),
+            omaha: OmahaSettings::resolve(&args.omaha, file.omaha.as_ref())?,
             fleetlock: crate::fleetlock::FleetLockSettings::resolve(
                 &args.fleetlock,
                 file.fleetlock.as_ref(),
@@ -259,6 +364,7 @@ fn unreachable_defaults() -> Settings {
         flush_interval: Duration::from_millis(DEFAULT_FLUSH_MS),
         proxy_header: None,
         max_package_size: DEFAULT_MAX_PACKAGE,
+        omaha: OmahaSettings::default(),
         fleetlock: crate::fleetlock::FleetLockSettings::default(),
     }
 }
@@ -305,5 +411,59 @@ mod tests {
             ..Default::default()
         };
         assert!(Settings::resolve(&args, &FileConfig::default()).is_err());
+    }
+
+    #[test]
+    fn omaha_table_poll_interval_and_mirrors() {
+        let s = Settings::resolve(&ServeArgs::default(), &FileConfig::default()).unwrap();
+        assert_eq!(s.omaha, OmahaSettings::default(), "nothing sent by default");
+        let file: FileConfig = toml::from_str(
+            "[omaha]\npoll_interval_secs = 2700\ndownload_mirrors = [\"https://cdn.example/platte/\", \"http://m2.example\"]",
+        )
+        .unwrap();
+        let s = Settings::resolve(&ServeArgs::default(), &file).unwrap();
+        assert_eq!(s.omaha.poll_interval_secs, Some(2700));
+        assert_eq!(
+            s.omaha.download_mirrors,
+            ["https://cdn.example/platte", "http://m2.example"]
+        );
+        // The command line wins over the file.
+        let args = ServeArgs {
+            omaha: OmahaArgs {
+                omaha_poll_interval_secs: Some(600),
+                omaha_download_mirrors: Some(vec![]),
+            },
+            ..Default::default()
+        };
+        let s = Settings::resolve(&args, &file).unwrap();
+        assert_eq!(s.omaha.poll_interval_secs, Some(600));
+        assert!(s.omaha.download_mirrors.is_empty());
+    }
+
+    #[test]
+    fn omaha_values_out_of_range_are_named() {
+        for (text, key) in [
+            (
+                "[omaha]\npoll_interval_secs = 59",
+                "omaha.poll_interval_secs",
+            ),
+            (
+                "[omaha]\npoll_interval_secs = 86401",
+                "omaha.poll_interval_secs",
+            ),
+            (
+                "[omaha]\ndownload_mirrors = [\"ftp://x\"]",
+                "omaha.download_mirrors",
+            ),
+            (
+                "[omaha]\ndownload_mirrors = [\"https://x/?a=1\"]",
+                "omaha.download_mirrors",
+            ),
+        ] {
+            let file: FileConfig = toml::from_str(text).unwrap();
+            let err = Settings::resolve(&ServeArgs::default(), &file).unwrap_err();
+            assert!(err.to_string().contains(key), "{text}: {err}");
+        }
+        assert!(toml::from_str::<FileConfig>("[omaha]\npoll = 60").is_err());
     }
 }

@@ -5,7 +5,8 @@
 //! Map: [`server`] starts everything; [`http`] holds the routes; [`service`] answers update
 //! checks from the in-memory [`catalogue`] and [`fleet`]; [`lifecycle`] is the instance state
 //! machine; [`policy`] is the rollout hook; [`store`] is the database behind a trait;
-//! [`blobs`] stores payload files; [`cli`] is the operator client.
+//! [`blobs`] stores payload files; [`cli`] is the operator client; [`simulate`] is the fleet
+//! simulator.
 
 pub mod blobs;
 pub mod catalogue;
@@ -24,5 +25,6 @@ pub mod policy;
 pub mod rollout;
 pub mod server;
 pub mod service;
+pub mod simulate;
 pub mod store;
 pub mod version;

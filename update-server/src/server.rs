@@ -108,6 +108,7 @@ pub async fn start_with(
         metrics: Arc::clone(&metrics),
         clock,
         public_url,
+        omaha: settings.omaha.clone(),
         rollouts: Rollouts {
             grants: Arc::new(sqlite.clone()),
             store: Arc::clone(&store),

@@ -1,11 +1,16 @@
 //! The update-check service, independent of the wire format: per app in a request, events
 //! first, then the ping (registers or refreshes the instance), then the update check. The Omaha
 //! endpoint translates XML to [`AppCheckIn`] and [`AppAnswer`] back.
+//!
+//! A machine that installed its granted version and awaits the reboot (`installed`) is not sent
+//! the same version again; a newer release than the staged one is offered (through the rollout
+//! policy like any update) and replaces it in the inactive slot.
 
 use std::sync::Arc;
 
-use crate::catalogue::{Catalogue, CatalogueCache};
+use crate::catalogue::{Catalogue, CatalogueCache, PackageDigests};
 use crate::clock::Clock;
+use crate::config::OmahaSettings;
 use crate::fleet::{Fleet, InstanceKey};
 use crate::lifecycle::{ClientEvent, InstanceStatus, transition};
 use crate::metrics::{ErrorLabels, EventLabels, Metrics, OutcomeLabels};
@@ -98,12 +103,14 @@ impl NoUpdateReason {
 /// The answer to an update check.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CheckAnswer {
-    /// Serve this package from this codebase URL (ending in `/`).
+    /// Serve this package from these codebase URLs (each ending in `/`, in the order to try).
     Update {
         /// Package (boxed: it is much larger than the other variant).
         package: Box<Package>,
-        /// Codebase URL.
-        codebase: String,
+        /// Its digests, decoded when the catalogue snapshot was built.
+        digests: PackageDigests,
+        /// Codebase URLs: the configured mirrors, then this server (or the external URL).
+        codebases: Vec<String>,
         /// A deliberate downgrade (`_rollback="true"`).
         rollback: bool,
     },
@@ -155,6 +162,8 @@ pub struct UpdateService {
     pub clock: Arc<dyn Clock>,
     /// Base URL for hosted packages (no trailing slash).
     pub public_url: String,
+    /// `PollInterval` and download mirrors of the answers.
+    pub omaha: OmahaSettings,
     /// Staged-rollout grant store and metrics.
     pub rollouts: Rollouts,
 }
@@ -207,12 +216,30 @@ fn set_status(
 }
 
 impl UpdateService {
-    /// Codebase URL for a package.
-    pub fn codebase(&self, p: &Package) -> String {
+    /// Codebase URLs for a package, in the order clients should try them: an external package
+    /// has its one URL; a hosted one the configured mirrors, then this server.
+    pub fn codebases(&self, p: &Package) -> Vec<String> {
         match &p.external_url {
-            Some(u) if u.ends_with('/') => u.clone(),
-            Some(u) => format!("{u}/"),
-            None => format!("{}/packages/{}/", self.public_url, p.sha256_hex),
+            Some(u) if u.ends_with('/') => vec![u.clone()],
+            Some(u) => vec![format!("{u}/")],
+            None => self
+                .omaha
+                .download_mirrors
+                .iter()
+                .map(String::as_str)
+                .chain(std::iter::once(self.public_url.as_str()))
+                .map(|base| format!("{base}/packages/{}/", p.sha256_hex))
+                .collect(),
+        }
+    }
+
+    /// The answer serving `pkg`.
+    fn serve(&self, cat: &Catalogue, pkg: &Package, rollback: bool) -> CheckAnswer {
+        CheckAnswer::Update {
+            package: Box::new(pkg.clone()),
+            digests: cat.digests(&pkg.id),
+            codebases: self.codebases(pkg),
+            rollback,
         }
     }
 
@@ -430,7 +457,10 @@ impl UpdateService {
                     String::new(),
                     Some(package.version.clone()),
                 )),
-                (CheckAnswer::NoUpdate(NoUpdateReason::Hold(r)), _) => {
+                // A staged machine whose newer release is held stays `installed`.
+                (CheckAnswer::NoUpdate(NoUpdateReason::Hold(r)), _)
+                    if snapshot.status != InstanceStatus::Installed =>
+                {
                     Some((InstanceStatus::OnHold, r.clone(), None))
                 }
                 _ => None,
@@ -588,6 +618,7 @@ impl UpdateService {
             })
         };
         let spec = cat.spec(&group.id);
+        let mut staged = None;
         if let Some(inst) = instance
             && let Some(granted) = &inst.granted_version
             && req.version != *granted
@@ -596,31 +627,31 @@ impl UpdateService {
                 // Re-serve the granted version without re-running the policy.
                 let pkg = find(granted).unwrap_or(target);
                 let rollback = version::compare(&req.version, granted).is_gt();
-                return (
-                    CheckAnswer::Update {
-                        package: Box::new(pkg.clone()),
-                        codebase: self.codebase(pkg),
-                        rollback,
-                    },
-                    None,
-                );
+                return (self.serve(cat, pkg, rollback), None);
             }
             if inst.status == InstanceStatus::Installed {
-                return no(NoUpdateReason::AwaitingReboot);
+                staged = Some(granted.as_str());
             }
         }
-        let (pkg, rollback) =
-            match choose(spec, &req.version, &target.version, |v| find(v).is_some()) {
-                TargetChoice::UpToDate => return no(NoUpdateReason::UpToDate),
-                TargetChoice::Blocked => {
-                    return no(NoUpdateReason::Hold(
-                        HoldReason::Blocked.as_str().to_owned(),
-                    ));
-                }
-                TargetChoice::Serve { version, rollback } => {
-                    (find(&version).unwrap_or(target), rollback)
-                }
-            };
+        let choice = choose(spec, &req.version, &target.version, |v| find(v).is_some());
+        let choice = match staged {
+            Some(s) => after_staged(s, choice),
+            None => choice,
+        };
+        let (pkg, rollback) = match choice {
+            TargetChoice::UpToDate if staged.is_some() => {
+                return no(NoUpdateReason::AwaitingReboot);
+            }
+            TargetChoice::UpToDate => return no(NoUpdateReason::UpToDate),
+            TargetChoice::Blocked => {
+                return no(NoUpdateReason::Hold(
+                    HoldReason::Blocked.as_str().to_owned(),
+                ));
+            }
+            TargetChoice::Serve { version, rollback } => {
+                (find(&version).unwrap_or(target), rollback)
+            }
+        };
         let (machine_id, alias) = instance.map_or(("", ""), |i| (&i.machine_id, &i.alias));
         let decision = match instance {
             Some(inst) => self.policy.decide(&PolicyContext {
@@ -641,16 +672,65 @@ impl UpdateService {
             return no(NoUpdateReason::Hold(reason.as_str().to_owned()));
         }
         (
-            CheckAnswer::Update {
-                package: Box::new(pkg.clone()),
-                codebase: self.codebase(pkg),
-                rollback,
-            },
+            self.serve(cat, pkg, rollback),
             Some(GrantPlan {
                 group_id: group.id.clone(),
                 version: pkg.version.clone(),
                 canary: is_canary(spec, machine_id, alias),
             }),
         )
+    }
+}
+
+/// For a machine whose `staged` release awaits its reboot: only a release newer than the staged
+/// one is still served (it replaces the staged one); anything else, a blocked channel version
+/// included, leaves the machine waiting for its reboot ([`TargetChoice::UpToDate`]).
+fn after_staged(staged: &str, choice: TargetChoice) -> TargetChoice {
+    match choice {
+        TargetChoice::Serve { ref version, .. } if version::compare(version, staged).is_gt() => {
+            choice
+        }
+        _ => TargetChoice::UpToDate,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve(v: &str) -> TargetChoice {
+        TargetChoice::Serve {
+            version: v.into(),
+            rollback: false,
+        }
+    }
+
+    #[test]
+    fn only_a_newer_release_supersedes_a_staged_one() {
+        assert_eq!(after_staged("2.0.0", serve("2.1.0")), serve("2.1.0"));
+        // The same version is not downloaded again.
+        assert_eq!(
+            after_staged("2.0.0", serve("2.0.0")),
+            TargetChoice::UpToDate
+        );
+        // An older one (the channel moved back below the staged release) waits for the reboot.
+        assert_eq!(
+            after_staged("2.0.0", serve("1.5.0")),
+            TargetChoice::UpToDate
+        );
+        assert_eq!(
+            after_staged("2.0.0", TargetChoice::Blocked),
+            TargetChoice::UpToDate
+        );
+        assert_eq!(
+            after_staged("2.0.0", TargetChoice::UpToDate),
+            TargetChoice::UpToDate
+        );
+        // A deliberate downgrade newer than a staged downgrade keeps its marker.
+        let down = TargetChoice::Serve {
+            version: "2.1.0".into(),
+            rollback: true,
+        };
+        assert_eq!(after_staged("2.0.0", down.clone()), down);
     }
 }

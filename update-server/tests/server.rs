@@ -17,9 +17,11 @@ struct Env {
     http: reqwest::Client,
     base: String,
     payload: Vec<u8>,
+    key: payloads::SigningKey,
 }
 
-fn build_payload(dir: &Path, app: &str, version: &str) -> Vec<u8> {
+/// A payload of `version` signed by a new key, trusted from `dir/keys`.
+fn build_payload(dir: &Path, app: &str, version: &str) -> (Vec<u8>, payloads::SigningKey) {
     let key = payloads::keys::generate_signing_key();
     let keys_dir = dir.join("keys");
     std::fs::create_dir_all(&keys_dir).unwrap();
@@ -28,6 +30,11 @@ fn build_payload(dir: &Path, app: &str, version: &str) -> Vec<u8> {
         payloads::keys::public_key_pem(&key.verifying_key()),
     )
     .unwrap();
+    (signed_payload(&key, app, version), key)
+}
+
+/// A payload of `version` signed by `key`.
+fn signed_payload(key: &payloads::SigningKey, app: &str, version: &str) -> Vec<u8> {
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
     let image: Vec<u8> = (0..200_000u32)
         .map(|_| {
@@ -38,16 +45,24 @@ fn build_payload(dir: &Path, app: &str, version: &str) -> Vec<u8> {
         })
         .collect();
     let opts = payloads::BuildOptions::new(app, version, "amd64", payloads::unix_now() - 10);
-    payloads::build_to_vec(&image, &[key], &opts).unwrap().0
+    payloads::build_to_vec(&image, std::slice::from_ref(key), &opts)
+        .unwrap()
+        .0
 }
 
 impl Env {
     async fn new() -> Self {
+        Self::with(|_| {}).await
+    }
+
+    /// A server whose settings `tweak` adjusted.
+    async fn with(tweak: impl FnOnce(&mut Settings)) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let payload = build_payload(dir.path(), FLATCAR, "3510.2.0");
+        let (payload, key) = build_payload(dir.path(), FLATCAR, "3510.2.0");
         let mut s = Settings::for_tests(&dir.path().join("data"));
         s.trusted_keys = Some(dir.path().join("keys"));
         s.proxy_header = Some("x-forwarded-for".into());
+        tweak(&mut s);
         let server = start(s).await.unwrap();
         let base = format!("http://{}", server.addr);
         Self {
@@ -56,7 +71,34 @@ impl Env {
             http: reqwest::Client::new(),
             base,
             payload,
+            key,
         }
+    }
+
+    /// Publishes `version` (signed by the trusted key) and points channel `stable` at it.
+    async fn release(&self, version: &str) -> Value {
+        let resp = self
+            .http
+            .post(format!(
+                "{}/api/v1/packages?filename=flatcar_production_update.payload",
+                self.base
+            ))
+            .bearer_auth(&self.server.admin_token)
+            .body(signed_payload(&self.key, FLATCAR, version))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::CREATED);
+        let pkg: Value = resp.json().await.unwrap();
+        let (st, v) = self
+            .api(
+                reqwest::Method::PATCH,
+                &format!("/apps/{FLATCAR}/channels/stable"),
+                Some(json!({"packages": {"amd64": pkg["id"]}})),
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        pkg
     }
 
     async fn api(
@@ -386,6 +428,170 @@ async fn multi_app_and_unknown_app_are_answered_independently() {
     env.server.shutdown().await.unwrap();
 }
 
+/// The `<updatecheck>` of the first app of an answer.
+fn updatecheck(xml: &str) -> omaha::UpdateCheckResponse {
+    let r = omaha::parse_response(xml.as_bytes()).unwrap();
+    r.apps[0].updatecheck.clone().unwrap()
+}
+
+#[tokio::test]
+async fn staged_machine_is_offered_a_newer_release_never_the_same_one() {
+    let env = Env::new().await;
+    env.seed().await;
+    let m = "5eed0000000000000000000000000001";
+    let check = r#"<ping active="1"></ping><updatecheck></updatecheck>"#;
+    let (_, xml) = env.omaha(check_xml(m, "3374.2.5", check)).await;
+    assert_eq!(
+        updatecheck(&xml).target_manifest().unwrap().version,
+        "3510.2.0"
+    );
+    for ev in ["13", "14", "3"] {
+        let body = format!(r#"<event eventtype="{ev}" eventresult="1"></event>"#);
+        env.omaha(check_xml(m, "3374.2.5", &body)).await;
+    }
+    assert_eq!(instance(&env, m).await["instance"]["status"], "installed");
+
+    // Staged 3510.2.0, still the channel's version: noupdate, nothing to download again.
+    let (_, xml) = env.omaha(check_xml(m, "3374.2.5", check)).await;
+    assert_eq!(updatecheck(&xml).status.as_str(), "noupdate", "{xml}");
+    assert_eq!(instance(&env, m).await["instance"]["status"], "installed");
+
+    // The channel moves on, but the group is paused: the newer release is held, and the machine
+    // keeps its `installed` status (its staged update is still there).
+    let newer = env.release("3510.3.0").await;
+    let group = format!("/apps/{FLATCAR}/groups/stable");
+    let pause = |paused: bool| json!({"policy": {"paused": paused}});
+    let (st, _) = env
+        .api(reqwest::Method::PATCH, &group, Some(pause(true)))
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    let (_, xml) = env.omaha(check_xml(m, "3374.2.5", check)).await;
+    assert_eq!(updatecheck(&xml).status.as_str(), "noupdate", "{xml}");
+    let i = instance(&env, m).await;
+    assert_eq!(i["instance"]["status"], "installed", "{i}");
+    assert_eq!(i["instance"]["granted_version"], "3510.2.0", "{i}");
+
+    // Resumed: the newer release is granted through the policy and offered.
+    let (st, _) = env
+        .api(reqwest::Method::PATCH, &group, Some(pause(false)))
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    let (_, xml) = env.omaha(check_xml(m, "3374.2.5", check)).await;
+    let uc = updatecheck(&xml);
+    assert_eq!(uc.status.as_str(), "ok", "{xml}");
+    let man = uc.target_manifest().unwrap();
+    assert_eq!(man.version, "3510.3.0");
+    assert_eq!(
+        man.packages[0]
+            .sha256()
+            .unwrap()
+            .map(hex::encode)
+            .as_deref(),
+        newer["sha256_hex"].as_str()
+    );
+    let i = instance(&env, m).await;
+    assert_eq!(i["instance"]["status"], "granted", "{i}");
+    assert_eq!(i["instance"]["granted_version"], "3510.3.0", "{i}");
+
+    // Once that one is staged too, the machine waits for its reboot again.
+    for ev in ["13", "14", "3"] {
+        let body = format!(r#"<event eventtype="{ev}" eventresult="1"></event>"#);
+        env.omaha(check_xml(m, "3374.2.5", &body)).await;
+    }
+    let (_, xml) = env.omaha(check_xml(m, "3374.2.5", check)).await;
+    assert_eq!(updatecheck(&xml).status.as_str(), "noupdate", "{xml}");
+    assert_eq!(instance(&env, m).await["instance"]["status"], "installed");
+    let metrics = env
+        .http
+        .get(format!("{}/metrics", env.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"outcome="noupdate_awaiting_reboot"} 2"#),
+        "{metrics}"
+    );
+
+    // The machine reboots into 3510.3.0: that grant completes, and the superseded 3510.2.0 grant
+    // is not counted as complete too.
+    let rebooted = r#"<ping active="1"></ping><updatecheck></updatecheck><event eventtype="3" eventresult="2" previousversion="3374.2.5"></event>"#;
+    env.omaha(check_xml(m, "3510.3.0", rebooted)).await;
+    assert_eq!(instance(&env, m).await["instance"]["status"], "complete");
+    env.server.shutdown().await.unwrap();
+    let db = env._dir.path().join("data/platte.sqlite");
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", db.display()))
+        .await
+        .unwrap();
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT version, state FROM rollout_grants WHERE machine_id = ? ORDER BY id",
+    )
+    .bind(m)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let rows: Vec<(&str, &str)> = rows.iter().map(|(v, s)| (v.as_str(), s.as_str())).collect();
+    assert_eq!(rows, [("3510.2.0", "superseded"), ("3510.3.0", "complete")]);
+}
+
+#[tokio::test]
+async fn poll_interval_and_download_mirrors_are_sent_when_configured() {
+    // Not configured: no PollInterval, one URL (the server's).
+    let env = Env::new().await;
+    env.seed().await;
+    let check = "<updatecheck></updatecheck>";
+    let (_, xml) = env.omaha(check_xml("m-plain", "3374.2.5", check)).await;
+    let uc = updatecheck(&xml);
+    assert_eq!(uc.poll_interval, None, "{xml}");
+    assert!(!xml.contains("PollInterval"), "{xml}");
+    assert_eq!(uc.urls.len(), 1);
+    env.server.shutdown().await.unwrap();
+
+    let env = Env::with(|s| {
+        s.omaha.poll_interval_secs = Some(2700);
+        s.omaha.download_mirrors = vec![
+            "https://cdn.example/platte".into(),
+            "http://mirror.example".into(),
+        ];
+    })
+    .await;
+    let pkg = env.seed().await;
+    let sha = pkg["sha256_hex"].as_str().unwrap();
+    // On an ok answer: PollInterval and the mirrors first, the server last.
+    let (_, xml) = env.omaha(check_xml("m-1", "3374.2.5", check)).await;
+    let uc = updatecheck(&xml);
+    assert_eq!(uc.status.as_str(), "ok");
+    assert_eq!(uc.poll_interval, Some(2700), "{xml}");
+    assert_eq!(
+        uc.urls,
+        [
+            format!("https://cdn.example/platte/packages/{sha}/"),
+            format!("http://mirror.example/packages/{sha}/"),
+            format!("{}/packages/{sha}/", env.base),
+        ]
+    );
+    // On noupdate answers too (up to date; unknown group).
+    let (_, xml) = env.omaha(check_xml("m-2", "3510.2.0", check)).await;
+    let uc = updatecheck(&xml);
+    assert_eq!(
+        (uc.status.as_str(), uc.poll_interval),
+        ("noupdate", Some(2700)),
+        "{xml}"
+    );
+    let (_, xml) = env
+        .omaha(check_xml("m-3", "3374.2.5", check).replace("track=\"stable\"", "track=\"nope\""))
+        .await;
+    let uc = updatecheck(&xml);
+    assert_eq!(
+        (uc.status.as_str(), uc.poll_interval),
+        ("noupdate", Some(2700)),
+        "{xml}"
+    );
+    env.server.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn paused_group_answers_noupdate_and_keeps_reason() {
     let env = Env::new().await;
@@ -510,7 +716,7 @@ async fn publish_refuses_bad_payloads_and_downloads_support_ranges() {
     let r = publish(bad).await.unwrap();
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
     // Signed by an untrusted key: refused.
-    let other = build_payload(tempfile::tempdir().unwrap().path(), FLATCAR, "3600.0.0");
+    let other = build_payload(tempfile::tempdir().unwrap().path(), FLATCAR, "3600.0.0").0;
     assert_eq!(
         publish(other).await.unwrap().status(),
         StatusCode::UNPROCESSABLE_ENTITY

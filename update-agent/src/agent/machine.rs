@@ -15,6 +15,8 @@
 //!                                                                              │ SlotActivated
 //!                                                                              ▼
 //!                                                                          Staged(v) ── CheckStarted ─▶ Checking
+//!
+//!  Reset (between cycles only): any status → Idle, nothing staged.
 //! ```
 
 use serde::Serialize;
@@ -113,6 +115,9 @@ pub enum Event {
         /// Message.
         message: String,
     },
+    /// An operator reset the agent (`updatectl reset`): a staged update and the last error are
+    /// forgotten.
+    Reset,
 }
 
 /// What the driver must do after an event.
@@ -200,6 +205,11 @@ impl Machine {
             Event::InstallFailed { code, message } => {
                 self.installing = None;
                 Status::Error { code, message }
+            }
+            Event::Reset => {
+                self.installing = None;
+                self.staged = None;
+                Status::Idle
             }
         };
         action
@@ -299,5 +309,26 @@ mod tests {
         m.on(Event::Offered("1.0.0".into()));
         m.on(Event::Refused);
         assert_eq!(m.staged(), Some("2.0.0"));
+    }
+
+    #[test]
+    fn reset_forgets_staged_and_errors() {
+        let mut m = Machine::new(Some("2.0.0".into()));
+        m.on(Event::Reset);
+        assert_eq!(m.status(), &Status::Idle);
+        assert_eq!(m.staged(), None);
+        m.on(Event::CheckStarted);
+        m.on(Event::CheckFailed {
+            code: 2,
+            message: "down".into(),
+        });
+        m.on(Event::Reset);
+        assert_eq!(m.status(), &Status::Idle);
+        // The same version is installed again after a reset (update_engine's "reset, then check").
+        m.on(Event::CheckStarted);
+        assert_eq!(
+            m.on(Event::Offered("2.0.0".into())),
+            Action::Install("2.0.0".into())
+        );
     }
 }

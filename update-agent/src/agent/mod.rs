@@ -1,21 +1,26 @@
 //! The agent: the state machine ([`machine`]) driven by the check-in loop. [`Agent::run_once`]
 //! runs one full cycle (report, check, install); [`Agent::run`] is the daemon loop timed by the
-//! [`Scheduler`]. [`AgentHandle`] lets another task (the D-Bus service of issue 7) watch the
-//! status and ask for a check now.
+//! [`Scheduler`]. [`AgentHandle`] lets other tasks (the D-Bus service, the reboot driver) watch
+//! the status, the staged version and [`AgentInfo`], ask for a check now, and send the few
+//! commands that change the agent's state between cycles ([`AgentHandle::reset`],
+//! [`AgentHandle::clear_deny_list`]). [`daemon`] wires the agent, the reboot driver, the D-Bus
+//! service and sd_notify together for `update-agent run`.
 
+pub mod daemon;
 pub mod machine;
+pub mod notify;
 mod report;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use omaha::{ErrorCode, EventRequest};
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 pub use machine::{Action, Event, Machine, Status};
 use report::Reporter;
 
-use crate::boot::BootBackend;
+use crate::boot::{BootBackend, BootError, SlotId};
 use crate::config::Settings;
 use crate::identity::Identity;
 use crate::install::{InstallError, Installed, Installer, Refusal, ResumeRecord};
@@ -75,6 +80,140 @@ pub enum AgentError {
     /// The slots cannot be read.
     #[error(transparent)]
     Boot(#[from] crate::boot::BootError),
+    /// The host's identity cannot be read.
+    #[error("reading this host's identity: {0}")]
+    Identity(#[from] crate::identity::IdentityError),
+}
+
+/// What one finished cycle ended with (for `updatectl check` and the D-Bus API).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CycleResult {
+    /// The server had no update.
+    NoUpdate,
+    /// The offered version was already staged.
+    AlreadyStaged,
+    /// An update was installed and staged.
+    Installed,
+    /// The offer was refused by policy (downgrade, deny list).
+    Refused,
+    /// The check failed.
+    CheckFailed,
+    /// The install failed.
+    InstallFailed,
+}
+
+impl CycleResult {
+    /// Its name on the D-Bus API (`no_update`, `already_staged`, `installed`, `refused`,
+    /// `check_failed`, `install_failed`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CycleResult::NoUpdate => "no_update",
+            CycleResult::AlreadyStaged => "already_staged",
+            CycleResult::Installed => "installed",
+            CycleResult::Refused => "refused",
+            CycleResult::CheckFailed => "check_failed",
+            CycleResult::InstallFailed => "install_failed",
+        }
+    }
+}
+
+impl From<&CycleOutcome> for CycleResult {
+    fn from(o: &CycleOutcome) -> Self {
+        match o {
+            CycleOutcome::NoUpdate => CycleResult::NoUpdate,
+            CycleOutcome::AlreadyStaged { .. } => CycleResult::AlreadyStaged,
+            CycleOutcome::Installed(_) => CycleResult::Installed,
+            CycleOutcome::Refused(_) => CycleResult::Refused,
+            CycleOutcome::CheckFailed(_) => CycleResult::CheckFailed,
+            CycleOutcome::InstallFailed(_) => CycleResult::InstallFailed,
+        }
+    }
+}
+
+/// What the agent knows besides its [`Status`], published for the D-Bus API.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AgentInfo {
+    /// The running OS version.
+    pub current_version: String,
+    /// The slot the running system booted from (`None`: unknown).
+    pub booted_slot: Option<SlotId>,
+    /// When the server last answered an update check (Unix seconds; `None`: not since start).
+    pub last_check_unix: Option<u64>,
+    /// Version and payload size of the last offer being installed or staged.
+    pub offer: Option<(String, u64)>,
+    /// The last failure (persisted in the state).
+    pub last_error: Option<LastError>,
+    /// Versions never installed automatically, sorted.
+    pub deny_list: Vec<String>,
+    /// Cycles (checks) started since the agent started.
+    pub checks_started: u64,
+    /// Cycles (checks) finished since the agent started.
+    pub checks_completed: u64,
+    /// How the last finished cycle ended.
+    pub last_result: Option<CycleResult>,
+}
+
+/// A command the agent could not carry out.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// A check or install is running; state changes wait for it to finish.
+    #[error("a check or install is running; try again when it has finished")]
+    Busy,
+    /// The version to clear is not on the deny list.
+    #[error("version {0:?} is not on the deny list")]
+    NotDenyListed(String),
+    /// The staged slot could not be made unbootable.
+    #[error("cannot make the staged slot unbootable: {0}")]
+    Boot(#[source] BootError),
+    /// The state could not be saved.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The agent's loop is not running (stopping, or not started yet).
+    #[error("the agent is not running its loop (starting or stopping)")]
+    Stopped,
+}
+
+/// Commands carried out by the daemon loop between cycles.
+#[derive(Debug)]
+enum Command {
+    Reset(oneshot::Sender<Result<(), CommandError>>),
+    ClearDenyList(
+        Option<String>,
+        oneshot::Sender<Result<Vec<String>, CommandError>>,
+    ),
+}
+
+impl Command {
+    fn refuse(self, e: impl FnOnce() -> CommandError) {
+        // The caller may have given up waiting: nothing to tell then.
+        match self {
+            Command::Reset(r) => {
+                let _ = r.send(Err(e()));
+            }
+            Command::ClearDenyList(_, r) => {
+                let _ = r.send(Err(e()));
+            }
+        }
+    }
+}
+
+/// Where the machine's status and staged version are published.
+#[derive(Debug)]
+struct Publisher {
+    status: watch::Sender<Status>,
+    staged: watch::Sender<Option<String>>,
+}
+
+impl Publisher {
+    fn publish(&self, m: &Machine) {
+        self.status.send_replace(m.status().clone());
+        let staged = m.staged().map(str::to_owned);
+        self.staged.send_if_modified(|s| {
+            let changed = *s != staged;
+            *s = staged;
+            changed
+        });
+    }
 }
 
 /// A view of a running agent for other tasks.
@@ -82,13 +221,52 @@ pub enum AgentError {
 pub struct AgentHandle {
     /// The current status.
     pub status: watch::Receiver<Status>,
+    /// The staged version (`None`: nothing staged; also while a check runs over a staged one).
+    pub staged: watch::Receiver<Option<String>>,
+    /// Everything else the agent knows.
+    pub info: watch::Receiver<AgentInfo>,
     check_now: Arc<Notify>,
+    commands: mpsc::Sender<Command>,
 }
 
 impl AgentHandle {
-    /// Asks the daemon loop to check now (skipping the wait).
-    pub fn check_now(&self) {
+    /// Asks the daemon loop to check now (skipping the wait). Returns the serial of the check
+    /// that answers the request: once [`AgentInfo::checks_completed`] reaches it, a check that
+    /// started after the request has finished (a running check is followed by another one).
+    pub fn check_now(&self) -> u64 {
+        let serial = self.info.borrow().checks_started.saturating_add(1);
         self.check_now.notify_one();
+        serial
+    }
+
+    async fn command<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, CommandError>>) -> Command,
+    ) -> Result<T, CommandError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(make(tx))
+            .await
+            .map_err(|_| CommandError::Stopped)?;
+        rx.await.map_err(|_| CommandError::Stopped)?
+    }
+
+    /// Forgets a staged or failed update, like update_engine's `ResetStatus`: a staged (or
+    /// partly written) inactive slot is made unbootable (priority 0), the staged version, any
+    /// resume checkpoint and the last error are dropped, and the status becomes `idle`. The
+    /// deny list and the running slot are untouched. Refused with [`CommandError::Busy`] while a
+    /// check or install runs.
+    pub async fn reset(&self) -> Result<(), CommandError> {
+        self.command(Command::Reset).await
+    }
+
+    /// Removes `version` from the deny list (`None`: every version); returns what was removed.
+    pub async fn clear_deny_list(
+        &self,
+        version: Option<&str>,
+    ) -> Result<Vec<String>, CommandError> {
+        let v = version.map(str::to_owned);
+        self.command(|r| Command::ClearDenyList(v, r)).await
     }
 }
 
@@ -102,9 +280,23 @@ pub struct Agent {
     http: reqwest::Client,
     omaha: OmahaClient,
     machine: Machine,
-    status_tx: watch::Sender<Status>,
+    publisher: Publisher,
+    info: watch::Sender<AgentInfo>,
     check_now: Arc<Notify>,
+    commands_tx: mpsc::Sender<Command>,
+    commands_rx: Option<mpsc::Receiver<Command>>,
     poll_interval: Option<Duration>,
+}
+
+/// Waits for the next command; never resolves once the receiver is gone.
+async fn next_command(rx: &mut Option<mpsc::Receiver<Command>>) -> Command {
+    match rx {
+        Some(r) => match r.recv().await {
+            Some(c) => c,
+            None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
 }
 
 fn unix_now() -> u64 {
@@ -157,9 +349,19 @@ impl Agent {
             (Phase::Staged, Some(s)) => Some(s.version.clone()),
             _ => None,
         };
-        let machine = Machine::new(staged);
-        let (status_tx, _) = watch::channel(machine.status().clone());
-        Ok(Self {
+        let machine = Machine::new(staged.clone());
+        let publisher = Publisher {
+            status: watch::channel(machine.status().clone()).0,
+            staged: watch::channel(staged).0,
+        };
+        let info = watch::channel(AgentInfo {
+            current_version: identity.os_version.clone(),
+            booted_slot: Some(booted),
+            ..AgentInfo::default()
+        })
+        .0;
+        let (commands_tx, commands_rx) = mpsc::channel(8);
+        let agent = Self {
             settings,
             identity,
             backend,
@@ -168,18 +370,135 @@ impl Agent {
             http,
             omaha,
             machine,
-            status_tx,
+            publisher,
+            info,
             check_now: Arc::new(Notify::new()),
+            commands_tx,
+            commands_rx: Some(commands_rx),
             poll_interval: None,
-        })
+        };
+        agent.sync_info();
+        Ok(agent)
     }
 
-    /// A handle for watching the status and requesting checks.
+    /// Sets the agent up on this host: identity from `paths`, the GRUB gptprio slots, and the
+    /// state in `settings.state_dir` (see [`Agent::new`]).
+    pub fn open(paths: &crate::HostPaths, settings: Settings) -> Result<Self, AgentError> {
+        let identity = Identity::load(paths, &settings)?;
+        let backend = crate::boot::GptprioBackend::from_settings(&settings.boot, paths)?;
+        let store = StateStore::open(&settings.state_dir)?;
+        tracing::info!(
+            version = %identity.os_version,
+            app = %identity.app_id,
+            group = %identity.group,
+            machine = %identity.machine_id,
+            "update-agent starting"
+        );
+        Self::new(settings, identity, Box::new(backend), store)
+    }
+
+    /// A handle for watching the status, requesting checks and sending commands.
     pub fn handle(&self) -> AgentHandle {
         AgentHandle {
-            status: self.status_tx.subscribe(),
+            status: self.publisher.status.subscribe(),
+            staged: self.publisher.staged.subscribe(),
+            info: self.info.subscribe(),
             check_now: Arc::clone(&self.check_now),
+            commands: self.commands_tx.clone(),
         }
+    }
+
+    /// The settings the agent runs with.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// This host's identity.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// Whether the booted slot is marked good (its `successful` flag, set by `mark-good`).
+    pub fn booted_marked_good(&self) -> Result<bool, BootError> {
+        let booted = self.backend.booted_slot()?;
+        Ok(self
+            .backend
+            .describe()?
+            .iter()
+            .any(|s| s.slot == booted && s.state.successful))
+    }
+
+    /// Copies what the D-Bus API shows from the persisted state.
+    fn sync_info(&self) {
+        let last_error = self.state.last_error.clone();
+        let deny_list: Vec<String> = self.state.deny_list.iter().cloned().collect();
+        self.info.send_if_modified(|i| {
+            let changed = i.last_error != last_error || i.deny_list != deny_list;
+            i.last_error = last_error;
+            i.deny_list = deny_list;
+            changed
+        });
+    }
+
+    fn handle_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Reset(reply) => {
+                let r = self.reset();
+                if let Err(e) = &r {
+                    tracing::warn!(error = %e, "reset failed");
+                }
+                let _ = reply.send(r);
+            }
+            Command::ClearDenyList(version, reply) => {
+                let _ = reply.send(self.clear_deny_list(version));
+            }
+        }
+        self.sync_info();
+    }
+
+    /// See [`AgentHandle::reset`].
+    fn reset(&mut self) -> Result<(), CommandError> {
+        if let Some(st) = self.state.staged.clone() {
+            let target = self.backend.target_slot().map_err(CommandError::Boot)?;
+            if target.slot() == st.slot {
+                self.backend
+                    .mark_unbootable(&target)
+                    .map_err(CommandError::Boot)?;
+                tracing::info!(version = %st.version, slot = %st.slot, phase = ?self.state.phase, "reset: staged slot made unbootable");
+            } else {
+                tracing::warn!(version = %st.version, slot = %st.slot, "reset: the recorded slot is not the inactive one; left alone");
+            }
+        }
+        self.state.phase = Phase::Idle;
+        self.state.staged = None;
+        self.state.checkpoint = None;
+        self.state.installed_before_reboot = None;
+        self.state.last_error = None;
+        self.store.save(&self.state)?;
+        self.on(Event::Reset);
+        self.info.send_modify(|i| i.offer = None);
+        tracing::info!("reset: nothing staged, last error cleared");
+        Ok(())
+    }
+
+    /// Removes `version` (or all) from the deny list; returns what was removed.
+    fn clear_deny_list(&mut self, version: Option<String>) -> Result<Vec<String>, CommandError> {
+        let removed: Vec<String> = match version {
+            Some(v) => {
+                if !self.state.deny_list.remove(&v) {
+                    return Err(CommandError::NotDenyListed(v));
+                }
+                vec![v]
+            }
+            None => std::mem::take(&mut self.state.deny_list)
+                .into_iter()
+                .collect(),
+        };
+        if !removed.is_empty() {
+            self.store.save(&self.state)?;
+            tracing::info!(versions = ?removed, "removed from the deny list");
+        }
+        Ok(removed)
     }
 
     /// The persisted state.
@@ -189,7 +508,7 @@ impl Agent {
 
     fn on(&mut self, ev: Event) -> Action {
         let a = self.machine.on(ev);
-        self.status_tx.send_replace(self.machine.status().clone());
+        self.publisher.publish(&self.machine);
         a
     }
 
@@ -216,6 +535,18 @@ impl Agent {
 
     /// One full cycle: pending reports, update check, and install when an update is offered.
     pub async fn run_once(&mut self, interactive: bool) -> CycleOutcome {
+        self.info.send_modify(|i| i.checks_started += 1);
+        let outcome = self.cycle(interactive).await;
+        let result = CycleResult::from(&outcome);
+        self.sync_info();
+        self.info.send_modify(|i| {
+            i.checks_completed += 1;
+            i.last_result = Some(result);
+        });
+        outcome
+    }
+
+    async fn cycle(&mut self, interactive: bool) -> CycleOutcome {
         // A rollback is reported as its own 3/0 event before the check.
         if let Some(PendingReport::RolledBack { version }) = self.state.pending_report.clone() {
             let mut ev = EventRequest::error(reported(ErrorCode::RollbackError));
@@ -254,6 +585,8 @@ impl Agent {
                 return CycleOutcome::CheckFailed(e);
             }
         };
+        self.info
+            .send_modify(|i| i.last_check_unix = Some(unix_now()));
         if previous.is_some() {
             self.state.pending_report = None;
             if let Err(e) = self.store.save(&self.state) {
@@ -266,6 +599,12 @@ impl Agent {
             self.on(Event::NoUpdate);
             return CycleOutcome::NoUpdate;
         };
+        let offered = (offer.version.clone(), offer.size);
+        self.info.send_if_modified(|i| {
+            let changed = i.offer.as_ref() != Some(&offered);
+            i.offer = Some(offered);
+            changed
+        });
         if self.on(Event::Offered(offer.version.clone())) == Action::None {
             tracing::info!(version = %offer.version, "offered version is already staged; waiting for a reboot");
             return CycleOutcome::AlreadyStaged {
@@ -297,7 +636,7 @@ impl Agent {
                 store: &self.store,
                 state: &mut self.state,
                 machine: &mut self.machine,
-                status_tx: &self.status_tx,
+                publisher: &self.publisher,
                 version: &offer.version,
                 last_progress_log: Instant::now(),
             };
@@ -366,23 +705,33 @@ impl Agent {
     }
 
     /// The daemon loop: checks on the [`Scheduler`]'s timing (or at once when asked through an
-    /// [`AgentHandle`]) until `shutdown` resolves.
+    /// [`AgentHandle`]) until `shutdown` resolves. Commands sent through a handle are carried out
+    /// between cycles; during a cycle they are refused with [`CommandError::Busy`].
     pub async fn run(&mut self, shutdown: impl Future<Output = ()>) {
         let mut rng = OsRng;
         let mut sched = Scheduler::new(self.settings.check.clone());
         let mut deadline = sched.first(Instant::now(), &mut rng);
         let check_now = Arc::clone(&self.check_now);
+        let mut commands = self.commands_rx.take();
         tokio::pin!(shutdown);
+        let mut logged = None;
         loop {
             let wait = deadline.saturating_duration_since(Instant::now());
-            tracing::info!(
-                next_check_in_s = wait.as_secs(),
-                "waiting for the next check"
-            );
+            if logged != Some(deadline) {
+                logged = Some(deadline);
+                tracing::info!(
+                    next_check_in_s = wait.as_secs(),
+                    "waiting for the next check"
+                );
+            }
             let interactive = tokio::select! {
-                _ = &mut shutdown => return,
+                _ = &mut shutdown => break,
                 _ = tokio::time::sleep(wait) => false,
                 _ = check_now.notified() => true,
+                cmd = next_command(&mut commands) => {
+                    self.handle_command(cmd);
+                    continue;
+                }
             };
             if !self.settings.updates.enabled && !interactive {
                 deadline = sched.next(
@@ -394,9 +743,19 @@ impl Agent {
                 );
                 continue;
             }
-            let outcome = tokio::select! {
-                _ = &mut shutdown => return,
-                o = self.run_once(interactive) => o,
+            let outcome = {
+                let cycle = self.run_once(interactive);
+                tokio::pin!(cycle);
+                loop {
+                    tokio::select! {
+                        _ = &mut shutdown => break None,
+                        o = &mut cycle => break Some(o),
+                        cmd = next_command(&mut commands) => cmd.refuse(|| CommandError::Busy),
+                    }
+                }
+            };
+            let Some(outcome) = outcome else {
+                break;
             };
             let result = match outcome {
                 CycleOutcome::CheckFailed(_) | CycleOutcome::InstallFailed(_) => {
@@ -411,5 +770,6 @@ impl Agent {
                 tracing::warn!(failures = sched.failures(), "backing off after failures");
             }
         }
+        self.commands_rx = commands;
     }
 }

@@ -4,9 +4,9 @@
 use std::time::{Duration, Instant};
 
 use omaha::EventRequest;
-use tokio::sync::watch;
 
-use super::machine::{Event, Machine, Status};
+use super::Publisher;
+use super::machine::{Event, Machine};
 use crate::identity::Identity;
 use crate::install::{Observer, ResumeRecord, Step};
 use crate::omaha_client::{self, OmahaClient};
@@ -19,7 +19,7 @@ pub(super) struct Reporter<'a> {
     pub store: &'a StateStore,
     pub state: &'a mut AgentState,
     pub machine: &'a mut Machine,
-    pub status_tx: &'a watch::Sender<Status>,
+    pub publisher: &'a Publisher,
     pub version: &'a str,
     pub last_progress_log: Instant,
 }
@@ -27,7 +27,7 @@ pub(super) struct Reporter<'a> {
 impl Reporter<'_> {
     fn on(&mut self, ev: Event) {
         self.machine.on(ev);
-        self.status_tx.send_replace(self.machine.status().clone());
+        self.publisher.publish(self.machine);
     }
 
     async fn send(&self, ev: EventRequest) {

@@ -29,6 +29,17 @@ pub struct Fragment {
     pub reboot: Option<RebootFragment>,
     /// `[install]`: download and install tuning.
     pub install: Option<InstallFragment>,
+    /// `[dbus]`: the D-Bus API.
+    pub dbus: Option<DbusFragment>,
+}
+
+/// `[dbus]` section.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct DbusFragment {
+    /// Serve `org.platte.Update1` (and the compatibility name) on the system bus.
+    pub enabled: Option<bool>,
+    /// Also serve update_engine's `com.coreos.update1` compatibility interface.
+    pub update_engine_compat: Option<bool>,
 }
 
 /// `[install]` section.

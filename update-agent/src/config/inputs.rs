@@ -93,6 +93,8 @@ pub struct Inputs {
     pub install_attempts_per_url: Option<Sourced<u64>>,
     pub install_start_over_after: Option<Sourced<u64>>,
     pub check_backoff_base_secs: Option<Sourced<u64>>,
+    pub dbus_enabled: Option<Sourced<bool>>,
+    pub dbus_update_engine_compat: Option<Sourced<bool>>,
 }
 
 /// Overwrites `dst` when `src` is set.
@@ -232,6 +234,14 @@ impl Inputs {
                 set(&mut self.reboot_fleet_lock_base_url, fl.base_url, file);
                 set(&mut self.reboot_fleet_lock_group, fl.group, file);
             }
+        }
+        if let Some(d) = f.dbus {
+            set(&mut self.dbus_enabled, d.enabled, file);
+            set(
+                &mut self.dbus_update_engine_compat,
+                d.update_engine_compat,
+                file,
+            );
         }
         if let Some(n) = f.install {
             set(

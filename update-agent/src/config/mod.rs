@@ -16,9 +16,9 @@ use std::path::{Path, PathBuf};
 
 pub use inputs::{Inputs, Origin};
 pub use settings::{
-    BootBackendKind, BootSettings, CheckSettings, HealthCheck, HealthSettings, HttpSettings,
-    IdentitySettings, InstallSettings, PLATTE_APP_ID, RebootSettings, RebootStrategy, Settings,
-    UpdateSettings,
+    BootBackendKind, BootSettings, CheckSettings, DbusSettings, HealthCheck, HealthSettings,
+    HttpSettings, IdentitySettings, InstallSettings, PLATTE_APP_ID, RebootSettings, RebootStrategy,
+    Settings, UpdateSettings,
 };
 
 /// Something in the configuration that was not applied, reported but not fatal.

@@ -45,6 +45,19 @@ pub struct Settings {
     pub reboot: RebootSettings,
     /// Download and install tuning.
     pub install: InstallSettings,
+    /// The D-Bus API.
+    pub dbus: DbusSettings,
+    /// Runtime extensions (`[extensions]`).
+    pub extensions: crate::extensions::ExtensionsSettings,
+}
+
+/// `[dbus]` settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DbusSettings {
+    /// Serve `org.platte.Update1` on the system bus (the bus is still used to reach logind).
+    pub enabled: bool,
+    /// Also serve update_engine's `com.coreos.update1` (for locksmith, FLUO and other watchers).
+    pub update_engine_compat: bool,
 }
 
 /// `[install]` settings.
@@ -317,6 +330,11 @@ impl Settings {
             health: health(i)?,
             http: http(i)?,
             reboot: reboot(i)?,
+            dbus: DbusSettings {
+                enabled: i.dbus_enabled.as_ref().is_none_or(|s| s.value),
+                update_engine_compat: i.dbus_update_engine_compat.as_ref().is_none_or(|s| s.value),
+            },
+            extensions: crate::extensions::ExtensionsSettings::default(),
         })
     }
 }
@@ -843,6 +861,23 @@ mod tests {
         )?;
         i.merge(f, Path::new("/etc/platte/agent.d/50-t.toml"));
         Settings::from_inputs(&i)
+    }
+
+    #[test]
+    fn dbus_on_by_default_and_compat_can_be_turned_off() {
+        let s = settings("").unwrap();
+        assert_eq!(
+            s.dbus,
+            DbusSettings {
+                enabled: true,
+                update_engine_compat: true
+            }
+        );
+        let s = settings("[dbus]\nupdate_engine_compat = false\n").unwrap();
+        assert!(s.dbus.enabled);
+        assert!(!s.dbus.update_engine_compat);
+        let e = settings("[dbus]\nenabled = \"no\"\n").unwrap_err();
+        assert!(e.to_string().contains("50-t.toml"), "{e}");
     }
 
     #[test]

@@ -1,5 +1,11 @@
 //! Step 3 of the install: download attempts over the offer's URLs, each streaming the payload
 //! (from byte 0, or resuming from a checkpoint with HTTP `Range`) through the applier.
+//!
+//! URLs are tried in the order of the Omaha answer. A URL is left for the next one after
+//! `attempts_per_url` transient failures (transport errors, 5xx, 408, 429: retried after 1 s,
+//! 2 s, 4 s … at most 30 s), at once on any other HTTP status (404, 403 …: that URL will not
+//! serve it), and at once when it served a bad payload (its checkpoint is dropped). A checkpoint
+//! on which `start_over_after` attempts failed is dropped and the download starts from byte 0.
 
 use std::time::{Duration, Instant};
 
@@ -21,7 +27,8 @@ const RETRY_DELAY: Duration = Duration::from_secs(1);
 /// Longest wait between retries within an install.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
 
-/// Tries every URL `attempts_per_url` times, resuming from the last checkpoint each time.
+/// Tries the URLs in order (see the module documentation), resuming from the last checkpoint
+/// on each attempt.
 pub(super) async fn stream_payload<O: Observer>(
     inst: &Installer<'_>,
     offer: &Offer,
@@ -68,11 +75,22 @@ pub(super) async fn stream_payload<O: Observer>(
                         .unwrap_or(MAX_RETRY_DELAY)
                         .min(MAX_RETRY_DELAY);
                     retries += 1;
-                    tracing::warn!(url = %url, attempt, error = %e, retry_in_ms = delay.as_millis() as u64, "download attempt failed");
+                    let retry = attempt < cfg.attempts_per_url;
+                    if retry {
+                        tracing::warn!(url = %url, attempt, error = %e, retry_in_ms = delay.as_millis() as u64, "download attempt failed; retrying");
+                    } else {
+                        tracing::warn!(url = %url, attempt, error = %e, "download attempt failed; giving up on this URL");
+                    }
                     last = Some(e);
-                    if attempt < cfg.attempts_per_url || url != offer.urls.last().unwrap_or(url) {
+                    if retry {
                         tokio::time::sleep(delay).await;
                     }
+                }
+                Err(e @ InstallError::HttpStatus { .. }) => {
+                    // Not found, forbidden …: this URL will not serve the payload; try the next.
+                    tracing::warn!(url = %url, error = %e, "download URL refused; trying the next one");
+                    last = Some(e);
+                    break;
                 }
                 Err(e) if e.is_bad_payload() => {
                     tracing::error!(url = %url, error = %e, "payload rejected");

@@ -11,6 +11,9 @@
 //! 5. logged-in users → notify them once ([`Decision::NotifyUsers`]), wait the grace period;
 //! 6. [`Decision::Reboot`].
 //!
+//! A forced request ([`Observation::force`], `updatectl reboot --now`) goes from gate 1 straight
+//! to [`Decision::Reboot`]; a slot still held is given back after the boot like any other.
+//!
 //! The [`Coordinator`] remembers only what the driver reports back (lock held or refused,
 //! users notified); the caller passes the time in every [`Observation`].
 
@@ -50,10 +53,37 @@ pub struct Observation {
     /// An operator asked to reboot through the coordinator (`updatectl reboot`): strategy
     /// `off` and windows are skipped; the lock, inhibitors and grace period still apply.
     pub manual: bool,
+    /// An operator asked to reboot at once (`updatectl reboot --now`): with an update staged,
+    /// every gate (windows, lock, inhibitors, grace period) is skipped.
+    pub force: bool,
     /// Current logind inhibitors.
     pub inhibitors: Vec<Inhibitor>,
     /// Names of users with interactive sessions.
     pub users: Vec<String>,
+}
+
+/// An operator's reboot request, as the D-Bus API and `updatectl reboot` pass it on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RebootRequest {
+    /// No request: the strategy decides.
+    #[default]
+    None,
+    /// Reboot through the coordinator, skipping strategy `off` and the windows
+    /// ([`Observation::manual`]).
+    Coordinated,
+    /// Reboot at once, skipping every gate ([`Observation::force`]).
+    Immediate,
+}
+
+impl From<bool> for RebootRequest {
+    /// `true` is a [`RebootRequest::Coordinated`] request.
+    fn from(manual: bool) -> Self {
+        if manual {
+            RebootRequest::Coordinated
+        } else {
+            RebootRequest::None
+        }
+    }
 }
 
 /// Why the coordinator waits.
@@ -188,6 +218,10 @@ impl Coordinator {
             } else {
                 Decision::Idle
             };
+        }
+        if obs.force {
+            self.notified_at = None;
+            return Decision::Reboot;
         }
         if !obs.manual {
             let wait = match self.strategy.gate(now) {

@@ -19,6 +19,7 @@ fn obs(now: &str) -> Observation {
         now: ts(now),
         staged: Some("4230.1.0".into()),
         manual: false,
+        force: false,
         inhibitors: vec![],
         users: vec![],
     }
@@ -261,4 +262,29 @@ fn notice_is_forgotten_when_the_window_closes() {
     // Next week the users are told again rather than rebooted on a week-old notice.
     o.now = ts("2025-06-09T22:00:00Z");
     assert!(matches!(c.decide(&o), Decision::NotifyUsers { .. }));
+}
+
+#[test]
+fn forced_request_skips_every_gate_but_needs_something_staged() {
+    // Off, outside any window, lock not held, inhibited, users logged in: still Reboot.
+    for strategy in [
+        RebootStrategy::Off(Off),
+        RebootStrategy::Windows(Windows::new(windows(&["Sat 03:00 1h"]))),
+        fleet(&["Sat 03:00 1h"]),
+    ] {
+        let mut c = Coordinator::new(strategy, Timing::default());
+        let mut o = obs(MON_NOON);
+        o.force = true;
+        o.inhibitors = vec![block("backup")];
+        o.users = vec!["alice".into()];
+        assert_eq!(c.decide(&o), Decision::Reboot);
+        o.staged = None;
+        assert_eq!(c.decide(&o), Decision::Idle);
+    }
+}
+
+#[test]
+fn reboot_request_from_bool() {
+    assert_eq!(RebootRequest::from(false), RebootRequest::None);
+    assert_eq!(RebootRequest::from(true), RebootRequest::Coordinated);
 }

@@ -1,4 +1,5 @@
-//! The async driver: observes logind, asks the [`Coordinator`], performs its decision.
+//! The async driver: observes logind, asks the [`Coordinator`], performs its decision, and
+//! publishes what it is doing as a [`RebootView`] (for the D-Bus API and sd_notify status).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -6,7 +7,9 @@ use std::time::Duration;
 use jiff::Timestamp;
 use tokio::sync::watch;
 
-use super::coordinator::{Coordinator, Decision, Observation};
+use super::coordinator::{
+    Coordinator, Decision, LockState, Observation, RebootRequest, WaitReason,
+};
 use super::fleet_lock::FleetLockClient;
 use super::logind::{Logind, LogindError};
 use super::sentinel;
@@ -36,6 +39,49 @@ pub enum DriverError {
     Closed,
 }
 
+/// What the reboot driver is doing, as other tasks see it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RebootView {
+    /// This machine holds a FleetLock slot.
+    pub lock_held: bool,
+    /// Why the reboot waits (`None`: not waiting, e.g. nothing staged).
+    pub wait: Option<WaitReason>,
+    /// When the coordinator looks again (`None`: only when something changes).
+    pub wait_until: Option<Timestamp>,
+    /// logind accepted the reboot.
+    pub rebooting: bool,
+    /// The last step failed (logind unreachable, sentinel not writable); retried.
+    pub error: Option<String>,
+}
+
+impl RebootView {
+    /// A short human-readable reason for the wait (`""` when not waiting).
+    pub fn wait_text(&self) -> String {
+        let at = |t: Option<Timestamp>| t.map(|t| t.strftime("%Y-%m-%d %H:%M UTC").to_string());
+        match &self.wait {
+            None => String::new(),
+            Some(WaitReason::StrategyOff) => {
+                "strategy off: reboot with `updatectl reboot` or another tool".to_owned()
+            }
+            Some(WaitReason::OutsideWindow) => match at(self.wait_until) {
+                Some(t) => format!("outside the maintenance windows; next opens {t}"),
+                None => "outside the maintenance windows; none ever opens".to_owned(),
+            },
+            Some(WaitReason::LockRefused) => match at(self.wait_until) {
+                Some(t) => format!("FleetLock slot refused; asking again at {t}"),
+                None => "FleetLock slot refused".to_owned(),
+            },
+            Some(WaitReason::Inhibited { who, why }) => {
+                format!("blocked by a shutdown inhibitor of {who:?} ({why})")
+            }
+            Some(WaitReason::GracePeriod) => match at(self.wait_until) {
+                Some(t) => format!("logged-in users were told; rebooting at {t}"),
+                None => "logged-in users were told".to_owned(),
+            },
+        }
+    }
+}
+
 /// What the driver needs besides the coordinator.
 #[derive(Debug, Clone)]
 pub struct DriverConfig {
@@ -56,6 +102,7 @@ pub struct Driver<C: Clock, S: Sleeper> {
     clock: C,
     sleeper: S,
     sentinel_for: Option<String>,
+    view: watch::Sender<RebootView>,
 }
 
 impl<C: Clock, S: Sleeper> Driver<C, S> {
@@ -74,7 +121,47 @@ impl<C: Clock, S: Sleeper> Driver<C, S> {
             clock,
             sleeper,
             sentinel_for: None,
+            view: watch::channel(RebootView::default()).0,
         }
+    }
+
+    /// Publishes the [`RebootView`] on `tx` (instead of a channel of its own).
+    pub fn with_view(mut self, tx: watch::Sender<RebootView>) -> Self {
+        self.view = tx;
+        self
+    }
+
+    /// Follows what the driver does (lock held, why it waits, rebooting).
+    pub fn view(&self) -> watch::Receiver<RebootView> {
+        self.view.subscribe()
+    }
+
+    fn publish(&self, decision: Option<&Decision>, error: Option<String>) {
+        let lock_held = self.coordinator.lock() == LockState::Held;
+        self.view.send_if_modified(|v| {
+            let mut next = RebootView {
+                lock_held,
+                error,
+                rebooting: v.rebooting,
+                ..RebootView::default()
+            };
+            match decision {
+                Some(Decision::Wait { until, reason }) => {
+                    next.wait = Some(reason.clone());
+                    next.wait_until = *until;
+                }
+                Some(Decision::Reboot) => next.rebooting = true,
+                // An error keeps showing what the driver was waiting for.
+                None => {
+                    next.wait = v.wait.clone();
+                    next.wait_until = v.wait_until;
+                }
+                Some(_) => {}
+            }
+            let changed = *v != next;
+            *v = next;
+            changed
+        });
     }
 
     /// The coordinator (lock state, strategy).
@@ -102,11 +189,34 @@ impl<C: Clock, S: Sleeper> Driver<C, S> {
     }
 
     /// Observes, decides and performs one decision; returns it. After
-    /// [`Decision::Reboot`] logind has accepted the reboot.
+    /// [`Decision::Reboot`] logind has accepted the reboot. `manual`: a coordinated operator
+    /// request ([`RebootRequest::Coordinated`]).
     pub async fn step(
         &mut self,
         staged: Option<&str>,
         manual: bool,
+    ) -> Result<Decision, DriverError> {
+        self.step_request(staged, manual.into()).await
+    }
+
+    /// [`Driver::step`] with any operator request, including a forced one.
+    pub async fn step_request(
+        &mut self,
+        staged: Option<&str>,
+        request: RebootRequest,
+    ) -> Result<Decision, DriverError> {
+        let res = self.step_inner(staged, request).await;
+        match &res {
+            Ok(d) => self.publish(Some(d), None),
+            Err(e) => self.publish(None, Some(e.to_string())),
+        }
+        res
+    }
+
+    async fn step_inner(
+        &mut self,
+        staged: Option<&str>,
+        request: RebootRequest,
     ) -> Result<Decision, DriverError> {
         self.sync_sentinel(staged)?;
         let now = self.clock.now();
@@ -121,7 +231,8 @@ impl<C: Clock, S: Sleeper> Driver<C, S> {
         let obs = Observation {
             now,
             staged: staged.map(str::to_owned),
-            manual,
+            manual: request == RebootRequest::Coordinated,
+            force: request == RebootRequest::Immediate,
             inhibitors,
             users,
         };
@@ -156,7 +267,11 @@ impl<C: Clock, S: Sleeper> Driver<C, S> {
                 self.coordinator.users_notified(now);
             }
             Decision::Reboot => {
-                tracing::info!(version = staged.unwrap_or("?"), "rebooting through logind");
+                tracing::info!(
+                    version = staged.unwrap_or("?"),
+                    forced = obs.force,
+                    "rebooting through logind"
+                );
                 self.logind.reboot().await?;
             }
         }
@@ -196,16 +311,28 @@ impl<C: Clock, S: Sleeper> Driver<C, S> {
     }
 
     /// Runs until logind accepts a reboot: evaluates whenever `staged` or `manual` change and
-    /// when a wait ends. `staged` carries the staged version (`None`: nothing staged).
-    pub async fn run(
+    /// when a wait ends. `staged` carries the staged version (`None`: nothing staged); `manual`
+    /// carries operator requests (`bool` for coordinated ones, or a [`RebootRequest`]). A request
+    /// applies to the version staged when it was made: once that version is gone (reset, or
+    /// superseded by a newer download) the strategy decides again.
+    pub async fn run<M>(
         &mut self,
         mut staged: watch::Receiver<Option<String>>,
-        mut manual: watch::Receiver<bool>,
-    ) -> Result<(), DriverError> {
+        mut manual: watch::Receiver<M>,
+    ) -> Result<(), DriverError>
+    where
+        M: Copy + Into<RebootRequest>,
+    {
+        let mut request: RebootRequest = (*manual.borrow_and_update()).into();
+        let mut request_for = staged.borrow().clone();
         loop {
             let current = staged.borrow_and_update().clone();
-            let is_manual = *manual.borrow_and_update();
-            let wait = match self.step(current.as_deref(), is_manual).await {
+            let effective = if current.is_some() && current == request_for {
+                request
+            } else {
+                RebootRequest::None
+            };
+            let wait = match self.step_request(current.as_deref(), effective).await {
                 Ok(Decision::Reboot) => return Ok(()),
                 Ok(
                     Decision::AcquireLock | Decision::ReleaseLock | Decision::NotifyUsers { .. },
@@ -231,7 +358,11 @@ impl<C: Clock, S: Sleeper> Driver<C, S> {
             tokio::select! {
                 () = sleep => {}
                 r = staged.changed() => r.map_err(|_| DriverError::Closed)?,
-                r = manual.changed() => r.map_err(|_| DriverError::Closed)?,
+                r = manual.changed() => {
+                    r.map_err(|_| DriverError::Closed)?;
+                    request = (*manual.borrow_and_update()).into();
+                    request_for = staged.borrow().clone();
+                }
             }
         }
     }

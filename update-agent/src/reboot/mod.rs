@@ -4,7 +4,9 @@
 //! [`fleet_lock`]); [`coordinator`] is the pure decision state machine and [`driver`] performs its
 //! decisions against logind ([`logind`]), a FleetLock server ([`fleet_lock`]) and the
 //! `/run/reboot-required` sentinel ([`sentinel`]). [`time`] holds the injectable clock and sleeper.
+//! [`after_boot`] gives back a FleetLock slot held from before the reboot, once mark-good passed.
 
+pub mod after_boot;
 pub mod coordinator;
 pub mod driver;
 pub mod fleet_lock;
@@ -20,7 +22,8 @@ use maintenance_window::WindowSet;
 
 use crate::config::{RebootSettings, RebootStrategy as RebootStrategyKind};
 
-pub use coordinator::{Coordinator, Decision, Observation, WaitReason};
+pub use coordinator::{Coordinator, Decision, Observation, RebootRequest, WaitReason};
+pub use driver::{Driver, DriverConfig, RebootView};
 pub use fleet_lock::{FleetLockClient, FleetLockError, FleetLockStrategy};
 pub use immediate::Immediate;
 pub use off::Off;
@@ -97,6 +100,13 @@ impl RebootStrategy {
             RebootStrategy::FleetLock(f) if !f.windows.is_empty() => Some(&f.windows),
             _ => None,
         }
+    }
+
+    /// The start of the window open at `now`, else of the next one (`None`: no windows).
+    pub fn next_window(&self, now: Timestamp) -> Option<Timestamp> {
+        self.windows()
+            .and_then(|w| w.next_opening(now))
+            .map(|(start, _)| start)
     }
 
     /// Whether a FleetLock slot must be held before rebooting.

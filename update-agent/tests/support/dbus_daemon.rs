@@ -1,6 +1,11 @@
-//! Test support: a real `dbus-daemon` on a private bus in a temporary directory, killed on drop.
+//! Test support: a real `dbus-daemon` on a private bus in a temporary directory, killed on drop:
+//! either permissive ([`DbusDaemon::start`]) or configured like the system bus
+//! ([`DbusDaemon::start_system_like`]: system.conf's default policy, a socket every user can
+//! reach, plus e.g. an `<include>` of the shipped policy).
 //!
 //! Include with `#[path = "support/dbus_daemon.rs"] mod dbus_daemon;`.
+
+#![allow(dead_code)]
 
 use std::io::{BufRead as _, BufReader, Read as _};
 use std::path::Path;
@@ -14,8 +19,34 @@ pub struct DbusDaemon {
     _dir: tempfile::TempDir,
 }
 
-/// The bus configuration: anyone may own any name and send anything, then `extra`.
-fn config(socket: &Path, extra: &str) -> String {
+/// Anyone may own any name and send anything.
+const PERMISSIVE: &str = r#"<policy context="default">
+    <allow send_destination="*" eavesdrop="true"/>
+    <allow eavesdrop="true"/>
+    <allow own="*"/>
+  </policy>"#;
+
+/// The default policy of the system bus (`/usr/share/dbus-1/system.conf`): everyone may
+/// connect; owning names and method calls need holes punched by service policy files.
+const SYSTEM_LIKE: &str = r#"<policy context="default">
+    <allow user="*"/>
+    <deny own="*"/>
+    <deny send_type="method_call"/>
+    <allow send_type="signal"/>
+    <allow send_requested_reply="true" send_type="method_return"/>
+    <allow send_requested_reply="true" send_type="error"/>
+    <allow receive_type="method_call"/>
+    <allow receive_type="method_return"/>
+    <allow receive_type="error"/>
+    <allow receive_type="signal"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Introspectable"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Properties"/>
+    <deny send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus" send_member="UpdateActivationEnvironment"/>
+  </policy>"#;
+
+/// The bus configuration: `policy`, then `extra`.
+fn config(socket: &Path, policy: &str, extra: &str) -> String {
     format!(
         r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
  "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
@@ -23,11 +54,7 @@ fn config(socket: &Path, extra: &str) -> String {
   <type>session</type>
   <listen>unix:path={}</listen>
   <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow send_destination="*" eavesdrop="true"/>
-    <allow eavesdrop="true"/>
-    <allow own="*"/>
-  </policy>
+  {policy}
   {extra}
 </busconfig>
 "#,
@@ -47,9 +74,25 @@ impl DbusDaemon {
     /// Starts a bus whose configuration also holds `extra` (e.g. an `<include>`); the error is
     /// dbus-daemon's stderr when it refuses the configuration.
     pub fn start_with(extra: &str) -> Result<Self, String> {
+        Self::start_config(PERMISSIVE, extra)
+    }
+
+    /// Starts a bus with the system bus' default policy plus `extra`, whose socket every user
+    /// can reach (for callers run as `nobody`).
+    pub fn start_system_like(extra: &str) -> Result<Self, String> {
+        Self::start_config(SYSTEM_LIKE, extra)
+    }
+
+    fn start_config(policy: &str, extra: &str) -> Result<Self, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+                .map_err(|e| e.to_string())?;
+        }
         let conf = dir.path().join("bus.conf");
-        std::fs::write(&conf, config(&dir.path().join("bus"), extra)).map_err(|e| e.to_string())?;
+        std::fs::write(&conf, config(&dir.path().join("bus"), policy, extra))
+            .map_err(|e| e.to_string())?;
         let mut child = Command::new("dbus-daemon")
             .arg(format!("--config-file={}", conf.display()))
             .args(["--nofork", "--print-address=1"])
@@ -78,6 +121,22 @@ impl DbusDaemon {
             address,
             _dir: dir,
         })
+    }
+
+    /// Whether `dbus-daemon` can be run at all (tests skip loudly when it cannot).
+    pub fn available() -> bool {
+        let ok = Command::new("dbus-daemon")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!(
+                "!!!!! SKIPPED: dbus-daemon is not installed; D-Bus behaviour NOT tested !!!!!"
+            );
+        }
+        ok
     }
 }
 

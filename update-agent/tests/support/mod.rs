@@ -74,6 +74,12 @@ impl World {
     /// Server (trusting the publisher key), proxy, disk image with slot A filled, agent config
     /// for version `running` booted from slot A.
     pub fn new(running: &str) -> Self {
+        Self::with_server(running, |_, _| {})
+    }
+
+    /// As [`World::new`], with `tweak` applied to the server settings before it starts; it gets
+    /// the proxy's address (`http://host:port`) for settings that name URLs.
+    pub fn with_server(running: &str, tweak: impl FnOnce(&mut Settings, &str)) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let key = payloads::keys::generate_signing_key();
         let server_keys = dir.path().join("server-keys");
@@ -97,6 +103,7 @@ impl World {
         s.public_url = Some(format!("http://{}", proxy.addr));
         s.trusted_keys = Some(server_keys);
         s.flush_interval = Duration::from_millis(50);
+        tweak(&mut s, &format!("http://{}", proxy.addr));
         let server = rt.block_on(start(s)).unwrap();
         let base = format!("http://{}", server.addr);
         let http = reqwest::Client::new();

@@ -1,6 +1,7 @@
 //! A tiny fault-injecting HTTP/1.1 proxy in front of the update server: Omaha requests can get
 //! 500s or have their XML rewritten; package downloads can be cut, stalled or tampered with at
-//! exact payload offsets, and every downloaded byte is counted. One request per connection.
+//! exact payload offsets, resumed (`Range`) downloads refused, and every downloaded payload byte
+//! is counted. One request per connection.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
@@ -29,10 +30,16 @@ pub struct Faults {
     pub stalled: bool,
     /// Flip the byte at this payload offset.
     pub tamper_at: Option<u64>,
-    /// Payload bytes sent to clients.
+    /// Answer every download request carrying a `Range` header with HTTP 503.
+    pub refuse_ranges: bool,
+    /// Payload bytes sent to clients (bodies of 2xx download answers).
     pub download_bytes: u64,
     /// `Range` headers of download requests (`None`: whole file).
     pub ranges: Vec<Option<String>>,
+    /// Paths of download requests, in order.
+    pub download_paths: Vec<String>,
+    /// Omaha response bodies as sent to the agent.
+    pub omaha_responses: Vec<String>,
     /// Times of Omaha requests.
     pub omaha_times: Vec<Instant>,
     /// Omaha request bodies as received from the agent.
@@ -187,6 +194,7 @@ async fn handle(
         for (a, b) in &rewrites {
             out = out.replace(a.as_str(), b);
         }
+        faults.lock().unwrap().omaha_responses.push(out.clone());
         respond(
             &mut sock,
             status,
@@ -198,7 +206,22 @@ async fn handle(
     }
     // Downloads.
     let range = head.header("range").map(str::to_owned);
-    faults.lock().unwrap().ranges.push(range.clone());
+    let refuse = {
+        let mut f = faults.lock().unwrap();
+        f.ranges.push(range.clone());
+        f.download_paths.push(head.path.clone());
+        f.refuse_ranges && range.is_some()
+    };
+    if refuse {
+        respond(
+            &mut sock,
+            503,
+            &[],
+            b"injected failure of a ranged request\n",
+        )
+        .await;
+        return Ok(());
+    }
     let mut req = client.get(&url);
     if let Some(r) = &range {
         req = req.header("range", r);
@@ -226,6 +249,14 @@ async fn handle(
     }
     head_out.push_str("\r\n");
     sock.write_all(head_out.as_bytes()).await?;
+    if !(200..300).contains(&status) {
+        // An error page, not payload bytes: pass it on uncounted.
+        while let Some(chunk) = r.chunk().await.map_err(std::io::Error::other)? {
+            sock.write_all(&chunk).await?;
+        }
+        let _ = sock.shutdown().await;
+        return Ok(());
+    }
     let mut pos = start;
     while let Some(chunk) = r.chunk().await.map_err(std::io::Error::other)? {
         let mut data = chunk.to_vec();

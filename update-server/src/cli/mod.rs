@@ -1,6 +1,6 @@
 //! The operator CLI: `update-server serve` and the subcommands that drive the admin API over
 //! HTTP (`app`, `channel`, `group`, `package`, `instance`, `fleetlock`, `activity`), printing
-//! tables or, with `--json`, the API's JSON.
+//! tables or, with `--json`, the API's JSON; and `simulate`, the fleet simulator.
 
 mod client;
 pub mod fleetlock;
@@ -121,6 +121,8 @@ pub enum Command {
         #[command(subcommand)]
         cmd: rollout::RolloutCmd,
     },
+    /// Simulate a fleet of machines going through a staged rollout (see docs/rollouts.md).
+    Simulate(Box<crate::simulate::SimulateArgs>),
     /// The activity feed.
     Activity {
         /// Connection.
@@ -663,6 +665,7 @@ pub async fn run_admin(cmd: Command) -> anyhow::Result<()> {
         }
         Command::Fleetlock { conn, cmd } => fleetlock::run(&conn, cmd).await,
         Command::Rollout { conn, cmd } => rollout::run(&conn, cmd).await,
+        Command::Simulate(args) => crate::simulate::run(*args).await,
         Command::Activity { conn, app, limit } => {
             let c = ApiClient::new(&conn.server, conn.token.as_deref())?;
             let q = query(&[("app", app), ("limit", Some(limit.to_string()))]);

@@ -1,6 +1,7 @@
 //! The Omaha endpoint `POST /v1/update/`: bounded body (64 KiB), parsed by the `omaha` crate,
 //! each app answered independently by the [`UpdateService`](crate::service::UpdateService).
-//! Malformed, oversized or hostile bodies get a 400 with a short reason.
+//! Malformed, oversized or hostile bodies get a 400 with a short reason. Every `<updatecheck>`
+//! answer carries the configured `PollInterval`, if any.
 
 use std::net::SocketAddr;
 
@@ -71,41 +72,41 @@ pub fn check_in_of(app: &omaha::AppRequest, os_arch: Option<&str>, ip: String) -
     }
 }
 
-/// Builds the `<updatecheck>` of an answer.
-pub fn updatecheck_of(answer: &CheckAnswer) -> UpdateCheckResponse {
-    match answer {
+/// Builds the `<updatecheck>` of an answer, with `PollInterval` when `poll_interval_secs` is set.
+pub fn updatecheck_of(
+    answer: &CheckAnswer,
+    poll_interval_secs: Option<u32>,
+) -> UpdateCheckResponse {
+    let uc = match answer {
         CheckAnswer::NoUpdate(_) => UpdateCheckResponse::noupdate(),
         CheckAnswer::Update {
             package,
-            codebase,
+            digests,
+            codebases,
             rollback,
         } => {
-            let mut sha1 = [0u8; 20];
-            let mut sha256 = [0u8; 32];
-            use base64::Engine as _;
-            let sha1_ok = base64::engine::general_purpose::STANDARD
-                .decode(&package.sha1_base64)
-                .ok()
-                .filter(|v| v.len() == 20)
-                .map(|v| sha1.copy_from_slice(&v))
-                .is_some();
-            let sha256_ok = hex::decode(&package.sha256_hex)
-                .ok()
-                .filter(|v| v.len() == 32)
-                .map(|v| sha256.copy_from_slice(&v))
-                .is_some();
             let mut pkg = Package::new(&package.filename, package.size).required(true);
-            if sha1_ok {
-                pkg = pkg.with_sha1(&sha1);
+            if let Some(d) = &digests.sha1 {
+                pkg = pkg.with_sha1(d);
             }
-            if sha256_ok {
-                pkg = pkg.with_sha256(&sha256);
+            if let Some(d) = &digests.sha256 {
+                pkg = pkg.with_sha256(d);
             }
+            let sha256 = digests.sha256.unwrap_or([0; 32]);
             let manifest = Manifest::new(&package.version)
                 .with_package(pkg)
                 .with_action(Action::postinstall(&sha256).with_disable_payload_backoff(true));
-            UpdateCheckResponse::ok(codebase, manifest).with_rollback(*rollback)
+            let mut urls = codebases.iter();
+            let first = urls.next().map(String::as_str).unwrap_or_default();
+            urls.fold(UpdateCheckResponse::ok(first, manifest), |uc, u| {
+                uc.with_url(u)
+            })
+            .with_rollback(*rollback)
         }
+    };
+    match poll_interval_secs {
+        Some(s) => uc.with_poll_interval(s),
+        None => uc,
     }
 }
 
@@ -157,7 +158,7 @@ pub async fn update(
                     a = a.with_ping_ack();
                 }
                 if let Some(c) = &check {
-                    a = a.with_updatecheck(updatecheck_of(c));
+                    a = a.with_updatecheck(updatecheck_of(c, st.service.omaha.poll_interval_secs));
                 }
                 a.with_event_acks(events)
             }

@@ -116,6 +116,8 @@ async fn stats(
             "complete" => s.complete += n,
             "failed" => s.failed += n,
             "timed_out" => s.timed_out += n,
+            // Replaced by a newer release before the reboot: an attempt, nothing more.
+            "superseded" => {}
             other => {
                 return Err(StoreError::Corrupt {
                     table: GRANTS,
@@ -276,6 +278,20 @@ async fn try_grant_tx(tx: &mut Tx, r: &GrantRequest) -> Result<GrantOutcome, Sto
             return Ok(held(HoldReason::Rate));
         }
     }
+    // A machine offered a newer release before it rebooted into its staged one: the older grant
+    // is closed as `superseded` (an attempt, neither a failure nor a completion), so the newer
+    // version's completion is not counted for it too.
+    sqlx::query(
+        "UPDATE rollout_grants SET state = 'superseded', settled_at = ? WHERE machine_id = ? \
+         AND app_id = ? AND version <> ? AND state IN ('in_flight', 'installed')",
+    )
+    .bind(r.now)
+    .bind(&r.machine_id)
+    .bind(&r.app_id)
+    .bind(&r.version)
+    .execute(&mut **tx)
+    .await
+    .map_err(db("supersede rollout grant"))?;
     sqlx::query(
         "INSERT INTO rollout_grants (group_id, app_id, machine_id, version, state, canary, \
          granted_at, progress_at) VALUES (?, ?, ?, ?, 'in_flight', ?, ?, ?)",

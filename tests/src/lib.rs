@@ -1,0 +1,28 @@
+//! Platte end-to-end harness: real `update-server`, `update-agent` and `payload` processes,
+//! GPT disk image files as the machines' disks, a gptprio boot loader stand-in, and helpers for
+//! the operator's CLI and the admin API. Used by the scenarios in `tests/tests/` and by the
+//! `quickstart` binary.
+//!
+//! - [`bins`]: find (and build) the workspace binaries; [`process`]: child processes killed on
+//!   drop, polling with deadlines; [`http`]: a blocking JSON client.
+//! - [`server`]: `update-server serve` and its admin CLI/API; [`release`]: keys, demo OS
+//!   images, `payload build`; [`world`]: a scenario's server, keys and directory.
+//! - [`gpt`]: GPT disk images without `sgdisk`; [`bootloader`]: gptprio's selection rule;
+//!   [`machine`]: a simulated host and its agent commands; [`proxy`]: a throttling, recording
+//!   TCP proxy for fault scenarios.
+
+pub mod bins;
+pub mod bootloader;
+pub mod error;
+pub mod gpt;
+pub mod http;
+pub mod machine;
+pub mod process;
+pub mod proxy;
+pub mod release;
+pub mod server;
+pub mod world;
+
+pub use error::{Error, Result};
+pub use machine::{APP, DiskLayout, Machine, USR_A, USR_B};
+pub use world::{Release, World};

@@ -1,0 +1,132 @@
+//! Release engineering as an operator does it, through the `payload` CLI: a publisher key pair,
+//! demo OS images that say which version they are, and signed payloads built from them.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::bins::Binaries;
+use crate::error::{Error, Result, io};
+
+/// First line of every demo OS image; the second is `VERSION_ID=…`, as in an os-release file.
+pub const IMAGE_MAGIC: &str = "PLATTE-DEMO-OS";
+/// Bytes of image data per payload operation (many operations: checkpoints have room to land).
+pub const CHUNK_SIZE: u32 = 256 << 10;
+
+/// A publisher key pair made by `payload keygen`; the private half never leaves the test dir.
+#[derive(Debug, Clone)]
+pub struct Publisher {
+    payload_bin: PathBuf,
+    /// Private signing key (PKCS#8 PEM).
+    pub key: PathBuf,
+    /// Public key (SPKI PEM), installed on the server and on hosts.
+    pub public: PathBuf,
+}
+
+impl Publisher {
+    /// `payload keygen --out DIR/release`.
+    pub fn keygen(bins: &Binaries, dir: &Path) -> Result<Publisher> {
+        std::fs::create_dir_all(dir).map_err(io("creating a key directory", dir))?;
+        let prefix = dir.join("release");
+        run(Command::new(&bins.payload)
+            .arg("keygen")
+            .arg("--out")
+            .arg(&prefix))
+        .map(drop)?;
+        Ok(Publisher {
+            payload_bin: bins.payload.clone(),
+            key: prefix.with_extension("key"),
+            public: prefix.with_extension("pub"),
+        })
+    }
+
+    /// Copies the public key into `dir` (a trust store: the server's or a host's).
+    pub fn install_public(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(io("creating a trust store", dir))?;
+        let to = dir.join("release.pub");
+        std::fs::copy(&self.public, &to).map_err(io("installing a public key", &to))?;
+        Ok(())
+    }
+
+    /// The `payload build` arguments for `image` as `version` of `app`, written to `out`.
+    pub fn build_args(&self, app: &str, version: &str, image: &Path, out: &Path) -> Vec<String> {
+        [
+            "build",
+            "--key",
+            &self.key.display().to_string(),
+            "--app",
+            app,
+            "--version",
+            version,
+            "--arch",
+            "amd64",
+            "--chunk-size",
+            &CHUNK_SIZE.to_string(),
+            "--threads",
+            "1",
+            "--image",
+            &image.display().to_string(),
+            "--out",
+            &out.display().to_string(),
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect()
+    }
+
+    /// Builds and signs a payload (`payload build`).
+    pub fn build(&self, app: &str, version: &str, image: &Path, out: &Path) -> Result<()> {
+        run(Command::new(&self.payload_bin).args(self.build_args(app, version, image, out)))
+            .map(drop)
+    }
+}
+
+fn run(cmd: &mut Command) -> Result<String> {
+    let line = format!("{cmd:?}");
+    let out = cmd
+        .output()
+        .map_err(io("running payload", PathBuf::from(cmd.get_program())))?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if out.status.success() {
+        Ok(stdout)
+    } else {
+        Err(Error::Command {
+            command: line,
+            code: out.status.code(),
+            stdout,
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
+    }
+}
+
+/// A demo OS image of `len` bytes for `version`: a two-line header naming it, then
+/// incompressible bytes seeded by the version, with a zero-filled stretch (ZERO operations).
+pub fn os_image(version: &str, len: usize) -> Vec<u8> {
+    let mut seed = 0xcbf2_9ce4_8422_2325u64;
+    for b in version.bytes() {
+        seed = (seed ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+    }
+    let mut x = seed | 1;
+    let mut v: Vec<u8> = (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect();
+    let head = format!("{IMAGE_MAGIC}\nVERSION_ID={version}\n");
+    let n = head.len().min(len);
+    v[..n].copy_from_slice(&head.as_bytes()[..n]);
+    if len >= 2 << 20 {
+        v[(1 << 20)..(1 << 20) + (512 << 10)].fill(0);
+    }
+    v
+}
+
+/// The version a demo OS image names in its header (`None`: not a demo image).
+pub fn image_version(bytes: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(bytes.get(..256.min(bytes.len()))?);
+    let mut lines = text.lines();
+    (lines.next()? == IMAGE_MAGIC).then_some(())?;
+    lines.next()?.strip_prefix("VERSION_ID=").map(str::to_owned)
+}
