@@ -50,26 +50,34 @@ impl Prio {
     }
 }
 
-/// Chooses the partition to boot, as `gptprio.next` does, and decrements its tries on the disk.
-/// `None`: nothing is bootable.
-pub fn gptprio_next(disk: &Path) -> Result<Option<Entry>> {
+/// The partition `gptprio.next` would choose among `entries` (without spending a try): the
+/// `/usr`-type partition with the highest priority that has tries left or is successful, the
+/// first one on a tie. `None`: nothing is bootable.
+pub fn choose(entries: &[Entry]) -> Result<Option<Entry>> {
     let usr: Guid = USR_TYPE.parse()?;
-    let table = Table::read(disk)?;
     let mut best: Option<(&Entry, Prio)> = None;
-    for e in table.entries.iter().filter(|e| e.type_guid == usr) {
+    for e in entries.iter().filter(|e| e.type_guid == usr) {
         let p = Prio::decode(e.attributes);
         if p.bootable() && best.is_none_or(|(_, b)| p.priority > b.priority) {
             best = Some((e, p));
         }
     }
-    let Some((entry, mut prio)) = best else {
+    Ok(best.map(|(e, _)| e.clone()))
+}
+
+/// Chooses the partition to boot, as `gptprio.next` does, and decrements its tries on the disk.
+/// `None`: nothing is bootable. The table must be valid in both copies ([`Table::read`]).
+pub fn gptprio_next(disk: &Path) -> Result<Option<Entry>> {
+    let table = Table::read(disk)?;
+    let Some(entry) = choose(&table.entries)? else {
         return Ok(None);
     };
-    let mut chosen = entry.clone();
+    let mut prio = Prio::decode(entry.attributes);
+    let mut chosen = entry;
     if prio.tries > 0 {
         prio.tries -= 1;
-        chosen.attributes = prio.encode(entry.attributes);
-        gpt::set_attributes(disk, entry.number, chosen.attributes)?;
+        chosen.attributes = prio.encode(chosen.attributes);
+        gpt::set_attributes(disk, chosen.number, chosen.attributes)?;
     }
     Ok(Some(chosen))
 }

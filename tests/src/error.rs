@@ -86,6 +86,14 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// A private bus or a stand-in service on it failed.
+    #[error("D-Bus {what}: {detail}")]
+    Dbus {
+        /// What was being done.
+        what: &'static str,
+        /// The bus error.
+        detail: String,
+    },
     /// Output of a tool or file was not what the harness expected.
     #[error("unexpected {what}: {detail}")]
     Unexpected {

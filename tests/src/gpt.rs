@@ -353,6 +353,77 @@ impl Table {
     }
 }
 
+/// Each GPT copy of an image judged on its own, as firmware and boot loaders see a disk whose
+/// copies disagree (e.g. after a writer was killed between them): the primary copy is used when
+/// it is valid, else the backup (UEFI 2.x, 5.3.2; GRUB's `gpt` module).
+#[derive(Debug, Clone)]
+pub struct Copies {
+    /// The image file.
+    pub path: PathBuf,
+    /// The primary copy's used entries, or why the copy is not valid.
+    pub primary: std::result::Result<Vec<Entry>, String>,
+    /// The backup copy's used entries, or why the copy is not valid.
+    pub backup: std::result::Result<Vec<Entry>, String>,
+}
+
+impl Copies {
+    /// Reads both copies of `path`; fails only when the file cannot be read or holds no
+    /// protective MBR (a damaged copy is reported in [`Copies::primary`]/[`Copies::backup`]).
+    pub fn read(path: &Path) -> Result<Copies> {
+        let file = File::open(path).map_err(io("opening a disk image", path))?;
+        let len = file
+            .metadata()
+            .map_err(io("reading a disk image's size", path))?
+            .len();
+        let total = len / SECTOR;
+        if total < 2 * (2 + ARRAY_SECTORS) + 1 {
+            return Err(disk_err(path, "too small to hold a GPT"));
+        }
+        let mbr = read_at(&file, path, 0, SECTOR as usize)?;
+        if mbr[510..512] != [0x55, 0xAA] || mbr[446 + 4] != 0xEE {
+            return Err(disk_err(path, "no protective MBR"));
+        }
+        let copy = |lba: u64, name: &str| match read_copy(&file, path, lba, total, name) {
+            Ok((_, array)) => Ok(decode_entries(&array)),
+            Err(Error::Disk { reason, .. }) => Err(reason),
+            Err(e) => Err(e.to_string()),
+        };
+        Ok(Copies {
+            path: path.to_path_buf(),
+            primary: copy(1, "primary"),
+            backup: copy(total - 1, "backup"),
+        })
+    }
+
+    /// The entries a boot loader uses: the primary copy's when it is valid, else the backup's;
+    /// `None` when neither copy is valid.
+    pub fn boot_view(&self) -> Option<&[Entry]> {
+        self.primary
+            .as_deref()
+            .ok()
+            .or_else(|| self.backup.as_deref().ok())
+    }
+
+    /// Whether both copies are valid and hold the same entries (what [`Table::read`] demands).
+    pub fn consistent(&self) -> bool {
+        matches!((&self.primary, &self.backup), (Ok(p), Ok(b)) if p == b)
+    }
+}
+
+/// Byte ranges `[start, end)` of the GPT structures of a disk of `len` bytes: the primary
+/// header and entry array (LBA 1–33), and the backup entry array and header (the last 33
+/// sectors). A write outside them touches the MBR or partition data.
+pub fn metadata_ranges(len: u64) -> [(u64, u64); 2] {
+    let total = len / SECTOR;
+    [
+        (SECTOR, (2 + ARRAY_SECTORS) * SECTOR),
+        (
+            total.saturating_sub(1 + ARRAY_SECTORS) * SECTOR,
+            total * SECTOR,
+        ),
+    ]
+}
+
 fn read_copy(
     file: &File,
     path: &Path,
@@ -459,6 +530,20 @@ pub fn read_partition(path: &Path, number: u32, len: usize) -> Result<Vec<u8>> {
         return Err(disk_err(
             path,
             &format!("partition {number} is smaller than {len} bytes"),
+        ));
+    }
+    let file = File::open(path).map_err(io("opening a disk image", path))?;
+    read_at(&file, path, off, len)
+}
+
+/// Reads `len` bytes at the start of the partition `entry` describes (taken from a
+/// [`Copies`] view, so it works on a table whose copies disagree).
+pub fn read_entry(path: &Path, entry: &Entry, len: usize) -> Result<Vec<u8>> {
+    let (off, size) = entry.byte_range();
+    if len as u64 > size {
+        return Err(disk_err(
+            path,
+            &format!("partition {} is smaller than {len} bytes", entry.number),
         ));
     }
     let file = File::open(path).map_err(io("opening a disk image", path))?;

@@ -10,12 +10,16 @@
 //! - [`gpt`]: GPT disk images without `sgdisk`; [`bootloader`]: gptprio's selection rule;
 //!   [`machine`]: a simulated host and its agent commands; [`proxy`]: a throttling, recording
 //!   TCP proxy for fault scenarios.
+//! - [`dbus`]: a private `dbus-daemon` per host and a logind stand-in recording reboots (the
+//!   agent daemon and `updatectl`); [`inject`]: `SIGKILL` at an exact write, through strace.
 
 pub mod bins;
 pub mod bootloader;
+pub mod dbus;
 pub mod error;
 pub mod gpt;
 pub mod http;
+pub mod inject;
 pub mod machine;
 pub mod process;
 pub mod proxy;

@@ -13,6 +13,7 @@ use serde_json::Value;
 
 use crate::bins::Binaries;
 use crate::bootloader::{self, Prio};
+use crate::dbus::Bus;
 use crate::error::{Error, Result, io};
 use crate::gpt::{self, Guid, PartitionSpec};
 use crate::process::Proc;
@@ -99,6 +100,7 @@ pub struct Machine {
     /// Log of every agent command run on this machine.
     pub log: PathBuf,
     agent_bin: PathBuf,
+    updatectl_bin: Option<PathBuf>,
     boots: u64,
     seed: u64,
 }
@@ -177,6 +179,7 @@ impl Machine {
             conf,
             disk,
             agent_bin: bins.agent.clone(),
+            updatectl_bin: bins.updatectl.clone(),
             boots: 0,
             seed,
         };
@@ -335,6 +338,71 @@ stall_timeout_secs = 10
         )
     }
 
+    /// Starts the agent daemon (`update-agent run`) on `bus` (its `DBUS_SYSTEM_BUS_ADDRESS`):
+    /// it serves its D-Bus API there and reboots through the logind on that bus. Output goes to
+    /// this machine's log; the daemon is killed when the [`Proc`] is dropped.
+    pub fn spawn_daemon(&self, bus: &Bus) -> Result<Proc> {
+        let mut cmd = self.command(&["run"]);
+        cmd.env("DBUS_SYSTEM_BUS_ADDRESS", bus.address());
+        let mut log = crate::process::open_log(&self.log)?;
+        use std::io::Write as _;
+        let _ = writeln!(log, "=== update-agent run (daemon on {})", bus.address());
+        Proc::spawn(
+            &format!("update-agent daemon on {}", self.name),
+            cmd,
+            &self.log,
+        )
+    }
+
+    /// Runs `updatectl ARGS` against the agent on `bus`.
+    pub fn updatectl(&self, bus: &Bus, args: &[&str]) -> Result<AgentRun> {
+        let bin = self
+            .updatectl_bin
+            .as_ref()
+            .ok_or_else(|| Error::BinaryMissing {
+                name: "updatectl".into(),
+                dir: self
+                    .agent_bin
+                    .parent()
+                    .map(Path::to_path_buf)
+                    .unwrap_or_default(),
+            })?;
+        let out = Command::new(bin)
+            .args(args)
+            .env("DBUS_SYSTEM_BUS_ADDRESS", bus.address())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(io("running updatectl", bin))?;
+        Ok(AgentRun {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
+    }
+
+    /// The agent's D-Bus properties (`updatectl status --json`: `status`, `held_lock`,
+    /// `reboot_wait`, `booted_slot`, …); an error while the daemon is not serving yet.
+    pub fn dbus_status(&self, bus: &Bus) -> Result<Value> {
+        let run = self.updatectl(bus, &["status", "--json"])?;
+        if run.code != Some(0) {
+            return Err(Error::Command {
+                command: "updatectl status --json".into(),
+                code: run.code,
+                stdout: run.stdout,
+                stderr: run.stderr,
+            });
+        }
+        serde_json::from_str(&run.stdout).map_err(|e| Error::Unexpected {
+            what: "updatectl status --json output",
+            detail: format!("{e}: {}", run.stdout),
+        })
+    }
+
+    /// The id this host uses with FleetLock servers (see [`fleetlock_id`]).
+    pub fn fleetlock_id(&self) -> Result<String> {
+        fleetlock_id(&self.machine_id)
+    }
+
     /// `update-agent mark-good`.
     pub fn mark_good(&self) -> Result<AgentRun> {
         self.agent(&["mark-good"])
@@ -385,6 +453,47 @@ stall_timeout_secs = 10
     pub fn host_file(&self, rel: &str) -> PathBuf {
         self.root.join(rel)
     }
+}
+
+/// The app id whose app-specific machine id the agent sends to FleetLock servers.
+pub const FLEETLOCK_APP_ID: &str = "a0c3f1d2e4b5468797a8b9cadbecfd0e";
+
+/// The FleetLock client id of a host with `/etc/machine-id` = `machine_id`, computed from the
+/// documented rule (docs/agent.md, "FleetLock"), independently of the agent's code: systemd's
+/// `sd_id128_get_machine_app_specific` — HMAC-SHA256 keyed with the 16 machine-id bytes over
+/// the 16 app-id bytes, truncated to 16 bytes, marked as a UUID v4 — in 32 lowercase hex digits.
+pub fn fleetlock_id(machine_id: &str) -> Result<String> {
+    use hmac::{Hmac, Mac};
+    let bytes = |s: &str| -> Result<Vec<u8>> {
+        let s = s.trim();
+        let bad = || Error::Unexpected {
+            what: "machine or app id",
+            detail: format!("{s:?} is not 32 hexadecimal digits"),
+        };
+        if s.len() != 32 {
+            return Err(bad());
+        }
+        (0..16)
+            .map(|i| {
+                s.get(2 * i..2 * i + 2)
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    .ok_or_else(bad)
+            })
+            .collect()
+    };
+    let key = bytes(machine_id)?;
+    let mut mac =
+        <Hmac<sha2::Sha256> as Mac>::new_from_slice(&key).map_err(|e| Error::Unexpected {
+            what: "HMAC key",
+            detail: e.to_string(),
+        })?;
+    mac.update(&bytes(FLEETLOCK_APP_ID)?);
+    let digest = mac.finalize().into_bytes();
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&digest[..16]);
+    id[6] = (id[6] & 0x0f) | 0x40;
+    id[8] = (id[8] & 0x3f) | 0x80;
+    Ok(id.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 fn write(path: &Path, text: &str) -> Result<()> {

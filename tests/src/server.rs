@@ -284,6 +284,57 @@ impl Server {
         })
     }
 
+    /// The ids holding a slot of FleetLock group `group`, oldest first
+    /// (`GET /api/v1/fleetlock/groups/{group}`).
+    pub fn fleetlock_holders(&self, group: &str) -> Result<Vec<String>> {
+        let v = self.get(&format!("/fleetlock/groups/{group}"))?;
+        let holders = v["holders"].as_array().ok_or_else(|| Error::Unexpected {
+            what: "FleetLock group answer",
+            detail: format!("no `holders` list in {v}"),
+        })?;
+        holders
+            .iter()
+            .map(|h| {
+                h["id"]
+                    .as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| Error::Unexpected {
+                        what: "FleetLock holder",
+                        detail: format!("no `id` in {h}"),
+                    })
+            })
+            .collect()
+    }
+
+    /// The value of one Prometheus series of `/metrics`, e.g.
+    /// `platte_fleetlock_requests_total{op="steady_state",result="released"}` (labels in the
+    /// order the server prints them); 0 when the series is not there yet.
+    pub fn metric(&self, series: &str) -> Result<f64> {
+        let url = format!("{}/metrics", self.url());
+        let answer = self
+            .http
+            .request(reqwest::Method::GET, &url, Some(&self.token), None)?;
+        if answer.status != 200 {
+            return Err(Error::Api {
+                method: "GET".into(),
+                url,
+                status: answer.status,
+                body: answer.body.chars().take(2000).collect(),
+            });
+        }
+        for line in answer.body.lines() {
+            if let Some(rest) = line.strip_prefix(series)
+                && let Some(value) = rest.strip_prefix(' ')
+            {
+                return value.trim().parse().map_err(|_| Error::Unexpected {
+                    what: "metrics line",
+                    detail: line.to_owned(),
+                });
+            }
+        }
+        Ok(0.0)
+    }
+
     /// The server's recorded events of `machine` (newest first).
     pub fn events(&self, machine: &str) -> Result<Vec<Value>> {
         Ok(items(

@@ -1,6 +1,8 @@
 //! S4: a bad release. The new slot never passes `mark-good` (a failing health check), so the
 //! boot loader falls back to A on the next boot (gptprio: no tries left, not successful); the
-//! agent reports the rollback, deny-lists the version, and never installs it again.
+//! agent reports the rollback and deny-lists the version; the server records the version as
+//! refused for that machine and offers it no more. When an operator clears the server's refusal,
+//! the agent's deny list still keeps it from installing the version again.
 #![allow(clippy::unwrap_used)]
 
 use platte_e2e::{APP, DiskLayout, USR_A, USR_B, World};
@@ -51,10 +53,10 @@ fn failed_health_check_falls_back_reports_and_deny_lists() {
         ("USR-A", "1.0.0")
     );
 
-    // The agent sees it, reports the rollback (3/0, RollbackError 44), deny-lists 2.0.0 and
-    // refuses the offer the server still makes (exit 3), without touching slot B.
+    // The agent sees it, reports the rollback (3/0, RollbackError 44) and deny-lists 2.0.0; the
+    // server refuses 2.0.0 for this machine from now on: no offer (exit 0), held `rolled_back`.
     let r = m.run_once().unwrap();
-    assert_eq!(r.code, Some(3), "{}", r.stderr);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
     let st = m.state().unwrap();
     let deny: Vec<&str> = st["deny_list"]
         .as_array()
@@ -80,14 +82,33 @@ fn failed_health_check_falls_back_reports_and_deny_lists() {
         text.contains("\"error\""),
         "no error status in the history: {show}"
     );
-    // The refusal is reported too: 3/9 (deferred per policy).
-    assert!(
-        events
-            .iter()
-            .any(|e| e["event_type"] == 3 && e["event_result"] == 9),
-        "no 3/9 event: {events:?}"
-    );
+    let refused: Vec<&str> = show["apps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|a| a["refused_versions"].as_array().into_iter().flatten())
+        .filter_map(|r| r["version"].as_str())
+        .collect();
+    assert_eq!(refused, ["2.0.0"], "{show}");
+    w.server
+        .wait_instance(APP, &m.machine_id, "held `rolled_back`", |i| {
+            i["status"] == "on_hold" && i["status_detail"] == "rolled_back"
+        })
+        .unwrap();
 
+    // An operator clears the server's refusal: the server offers 2.0.0 again, and the agent's
+    // deny list refuses it (exit 3), reported as 3/9 (deferred per policy), slot B untouched.
+    w.server
+        .cli(&[
+            "instance",
+            "retry",
+            &m.machine_id,
+            "--app",
+            APP,
+            "--version",
+            "2.0.0",
+        ])
+        .unwrap();
     let before = m.slot(USR_B).unwrap();
     assert!(
         !before.bootable(),
@@ -97,6 +118,13 @@ fn failed_health_check_falls_back_reports_and_deny_lists() {
         let r = m.run_once().unwrap();
         assert_eq!(r.code, Some(3), "{}", r.stderr);
     }
+    let events = w.server.events(&m.machine_id).unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event_type"] == 3 && e["event_result"] == 9),
+        "no 3/9 event: {events:?}"
+    );
     assert_eq!(m.slot(USR_B).unwrap(), before, "slot B was written again");
     let a = m.slot(USR_A).unwrap();
     assert!(a.successful && a.priority == 1, "slot A: {a:?}");

@@ -1,13 +1,20 @@
 //! S6: faults. The server is killed in the middle of a download and restarted on the same data
 //! directory: the agent resumes from its checkpoint with a Range request. A payload replaced by
-//! a tampered file on the server is refused and nothing is activated.
+//! a tampered file on the server is refused and nothing is activated. The agent is killed with
+//! `SIGKILL` at each of its writes to the GPT (the target slot marked unbootable, then made the
+//! next boot): the disk always keeps a valid GPT copy and a bootable slot holding a whole release,
+//! and the restarted agent repairs the copies where the kill left them disagreeing and finishes
+//! the install.
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
 
+use platte_e2e::bootloader::{self, Prio};
+use platte_e2e::gpt::{self, Copies, Entry, Table};
+use platte_e2e::inject::{self, Write};
 use platte_e2e::process::poll_until;
 use platte_e2e::proxy::Proxy;
-use platte_e2e::{APP, DiskLayout, USR_A, USR_B, World};
+use platte_e2e::{APP, DiskLayout, Machine, Release, USR_A, USR_B, World, release};
 
 #[test]
 fn server_killed_during_download_agent_resumes() {
@@ -112,4 +119,273 @@ fn tampered_payload_on_the_server_is_refused() {
         (booted.label.as_str(), booted.version.as_str()),
         ("USR-A", "1.0.0")
     );
+}
+
+fn prio(priority: u8, tries: u8, successful: bool) -> Prio {
+    Prio {
+        priority,
+        tries,
+        successful,
+    }
+}
+
+/// The gptprio fields of slots A and B in `entries`.
+fn slots(entries: &[Entry]) -> (Prio, Prio) {
+    let of = |n: u32| {
+        entries
+            .iter()
+            .find(|e| e.number == n)
+            .map(|e| Prio::decode(e.attributes))
+            .unwrap_or_else(|| panic!("no partition {n} in {entries:?}"))
+    };
+    (of(USR_A), of(USR_B))
+}
+
+/// A host that has updated once before: slot A runs 1.0.0 (priority 2, successful) and slot B
+/// still holds the release before it, 0.9.0 (priority 1, successful). Installing into B changes
+/// the table twice: B marked unbootable, then B made the next boot.
+fn host_after_an_earlier_update(w: &World, name: &str, seed: u64) -> Machine {
+    let mut m = w
+        .machine(name, seed, DiskLayout::default(), "1.0.0")
+        .unwrap();
+    gpt::write_partition(&m.disk, USR_B, &release::os_image("0.9.0", 1 << 20)).unwrap();
+    gpt::set_attributes(&m.disk, USR_A, prio(2, 0, true).encode(0)).unwrap();
+    gpt::set_attributes(&m.disk, USR_B, prio(1, 0, true).encode(0)).unwrap();
+    assert_eq!(m.boot().unwrap().label, "USR-A");
+    m
+}
+
+/// Where a kill lands: the `k`th write to the GPT of an install, as the reference run made it.
+struct KillPoint {
+    /// Ordinal among the install's GPT writes (0-based).
+    k: usize,
+    /// strace's `when=` for it.
+    when: u32,
+    /// The write itself (offset, length) in the reference run.
+    write: Write,
+}
+
+/// The GPT-kill scenario's world: 2.0.0 published, the slot states an install passes through,
+/// and every write to the GPT an install makes (from a traced, uninterrupted reference run).
+struct GptKills {
+    w: World,
+    v2: Release,
+    /// (A, B) before, after B is marked unbootable, after B is made the next boot.
+    states: [(Prio, Prio); 3],
+    points: Vec<KillPoint>,
+}
+
+fn is_gpt_write(disk_len: u64, w: &Write) -> bool {
+    gpt::metadata_ranges(disk_len)
+        .iter()
+        .any(|&(start, end)| w.offset >= start && w.offset + w.len <= end)
+}
+
+fn gpt_kills() -> GptKills {
+    let w = World::new().unwrap();
+    w.setup_app().unwrap();
+    // 1 MiB: four payload chunks, so the thread that writes them makes fewer writes than the
+    // GPT writer has made before the second table change (strace counts writes per thread).
+    let v2 = w.publish("2.0.0", 1 << 20).unwrap();
+    w.point_stable(&v2).unwrap();
+
+    let reference = host_after_an_earlier_update(&w, "reference", 90);
+    let before = slots(&Table::read(&reference.disk).unwrap().entries);
+    let run = inject::run(
+        &reference.command(&["run", "--once"]),
+        &reference.disk,
+        None,
+        &w.path().join("reference.trace"),
+    )
+    .unwrap();
+    assert_eq!(run.code, Some(2), "reference install:\n{}", run.stderr);
+    let after = slots(&Table::read(&reference.disk).unwrap().entries);
+    assert_eq!(after, (before.0, prio(3, 1, false)), "reference install");
+    let len = std::fs::metadata(&reference.disk).unwrap().len();
+    let points: Vec<KillPoint> = run
+        .writes
+        .iter()
+        .enumerate()
+        .filter(|(_, wr)| is_gpt_write(len, wr))
+        .enumerate()
+        .map(|(k, (index, wr))| KillPoint {
+            k,
+            when: inject::kill_point(&run.writes, index).unwrap(),
+            write: wr.clone(),
+        })
+        .collect();
+    // Two table changes, each written to both copies (entry array, then header).
+    assert!(
+        points.len() >= 8,
+        "expected at least 8 GPT writes, traced: {:?}",
+        run.writes
+    );
+    GptKills {
+        w,
+        v2,
+        states: [before, (before.0, prio(0, 0, false)), after],
+        points,
+    }
+}
+
+/// Runs `update-agent run --once` on a fresh host, killed on entering GPT write `p`; checks
+/// that it died exactly there. Returns the host and a description for messages.
+fn kill_at(g: &GptKills, p: &KillPoint, seed: u64) -> (Machine, String) {
+    let m = host_after_an_earlier_update(&g.w, &format!("kill-{}", p.k), seed);
+    let what = format!(
+        "agent killed on entering GPT write {} ({} bytes at offset {})",
+        p.k, p.write.len, p.write.offset
+    );
+    let t = inject::run(
+        &m.command(&["run", "--once"]),
+        &m.disk,
+        Some(p.when),
+        &g.w.path().join(format!("kill-{}.trace", p.k)),
+    )
+    .unwrap();
+    let at = t.killed_at().unwrap_or_else(|| {
+        panic!(
+            "{what}: it was not killed (exit {:?}):\n{}",
+            t.code, t.stderr
+        )
+    });
+    assert_eq!(
+        (at.offset, at.len),
+        (p.write.offset, p.write.len),
+        "{what}: it died at another write; trace: {:?}",
+        t.writes
+    );
+    let len = std::fs::metadata(&m.disk).unwrap().len();
+    let gpt_done = t
+        .writes
+        .iter()
+        .filter(|wr| wr.done && is_gpt_write(len, wr))
+        .count();
+    assert_eq!(
+        gpt_done, p.k,
+        "{what}: GPT writes completed before the kill"
+    );
+    (m, what)
+}
+
+#[test]
+fn agent_killed_at_each_gpt_write_leaves_a_valid_copy_and_a_bootable_slot() {
+    if !inject::available() {
+        return;
+    }
+    let g = gpt_kills();
+    let v1 = release::os_image("1.0.0", 1 << 20);
+    let mut torn = Vec::new();
+    for p in &g.points {
+        let (m, what) = kill_at(&g, p, 100 + p.k as u64);
+        let copies = Copies::read(&m.disk).unwrap();
+        assert!(
+            copies.primary.is_ok() || copies.backup.is_ok(),
+            "{what}: no valid GPT copy left: {copies:?}"
+        );
+        // A valid copy holds the table as it was before or after one of the agent's changes,
+        // never a mixture.
+        for entries in [&copies.primary, &copies.backup].into_iter().flatten() {
+            let s = slots(entries);
+            assert!(
+                g.states.contains(&s),
+                "{what}: a valid copy holds {s:?}, not one of {:?}",
+                g.states
+            );
+        }
+        // The boot loader (primary copy if valid, else the backup) finds a slot holding a whole
+        // release: A with 1.0.0, or B with all of 2.0.0.
+        let view = copies.boot_view().unwrap();
+        let chosen = bootloader::choose(view)
+            .unwrap()
+            .unwrap_or_else(|| panic!("{what}: nothing bootable in {view:?}"));
+        let (version, image) = if chosen.number == USR_A {
+            ("1.0.0", &v1)
+        } else {
+            ("2.0.0", &g.v2.image)
+        };
+        let got = gpt::read_entry(&m.disk, &chosen, image.len()).unwrap();
+        assert!(
+            got == *image,
+            "{what}: the boot loader picks {} ({:?}), which does not hold all of {version}",
+            chosen.name,
+            release::image_version(&got)
+        );
+        if copies.consistent() {
+            // Between two table changes: both copies agree, for sgdisk too, and a restarted
+            // agent finishes the install.
+            if let Some(out) = gpt::sgdisk_verify(&m.disk).unwrap() {
+                assert!(
+                    out.contains("No problems found"),
+                    "{what}: sgdisk -v: {out}"
+                );
+            }
+            let r = m.run_once().unwrap();
+            assert_eq!(r.code, Some(2), "{what}: restarted agent:\n{}", r.stderr);
+            let t = Table::read(&m.disk).unwrap();
+            assert_eq!(slots(&t.entries), g.states[2], "{what}: after the restart");
+            assert_eq!(m.slot_bytes(USR_B, g.v2.image.len()).unwrap(), g.v2.image);
+        } else {
+            torn.push(p.k);
+        }
+    }
+    // The kills do land inside the table changes (one copy written, the other not yet).
+    assert!(
+        !torn.is_empty(),
+        "no kill point left the copies disagreeing; are the writes traced?"
+    );
+    eprintln!(
+        "{} GPT writes, {} kill points left the two copies disagreeing: {torn:?}",
+        g.points.len(),
+        torn.len()
+    );
+}
+
+/// Whatever write the kill interrupted, the restarted agent first rewrites the copy a boot loader
+/// does not use from the one it does (a warning names it), then finishes the install: both copies
+/// valid and equal, B the next boot with 2.0.0.
+#[test]
+fn agent_restarted_after_a_kill_at_any_gpt_write_finishes_the_install() {
+    if !inject::available() {
+        return;
+    }
+    let g = gpt_kills();
+    let mut failed = Vec::new();
+    for p in &g.points {
+        let (mut m, what) = kill_at(&g, p, 200 + p.k as u64);
+        let torn = !Copies::read(&m.disk).unwrap().consistent();
+        let r = m.run_once().unwrap();
+        let sgdisk = gpt::sgdisk_verify(&m.disk).unwrap();
+        let table = Table::read(&m.disk);
+        // A repair is logged exactly when the kill left the copies disagreeing.
+        let repaired = r.stderr.contains("GPT copies did not agree");
+        let ok = r.code == Some(2)
+            && repaired == torn
+            && sgdisk
+                .as_deref()
+                .is_none_or(|o| o.contains("No problems found"))
+            && table
+                .as_ref()
+                .is_ok_and(|t| slots(&t.entries) == g.states[2]);
+        if !ok {
+            failed.push(format!(
+                "{what}: restart exited {:?}, copies torn {torn}, repair logged {repaired}, \
+                 table {:?}\n{}",
+                r.code,
+                table.map(|t| slots(&t.entries)),
+                r.stderr
+                    .lines()
+                    .filter(|l| l.contains("ERROR") || l.contains("WARN"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            ));
+            continue;
+        }
+        let booted = m.boot().unwrap();
+        assert_eq!(
+            (booted.label.as_str(), booted.version.as_str()),
+            ("USR-B", "2.0.0")
+        );
+    }
+    assert!(failed.is_empty(), "{}", failed.join("\n\n"));
 }

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use update_agent::agent::Agent;
 use update_agent::agent::daemon::{self, DaemonOptions};
-use update_agent::boot::{BootBackend, GptprioBackend};
+use update_agent::boot::{self, BootBackend};
 use update_agent::config::{self, LoadedConfig};
 use update_agent::health::{self, MarkGoodError, SystemctlChecker};
 use update_agent::identity::Identity;
@@ -68,8 +68,8 @@ fn load(cli: &Cli) -> Result<(HostPaths, LoadedConfig)> {
     Ok((paths, loaded))
 }
 
-fn backend(paths: &HostPaths, cfg: &LoadedConfig) -> Result<GptprioBackend> {
-    GptprioBackend::from_settings(&cfg.settings.boot, paths).context("locating the A/B slots")
+fn backend(paths: &HostPaths, cfg: &LoadedConfig) -> Result<Box<dyn BootBackend + Send + Sync>> {
+    boot::from_settings(&cfg.settings.boot, paths).context("locating the A/B slots")
 }
 
 fn run(cli: &Cli) -> Result<ExitCode> {
@@ -129,7 +129,7 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             let units = SystemctlChecker {
                 systemctl: cfg.settings.health.systemctl.clone(),
             };
-            match health::mark_good(&cfg.settings.health, &units, &b) {
+            match health::mark_good(&cfg.settings.health, &units, b.as_ref()) {
                 Ok(report) => {
                     let slot = b.booted_slot().context("reading the booted slot")?;
                     println!(

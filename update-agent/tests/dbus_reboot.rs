@@ -36,7 +36,7 @@ const MON_NOON: &str = "2025-06-02T12:00:00Z";
 fn opts(bus: &DbusDaemon) -> DaemonOptions {
     DaemonOptions {
         bus_address: Some(bus.address.clone()),
-        lock_retry: Duration::from_millis(100),
+        lock_retry: Some(Duration::from_millis(100)),
         mark_good_poll: Duration::from_millis(20),
         ..DaemonOptions::default()
     }

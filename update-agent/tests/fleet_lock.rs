@@ -1,5 +1,6 @@
 //! The FleetLock client against a tiny in-test HTTP server: exact paths, header and body, error
-//! JSON surfaced, and `release_after_boot` retrying with backoff until the server accepts.
+//! JSON surfaced, `release_after_boot` retrying with backoff until the server accepts, and a
+//! refused host asking again after `reboot.lock_retry_secs` ± 10 %.
 #![allow(clippy::unwrap_used)]
 
 use std::sync::{Arc, Mutex};
@@ -152,4 +153,84 @@ async fn unreachable_server_is_a_transport_error() {
             ..
         }
     ));
+}
+
+/// Always draws `0` or the top of the range asked for (the shortest or longest jittered wait).
+struct Extreme {
+    high: bool,
+}
+
+impl update_agent::scheduler::Rng for Extreme {
+    fn up_to(&mut self, max: u64) -> u64 {
+        if self.high { max } else { 0 }
+    }
+}
+
+#[tokio::test]
+async fn refused_host_asks_again_after_the_configured_lock_retry_with_jitter() {
+    use update_agent::config::{Inputs, Settings};
+    use update_agent::reboot::coordinator::{Observation, Timing, WaitReason};
+    use update_agent::reboot::{Coordinator, Decision, RebootStrategy};
+
+    // Refused twice (slot taken), then granted.
+    let full = r#"{"kind":"failed_lock","value":"semaphore full (1/1)"}"#;
+    let (base, seen) = server(vec![(409, full), (409, full)]).await;
+    let file = std::path::Path::new("/etc/platte/agent.d/50-reboot.toml");
+    let text = format!(
+        "[reboot]\nstrategy = 'fleet-lock'\nlock_retry_secs = 20\n\
+         [reboot.fleet_lock]\nbase_url = '{base}'\ngroup = 'workers'\n"
+    );
+    let mut warnings = Vec::new();
+    let fragment = update_agent::config::dropins::parse_str(&text, file, &mut warnings).unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let mut inputs = Inputs::default();
+    inputs.merge(fragment, file);
+    let settings = Settings::from_inputs(&inputs).unwrap().reboot;
+    assert_eq!(settings.lock_retry, Duration::from_secs(20));
+    let strategy =
+        RebootStrategy::from_settings(&settings, "0123456789abcdef0123456789abcdef").unwrap();
+    let RebootStrategy::FleetLock(fl) = &strategy else {
+        panic!("{strategy:?}")
+    };
+    let client = fl.client(reqwest::Client::new());
+    let timing = Timing {
+        lock_retry: settings.lock_retry,
+        ..Timing::default()
+    };
+    let mut c = Coordinator::new(strategy, timing);
+    let at = |secs: i64| {
+        "2025-06-02T12:00:00Z"
+            .parse::<jiff::Timestamp>()
+            .unwrap()
+            .checked_add(jiff::SignedDuration::from_secs(secs))
+            .unwrap()
+    };
+    let obs = |secs: i64| Observation {
+        now: at(secs),
+        staged: Some("2.0.0".into()),
+        manual: false,
+        force: false,
+        inhibitors: vec![],
+        users: vec![],
+    };
+    let refused_wait = |secs: i64| Decision::Wait {
+        until: Some(at(secs)),
+        reason: WaitReason::LockRefused,
+    };
+
+    // Refused at 0 s with the shortest jitter: asked again at 20 s − 10 % = 18 s.
+    assert_eq!(c.decide(&obs(0)), Decision::AcquireLock);
+    assert!(client.pre_reboot().await.is_err());
+    c.lock_refused(at(0), &mut Extreme { high: false });
+    assert_eq!(c.decide(&obs(17)), refused_wait(18));
+    assert_eq!(c.decide(&obs(18)), Decision::AcquireLock);
+    // Refused again at 18 s with the longest: 18 s + 22 s = 40 s.
+    assert!(client.pre_reboot().await.is_err());
+    c.lock_refused(at(18), &mut Extreme { high: true });
+    assert_eq!(c.decide(&obs(39)), refused_wait(40));
+    assert_eq!(c.decide(&obs(40)), Decision::AcquireLock);
+    client.pre_reboot().await.unwrap();
+    c.lock_acquired();
+    assert_eq!(c.decide(&obs(40)), Decision::Reboot);
+    assert_eq!(seen.lock().unwrap().len(), 3, "three pre-reboot requests");
 }

@@ -1,5 +1,7 @@
 //! GRUB gptprio backend against real GPT disk image files made with `sgdisk`; every attribute
-//! change is checked with `sgdisk -v` (both headers and CRCs valid) and `sgdisk -i`.
+//! change is checked with `sgdisk -v` (both headers and CRCs valid) and `sgdisk -i`. A table left
+//! inconsistent by an interrupted write (one copy stale or damaged) is repaired from the copy a
+//! boot loader uses before the next change; with both copies damaged nothing is written.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -10,7 +12,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use common::{assert_verified, attrs, gptprio, info, make_image, sgdisk};
-use update_agent::boot::gpt::GptTable;
+use update_agent::boot::gpt::{self, GptCopy, GptError, GptTable, Repair};
 use update_agent::boot::{
     BootBackend, BootError, GptprioBackend, SlotId, SlotSpec, gptprio_select,
 };
@@ -297,30 +299,220 @@ fn flip_byte(img: &Path, offset: u64) {
     f.write_all_at(&b, offset).unwrap();
 }
 
+/// Bytes `[offset, offset + len)` of `img`.
+fn bytes_at(img: &Path, offset: u64, len: usize) -> Vec<u8> {
+    let f = fs::File::open(img).unwrap();
+    let mut buf = vec![0u8; len];
+    f.read_exact_at(&mut buf, offset).unwrap();
+    buf
+}
+
+/// Overwrites `img` at `offset` with `data` (a copy half-written, damaged or restored).
+fn put_bytes(img: &Path, offset: u64, data: &[u8]) {
+    let f = fs::OpenOptions::new().write(true).open(img).unwrap();
+    f.write_all_at(data, offset).unwrap();
+}
+
+/// The primary GPT (header at LBA 1, entry array at LBA 2..34) of the 512-byte-sector images.
+const PRIMARY: (u64, usize) = (512, 33 * 512);
+
+/// The backup GPT (entry array, then header in the last sector) of an image of `len` bytes.
+fn backup_range(len: u64) -> (u64, usize) {
+    (len - 33 * 512, 33 * 512)
+}
+
+fn open_rw(img: &Path) -> fs::File {
+    fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(img)
+        .unwrap()
+}
+
+/// Both copies valid and identical, by this crate's reader and by `sgdisk -v`.
+fn assert_consistent(img: &Path) {
+    let t = GptTable::read(&fs::File::open(img).unwrap()).unwrap();
+    assert_eq!(t.problems(), Vec::<String>::new());
+    assert_verified(img);
+}
+
 #[test]
-fn damaged_copy_is_never_written_over() {
+fn primary_stale_backup_new_is_repaired_from_the_primary() {
+    // An earlier write was interrupted after the backup copy was written and synced, before the
+    // primary was touched: the backup holds B as the next boot, the primary still the old table.
+    let h = Host::new();
+    let b = h.backend();
+    let t = b.target_slot().unwrap();
+    let old_primary = bytes_at(&h.img, PRIMARY.0, PRIMARY.1);
+    b.mark_active(&t, 1).unwrap();
+    put_bytes(&h.img, PRIMARY.0, &old_primary);
+    let table = GptTable::read(&fs::File::open(&h.img).unwrap()).unwrap();
+    assert_eq!(
+        table.problems(),
+        ["primary and backup partition entries differ"]
+    );
+    // What a boot loader sees (the primary): B not bootable.
+    assert_eq!(table.entry(2).unwrap().attributes, 0);
+
+    let (after, repair) = gpt::repair(&open_rw(&h.img)).unwrap();
+    assert_eq!(
+        repair,
+        Some(Repair {
+            rewritten: GptCopy::Backup,
+            from: GptCopy::Primary,
+            reason: "primary and backup partition entries differ".into(),
+        })
+    );
+    assert_eq!(after.entry(2).unwrap().attributes, 0, "the primary won");
+    assert_consistent(&h.img);
+    assert_eq!(gpt::repair(&open_rw(&h.img)).unwrap().1, None, "once");
+
+    // Torn again the same way: the next change repairs first, then writes both copies.
+    let old_primary = bytes_at(&h.img, PRIMARY.0, PRIMARY.1);
+    b.mark_active(&t, 1).unwrap();
+    put_bytes(&h.img, PRIMARY.0, &old_primary);
+    b.mark_unbootable(&t).unwrap();
+    assert_consistent(&h.img);
+    let backup = GptTable::read(&fs::File::open(&h.img).unwrap()).unwrap();
+    assert_eq!(attrs(&h.img, 2), 0);
+    assert_eq!(attrs(&h.img, 1), gptprio(1, 0, true));
+    assert_eq!(backup.entry(2).unwrap().attributes, 0);
+    b.mark_active(&t, 1).unwrap();
+    assert_consistent(&h.img);
+    assert_eq!(attrs(&h.img, 2), gptprio(2, 1, false));
+}
+
+#[test]
+fn primary_corrupt_is_rebuilt_from_the_backup() {
+    let h = Host::new();
+    let b = h.backend();
+    let t = b.target_slot().unwrap();
+    let good_primary = bytes_at(&h.img, PRIMARY.0, PRIMARY.1);
+    // (what is damaged, offset, bytes): a bad entry-array CRC, a bad header CRC, a header sector
+    // wiped (no signature at all), and the primary torn between its entry array (written, new)
+    // and its header (not written, old), as a kill inside a change leaves it.
+    let cases: [(&str, u64, Vec<u8>); 3] = [
+        ("entry array", 2 * 512 + 60, vec![0x5a]),
+        ("header", 512 + 40, vec![0x5a]),
+        ("header sector wiped", 512, vec![0u8; 512]),
+    ];
+    for (what, offset, data) in cases {
+        put_bytes(&h.img, PRIMARY.0, &good_primary);
+        put_bytes(&h.img, offset, &data);
+        let table = GptTable::read(&fs::File::open(&h.img).unwrap()).unwrap();
+        assert!(table.problems()[0].starts_with("primary"), "{what}");
+        assert_eq!(
+            table.entries[0].name, "USR-A",
+            "{what}: read from the backup"
+        );
+        let (_, repair) = gpt::repair(&open_rw(&h.img)).unwrap();
+        let repair = repair.unwrap();
+        assert_eq!(
+            (repair.rewritten, repair.from),
+            (GptCopy::Primary, GptCopy::Backup),
+            "{what}"
+        );
+        assert!(repair.reason.starts_with("primary: "), "{what}: {repair:?}");
+        assert_consistent(&h.img);
+        assert_eq!(
+            bytes_at(&h.img, PRIMARY.0, PRIMARY.1),
+            good_primary,
+            "{what}: rebuilt exactly as sgdisk made it"
+        );
+    }
+
+    // Torn primary: the new table is in the backup and in the primary's entry array only.
+    let old_header = bytes_at(&h.img, 512, 512);
+    b.mark_active(&t, 1).unwrap();
+    put_bytes(&h.img, 512, &old_header);
+    let table = GptTable::read(&fs::File::open(&h.img).unwrap()).unwrap();
+    assert!(table.problems()[0].contains("entry array CRC"), "{table:?}");
+    assert_eq!(
+        table.entry(2).unwrap().attributes,
+        gptprio(2, 1, false),
+        "a boot loader takes the backup: the new table"
+    );
+    // The backend's next write repairs, keeping the new table, and goes ahead.
+    b.mark_booted_good().unwrap();
+    assert_consistent(&h.img);
+    assert_eq!(attrs(&h.img, 2), gptprio(2, 1, false));
+    assert_eq!(attrs(&h.img, 1), gptprio(1, 0, true));
+}
+
+#[test]
+fn backup_corrupt_is_rebuilt_from_the_primary() {
     let h = Host::new();
     let len = fs::metadata(&h.img).unwrap().len();
-    // Corrupt the backup header (last sector) inside its CRC-covered area.
+    let (start, size) = backup_range(len);
+    let good_backup = bytes_at(&h.img, start, size);
+    for (what, offset) in [("header", len - 512 + 40), ("entry array", start + 200)] {
+        put_bytes(&h.img, start, &good_backup);
+        let mut b = bytes_at(&h.img, offset, 1);
+        b[0] ^= 0xff;
+        put_bytes(&h.img, offset, &b);
+        let table = GptTable::read(&fs::File::open(&h.img).unwrap()).unwrap();
+        assert_eq!(
+            table.entries.len(),
+            3,
+            "{what}: the primary is still readable"
+        );
+        assert!(table.problems()[0].starts_with("backup"), "{what}");
+        let backend = h.backend();
+        let t = backend.target_slot().unwrap();
+        backend.mark_unbootable(&t).unwrap();
+        assert_consistent(&h.img);
+        assert_eq!(
+            bytes_at(&h.img, start, size),
+            good_backup,
+            "{what}: rebuilt as it was (B was unbootable already)"
+        );
+        assert_eq!(attrs(&h.img, 1), gptprio(1, 0, true));
+    }
+}
+
+#[test]
+fn both_copies_corrupt_are_refused_and_left_alone() {
+    let h = Host::new();
+    let len = fs::metadata(&h.img).unwrap().len();
+    flip_byte(&h.img, 2 * 512 + 60);
     flip_byte(&h.img, len - 512 + 40);
-    let table = GptTable::read(&fs::File::open(&h.img).unwrap()).unwrap();
-    assert_eq!(table.entries.len(), 3, "the primary copy is still readable");
-    assert!(!table.problems().is_empty());
+    let before = fs::read(&h.img).unwrap();
+    let e = GptTable::read(&fs::File::open(&h.img).unwrap()).unwrap_err();
+    assert!(matches!(e, GptError::BothDamaged { .. }), "{e}");
+    let e = gpt::repair(&open_rw(&h.img)).unwrap_err();
+    assert!(e.to_string().contains("both GPT copies are damaged"), "{e}");
+    let b = GptprioBackend::new(
+        &h.img,
+        SlotSpec::Label("USR-A".into()),
+        SlotSpec::Label("USR-B".into()),
+    )
+    .with_cmdline_path(&h.cmdline);
+    let e = b.mark_booted_good().unwrap_err();
+    assert!(e.to_string().contains("both GPT copies are damaged"), "{e}");
+    assert_eq!(fs::read(&h.img).unwrap(), before, "nothing may be written");
+}
+
+#[test]
+fn backup_outside_a_shrunk_disk_is_refused_not_moved() {
+    // The image lost its last MiB: the primary names a backup LBA past the end. Rebuilding the
+    // backup elsewhere is a decision for an operator (`sgdisk -e`), not for the agent.
+    let h = Host::new();
+    let len = fs::metadata(&h.img).unwrap().len();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&h.img)
+        .unwrap()
+        .set_len(len - (1 << 20))
+        .unwrap();
     let before = fs::read(&h.img).unwrap();
     let b = h.backend();
     let t = b.target_slot().unwrap();
     let e = b.mark_unbootable(&t).unwrap_err();
-    assert!(e.to_string().contains("backup"), "{e}");
-    assert_eq!(fs::read(&h.img).unwrap(), before);
-}
-
-#[test]
-fn primary_damage_falls_back_to_backup_for_reading() {
-    let h = Host::new();
-    // Corrupt the primary entry array (LBA 2): its CRC no longer matches.
-    flip_byte(&h.img, 2 * 512 + 60);
-    let table = GptTable::read(&fs::File::open(&h.img).unwrap()).unwrap();
-    assert_eq!(table.entries[0].name, "USR-A");
-    assert!(table.problems()[0].starts_with("primary"));
-    assert!(h.backend().mark_booted_good().is_err());
+    let msg = e.to_string();
+    assert!(
+        msg.contains("refusing to write: the backup GPT copy is not valid")
+            && msg.contains("outside"),
+        "{msg}"
+    );
+    assert_eq!(fs::read(&h.img).unwrap(), before, "nothing may be written");
 }

@@ -1,5 +1,5 @@
-//! The `[reboot]` configuration: strategies, windows, FleetLock, grace period, sentinel path,
-//! and the shipped commented defaults file.
+//! The `[reboot]` configuration: strategies, windows, FleetLock, grace period, lock retry,
+//! sentinel path, and the shipped commented defaults file.
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
@@ -25,6 +25,7 @@ fn defaults() {
     assert_eq!(r.strategy, RebootStrategy::Off);
     assert!(r.windows.is_empty() && r.fleet_lock.is_none());
     assert_eq!(r.grace_period, Duration::from_secs(300));
+    assert_eq!(r.lock_retry, Duration::from_secs(60));
     assert_eq!(r.notify_command, ["/usr/bin/wall"]);
     assert_eq!(
         r.reboot_required.unwrap(),
@@ -40,6 +41,7 @@ fn fleet_lock_with_windows() {
 strategy = "fleet-lock"
 windows = ["Mon-Fri 22:00 2h Europe/Berlin", { days = ["Sat"], start = "03:00", length = "1h" }]
 grace_period_secs = 0
+lock_retry_secs = 15
 notify_command = []
 reboot_required_path = ""
 [reboot.fleet_lock]
@@ -55,6 +57,7 @@ group = "workers.eu-1"
     assert_eq!(fl.group, "workers.eu-1");
     assert_eq!(fl.base_url.host_str(), Some("lock.example.com"));
     assert!(r.grace_period.is_zero() && r.notify_command.is_empty());
+    assert_eq!(r.lock_retry, Duration::from_secs(15));
     assert_eq!(r.reboot_required, None);
     // The coordinator's strategy is built from it, with the app-specific id.
     let s = update_agent::reboot::RebootStrategy::from_settings(
@@ -96,6 +99,11 @@ fn errors_name_key_and_file() {
             "[reboot]\ngrace_period_secs = 7200\n",
             "reboot.grace_period_secs",
         ),
+        ("[reboot]\nlock_retry_secs = 0\n", "reboot.lock_retry_secs"),
+        (
+            "[reboot]\nlock_retry_secs = 3601\n",
+            "reboot.lock_retry_secs",
+        ),
         (
             "[reboot]\nnotify_command = ['wall']\n",
             "reboot.notify_command",
@@ -109,6 +117,18 @@ fn errors_name_key_and_file() {
         let err = settings(text).unwrap_err().to_string();
         assert!(err.contains(key), "{text}: {err}");
         assert!(err.contains(FILE), "{text}: {err}");
+    }
+    // The range is in the message.
+    let err = settings("[reboot]\nlock_retry_secs = 0\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("1..=3600"), "{err}");
+    // Both ends of the range are accepted.
+    for secs in [1, 3600] {
+        let r = settings(&format!("[reboot]\nlock_retry_secs = {secs}\n"))
+            .unwrap()
+            .reboot;
+        assert_eq!(r.lock_retry, Duration::from_secs(secs));
     }
     // A bad window is a parse error that says what is wrong.
     let err = settings("[reboot]\nwindows = ['Mon 25:00 1h']\n")

@@ -67,6 +67,13 @@ fn units_pass_systemd_analyze_verify() {
     let keys: Vec<&str> = agent.lines().map(str::trim).collect();
     assert!(keys.contains(&"Type=notify"), "{agent}");
     assert!(keys.contains(&"NotifyAccess=main"), "{agent}");
+    // Runtime extensions: /var/lib/extensions (the NAME.raw links) is created and writable.
+    assert!(
+        keys.iter().any(|k| k
+            .strip_prefix("StateDirectory=")
+            .is_some_and(|v| v.split_whitespace().any(|d| d == "extensions"))),
+        "{agent}"
+    );
     // Warnings about our own units count as failures too.
     for u in ["update-agent", "update-server"] {
         assert!(

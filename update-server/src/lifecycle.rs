@@ -5,8 +5,13 @@
 //!  (check) ──grant──▶ granted ──13/1──▶ downloading ──14/1──▶ downloaded ──3/1──▶ installed
 //!                                                                              (awaiting reboot)
 //!  installed ──reboot, check with 3/2 previousversion=V──▶ complete
+//!  granted | downloading | downloaded ──3/9──▶ deferred   (the machine put the update off)
 //!  any ──x/0 errorcode──▶ error            any ──policy hold──▶ on_hold
 //! ```
+//!
+//! A deferred machine is no longer in flight: its next check goes through the rollout policy
+//! again. An error with code 44 (rolled back to the previous version) is an `error` like any
+//! other here; the service additionally records the version as refused for that machine.
 //!
 //! Events are honoured whenever they are meaningful, not only while an update is "in progress"
 //! (a machine updated by hand and rebooted still reports 3/2 and becomes `complete`).
@@ -34,11 +39,15 @@ pub enum InstanceStatus {
     Error,
     /// A rollout policy held the update back (reason kept server-side).
     OnHold,
+    /// Event 3/9 while an update was in flight: the machine deferred or declined the granted
+    /// update (update_engine's "deferred per policy" or backoff, the agent refusing a downgrade).
+    /// Not a failure; the machine may be granted again at a later check.
+    Deferred,
 }
 
 impl InstanceStatus {
     /// All statuses, in lifecycle order.
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::Idle,
         Self::Granted,
         Self::Downloading,
@@ -47,6 +56,7 @@ impl InstanceStatus {
         Self::Complete,
         Self::Error,
         Self::OnHold,
+        Self::Deferred,
     ];
 
     /// Stable text form (as in the API and the database).
@@ -60,6 +70,7 @@ impl InstanceStatus {
             Self::Complete => "complete",
             Self::Error => "error",
             Self::OnHold => "on_hold",
+            Self::Deferred => "deferred",
         }
     }
 
@@ -94,6 +105,8 @@ pub const EVENT_DOWNLOAD_STARTED: u32 = 13;
 pub const EVENT_DOWNLOAD_FINISHED: u32 = 14;
 /// Event type: installed (CoreUpdate dialect).
 pub const EVENT_INSTALLED: u32 = 800;
+/// Event result: the update was deferred (by policy or backoff) or declined by the machine.
+pub const RESULT_DEFERRED: u32 = 9;
 
 /// The status an event moves an instance to, or `None` when it changes nothing.
 pub fn transition(current: InstanceStatus, event: &ClientEvent) -> Option<InstanceStatus> {
@@ -112,6 +125,8 @@ pub fn transition(current: InstanceStatus, event: &ClientEvent) -> Option<Instan
             }
             S::Complete
         }
+        // Only an update on its way can be put off; elsewhere 3/9 changes nothing.
+        (EVENT_UPDATE_COMPLETE, RESULT_DEFERRED) if current.in_flight() => S::Deferred,
         _ => return None,
     };
     (next != current).then_some(next)
@@ -173,8 +188,34 @@ mod tests {
     }
 
     #[test]
-    fn unknown_and_deferred_events_change_nothing() {
-        assert_eq!(transition(S::Granted, &ev(3, 9, "")), None);
+    fn deferral_ends_an_update_in_flight_only() {
+        for s in [S::Granted, S::Downloading, S::Downloaded] {
+            assert_eq!(
+                transition(s, &ev(3, 9, "")),
+                Some(S::Deferred),
+                "from {s:?}"
+            );
+        }
+        for s in [
+            S::Idle,
+            S::Installed,
+            S::Complete,
+            S::Error,
+            S::OnHold,
+            S::Deferred,
+        ] {
+            assert_eq!(transition(s, &ev(3, 9, "")), None, "from {s:?}");
+        }
+        assert!(!S::Deferred.in_flight());
+        // A deferred machine granted again goes through the sequence as usual.
+        assert_eq!(
+            transition(S::Deferred, &ev(13, 1, "")),
+            Some(S::Downloading)
+        );
+    }
+
+    #[test]
+    fn unknown_events_change_nothing() {
         assert_eq!(transition(S::Granted, &ev(15, 1, "")), None);
         assert_eq!(transition(S::Granted, &ev(999, 4, "")), None);
     }

@@ -34,6 +34,7 @@ impl Modify for BearerAuth {
         rollout::status, rollout::preview, rollout::pause, rollout::resume,
         admin::list_packages, admin::get_package, admin::publish_package, admin::delete_package,
         admin::list_instances, admin::get_instance, admin::delete_instance,
+        admin::retry_instance,
         admin::list_events, admin::list_activity,
         fleetlock::list_groups, fleetlock::get_group, fleetlock::set_slots,
         fleetlock::release_holder,

@@ -5,6 +5,13 @@
 //! A machine that installed its granted version and awaits the reboot (`installed`) is not sent
 //! the same version again; a newer release than the staged one is offered (through the rollout
 //! policy like any update) and replaces it in the inactive slot.
+//!
+//! A machine that reports a rollback (event 3/0 with error code 44, `previousversion` naming the
+//! version it fell back from) has its grant failed and the version recorded as refused for it:
+//! the grant store holds every later grant of that version (`rolled_back`) until an operator
+//! clears it; a newer version is offered as usual. A deferral (event 3/9 while an update is in
+//! flight) settles the grant as `deferred`: its concurrency slot is free, it is no failure, and
+//! the machine's next check goes through the policy again.
 
 use std::sync::Arc;
 
@@ -19,7 +26,9 @@ use crate::policy::{PolicyContext, PolicyDecision, RolloutPolicy};
 use crate::rollout::Rollouts;
 use crate::rollout::engine::{HoldReason, Verdict, evaluate, is_canary};
 use crate::rollout::target::{TargetChoice, choose};
-use crate::store::rollout::{GrantOutcome, GrantRequest, GrantState};
+use crate::store::rollout::{
+    GrantOutcome, GrantRequest, GrantState, ProgressReport, RefusalReason, RefusedVersion,
+};
 use crate::store::{InstanceChange, NewEvent, StoreError};
 use crate::version;
 
@@ -183,11 +192,35 @@ struct Progress {
     outcome: &'static str,
     group_id: Option<String>,
     version: Option<String>,
+    /// The machine rolled back from this version: refuse it from now on.
+    refuse: Option<RefusedVersion>,
 }
 
 fn is_routine(e: &EventIn) -> bool {
     let pv = e.previous_version.trim();
     e.event_type == 3 && e.event_result == 2 && (pv.is_empty() || pv == "0.0.0.0")
+}
+
+/// Whether an error code (flags included) says the machine rolled back to its previous version.
+fn is_rollback_code(code: Option<i64>) -> bool {
+    code.and_then(|c| u32::try_from(c).ok())
+        .is_some_and(|c| omaha::ErrorCode::decode(c).code == omaha::ErrorCode::RollbackError)
+}
+
+/// The version a rollback event says the machine fell back from: its `previousversion` (the
+/// agent names the failed version there), else the version granted to it; never the version it
+/// runs now. `None` for any other event.
+fn rolled_back_from(e: &EventIn, running: &str, granted: Option<&str>) -> Option<String> {
+    if e.event_result != 0 || !is_rollback_code(e.error_code) {
+        return None;
+    }
+    let pv = e.previous_version.trim();
+    if pv != "0.0.0.0" && version::is_valid(pv) && pv != running {
+        return Some(pv.to_owned());
+    }
+    granted
+        .filter(|g| *g != running && version::is_valid(g))
+        .map(str::to_owned)
 }
 
 fn set_status(
@@ -343,17 +376,22 @@ impl UpdateService {
                         event_result: e.event_result,
                         previous_version: e.previous_version.clone(),
                     };
+                    let refused = rolled_back_from(e, &row.version, row.granted_version.as_deref());
+                    let mut settle = None;
                     if let Some(next) = transition(row.status, &ce) {
-                        let detail = match next {
-                            InstanceStatus::Error => e.error_detail.clone(),
-                            InstanceStatus::Complete => {
+                        let detail = match (next, &refused) {
+                            (InstanceStatus::Error, Some(v)) => {
+                                format!("{} (version {v} refused)", e.error_detail)
+                            }
+                            (InstanceStatus::Error, None) => e.error_detail.clone(),
+                            (InstanceStatus::Complete, _) => {
                                 format!("updated from {}", ce.previous_version)
                             }
                             _ => String::new(),
                         };
                         set_status(row, &mut change, next, detail, e.error_code, now);
                         self.count_outcome(&app_id, next, e);
-                        let settle = match next {
+                        settle = match next {
                             InstanceStatus::Downloading | InstanceStatus::Downloaded => {
                                 Some((None, ""))
                             }
@@ -364,17 +402,12 @@ impl UpdateService {
                                 Some((Some(GrantState::Complete), "complete"))
                             }
                             InstanceStatus::Error => Some((Some(GrantState::Failed), "failed")),
+                            InstanceStatus::Deferred => {
+                                Some((Some(GrantState::Deferred), "deferred"))
+                            }
                             _ => None,
                         };
-                        if let Some((state, outcome)) = settle {
-                            progress.push(Progress {
-                                state,
-                                outcome,
-                                group_id: row.group_id.clone(),
-                                version: row.granted_version.clone(),
-                            });
-                        }
-                        if next == InstanceStatus::Error {
+                        if next == InstanceStatus::Error && refused.is_none() {
                             change.activity.push(NewActivity {
                                 kind: "instance_update_failed".into(),
                                 severity: "error",
@@ -388,6 +421,39 @@ impl UpdateService {
                                 ),
                             });
                         }
+                    }
+                    if let Some(v) = &refused {
+                        // Recorded even when the status did not change (already `error`).
+                        change.activity.push(NewActivity {
+                            kind: "instance_rolled_back".into(),
+                            severity: "error",
+                            app_id: Some(app_id.clone()),
+                            group_id: row.group_id.clone(),
+                            machine_id: Some(row.machine_id.clone()),
+                            version: Some(v.clone()),
+                            message: format!(
+                                "{} rolled back from {v} to {}: {v} will not be offered to it \
+                                 again until an operator clears it (instance retry)",
+                                row.machine_id, row.version
+                            ),
+                        });
+                        settle.get_or_insert((Some(GrantState::Failed), "failed"));
+                    }
+                    if let Some((state, outcome)) = settle {
+                        progress.push(Progress {
+                            state,
+                            outcome,
+                            group_id: row.group_id.clone(),
+                            version: refused.clone().or_else(|| row.granted_version.clone()),
+                            refuse: refused.map(|version| RefusedVersion {
+                                machine_id: row.machine_id.clone(),
+                                app_id: app_id.clone(),
+                                version,
+                                reason: RefusalReason::RolledBack,
+                                error_code: e.error_code,
+                                at: now,
+                            }),
+                        });
                     }
                 }
                 row.clone()
@@ -500,10 +566,17 @@ impl UpdateService {
                 })?;
         }
         for p in progress {
+            let rolled_back = p.refuse.is_some();
             let halt = self
                 .rollouts
                 .grants
-                .record_progress(&key.0, &key.1, p.state, now)
+                .record_progress(&ProgressReport {
+                    machine_id: key.0.clone(),
+                    app_id: key.1.clone(),
+                    state: p.state,
+                    refuse: p.refuse,
+                    now,
+                })
                 .await
                 .map_err(|source| CheckError {
                     machine_id: key.0.clone(),
@@ -515,6 +588,11 @@ impl UpdateService {
             };
             if !p.outcome.is_empty() {
                 self.rollouts.metrics.outcome(&app_id, &g, &v, p.outcome);
+            }
+            if rolled_back {
+                self.rollouts
+                    .metrics
+                    .outcome(&app_id, &g, &v, "rolled_back");
             }
             if let Some(why) = halt {
                 self.halted(&app_id, &g, &v, &why).await;
@@ -556,6 +634,7 @@ impl UpdateService {
             InstanceStatus::Installed => "installed",
             InstanceStatus::Complete => "complete",
             InstanceStatus::Error => "error",
+            InstanceStatus::Deferred => "deferred",
             _ => return,
         };
         self.metrics
@@ -702,6 +781,54 @@ mod tests {
         TargetChoice::Serve {
             version: v.into(),
             rollback: false,
+        }
+    }
+
+    fn err(code: Option<i64>, result: u32, pv: &str) -> EventIn {
+        EventIn {
+            event_type: 3,
+            event_result: result,
+            error_code: code,
+            previous_version: pv.into(),
+            error_detail: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_rollback_names_the_version_fallen_back_from() {
+        let flagged = Some(44 | (1 << 28));
+        // The agent names the failed version in `previousversion`.
+        assert_eq!(
+            rolled_back_from(&err(flagged, 0, "2.0.0"), "1.0.0", Some("1.5.0")),
+            Some("2.0.0".into())
+        );
+        assert_eq!(
+            rolled_back_from(&err(Some(44), 0, "2.0.0"), "1.0.0", None),
+            Some("2.0.0".into())
+        );
+        // Without it (or with a useless one) the granted version is refused.
+        for pv in ["", "0.0.0.0", "1.0.0", "junk version"] {
+            assert_eq!(
+                rolled_back_from(&err(flagged, 0, pv), "1.0.0", Some("2.0.0")),
+                Some("2.0.0".into()),
+                "previousversion {pv:?}"
+            );
+        }
+        // Never the running version, never without a version to name.
+        assert_eq!(
+            rolled_back_from(&err(flagged, 0, ""), "2.0.0", Some("2.0.0")),
+            None
+        );
+        assert_eq!(rolled_back_from(&err(flagged, 0, ""), "1.0.0", None), None);
+        // Other errors, deferrals and success are no rollbacks.
+        for e in [
+            err(Some(5 | (1 << 28)), 0, "2.0.0"),
+            err(None, 0, "2.0.0"),
+            err(Some(-1), 0, "2.0.0"),
+            err(flagged, 9, "2.0.0"),
+            err(flagged, 1, "2.0.0"),
+        ] {
+            assert_eq!(rolled_back_from(&e, "1.0.0", Some("2.0.0")), None, "{e:?}");
         }
     }
 

@@ -10,6 +10,9 @@ use serde_json::{Value, json};
 use update_server::config::Settings;
 use update_server::server::{RunningServer, start};
 
+mod common;
+use common::api as admin;
+
 const PRE: &str = "fleetlock/v1/pre-reboot";
 const STEADY: &str = "fleetlock/v1/steady-state";
 
@@ -38,26 +41,6 @@ async fn lock(
         .unwrap();
     let st = r.status();
     let text = r.text().await.unwrap();
-    (st, serde_json::from_str(&text).unwrap_or(Value::Null))
-}
-
-async fn admin(
-    http: &reqwest::Client,
-    base: &str,
-    token: &str,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<Value>,
-) -> (StatusCode, Value) {
-    let mut r = http
-        .request(method, format!("{base}/api/v1{path}"))
-        .bearer_auth(token);
-    if let Some(b) = body {
-        r = r.json(&b);
-    }
-    let resp = r.send().await.unwrap();
-    let st = resp.status();
-    let text = resp.text().await.unwrap();
     (st, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 

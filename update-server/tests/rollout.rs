@@ -3,9 +3,11 @@
 //! windows, auto-halt and resume, and the downgrade marker.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use clap::Parser as _;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use update_server::clock::ManualClock;
@@ -13,36 +15,35 @@ use update_server::config::Settings;
 use update_server::rollout::RolloutEngine;
 use update_server::server::{RunningServer, start_with};
 
+mod common;
+
 const APP: &str = "e96281a6-d1af-4bde-9a0a-97b76e56dc57";
 const T0: i64 = 1_700_000_000;
 
+/// A payload of `version`, signed by its own new key trusted from `dir/keys`.
 fn payload(dir: &Path, version: &str) -> Vec<u8> {
-    let keys_dir = dir.join("keys");
-    std::fs::create_dir_all(&keys_dir).unwrap();
-    let key = payloads::keys::generate_signing_key();
-    std::fs::write(
-        keys_dir.join(format!("release-{version}.pub")),
-        payloads::keys::public_key_pem(&key.verifying_key()),
-    )
-    .unwrap();
-    let image: Vec<u8> = version.bytes().cycle().take(50_000).collect();
-    let opts = payloads::BuildOptions::new(APP, version, "amd64", payloads::unix_now() - 10);
-    payloads::build_to_vec(&image, &[key], &opts).unwrap().0
+    let key = common::trusted_key(dir, &format!("release-{version}"));
+    common::signed_payload(&key, APP, version, &common::image(50_000))
 }
+
+/// Versions every environment publishes (machines run 1.0.0).
+const VERSIONS: [&str; 3] = ["1.5.0", "2.0.0", "2.1.0"];
 
 struct Env {
     dir: tempfile::TempDir,
     clock: Arc<ManualClock>,
     servers: Vec<RunningServer>,
     http: reqwest::Client,
+    /// Package id by version.
+    packages: BTreeMap<String, Value>,
 }
 
 impl Env {
-    /// One server, app, packages 2.0.0 (and 1.5.0), channel `stable` at `channel_version`, group
-    /// `stable` with `policy`.
+    /// One server, app, packages 1.5.0, 2.0.0 and 2.1.0, channel `stable` at `channel_version`,
+    /// group `stable` with `policy`.
     async fn new(policy: Value, channel_version: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let pays: Vec<(String, Vec<u8>)> = ["1.5.0", "2.0.0"]
+        let pays: Vec<(String, Vec<u8>)> = VERSIONS
             .iter()
             .map(|v| (v.to_string(), payload(dir.path(), v)))
             .collect();
@@ -52,33 +53,24 @@ impl Env {
             servers: vec![],
             http: reqwest::Client::new(),
             dir,
+            packages: BTreeMap::new(),
         };
         env.start_server().await;
         env.api(0, "POST", "/apps", json!({"id": APP, "name": "OS"}))
             .await;
-        let mut ids = std::collections::BTreeMap::new();
         for (v, body) in pays {
             let s = &env.servers[0];
-            let r = env
-                .http
-                .post(format!(
-                    "http://{}/api/v1/packages?filename=update.payload",
-                    s.addr
-                ))
-                .bearer_auth(&s.admin_token)
-                .body(body)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), StatusCode::CREATED);
-            let p: Value = r.json().await.unwrap();
-            ids.insert(v, p["id"].clone());
+            let base = format!("http://{}", s.addr);
+            let (st, p) =
+                common::publish(&env.http, &base, &s.admin_token, "update.payload", body).await;
+            assert_eq!(st, StatusCode::CREATED, "{p}");
+            env.packages.insert(v, p["id"].clone());
         }
         env.api(
             0,
             "POST",
             &format!("/apps/{APP}/channels"),
-            json!({"name": "stable", "packages": {"amd64": ids[channel_version]}}),
+            json!({"name": "stable", "packages": {"amd64": env.packages[channel_version]}}),
         )
         .await;
         env.api(
@@ -91,6 +83,17 @@ impl Env {
         env
     }
 
+    /// Points channel `stable` at `version`.
+    async fn set_channel(&self, version: &str) {
+        self.api(
+            0,
+            "PATCH",
+            &format!("/apps/{APP}/channels/stable"),
+            json!({"packages": {"amd64": self.packages[version]}}),
+        )
+        .await;
+    }
+
     async fn start_server(&mut self) {
         let mut s = Settings::for_tests(&self.dir.path().join("data"));
         s.trusted_keys = Some(self.dir.path().join("keys"));
@@ -99,23 +102,20 @@ impl Env {
             .push(start_with(s, clock, Arc::new(RolloutEngine)).await.unwrap());
     }
 
+    /// An admin request to `server` that must succeed; returns the parsed body.
     async fn api(&self, server: usize, method: &str, path: &str, body: Value) -> Value {
         let s = &self.servers[server];
-        let mut r = self
-            .http
-            .request(
-                method.parse().unwrap(),
-                format!("http://{}/api/v1{path}", s.addr),
-            )
-            .bearer_auth(&s.admin_token);
-        if !body.is_null() {
-            r = r.json(&body);
-        }
-        let resp = r.send().await.unwrap();
-        let st = resp.status();
-        let text = resp.text().await.unwrap();
-        assert!(st.is_success(), "{method} {path}: {st} {text}");
-        serde_json::from_str(&text).unwrap_or(Value::Null)
+        let (st, v) = common::api(
+            &self.http,
+            &format!("http://{}", s.addr),
+            &s.admin_token,
+            method.parse().unwrap(),
+            path,
+            (!body.is_null()).then_some(body),
+        )
+        .await;
+        assert!(st.is_success(), "{method} {path}: {st} {v}");
+        v
     }
 
     async fn omaha(&self, server: usize, machine: &str, version: &str, body: &str) -> String {
@@ -126,15 +126,10 @@ impl Env {
 <app appid="{{{APP}}}" version="{version}" track="stable" machineid="{machine}" board="amd64-usr">{body}</app>
 </request>"#
         );
-        let r = self
-            .http
-            .post(format!("http://{}/v1/update/", self.servers[server].addr))
-            .body(xml)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::OK);
-        r.text().await.unwrap()
+        let base = format!("http://{}", self.servers[server].addr);
+        let (st, text) = common::omaha_post(&self.http, &base, xml, &[]).await;
+        assert_eq!(st, StatusCode::OK, "{text}");
+        text
     }
 
     async fn check(&self, server: usize, machine: &str) -> bool {
@@ -366,4 +361,267 @@ async fn percentage_preview_and_invalid_policy() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     assert!(r.text().await.unwrap().contains("percentage"));
+}
+
+/// Error code 44 (rolled back) with update_engine's non-production-server flag, as the agent
+/// reports it after falling back from a failed boot.
+const ROLLBACK_CODE: u32 = 44 | (1 << 28);
+
+/// The agent's report after it fell back: its own request, on the old version, naming the
+/// version that failed in `previousversion`.
+async fn rolled_back(env: &Env, machine: &str, from: &str) {
+    env.omaha(
+        0,
+        machine,
+        "1.0.0",
+        &format!(
+            r#"<event eventtype="3" eventresult="0" errorcode="{ROLLBACK_CODE}" previousversion="{from}"></event>"#
+        ),
+    )
+    .await;
+}
+
+/// Check, download, install: the machine is staged on the offered version.
+async fn install(env: &Env, machine: &str) {
+    assert!(env.check(0, machine).await, "{machine} was not granted");
+    for (t, r) in [(13, 1), (14, 1), (3, 1)] {
+        env.event(machine, t, r).await;
+    }
+}
+
+/// The version in an answer's manifest, if it offers one.
+fn offered(xml: &str) -> Option<String> {
+    let resp = omaha::parse_response(xml.as_bytes()).unwrap();
+    let uc = resp.apps[0].updatecheck.as_ref()?;
+    uc.target_manifest().map(|m| m.version.clone())
+}
+
+async fn check_version(env: &Env, machine: &str) -> Option<String> {
+    let x = env
+        .omaha(
+            0,
+            machine,
+            "1.0.0",
+            "<ping r=\"1\"></ping><updatecheck></updatecheck>",
+        )
+        .await;
+    offered(&x)
+}
+
+async fn instance_app(env: &Env, machine: &str) -> Value {
+    env.api(0, "GET", &format!("/instances/{machine}"), Value::Null)
+        .await["apps"][0]
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolled_back_version_is_refused_for_that_machine_until_an_operator_clears_it() {
+    let mut env = Env::new(json!({}), "2.0.0").await;
+    install(&env, "rb").await;
+    rolled_back(&env, "rb", "2.0.0").await;
+
+    // Never offered 2.0.0 again: noupdate, held `rolled_back`, in history, activity, metrics.
+    assert_eq!(check_version(&env, "rb").await, None);
+    assert_eq!(check_version(&env, "rb").await, None);
+    let a = instance_app(&env, "rb").await;
+    assert_eq!(a["instance"]["status"], "on_hold", "{a}");
+    assert_eq!(a["instance"]["status_detail"], "rolled_back");
+    assert_eq!(a["refused_versions"][0]["version"], "2.0.0", "{a}");
+    assert_eq!(a["refused_versions"][0]["reason"], "rolled_back");
+    assert_eq!(a["refused_versions"][0]["error_code"], ROLLBACK_CODE);
+    let history: Vec<String> = a["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| format!("{} {}", h["status"], h["detail"]))
+        .collect();
+    assert!(
+        history[1].starts_with("\"error\"") && history[1].contains("version 2.0.0 refused"),
+        "{history:?}"
+    );
+    let act = env.api(0, "GET", "/activity", Value::Null).await;
+    assert!(act.to_string().contains("instance_rolled_back"), "{act}");
+    let st = env.status().await;
+    assert_eq!(
+        st["grants"]["failed"], 1,
+        "a rollback is a failed attempt: {st}"
+    );
+    assert_eq!(st["on_hold"]["rolled_back"], 1, "{st}");
+    let metrics = env
+        .http
+        .get(format!("http://{}/metrics", env.servers[0].addr))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let holds = metrics
+        .lines()
+        .find(|l| l.starts_with("platte_rollout_holds_total{") && l.contains("rolled_back"))
+        .unwrap_or_else(|| panic!("no rolled_back hold metric in\n{metrics}"));
+    assert!(holds.ends_with(" 2"), "{holds}");
+    assert!(metrics.contains(r#"outcome="rolled_back""#), "{metrics}");
+    // Only that machine: another one still gets 2.0.0.
+    assert_eq!(check_version(&env, "other").await.as_deref(), Some("2.0.0"));
+
+    // The refusal is in the database: a restarted server still holds the machine back.
+    env.servers.remove(0).shutdown().await.unwrap();
+    env.start_server().await;
+    assert_eq!(check_version(&env, "rb").await, None);
+    assert_eq!(
+        instance_app(&env, "rb").await["instance"]["status_detail"],
+        "rolled_back"
+    );
+
+    // The admin API refuses nonsense and unknown machines, then clears the refusal.
+    let s = &env.servers[0];
+    let base = format!("http://{}", s.addr);
+    for (path, want) in [
+        ("/instances/nobody/retry".to_owned(), StatusCode::NOT_FOUND),
+        (
+            "/instances/rb/retry?version=not%20a%20version".to_owned(),
+            StatusCode::BAD_REQUEST,
+        ),
+    ] {
+        let (st, v) = common::api(
+            &env.http,
+            &base,
+            &s.admin_token,
+            reqwest::Method::POST,
+            &path,
+            None,
+        )
+        .await;
+        assert_eq!(st, want, "{path}: {v}");
+    }
+    let (st, _) = common::api(
+        &env.http,
+        &base,
+        &s.read_only_token,
+        reqwest::Method::POST,
+        "/instances/rb/retry",
+        None,
+    )
+    .await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "clearing is an admin write");
+    let cleared = env
+        .api(
+            0,
+            "POST",
+            &format!("/instances/rb/retry?app={APP}&version=2.0.0"),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(cleared["cleared"][0]["version"], "2.0.0", "{cleared}");
+    assert!(
+        instance_app(&env, "rb").await["refused_versions"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(check_version(&env, "rb").await.as_deref(), Some("2.0.0"));
+
+    // It rolls back again; the CLI clears it too.
+    for (t, r) in [(13, 1), (14, 1), (3, 1)] {
+        env.event("rb", t, r).await;
+    }
+    rolled_back(&env, "rb", "2.0.0").await;
+    assert_eq!(check_version(&env, "rb").await, None);
+    let cli = update_server::cli::Cli::parse_from([
+        "update-server",
+        "instance",
+        "retry",
+        "rb",
+        "--app",
+        APP,
+        "--server",
+        &base,
+        "--token",
+        &s.admin_token,
+    ]);
+    update_server::cli::run_admin(cli.command).await.unwrap();
+    assert_eq!(check_version(&env, "rb").await.as_deref(), Some("2.0.0"));
+    let act = env.api(0, "GET", "/activity", Value::Null).await;
+    assert!(act.to_string().contains("instance_retry"), "{act}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_version_is_offered_after_a_rollback() {
+    let env = Env::new(json!({}), "2.0.0").await;
+    install(&env, "rb").await;
+    // No `previousversion` (as a client other than the agent may send it): the granted version
+    // is the one refused.
+    env.omaha(
+        0,
+        "rb",
+        "1.0.0",
+        &format!(r#"<event eventtype="3" eventresult="0" errorcode="{ROLLBACK_CODE}"></event>"#),
+    )
+    .await;
+    assert_eq!(check_version(&env, "rb").await, None);
+    env.set_channel("2.1.0").await;
+    assert_eq!(check_version(&env, "rb").await.as_deref(), Some("2.1.0"));
+    // An ordinary failure refuses nothing: the machine is granted the same version again.
+    env.event("rb", 3, 0).await;
+    assert_eq!(check_version(&env, "rb").await.as_deref(), Some("2.1.0"));
+    let a = instance_app(&env, "rb").await;
+    assert_eq!(a["refused_versions"].as_array().unwrap().len(), 1, "{a}");
+    assert_eq!(a["refused_versions"][0]["version"], "2.0.0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deferred_grant_frees_its_slot_is_no_failure_and_is_granted_again() {
+    let env = Env::new(
+        json!({"concurrency_limit": 1, "update_timeout_secs": 600,
+               "auto_halt": {"max_failure_rate": 0.1, "min_attempts": 1}}),
+        "2.0.0",
+    )
+    .await;
+    assert!(env.check(0, "d1").await);
+    assert!(!env.check(0, "d2").await, "the one slot is taken");
+    // d1 declines (the agent refusing an offer: 3/9 with "update ignored per policy").
+    let deferred = 35 | (1 << 28);
+    env.omaha(
+        0,
+        "d1",
+        "1.0.0",
+        &format!(r#"<event eventtype="3" eventresult="9" errorcode="{deferred}"></event>"#),
+    )
+    .await;
+    let a = instance_app(&env, "d1").await;
+    assert_eq!(a["instance"]["status"], "deferred", "{a}");
+    let st = env.status().await;
+    assert_eq!(st["grants"]["deferred"], 1, "{st}");
+    assert_eq!(st["grants"]["in_flight"], 0);
+    assert_eq!(st["grants"]["attempts"], 0, "a deferral is no attempt");
+
+    // The slot is free at once; d2 installs.
+    install(&env, "d2").await;
+    // Past the update timeout: the deferred grant neither timed out nor failed, no halt.
+    env.clock.advance(700);
+    let st = env.status().await;
+    assert_eq!(st["grants"]["timed_out"], 0, "{st}");
+    assert_eq!(st["grants"]["failed"], 0);
+    assert!(st["halted"].is_null(), "{st}");
+
+    // d1 is granted again through the policy (its grant reopened: one attempt), and holds the
+    // slot again.
+    assert!(env.check(0, "d1").await);
+    assert_eq!(
+        instance_app(&env, "d1").await["instance"]["status"],
+        "granted"
+    );
+    let st = env.status().await;
+    assert_eq!(st["grants"]["deferred"], 0, "{st}");
+    assert_eq!(st["grants"]["in_flight"], 1);
+    assert_eq!(st["grants"]["attempts"], 2);
+    assert!(
+        !env.check(0, "d3").await,
+        "the reopened grant holds the slot"
+    );
+    assert_eq!(
+        instance_app(&env, "d3").await["instance"]["status_detail"],
+        "concurrency"
+    );
 }

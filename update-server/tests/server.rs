@@ -8,6 +8,8 @@ use serde_json::{Value, json};
 use update_server::config::Settings;
 use update_server::server::{RunningServer, start};
 
+mod common;
+
 const FLATCAR: &str = "e96281a6-d1af-4bde-9a0a-97b76e56dc57";
 const SAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/testdata/omaha");
 
@@ -22,32 +24,13 @@ struct Env {
 
 /// A payload of `version` signed by a new key, trusted from `dir/keys`.
 fn build_payload(dir: &Path, app: &str, version: &str) -> (Vec<u8>, payloads::SigningKey) {
-    let key = payloads::keys::generate_signing_key();
-    let keys_dir = dir.join("keys");
-    std::fs::create_dir_all(&keys_dir).unwrap();
-    std::fs::write(
-        keys_dir.join("release.pub"),
-        payloads::keys::public_key_pem(&key.verifying_key()),
-    )
-    .unwrap();
+    let key = common::trusted_key(dir, "release");
     (signed_payload(&key, app, version), key)
 }
 
 /// A payload of `version` signed by `key`.
 fn signed_payload(key: &payloads::SigningKey, app: &str, version: &str) -> Vec<u8> {
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    let image: Vec<u8> = (0..200_000u32)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect();
-    let opts = payloads::BuildOptions::new(app, version, "amd64", payloads::unix_now() - 10);
-    payloads::build_to_vec(&image, std::slice::from_ref(key), &opts)
-        .unwrap()
-        .0
+    common::signed_payload(key, app, version, &common::image(200_000))
 }
 
 impl Env {
@@ -77,19 +60,10 @@ impl Env {
 
     /// Publishes `version` (signed by the trusted key) and points channel `stable` at it.
     async fn release(&self, version: &str) -> Value {
-        let resp = self
-            .http
-            .post(format!(
-                "{}/api/v1/packages?filename=flatcar_production_update.payload",
-                self.base
-            ))
-            .bearer_auth(&self.server.admin_token)
-            .body(signed_payload(&self.key, FLATCAR, version))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), StatusCode::CREATED);
-        let pkg: Value = resp.json().await.unwrap();
+        let (st, pkg) = self
+            .publish(signed_payload(&self.key, FLATCAR, version))
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{pkg}");
         let (st, v) = self
             .api(
                 reqwest::Method::PATCH,
@@ -101,23 +75,33 @@ impl Env {
         pkg
     }
 
+    /// Publishes a payload as `flatcar_production_update.payload`.
+    async fn publish(&self, payload: Vec<u8>) -> (StatusCode, Value) {
+        common::publish(
+            &self.http,
+            &self.base,
+            &self.server.admin_token,
+            "flatcar_production_update.payload",
+            payload,
+        )
+        .await
+    }
+
     async fn api(
         &self,
         method: reqwest::Method,
         path: &str,
         body: Option<Value>,
     ) -> (StatusCode, Value) {
-        let mut r = self
-            .http
-            .request(method, format!("{}/api/v1{path}", self.base))
-            .bearer_auth(&self.server.admin_token);
-        if let Some(b) = body {
-            r = r.json(&b);
-        }
-        let resp = r.send().await.unwrap();
-        let st = resp.status();
-        let text = resp.text().await.unwrap();
-        (st, serde_json::from_str(&text).unwrap_or(Value::Null))
+        common::api(
+            &self.http,
+            &self.base,
+            &self.server.admin_token,
+            method,
+            path,
+            body,
+        )
+        .await
     }
 
     /// App, published payload, channel `stable` → it, groups `stable` and `beta` following it.
@@ -130,24 +114,8 @@ impl Env {
             )
             .await;
         assert_eq!(st, StatusCode::CREATED);
-        let resp = self
-            .http
-            .post(format!(
-                "{}/api/v1/packages?filename=flatcar_production_update.payload",
-                self.base
-            ))
-            .bearer_auth(&self.server.admin_token)
-            .body(self.payload.clone())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(
-            resp.status(),
-            StatusCode::CREATED,
-            "{}",
-            resp.text().await.unwrap()
-        );
-        let pkg: Value = resp.json().await.unwrap();
+        let (st, pkg) = self.publish(self.payload.clone()).await;
+        assert_eq!(st, StatusCode::CREATED, "{pkg}");
         let (st, _) = self
             .api(
                 reqwest::Method::POST,
@@ -170,16 +138,13 @@ impl Env {
     }
 
     async fn omaha(&self, body: impl Into<reqwest::Body>) -> (StatusCode, String) {
-        let r = self
-            .http
-            .post(format!("{}/v1/update/", self.base))
-            .header("content-type", "text/xml")
-            .header("x-forwarded-for", "203.0.113.7, 10.0.0.1")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        (r.status(), r.text().await.unwrap())
+        common::omaha_post(
+            &self.http,
+            &self.base,
+            body,
+            &[("x-forwarded-for", "203.0.113.7, 10.0.0.1")],
+        )
+        .await
     }
 }
 

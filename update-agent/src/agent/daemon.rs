@@ -8,7 +8,9 @@
 //!    retrying with backoff until the server accepts. Nothing else waits on the bus for this:
 //!    D-Bus comes up at the same time and answers status queries.
 //! 2. The check-in loop ([`Agent::run`]) and the reboot [`Driver`] (which reboots through logind
-//!    per strategy once an update is staged, or when asked through `RebootNow`).
+//!    per strategy once an update is staged, or when asked through `RebootNow`). The driver
+//!    sees a staged update only once the runtime extensions are ready for it
+//!    ([`AgentHandle::rebootable`]); until then the D-Bus `RebootWait` says what they wait for.
 //! 3. Meanwhile: connect to the bus (retrying while it is unreachable), serve the D-Bus API and
 //!    own its names, then `READY=1` (at once when `dbus.enabled = false`). Every status change
 //!    becomes the D-Bus properties and signals and a `STATUS=` line; `STOPPING=1` on shutdown.
@@ -45,8 +47,9 @@ pub struct DaemonOptions {
     pub notify_socket: Option<String>,
     /// How often a block inhibitor is looked at again.
     pub inhibitor_poll: Duration,
-    /// Wait after the FleetLock server refused a slot.
-    pub lock_retry: Duration,
+    /// Wait after the FleetLock server refused a slot; `None`: `reboot.lock_retry_secs` (tests
+    /// set sub-second waits here). Either way ±10 % jitter is added.
+    pub lock_retry: Option<Duration>,
     /// How often the booted slot's `successful` flag is looked at before the lock release.
     pub mark_good_poll: Duration,
     /// Backoff of the lock release after boot.
@@ -62,7 +65,7 @@ impl Default for DaemonOptions {
             bus_address: None,
             notify_socket: None,
             inhibitor_poll: t.inhibitor_poll,
-            lock_retry: t.lock_retry,
+            lock_retry: None,
             mark_good_poll: MARK_GOOD_POLL,
             release_backoff: Backoff::default(),
             bus_retry_max: Duration::from_secs(60),
@@ -189,12 +192,13 @@ where
     let reboot = {
         let mut startup = startup_rx.clone();
         let mut conn = conn_rx.clone();
-        let staged = handle.staged.clone();
+        // Withheld while runtime extensions are not ready for the staged OS version.
+        let staged = handle.rebootable.clone();
         let request_rx = request_rx.clone();
         let timing = Timing {
             grace_period: settings.reboot.grace_period,
             inhibitor_poll: opts.inhibitor_poll,
-            lock_retry: opts.lock_retry,
+            lock_retry: opts.lock_retry.unwrap_or(settings.reboot.lock_retry),
         };
         let config = DriverConfig {
             fleet_lock: fleet.clone(),

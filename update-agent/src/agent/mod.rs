@@ -5,11 +5,17 @@
 //! commands that change the agent's state between cycles ([`AgentHandle::reset`],
 //! [`AgentHandle::clear_deny_list`]). [`daemon`] wires the agent, the reboot driver, the D-Bus
 //! service and sd_notify together for `update-agent run`.
+//!
+//! Runtime extensions ([`crate::extensions`], wired in `runtime.rs`) ride along: their apps are in
+//! every OS check request, builds for a newly staged OS are fetched at once, and while they are
+//! not ready the staged OS update is withheld from the reboot driver
+//! ([`AgentHandle::rebootable`]).
 
 pub mod daemon;
 pub mod machine;
 pub mod notify;
 mod report;
+mod runtime;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,9 +25,11 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 pub use machine::{Action, Event, Machine, Status};
 use report::Reporter;
+use runtime::RebootGate;
 
 use crate::boot::{BootBackend, BootError, SlotId};
 use crate::config::Settings;
+use crate::extensions::{ExtensionStatus, Extensions};
 use crate::identity::Identity;
 use crate::install::{InstallError, Installed, Installer, Refusal, ResumeRecord};
 use crate::omaha_client::{self, CheckError, OmahaClient, reported};
@@ -151,6 +159,10 @@ pub struct AgentInfo {
     pub checks_completed: u64,
     /// How the last finished cycle ended.
     pub last_result: Option<CycleResult>,
+    /// Each configured runtime extension's version and state (empty: none configured).
+    pub extensions: Vec<ExtensionStatus>,
+    /// Why the staged OS update waits for runtime extensions (empty: it does not).
+    pub extensions_wait: String,
 }
 
 /// A command the agent could not carry out.
@@ -202,17 +214,44 @@ impl Command {
 struct Publisher {
     status: watch::Sender<Status>,
     staged: watch::Sender<Option<String>>,
+    /// The staged version the reboot driver may act on (see [`AgentHandle::rebootable`]).
+    rebootable: watch::Sender<Option<String>>,
+    /// What the runtime extensions allow.
+    gate: watch::Sender<RebootGate>,
+}
+
+/// Replaces `*slot` by `value`; whether it changed.
+fn replace_if_changed<T: PartialEq>(slot: &mut T, value: T) -> bool {
+    let changed = *slot != value;
+    *slot = value;
+    changed
 }
 
 impl Publisher {
+    fn new(staged: Option<String>, status: Status, gate: RebootGate) -> Self {
+        let rebootable = gate.rebootable(staged.as_deref());
+        Self {
+            status: watch::channel(status).0,
+            staged: watch::channel(staged).0,
+            rebootable: watch::channel(rebootable).0,
+            gate: watch::channel(gate).0,
+        }
+    }
+
     fn publish(&self, m: &Machine) {
         self.status.send_replace(m.status().clone());
         let staged = m.staged().map(str::to_owned);
-        self.staged.send_if_modified(|s| {
-            let changed = *s != staged;
-            *s = staged;
-            changed
-        });
+        let rebootable = self.gate.borrow().rebootable(staged.as_deref());
+        self.staged
+            .send_if_modified(|s| replace_if_changed(s, staged));
+        self.rebootable
+            .send_if_modified(|s| replace_if_changed(s, rebootable));
+    }
+
+    /// Sets what the runtime extensions allow and publishes again.
+    fn set_gate(&self, gate: RebootGate, m: &Machine) {
+        self.gate.send_replace(gate);
+        self.publish(m);
     }
 }
 
@@ -223,6 +262,10 @@ pub struct AgentHandle {
     pub status: watch::Receiver<Status>,
     /// The staged version (`None`: nothing staged; also while a check runs over a staged one).
     pub staged: watch::Receiver<Option<String>>,
+    /// The staged version the reboot driver may reboot into: [`Self::staged`], except while
+    /// runtime extensions are not ready for it (then `None`; [`AgentInfo::extensions_wait`]
+    /// says why).
+    pub rebootable: watch::Receiver<Option<String>>,
     /// Everything else the agent knows.
     pub info: watch::Receiver<AgentInfo>,
     check_now: Arc<Notify>,
@@ -286,6 +329,10 @@ pub struct Agent {
     commands_tx: mpsc::Sender<Command>,
     commands_rx: Option<mpsc::Receiver<Command>>,
     poll_interval: Option<Duration>,
+    /// Runtime extensions (`None`: none configured).
+    extensions: Option<Extensions>,
+    /// Whether [`Extensions::reconcile`] ran since start.
+    extensions_reconciled: bool,
 }
 
 /// Waits for the next command; never resolves once the receiver is gone.
@@ -350,10 +397,12 @@ impl Agent {
             _ => None,
         };
         let machine = Machine::new(staged.clone());
-        let publisher = Publisher {
-            status: watch::channel(machine.status().clone()).0,
-            staged: watch::channel(staged).0,
-        };
+        let extensions = runtime::open(&settings, &identity, &http, &omaha);
+        let publisher = Publisher::new(
+            staged,
+            machine.status().clone(),
+            RebootGate::initial(extensions.as_ref()),
+        );
         let info = watch::channel(AgentInfo {
             current_version: identity.os_version.clone(),
             booted_slot: Some(booted),
@@ -376,16 +425,19 @@ impl Agent {
             commands_tx,
             commands_rx: Some(commands_rx),
             poll_interval: None,
+            extensions,
+            extensions_reconciled: false,
         };
         agent.sync_info();
+        agent.sync_extensions();
         Ok(agent)
     }
 
-    /// Sets the agent up on this host: identity from `paths`, the GRUB gptprio slots, and the
+    /// Sets the agent up on this host: identity from `paths`, the slots of `boot.backend`, and the
     /// state in `settings.state_dir` (see [`Agent::new`]).
     pub fn open(paths: &crate::HostPaths, settings: Settings) -> Result<Self, AgentError> {
         let identity = Identity::load(paths, &settings)?;
-        let backend = crate::boot::GptprioBackend::from_settings(&settings.boot, paths)?;
+        let backend = crate::boot::from_settings(&settings.boot, paths)?;
         let store = StateStore::open(&settings.state_dir)?;
         tracing::info!(
             version = %identity.os_version,
@@ -394,7 +446,7 @@ impl Agent {
             machine = %identity.machine_id,
             "update-agent starting"
         );
-        Self::new(settings, identity, Box::new(backend), store)
+        Self::new(settings, identity, backend, store)
     }
 
     /// A handle for watching the status, requesting checks and sending commands.
@@ -402,6 +454,7 @@ impl Agent {
         AgentHandle {
             status: self.publisher.status.subscribe(),
             staged: self.publisher.staged.subscribe(),
+            rebootable: self.publisher.rebootable.subscribe(),
             info: self.info.subscribe(),
             check_now: Arc::clone(&self.check_now),
             commands: self.commands_tx.clone(),
@@ -476,6 +529,7 @@ impl Agent {
         self.state.last_error = None;
         self.store.save(&self.state)?;
         self.on(Event::Reset);
+        self.sync_extensions();
         self.info.send_modify(|i| i.offer = None);
         tracing::info!("reset: nothing staged, last error cleared");
         Ok(())
@@ -536,9 +590,11 @@ impl Agent {
     /// One full cycle: pending reports, update check, and install when an update is offered.
     pub async fn run_once(&mut self, interactive: bool) -> CycleOutcome {
         self.info.send_modify(|i| i.checks_started += 1);
+        self.reconcile_extensions().await;
         let outcome = self.cycle(interactive).await;
         let result = CycleResult::from(&outcome);
         self.sync_info();
+        self.sync_extensions();
         self.info.send_modify(|i| {
             i.checks_completed += 1;
             i.last_result = Some(result);
@@ -562,15 +618,27 @@ impl Agent {
             Some(PendingReport::Rebooted { previous_version }) => Some(previous_version.clone()),
             _ => None,
         };
+        // Runtime extensions are asked for in the same request, with the staged OS version as
+        // their context while an OS update waits for its reboot.
+        let target_os = self.machine.staged().map(str::to_owned);
         self.on(Event::CheckStarted);
         tracing::info!(version = %self.identity.os_version, app = %self.identity.app_id, server = %self.omaha.url(), "checking for an update");
-        let req = omaha_client::check_request(&self.identity, previous.as_deref(), interactive);
-        let answer = match self
-            .omaha
-            .send(&req)
-            .await
-            .and_then(|r| omaha_client::interpret(&r, &self.identity.app_id))
-        {
+        let req = omaha_client::check_request_with(
+            &self.identity,
+            previous.as_deref(),
+            interactive,
+            self.extension_apps(target_os.as_deref()),
+        );
+        let answer = match self.omaha.send(&req).await {
+            Ok(resp) => {
+                // Each app is answered on its own: the extensions' answers are handled whatever
+                // the OS app's says.
+                self.handle_extensions(&resp, target_os.as_deref()).await;
+                omaha_client::interpret(&resp, &self.identity.app_id)
+            }
+            Err(e) => Err(e),
+        };
+        let answer = match answer {
             Ok(a) => a,
             Err(e) => {
                 tracing::warn!(error = %e, "update check failed");
@@ -612,7 +680,12 @@ impl Agent {
             };
         }
         tracing::info!(version = %offer.version, size = offer.size, rollback = offer.rollback, "update offered");
-        self.install(&offer).await
+        let outcome = self.install(&offer).await;
+        if let CycleOutcome::Installed(done) = &outcome {
+            // Builds of the runtime extensions for the new OS, before the reboot may go ahead.
+            self.stage_extensions(&done.version, interactive).await;
+        }
+        outcome
     }
 
     async fn install(&mut self, offer: &omaha_client::Offer) -> CycleOutcome {
@@ -708,6 +781,7 @@ impl Agent {
     /// [`AgentHandle`]) until `shutdown` resolves. Commands sent through a handle are carried out
     /// between cycles; during a cycle they are refused with [`CommandError::Busy`].
     pub async fn run(&mut self, shutdown: impl Future<Output = ()>) {
+        self.reconcile_extensions().await;
         let mut rng = OsRng;
         let mut sched = Scheduler::new(self.settings.check.clone());
         let mut deadline = sched.first(Instant::now(), &mut rng);

@@ -3,7 +3,12 @@
 //! Only partition attribute words are ever changed. A change is written to the backup copy first
 //! (entry array, then header, then `fsync`), then to the primary copy, so one complete valid copy
 //! with matching CRCs exists on the disk at every instant, and both are valid when a call returns.
-//! Both copies must be valid and identical before anything is written.
+//!
+//! A write interrupted half-way (the agent killed, power lost) can leave the two copies
+//! disagreeing, or one of them with a bad CRC. Before the next change, [`repair`] takes the copy a
+//! boot loader uses — the primary when its header and entry-array CRCs are valid, else the
+//! backup — as the truth and rewrites the other copy from it, so the table is never moved away
+//! from what the machine would boot. With neither copy valid nothing is written.
 
 use std::fmt;
 use std::fs::File;
@@ -98,22 +103,30 @@ pub enum GptError {
     #[error("no GPT found (no \"EFI PART\" header at LBA 1 for 512- or 4096-byte sectors)")]
     NotGpt,
     /// Neither header copy is usable.
-    #[error("both GPT copies are damaged: primary: {primary}; backup: {backup}")]
+    #[error(
+        "both GPT copies are damaged (primary: {primary}; backup: {backup}); nothing can be read \
+         from or written to this table: restore it by hand (e.g. from an `sgdisk --backup` file)"
+    )]
     BothDamaged {
         /// Why the primary copy was rejected.
         primary: String,
         /// Why the backup copy was rejected.
         backup: String,
     },
-    /// Writing needs two valid identical copies.
+    /// A copy is damaged or stale and cannot be rebuilt from the other one where it belongs.
     #[error(
-        "refusing to write: the {copy} GPT copy is not valid ({reason}); repair the table first (e.g. `sgdisk -e`/`cgpt repair`)"
+        "refusing to write: the {copy} GPT copy is not valid ({reason}) and cannot be rebuilt \
+         from the {other} copy ({why}); repair the table first (e.g. `sgdisk -e`/`cgpt repair`)"
     )]
     NeedsRepair {
         /// Which copy.
-        copy: &'static str,
+        copy: GptCopy,
+        /// The copy it would be rebuilt from.
+        other: GptCopy,
         /// What is wrong with it.
         reason: String,
+        /// Why it cannot be rebuilt.
+        why: String,
     },
     /// No partition entry with that number.
     #[error("no partition number {0} in the GPT")]
@@ -121,6 +134,35 @@ pub enum GptError {
     /// After writing, the table did not read back as written.
     #[error("GPT write did not read back as written: {0}")]
     Verify(String),
+}
+
+/// One of the two copies of a GPT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GptCopy {
+    /// The primary copy: header at LBA 1, entry array after it. Boot loaders read it first.
+    Primary,
+    /// The backup copy: entry array and header at the end of the disk.
+    Backup,
+}
+
+impl fmt::Display for GptCopy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            GptCopy::Primary => "primary",
+            GptCopy::Backup => "backup",
+        })
+    }
+}
+
+/// What [`repair`] rewrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Repair {
+    /// The copy that was rewritten.
+    pub rewritten: GptCopy,
+    /// The copy it was rewritten from (the one a boot loader uses).
+    pub from: GptCopy,
+    /// What was wrong before: the rewritten copy's damage, or how the copies differed.
+    pub reason: String,
 }
 
 /// One used partition entry.
@@ -157,6 +199,19 @@ struct Header {
 impl Header {
     fn entries_len(&self) -> u64 {
         u64::from(self.num_entries) * u64::from(self.entry_size)
+    }
+
+    /// Sectors the entry array takes with `ss`-byte sectors.
+    fn entries_sectors(&self, ss: u64) -> u64 {
+        self.entries_len().div_ceil(ss)
+    }
+
+    fn first_usable_lba(&self) -> u64 {
+        le64(&self.raw, 40)
+    }
+
+    fn last_usable_lba(&self) -> u64 {
+        le64(&self.raw, 48)
     }
 }
 
@@ -341,24 +396,44 @@ impl GptTable {
                 Err(_) => disk_bytes / ss - 1,
             };
             let backup = read_copy(file, ss, disk_bytes, backup_lba)?;
-            let entries = match (&primary, &backup) {
-                (Ok((h, raw)), _) | (Err(_), Ok((h, raw))) => parse_entries(h, raw),
-                (Err(p), Err(b)) => {
-                    return Err(GptError::BothDamaged {
-                        primary: p.clone(),
-                        backup: b.clone(),
-                    });
-                }
-            };
-            return Ok(Self {
-                sector_size: ss,
-                disk_bytes,
-                entries,
-                primary,
-                backup,
-            });
+            return Self::from_copies(ss, disk_bytes, primary, backup);
+        }
+        // No primary header at all (its sector overwritten): a boot loader still uses a valid
+        // backup at the end of the disk, and so does this reader.
+        for ss in SECTOR_SIZES {
+            if disk_bytes < ss * 3 {
+                continue;
+            }
+            if let Ok(backup) = read_copy(file, ss, disk_bytes, disk_bytes / ss - 1)? {
+                let primary = Err("no \"EFI PART\" signature at LBA 1".to_owned());
+                return Self::from_copies(ss, disk_bytes, primary, Ok(backup));
+            }
         }
         Err(GptError::NotGpt)
+    }
+
+    fn from_copies(
+        sector_size: u64,
+        disk_bytes: u64,
+        primary: Result<(Header, Vec<u8>), String>,
+        backup: Result<(Header, Vec<u8>), String>,
+    ) -> Result<Self, GptError> {
+        let entries = match (&primary, &backup) {
+            (Ok((h, raw)), _) | (Err(_), Ok((h, raw))) => parse_entries(h, raw),
+            (Err(p), Err(b)) => {
+                return Err(GptError::BothDamaged {
+                    primary: p.clone(),
+                    backup: b.clone(),
+                });
+            }
+        };
+        Ok(Self {
+            sector_size,
+            disk_bytes,
+            entries,
+            primary,
+            backup,
+        })
     }
 
     /// Problems with either copy, if any (an empty list means both copies are valid and agree).
@@ -398,33 +473,176 @@ impl GptTable {
     }
 }
 
-/// Sets the attribute words of the given partitions, keeping both GPT copies valid throughout.
-///
-/// Rereads the table from `file` first (never writes from a stale copy). `file` must be open for
-/// reading and writing. Returns the table as read back after the write.
-pub fn write_attributes(file: &File, changes: &[(u32, u64)]) -> Result<GptTable, GptError> {
-    let table = GptTable::read(file)?;
-    let ((ph, pe), (bh, _)) = match (&table.primary, &table.backup) {
-        (Ok(p), Ok(b)) => (p, b),
-        (Err(reason), _) => {
-            return Err(GptError::NeedsRepair {
-                copy: "primary",
-                reason: reason.clone(),
-            });
+/// Where a rebuilt copy goes: its header LBA and its entry array's first LBA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Placement {
+    lba: u64,
+    entries_lba: u64,
+}
+
+/// Where the `target` copy belongs, given the valid copy `truth` (and the stale `old` copy if it
+/// is valid, whose entry-array location is kept). `Err` says why it cannot be placed.
+fn placement(
+    target: GptCopy,
+    truth: &Header,
+    old: Option<&Header>,
+    ss: u64,
+    disk_bytes: u64,
+) -> Result<Placement, String> {
+    let sectors = truth.entries_sectors(ss);
+    let last_lba = disk_bytes / ss - 1;
+    let (lba, standard, lowest, end) = match target {
+        GptCopy::Primary => {
+            if truth.alternate_lba != 1 {
+                return Err(format!(
+                    "the backup header names LBA {} as the primary's, not LBA 1",
+                    truth.alternate_lba
+                ));
+            }
+            // Entry array between the header (LBA 1) and the first usable sector.
+            (1, 2, 2, truth.first_usable_lba())
         }
-        (_, Err(reason)) => {
-            return Err(GptError::NeedsRepair {
-                copy: "backup",
-                reason: reason.clone(),
+        GptCopy::Backup => {
+            let lba = truth.alternate_lba;
+            if lba > last_lba || lba <= truth.last_usable_lba() || lba < 2 {
+                return Err(format!(
+                    "the primary header puts the backup at LBA {lba}, outside the space after \
+                     the last usable LBA {} on a disk of {} sectors",
+                    truth.last_usable_lba(),
+                    last_lba + 1
+                ));
+            }
+            // Entry array between the last usable sector and the header, usually right before
+            // the header.
+            let lowest = truth.last_usable_lba().saturating_add(1);
+            (lba, lba.saturating_sub(sectors), lowest, lba)
+        }
+    };
+    let fits = |start: u64| start >= lowest && start.checked_add(sectors).is_some_and(|e| e <= end);
+    let entries_lba = match old {
+        Some(h) if h.lba == lba && fits(h.entries_lba) => h.entries_lba,
+        _ if fits(standard) => standard,
+        _ => {
+            return Err(format!(
+                "no room for an entry array of {sectors} sectors between LBA {lowest} and LBA {end}"
+            ));
+        }
+    };
+    Ok(Placement { lba, entries_lba })
+}
+
+/// Best-effort name of the open disk, for log lines (`/proc/self/fd`).
+fn disk_name(file: &File) -> String {
+    use std::os::fd::AsRawFd;
+    std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "?".to_owned())
+}
+
+/// Makes the two copies of `table` (just read from `file`) valid and identical again, if they are
+/// not, by rewriting the copy a boot loader does not use from the one it does (see [`repair`]).
+fn repair_table(file: &File, table: GptTable) -> Result<(GptTable, Option<Repair>), GptError> {
+    let problems = table.problems();
+    if problems.is_empty() {
+        return Ok((table, None));
+    }
+    let reason = problems.join("; ");
+    let ss = table.sector_size;
+    // The boot loader's choice: the primary whenever its CRCs are valid, even if the backup is
+    // newer (a write interrupted between the two copies); the backup only when the primary is
+    // damaged. `GptTable::read` already returned `BothDamaged` when neither is valid.
+    let (from, target, (truth, entries), old) = match (&table.primary, &table.backup) {
+        (Ok(p), b) => (GptCopy::Primary, GptCopy::Backup, p, b.as_ref().ok()),
+        (Err(_), Ok(b)) => (GptCopy::Backup, GptCopy::Primary, b, None),
+        (Err(p), Err(b)) => {
+            return Err(GptError::BothDamaged {
+                primary: p.clone(),
+                backup: b.clone(),
             });
         }
     };
-    if let Some(p) = table.problems().into_iter().next() {
-        return Err(GptError::NeedsRepair {
-            copy: "backup",
-            reason: p,
-        });
+    let place =
+        placement(target, truth, old.map(|(h, _)| h), ss, table.disk_bytes).map_err(|why| {
+            GptError::NeedsRepair {
+                copy: target,
+                other: from,
+                reason: reason.clone(),
+                why,
+            }
+        })?;
+    let mut raw = truth.raw.clone();
+    raw[24..32].copy_from_slice(&place.lba.to_le_bytes());
+    raw[32..40].copy_from_slice(&truth.lba.to_le_bytes());
+    raw[72..80].copy_from_slice(&place.entries_lba.to_le_bytes());
+    let crc = header_crc(&raw);
+    raw[16..20].copy_from_slice(&crc.to_le_bytes());
+    // A whole sector: the rest of a header's sector is reserved and must be zero.
+    let mut sector = raw;
+    sector.resize(usize::try_from(ss).unwrap_or(512), 0);
+    // The copy being rebuilt is not what a boot loader uses (it is damaged, or the primary is
+    // valid and wins), and the copy it does use is not touched: a crash here changes nothing a
+    // boot loader sees. Entry array first, then the header whose CRCs make the copy valid.
+    write_at(
+        file,
+        "rebuilding GPT entries",
+        place.entries_lba * ss,
+        entries,
+    )?;
+    write_at(file, "rebuilding a GPT header", place.lba * ss, &sector)?;
+    // Durable before the next change starts overwriting the copy it was rebuilt from.
+    file.sync_data().map_err(|source| GptError::Io {
+        what: "syncing the rebuilt GPT copy",
+        offset: place.lba * ss,
+        source,
+    })?;
+    let after = GptTable::read(file)?;
+    if let Some(p) = after.problems().into_iter().next() {
+        return Err(GptError::Verify(format!(
+            "after rebuilding the {target} copy from the {from} copy: {p}"
+        )));
     }
+    tracing::warn!(
+        disk = %disk_name(file),
+        rewritten = %target,
+        from = %from,
+        reason = %reason,
+        "GPT copies did not agree (an earlier write was interrupted?): rewrote one copy from \
+         the one boot loaders use"
+    );
+    Ok((
+        after,
+        Some(Repair {
+            rewritten: target,
+            from,
+            reason,
+        }),
+    ))
+}
+
+/// Makes both GPT copies of `file` valid and identical, if they are not: the copy a boot loader
+/// uses (the primary when its header and entry-array CRCs are valid, else the backup) is taken as
+/// the truth and the other copy is rewritten from it (entry array, header, `fsync`), with a
+/// warning logged. Returns the table as read back and what was rewritten (`None`: nothing was
+/// wrong). Fails with [`GptError::BothDamaged`] when neither copy is valid and with
+/// [`GptError::NeedsRepair`] when the other copy's place on the disk is unusable; nothing is
+/// written then. `file` must be open for reading and writing.
+pub fn repair(file: &File) -> Result<(GptTable, Option<Repair>), GptError> {
+    repair_table(file, GptTable::read(file)?)
+}
+
+/// Sets the attribute words of the given partitions, keeping a valid GPT copy on the disk
+/// throughout.
+///
+/// Rereads the table from `file` first (never writes from a stale copy) and [`repair`]s it if
+/// the copies disagree (e.g. an earlier call was interrupted). `file` must be open for reading
+/// and writing. Returns the table as read back after the write.
+pub fn write_attributes(file: &File, changes: &[(u32, u64)]) -> Result<GptTable, GptError> {
+    let (table, _) = repair(file)?;
+    let (Ok((ph, pe)), Ok((bh, _))) = (&table.primary, &table.backup) else {
+        return Err(GptError::Verify(
+            "a GPT copy is not valid after the repair".into(),
+        ));
+    };
     let mut entries = pe.clone();
     let size = ph.entry_size as usize;
     for &(number, attrs) in changes {
@@ -436,7 +654,16 @@ pub fn write_attributes(file: &File, changes: &[(u32, u64)]) -> Result<GptTable,
     }
     let entries_crc = CRC32.checksum(&entries);
     let ss = table.sector_size;
-    for (h, copy) in [(bh, "backup"), (ph, "primary")] {
+    // Backup first, then the primary, each entry array before its header and synced before the
+    // other copy is touched. Boot loaders read the primary and fall back to the backup only when
+    // the primary's CRCs fail. While the backup is written the primary is untouched and valid
+    // (old table). Once the backup is synced it holds the new table; while the primary is then
+    // written it is either still the old table (header not reached) or fails its entry-array CRC
+    // (new entries under the old header, or a torn header), so the boot loader takes the backup:
+    // the new table. A boot loader thus sees the old or the new table, never a mixture, at any
+    // instant; and an interrupted write leaves copies that [`repair`] reconciles in favour of
+    // what a boot loader would use.
+    for (h, copy) in [(bh, GptCopy::Backup), (ph, GptCopy::Primary)] {
         let mut raw = h.raw.clone();
         raw[88..92].copy_from_slice(&entries_crc.to_le_bytes());
         let crc = header_crc(&raw);
@@ -444,10 +671,9 @@ pub fn write_attributes(file: &File, changes: &[(u32, u64)]) -> Result<GptTable,
         write_at(file, "writing GPT entries", h.entries_lba * ss, &entries)?;
         write_at(file, "writing a GPT header", h.lba * ss, &raw)?;
         file.sync_data().map_err(|source| GptError::Io {
-            what: if copy == "backup" {
-                "syncing the backup GPT"
-            } else {
-                "syncing the primary GPT"
+            what: match copy {
+                GptCopy::Backup => "syncing the backup GPT",
+                GptCopy::Primary => "syncing the primary GPT",
             },
             offset: h.lba * ss,
             source,

@@ -310,6 +310,10 @@ impl GptprioBackend {
 }
 
 impl BootBackend for GptprioBackend {
+    fn disk(&self) -> &Path {
+        &self.disk
+    }
+
     fn describe(&self) -> Result<Vec<SlotStatus>, BootError> {
         let file = open(&self.disk, false)?;
         let loc = self.locate_in(&file)?;

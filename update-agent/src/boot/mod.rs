@@ -8,6 +8,7 @@ pub mod cmdline;
 pub mod disk;
 pub mod gpt;
 pub mod gptprio;
+pub mod sdboot;
 pub mod writer;
 
 use std::fmt;
@@ -16,6 +17,7 @@ use std::str::FromStr;
 
 pub use gpt::Guid;
 pub use gptprio::{GptprioBackend, Selection, gptprio_select, gptprio_select_type};
+pub use sdboot::SdbootBackend;
 pub use writer::SlotWriter;
 
 /// One of the two slots.
@@ -247,6 +249,32 @@ pub enum BootError {
         /// What went wrong.
         detail: String,
     },
+    /// A file or directory on the EFI system partition cannot be read or written.
+    #[error("ESP: {action} {}: {source}", path.display())]
+    Esp {
+        /// The file or directory.
+        path: PathBuf,
+        /// What was being done.
+        action: &'static str,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A boot loader EFI variable cannot be read or decoded.
+    #[error("EFI variable {}: {detail}", path.display())]
+    Efivar {
+        /// The efivarfs file.
+        path: PathBuf,
+        /// What was wrong.
+        detail: String,
+    },
+    /// The new slot's files (kernel, initrd) cannot be read.
+    #[error("cannot read the files of slot {slot}: {detail}")]
+    SlotFiles {
+        /// Which slot.
+        slot: SlotId,
+        /// What went wrong.
+        detail: String,
+    },
     /// The target slot changed since it was chosen (re-partitioned, or booted).
     #[error("target slot {slot} is no longer a valid write target: {reason}")]
     TargetChanged {
@@ -259,9 +287,11 @@ pub enum BootError {
 
 /// A boot loader's view of the A/B slots.
 ///
-/// Implementations: [`gptprio::GptprioBackend`] (GRUB `gptprio`, CoreOS/Flatcar). A systemd-boot
-/// (Boot Loader Specification boot counting) backend comes later.
+/// Implementations: [`gptprio::GptprioBackend`] (GRUB `gptprio`, CoreOS/Flatcar) and
+/// [`sdboot::SdbootBackend`] (systemd-boot, Boot Loader Specification boot counting).
 pub trait BootBackend {
+    /// The disk holding the slots.
+    fn disk(&self) -> &std::path::Path;
     /// Both slots with their boot state, A first.
     fn describe(&self) -> Result<Vec<SlotStatus>, BootError>;
     /// The slot the running system booted from.
@@ -276,4 +306,19 @@ pub trait BootBackend {
     fn mark_booted_good(&self) -> Result<(), BootError>;
     /// Opens `target` for writing, confined to its byte range.
     fn open_target(&self, target: &TargetSlot) -> Result<SlotWriter, BootError>;
+}
+
+/// The backend `boot.backend` selects, built from settings (see each backend's `from_settings`).
+pub fn from_settings(
+    boot: &crate::config::BootSettings,
+    paths: &crate::paths::HostPaths,
+) -> Result<Box<dyn BootBackend + Send + Sync>, BootError> {
+    Ok(match boot.backend {
+        crate::config::BootBackendKind::Gptprio => {
+            Box::new(GptprioBackend::from_settings(boot, paths)?)
+        }
+        crate::config::BootBackendKind::SystemdBoot => {
+            Box::new(SdbootBackend::from_settings(boot, paths)?)
+        }
+    })
 }

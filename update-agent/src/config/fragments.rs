@@ -31,6 +31,8 @@ pub struct Fragment {
     pub install: Option<InstallFragment>,
     /// `[dbus]`: the D-Bus API.
     pub dbus: Option<DbusFragment>,
+    /// `[extensions]`: runtime extensions (global keys and `[extensions.NAME]` tables).
+    pub extensions: Option<crate::extensions::ExtensionsFragment>,
 }
 
 /// `[dbus]` section.
@@ -99,7 +101,7 @@ pub struct CheckFragment {
 /// `[boot]` section.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 pub struct BootFragment {
-    /// Boot backend name (`gptprio`).
+    /// Boot backend name (`gptprio` or `systemd-boot`).
     pub backend: Option<String>,
     /// Disk holding the slots: a block device or an image file.
     pub disk: Option<PathBuf>,
@@ -111,6 +113,25 @@ pub struct BootFragment {
     pub tries: Option<u64>,
     /// Booted slot override (`A` or `B`), instead of the kernel command line.
     pub booted_slot: Option<String>,
+    /// `[boot.systemd_boot]`: settings of the `systemd-boot` backend.
+    pub systemd_boot: Option<SystemdBootFragment>,
+}
+
+/// `[boot.systemd_boot]` section.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct SystemdBootFragment {
+    /// ESP mount point.
+    pub esp: Option<PathBuf>,
+    /// Entry name (entries `NAME-a.conf`/`NAME-b.conf`, kernels under `/NAME/` on the ESP).
+    pub entry_name: Option<String>,
+    /// Kernel path inside a slot's filesystem.
+    pub kernel_path: Option<PathBuf>,
+    /// Initrd path inside a slot's filesystem.
+    pub initrd_path: Option<PathBuf>,
+    /// Kernel options after `root=…`.
+    pub kernel_options: Option<String>,
+    /// efivarfs directory.
+    pub efivars_dir: Option<PathBuf>,
 }
 
 /// `[agent]` section.
@@ -170,6 +191,8 @@ pub struct RebootFragment {
     pub fleet_lock: Option<FleetLockFragment>,
     /// Time logged-in users are given after the notice, in seconds.
     pub grace_period_secs: Option<u64>,
+    /// Wait before asking the FleetLock server again after a refusal, in seconds (±10 % jitter).
+    pub lock_retry_secs: Option<u64>,
     /// Program and arguments telling users about the reboot (the message is appended).
     pub notify_command: Option<Vec<String>>,
     /// Sentinel written while an update is staged (`""` disables it).

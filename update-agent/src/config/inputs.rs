@@ -1,8 +1,8 @@
 //! Config inputs: all fragments merged in precedence order, each value remembering its source.
 //!
 //! Legacy `update.conf` values are applied first (lowest precedence), then drop-ins in lexical
-//! order; a later file's key replaces an earlier one's. `health.units` accumulate across files and
-//! `health.checks.NAME` merge per name and field.
+//! order; a later file's key replaces an earlier one's. `health.units` accumulate across files;
+//! `health.checks.NAME` and `extensions.NAME` merge per name and field.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -72,6 +72,12 @@ pub struct Inputs {
     pub boot_slot_partuuids: Option<Sourced<Vec<String>>>,
     pub boot_tries: Option<Sourced<u64>>,
     pub boot_booted_slot: Option<Sourced<String>>,
+    pub boot_sd_esp: Option<Sourced<PathBuf>>,
+    pub boot_sd_entry_name: Option<Sourced<String>>,
+    pub boot_sd_kernel_path: Option<Sourced<PathBuf>>,
+    pub boot_sd_initrd_path: Option<Sourced<PathBuf>>,
+    pub boot_sd_kernel_options: Option<Sourced<String>>,
+    pub boot_sd_efivars_dir: Option<Sourced<PathBuf>>,
     pub agent_state_dir: Option<Sourced<PathBuf>>,
     pub health_timeout_secs: Option<Sourced<u64>>,
     pub health_units: Vec<Sourced<String>>,
@@ -87,6 +93,7 @@ pub struct Inputs {
     pub reboot_fleet_lock_base_url: Option<Sourced<String>>,
     pub reboot_fleet_lock_group: Option<Sourced<String>>,
     pub reboot_grace_period_secs: Option<Sourced<u64>>,
+    pub reboot_lock_retry_secs: Option<Sourced<u64>>,
     pub reboot_notify_command: Option<Sourced<Vec<String>>>,
     pub reboot_reboot_required_path: Option<Sourced<PathBuf>>,
     pub install_checkpoint_interval_ms: Option<Sourced<u64>>,
@@ -95,6 +102,8 @@ pub struct Inputs {
     pub check_backoff_base_secs: Option<Sourced<u64>>,
     pub dbus_enabled: Option<Sourced<bool>>,
     pub dbus_update_engine_compat: Option<Sourced<bool>>,
+    /// `[extensions]`, merged per extension name and field.
+    pub extensions: crate::extensions::ExtensionsInputs,
 }
 
 /// Overwrites `dst` when `src` is set.
@@ -175,6 +184,14 @@ impl Inputs {
             set(&mut self.boot_slot_partuuids, b.slot_partuuids, file);
             set(&mut self.boot_tries, b.tries, file);
             set(&mut self.boot_booted_slot, b.booted_slot, file);
+            if let Some(sd) = b.systemd_boot {
+                set(&mut self.boot_sd_esp, sd.esp, file);
+                set(&mut self.boot_sd_entry_name, sd.entry_name, file);
+                set(&mut self.boot_sd_kernel_path, sd.kernel_path, file);
+                set(&mut self.boot_sd_initrd_path, sd.initrd_path, file);
+                set(&mut self.boot_sd_kernel_options, sd.kernel_options, file);
+                set(&mut self.boot_sd_efivars_dir, sd.efivars_dir, file);
+            }
         }
         if let Some(a) = f.agent {
             set(&mut self.agent_state_dir, a.state_dir, file);
@@ -224,6 +241,7 @@ impl Inputs {
                 r.grace_period_secs,
                 file,
             );
+            set(&mut self.reboot_lock_retry_secs, r.lock_retry_secs, file);
             set(&mut self.reboot_notify_command, r.notify_command, file);
             set(
                 &mut self.reboot_reboot_required_path,
@@ -242,6 +260,9 @@ impl Inputs {
                 d.update_engine_compat,
                 file,
             );
+        }
+        if let Some(e) = f.extensions {
+            self.extensions.merge(e, file);
         }
         if let Some(n) = f.install {
             set(
@@ -299,6 +320,92 @@ mod tests {
         let net = &i.health_checks["net"];
         assert_eq!(net.command.as_ref().unwrap().value, ["/bin/true"]);
         assert_eq!(net.timeout_secs.as_ref().unwrap().value, 9);
+    }
+
+    #[test]
+    fn extensions_merge_per_name_and_field_into_settings_with_unknown_keys_warned() {
+        let mut warnings = Vec::new();
+        let mut i = Inputs::default();
+        for (file, text) in [
+            (
+                "/usr/lib/platte/agent.d/20-vendor.toml",
+                "[extensions.containerd]\napp_id = '{5e8a1c7d-2f4b-4c6e-9a1d-3b7c9e2f4a60}'\nrestart_units = ['containerd.service']\n[extensions.docker]\napp_id = 'd'\n",
+            ),
+            (
+                "/etc/platte/agent.d/50-site.toml",
+                "[extensions]\nimage_dir = '/srv/images'\n[extensions.containerd]\ngroup = 'beta'\nrestart_unit = []\n[extensions.docker]\nenabled = false\n",
+            ),
+        ] {
+            let f = parse_str(text, Path::new(file), &mut warnings).unwrap();
+            i.merge(f, Path::new(file));
+        }
+        let keys: Vec<String> = warnings.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            keys,
+            [
+                "unknown key `extensions.containerd.restart_unit` in /etc/platte/agent.d/50-site.toml (ignored)"
+            ]
+        );
+        let s = crate::config::Settings::from_inputs(&i).unwrap().extensions;
+        assert_eq!(s.image_dir, Path::new("/srv/images"));
+        assert_eq!(
+            s.sysext_refresh_command,
+            ["systemctl", "restart", "systemd-sysext.service"]
+        );
+        let c = &s.extensions[0];
+        assert_eq!(
+            (c.name.as_str(), c.group.as_str(), c.restart_units.len()),
+            ("containerd", "beta", 1)
+        );
+        assert_eq!(
+            s.enabled().map(|e| e.name.as_str()).collect::<Vec<_>>(),
+            ["containerd"]
+        );
+        // Invalid values fail the whole configuration, naming key and file.
+        let f = parse_str(
+            "[extensions.x]\ngroup = 'a'\n",
+            Path::new("/etc/platte/agent.d/60-x.toml"),
+            &mut warnings,
+        )
+        .unwrap();
+        i.merge(f, Path::new("/etc/platte/agent.d/60-x.toml"));
+        let e = crate::config::Settings::from_inputs(&i)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("extensions.*.app_id") && e.contains("60-x.toml"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn shipped_extension_example_is_valid_when_uncommented() {
+        let text = include_str!("../../../systemd/agent.d/00-defaults.toml");
+        let example: String = text
+            .lines()
+            .skip_while(|l| *l != "[extensions]")
+            .take_while(|l| *l != "[reboot]")
+            .map(|l| l.strip_prefix("# ").unwrap_or(l))
+            .filter(|l| l.starts_with('[') || l.contains(" = "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(example.contains("[extensions.containerd]"), "{example}");
+        let mut warnings = Vec::new();
+        let f = parse_str(&example, Path::new("00-defaults.toml"), &mut warnings).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let mut i = Inputs::default();
+        i.merge(f, Path::new("00-defaults.toml"));
+        let s = crate::config::Settings::from_inputs(&i).unwrap().extensions;
+        assert_eq!(
+            s,
+            crate::extensions::ExtensionsSettings {
+                extensions: s.extensions.clone(),
+                ..Default::default()
+            }
+        );
+        let c = &s.extensions[0];
+        assert_eq!(c.restart_units, ["containerd.service"]);
+        assert_eq!(c.pin_version.as_deref(), Some("1.7.22"));
     }
 
     #[test]

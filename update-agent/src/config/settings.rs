@@ -119,6 +119,8 @@ pub struct CheckSettings {
 pub enum BootBackendKind {
     /// GPT attribute bits read by GRUB's `gptprio.next` (CoreOS/Flatcar).
     Gptprio,
+    /// systemd-boot: Boot Loader Specification entries with boot counting on the ESP.
+    SystemdBoot,
 }
 
 /// `[boot]` settings.
@@ -136,6 +138,8 @@ pub struct BootSettings {
     pub tries: u8,
     /// Booted slot override.
     pub booted_slot: Option<SlotId>,
+    /// `[boot.systemd_boot]` (used by the `systemd-boot` backend).
+    pub systemd_boot: crate::boot::sdboot::SdbootConfig,
 }
 
 /// One configured health command.
@@ -190,6 +194,8 @@ pub enum RebootStrategy {
 
 /// Default grace period for logged-in users (locksmith's 5 minutes).
 pub const DEFAULT_GRACE_PERIOD_SECS: u64 = 300;
+/// Default wait before asking the FleetLock server again after a refusal or failure.
+pub const DEFAULT_LOCK_RETRY_SECS: u64 = 60;
 /// Default reboot-required sentinel (kured's default).
 pub const DEFAULT_REBOOT_REQUIRED_PATH: &str = "/run/reboot-required";
 /// Default command telling logged-in users (the message is appended).
@@ -217,6 +223,9 @@ pub struct RebootSettings {
     pub fleet_lock: Option<FleetLockSettings>,
     /// Time logged-in users are given after the notice.
     pub grace_period: Duration,
+    /// Wait before asking the FleetLock server again after a refusal or failure (the
+    /// coordinator adds ±10 % jitter so a fleet does not ask in step).
+    pub lock_retry: Duration,
     /// Program and arguments telling users (empty: nobody is told).
     pub notify_command: Vec<String>,
     /// Sentinel written while an update is staged; `None`: disabled.
@@ -334,7 +343,7 @@ impl Settings {
                 enabled: i.dbus_enabled.as_ref().is_none_or(|s| s.value),
                 update_engine_compat: i.dbus_update_engine_compat.as_ref().is_none_or(|s| s.value),
             },
-            extensions: crate::extensions::ExtensionsSettings::default(),
+            extensions: crate::extensions::ExtensionsSettings::from_inputs(&i.extensions)?,
         })
     }
 }
@@ -463,6 +472,13 @@ fn reboot(i: &Inputs) -> Result<RebootSettings, ConfigError> {
             &i.reboot_grace_period_secs,
             DEFAULT_GRACE_PERIOD_SECS,
             0,
+            3600,
+        )?,
+        lock_retry: secs(
+            "reboot.lock_retry_secs",
+            &i.reboot_lock_retry_secs,
+            DEFAULT_LOCK_RETRY_SECS,
+            1,
             3600,
         )?,
         notify_command,
@@ -646,13 +662,21 @@ fn boot(i: &Inputs) -> Result<BootSettings, ConfigError> {
     let backend = match &i.boot_backend {
         None => BootBackendKind::Gptprio,
         Some(s) if s.value == "gptprio" => BootBackendKind::Gptprio,
+        Some(s) if s.value == "systemd-boot" => BootBackendKind::SystemdBoot,
         Some(s) => {
             return Err(invalid(
                 "boot.backend",
                 s,
-                format!("unknown backend {:?}: expected \"gptprio\"", s.value),
+                format!(
+                    "unknown backend {:?}: expected \"gptprio\" or \"systemd-boot\"",
+                    s.value
+                ),
             ));
         }
+    };
+    let default_labels = match backend {
+        BootBackendKind::Gptprio => DEFAULT_SLOT_LABELS,
+        BootBackendKind::SystemdBoot => crate::boot::sdboot::DEFAULT_SLOT_LABELS,
     };
     let (slot_a, slot_b) = if let Some(s) = &i.boot_slot_partuuids {
         let [a, b] = s.value.as_slice() else {
@@ -698,8 +722,8 @@ fn boot(i: &Inputs) -> Result<BootSettings, ConfigError> {
         (SlotSpec::Label(a.clone()), SlotSpec::Label(b.clone()))
     } else {
         (
-            SlotSpec::Label(DEFAULT_SLOT_LABELS[0].into()),
-            SlotSpec::Label(DEFAULT_SLOT_LABELS[1].into()),
+            SlotSpec::Label(default_labels[0].into()),
+            SlotSpec::Label(default_labels[1].into()),
         )
     };
     let tries = match &i.boot_tries {
@@ -735,6 +759,57 @@ fn boot(i: &Inputs) -> Result<BootSettings, ConfigError> {
         slot_b,
         tries,
         booted_slot,
+        systemd_boot: systemd_boot(i)?,
+    })
+}
+
+/// `[boot.systemd_boot]`: validated, with defaults (`crate::boot::sdboot`'s constants).
+fn systemd_boot(i: &Inputs) -> Result<crate::boot::sdboot::SdbootConfig, ConfigError> {
+    use crate::boot::sdboot::{self, SdbootConfig};
+    let entry_name = match &i.boot_sd_entry_name {
+        None => sdboot::DEFAULT_ENTRY_NAME.to_owned(),
+        Some(s) if !sdboot::valid_entry_name(&s.value) => {
+            return Err(invalid(
+                "boot.systemd_boot.entry_name",
+                s,
+                format!(
+                    "{:?} must be 1..=64 characters of A-Z a-z 0-9 . _ - (not starting with . or -)",
+                    s.value
+                ),
+            ));
+        }
+        Some(s) => s.value.clone(),
+    };
+    let kernel_options = match &i.boot_sd_kernel_options {
+        None => sdboot::DEFAULT_KERNEL_OPTIONS.to_owned(),
+        Some(s) if s.value.chars().any(char::is_control) => {
+            return Err(invalid(
+                "boot.systemd_boot.kernel_options",
+                s,
+                "must be one line without control characters",
+            ));
+        }
+        Some(s) => s.value.trim().to_owned(),
+    };
+    Ok(SdbootConfig {
+        esp: absolute("boot.systemd_boot.esp", &i.boot_sd_esp, sdboot::DEFAULT_ESP)?,
+        entry_name,
+        kernel_path: absolute(
+            "boot.systemd_boot.kernel_path",
+            &i.boot_sd_kernel_path,
+            sdboot::DEFAULT_KERNEL_PATH,
+        )?,
+        initrd_path: absolute(
+            "boot.systemd_boot.initrd_path",
+            &i.boot_sd_initrd_path,
+            sdboot::DEFAULT_INITRD_PATH,
+        )?,
+        kernel_options,
+        efivars_dir: absolute(
+            "boot.systemd_boot.efivars_dir",
+            &i.boot_sd_efivars_dir,
+            sdboot::DEFAULT_EFIVARS_DIR,
+        )?,
     })
 }
 

@@ -21,6 +21,10 @@ pub enum UpdateError {
     /// A check or install is running (`org.platte.Update1.Error.Busy`).
     #[error("{0}")]
     Busy(String),
+    /// `RebootNow` while runtime extensions are not ready for the staged OS version
+    /// (`org.platte.Update1.Error.WaitingForExtensions`).
+    #[error("{0}")]
+    WaitingForExtensions(String),
     /// `ClearDenyList` of a version not on the list (`org.platte.Update1.Error.NotDenyListed`).
     #[error("{0}")]
     NotDenyListed(String),
@@ -36,6 +40,7 @@ impl UpdateError {
             UpdateError::AccessDenied(_) => "org.freedesktop.DBus.Error.AccessDenied",
             UpdateError::NothingStaged(_) => "org.platte.Update1.Error.NothingStaged",
             UpdateError::Busy(_) => "org.platte.Update1.Error.Busy",
+            UpdateError::WaitingForExtensions(_) => "org.platte.Update1.Error.WaitingForExtensions",
             UpdateError::NotDenyListed(_) => "org.platte.Update1.Error.NotDenyListed",
             UpdateError::Failed(_) => "org.platte.Update1.Error.Failed",
         }
@@ -46,6 +51,7 @@ impl UpdateError {
             UpdateError::AccessDenied(m)
             | UpdateError::NothingStaged(m)
             | UpdateError::Busy(m)
+            | UpdateError::WaitingForExtensions(m)
             | UpdateError::NotDenyListed(m)
             | UpdateError::Failed(m) => m,
         }
@@ -93,6 +99,7 @@ mod tests {
         for e in [
             UpdateError::NothingStaged(String::new()),
             UpdateError::Busy(String::new()),
+            UpdateError::WaitingForExtensions(String::new()),
             UpdateError::NotDenyListed(String::new()),
             UpdateError::Failed(String::new()),
         ] {

@@ -131,6 +131,11 @@ pub async fn fetch_properties(conn: &zbus::Connection) -> Result<Fetched, FetchE
         checks_completed: take(&map, "ChecksCompleted")?,
         last_check_result: take(&map, "LastCheckResult")?,
         reboot_wait: take(&map, "RebootWait")?,
+        // Absent from agents that predate runtime extensions: none.
+        extensions: match map.contains_key("Extensions") {
+            true => take(&map, "Extensions")?,
+            false => Vec::new(),
+        },
     };
     Ok(Fetched {
         props: p,

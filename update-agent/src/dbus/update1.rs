@@ -128,10 +128,19 @@ impl Update1 {
         self.props().last_check_result
     }
 
-    /// Why a staged update does not reboot yet (empty: not waiting).
+    /// Why a staged update does not reboot yet (empty: not waiting); `waiting for runtime
+    /// extensions: …` while a runtime extension has no build for the staged OS version.
     #[zbus(property)]
     fn reboot_wait(&self) -> String {
         self.props().reboot_wait
+    }
+
+    /// Each configured runtime extension: `(name, version, state)`; the version is empty when
+    /// none is installed; the state is `active`, `staged: V for OS X`, `waiting: …`,
+    /// `failed: …`, `not-installed` or `disabled`.
+    #[zbus(property)]
+    fn extensions(&self) -> Vec<(String, String, String)> {
+        self.props().extensions
     }
 
     /// Starts an interactive check now (no scheduling delay); an offered update is downloaded
@@ -164,7 +173,9 @@ impl Update1 {
     /// Reboots into the staged update: through the coordinator (`force` false: the strategy's
     /// `off` gate and windows are skipped; FleetLock, inhibitors and the users' grace period
     /// still apply) or at once (`force` true: every gate is skipped). Fails with
-    /// `org.platte.Update1.Error.NothingStaged` when no update is staged.
+    /// `org.platte.Update1.Error.NothingStaged` when no update is staged, and with
+    /// `org.platte.Update1.Error.WaitingForExtensions` while a runtime extension has no build for
+    /// the staged OS version (the new OS would come up without a working runtime).
     async fn reboot_now(
         &self,
         force: bool,
@@ -178,6 +189,13 @@ impl Update1 {
                     .into(),
             ));
         };
+        let waiting = self.ctx.agent.info.borrow().extensions_wait.clone();
+        if !waiting.is_empty() {
+            return Err(UpdateError::WaitingForExtensions(format!(
+                "update {version} is staged but waits for runtime extensions: {waiting} \
+                 (`systemctl reboot` reboots anyway, into an OS without a matching runtime)"
+            )));
+        }
         let request = if force {
             RebootRequest::Immediate
         } else {

@@ -26,7 +26,7 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 const COMPAT_PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
 /// Names of the signalled `org.platte.Update1` properties.
-pub const PROPERTY_NAMES: [&str; 14] = [
+pub const PROPERTY_NAMES: [&str; 15] = [
     "Status",
     "Progress",
     "CurrentVersion",
@@ -41,7 +41,11 @@ pub const PROPERTY_NAMES: [&str; 14] = [
     "ChecksCompleted",
     "LastCheckResult",
     "RebootWait",
+    "Extensions",
 ];
+
+/// One runtime extension as the `Extensions` property shows it: `(name, version, state)`.
+pub type ExtensionEntry = (String, String, String);
 
 /// The `org.platte.Update1` properties (`NextRebootWindow` is computed when read).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -76,6 +80,11 @@ pub struct Properties {
     pub last_check_result: String,
     /// `RebootWait`: why a staged update does not reboot yet (`""`: not waiting).
     pub reboot_wait: String,
+    /// `Extensions` (`a(sss)`): each configured runtime extension's name, active version (`""`:
+    /// none) and state (`active`, `staged: V for OS X`, `waiting: …`, `failed: …`,
+    /// `not-installed`, `disabled`).
+    #[serde(default)]
+    pub extensions: Vec<ExtensionEntry>,
 }
 
 /// update_engine's `GetStatus` / `StatusUpdate` tuple:
@@ -145,7 +154,11 @@ impl Snapshot {
             (_, Some(e)) => format!("{} (code {})", e.message, e.code),
             (_, None) => String::new(),
         };
+        // While runtime extensions hold the staged update, the reboot driver does not see it:
+        // their reason is the only one.
+        let held = !info.extensions_wait.is_empty() && staged.is_some();
         let reboot_wait = match &reboot.error {
+            _ if held => format!("waiting for runtime extensions: {}", info.extensions_wait),
             Some(e) => format!("reboot coordination failing, retrying: {e}"),
             None => reboot.wait_text(),
         };
@@ -170,6 +183,7 @@ impl Snapshot {
                 .map(|r| r.as_str().to_owned())
                 .unwrap_or_default(),
             reboot_wait,
+            extensions: info.extensions.iter().map(|e| e.to_dbus()).collect(),
         };
         // update_engine: progress only while downloading (reset once the download completes);
         // "0.0.0" and 0 when there is no new version.
@@ -182,7 +196,13 @@ impl Snapshot {
         let compat = (
             last_check_time,
             compat_progress,
-            status.update_engine_name().to_owned(),
+            // Tools that reboot on update_engine's NEED_REBOOT (locksmith, the Flatcar update
+            // operator) must not while runtime extensions hold the update: not final yet.
+            match status {
+                Status::Staged { .. } if held => "UPDATE_STATUS_FINALIZING",
+                _ => status.update_engine_name(),
+            }
+            .to_owned(),
             if new_version.is_empty() {
                 UPDATE_ENGINE_NO_VERSION.to_owned()
             } else {
@@ -229,6 +249,7 @@ impl Properties {
             "LastCheckResult",
         );
         check(self.reboot_wait != old.reboot_wait, "RebootWait");
+        check(self.extensions != old.extensions, "Extensions");
         v
     }
 
@@ -249,6 +270,7 @@ impl Properties {
             "ChecksCompleted" => Value::from(self.checks_completed),
             "LastCheckResult" => Value::from(self.last_check_result.clone()),
             "RebootWait" => Value::from(self.reboot_wait.clone()),
+            "Extensions" => Value::from(self.extensions.clone()),
             _ => return None,
         })
     }
@@ -425,6 +447,47 @@ mod tests {
             "{}",
             s.props.reboot_wait
         );
+    }
+
+    #[test]
+    fn extensions_are_listed_and_their_hold_is_the_reboot_wait() {
+        use crate::extensions::{ExtensionState, ExtensionStatus};
+        let mut i = info();
+        i.extensions = vec![ExtensionStatus {
+            name: "containerd".into(),
+            version: "1.7.20".into(),
+            state: ExtensionState::Waiting,
+            detail: "containerd 1.7.20 supports OS 1.*, not 2.0.0".into(),
+        }];
+        i.extensions_wait = "containerd 1.7.20 supports OS 1.*, not 2.0.0".into();
+        let st = Status::Staged {
+            version: "2.0.0".into(),
+        };
+        let s = snap(&st, &i, Some("2.0.0"), &RebootView::default());
+        assert_eq!(
+            s.props.extensions,
+            [(
+                "containerd".to_owned(),
+                "1.7.20".to_owned(),
+                "waiting: containerd 1.7.20 supports OS 1.*, not 2.0.0".to_owned()
+            )]
+        );
+        assert_eq!(
+            s.props.reboot_wait,
+            "waiting for runtime extensions: containerd 1.7.20 supports OS 1.*, not 2.0.0"
+        );
+        assert_eq!(
+            s.compat.2, "UPDATE_STATUS_FINALIZING",
+            "no NEED_REBOOT for locksmith while held"
+        );
+        let v = s.props.value("Extensions").unwrap();
+        assert_eq!(v.value_signature().to_string(), "a(sss)");
+        // Nothing staged (e.g. reset): no hold shown; a change of the list is signalled.
+        let idle = snap(&Status::Idle, &i, None, &RebootView::default());
+        assert_eq!(idle.props.reboot_wait, "");
+        let mut other = s.props.clone();
+        other.extensions.clear();
+        assert!(s.props.changed_since(&other).contains(&"Extensions"));
     }
 
     #[test]

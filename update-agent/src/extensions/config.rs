@@ -4,7 +4,7 @@
 //!
 //! ```toml
 //! [extensions]
-//! sysext_refresh_command = ["systemd-sysext", "refresh"]
+//! sysext_refresh_command = ["systemctl", "restart", "systemd-sysext.service"]
 //!
 //! [extensions.containerd]
 //! app_id = "{5e8a1c7d-…}"
@@ -29,8 +29,11 @@ pub const DEFAULT_INSTALL_DIR: &str = "/var/lib/extensions";
 /// Default directory holding the downloaded `NAME-VERSION.raw` images (outside every
 /// systemd-sysext search path, so only the linked image is merged).
 pub const DEFAULT_IMAGE_DIR: &str = "/var/lib/platte/extensions";
-/// Default refresh command.
-pub const DEFAULT_REFRESH_COMMAND: [&str; 2] = ["systemd-sysext", "refresh"];
+/// Default refresh command: systemd re-merges the images (`systemd-sysext.service` runs
+/// `systemd-sysext refresh` in the host's mount namespace). `systemd-sysext refresh` run by the
+/// agent itself would only change the agent's own view of `/usr` under the shipped unit
+/// (`ProtectSystem=strict` gives it a private mount namespace).
+pub const DEFAULT_REFRESH_COMMAND: [&str; 3] = ["systemctl", "restart", "systemd-sysext.service"];
 /// Default group (Omaha track) of an extension.
 pub const DEFAULT_GROUP: &str = "stable";
 /// Most extensions configured.

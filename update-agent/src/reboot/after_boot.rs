@@ -6,8 +6,17 @@
 //! `update-agent mark-good` sets (after every health check passed). The daemon's unit is ordered
 //! after `boot-complete.target`, so normally the flag is already set when the daemon starts; if
 //! it is not (daemon started by hand, mark-good still running or failed), [`wait_marked_good`]
-//! looks again every `poll` until it is. The release then ignores the strategy's windows and
-//! retries with backoff until the server accepts ([`super::fleet_lock::release_after_boot`]).
+//! looks again every `poll` ([`MARK_GOOD_POLL`], 1 s) until it is. The release then ignores the
+//! strategy's windows and retries with backoff until the server accepts
+//! ([`super::fleet_lock::release_after_boot`]).
+//!
+//! Why a poll and not an event: `mark-good` is another process (a oneshot systemd runs before
+//! `boot-complete.target`, often before the bus is up, with a read-only `/run`) whose only effect
+//! is the attribute word it writes to the GPT, so there is nothing to subscribe to. Watching the
+//! disk with inotify would need a new dependency (no safe binding in the tree; `unsafe` is
+//! forbidden) and a poll anyway for writes through another device node. Looking costs one read
+//! of the GPT (about 33 KiB, from the page cache) and happens only in the unusual case above, so
+//! it is done every second: a held slot is released at most about a second after mark-good.
 
 use std::time::Duration;
 
@@ -15,10 +24,11 @@ use super::fleet_lock::{Backoff, FleetLockClient, release_after_boot};
 use super::time::Sleeper;
 
 /// How often the booted slot's `successful` flag is looked at while it is not set.
-pub const MARK_GOOD_POLL: Duration = Duration::from_secs(5);
+pub const MARK_GOOD_POLL: Duration = Duration::from_secs(1);
 
-/// Log a reminder at most this often while waiting for mark-good.
-const REMIND_EVERY: u32 = 60;
+/// Log a reminder every this many looks while waiting for mark-good (5 minutes at
+/// [`MARK_GOOD_POLL`]).
+const REMIND_EVERY: u32 = 300;
 
 /// Waits until `is_good` says the booted slot is marked good, calling it every `poll`. An error
 /// reading the slots counts as "not yet" (it is logged). Returns the number of looks.

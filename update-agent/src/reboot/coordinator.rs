@@ -6,7 +6,8 @@
 //! 2. the strategy's time gate (`off` never opens without a manual request; windows) — a held
 //!    slot is released when the window is closed, so a machine never blocks the fleet while
 //!    it waits;
-//! 3. the FleetLock slot → [`Decision::AcquireLock`], retried after a refusal;
+//! 3. the FleetLock slot → [`Decision::AcquireLock`], retried [`Timing::lock_retry`] ± 10 %
+//!    after a refusal (the jitter keeps a fleet refused together from asking again in step);
 //! 4. logind *block* inhibitors on `shutdown` → wait and look again;
 //! 5. logged-in users → notify them once ([`Decision::NotifyUsers`]), wait the grace period;
 //! 6. [`Decision::Reboot`].
@@ -15,13 +16,15 @@
 //! to [`Decision::Reboot`]; a slot still held is given back after the boot like any other.
 //!
 //! The [`Coordinator`] remembers only what the driver reports back (lock held or refused,
-//! users notified); the caller passes the time in every [`Observation`].
+//! users notified); the caller passes the time in every [`Observation`] and the randomness of the
+//! retry jitter to [`Coordinator::lock_refused`].
 
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 
 use super::{Gate, RebootStrategy};
+use crate::scheduler::Rng;
 
 /// A logind inhibitor lock (`ListInhibitors`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -155,8 +158,20 @@ pub struct Timing {
     pub grace_period: Duration,
     /// How often a block inhibitor is looked at again.
     pub inhibitor_poll: Duration,
-    /// Wait after the FleetLock server refused a slot (or failed).
+    /// Wait after the FleetLock server refused a slot (or failed), ± [`LOCK_RETRY_JITTER_PERCENT`]
+    /// (`reboot.lock_retry_secs`).
     pub lock_retry: Duration,
+}
+
+/// The lock retry wait varies by up to this many percent either way.
+pub const LOCK_RETRY_JITTER_PERCENT: u32 = 10;
+
+/// `base` ± [`LOCK_RETRY_JITTER_PERCENT`] %, uniformly (nanosecond steps), drawn from `rng`.
+pub fn jittered(base: Duration, rng: &mut dyn Rng) -> Duration {
+    let span = u64::try_from((base * LOCK_RETRY_JITTER_PERCENT / 100).as_nanos()).unwrap_or(0);
+    let draw = rng.up_to(span.saturating_mul(2));
+    base.saturating_sub(Duration::from_nanos(span))
+        .saturating_add(Duration::from_nanos(draw))
 }
 
 impl Default for Timing {
@@ -164,7 +179,7 @@ impl Default for Timing {
         Self {
             grace_period: Duration::from_secs(300),
             inhibitor_poll: Duration::from_secs(30),
-            lock_retry: Duration::from_secs(60),
+            lock_retry: Duration::from_secs(crate::config::settings::DEFAULT_LOCK_RETRY_SECS),
         }
     }
 }
@@ -291,10 +306,11 @@ impl Coordinator {
         self.lock = LockState::Held;
     }
 
-    /// The FleetLock server refused (or could not be reached) at `now`.
-    pub fn lock_refused(&mut self, now: Timestamp) {
+    /// The FleetLock server refused (or could not be reached) at `now`: ask again after
+    /// [`Timing::lock_retry`] ± 10 %, the jitter drawn from `rng`.
+    pub fn lock_refused(&mut self, now: Timestamp, rng: &mut dyn Rng) {
         self.lock = LockState::Refused {
-            retry_at: plus(now, self.timing.lock_retry),
+            retry_at: plus(now, jittered(self.timing.lock_retry, rng)),
         };
     }
 

@@ -101,12 +101,84 @@ fn windows_wait_until_the_window_then_reboot() {
     assert_eq!(c.decide(&o), Decision::Reboot);
 }
 
+/// Always draws the same number (clamped to the range asked for).
+struct Fixed(u64);
+
+impl crate::scheduler::Rng for Fixed {
+    fn up_to(&mut self, max: u64) -> u64 {
+        self.0.min(max)
+    }
+}
+
+/// Draws the middle of the range: no jitter.
+struct Middle;
+
+impl crate::scheduler::Rng for Middle {
+    fn up_to(&mut self, max: u64) -> u64 {
+        max / 2
+    }
+}
+
+#[test]
+fn lock_retry_jitter_stays_within_ten_percent() {
+    let base = Duration::from_secs(60);
+    assert_eq!(jittered(base, &mut Fixed(0)), Duration::from_secs(54));
+    assert_eq!(
+        jittered(base, &mut Fixed(u64::MAX)),
+        Duration::from_secs(66)
+    );
+    assert_eq!(jittered(base, &mut Middle), base);
+    assert_eq!(
+        jittered(Duration::from_secs(1), &mut Fixed(0)),
+        Duration::from_millis(900)
+    );
+    assert_eq!(
+        jittered(Duration::from_secs(3600), &mut Fixed(u64::MAX)),
+        Duration::from_secs(3960)
+    );
+    // The OS source spreads a fleet over the whole ±10 % band.
+    let mut rng = crate::scheduler::OsRng;
+    let draws: Vec<Duration> = (0..200).map(|_| jittered(base, &mut rng)).collect();
+    assert!(draws.iter().all(|d| (54..=66).contains(&d.as_secs())));
+    assert!(draws.iter().any(|d| *d < Duration::from_secs(57)));
+    assert!(draws.iter().any(|d| *d > Duration::from_secs(63)));
+}
+
+#[test]
+fn lock_retry_uses_the_configured_wait_with_jitter() {
+    let timing = Timing {
+        lock_retry: Duration::from_secs(10),
+        ..Timing::default()
+    };
+    let mut c = Coordinator::new(fleet(&[]), timing);
+    assert_eq!(c.decide(&obs(MON_NOON)), Decision::AcquireLock);
+    c.lock_refused(ts(MON_NOON), &mut Fixed(0));
+    assert_eq!(
+        c.lock(),
+        LockState::Refused {
+            retry_at: ts("2025-06-02T12:00:09Z")
+        }
+    );
+    assert_eq!(
+        c.decide(&obs("2025-06-02T12:00:09Z")),
+        Decision::AcquireLock
+    );
+    c.lock_refused(ts("2025-06-02T12:00:09Z"), &mut Fixed(u64::MAX));
+    assert_eq!(
+        c.decide(&obs("2025-06-02T12:00:19Z")),
+        Decision::Wait {
+            until: Some(ts("2025-06-02T12:00:20Z")),
+            reason: WaitReason::LockRefused
+        }
+    );
+}
+
 #[test]
 fn fleet_lock_acquires_then_reboots_and_retries_after_refusal() {
     let timing = Timing::default();
     let mut c = Coordinator::new(fleet(&[]), timing);
     assert_eq!(c.decide(&obs(MON_NOON)), Decision::AcquireLock);
-    c.lock_refused(ts(MON_NOON));
+    c.lock_refused(ts(MON_NOON), &mut Middle);
     assert_eq!(
         c.decide(&obs("2025-06-02T12:00:30Z")),
         Decision::Wait {

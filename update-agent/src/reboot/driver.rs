@@ -14,6 +14,7 @@ use super::fleet_lock::FleetLockClient;
 use super::logind::{Logind, LogindError};
 use super::sentinel;
 use super::time::{Clock, Sleeper, until};
+use crate::scheduler::OsRng;
 
 /// Longest a notification command may run.
 const NOTIFY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -247,7 +248,8 @@ impl<C: Clock, S: Sleeper> Driver<C, S> {
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "fleet lock not granted");
-                        self.coordinator.lock_refused(now);
+                        // The retry jitter from the OS: hosts refused together spread out.
+                        self.coordinator.lock_refused(now, &mut OsRng);
                     }
                 },
                 None => self.coordinator.lock_acquired(),

@@ -173,8 +173,20 @@ pub fn status_table(f: &Fetched, _now: Timestamp) -> String {
             p.deny_list.join(", ")
         },
     ));
+    // One line per runtime extension: `NAME VERSION (STATE)`.
+    for (n, (name, version, state)) in p.extensions.iter().enumerate() {
+        let key = if n == 0 { "Extensions" } else { "" };
+        rows.push((key, format!("{name} {} ({state})", or_dash(version))));
+    }
     rows.iter()
-        .map(|(k, v)| format!("{:<19} {v}\n", format!("{k}:")))
+        .map(|(k, v)| {
+            let key = if k.is_empty() {
+                String::new()
+            } else {
+                format!("{k}:")
+            };
+            format!("{key:<19} {v}\n")
+        })
         .collect()
 }
 
@@ -263,11 +275,19 @@ mod tests {
                 reboot_strategy: "windows".into(),
                 reboot_wait: "outside the maintenance windows".into(),
                 deny_list: vec!["1.5.0".into()],
+                extensions: vec![
+                    ("containerd".into(), "1.7.22".into(), "active".into()),
+                    ("docker".into(), String::new(), "not-installed".into()),
+                ],
                 ..Properties::default()
             },
             next_reboot_window: 1_748_865_780,
         };
         let t = status_table(&f, Timestamp::UNIX_EPOCH);
+        assert!(
+            t.contains("Extensions:         containerd 1.7.22 (active)\n                    docker - (not-installed)\n"),
+            "{t}"
+        );
         assert!(t.contains("Current version:    1.0.0 (slot A)"), "{t}");
         assert!(
             t.contains("Next reboot window: 2025-06-02 12:03:00 UTC"),

@@ -310,6 +310,17 @@ pub enum InstanceCmd {
         #[arg(long)]
         app: Option<String>,
     },
+    /// Let a machine be offered versions it rolled back from again (clears its refusals).
+    Retry {
+        /// Machine id.
+        machine: String,
+        /// Only this application [default: all].
+        #[arg(long)]
+        app: Option<String>,
+        /// Only this version [default: every refused version].
+        #[arg(long)]
+        version: Option<String>,
+    },
 }
 
 fn enc(v: &str) -> String {
@@ -647,9 +658,48 @@ pub async fn run_admin(cmd: Command) -> anyhow::Result<()> {
                                     ]
                                 }),
                             );
+                            for r in rows(&a["refused_versions"]) {
+                                println!(
+                                    "never offered again: {} ({} at {}; clear with \
+                                     `update-server instance retry {} --app {} --version {}`)",
+                                    s(&r["version"]),
+                                    s(&r["reason"]),
+                                    ts(&r["at"]),
+                                    s(&i["machine_id"]),
+                                    s(&r["app_id"]),
+                                    s(&r["version"]),
+                                );
+                            }
                         }
                     },
                 ),
+                InstanceCmd::Retry {
+                    machine,
+                    app,
+                    version,
+                } => {
+                    let q = query(&[("app", app), ("version", version)]);
+                    let v = c
+                        .post(
+                            &format!("/instances/{}/retry{q}", enc(&machine)),
+                            &json!({}),
+                        )
+                        .await?;
+                    output(&conn, &v, |v| {
+                        let cleared = rows(&v["cleared"]);
+                        if cleared.is_empty() {
+                            println!("{machine} refused no version; nothing to clear");
+                        }
+                        for r in cleared {
+                            println!(
+                                "{machine} may be offered {} of {} again (was {})",
+                                s(&r["version"]),
+                                s(&r["app_id"]),
+                                s(&r["reason"])
+                            );
+                        }
+                    })
+                }
                 InstanceCmd::Delete { machine, app } => {
                     c.delete(&format!(
                         "/instances/{}{}",

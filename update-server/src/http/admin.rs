@@ -23,6 +23,7 @@ use crate::model::{
     StatusChange, normalize_appid, normalize_arch,
 };
 use crate::store::InstanceFilter;
+use crate::store::rollout::RefusedVersion;
 use crate::version;
 
 type ApiResult<T> = Result<Json<T>, ApiError>;
@@ -867,6 +868,10 @@ pub struct InstanceWithHistory {
     pub instance: Instance,
     /// Status history, newest first.
     pub history: Vec<StatusChange>,
+    /// Versions this machine is never offered again (it rolled back from them), oldest first;
+    /// cleared by `POST /instances/{machine}/retry`.
+    #[serde(default)]
+    pub refused_versions: Vec<RefusedVersion>,
 }
 
 /// A machine with every app it runs.
@@ -933,13 +938,28 @@ pub async fn get_instance(
     if rows.is_empty() {
         return Err(ApiError::NotFound(format!("instance {machine}")));
     }
+    let refused = st
+        .service
+        .rollouts
+        .grants
+        .refused_versions(&machine, None)
+        .await?;
     let mut apps = Vec::new();
     for instance in rows {
         let history = st
             .store
             .instance_history(&machine, &instance.app_id, 200)
             .await?;
-        apps.push(InstanceWithHistory { instance, history });
+        let refused_versions = refused
+            .iter()
+            .filter(|r| r.app_id == instance.app_id)
+            .cloned()
+            .collect();
+        apps.push(InstanceWithHistory {
+            instance,
+            history,
+            refused_versions,
+        });
     }
     Ok(Json(InstanceDetail {
         machine_id: machine,
@@ -983,6 +1003,79 @@ pub async fn delete_instance(
         Err(crate::store::StoreError::NotFound(_)) if known => Ok(StatusCode::NO_CONTENT),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Query of `POST /instances/{machine}/retry`.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct RetryQuery {
+    /// Only this application [default: every application of the machine].
+    pub app: Option<String>,
+    /// Only this version [default: every refused version].
+    pub version: Option<String>,
+}
+
+/// Answer of `POST /instances/{machine}/retry`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RetryAnswer {
+    /// Machine id.
+    pub machine_id: String,
+    /// The refusals cleared (empty when there were none).
+    pub cleared: Vec<RefusedVersion>,
+}
+
+/// Lets a machine be offered versions it rolled back from again: clears its refusals (for one
+/// app or all, one version or all). The next check goes through the rollout policy as usual.
+#[utoipa::path(post, path = "/api/v1/instances/{machine}/retry", tag = "instances",
+    params(("machine" = String, Path), RetryQuery),
+    responses((status = 200, body = RetryAnswer), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+pub async fn retry_instance(
+    State(st): State<AppState>,
+    Path(machine): Path<String>,
+    Query(q): Query<RetryQuery>,
+) -> ApiResult<RetryAnswer> {
+    let app = q.app.map(|a| normalize_appid(&a));
+    if let Some(v) = &q.version
+        && !version::is_valid(v)
+    {
+        return Err(ApiError::BadRequest(format!(
+            "version {v:?} is not a version (expected e.g. 3510.2.0)"
+        )));
+    }
+    let grants = &st.service.rollouts.grants;
+    let known = fleet_has(&st, &machine, app.as_deref())
+        || !grants
+            .refused_versions(&machine, app.as_deref())
+            .await?
+            .is_empty();
+    if !known {
+        let what = app.map_or_else(
+            || format!("instance {machine}"),
+            |a| format!("instance {machine} of {a}"),
+        );
+        return Err(ApiError::NotFound(what));
+    }
+    let which = q.version.as_deref().unwrap_or("every refused version");
+    let mut act = activity(
+        "instance_retry",
+        app.as_deref(),
+        format!("{machine} may be offered {which} again (refusal cleared by an operator)"),
+    );
+    act.machine_id = Some(machine.clone());
+    act.version.clone_from(&q.version);
+    let cleared = grants
+        .clear_refusals(
+            &machine,
+            app.as_deref(),
+            q.version.as_deref(),
+            &act,
+            now(&st),
+        )
+        .await?;
+    Ok(Json(RetryAnswer {
+        machine_id: machine,
+        cleared,
+    }))
 }
 
 fn fleet_has(st: &AppState, machine: &str, app: Option<&str>) -> bool {

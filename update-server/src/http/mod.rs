@@ -103,6 +103,7 @@ pub fn router(state: AppState, tokens: Arc<auth::Tokens>) -> Router {
             "/instances/{machine}",
             get(admin::get_instance).delete(admin::delete_instance),
         )
+        .route("/instances/{machine}/retry", post(admin::retry_instance))
         .route("/events", get(admin::list_events))
         .route("/activity", get(admin::list_activity))
         .route("/fleetlock/groups", get(fleetlock::list_groups))

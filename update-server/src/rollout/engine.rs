@@ -27,11 +27,14 @@ pub enum HoldReason {
     Concurrency,
     /// The channel's version is on the block list.
     Blocked,
+    /// The machine rolled back from this version before: it is never offered it again (an
+    /// operator can clear that with `POST /api/v1/instances/{machine}/retry`).
+    RolledBack,
 }
 
 impl HoldReason {
     /// All reasons.
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::Paused,
         Self::Halted,
         Self::Window,
@@ -40,6 +43,7 @@ impl HoldReason {
         Self::Rate,
         Self::Concurrency,
         Self::Blocked,
+        Self::RolledBack,
     ];
 
     /// Stable text form (instance status detail, metric label).
@@ -53,6 +57,7 @@ impl HoldReason {
             Self::Rate => "rate",
             Self::Concurrency => "concurrency",
             Self::Blocked => "blocked",
+            Self::RolledBack => "rolled_back",
         }
     }
 

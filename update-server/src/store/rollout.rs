@@ -2,14 +2,26 @@
 //! is one atomic write transaction that re-reads the group's policy and counts the group's grants,
 //! so rate and concurrency limits, timeouts, auto-halt and canary gates hold across concurrent
 //! checks and across server replicas sharing one database.
+//!
+//! It also keeps the versions a machine refused for good (it rolled back from them): a grant
+//! attempt of such a version is held (`rolled_back`) inside the same transaction, so no replica
+//! offers it again until an operator clears the refusal.
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::StoreFuture;
+use crate::model::NewActivity;
 use crate::rollout::HoldReason;
 
 /// State of one grant.
+///
+/// ```text
+///  in_flight ──3/1──▶ installed ──3/2 previousversion──▶ complete
+///  in_flight | installed ──x/0──▶ failed        in_flight ──no progress──▶ timed_out
+///  in_flight ──3/9──▶ deferred ──granted again──▶ in_flight (the same row)
+///  in_flight | installed ──a newer version granted──▶ superseded
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum GrantState {
@@ -19,10 +31,16 @@ pub enum GrantState {
     Installed,
     /// Running the new version.
     Complete,
-    /// Reported an error.
+    /// Reported an error (a rollback included).
     Failed,
     /// No progress within the update timeout: slot freed, counted as a failure.
     TimedOut,
+    /// The machine deferred or declined the update (event 3/9): slot freed, neither an attempt
+    /// nor a failure; reopened when the machine is granted the version again.
+    Deferred,
+    /// Closed because the machine was granted a newer version before it rebooted into this one
+    /// (set by the store only): an attempt, neither a failure nor a completion.
+    Superseded,
 }
 
 impl GrantState {
@@ -34,8 +52,89 @@ impl GrantState {
             Self::Complete => "complete",
             Self::Failed => "failed",
             Self::TimedOut => "timed_out",
+            Self::Deferred => "deferred",
+            Self::Superseded => "superseded",
         }
     }
+
+    /// All states.
+    pub const ALL: [Self; 7] = [
+        Self::InFlight,
+        Self::Installed,
+        Self::Complete,
+        Self::Failed,
+        Self::TimedOut,
+        Self::Deferred,
+        Self::Superseded,
+    ];
+
+    /// Parses the stored text form.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+}
+
+/// Why a machine refuses a version for good.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RefusalReason {
+    /// The machine booted the version, failed, and fell back to the previous one (event 3/0
+    /// with error code 44).
+    RolledBack,
+}
+
+impl RefusalReason {
+    /// Stable text form (as stored).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::RolledBack => "rolled_back",
+        }
+    }
+
+    /// Parses the stored text form.
+    pub fn parse(s: &str) -> Option<Self> {
+        (s == "rolled_back").then_some(Self::RolledBack)
+    }
+
+    /// The hold answered to a check that would offer the refused version.
+    pub fn hold(self) -> HoldReason {
+        match self {
+            Self::RolledBack => HoldReason::RolledBack,
+        }
+    }
+}
+
+/// A version one machine must not be offered again (per application).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RefusedVersion {
+    /// Machine.
+    pub machine_id: String,
+    /// Application.
+    pub app_id: String,
+    /// The refused version.
+    pub version: String,
+    /// Why.
+    pub reason: RefusalReason,
+    /// The error code the machine reported (flags included), if any.
+    pub error_code: Option<i64>,
+    /// When it was recorded (Unix seconds).
+    pub at: i64,
+}
+
+/// A machine's report on its open grant, settled in one transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProgressReport {
+    /// Machine.
+    pub machine_id: String,
+    /// Application.
+    pub app_id: String,
+    /// The state the open grant moves to; `None` (or `InFlight`) only refreshes its timeout.
+    pub state: Option<GrantState>,
+    /// The machine rolled back from this version: record it as refused (the open grant of it
+    /// fails).
+    pub refuse: Option<RefusedVersion>,
+    /// Now (Unix seconds).
+    pub now: i64,
 }
 
 /// A grant attempt.
@@ -84,6 +183,12 @@ pub struct GrantStats {
     pub failed: u64,
     /// Timed out.
     pub timed_out: u64,
+    /// Deferred or declined by the machine (3/9), not granted again since: not attempts.
+    #[serde(default)]
+    pub deferred: u64,
+    /// Replaced by a newer version before the reboot (counted in `attempts`).
+    #[serde(default)]
+    pub superseded: u64,
 }
 
 impl GrantStats {
@@ -102,15 +207,11 @@ impl GrantStats {
 pub trait RolloutStore: Send + Sync + std::fmt::Debug {
     /// Decides a grant atomically against the group's stored policy and grant counts.
     fn try_grant<'a>(&'a self, req: &'a GrantRequest) -> StoreFuture<'a, GrantOutcome>;
-    /// Moves a machine's open grant to `state` (progress events refresh its timeout) and, on a
-    /// failure, evaluates auto-halt; returns the halt reason when this halted the rollout.
-    fn record_progress<'a>(
-        &'a self,
-        machine_id: &'a str,
-        app_id: &'a str,
-        state: Option<GrantState>,
-        now: i64,
-    ) -> StoreFuture<'a, Option<String>>;
+    /// Moves a machine's open grant to the reported state (progress events refresh its timeout),
+    /// records a refused version, and, on a failure, evaluates auto-halt; returns the halt
+    /// reason when this halted the rollout.
+    fn record_progress<'a>(&'a self, report: &'a ProgressReport)
+    -> StoreFuture<'a, Option<String>>;
     /// Grant counts of a group for a version (timeouts applied as of `now`).
     fn grant_stats<'a>(
         &'a self,
@@ -118,4 +219,21 @@ pub trait RolloutStore: Send + Sync + std::fmt::Debug {
         version: &'a str,
         now: i64,
     ) -> StoreFuture<'a, GrantStats>;
+    /// The versions a machine refused (for one app or all), oldest first.
+    fn refused_versions<'a>(
+        &'a self,
+        machine_id: &'a str,
+        app_id: Option<&'a str>,
+    ) -> StoreFuture<'a, Vec<RefusedVersion>>;
+    /// Clears a machine's refusals (for one app or all; one version or all) so the versions may
+    /// be offered again, writing `act` to the activity feed when any was cleared; returns the
+    /// cleared refusals.
+    fn clear_refusals<'a>(
+        &'a self,
+        machine_id: &'a str,
+        app_id: Option<&'a str>,
+        version: Option<&'a str>,
+        act: &'a NewActivity,
+        now: i64,
+    ) -> StoreFuture<'a, Vec<RefusedVersion>>;
 }

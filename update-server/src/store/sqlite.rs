@@ -37,6 +37,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "rollouts",
         include_str!("../../migrations/0003_rollouts.sql"),
     ),
+    (
+        4,
+        "refusals",
+        include_str!("../../migrations/0004_refusals.sql"),
+    ),
 ];
 
 #[path = "sqlite_fleetlock.rs"]
@@ -752,6 +757,7 @@ impl Store for SqliteStore {
                 ("instances", true),
                 ("instance_status_history", false),
                 ("events", false),
+                ("refused_versions", false),
             ] {
                 let sql = match app_id {
                     Some(_) => format!("DELETE FROM {table} WHERE machine_id = ? AND app_id = ?"),

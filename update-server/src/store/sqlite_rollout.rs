@@ -3,16 +3,23 @@
 //! policy and counts, so concurrent checks in this process or in another server sharing the file
 //! are serialised and a limit of N grants exactly N. (PostgreSQL: the same statements inside a
 //! transaction that first locks the group row with `SELECT ... FOR UPDATE`.)
+//!
+//! Refused versions (`refused_versions`, written with the failed grant of a rollback) are read
+//! in the same grant transaction, so a refusal recorded through one replica holds on all.
 
 use sqlx::{Sqlite, Transaction};
 
 use super::{SqliteStore, add_activity, db};
 use crate::model::{GroupPolicy, NewActivity};
 use crate::rollout::{Halt, HoldReason, RolloutSpec};
-use crate::store::rollout::{GrantOutcome, GrantRequest, GrantState, GrantStats, RolloutStore};
+use crate::store::rollout::{
+    GrantOutcome, GrantRequest, GrantState, GrantStats, ProgressReport, RefusalReason,
+    RefusedVersion, RolloutStore,
+};
 use crate::store::{StoreError, StoreFuture};
 
 const GRANTS: &str = "rollout_grants";
+const REFUSED: &str = "refused_versions";
 
 type Tx = Transaction<'static, Sqlite>;
 
@@ -109,23 +116,29 @@ async fn stats(
     let mut s = GrantStats::default();
     for (state, n) in rows {
         let n = u64::try_from(n).unwrap_or(0);
-        s.attempts += n;
-        match state.as_str() {
-            "in_flight" => s.in_flight += n,
-            "installed" => s.installed += n,
-            "complete" => s.complete += n,
-            "failed" => s.failed += n,
-            "timed_out" => s.timed_out += n,
-            // Replaced by a newer release before the reboot: an attempt, nothing more.
-            "superseded" => {}
-            other => {
-                return Err(StoreError::Corrupt {
-                    table: GRANTS,
-                    column: "state",
-                    detail: format!("unknown state {other:?}"),
-                });
+        let Some(state) = GrantState::parse(&state) else {
+            return Err(StoreError::Corrupt {
+                table: GRANTS,
+                column: "state",
+                detail: format!("unknown state {state:?}"),
+            });
+        };
+        let field = match state {
+            GrantState::InFlight => &mut s.in_flight,
+            GrantState::Installed => &mut s.installed,
+            GrantState::Complete => &mut s.complete,
+            GrantState::Failed => &mut s.failed,
+            GrantState::TimedOut => &mut s.timed_out,
+            // Put off by the machine: no attempt (yet), so not counted as one.
+            GrantState::Deferred => {
+                s.deferred += n;
+                continue;
             }
-        }
+            // Replaced by a newer release before the reboot: an attempt, nothing more.
+            GrantState::Superseded => &mut s.superseded,
+        };
+        *field += n;
+        s.attempts += n;
     }
     Ok(s)
 }
@@ -204,6 +217,9 @@ async fn try_grant_tx(tx: &mut Tx, r: &GrantRequest) -> Result<GrantOutcome, Sto
     let Some((app_id, policy, spec)) = load_policy(tx, &r.group_id).await? else {
         return Ok(held(HoldReason::Paused));
     };
+    if let Some(reason) = refusal(tx, &r.machine_id, &r.app_id, &r.version).await? {
+        return Ok(held(reason.hold()));
+    }
     if policy.paused {
         return Ok(held(HoldReason::Paused));
     }
@@ -269,7 +285,8 @@ async fn try_grant_tx(tx: &mut Tx, r: &GrantRequest) -> Result<GrantOutcome, Sto
             .saturating_sub(i64::try_from(rl.period_secs).unwrap_or(i64::MAX));
         let n = count(
             tx,
-            "SELECT COUNT(*) FROM rollout_grants WHERE group_id = ? AND granted_at > ?",
+            "SELECT COUNT(*) FROM rollout_grants WHERE group_id = ? AND granted_at > ? \
+             AND state <> 'deferred'",
             &[&r.group_id],
             Some(since),
         )
@@ -292,6 +309,27 @@ async fn try_grant_tx(tx: &mut Tx, r: &GrantRequest) -> Result<GrantOutcome, Sto
     .execute(&mut **tx)
     .await
     .map_err(db("supersede rollout grant"))?;
+    // A machine that deferred this version before gets its grant reopened (one row per
+    // machine and version, however often it puts the update off).
+    let reopened = sqlx::query(
+        "UPDATE rollout_grants SET state = 'in_flight', group_id = ?, canary = ?, granted_at = ?, \
+         progress_at = ?, settled_at = NULL WHERE id = (SELECT MAX(id) FROM rollout_grants \
+         WHERE machine_id = ? AND app_id = ? AND version = ? AND state = 'deferred')",
+    )
+    .bind(&r.group_id)
+    .bind(i64::from(r.canary))
+    .bind(r.now)
+    .bind(r.now)
+    .bind(&r.machine_id)
+    .bind(&r.app_id)
+    .bind(&r.version)
+    .execute(&mut **tx)
+    .await
+    .map_err(db("reopen deferred rollout grant"))?
+    .rows_affected();
+    if reopened > 0 {
+        return Ok(GrantOutcome::Granted);
+    }
     sqlx::query(
         "INSERT INTO rollout_grants (group_id, app_id, machine_id, version, state, canary, \
          granted_at, progress_at) VALUES (?, ?, ?, ?, 'in_flight', ?, ?, ?)",
@@ -309,52 +347,92 @@ async fn try_grant_tx(tx: &mut Tx, r: &GrantRequest) -> Result<GrantOutcome, Sto
     Ok(GrantOutcome::Granted)
 }
 
-async fn progress_tx(
+/// The reason `machine_id` refuses `version` of `app_id`, if it does.
+async fn refusal(
     tx: &mut Tx,
     machine_id: &str,
     app_id: &str,
-    state: Option<GrantState>,
-    now: i64,
-) -> Result<Option<String>, StoreError> {
-    let (sql, _settles) = match state {
-        None | Some(GrantState::InFlight) => (
+    version: &str,
+) -> Result<Option<RefusalReason>, StoreError> {
+    let reason: Option<String> = sqlx::query_scalar(
+        "SELECT reason FROM refused_versions WHERE machine_id = ? AND app_id = ? AND version = ?",
+    )
+    .bind(machine_id)
+    .bind(app_id)
+    .bind(version)
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(db("read refused versions"))?;
+    reason
+        .map(|r| {
+            RefusalReason::parse(&r).ok_or_else(|| StoreError::Corrupt {
+                table: REFUSED,
+                column: "reason",
+                detail: format!("unknown reason {r:?}"),
+            })
+        })
+        .transpose()
+}
+
+async fn progress_tx(tx: &mut Tx, p: &ProgressReport) -> Result<Option<String>, StoreError> {
+    if let Some(r) = &p.refuse {
+        // The first report counts; a repeated one (the agent retrying) changes nothing.
+        sqlx::query(
+            "INSERT INTO refused_versions (machine_id, app_id, version, reason, error_code, at) \
+             VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (machine_id, app_id, version) DO NOTHING",
+        )
+        .bind(&r.machine_id)
+        .bind(&r.app_id)
+        .bind(&r.version)
+        .bind(r.reason.as_str())
+        .bind(r.error_code)
+        .bind(r.at)
+        .execute(&mut **tx)
+        .await
+        .map_err(db("record refused version"))?;
+    }
+    let sql = match p.state {
+        None | Some(GrantState::InFlight) => {
             "UPDATE rollout_grants SET progress_at = ? WHERE machine_id = ? AND app_id = ? \
-             AND state = 'in_flight'",
-            false,
-        ),
-        Some(GrantState::Installed) => (
+             AND state = 'in_flight'"
+        }
+        Some(GrantState::Installed) => {
             "UPDATE rollout_grants SET state = 'installed', progress_at = ? \
-             WHERE machine_id = ? AND app_id = ? AND state = 'in_flight'",
-            false,
-        ),
-        Some(GrantState::Complete) => (
+             WHERE machine_id = ? AND app_id = ? AND state = 'in_flight'"
+        }
+        Some(GrantState::Complete) => {
             "UPDATE rollout_grants SET state = 'complete', settled_at = ? \
-             WHERE machine_id = ? AND app_id = ? AND state IN ('in_flight', 'installed')",
-            true,
-        ),
-        Some(GrantState::Failed | GrantState::TimedOut) => (
+             WHERE machine_id = ? AND app_id = ? AND state IN ('in_flight', 'installed')"
+        }
+        Some(GrantState::Failed | GrantState::TimedOut) => {
             "UPDATE rollout_grants SET state = 'failed', settled_at = ? \
-             WHERE machine_id = ? AND app_id = ? AND state IN ('in_flight', 'installed')",
-            true,
-        ),
+             WHERE machine_id = ? AND app_id = ? AND state IN ('in_flight', 'installed')"
+        }
+        // Put off before it was installed: the slot is free, nothing failed.
+        Some(GrantState::Deferred) => {
+            "UPDATE rollout_grants SET state = 'deferred', settled_at = ? \
+             WHERE machine_id = ? AND app_id = ? AND state = 'in_flight'"
+        }
+        // Only a newer grant supersedes (in the grant transaction); no event reports it.
+        Some(GrantState::Superseded) => return Ok(None),
     };
     let changed = sqlx::query(sql)
-        .bind(now)
-        .bind(machine_id)
-        .bind(app_id)
+        .bind(p.now)
+        .bind(&p.machine_id)
+        .bind(&p.app_id)
         .execute(&mut **tx)
         .await
         .map_err(db("settle rollout grant"))?
         .rows_affected();
-    if changed == 0 || !matches!(state, Some(GrantState::Failed | GrantState::TimedOut)) {
+    if changed == 0 || !matches!(p.state, Some(GrantState::Failed | GrantState::TimedOut)) {
         return Ok(None);
     }
     let last: Option<(String, String)> = sqlx::query_as(
         "SELECT group_id, version FROM rollout_grants WHERE machine_id = ? AND app_id = ? \
          ORDER BY id DESC LIMIT 1",
     )
-    .bind(machine_id)
-    .bind(app_id)
+    .bind(&p.machine_id)
+    .bind(&p.app_id)
     .fetch_optional(&mut **tx)
     .await
     .map_err(db("read rollout grant"))?;
@@ -364,8 +442,52 @@ async fn progress_tx(
     let Some((app, policy, spec)) = load_policy(tx, &group_id).await? else {
         return Ok(None);
     };
-    expire(tx, &group_id, &spec, now).await?;
-    halt_if_needed(tx, &group_id, &app, &version, policy, spec, now).await
+    expire(tx, &group_id, &spec, p.now).await?;
+    halt_if_needed(tx, &group_id, &app, &version, policy, spec, p.now).await
+}
+
+type RefusalRow = (String, String, String, String, Option<i64>, i64);
+
+fn refused_of(rows: Vec<RefusalRow>) -> Result<Vec<RefusedVersion>, StoreError> {
+    rows.into_iter()
+        .map(|(machine_id, app_id, version, reason, error_code, at)| {
+            let reason = RefusalReason::parse(&reason).ok_or_else(|| StoreError::Corrupt {
+                table: REFUSED,
+                column: "reason",
+                detail: format!("unknown reason {reason:?}"),
+            })?;
+            Ok(RefusedVersion {
+                machine_id,
+                app_id,
+                version,
+                reason,
+                error_code,
+                at,
+            })
+        })
+        .collect()
+}
+
+async fn list_refused(
+    tx: &mut Tx,
+    machine_id: &str,
+    app_id: Option<&str>,
+    version: Option<&str>,
+) -> Result<Vec<RefusedVersion>, StoreError> {
+    let rows: Vec<RefusalRow> = sqlx::query_as(
+        "SELECT machine_id, app_id, version, reason, error_code, at FROM refused_versions \
+         WHERE machine_id = ? AND (? IS NULL OR app_id = ?) AND (? IS NULL OR version = ?) \
+         ORDER BY at, app_id, version",
+    )
+    .bind(machine_id)
+    .bind(app_id)
+    .bind(app_id)
+    .bind(version)
+    .bind(version)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(db("read refused versions"))?;
+    refused_of(rows)
 }
 
 impl RolloutStore for SqliteStore {
@@ -380,14 +502,11 @@ impl RolloutStore for SqliteStore {
 
     fn record_progress<'a>(
         &'a self,
-        machine_id: &'a str,
-        app_id: &'a str,
-        state: Option<GrantState>,
-        now: i64,
+        report: &'a ProgressReport,
     ) -> StoreFuture<'a, Option<String>> {
         Box::pin(async move {
             let mut tx = begin_immediate(self, "settle rollout grant").await?;
-            let out = progress_tx(&mut tx, machine_id, app_id, state, now).await?;
+            let out = progress_tx(&mut tx, report).await?;
             tx.commit().await.map_err(db("settle rollout grant"))?;
             Ok(out)
         })
@@ -407,6 +526,54 @@ impl RolloutStore for SqliteStore {
             let s = stats(&mut tx, group_id, version, i64::MIN).await?;
             tx.commit().await.map_err(db("rollout stats"))?;
             Ok(s)
+        })
+    }
+
+    fn refused_versions<'a>(
+        &'a self,
+        machine_id: &'a str,
+        app_id: Option<&'a str>,
+    ) -> StoreFuture<'a, Vec<RefusedVersion>> {
+        Box::pin(async move {
+            let mut tx = self
+                .pool
+                .begin()
+                .await
+                .map_err(db("read refused versions"))?;
+            let out = list_refused(&mut tx, machine_id, app_id, None).await?;
+            tx.commit().await.map_err(db("read refused versions"))?;
+            Ok(out)
+        })
+    }
+
+    fn clear_refusals<'a>(
+        &'a self,
+        machine_id: &'a str,
+        app_id: Option<&'a str>,
+        version: Option<&'a str>,
+        act: &'a NewActivity,
+        now: i64,
+    ) -> StoreFuture<'a, Vec<RefusedVersion>> {
+        Box::pin(async move {
+            let mut tx = begin_immediate(self, "clear refused versions").await?;
+            let cleared = list_refused(&mut tx, machine_id, app_id, version).await?;
+            if !cleared.is_empty() {
+                sqlx::query(
+                    "DELETE FROM refused_versions WHERE machine_id = ? \
+                     AND (? IS NULL OR app_id = ?) AND (? IS NULL OR version = ?)",
+                )
+                .bind(machine_id)
+                .bind(app_id)
+                .bind(app_id)
+                .bind(version)
+                .bind(version)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("clear refused versions"))?;
+                add_activity(&mut tx, act, now).await?;
+            }
+            tx.commit().await.map_err(db("clear refused versions"))?;
+            Ok(cleared)
         })
     }
 }

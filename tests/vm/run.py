@@ -1,0 +1,581 @@
+#!/usr/bin/env python3
+"""Platte's real-VM test: Debian 12 + systemd-boot boot counting under QEMU (issue #10).
+
+A debootstrapped Debian 12 on a GPT disk (ESP, ROOT-A, ROOT-B, PLATTE-STATE) boots under OVMF
+and systemd-boot; Platte's update-agent (this checkout's release build) talks to an
+update-server on the host through QEMU user networking (10.0.2.2).
+
+  Scenario 1: boot A (1.0.0) -> publish 2.0.0 -> `updatectl check` installs it into B, the agent
+  takes the FleetLock slot and reboots through logind -> systemd-boot tries B -> mark-good
+  passes and blesses B -> the server shows the instance complete and the lock released.
+  Scenario 2: publish 3.0.0, whose own health check fails -> installed into A, reboot -> A is
+  tried once, the health gate fails and reboots -> systemd-boot falls back to B by itself ->
+  the agent reports the rollback (3/0, code 44) and deny-lists 3.0.0 -> a later check refuses
+  it (exit 3) and downloads nothing.
+
+Progress is read from marker lines on the serial console (PLATTE-VM-BOOT/HEALTH/READY, see
+configure-rootfs.sh) and the server's admin API; commands run in the guest over a virtio-serial
+channel. Every phase's duration is printed.
+
+usage: tests/vm/run.py [--keep] [--accel auto|kvm|tcg] [--no-build]
+  --keep      keep the run directory (serial log, server log, overlay disk) afterwards
+  --no-build  use target/vm/image as it is (skip build-image.sh)
+env: PLATTE_VM_DIR (default target/vm), PLATTE_VM_BIN (default target/release)
+exit: 0 passed, 1 failed, 77 cannot run here (the reason is printed)
+"""
+
+import argparse
+import json
+import os
+import queue
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SRC = os.path.dirname(os.path.dirname(HERE))
+APP = "7b3f6a2e-5c1d-4e8a-9f40-2d6b8c1e9a53"  # the agent's default app id
+OVMF_CODE = "/usr/share/OVMF/OVMF_CODE_4M.fd"
+OVMF_VARS = "/usr/share/OVMF/OVMF_VARS_4M.fd"
+SKIP = 77
+
+T0 = time.monotonic()
+
+
+def now():
+    return time.monotonic() - T0
+
+
+def log(msg):
+    print(f"  [{now():7.1f}s] {msg}", flush=True)
+
+
+class Failed(Exception):
+    """A scenario step did not do what it should."""
+
+
+class CannotRun(Exception):
+    """This machine cannot run the test at all."""
+
+
+class Phases:
+    """Named, timed phases; the table is printed at the end (also after a failure)."""
+
+    def __init__(self):
+        self.done = []
+
+    def run(self, name, fn, *args):
+        print(f"== {name}", flush=True)
+        t = time.monotonic()
+        try:
+            return fn(*args)
+        finally:
+            d = time.monotonic() - t
+            self.done.append((name, d))
+            print(f"   {name}: {d:.1f} s", flush=True)
+
+    def table(self):
+        print("\nVM test phases:")
+        for name, d in self.done:
+            print(f"  {d:7.1f} s  {name}")
+        print(f"  {now():7.1f} s  total")
+
+
+# ---------------------------------------------------------------------------------------------
+# Probing
+# ---------------------------------------------------------------------------------------------
+
+
+def probe_accel(wanted):
+    """KVM only when a stock-kernel guest can really run: kvm_intel/kvm_amd loaded (a PVM host's
+    /dev/kvm, kvm_pvm, cannot run a normal guest) and /dev/kvm usable; TCG otherwise."""
+    if wanted == "tcg":
+        return "tcg", "requested"
+    mods = [m for m in ("kvm_intel", "kvm_amd") if os.path.isdir(f"/sys/module/{m}")]
+    if not mods:
+        other = [m for m in os.listdir("/sys/module") if m.startswith("kvm")]
+        why = f"no kvm_intel/kvm_amd module (found: {', '.join(other) or 'none'})"
+    elif not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        why = "/dev/kvm is not usable"
+    else:
+        return "kvm", f"{mods[0]} loaded and /dev/kvm usable"
+    if wanted == "kvm":
+        raise CannotRun(f"KVM requested but {why}")
+    return "tcg", why
+
+
+def probe_tools():
+    missing = [t for t in ("qemu-system-x86_64", "qemu-img", "debootstrap", "mkfs.vfat", "mcopy",
+                           "sfdisk", "mkfs.ext4", "zstd") if shutil.which(t) is None]
+    missing += [f for f in (OVMF_CODE, OVMF_VARS) if not os.path.exists(f)]
+    if missing:
+        raise CannotRun("missing " + ", ".join(missing) +
+                        " (Debian: qemu-system-x86 qemu-utils ovmf debootstrap dosfstools mtools"
+                        " fdisk e2fsprogs zstd)")
+    if os.geteuid() != 0:
+        raise CannotRun("debootstrap and chroot need root")
+
+
+# ---------------------------------------------------------------------------------------------
+# Processes
+# ---------------------------------------------------------------------------------------------
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(cmd, **kw):
+    r = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    if r.returncode != 0:
+        raise Failed(f"{' '.join(map(str, cmd))} exited {r.returncode}:\n{r.stdout}{r.stderr}")
+    return r.stdout
+
+
+class Server:
+    """update-server on 127.0.0.1; the guest reaches it as 10.0.2.2 (QEMU user networking)."""
+
+    def __init__(self, bin_dir, rundir, keys_dir):
+        self.bin = os.path.join(bin_dir, "update-server")
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.guest_url = f"http://10.0.2.2:{self.port}"
+        self.data = os.path.join(rundir, "server-data")
+        self.logf = os.path.join(rundir, "server.log")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("UPDATE_SERVER_")}
+        env.update(RUST_LOG="info", NO_COLOR="1")
+        self.proc = subprocess.Popen(
+            [self.bin, "serve", "--listen", f"127.0.0.1:{self.port}", "--data-dir", self.data,
+             "--trusted-keys", keys_dir, "--public-url", self.guest_url,
+             "--flush-interval-ms", "100"],
+            stdin=subprocess.DEVNULL, stdout=open(self.logf, "w"), stderr=subprocess.STDOUT, env=env)
+        self.token = None
+
+    def wait_ready(self, timeout=30):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                raise Failed(f"update-server exited {self.proc.returncode}:\n{tail(self.logf)}")
+            try:
+                with urllib.request.urlopen(self.url + "/readyz", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.1)
+        else:
+            raise Failed(f"update-server not ready after {timeout} s:\n{tail(self.logf)}")
+        with open(os.path.join(self.data, "admin-token")) as f:
+            self.token = f.read().strip()
+
+    def cli(self, *args):
+        env = dict(os.environ, UPDATE_SERVER_URL=self.url, UPDATE_SERVER_TOKEN=self.token)
+        log("$ update-server " + " ".join(args))
+        return run([self.bin, *args], env=env)
+
+    def cli_json(self, *args):
+        return json.loads(self.cli(*args, "--json"))
+
+    def api(self, path):
+        req = urllib.request.Request(self.url + "/api/v1" + path,
+                                     headers={"Authorization": f"Bearer {self.token}"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return json.loads(r.read())
+
+    def instance(self, machine):
+        v = self.api(f"/instances?app={APP}&search={machine}&limit=10")
+        items = v if isinstance(v, list) else next(
+            (x for x in v.values() if isinstance(x, list)), [])
+        return next((i for i in items if i.get("machine_id") == machine), None)
+
+    def events(self, machine):
+        v = self.api(f"/events?machine={machine}&limit=200")
+        return v if isinstance(v, list) else next(
+            (x for x in v.values() if isinstance(x, list)), [])
+
+    def lock_holders(self, group="default"):
+        return [h["id"] for h in self.api(f"/fleetlock/groups/{group}").get("holders", [])]
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def tail(path, n=40):
+    try:
+        with open(path, errors="replace") as f:
+            return "".join(f.readlines()[-n:])
+    except OSError:
+        return ""
+
+
+ANSI = re.compile(r"\x1b\[[0-9;?=]*[A-Za-z]|\x1b[()][A-Za-z0-9]|\x1bc")
+
+
+class Vm:
+    """QEMU with OVMF on a throw-away qcow2 overlay of disk.img; serial console lines go to a
+    queue (and the log), commands to the guest over virtio-serial port "platte.cmd"."""
+
+    def __init__(self, image_dir, rundir, accel, agent_toml):
+        self.rundir = rundir
+        self.serial_log = open(os.path.join(rundir, "serial.log"), "w")
+        self.lines = queue.Queue()
+        self.markers = []
+        self.sock = self.chan = None
+        for f in ("disk.qcow2", "cmd.sock"):
+            if os.path.exists(os.path.join(rundir, f)):
+                os.unlink(os.path.join(rundir, f))
+        shutil.copy(OVMF_VARS, os.path.join(rundir, "vars.fd"))
+        run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b",
+             os.path.join(image_dir, "disk.img"), os.path.join(rundir, "disk.qcow2")])
+        cfg = os.path.join(rundir, "agent.toml")
+        with open(cfg, "w") as f:
+            f.write(agent_toml)
+        cpu = "host" if accel == "kvm" else "max"
+        self.cmdline = [
+            "qemu-system-x86_64", "-machine", f"q35,accel={accel}", "-cpu", cpu, "-m", "1024",
+            "-smp", "2", "-display", "none", "-no-user-config", "-nodefaults", "-serial", "stdio",
+            "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+            "-drive", f"if=pflash,format=raw,unit=1,file={rundir}/vars.fd",
+            "-drive", f"file={rundir}/disk.qcow2,format=qcow2,if=none,id=os,cache=unsafe",
+            "-device", "virtio-blk-pci,drive=os,bootindex=0",
+            "-nic", "user,model=virtio-net-pci",
+            "-fw_cfg", f"name=opt/platte/agent.toml,file={cfg}",
+            "-device", "virtio-serial-pci",
+            "-chardev", f"socket,id=cmd,path={rundir}/cmd.sock,server=on,wait=off",
+            "-device", "virtserialport,chardev=cmd,name=platte.cmd",
+            # OVMF's debug port, for when the firmware stalls.
+            "-debugcon", f"file:{rundir}/ovmf.log", "-global", "isa-debugcon.iobase=0x402",
+        ] + os.environ.get("PLATTE_VM_QEMU_ARGS", "").split()
+        self.proc = subprocess.Popen(self.cmdline, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        log(f"qemu pid {self.proc.pid} ({accel})")
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        buf = b""
+        while True:
+            chunk = self.proc.stdout.read1(4096)
+            if not chunk:
+                self.lines.put(None)
+                return
+            buf += chunk
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                s = ANSI.sub("", line.decode(errors="replace")).strip("\r")
+                self.serial_log.write(f"[{now():7.1f}] {s}\n")
+                self.serial_log.flush()
+                self.lines.put(s)
+
+    def wait(self, pattern, timeout):
+        """The match of the first serial line matching `pattern`; every marker line passed on
+        the way (PLATTE-VM-…) is echoed and kept in `self.markers`."""
+        end = time.monotonic() + timeout
+        rx = re.compile(pattern)
+        while True:
+            left = end - time.monotonic()
+            if left <= 0:
+                raise Failed(f"no serial line matching {pattern!r} within {timeout} s")
+            try:
+                s = self.lines.get(timeout=left)
+            except queue.Empty:
+                continue
+            if s is None:
+                raise Failed(f"qemu exited while waiting for {pattern!r}")
+            if "PLATTE-VM-" in s:
+                marker = s[s.index("PLATTE-VM-"):]
+                log("serial: " + marker)
+                self.markers.append(marker)
+            m = rx.search(s)
+            if m:
+                return m
+
+    def collect(self, pattern, timeout):
+        """The marker lines seen until (and including) the first line matching `pattern`."""
+        self.markers = []
+        self.wait(pattern, timeout)
+        return self.markers
+
+    def cmd(self, command, timeout=300):
+        """Runs `command` with bash in the guest; returns (status, output)."""
+        if self.sock is None:
+            self.sock = socket.socket(socket.AF_UNIX)
+            self.sock.connect(os.path.join(self.rundir, "cmd.sock"))
+            self.chan = self.sock.makefile("rwb", buffering=0)
+        self.sock.settimeout(timeout)
+        t = now()
+        self.chan.write((command + "\n").encode())
+        out = []
+        while True:
+            line = self.chan.readline()
+            if not line:
+                raise Failed(f"guest command channel closed during {command!r}")
+            line = line.decode(errors="replace").rstrip("\n")
+            if line.startswith("__EOC__"):
+                rc = int(line.split()[1])
+                log(f"guest$ {command}  -> {rc} ({now() - t:.1f} s)")
+                for o in out:
+                    print(f"      {o}", flush=True)
+                return rc, "\n".join(out)
+            out.append(line)
+
+    def reset_channel(self):
+        """Drops the command channel (the guest side restarts with each boot)."""
+        if self.sock is not None:
+            self.sock.close()
+        self.sock = self.chan = None
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+# ---------------------------------------------------------------------------------------------
+# The scenarios
+# ---------------------------------------------------------------------------------------------
+
+
+def poll(what, timeout, fn, interval=0.5):
+    end = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < end:
+        last = fn()
+        if last:
+            return last
+        time.sleep(interval)
+    raise Failed(f"timed out after {timeout} s waiting for {what}")
+
+
+def expect(cond, msg):
+    if not cond:
+        raise Failed(msg)
+
+
+def expect_marker(seen, pattern):
+    """One of the marker lines `seen` matches `pattern`."""
+    if not any(re.search(pattern, m) for m in seen):
+        raise Failed(f"no marker matching {pattern!r}; seen:\n  " + "\n  ".join(seen))
+
+
+class Test:
+    def __init__(self, args):
+        self.args = args
+        self.phases = Phases()
+        self.vmdir = os.environ.get("PLATTE_VM_DIR", os.path.join(SRC, "target", "vm"))
+        self.bin = os.environ.get("PLATTE_VM_BIN", os.path.join(SRC, "target", "release"))
+        self.image = os.path.join(self.vmdir, "image")
+        self.rundir = os.path.join(self.vmdir, "run")
+        self.server = self.vm = None
+        self.releases = {}
+        self.machine = None
+
+    # -- setup --
+
+    def build(self):
+        subprocess.run([os.path.join(HERE, "build-image.sh")], check=True)
+
+    def start_server(self):
+        keys = os.path.join(self.rundir, "server-keys")
+        os.makedirs(keys, exist_ok=True)
+        shutil.copy(os.path.join(self.vmdir, "keys", "release.pub"), keys)
+        self.server = Server(self.bin, self.rundir, keys)
+        self.server.wait_ready()
+        log(f"update-server at {self.server.url} (guest: {self.server.guest_url})")
+        self.server.cli("app", "create", APP, "Platte VM test OS")
+        self.server.cli("channel", "create", APP, "stable")
+        self.server.cli("group", "create", APP, "stable", "--channel", "stable")
+        with open(os.path.join(self.vmdir, "keys", "machine-id")) as f:
+            self.machine = f.read().strip()
+
+    def build_payloads(self):
+        for v in ("2.0.0", "3.0.0"):
+            out = os.path.join(self.rundir, f"platte-{v}.payload")
+            t = time.monotonic()
+            run([os.path.join(self.bin, "payload"), "build",
+                 "--key", os.path.join(self.vmdir, "keys", "release.key"), "--app", APP,
+                 "--version", v, "--arch", "amd64",
+                 "--image", os.path.join(self.image, f"root-{v}.img"), "--out", out])
+            log(f"payload {v}: {os.path.getsize(out) >> 20} MiB in {time.monotonic() - t:.1f} s")
+            self.releases[v] = out
+
+    def publish(self, version):
+        pkg = self.server.cli_json("package", "publish", self.releases[version])
+        self.server.cli("channel", "set", APP, "stable", pkg["id"])
+
+    def boot_vm(self, accel):
+        toml = (f'[updates]\nserver = "{self.server.guest_url}/v1/update/"\n'
+                f'[reboot.fleet_lock]\nbase_url = "{self.server.guest_url}/fleetlock/"\n')
+        self.vm = Vm(self.image, self.rundir, accel, toml)
+
+    # -- scenario 1 --
+
+    def boot_a(self):
+        seen = self.vm.collect(r"PLATTE-VM-READY", 300)
+        expect_marker(seen, r"PLATTE-VM-BOOT slot=A version=1\.0\.0 .*selected=platte-a\.conf$")
+        expect_marker(seen, r"PLATTE-VM-READY slot=A version=1\.0\.0 .*state=running ")
+        poll("the agent's first check-in on the server", 90,
+             lambda: self.server.instance(self.machine))
+        log(f"server knows machine {self.machine}")
+
+    def update_to_b(self):
+        self.publish("2.0.0")
+        rc, out = self.vm.cmd("updatectl check", timeout=600)
+        expect(rc == 2, f"updatectl check: expected 2 (staged), got {rc}: {out}")
+        rc, out = self.vm.cmd("ls /efi/loader/entries /efi/platte/b")
+        expect("platte-b+1.conf" in out, f"no counted entry for B: {out}")
+        self.vm.reset_channel()
+
+    def reboot_into_b(self):
+        # The agent takes the FleetLock slot and reboots through logind by itself; systemd-boot
+        # tries the counted entry, mark-good passes and blesses it.
+        seen = self.vm.collect(r"PLATTE-VM-READY", 400)
+        expect_marker(seen, r"PLATTE-VM-BOOT slot=B version=2\.0\.0 .*selected=platte-b\+1\.conf$")
+        expect_marker(seen, r"PLATTE-VM-HEALTH slot=B version=2\.0\.0 .*result=ok")
+        expect_marker(seen, r"PLATTE-VM-READY slot=B version=2\.0\.0 .*state=running "
+                            r"entries=platte-a\.conf,platte-b\.conf, mark-good=active agent=active")
+
+    def b_complete(self):
+        inst = poll("the server to show the instance complete on 2.0.0", 120, lambda: (
+            lambda i: i if i and i.get("status") == "complete" and i.get("version") == "2.0.0"
+            else None)(self.server.instance(self.machine)))
+        log(f"server: status={inst.get('status')} version={inst.get('version')}")
+        poll("the FleetLock slot to be released", 60,
+             lambda: self.server.lock_holders() == [])
+        log("server: FleetLock group default has no holders")
+
+    # -- scenario 2 --
+
+    def install_bad_into_a(self):
+        self.publish("3.0.0")
+        rc, out = self.vm.cmd("updatectl check", timeout=600)
+        expect(rc == 2, f"updatectl check: expected 2 (staged), got {rc}: {out}")
+        self.vm.reset_channel()
+
+    def fall_back(self):
+        # Nobody touches the VM: A is tried once, its health gate fails and reboots, and
+        # systemd-boot skips the spent entry and boots B again.
+        seen = self.vm.collect(r"PLATTE-VM-READY slot=B", 600)
+        expect_marker(seen, r"PLATTE-VM-HEALTH slot=A version=3\.0\.0 .*result=fail")
+        expect(not any(re.search(r"READY slot=A .*state=running", m) for m in seen),
+               f"the bad release came up as running: {seen}")
+        expect_marker(seen, r"PLATTE-VM-BOOT slot=B version=2\.0\.0 .*selected=platte-b\.conf$")
+        expect_marker(seen, r"PLATTE-VM-READY slot=B version=2\.0\.0 .*state=running "
+                            r"entries=platte-a\+0-1\.conf,platte-b\.conf, ")
+
+    def rollback_reported(self):
+        def rollback():
+            return next((e for e in self.server.events(self.machine)
+                         if e.get("event_type") == 3 and e.get("event_result") == 0), None)
+        ev = poll("the rollback event (3/0) on the server", 120, rollback)
+        expect((int(ev.get("error_code") or 0) & 0xFFFF) == 44, f"rollback event: {ev}")
+        log(f"server: rollback event {ev.get('event_type')}/{ev.get('event_result')} "
+            f"code {ev.get('error_code')}")
+        rc, out = self.vm.cmd("updatectl deny-list")
+        expect(rc == 0 and "3.0.0" in out, f"3.0.0 not deny-listed: {out}")
+        poll("the FleetLock slot to be released again", 60,
+             lambda: self.server.lock_holders() == [])
+
+    def later_check(self):
+        before = len(self.server.events(self.machine))
+        rc, out = self.vm.cmd("updatectl check", timeout=300)
+        expect(rc == 3, f"updatectl check: expected 3 (refused), got {rc}: {out}")
+        events = self.server.events(self.machine)
+        new = events[: len(events) - before] if events and len(events) > before else []
+        expect(not any(e.get("event_type") == 13 for e in new),
+               f"a download started again: {new}")
+        rc, out = self.vm.cmd("ls /efi/loader/entries; . /etc/os-release; echo $VERSION_ID; "
+                              "platte-vm-slot")
+        expect(rc == 0 and "platte-a+0-1.conf" in out and "2.0.0" in out,
+               f"state after the refused check: {out}")
+        inst = self.server.instance(self.machine)
+        expect(inst and inst.get("version") == "2.0.0", f"server view: {inst}")
+
+    # -- driver --
+
+    def diagnose(self):
+        print("\n--- diagnostics", flush=True)
+        if self.vm and self.vm.proc.poll() is None:
+            try:
+                self.vm.reset_channel()
+                self.vm.cmd("platte-vm-slot; ls /efi/loader/entries; systemctl --failed --no-pager;"
+                            " journalctl -b --no-pager -u update-agent -u update-agent-mark-good"
+                            " | tail -n 60", timeout=30)
+            except (Failed, OSError) as e:
+                print(f"  (guest command channel: {e})")
+        print("--- serial console (last 40 lines)")
+        print(tail(os.path.join(self.rundir, "serial.log")))
+        print("--- update-server log (last 30 lines)")
+        print(tail(os.path.join(self.rundir, "server.log"), 30))
+
+    def main(self):
+        accel = None
+        try:
+            probe_tools()
+            accel, why = probe_accel(self.args.accel)
+            print(f"VM test: accelerator {accel} ({why})", flush=True)
+            shutil.rmtree(self.rundir, ignore_errors=True)
+            os.makedirs(self.rundir)
+            p = self.phases
+            if not self.args.no_build:
+                p.run("build image", self.build)
+            p.run("start update-server, create app/channel/group", self.start_server)
+            p.run("build and sign payloads 2.0.0 and 3.0.0", self.build_payloads)
+            p.run("start qemu", self.boot_vm, accel)
+            p.run("S1: boot slot A (1.0.0), first check-in", self.boot_a)
+            p.run("S1: publish 2.0.0, updatectl check installs it into B", self.update_to_b)
+            p.run("S1: agent reboots via FleetLock+logind, B tried, mark-good", self.reboot_into_b)
+            p.run("S1: server shows complete, lock released", self.b_complete)
+            p.run("S2: publish 3.0.0 (bad), installed into A", self.install_bad_into_a)
+            p.run("S2: A tried once, health fails, fallback to B", self.fall_back)
+            p.run("S2: rollback reported, 3.0.0 deny-listed", self.rollback_reported)
+            p.run("S2: a later check refuses 3.0.0", self.later_check)
+            print("\nVM TEST PASSED", flush=True)
+            return 0
+        except CannotRun as e:
+            print(f"VM test cannot run here: {e}", flush=True)
+            return SKIP
+        except (Failed, subprocess.CalledProcessError, OSError, urllib.error.URLError) as e:
+            print(f"\nVM TEST FAILED: {e}", flush=True)
+            self.diagnose()
+            return 1
+        finally:
+            if self.vm:
+                self.vm.kill()
+            if self.server:
+                self.server.stop()
+            self.phases.table()
+            if self.args.keep:
+                print(f"kept {self.rundir}")
+            elif os.path.isdir(self.rundir) and accel:
+                shutil.rmtree(self.rundir, ignore_errors=True)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
+    args = ap.parse_args()
+    t = Test(args)
+    # SIGTERM (CI timeout) cleans up like a failure.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    sys.exit(t.main())
+
+
+if __name__ == "__main__":
+    main()
