@@ -4,7 +4,7 @@
 # The Debian 12 base (debootstrap + configure-rootfs.sh, about 90 s and 110 MB of downloads) is
 # cached as cache/rootfs-<key>.tar.zst, key = these scripts' hash + the ISO week (packages are
 # not pinned; a week-old base is fine). Platte's binaries (from $PLATTE_VM_BIN, default
-# target/release), units and configuration go in on every run, then make-disk.sh writes image/.
+# target/debug, which `cargo test --workspace` builds), units and configuration go in on every run, then make-disk.sh writes image/.
 # A release key pair and a machine id are made once under keys/.
 #
 # Needs root (debootstrap chroots) and: debootstrap e2fsprogs dosfstools mtools fdisk zstd.
@@ -13,14 +13,14 @@ set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 SRC=$(cd "$HERE/../.." && pwd)
 W=${PLATTE_VM_DIR:-$SRC/target/vm}
-BIN=${PLATTE_VM_BIN:-$SRC/target/release}
+BIN=${PLATTE_VM_BIN:-$SRC/target/debug}
 mkdir -p "$W/cache" "$W/keys"
 
 t0=$(date +%s)
 step() { printf '  [build-image %3ss] %s\n' "$(( $(date +%s) - t0 ))" "$*"; }
 
 for b in update-agent updatectl payload; do
-  [ -x "$BIN/$b" ] || { echo "build-image: $BIN/$b is missing; run cargo build --release -p update-agent -p payloads" >&2; exit 1; }
+  [ -x "$BIN/$b" ] || { echo "build-image: $BIN/$b is missing; run cargo build -p update-agent -p update-server -p payloads" >&2; exit 1; }
 done
 
 # The Debian mirror this machine's apt already uses (deb822 .sources or a classic .list).

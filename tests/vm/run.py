@@ -10,8 +10,8 @@ update-server on the host through QEMU user networking (10.0.2.2).
   passes and blesses B -> the server shows the instance complete and the lock released.
   Scenario 2: publish 3.0.0, whose own health check fails -> installed into A, reboot -> A is
   tried once, the health gate fails and reboots -> systemd-boot falls back to B by itself ->
-  the agent reports the rollback (3/0, code 44) and deny-lists 3.0.0 -> a later check refuses
-  it (exit 3) and downloads nothing.
+  the agent reports the rollback (3/0, code 44) and deny-lists 3.0.0 -> a later check installs
+  nothing (exit 3 if the server still offers it, 0 if it stopped) and downloads nothing.
 
 Progress is read from marker lines on the serial console (PLATTE-VM-BOOT/HEALTH/READY, see
 configure-rootfs.sh) and the server's admin API; commands run in the guest over a virtio-serial
@@ -20,7 +20,9 @@ channel. Every phase's duration is printed.
 usage: tests/vm/run.py [--keep] [--accel auto|kvm|tcg] [--no-build]
   --keep      keep the run directory (serial log, server log, overlay disk) afterwards
   --no-build  use target/vm/image as it is (skip build-image.sh)
-env: PLATTE_VM_DIR (default target/vm), PLATTE_VM_BIN (default target/release)
+env: PLATTE_VM_DIR (default target/vm), PLATTE_VM_BIN (default target/debug: the binaries
+     `cargo test --workspace` builds; target/release works too), PLATTE_VM_SMP (vCPUs; default
+     1 under TCG, 2 with KVM), PLATTE_VM_QEMU_ARGS (extra QEMU arguments)
 exit: 0 passed, 1 failed, 77 cannot run here (the reason is printed)
 """
 
@@ -246,9 +248,12 @@ class Vm:
         with open(cfg, "w") as f:
             f.write(agent_toml)
         cpu = "host" if accel == "kvm" else "max"
+        # One vCPU under TCG: with two, OVMF sometimes hangs after a guest reboot (the boot CPU
+        # waits forever for the halted second one in its MP services; seen 2 reboots in 6).
+        smp = os.environ.get("PLATTE_VM_SMP", "2" if accel == "kvm" else "1")
         self.cmdline = [
             "qemu-system-x86_64", "-machine", f"q35,accel={accel}", "-cpu", cpu, "-m", "1024",
-            "-smp", "2", "-display", "none", "-no-user-config", "-nodefaults", "-serial", "stdio",
+            "-smp", smp, "-display", "none", "-no-user-config", "-nodefaults", "-serial", "stdio",
             "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
             "-drive", f"if=pflash,format=raw,unit=1,file={rundir}/vars.fd",
             "-drive", f"file={rundir}/disk.qcow2,format=qcow2,if=none,id=os,cache=unsafe",
@@ -258,8 +263,6 @@ class Vm:
             "-device", "virtio-serial-pci",
             "-chardev", f"socket,id=cmd,path={rundir}/cmd.sock,server=on,wait=off",
             "-device", "virtserialport,chardev=cmd,name=platte.cmd",
-            # OVMF's debug port, for when the firmware stalls.
-            "-debugcon", f"file:{rundir}/ovmf.log", "-global", "isa-debugcon.iobase=0x402",
         ] + os.environ.get("PLATTE_VM_QEMU_ARGS", "").split()
         self.proc = subprocess.Popen(self.cmdline, stdin=subprocess.DEVNULL,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -283,7 +286,7 @@ class Vm:
 
     def wait(self, pattern, timeout):
         """The match of the first serial line matching `pattern`; every marker line passed on
-        the way (PLATTE-VM-…) is echoed and kept in `self.markers`."""
+        the way (PLATTE-VM-…) is echoed and appended to `self.markers`."""
         end = time.monotonic() + timeout
         rx = re.compile(pattern)
         while True:
@@ -321,7 +324,10 @@ class Vm:
         self.chan.write((command + "\n").encode())
         out = []
         while True:
-            line = self.chan.readline()
+            try:
+                line = self.chan.readline()
+            except OSError as e:
+                raise Failed(f"guest command {command!r}: no answer ({e})") from e
             if not line:
                 raise Failed(f"guest command channel closed during {command!r}")
             line = line.decode(errors="replace").rstrip("\n")
@@ -377,7 +383,7 @@ class Test:
         self.args = args
         self.phases = Phases()
         self.vmdir = os.environ.get("PLATTE_VM_DIR", os.path.join(SRC, "target", "vm"))
-        self.bin = os.environ.get("PLATTE_VM_BIN", os.path.join(SRC, "target", "release"))
+        self.bin = os.environ.get("PLATTE_VM_BIN", os.path.join(SRC, "target", "debug"))
         self.image = os.path.join(self.vmdir, "image")
         self.rundir = os.path.join(self.vmdir, "run")
         self.server = self.vm = None
@@ -387,7 +393,8 @@ class Test:
     # -- setup --
 
     def build(self):
-        subprocess.run([os.path.join(HERE, "build-image.sh")], check=True)
+        env = dict(os.environ, PLATTE_VM_DIR=self.vmdir, PLATTE_VM_BIN=self.bin)
+        subprocess.run([os.path.join(HERE, "build-image.sh")], check=True, env=env)
 
     def start_server(self):
         keys = os.path.join(self.rundir, "server-keys")
@@ -434,10 +441,10 @@ class Test:
 
     def update_to_b(self):
         self.publish("2.0.0")
+        # The agent reboots right after staging, so the answer is all this boot can give; the
+        # entry it wrote shows in the next boot's markers.
         rc, out = self.vm.cmd("updatectl check", timeout=600)
         expect(rc == 2, f"updatectl check: expected 2 (staged), got {rc}: {out}")
-        rc, out = self.vm.cmd("ls /efi/loader/entries /efi/platte/b")
-        expect("platte-b+1.conf" in out, f"no counted entry for B: {out}")
         self.vm.reset_channel()
 
     def reboot_into_b(self):
@@ -492,8 +499,10 @@ class Test:
 
     def later_check(self):
         before = len(self.server.events(self.machine))
+        # 3: offered and refused (deny list); 0: the server, told of the rollback, no longer
+        # offers it. Either way nothing is downloaded or written.
         rc, out = self.vm.cmd("updatectl check", timeout=300)
-        expect(rc == 3, f"updatectl check: expected 3 (refused), got {rc}: {out}")
+        expect(rc in (0, 3), f"updatectl check: expected 0 or 3 (not installed), got {rc}: {out}")
         events = self.server.events(self.machine)
         new = events[: len(events) - before] if events and len(events) > before else []
         expect(not any(e.get("event_type") == 13 for e in new),
@@ -543,7 +552,7 @@ class Test:
             p.run("S2: publish 3.0.0 (bad), installed into A", self.install_bad_into_a)
             p.run("S2: A tried once, health fails, fallback to B", self.fall_back)
             p.run("S2: rollback reported, 3.0.0 deny-listed", self.rollback_reported)
-            p.run("S2: a later check refuses 3.0.0", self.later_check)
+            p.run("S2: a later check does not reinstall 3.0.0", self.later_check)
             print("\nVM TEST PASSED", flush=True)
             return 0
         except CannotRun as e:
