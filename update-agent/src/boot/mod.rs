@@ -84,6 +84,36 @@ impl SlotSpec {
             SlotSpec::PartUuid(u) => entry.part_guid == *u,
         }
     }
+
+    /// The one partition of `table` (read from `disk`) that is `slot`'s: an error when none or
+    /// several match, or when it lies outside the disk.
+    pub fn find_in(
+        &self,
+        table: &gpt::GptTable,
+        slot: SlotId,
+        disk: &std::path::Path,
+    ) -> Result<gpt::Entry, BootError> {
+        let mut hits = table.entries.iter().filter(|e| self.matches(e));
+        let first = hits.next().ok_or_else(|| BootError::SlotNotFound {
+            slot,
+            spec: self.to_string(),
+            disk: disk.to_path_buf(),
+        })?;
+        if hits.next().is_some() {
+            return Err(BootError::SlotAmbiguous {
+                slot,
+                spec: self.to_string(),
+                disk: disk.to_path_buf(),
+            });
+        }
+        if table.byte_range(first).is_none() {
+            return Err(BootError::OutsideDisk {
+                slot,
+                partition: first.number,
+            });
+        }
+        Ok(first.clone())
+    }
 }
 
 impl fmt::Display for SlotSpec {

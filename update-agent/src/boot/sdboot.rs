@@ -689,29 +689,6 @@ impl SdbootBackend {
             .any(|e| e.name.exhausted()))
     }
 
-    fn find(&self, table: &GptTable, slot: SlotId, spec: &SlotSpec) -> Result<Entry, BootError> {
-        let mut hits = table.entries.iter().filter(|e| spec.matches(e));
-        let first = hits.next().ok_or_else(|| BootError::SlotNotFound {
-            slot,
-            spec: spec.to_string(),
-            disk: self.disk.clone(),
-        })?;
-        if hits.next().is_some() {
-            return Err(BootError::SlotAmbiguous {
-                slot,
-                spec: spec.to_string(),
-                disk: self.disk.clone(),
-            });
-        }
-        if table.byte_range(first).is_none() {
-            return Err(BootError::OutsideDisk {
-                slot,
-                partition: first.number,
-            });
-        }
-        Ok(first.clone())
-    }
-
     fn locate(&self) -> Result<Located, BootError> {
         let file = File::open(&self.disk).map_err(|source| BootError::Open {
             disk: self.disk.clone(),
@@ -721,8 +698,8 @@ impl SdbootBackend {
             disk: self.disk.clone(),
             source,
         })?;
-        let a = self.find(&table, SlotId::A, &self.slot_a)?;
-        let b = self.find(&table, SlotId::B, &self.slot_b)?;
+        let a = self.slot_a.find_in(&table, SlotId::A, &self.disk)?;
+        let b = self.slot_b.find_in(&table, SlotId::B, &self.disk)?;
         if a.number == b.number {
             return Err(BootError::SameSlot {
                 partition: a.number,
