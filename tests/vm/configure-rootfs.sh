@@ -83,7 +83,7 @@ echo "PLATTE-VM-$1 slot=$(platte-vm-slot) version=$VERSION_ID uptime=$(cut -d' '
 EOF
 install -m755 /dev/stdin "$R/usr/local/bin/platte-vm-ready" <<'EOF'
 #!/bin/sh
-platte-vm-marker BOOT "selected=$(platte-vm-efivar LoaderEntrySelected)"
+platte-vm-marker BOOT "counted=$(platte-vm-efivar LoaderBootCountPath) selected=$(platte-vm-efivar LoaderEntrySelected)"
 st=$(systemctl is-system-running --wait)
 platte-vm-marker READY "state=$st entries=$(ls /efi/loader/entries | tr '\n' ,) mark-good=$(systemctl is-active update-agent-mark-good.service) agent=$(systemctl is-active update-agent.service)"
 EOF
@@ -102,7 +102,7 @@ EOF
 install -m755 /dev/stdin "$R/usr/local/bin/platte-vm-health" <<'EOF'
 #!/bin/sh
 r=$(cat /usr/local/lib/platte-vm/health 2>/dev/null || echo missing)
-platte-vm-marker HEALTH "result=$r"
+platte-vm-marker HEALTH "result=$r selected=$(platte-vm-efivar LoaderEntrySelected) counted=$(platte-vm-efivar LoaderBootCountPath)"
 [ "$r" = ok ]
 EOF
 echo ok > "$R/usr/local/lib/platte-vm/health"

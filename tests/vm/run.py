@@ -247,7 +247,9 @@ class Vm:
         cfg = os.path.join(rundir, "agent.toml")
         with open(cfg, "w") as f:
             f.write(agent_toml)
-        cpu = "host" if accel == "kvm" else "max"
+        # Under TCG the plain qemu64 model boots about 20 % faster than "max" (fewer emulated
+        # features to set up and use); the Debian kernel needs nothing more.
+        cpu = "host" if accel == "kvm" else "qemu64"
         # One vCPU under TCG: with two, OVMF sometimes hangs after a guest reboot (the boot CPU
         # waits forever for the halted second one in its MP services; seen 2 reboots in 6).
         smp = os.environ.get("PLATTE_VM_SMP", "2" if accel == "kvm" else "1")
@@ -533,6 +535,7 @@ class Test:
 
     def main(self):
         accel = None
+        failed = True
         try:
             probe_tools()
             accel, why = probe_accel(self.args.accel)
@@ -554,9 +557,11 @@ class Test:
             p.run("S2: rollback reported, 3.0.0 deny-listed", self.rollback_reported)
             p.run("S2: a later check does not reinstall 3.0.0", self.later_check)
             print("\nVM TEST PASSED", flush=True)
+            failed = False
             return 0
         except CannotRun as e:
             print(f"VM test cannot run here: {e}", flush=True)
+            failed = False
             return SKIP
         except (Failed, subprocess.CalledProcessError, OSError, urllib.error.URLError) as e:
             print(f"\nVM TEST FAILED: {e}", flush=True)
@@ -568,8 +573,8 @@ class Test:
             if self.server:
                 self.server.stop()
             self.phases.table()
-            if self.args.keep:
-                print(f"kept {self.rundir}")
+            if self.args.keep or (failed and os.path.isdir(self.rundir)):
+                print(f"kept {self.rundir} (serial.log, server.log, disk.qcow2)")
             elif os.path.isdir(self.rundir) and accel:
                 shutil.rmtree(self.rundir, ignore_errors=True)
 
