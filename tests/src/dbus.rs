@@ -1,5 +1,6 @@
-//! A private D-Bus "system bus" per simulated host (a real `dbus-daemon`, run as a [`Proc`]) and
-//! a logind stand-in on it that records `Reboot` calls instead of rebooting.
+//! A private D-Bus "system bus" per simulated host (a real `dbus-daemon`, run as a [`Proc`]), a
+//! logind stand-in on it that records `Reboot` calls instead of rebooting, and a systemd
+//! stand-in ([`Systemd`]) that records unit restarts and fails one on demand.
 //!
 //! The agent daemon (`update-agent run`) serves its API on the bus that `DBUS_SYSTEM_BUS_ADDRESS`
 //! names and reboots through `org.freedesktop.login1` on the same bus. One bus per host keeps the
@@ -17,8 +18,17 @@ use zbus::zvariant::OwnedObjectPath;
 use crate::error::{Error, Result, io};
 use crate::process::Proc;
 
+mod systemd;
+
+pub use systemd::{RestartFault, SYSTEMD_NAME, SYSTEMD_PATH, Systemd, UnitRestart, unit_path};
+
 /// How long a bus may take to print its address.
 pub const START_LIMIT: Duration = Duration::from_secs(20);
+
+/// The agent's bus name.
+pub const AGENT_NAME: &str = "org.platte.Update1";
+/// The agent's object.
+pub const AGENT_PATH: &str = "/org/platte/Update1";
 
 /// logind's bus name.
 pub const LOGIND_NAME: &str = "org.freedesktop.login1";
@@ -38,6 +48,27 @@ pub fn available() -> bool {
         eprintln!("!!!!! SKIPPED: dbus-daemon is not installed; D-Bus scenario NOT run !!!!!");
     }
     ok
+}
+
+/// Whether this process runs as root (uid 0, from `/proc/self/status`). The agent lets only
+/// root call its state-changing D-Bus methods (`updatectl check`, `reboot`…); scenarios that
+/// call them return early otherwise, with a loud note.
+pub fn running_as_root() -> bool {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|ids| ids.split_whitespace().next().map(|u| u == "0"))
+        })
+        .unwrap_or(false);
+    if !root {
+        eprintln!(
+            "!!!!! SKIPPED: not running as root; the agent lets only root call `updatectl check`, \
+             so this D-Bus scenario is NOT run !!!!!"
+        );
+    }
+    root
 }
 
 /// A private bus: anyone may own any name and call anything (the access policy is the agent's
@@ -103,6 +134,33 @@ impl Bus {
     /// Whether the `dbus-daemon` is still running.
     pub fn running(&mut self) -> bool {
         matches!(self.proc.try_status(), Ok(None))
+    }
+
+    /// The agent's `Extensions` property (`a(sss)`: name, version, state), read with
+    /// `org.freedesktop.DBus.Properties.Get` as `busctl get-property` does.
+    pub fn agent_extensions(&self) -> Result<Vec<(String, String, String)>> {
+        let failed = |e: zbus::Error| Error::Dbus {
+            what: "reading the agent's Extensions property",
+            detail: format!("{e} (bus {})", self.address),
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(io("starting an async runtime", "tokio"))?;
+        rt.block_on(async {
+            let conn = zbus::connection::Builder::address(self.address.as_str())?
+                .build()
+                .await?;
+            let props = zbus::fdo::PropertiesProxy::builder(&conn)
+                .destination(AGENT_NAME)?
+                .path(AGENT_PATH)?
+                .build()
+                .await?;
+            let iface = zbus::names::InterfaceName::try_from(AGENT_NAME)?;
+            let value = props.get(iface, "Extensions").await?;
+            Vec::<(String, String, String)>::try_from(value).map_err(zbus::Error::Variant)
+        })
+        .map_err(failed)
     }
 }
 

@@ -9,18 +9,22 @@
 //!   images, `payload build`; [`world`]: a scenario's server, keys and directory.
 //! - [`gpt`]: GPT disk images without `sgdisk`; [`bootloader`]: gptprio's selection rule;
 //!   [`machine`]: a simulated host and its agent commands; [`proxy`]: a throttling, recording
-//!   TCP proxy for fault scenarios.
-//! - [`dbus`]: a private `dbus-daemon` per host and a logind stand-in recording reboots (the
-//!   agent daemon and `updatectl`); [`inject`]: `SIGKILL` at an exact write, through strace.
+//!   TCP proxy for fault scenarios; [`omaha_wire`]: the `<app>`s of a recorded Omaha request.
+//! - [`dbus`]: a private `dbus-daemon` per host, a logind stand-in recording reboots and a
+//!   systemd stand-in recording unit restarts (the agent daemon and `updatectl`);
+//!   [`extension`]: a runtime extension configured on a host; [`inject`]: `SIGKILL` at an
+//!   exact write, through strace.
 
 pub mod bins;
 pub mod bootloader;
 pub mod dbus;
 pub mod error;
+pub mod extension;
 pub mod gpt;
 pub mod http;
 pub mod inject;
 pub mod machine;
+pub mod omaha_wire;
 pub mod process;
 pub mod proxy;
 pub mod release;

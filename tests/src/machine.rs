@@ -449,6 +449,14 @@ stall_timeout_secs = 10
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The machine's directory (host root, disk image, drop-ins, logs).
+    pub fn home(&self) -> PathBuf {
+        self.root
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default()
+    }
+
     /// A file under the host root (e.g. `run/reboot-required`).
     pub fn host_file(&self, rel: &str) -> PathBuf {
         self.root.join(rel)

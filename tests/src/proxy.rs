@@ -1,6 +1,7 @@
 //! A TCP proxy between agents and the server, for fault scenarios: it can throttle what flows
 //! to the agent (so a download is still running when the server is killed), records the request
-//! lines and `Range` headers it forwards, and cuts every connection when the upstream closes.
+//! lines and `Range` headers it forwards, and the whole requests with their bodies (what an
+//! agent sent, e.g. its Omaha XML), and cuts every connection when the upstream closes.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -11,11 +12,42 @@ use std::time::Duration;
 
 use crate::error::{Result, io};
 
+/// Most bytes of one connection's unfinished request kept while waiting for the rest; a larger
+/// request is not recorded whole (the proxy never buffers uploads of that size for the tests).
+const MAX_REQUEST_BYTES: usize = 4 << 20;
+
+/// One HTTP request a client sent through the proxy, complete with its body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpRequest {
+    /// The request line (`POST /v1/update/ HTTP/1.1`).
+    pub line: String,
+    /// The body (`Content-Length` bytes; empty without one).
+    pub body: Vec<u8>,
+}
+
+impl HttpRequest {
+    /// The method (`GET`, `POST`…).
+    pub fn method(&self) -> &str {
+        self.line.split(' ').next().unwrap_or("")
+    }
+
+    /// The request target (`/v1/update/`).
+    pub fn path(&self) -> &str {
+        self.line.split(' ').nth(1).unwrap_or("")
+    }
+
+    /// The body as text (lossy).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
 #[derive(Debug, Default)]
 struct Shared {
     upstream: Mutex<String>,
     rate: AtomicU64,
     requests: Mutex<Vec<String>>,
+    whole: Mutex<Vec<HttpRequest>>,
     conns: Mutex<Vec<TcpStream>>,
     stop: AtomicBool,
 }
@@ -77,6 +109,12 @@ impl Proxy {
     pub fn requests(&self) -> Vec<String> {
         lock(&self.shared.requests).clone()
     }
+
+    /// The complete requests forwarded so far, with their bodies, in the order they were
+    /// completed (a request is recorded once its last body byte went through).
+    pub fn http_requests(&self) -> Vec<HttpRequest> {
+        lock(&self.shared.whole).clone()
+    }
 }
 
 impl Drop for Proxy {
@@ -124,15 +162,20 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
     }
 }
 
-/// Client → server, recording request lines and `Range` headers.
+/// Client → server, recording request lines and `Range` headers, and whole requests.
 fn upstream_copy(mut client: TcpStream, mut server: TcpStream, shared: &Shared) {
     let mut buf = vec![0u8; 16 << 10];
+    let mut reader = RequestReader::default();
     loop {
         let n = match client.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
         record(shared, &buf[..n]);
+        let done = reader.feed(&buf[..n]);
+        if !done.is_empty() {
+            lock(&shared.whole).extend(done);
+        }
         if server.write_all(&buf[..n]).is_err() {
             break;
         }
@@ -158,6 +201,61 @@ fn record(shared: &Shared, chunk: &[u8]) {
     }
 }
 
+/// Splits one connection's client bytes into HTTP/1.1 requests (head, then `Content-Length`
+/// bytes of body). A request it cannot delimit (chunked body, oversized) ends the recording of
+/// that connection; the bytes are forwarded all the same.
+#[derive(Debug, Default)]
+struct RequestReader {
+    buf: Vec<u8>,
+    gave_up: bool,
+}
+
+impl RequestReader {
+    /// Takes the next bytes; returns the requests they completed.
+    fn feed(&mut self, chunk: &[u8]) -> Vec<HttpRequest> {
+        let mut out = Vec::new();
+        if self.gave_up {
+            return out;
+        }
+        self.buf.extend_from_slice(chunk);
+        while let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&self.buf[..end]).into_owned();
+            let mut lines = head.split("\r\n");
+            let line = lines.next().unwrap_or("").to_owned();
+            let mut len = Some(0usize);
+            for h in lines {
+                let Some((name, value)) = h.split_once(':') else {
+                    continue;
+                };
+                if name.eq_ignore_ascii_case("content-length") {
+                    len = value.trim().parse().ok();
+                } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                    len = None;
+                }
+            }
+            let Some(total) = len.and_then(|l| (end + 4).checked_add(l)) else {
+                self.give_up();
+                return out;
+            };
+            if self.buf.len() < total {
+                break;
+            }
+            let body = self.buf[end + 4..total].to_vec();
+            self.buf.drain(..total);
+            out.push(HttpRequest { line, body });
+        }
+        if self.buf.len() > MAX_REQUEST_BYTES {
+            self.give_up();
+        }
+        out
+    }
+
+    fn give_up(&mut self) {
+        self.gave_up = true;
+        self.buf = Vec::new();
+    }
+}
+
 /// Server → client, throttled; when the server side ends, the client connection is cut.
 fn downstream_copy(mut server: TcpStream, mut client: TcpStream, shared: &Shared) {
     let mut buf = vec![0u8; 8 << 10];
@@ -176,4 +274,48 @@ fn downstream_copy(mut server: TcpStream, mut client: TcpStream, shared: &Shared
         }
     }
     let _ = client.shutdown(Shutdown::Both);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_split_by_content_length_across_chunks() {
+        let wire = b"POST /v1/update/ HTTP/1.1\r\nHost: x\r\ncontent-length: 5\r\n\r\nhello\
+GET /p HTTP/1.1\r\nRange: bytes=1-\r\n\r\nPOST /v1/update/ HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc";
+        for split in [1, 7, 40, 64, wire.len()] {
+            let mut r = RequestReader::default();
+            let mut got = Vec::new();
+            for chunk in wire.chunks(split) {
+                got.extend(r.feed(chunk));
+            }
+            let seen: Vec<(&str, &[u8])> = got
+                .iter()
+                .map(|q| (q.line.as_str(), q.body.as_slice()))
+                .collect();
+            assert_eq!(
+                seen,
+                [
+                    ("POST /v1/update/ HTTP/1.1", &b"hello"[..]),
+                    ("GET /p HTTP/1.1", &b""[..]),
+                    ("POST /v1/update/ HTTP/1.1", &b"abc"[..]),
+                ],
+                "chunks of {split}"
+            );
+            assert_eq!(got[0].method(), "POST");
+            assert_eq!(got[1].path(), "/p");
+        }
+    }
+
+    #[test]
+    fn a_chunked_body_stops_the_recording_of_its_connection() {
+        let mut r = RequestReader::default();
+        let got = r.feed(
+            b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n\
+GET /b HTTP/1.1\r\n\r\n",
+        );
+        assert!(got.is_empty(), "{got:?}");
+        assert!(r.feed(b"GET /c HTTP/1.1\r\n\r\n").is_empty());
+    }
 }

@@ -1,5 +1,7 @@
 //! Release engineering as an operator does it, through the `payload` CLI: a publisher key pair,
-//! demo OS images that say which version they are, and signed payloads built from them.
+//! demo OS images that say which version they are, demo runtime extension (sysext) images, and
+//! signed payloads built from them (`partition` payloads for the OS, `file` payloads declaring
+//! `os.versions` for extensions).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -9,6 +11,8 @@ use crate::error::{Error, Result, io};
 
 /// First line of every demo OS image; the second is `VERSION_ID=…`, as in an os-release file.
 pub const IMAGE_MAGIC: &str = "PLATTE-DEMO-OS";
+/// First line of every demo extension image; then `ID=NAME` and `VERSION=…`.
+pub const EXTENSION_MAGIC: &str = "PLATTE-DEMO-SYSEXT";
 /// Bytes of image data per payload operation (many operations: checkpoints have room to land).
 pub const CHUNK_SIZE: u32 = 256 << 10;
 
@@ -78,6 +82,41 @@ impl Publisher {
         run(Command::new(&self.payload_bin).args(self.build_args(app, version, image, out)))
             .map(drop)
     }
+
+    /// The `payload build` arguments of a runtime extension: `image` as `version` of `app`, kind
+    /// `file`, supporting the OS versions `os_versions` (metadata `os.versions`, e.g.
+    /// `1.* 2.0.0`), written to `out`.
+    pub fn extension_build_args(
+        &self,
+        app: &str,
+        version: &str,
+        os_versions: &str,
+        image: &Path,
+        out: &Path,
+    ) -> Vec<String> {
+        let mut args = self.build_args(app, version, image, out);
+        args.extend([
+            "--kind".to_owned(),
+            "file".to_owned(),
+            "--meta".to_owned(),
+            format!("os.versions={os_versions}"),
+        ]);
+        args
+    }
+
+    /// Builds and signs a runtime extension payload (`payload build --kind file --meta
+    /// os.versions=…`).
+    pub fn build_extension(
+        &self,
+        app: &str,
+        version: &str,
+        os_versions: &str,
+        image: &Path,
+        out: &Path,
+    ) -> Result<()> {
+        let args = self.extension_build_args(app, version, os_versions, image, out);
+        run(Command::new(&self.payload_bin).args(args)).map(drop)
+    }
 }
 
 fn run(cmd: &mut Command) -> Result<String> {
@@ -98,29 +137,46 @@ fn run(cmd: &mut Command) -> Result<String> {
     }
 }
 
-/// A demo OS image of `len` bytes for `version`: a two-line header naming it, then
-/// incompressible bytes seeded by the version, with a zero-filled stretch (ZERO operations).
-pub fn os_image(version: &str, len: usize) -> Vec<u8> {
+/// `len` incompressible bytes seeded by `seed_text` (xorshift over an FNV-1a seed).
+fn noise(seed_text: &str, len: usize) -> Vec<u8> {
     let mut seed = 0xcbf2_9ce4_8422_2325u64;
-    for b in version.bytes() {
+    for b in seed_text.bytes() {
         seed = (seed ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
     }
     let mut x = seed | 1;
-    let mut v: Vec<u8> = (0..len)
+    (0..len)
         .map(|_| {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
             (x >> 24) as u8
         })
-        .collect();
-    let head = format!("{IMAGE_MAGIC}\nVERSION_ID={version}\n");
-    let n = head.len().min(len);
+        .collect()
+}
+
+/// `v` with `head` written over its start (as much of it as fits).
+fn with_header(head: &str, mut v: Vec<u8>) -> Vec<u8> {
+    let n = head.len().min(v.len());
     v[..n].copy_from_slice(&head.as_bytes()[..n]);
+    v
+}
+
+/// A demo OS image of `len` bytes for `version`: a two-line header naming it, then
+/// incompressible bytes seeded by the version, with a zero-filled stretch (ZERO operations).
+pub fn os_image(version: &str, len: usize) -> Vec<u8> {
+    let head = format!("{IMAGE_MAGIC}\nVERSION_ID={version}\n");
+    let mut v = with_header(&head, noise(version, len));
     if len >= 2 << 20 {
         v[(1 << 20)..(1 << 20) + (512 << 10)].fill(0);
     }
     v
+}
+
+/// A demo runtime extension image of `len` bytes: a three-line header (`PLATTE-DEMO-SYSEXT`,
+/// `ID=NAME`, `VERSION=…`), then incompressible bytes seeded by name and version.
+pub fn extension_image(name: &str, version: &str, len: usize) -> Vec<u8> {
+    let head = format!("{EXTENSION_MAGIC}\nID={name}\nVERSION={version}\n");
+    with_header(&head, noise(&format!("{name}-{version}"), len))
 }
 
 /// The version a demo OS image names in its header (`None`: not a demo image).

@@ -133,13 +133,54 @@ impl World {
     /// Builds a demo image of `len` bytes for `version`, signs it (`payload build`) and
     /// publishes it (`update-server package publish`). The channel is not changed.
     pub fn publish(&self, version: &str, len: usize) -> Result<Release> {
-        let dir = self.path.join("releases");
-        std::fs::create_dir_all(&dir).map_err(io("creating the releases directory", &dir))?;
+        let dir = self.releases_dir()?;
         let image = release::os_image(version, len);
         let img = dir.join(format!("usr-{version}.img"));
         std::fs::write(&img, &image).map_err(io("writing an image", &img))?;
         let payload = dir.join(format!("platte-{version}.payload"));
         self.publisher.build(APP, version, &img, &payload)?;
+        self.publish_payload(version, image, payload)
+    }
+
+    /// Operator setup of a runtime extension's own app through the admin CLI: app `app` named
+    /// `name`, channel `stable`, group `stable` following it (see docs/container-runtime.md).
+    pub fn setup_extension_app(&self, app: &str, name: &str) -> Result<()> {
+        self.server.cli(&["app", "create", app, name])?;
+        self.server.cli(&["channel", "create", app, "stable"])?;
+        self.server
+            .cli(&["group", "create", app, "stable", "--channel", "stable"])?;
+        Ok(())
+    }
+
+    /// Builds a demo sysext image of `len` bytes for extension `name` `version`, signs it as a
+    /// `file` payload of `app` supporting `os_versions` (`payload build --kind file --meta
+    /// os.versions=…`) and publishes it. No channel is changed.
+    pub fn publish_extension(
+        &self,
+        app: &str,
+        name: &str,
+        version: &str,
+        os_versions: &str,
+        len: usize,
+    ) -> Result<Release> {
+        let dir = self.releases_dir()?;
+        let image = release::extension_image(name, version, len);
+        let img = dir.join(format!("{name}-{version}.raw"));
+        std::fs::write(&img, &image).map_err(io("writing an extension image", &img))?;
+        let payload = dir.join(format!("{name}-{version}.payload"));
+        self.publisher
+            .build_extension(app, version, os_versions, &img, &payload)?;
+        self.publish_payload(version, image, payload)
+    }
+
+    fn releases_dir(&self) -> Result<PathBuf> {
+        let dir = self.path.join("releases");
+        std::fs::create_dir_all(&dir).map_err(io("creating the releases directory", &dir))?;
+        Ok(dir)
+    }
+
+    /// `update-server package publish PAYLOAD --json`; the package's id and SHA-256.
+    fn publish_payload(&self, version: &str, image: Vec<u8>, payload: PathBuf) -> Result<Release> {
         let p = payload.display().to_string();
         let v = self.server.cli_json(&["package", "publish", &p])?;
         let field = |k: &str| -> Result<String> {
@@ -161,21 +202,36 @@ impl World {
 
     /// Points channel `stable` at `release`.
     pub fn point_stable(&self, release: &Release) -> Result<()> {
+        self.point(APP, release)
+    }
+
+    /// Points channel `stable` of `app` at `release` (`update-server channel set`).
+    pub fn point(&self, app: &str, release: &Release) -> Result<()> {
         self.server
-            .cli(&["channel", "set", APP, "stable", &release.package_id])?;
+            .cli(&["channel", "set", app, "stable", &release.package_id])?;
         Ok(())
     }
 
     /// Replaces group `stable`'s rollout policy (`update-server rollout set`).
     pub fn set_policy(&self, policy: &Value) -> Result<()> {
+        self.set_policy_of(APP, policy)
+    }
+
+    /// Replaces the rollout policy of group `stable` of `app`.
+    pub fn set_policy_of(&self, app: &str, policy: &Value) -> Result<()> {
         self.server
-            .cli(&["rollout", "set", APP, "stable", &policy.to_string()])?;
+            .cli(&["rollout", "set", app, "stable", &policy.to_string()])?;
         Ok(())
     }
 
     /// `update-server rollout status --json` of group `stable`.
     pub fn rollout_status(&self) -> Result<Value> {
-        self.server.cli_json(&["rollout", "status", APP, "stable"])
+        self.rollout_status_of(APP)
+    }
+
+    /// `update-server rollout status --json` of group `stable` of `app`.
+    pub fn rollout_status_of(&self, app: &str) -> Result<Value> {
+        self.server.cli_json(&["rollout", "status", app, "stable"])
     }
 }
 
