@@ -41,11 +41,13 @@ mod error;
 mod limits;
 pub mod request;
 pub mod response;
+pub mod version;
 mod xml;
 
 pub use appid::normalize_appid;
 pub use codes::error_code::{DecodedErrorCode, ErrorCode, ErrorFlags};
 pub use codes::event::{EventResult, EventType};
+pub use codes::platte::PlatteCode;
 pub use digest::DigestError;
 pub use error::ParseError;
 pub use limits::Limits;

@@ -182,6 +182,33 @@ impl Scenario {
             .unwrap_or(Value::Null)
     }
 
+    /// The versions of `app` the server refuses this host, with the reason, sorted.
+    fn refused_versions(&self, app: &str) -> Vec<(String, String)> {
+        let view = self
+            .w
+            .server
+            .get(&format!("/instances/{}", self.m.machine_id))
+            .unwrap();
+        let mut out: Vec<(String, String)> = view["apps"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|a| {
+                a["refused_versions"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .filter(|r| r["app_id"].as_str().map(|a| a.trim_matches(['{', '}'])) == Some(app))
+            .map(|r| {
+                let field = |k: &str| r[k].as_str().unwrap_or_default().to_owned();
+                (field("version"), field("reason"))
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
     /// Waits until the server shows this host in `app` as `status` on `version`.
     fn wait_instance(&self, app: &str, status: &str, version: &str) -> Value {
         self.w
@@ -271,6 +298,8 @@ fn os_and_runtime_roll_out_independently() {
     let restarts = s.systemd.restarts();
     assert_eq!(results(&restarts), [(UNIT, "done", "active")]);
     assert_eq!(restarts[0].mode, "replace");
+    // systemd re-read its unit files (daemon-reload) before the restart.
+    assert_eq!(s.systemd.reloads(), [0]);
     assert_eq!(s.systemd.active_state(UNIT).as_deref(), Some("active"));
     let first = s.omaha_requests().into_iter().next().unwrap();
     assert!(carries_both(&first), "first request: {first:?}");
@@ -475,14 +504,51 @@ fn failed_runtime_restart_rolls_back() {
         );
     }
 
-    // A later check: the server still offers 1.2; the agent refuses it from its deny list
-    // (3/0, code 35) without downloading, switching or restarting anything.
+    // The server heard 3112 for each build and refuses both for this host (held
+    // `deny_listed`, like a rolled-back OS version): a later check is answered `noupdate`, and
+    // nothing is downloaded, switched or restarted.
+    let refused = s.refused_versions(EXT_APP);
+    assert_eq!(
+        refused,
+        [
+            ("1.1".to_owned(), "deny_listed".to_owned()),
+            ("1.2".to_owned(), "deny_listed".to_owned())
+        ],
+        "the server's refusals"
+    );
     let restarts = s.systemd.restarts().len();
     let refreshes = s.ext.refreshes().len();
+    let events = s.events(EXT_APP).len();
     s.check(0);
-    s.wait("the refusal of 1.2 on the server", || {
+    let held = s.instance(EXT_APP);
+    assert_eq!(
+        (&held["status"], &held["status_detail"], &held["version"]),
+        (&json!("on_hold"), &json!("deny_listed"), &json!("1.0")),
+        "{held}"
+    );
+    // Still on 1.0; the status keeps the last attempt's failure until something new happens.
+    s.wait_runtime("1.0", |st| st.starts_with("failed: "));
+    assert_eq!(
+        s.events(EXT_APP).len(),
+        events,
+        "an event for a version not offered"
+    );
+
+    // The operator clears the refusals (`instance retry`): 1.2 is offered again, and the agent
+    // refuses it from its own deny list (3/0, code 35) without fetching it; the server refuses
+    // it for this host again.
+    s.w.server
+        .cli(&["instance", "retry", &s.m.machine_id, "--app", EXT_APP])
+        .unwrap();
+    assert!(s.refused_versions(EXT_APP).is_empty());
+    s.check(0);
+    s.wait("the agent's refusal of 1.2 on the server", || {
         let e = s.events(EXT_APP);
         (e.last() == Some(&(3, 0, Some(DENY_LISTED)))).then_some(e)
+    });
+    s.wait("the server's refusal of 1.2 again", || {
+        let r = s.refused_versions(EXT_APP);
+        (r == [("1.2".to_owned(), "deny_listed".to_owned())]).then_some(r)
     });
     // A refusal is not a failure of the running build: containerd 1.0 shows as active again.
     s.wait_runtime("1.0", |st| st == "active");

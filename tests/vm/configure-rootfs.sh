@@ -148,3 +148,7 @@ ExecStart=/bin/sh -c 'mkdir -p /run/platte/agent.d && cp /sys/firmware/qemu_fw_c
 WantedBy=sysinit.target
 EOF
 chroot "$R" systemctl enable platte-vm-ready.service platte-vm-cmd.service platte-vm-config.service >/dev/null 2>&1
+
+# Scenario 3's demo container runtime is not in the image at all: its program and its unit
+# (platte-demo-runtime.service) both come from the platte-demo-runtime system extension, which
+# run.py builds and the agent installs, merges and (after systemd's daemon-reload) starts.

@@ -12,6 +12,16 @@ update-server on the host through QEMU user networking (10.0.2.2).
   tried once, the health gate fails and reboots -> systemd-boot falls back to B by itself ->
   the agent reports the rollback (3/0, code 44) and deny-lists 3.0.0 -> a later check installs
   nothing (exit 3 if the server still offers it, 0 if it stopped) and downloads nothing.
+  Scenario 3: a runtime extension (a systemd-sysext image with /usr/bin/platte-demo-runtime and
+  its unit, platte-demo-runtime.service, whose definition differs per build; built here for the
+  booted OS) is configured for the agent -> 1.0.0 is published and activated: systemd, which did
+  not know the unit, runs 1.0.0's unit and program -> 1.1.0 replaces it: the link switches,
+  systemd-sysext merges it, the agent has systemd reload its unit files and restart the unit,
+  which now runs 1.1.0's unit definition and program; the server shows the extension complete ->
+  1.2.0, whose program exits 1, fails its restart: the agent rolls back to 1.1.0, systemd runs
+  1.1.0's unit and program again, the server has the failure (3/0, code 3112); the OS slots are
+  untouched -> the server no longer offers 1.2.0 to this machine, and a later check leaves 1.1.0
+  running.
 
 Progress is read from marker lines on the serial console (PLATTE-VM-BOOT/HEALTH/READY, see
 configure-rootfs.sh) and the server's admin API; commands run in the guest over a virtio-serial
@@ -31,6 +41,7 @@ import json
 import os
 import queue
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -44,6 +55,12 @@ import urllib.request
 HERE = os.path.dirname(os.path.abspath(__file__))
 SRC = os.path.dirname(os.path.dirname(HERE))
 APP = "7b3f6a2e-5c1d-4e8a-9f40-2d6b8c1e9a53"  # the agent's default app id
+# Scenario 3: the demo runtime extension's app; its name names the extension, its program
+# (/usr/bin/NAME), its unit (NAME.service, shipped in the extension, not in the base image) and
+# its NAME.raw link.
+EXT_APP = "0d5c7a1e-3b9f-4e2a-8c6d-9f1b2a3c4d5e"
+EXT = "platte-demo-runtime"
+EXT_UNIT = EXT + ".service"
 OVMF_CODE = "/usr/share/OVMF/OVMF_CODE_4M.fd"
 OVMF_VARS = "/usr/share/OVMF/OVMF_VARS_4M.fd"
 SKIP = 77
@@ -193,14 +210,14 @@ class Server:
         with urllib.request.urlopen(req, timeout=10) as r:
             return json.loads(r.read())
 
-    def instance(self, machine):
-        v = self.api(f"/instances?app={APP}&search={machine}&limit=10")
+    def instance(self, machine, app=APP):
+        v = self.api(f"/instances?app={app}&search={machine}&limit=10")
         items = v if isinstance(v, list) else next(
             (x for x in v.values() if isinstance(x, list)), [])
         return next((i for i in items if i.get("machine_id") == machine), None)
 
-    def events(self, machine):
-        v = self.api(f"/events?machine={machine}&limit=200")
+    def events(self, machine, app=None):
+        v = self.api(f"/events?machine={machine}&limit=200" + (f"&app={app}" if app else ""))
         return v if isinstance(v, list) else next(
             (x for x in v.values() if isinstance(x, list)), [])
 
@@ -358,6 +375,68 @@ class Vm:
 # ---------------------------------------------------------------------------------------------
 
 
+def write_file(path, text, mode):
+    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
+    os.chmod(path, mode)
+
+
+def demo_unit(version):
+    """/usr/lib/systemd/system/platte-demo-runtime.service of one build: each build's definition
+    differs (Description=, Environment=PLATTE_DEMO_UNIT=VERSION), so which definition systemd
+    loaded shows in `systemctl show` and which one the running invocation was started from shows
+    in the program's record. Not enabled: the agent's RestartUnit starts it."""
+    return f"""[Unit]
+Description=VM test: demo container runtime, unit of build {version} (from the {EXT} extension)
+[Service]
+# The program records its version, this unit's PLATTE_DEMO_UNIT and $INVOCATION_ID in
+# /run/{EXT}/state, leaves a daemon process behind and exits 0 once it is up; a build that exits
+# non-zero fails the start job, which the agent sees as a failed restart.
+Type=forking
+Environment=PLATTE_DEMO_UNIT={version}
+ExecStart=/usr/bin/{EXT}
+RuntimeDirectory={EXT}
+"""
+
+
+def demo_runtime(version, broken):
+    """/usr/bin/platte-demo-runtime of one build of the demo runtime extension: started by
+    platte-demo-runtime.service (Type=forking), it records its version, the unit definition's
+    PLATTE_DEMO_UNIT and the unit's invocation and leaves a daemon behind; `--health` (the agent's
+    health command) passes when the unit's current invocation runs this build's program (the
+    unit definition is the test's to check). A broken build exits 1, so its start job fails."""
+    start = (f'echo "{EXT} {version} (unit $PLATTE_DEMO_UNIT): this build is broken, exiting 1" >&2'
+             '\n  exit 1'
+             if broken else
+             f'echo "version=$V unit=$PLATTE_DEMO_UNIT invocation=$INVOCATION_ID" > "$S.tmp"\n'
+             f'  mv "$S.tmp" "$S"\n'
+             f'  sleep infinity </dev/null >/dev/null 2>&1 &\n'
+             f'  echo "{EXT} {version} (unit $PLATTE_DEMO_UNIT): running (daemon pid $!)"')
+    return f"""#!/bin/sh
+# {EXT} {version}: the Platte VM test's stand-in for a container runtime (tests/vm/run.py).
+set -e
+V={version}
+S=/run/{EXT}/state
+case "$1" in
+--health)
+  inv=$(systemctl show -P InvocationID {EXT_UNIT})
+  case "$(cat "$S" 2>/dev/null)" in
+  "version=$V unit="*" invocation=$inv") ;;
+  *) exit 1 ;;
+  esac
+  ;;
+"")
+  {start}
+  ;;
+*)
+  echo "usage: {EXT} [--health]" >&2
+  exit 2
+  ;;
+esac
+"""
+
+
 def poll(what, timeout, fn, interval=0.5):
     end = time.monotonic() + timeout
     last = None
@@ -390,6 +469,8 @@ class Test:
         self.rundir = os.path.join(self.vmdir, "run")
         self.server = self.vm = None
         self.releases = {}
+        self.ext_releases = {}
+        self.ext_os = self.os_before = self.os_agent_before = self.ext_invocation = None
         self.machine = None
 
     # -- setup --
@@ -516,6 +597,224 @@ class Test:
         inst = self.server.instance(self.machine)
         expect(inst and inst.get("version") == "2.0.0", f"server view: {inst}")
 
+    # -- scenario 3 --
+
+    def ext_setup(self):
+        """Builds the demo runtime's three builds for the booted OS, creates its app on the server
+        and configures it for the agent (a runtime drop-in; scenarios 1 and 2 ran without)."""
+        rc, out = self.vm.cmd(". /etc/os-release; echo \"os=$ID $VERSION_ID\"; "
+                              "ls /efi/loader/entries | tr '\\n' ,; echo; platte-vm-slot")
+        m = re.search(r"^os=(\S+) (\S+)\n(\S*)\n([AB])$", out, re.M)
+        expect(rc == 0 and m, f"guest OS and slots: {out}")
+        os_id, self.ext_os = m.group(1), m.group(2)
+        self.os_before = (m.group(3), m.group(4))
+        self.os_agent_before = self.os_fields(self.agent_status())
+        # ext4 without a journal (mkfs.ext4 -d, no root or loop device needed): what systemd 252's
+        # systemd-sysext merges from a raw image. extension-release.NAME must name the link
+        # (NAME.raw), and its ID and VERSION_ID must be the booted OS's, as os.versions says.
+        root = os.path.join(self.rundir, "ext")
+        for v, broken in (("1.0.0", False), ("1.1.0", False), ("1.2.0", True)):
+            tree = os.path.join(root, v)
+            write_file(os.path.join(tree, "usr", "bin", EXT), demo_runtime(v, broken), 0o755)
+            write_file(os.path.join(tree, "usr", "lib", "systemd", "system", EXT_UNIT),
+                       demo_unit(v), 0o644)
+            write_file(os.path.join(tree, "usr", "lib", "extension-release.d",
+                                    f"extension-release.{EXT}"),
+                       f"ID={os_id}\nVERSION_ID={self.ext_os}\n", 0o644)
+            img = os.path.join(root, f"{EXT}-{v}.raw")
+            with open(img, "wb") as f:
+                f.truncate(1 << 20)
+            run(["mkfs.ext4", "-q", "-m", "0", "-O", "^has_journal", "-E", "nodiscard",
+                 "-d", tree, img])
+            out = os.path.join(self.rundir, f"{EXT}-{v}.payload")
+            run([os.path.join(self.bin, "payload"), "build",
+                 "--key", os.path.join(self.vmdir, "keys", "release.key"), "--app", EXT_APP,
+                 "--version", v, "--kind", "file", "--arch", "amd64",
+                 "--meta", f"os.versions={self.ext_os}", "--image", img, "--out", out])
+            self.ext_releases[v] = out
+        log(f"{EXT} 1.0.0, 1.1.0, 1.2.0 (exits 1), each with its {EXT_UNIT}, built for "
+            f"{os_id} {self.ext_os}")
+        self.server.cli("app", "create", EXT_APP, "Platte VM demo runtime")
+        self.server.cli("channel", "create", EXT_APP, "stable")
+        self.server.cli("group", "create", EXT_APP, "stable", "--channel", "stable")
+        dropin = [
+            "# VM test scenario 3 (tests/vm/run.py): the demo runtime extension.",
+            f"[extensions.{EXT}]",
+            f'app_id = "{{{EXT_APP}}}"',
+            'group = "stable"',
+            f'restart_units = ["{EXT_UNIT}"]',
+            f'health_command = ["/usr/bin/{EXT}", "--health"]',
+            "health_timeout_secs = 30",
+            "restart_timeout_secs = 60",
+        ]
+        # Neither the program nor the unit exists before the extension brings them.
+        rc, out = self.vm.cmd(
+            f"test ! -e /usr/bin/{EXT} && "
+            f"test \"$(systemctl show -P LoadState {EXT_UNIT})\" = not-found && "
+            "printf '%s\\n' " + " ".join(shlex.quote(x) for x in dropin) +
+            " > /run/platte/agent.d/60-vm-extension.toml && "
+            "update-agent check-config >/dev/null && systemctl restart update-agent.service")
+        expect(rc == 0, f"configuring the extension and restarting the agent: {out}")
+
+    def ext_state(self):
+        """The guest's view of the extension: link, merged extensions, the unit (the definition
+        systemd loaded and whether it is stale), the running program's record, the kept images,
+        and the agent's status (updatectl status --json)."""
+        rc, out = self.vm.cmd(
+            f"echo link=$(readlink /var/lib/extensions/{EXT}.raw); "
+            "echo usr=$(systemd-sysext status --no-pager | awk '$1 == \"/usr\" {print $2}'); "
+            "systemctl show -p LoadState -p FragmentPath -p Description -p Environment "
+            f"-p NeedDaemonReload -p ActiveState -p InvocationID {EXT_UNIT}; "
+            f"echo runtime=$(cat /run/{EXT}/state 2>/dev/null); "
+            "echo images=$(ls /var/lib/platte/extensions)")
+        expect(rc == 0, f"extension state: {out}")
+        st = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+        st["agent"] = self.agent_status()
+        exts = {e[0]: e[1:] for e in st["agent"].get("extensions", [])}
+        st["ext"] = exts.get(EXT)
+        return st
+
+    def agent_status(self):
+        rc, out = self.vm.cmd("updatectl status --json")
+        expect(rc == 0, f"updatectl status --json: {out}")
+        try:
+            return json.loads(out)
+        except ValueError as e:
+            raise Failed(f"updatectl status --json is not JSON ({e}): {out}") from e
+
+    @staticmethod
+    def os_fields(agent):
+        """What the agent says of the OS: an extension must leave all of it alone."""
+        return {k: agent.get(k) for k in ("current_version", "new_version", "booted_slot",
+                                          "deny_list", "held_lock", "reboot_wait")}
+
+    def ext_publish_and_check(self, version):
+        pkg = self.server.cli_json("package", "publish", self.ext_releases[version])
+        self.server.cli("channel", "set", EXT_APP, "stable", pkg["id"])
+        # The OS app is up to date (0), or 3.0.0 is still offered and refused (3); the
+        # extension is handled inside the same check, before it returns.
+        rc, out = self.vm.cmd("updatectl check", timeout=300)
+        expect(rc in (0, 3), f"updatectl check: expected 0 or 3, got {rc}: {out}")
+        return self.ext_state()
+
+    def expect_running(self, st, version):
+        """`version` is linked and merged into /usr, systemd has loaded `version`'s unit file from
+        the extension and it is not stale, and the unit's current invocation was started from
+        that definition and runs `version`'s program."""
+        expect(st.get("link", "").endswith(f"/{EXT}-{version}.raw"),
+               f"{EXT}.raw links {st.get('link')!r}, not the {version} image")
+        expect(EXT in st.get("usr", "").split(","),
+               f"systemd-sysext status: /usr has {st.get('usr')!r}, not {EXT}")
+        expect(st.get("LoadState") == "loaded"
+               and st.get("FragmentPath", "").endswith(f"/lib/systemd/system/{EXT_UNIT}")
+               and not st.get("FragmentPath", "").startswith("/etc/"),
+               f"{EXT_UNIT} is not loaded from the extension: LoadState={st.get('LoadState')!r} "
+               f"FragmentPath={st.get('FragmentPath')!r}")
+        expect(st.get("Environment") == f"PLATTE_DEMO_UNIT={version}"
+               and f"unit of build {version} " in st.get("Description", ""),
+               f"systemd has loaded another build's {EXT_UNIT}, not {version}'s: "
+               f"Environment={st.get('Environment')!r} Description={st.get('Description')!r}")
+        expect(st.get("NeedDaemonReload") == "no",
+               f"{EXT_UNIT}'s loaded definition is stale: NeedDaemonReload="
+               f"{st.get('NeedDaemonReload')!r}")
+        expect(st.get("ActiveState") == "active", f"{EXT_UNIT} is {st.get('ActiveState')!r}")
+        want = f"version={version} unit={version} invocation={st.get('InvocationID')}"
+        expect(st.get("runtime") == want,
+               f"{EXT_UNIT}'s invocation {st.get('InvocationID')} does not run {version}'s unit "
+               f"and program: {st.get('runtime')!r}, expected {want!r}")
+
+    def ext_install(self):
+        st = self.ext_publish_and_check("1.0.0")
+        self.expect_running(st, "1.0.0")
+        expect(st["ext"] and st["ext"][0] == "1.0.0" and st["ext"][1] == "active",
+               f"agent's extension status: {st['ext']}")
+        log(f"{EXT_UNIT}, new to systemd, loaded from {st['FragmentPath']} "
+            f"({st['Environment']}) and started: running 1.0.0")
+        self.ext_invocation = st["InvocationID"]
+
+    def ext_update(self):
+        st = self.ext_publish_and_check("1.1.0")
+        self.expect_running(st, "1.1.0")
+        expect(st["ext"] and st["ext"][0] == "1.1.0" and st["ext"][1] == "active",
+               f"agent's extension status: {st['ext']}")
+        expect(st["InvocationID"] != self.ext_invocation,
+               f"{EXT_UNIT} was not restarted (invocation {st['InvocationID']} unchanged)")
+        log(f"{EXT_UNIT} reloaded and restarted by systemd: invocation "
+            f"{self.ext_invocation[:8]}… -> {st['InvocationID'][:8]}…, running 1.1.0's unit "
+            f"({st['Environment']}, NeedDaemonReload={st['NeedDaemonReload']}) and program")
+        self.ext_invocation = st["InvocationID"]
+        inst = poll(f"the server to show {EXT} complete on 1.1.0", 60, lambda: (
+            lambda i: i if i and i.get("status") == "complete" and i.get("version") == "1.1.0"
+            else None)(self.server.instance(self.machine, EXT_APP)))
+        log(f"server: {EXT} status={inst.get('status')} version={inst.get('version')}")
+
+    def ext_rollback(self):
+        os_inst = self.server.instance(self.machine)
+        seen = max((e.get("id", 0) for e in self.server.events(self.machine, EXT_APP)), default=0)
+        st = self.ext_publish_and_check("1.2.0")
+        # The agent rolled back: 1.1.0 linked, merged, its unit file reloaded and running again
+        # in a new invocation (restarted after the failed start), the failed image deleted.
+        self.expect_running(st, "1.1.0")
+        expect(st["InvocationID"] != self.ext_invocation,
+               f"{EXT_UNIT} was not restarted by the rollback")
+        self.ext_invocation = st["InvocationID"]
+        expect(f"{EXT}-1.2.0.raw" not in st.get("images", ""),
+               f"the failed image was kept: {st.get('images')}")
+        expect(st["ext"] and st["ext"][0] == "1.1.0" and st["ext"][1].startswith("failed"),
+               f"agent's extension status: {st['ext']}")
+        # The failed start ran 1.2.0's program from 1.2.0's unit definition (the activation's
+        # reload); the rollback's reload brought 1.1.0's back (expect_running above).
+        rc, out = self.vm.cmd(f"journalctl -b --no-pager -o cat -u {EXT_UNIT} "
+                              f"| grep -F '{EXT} 1.2.0 (unit 1.2.0):'")
+        expect(rc == 0, f"the 1.2.0 program did not run under systemd from 1.2.0's unit: {out}")
+
+        # The failure is reported on the extension's app, by the version it runs (1.1.0), with
+        # code 3112 (restart failed) in the low bits; the instance shows the 1.2.0 grant failed.
+        def failure():
+            return next((e for e in self.server.events(self.machine, EXT_APP)
+                         if e.get("id", 0) > seen and e.get("event_type") == 3
+                         and e.get("event_result") == 0), None)
+        ev = poll(f"the {EXT} 1.2.0 failure (3/0) on the server", 60, failure)
+        expect((int(ev.get("error_code") or 0) & 0xFFFFFFF) == 3112, f"failure event: {ev}")
+        inst = self.server.instance(self.machine, EXT_APP)
+        expect(inst and inst.get("status") == "error" and inst.get("version") == "1.1.0"
+               and inst.get("granted_version") == "1.2.0", f"server's {EXT} instance: {inst}")
+        log(f"server: {EXT} event 3/0 code {ev.get('error_code')} (3112), instance "
+            f"status={inst.get('status')} version={inst.get('version')} "
+            f"granted={inst.get('granted_version')}")
+        # The OS is untouched: same slot, same boot entries, nothing staged, same server view.
+        rc, out = self.vm.cmd("ls /efi/loader/entries | tr '\\n' ,; echo; platte-vm-slot")
+        expect(rc == 0 and tuple(out.split("\n")) == self.os_before,
+               f"OS slots changed: before {self.os_before}, now {out!r}")
+        agent = st["agent"]
+        expect(self.os_fields(agent) == self.os_agent_before
+               and agent.get("status") not in ("staged", "rebooting"),
+               f"agent's OS status changed: {self.os_agent_before} -> {agent}")
+        now = self.server.instance(self.machine)
+        expect(now and os_inst and (now.get("version"), now.get("status")) ==
+               (os_inst.get("version"), os_inst.get("status")),
+               f"server's OS instance changed: {os_inst} -> {now}")
+
+    def ext_later_check(self):
+        # The channel still points at 1.2.0, but the server took the failure (3112: a build the
+        # agent deny-lists) as a refusal and no longer offers it to this machine, and the agent
+        # would refuse it anyway: a later check neither downloads it nor touches 1.1.0.
+        apps = self.server.api(f"/instances/{self.machine}").get("apps", [])
+        refused = [r for a in apps for r in a.get("refused_versions", [])
+                   if r.get("app_id") == EXT_APP]
+        expect([(r.get("version"), r.get("reason")) for r in refused] == [("1.2.0", "deny_listed")],
+               f"server's refused {EXT} versions: {refused}")
+        seen = max((e.get("id", 0) for e in self.server.events(self.machine, EXT_APP)), default=0)
+        rc, out = self.vm.cmd("updatectl check", timeout=300)
+        expect(rc in (0, 3), f"updatectl check: expected 0 or 3, got {rc}: {out}")
+        st = self.ext_state()
+        self.expect_running(st, "1.1.0")
+        expect(st["InvocationID"] == self.ext_invocation,
+               f"{EXT_UNIT} was restarted again ({self.ext_invocation} -> {st['InvocationID']})")
+        new = [e for e in self.server.events(self.machine, EXT_APP) if e.get("id", 0) > seen]
+        expect(not any(e.get("event_type") == 13 for e in new),
+               f"a download of {EXT} started again: {new}")
+
     # -- driver --
 
     def diagnose(self):
@@ -525,7 +824,7 @@ class Test:
                 self.vm.reset_channel()
                 self.vm.cmd("platte-vm-slot; ls /efi/loader/entries; systemctl --failed --no-pager;"
                             " journalctl -b --no-pager -u update-agent -u update-agent-mark-good"
-                            " | tail -n 60", timeout=30)
+                            f" -u systemd-sysext -u {EXT_UNIT} | tail -n 60", timeout=30)
             except (Failed, OSError) as e:
                 print(f"  (guest command channel: {e})")
         print("--- serial console (last 40 lines)")
@@ -556,6 +855,15 @@ class Test:
             p.run("S2: A tried once, health fails, fallback to B", self.fall_back)
             p.run("S2: rollback reported, 3.0.0 deny-listed", self.rollback_reported)
             p.run("S2: a later check does not reinstall 3.0.0", self.later_check)
+            p.run(f"S3: build {EXT} 1.0.0-1.2.0, configure it, restart the agent",
+                  self.ext_setup)
+            p.run(f"S3: publish {EXT} 1.0.0, updatectl check activates it", self.ext_install)
+            p.run(f"S3: publish 1.1.0: link, sysext merge, unit restarted, server complete",
+                  self.ext_update)
+            p.run("S3: publish 1.2.0 (exits 1): restart fails, rollback to 1.1.0, reported",
+                  self.ext_rollback)
+            p.run("S3: 1.2.0 refused for good: a later check leaves 1.1.0 running",
+                  self.ext_later_check)
             print("\nVM TEST PASSED", flush=True)
             failed = False
             return 0

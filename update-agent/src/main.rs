@@ -48,8 +48,9 @@ enum Cmd {
     /// Run the agent: check for updates, install them into the inactive slot, reboot per the
     /// strategy, serve the D-Bus API (org.platte.Update1, com.coreos.update1).
     Run {
-        /// Run one full cycle (check, install) and exit: 0 no update (or already staged),
-        /// 2 installed and staged, 3 refused by policy, 1 error.
+        /// Run one full cycle (check, install), update /run/reboot-required like the daemon,
+        /// and exit: 0 no update (or already staged), 2 installed and staged, 3 refused by
+        /// policy, 1 error.
         #[arg(long)]
         once: bool,
     },
@@ -180,6 +181,11 @@ fn run_agent(paths: &HostPaths, cfg: LoadedConfig, once: bool) -> Result<ExitCod
         let mut agent = Agent::open(paths, cfg.settings).context("starting the agent")?;
         if once {
             let outcome = agent.run_once(true).await;
+            // As the daemon would: the sentinel names the staged update once its reboot may go
+            // ahead. A failure is logged; the exit status still says what the cycle did.
+            if let Err(e) = agent.sync_reboot_required() {
+                tracing::error!(error = %e, "the reboot-required sentinel is out of date");
+            }
             return Ok(ExitCode::from(outcome.exit_code()));
         }
         let opts = DaemonOptions {

@@ -116,15 +116,21 @@ fn base(id: &Identity, interactive: bool) -> (Request, AppRequest) {
             "Chateau",
             format!("{}_{}", id.os_version, id.arch),
         ));
-    let mut app = AppRequest::new(&id.app_id, &id.os_version);
-    app.track = Some(id.group.clone());
+    (req, host_app(id, &id.app_id, &id.os_version, &id.group))
+}
+
+/// An `<app>` of this host: `app_id` at `version` on `track`, with the host's boot and machine
+/// ids, alias and board, `en-US`, and no deltas.
+fn host_app(id: &Identity, app_id: &str, version: &str, track: &str) -> AppRequest {
+    let mut app = AppRequest::new(app_id, version);
+    app.track = Some(track.to_owned());
     app.bootid = Some(format!("{{{}}}", id.boot_id));
     app.machineid = Some(id.machine_id.clone());
     app.machinealias = id.alias.clone();
     app.board = Some(id.board.clone());
     app.lang = Some("en-US".into());
     app.delta_okay = Some(false);
-    (req, app)
+    app
 }
 
 /// An update check: ping + updatecheck + the 3/2 event, whose `previousversion` is the version
@@ -163,15 +169,8 @@ pub fn extension_app(
     track: &str,
     os_version: &str,
 ) -> AppRequest {
-    let mut app = AppRequest::new(app_id, version);
-    app.track = Some(track.to_owned());
+    let mut app = host_app(id, app_id, version, track);
     app.ap = Some(format!("{OS_CONTEXT_PREFIX}{os_version}"));
-    app.bootid = Some(format!("{{{}}}", id.boot_id));
-    app.machineid = Some(id.machine_id.clone());
-    app.machinealias = id.alias.clone();
-    app.board = Some(id.board.clone());
-    app.lang = Some("en-US".into());
-    app.delta_okay = Some(false);
     app
 }
 

@@ -9,13 +9,14 @@
 
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::atomic_file::{self, WriteError};
 use crate::boot::SlotId;
 
 /// State file name.
@@ -173,13 +174,23 @@ pub enum StateError {
     Serialise(#[from] serde_json::Error),
 }
 
+impl From<WriteError> for StateError {
+    fn from(e: WriteError) -> Self {
+        StateError::Io {
+            what: e.step,
+            path: e.path,
+            source: e.source,
+        }
+    }
+}
+
 fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StateError {
     let path = path.to_owned();
     move |source| StateError::Io { what, path, source }
 }
 
-/// Parses state file bytes.
-fn parse(bytes: &[u8]) -> Result<AgentState, String> {
+/// Parses the bytes of a JSON state file: a JSON object of `T`'s shape.
+fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
     if !value.is_object() {
         return Err("the state is not a JSON object".into());
@@ -187,23 +198,62 @@ fn parse(bytes: &[u8]) -> Result<AgentState, String> {
     serde_json::from_value(value).map_err(|e| e.to_string())
 }
 
-/// Reads the state in `dir` without locking or repairing it (for status displays).
-/// `Ok(None)` when there is no state file.
-pub fn read_state(dir: &Path) -> Result<Option<Result<AgentState, String>>, StateError> {
-    let path = dir.join(STATE_FILE);
-    match fs::metadata(&path) {
+/// Reads the JSON state file `path` (at most `max` bytes) without repairing it: `Ok(None)` when
+/// there is none, `Ok(Some(Err(reason)))` when it is too large or cannot be parsed.
+pub(crate) fn read_json<T: DeserializeOwned>(
+    path: &Path,
+    max: u64,
+) -> Result<Option<Result<T, String>>, StateError> {
+    match fs::metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io("reading", &path)(e)),
-        Ok(m) if m.len() > MAX_STATE_BYTES => {
-            return Ok(Some(Err(format!(
-                "{} bytes is larger than {MAX_STATE_BYTES}",
-                m.len()
-            ))));
+        Err(e) => return Err(io("reading", path)(e)),
+        Ok(m) if m.len() > max => {
+            return Ok(Some(Err(format!("{} bytes is larger than {max}", m.len()))));
         }
         Ok(_) => {}
     }
-    let bytes = fs::read(&path).map_err(io("reading", &path))?;
+    let bytes = fs::read(path).map_err(io("reading", path))?;
     Ok(Some(parse(&bytes)))
+}
+
+/// Moves the corrupt state file `dir/file` aside to `file.corrupt-<unix time>` (with a `.N`
+/// suffix when that name is taken, so an earlier one is never overwritten) and fsyncs `dir`;
+/// returns where it went.
+pub(crate) fn move_aside(dir: &Path, file: &str) -> Result<PathBuf, StateError> {
+    let path = dir.join(file);
+    let stamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut moved_to = dir.join(format!("{file}.corrupt-{stamp}"));
+    let mut n = 1;
+    while moved_to.exists() {
+        moved_to = dir.join(format!("{file}.corrupt-{stamp}.{n}"));
+        n += 1;
+    }
+    fs::rename(&path, &moved_to).map_err(io("moving aside corrupt", &path))?;
+    atomic_file::sync_dir(dir)?;
+    Ok(moved_to)
+}
+
+/// Saves `value` as pretty-printed JSON (one trailing newline) to `dir/file` crash-safely
+/// through `dir/tmp` ([`atomic_file::replace`]), readable by root only.
+pub(crate) fn save_json<T: Serialize>(
+    dir: &Path,
+    file: &str,
+    tmp: &str,
+    value: &T,
+) -> Result<(), StateError> {
+    let mut bytes = serde_json::to_vec_pretty(value)?;
+    bytes.push(b'\n');
+    atomic_file::replace_with_bytes(&dir.join(file), &dir.join(tmp), 0o600, &bytes)?;
+    Ok(())
+}
+
+/// Reads the state in `dir` without locking or repairing it (for status displays).
+/// `Ok(None)` when there is no state file.
+pub fn read_state(dir: &Path) -> Result<Option<Result<AgentState, String>>, StateError> {
+    read_json(&dir.join(STATE_FILE), MAX_STATE_BYTES)
 }
 
 /// Owner of the state directory: loads and saves [`AgentState`] atomically.
@@ -270,18 +320,7 @@ impl StateStore {
             }
             Some(Err(reason)) => reason,
         };
-        let stamp = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let mut moved_to = self.dir.join(format!("{STATE_FILE}.corrupt-{stamp}"));
-        let mut n = 1;
-        while moved_to.exists() {
-            moved_to = self.dir.join(format!("{STATE_FILE}.corrupt-{stamp}.{n}"));
-            n += 1;
-        }
-        fs::rename(&path, &moved_to).map_err(io("moving aside corrupt", &path))?;
-        sync_dir(&self.dir)?;
+        let moved_to = move_aside(&self.dir, STATE_FILE)?;
         tracing::warn!(
             file = %path.display(),
             moved_to = %moved_to.display(),
@@ -296,29 +335,8 @@ impl StateStore {
 
     /// Saves `state` atomically (temp file, fsync, rename, fsync directory).
     pub fn save(&self, state: &AgentState) -> Result<(), StateError> {
-        let mut bytes = serde_json::to_vec_pretty(state)?;
-        bytes.push(b'\n');
-        let tmp = self.dir.join(STATE_TMP);
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io("creating", &tmp))?;
-        f.write_all(&bytes).map_err(io("writing", &tmp))?;
-        f.sync_all().map_err(io("syncing", &tmp))?;
-        drop(f);
-        let path = self.path();
-        fs::rename(&tmp, &path).map_err(io("renaming into place", &path))?;
-        sync_dir(&self.dir)
+        save_json(&self.dir, STATE_FILE, STATE_TMP, state)
     }
-}
-
-fn sync_dir(dir: &Path) -> Result<(), StateError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io("syncing directory", dir))
 }
 
 #[cfg(test)]

@@ -4,91 +4,38 @@
 //! command and a controllable health command. The daemon's own loop installs and activates the
 //! extension, shows it in the `Extensions` property and `updatectl status`, rolls a build whose
 //! health check fails back to the previous one (reported `3/0` with code 3113), and holds a
-//! staged OS update's reboot until a build for the new OS is staged.
+//! staged OS update's reboot until a build for the new OS is staged. `run --once` holds
+//! `/run/reboot-required` back the same way.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 mod support;
 
-#[path = "support/agent_bus.rs"]
-mod agent_bus;
-#[path = "support/dbus_daemon.rs"]
-mod dbus_daemon;
-#[path = "support/ext_world.rs"]
-mod ext_world;
-#[path = "support/logind_standin.rs"]
-mod logind_standin;
-#[path = "support/systemd_standin.rs"]
-mod systemd_standin;
-
-use std::os::unix::fs::PermissionsExt as _;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
-
 use serde_json::{Value, json};
 use update_agent::dbus::proxy::ManagerProxy;
 use update_agent::extensions::codes;
 
-use agent_bus::{DaemonProcess, parts, updatectl, wait_for, wait_props};
-use dbus_daemon::DbusDaemon;
-use ext_world::{EXT_APP, UNIT, ext_image, ext_payload};
-use logind_standin::LogindStandin;
+use support::agent_bus::{
+    DaemonProcess, LONG, bus_world, connect, parts, updatectl, wait_for, wait_props,
+};
+use support::ext_world::{EXT_APP, ExtHost, UNIT, ext_image, ext_payload};
+use support::logind_standin::LogindStandin;
+use support::systemd_standin::SystemdStandin;
 use support::{MACHINE, World, image};
-use systemd_standin::SystemdStandin;
 
-const LONG: Duration = Duration::from_secs(60);
-
-/// The host side of the extension: directories, scripts and what they recorded.
-struct Host {
-    install_dir: PathBuf,
-    image_dir: PathBuf,
-    refresh_log: PathBuf,
-    health_log: PathBuf,
-    health_rc: PathBuf,
-}
-
-fn script(path: &Path, body: &str) {
-    std::fs::write(path, format!("#!/bin/sh\n{body}\n")).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
-}
-
-fn lines(p: &Path) -> Vec<String> {
-    std::fs::read_to_string(p)
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_owned)
-        .collect()
-}
-
-impl Host {
-    /// Scripts and the `[extensions]` drop-in for `w`'s agent.
-    fn new(w: &World) -> Self {
-        let d = w.dir.path();
-        let h = Self {
-            install_dir: d.join("ext/var/lib/extensions"),
-            image_dir: d.join("ext/var/lib/platte/extensions"),
-            refresh_log: d.join("refresh.log"),
-            health_log: d.join("health.log"),
-            health_rc: d.join("health.rc"),
-        };
-        script(
-            &d.join("refresh.sh"),
-            &format!("echo \"$*\" >> '{}'", h.refresh_log.display()),
-        );
-        // Records where containerd.raw points when it runs; exits with the code in health.rc.
-        script(
-            &d.join("health.sh"),
-            &format!(
-                "readlink '{}' >> '{}'\nexit $(cat '{}' 2>/dev/null || echo 0)",
-                h.install_dir.join("containerd.raw").display(),
-                h.health_log.display(),
-                h.health_rc.display()
-            ),
-        );
-        w.write_config(
-            "40-extensions.toml",
-            &format!(
-                r#"[extensions]
+/// The host side of containerd for `w`'s agent (under `DIR/ext/`), and the `[extensions]`
+/// drop-in that configures it: restarts `containerd.service`, runs the health command.
+fn extension_host(w: &World) -> ExtHost {
+    let d = w.dir.path();
+    let h = ExtHost::new(
+        d,
+        d.join("ext/var/lib/extensions"),
+        d.join("ext/var/lib/platte/extensions"),
+    );
+    w.write_config(
+        "40-extensions.toml",
+        &format!(
+            r#"[extensions]
 sysext_refresh_command = ["{refresh}", "refresh"]
 image_dir = "{images}"
 
@@ -100,26 +47,13 @@ health_command = ["{health}"]
 restart_timeout_secs = 20
 health_timeout_secs = 20
 "#,
-                refresh = d.join("refresh.sh").display(),
-                images = h.image_dir.display(),
-                install = h.install_dir.display(),
-                health = d.join("health.sh").display(),
-            ),
-        );
-        h
-    }
-
-    fn link(&self) -> Option<PathBuf> {
-        std::fs::read_link(self.install_dir.join("containerd.raw")).ok()
-    }
-
-    fn image(&self, version: &str) -> PathBuf {
-        self.image_dir.join(format!("containerd-{version}.raw"))
-    }
-
-    fn set_health(&self, rc: i32) {
-        std::fs::write(&self.health_rc, format!("{rc}\n")).unwrap();
-    }
+            refresh = h.refresh_command.display(),
+            images = h.image_dir.display(),
+            install = h.install_dir.display(),
+            health = h.health_command.display(),
+        ),
+    );
+    h
 }
 
 /// The containerd app on `w`'s server: app, channel `stable`, group `stable`.
@@ -186,15 +120,13 @@ fn entry(name: &str, version: &str, state: &str) -> (String, String, String) {
 
 #[test]
 fn daemon_installs_shows_and_rolls_back_an_extension() {
-    if !DbusDaemon::available() {
+    let Some((bus, w)) = bus_world("1.0.0") else {
         return;
-    }
-    let bus = DbusDaemon::start();
-    let w = World::new("1.0.0");
+    };
     w.seed("1.0.0", &image(1));
     create_extension_app(&w);
     release_extension(&w, "1.0", "1.*");
-    let host = Host::new(&w);
+    let host = extension_host(&w);
     let systemd = w.rt.block_on(SystemdStandin::start(&bus.address)).unwrap();
     // The first scheduled check (at once: initial_delay_secs = 0) is the daemon's own.
     let mut d = DaemonProcess::start(&w, &bus.address, None);
@@ -206,10 +138,10 @@ fn daemon_installs_shows_and_rolls_back_an_extension() {
     assert_eq!(p.props.current_version, "1.0.0");
     assert_eq!(host.link(), Some(host.image("1.0")));
     assert_eq!(std::fs::read(host.image("1.0")).unwrap(), ext_image("1.0"));
-    assert_eq!(lines(&host.refresh_log), ["refresh"]);
+    assert_eq!(host.refreshes(), ["refresh"]);
     assert_eq!(systemd.restarts(), [UNIT]);
     assert_eq!(systemd.modes(), ["replace"]);
-    assert_eq!(lines(&host.health_log).len(), 1);
+    assert_eq!(host.health_runs().len(), 1);
     wait_for(LONG, "3/2 of containerd 1.0", || {
         extension_events(&w).contains(&(3, 2, None)).then_some(())
     });
@@ -244,9 +176,9 @@ fn daemon_installs_shows_and_rolls_back_an_extension() {
     assert_eq!(host.link(), Some(host.image("1.0")));
     assert!(!host.image("1.1").exists(), "the failed image is removed");
     // Health saw 1.1 linked, then the rollback restarted the unit on 1.0.
-    let health = lines(&host.health_log);
+    let health = host.health_runs();
     assert!(health[1].ends_with("containerd-1.1.raw"), "{health:?}");
-    assert_eq!(lines(&host.refresh_log).len(), 3);
+    assert_eq!(host.refreshes().len(), 3);
     assert_eq!(systemd.restarts(), [UNIT, UNIT, UNIT]);
     let events = wait_for(LONG, "3/0 of containerd 1.1", || {
         let e = extension_events(&w);
@@ -275,15 +207,13 @@ fn daemon_installs_shows_and_rolls_back_an_extension() {
 
 #[test]
 fn staged_os_update_reboots_only_once_a_matching_extension_is_staged() {
-    if !DbusDaemon::available() {
+    let Some((bus, w)) = bus_world("1.0.0") else {
         return;
-    }
-    let bus = DbusDaemon::start();
-    let w = World::new("1.0.0");
+    };
     w.seed("2.0.0", &image(2));
     create_extension_app(&w);
     release_extension(&w, "1.0", "1.*");
-    let host = Host::new(&w);
+    let host = extension_host(&w);
     w.write_config(
         "50-reboot.toml",
         "[reboot]\nstrategy = \"immediate\"\ngrace_period_secs = 0\nnotify_command = []\n",
@@ -313,11 +243,7 @@ fn staged_os_update_reboots_only_once_a_matching_extension_is_staged() {
     );
     // update_engine's view for locksmith and the update operator: not NEED_REBOOT yet.
     let compat = w.rt.block_on(async {
-        let conn = zbus::connection::Builder::address(bus.address.as_str())
-            .unwrap()
-            .build()
-            .await
-            .unwrap();
+        let conn = connect(&bus.address).await;
         ManagerProxy::new(&conn)
             .await
             .unwrap()
@@ -338,7 +264,7 @@ fn staged_os_update_reboots_only_once_a_matching_extension_is_staged() {
     // A build for OS 2.* is published: the next check stages it for the next boot (linked, no
     // refresh or restart now), the hold ends and the immediate strategy reboots.
     let restarts = systemd.restarts().len();
-    let refreshes = lines(&host.refresh_log).len();
+    let refreshes = host.refreshes().len();
     release_extension(&w, "1.2", "2.*");
     let (code, out, err) = parts(&updatectl(&bus.address, &["check"], false));
     assert_eq!(code, 2, "{out}{err}");
@@ -347,7 +273,7 @@ fn staged_os_update_reboots_only_once_a_matching_extension_is_staged() {
     });
     assert_eq!(host.link(), Some(host.image("1.2")));
     assert_eq!(systemd.restarts().len(), restarts);
-    assert_eq!(lines(&host.refresh_log).len(), refreshes);
+    assert_eq!(host.refreshes().len(), refreshes);
     let p = wait_props(&w, &bus.address, LONG, "containerd staged", |p| {
         p.props.extensions.first().map(|e| e.2.as_str()) == Some("staged: 1.2 for OS 2.0.0")
     });
@@ -356,4 +282,34 @@ fn staged_os_update_reboots_only_once_a_matching_extension_is_staged() {
     wait_for(LONG, "3/1 of containerd 1.2", || {
         extension_events(&w).contains(&(3, 1, None)).then_some(())
     });
+}
+
+#[test]
+fn run_once_writes_reboot_required_only_once_the_extensions_are_ready() {
+    // No D-Bus here: a later drop-in takes the unit restart out (tables merge per field).
+    let w = World::new("1.0.0");
+    w.seed("2.0.0", &image(2));
+    create_extension_app(&w);
+    release_extension(&w, "1.0", "1.*");
+    let host = extension_host(&w);
+    w.write_config(
+        "45-no-restarts.toml",
+        "[extensions.containerd]\nrestart_units = []\n",
+    );
+
+    // One cycle: containerd 1.0 is activated for the running OS, OS 2.0.0 is staged, and 1.0
+    // does not support it: the reboot is held, so no sentinel.
+    assert_eq!(w.once(), 2, "agent log:\n{}", w.agent_log());
+    assert_eq!(w.state()["staged"]["version"], "2.0.0");
+    assert_eq!(host.link(), Some(host.image("1.0")));
+    assert_eq!(w.reboot_required(), None, "agent log:\n{}", w.agent_log());
+
+    // A build for OS 2.* is staged by the next cycle: the hold ends, the sentinel is written.
+    release_extension(&w, "1.2", "2.*");
+    assert_eq!(w.once(), 0, "agent log:\n{}", w.agent_log());
+    assert_eq!(host.link(), Some(host.image("1.2")));
+    assert_eq!(
+        w.reboot_required().as_deref(),
+        Some("*** System restart required to apply update 2.0.0 ***\n")
+    );
 }

@@ -9,36 +9,23 @@
 mod common;
 mod support;
 
-#[path = "support/agent_bus.rs"]
-mod agent_bus;
-#[path = "support/dbus_daemon.rs"]
-mod dbus_daemon;
-#[path = "support/logind_standin.rs"]
-mod logind_standin;
-
 use std::process::Command;
-use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use update_agent::dbus::proxy::{ManagerProxy, Update1Proxy};
 
-use agent_bus::{DaemonProcess, NotifyListener, props, wait_for, wait_props};
-use dbus_daemon::DbusDaemon;
-use logind_standin::LogindStandin;
+use support::agent_bus::{
+    DaemonProcess, LONG, NotifyListener, QUIET, bus_world, connect, props, wait_for, wait_props,
+};
+use support::dbus_daemon::DbusDaemon;
+use support::logind_standin::LogindStandin;
 use support::{World, image};
-
-const LONG: Duration = Duration::from_secs(60);
-
-/// No scheduled checks: the tests ask for them.
-const QUIET: &str = "[check]\ninitial_delay_secs = 86400\n";
 
 #[test]
 fn immediate_strategy_reboots_once_staged_with_status_on_dbus_and_sd_notify() {
-    if !DbusDaemon::available() {
+    let Some((bus, w)) = bus_world("1.0.0") else {
         return;
-    }
-    let bus = DbusDaemon::start();
-    let w = World::new("1.0.0");
+    };
     let payload = w.seed("2.0.0", &image(2));
     w.write_config(
         "50-reboot.toml",
@@ -124,11 +111,9 @@ const GET_STATUS: [&str; 5] = [
 
 #[test]
 fn update_engine_compat_interface_answers_like_update_engine() {
-    if !DbusDaemon::available() {
+    let Some((bus, w)) = bus_world("1.0.0") else {
         return;
-    }
-    let bus = DbusDaemon::start();
-    let w = World::new("1.0.0");
+    };
     w.seed("1.0.0", &image(1));
     w.write_config("50-quiet.toml", QUIET);
     let _d = DaemonProcess::start(&w, &bus.address, None);
@@ -187,11 +172,7 @@ fn update_engine_compat_interface_answers_like_update_engine() {
 
     // AttemptUpdate runs a check; StatusUpdate announces its end (last_checked_time set).
     let (t, op, version) = w.rt.block_on(async {
-        let conn = zbus::connection::Builder::address(bus.address.as_str())
-            .unwrap()
-            .build()
-            .await
-            .unwrap();
+        let conn = connect(&bus.address).await;
         let m = ManagerProxy::new(&conn).await.unwrap();
         let mut updates = m.receive_status_update().await.unwrap();
         m.attempt_update().await.unwrap();
@@ -221,11 +202,7 @@ fn update_engine_compat_interface_answers_like_update_engine() {
     // A staged update is UPDATED_NEED_REBOOT with its version and size; ResetStatus forgets it.
     let payload = w.release("2.0.0", &image(2));
     let serial = w.rt.block_on(async {
-        let conn = zbus::connection::Builder::address(bus.address.as_str())
-            .unwrap()
-            .build()
-            .await
-            .unwrap();
+        let conn = connect(&bus.address).await;
         Update1Proxy::new(&conn)
             .await
             .unwrap()
@@ -270,11 +247,9 @@ fn update_engine_compat_interface_answers_like_update_engine() {
 
 #[test]
 fn compat_interface_can_be_turned_off() {
-    if !DbusDaemon::available() {
+    let Some((bus, w)) = bus_world("1.0.0") else {
         return;
-    }
-    let bus = DbusDaemon::start();
-    let w = World::new("1.0.0");
+    };
     w.write_config(
         "50-quiet.toml",
         &format!("{QUIET}\n[dbus]\nupdate_engine_compat = false\n"),
@@ -291,14 +266,7 @@ fn shipped_policy_lets_anyone_read_but_only_root_change_state() {
     if !DbusDaemon::available() {
         return;
     }
-    let policy = std::path::Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../systemd/org.platte.Update1.conf"
-    ))
-    .canonicalize()
-    .unwrap();
-    let bus =
-        DbusDaemon::start_system_like(&format!("<include>{}</include>", policy.display())).unwrap();
+    let bus = DbusDaemon::start_with_shipped_policy();
     let w = World::new("1.0.0");
     w.seed("1.0.0", &image(1));
     w.write_config("50-quiet.toml", QUIET);

@@ -8,13 +8,6 @@
 mod common;
 mod support;
 
-#[path = "support/agent_bus.rs"]
-mod agent_bus;
-#[path = "support/dbus_daemon.rs"]
-mod dbus_daemon;
-#[path = "support/logind_standin.rs"]
-mod logind_standin;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -23,12 +16,12 @@ use update_agent::agent::daemon::DaemonOptions;
 use update_agent::reboot::fleet_lock::app_specific_id;
 use update_agent::reboot::time::TokioSleeper;
 
-use agent_bus::{InProcess, ManualClock, NotifyListener, lock_holders, wait_for, wait_props};
-use dbus_daemon::DbusDaemon;
-use logind_standin::LogindStandin;
+use support::agent_bus::{
+    InProcess, LONG, ManualClock, NotifyListener, bus_world, lock_holders, wait_for, wait_props,
+};
+use support::dbus_daemon::DbusDaemon;
+use support::logind_standin::LogindStandin;
 use support::{MACHINE, World, image};
-
-const LONG: Duration = Duration::from_secs(60);
 
 // 2025-06-02 is a Monday.
 const MON_NOON: &str = "2025-06-02T12:00:00Z";
@@ -46,11 +39,9 @@ const NO_USERS: &str = "grace_period_secs = 0\nnotify_command = []\n";
 
 #[test]
 fn windows_strategy_waits_for_the_window() {
-    if !DbusDaemon::available() {
+    let Some((bus, w)) = bus_world("1.0.0") else {
         return;
-    }
-    let bus = DbusDaemon::start();
-    let w = World::new("1.0.0");
+    };
     w.seed("2.0.0", &image(2));
     w.write_config(
         "50-reboot.toml",
@@ -243,11 +234,9 @@ fn fleet_lock_agents_in_a_one_slot_group_reboot_one_after_the_other() {
 
 #[test]
 fn lock_held_before_the_reboot_is_released_right_after_mark_good_outside_any_window() {
-    if !DbusDaemon::available() {
+    let Some((bus, w)) = bus_world("1.0.0") else {
         return;
-    }
-    let bus = DbusDaemon::start();
-    let w = World::new("1.0.0");
+    };
     w.seed("2.0.0", &image(2));
     // The host took a slot, rebooted into slot B (2.0.0; GRUB used its one try) and is up,
     // outside its only window; mark-good has not run yet.
@@ -291,7 +280,7 @@ fn lock_held_before_the_reboot_is_released_right_after_mark_good_outside_any_win
     notify.wait(LONG, "the mark-good wait", |m| {
         m == "STATUS=Waiting for mark-good before releasing the fleet lock"
     });
-    let p = agent_bus::props(&w, &bus.address).unwrap();
+    let p = support::agent_bus::props(&w, &bus.address).unwrap();
     assert_eq!(
         (p.props.status.as_str(), p.props.booted_slot.as_str()),
         ("idle", "B")

@@ -4,17 +4,13 @@
 //! a recording refresh command and a controllable health command.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "support/dbus_daemon.rs"]
-mod dbus_daemon;
-#[path = "support/ext_world.rs"]
-mod ext_world;
-#[path = "support/systemd_standin.rs"]
-mod systemd_standin;
+mod common;
+mod support;
 
 use update_agent::extensions::{ExtensionState, Extensions, Outcome, Readiness, codes};
 use update_agent::omaha_client;
 
-use ext_world::{EXT, EXT_APP, OS_APP, UNIT, World, ext_payload, os_payload};
+use support::ext_world::{EXT, EXT_APP, OS_APP, UNIT, World, ext_payload, os_payload};
 
 /// update_engine's OmahaUpdateIgnoredPerPolicy (deny-listed builds).
 const IGNORED_PER_POLICY: i64 = 35;
@@ -34,6 +30,15 @@ async fn install(w: &World, ext: &mut Extensions, version: &str) {
         matches!(&o, Outcome::Activated { version: v, .. } if v == version),
         "{o:?}"
     );
+}
+
+/// With 1.0 active on OS 1.0.0, stages 1.1 (supporting OS `2.*`) for an OS 2.0.0 update.
+async fn stage_for_os_2(w: &World, ext: &mut Extensions) {
+    install(w, ext, "1.0").await;
+    w.release(EXT_APP, ext_payload(&w.key, "1.1", Some("2.*")))
+        .await;
+    let o = only(ext.check(Some("2.0.0"), false).await.unwrap());
+    assert!(matches!(o, Outcome::Staged { .. }), "{o:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -60,7 +65,7 @@ async fn multi_app_request_updates_os_and_runtime_independently() {
             previous: None
         }
     );
-    assert_eq!(w.link(), Some(w.image("1.1")));
+    assert_eq!(w.host.link(), Some(w.host.image("1.1")));
 
     // Now the runtime's group is paused and the OS one resumed: the OS is offered, the runtime
     // (with a newer build on its channel) is not.
@@ -79,10 +84,10 @@ async fn multi_app_request_updates_os_and_runtime_independently() {
         only(ext.handle_response(&resp, None).await),
         Outcome::NoUpdate
     );
-    assert_eq!(w.link(), Some(w.image("1.1")));
+    assert_eq!(w.host.link(), Some(w.host.image("1.1")));
 
     // The server keeps one instance per app for this machine, each with its own version.
-    let detail = w.get(&format!("/instances/{}", ext_world::MACHINE)).await;
+    let detail = w.get(&format!("/instances/{}", support::MACHINE)).await;
     let mut versions: Vec<(String, String)> = detail["apps"]
         .as_array()
         .unwrap()
@@ -129,17 +134,17 @@ async fn runtime_update_activates_and_restarts_the_unit() {
     install(&w, &mut ext, "1.0").await;
     install(&w, &mut ext, "1.1").await;
 
-    assert_eq!(w.link(), Some(w.image("1.1")));
+    assert_eq!(w.host.link(), Some(w.host.image("1.1")));
     assert_eq!(
-        std::fs::read(w.image("1.1")).unwrap(),
-        ext_world::ext_image("1.1")
+        std::fs::read(w.host.image("1.1")).unwrap(),
+        support::ext_world::ext_image("1.1")
     );
     // Each activation: link switched, then one refresh, then the unit restarted with
     // "replace", then the health command (which saw the new link).
-    assert_eq!(w.refreshes(), ["refresh", "refresh"]);
+    assert_eq!(w.host.refreshes(), ["refresh", "refresh"]);
     assert_eq!(w.systemd.restarts(), [UNIT, UNIT]);
     assert_eq!(w.systemd.modes(), ["replace", "replace"]);
-    let health = w.health_runs();
+    let health = w.host.health_runs();
     assert_eq!(health.len(), 2);
     assert!(health[1].ends_with("containerd-1.1.raw"), "{health:?}");
     let st = ext.status(None);
@@ -153,12 +158,12 @@ async fn runtime_update_activates_and_restarts_the_unit() {
     );
     // Current and previous kept; a third version removes the oldest.
     assert_eq!(
-        w.image_files(),
+        w.host.image_files(),
         ["containerd-1.0.raw", "containerd-1.1.raw"]
     );
     install(&w, &mut ext, "1.2").await;
     assert_eq!(
-        w.image_files(),
+        w.host.image_files(),
         ["containerd-1.1.raw", "containerd-1.2.raw"]
     );
     let rec = &ext.state().extensions[EXT];
@@ -195,12 +200,14 @@ async fn failing_restart_rolls_back_to_the_previous_image_and_reports() {
     assert_eq!(code, codes::RESTART_FAILED);
     assert!(message.contains("failed"), "{message}");
     assert_eq!(rolled_back_to.as_deref(), Some("1.0"));
-    assert_eq!(w.link(), Some(w.image("1.0")));
-    // activate 1.0, activate 1.1, roll back: three refreshes and three restarts.
-    assert_eq!(w.refreshes().len(), 3);
+    assert_eq!(w.host.link(), Some(w.host.image("1.0")));
+    // activate 1.0, activate 1.1, roll back: three refreshes and three restarts, each after a
+    // reload of systemd's unit files.
+    assert_eq!(w.host.refreshes().len(), 3);
     assert_eq!(w.systemd.restarts(), [UNIT, UNIT, UNIT]);
+    assert_eq!(w.systemd.reloads(), [0, 1, 2]);
     // The failed image is gone, the good one kept.
-    assert_eq!(w.image_files(), ["containerd-1.0.raw"]);
+    assert_eq!(w.host.image_files(), ["containerd-1.0.raw"]);
     let events = w.events(EXT_APP).await;
     let last = events.last().unwrap();
     assert_eq!(
@@ -214,7 +221,7 @@ async fn failing_restart_rolls_back_to_the_previous_image_and_reports() {
     );
     assert!(st.detail.contains("containerd.service"), "{}", st.detail);
     // A failing health command rolls back the same way.
-    w.set_health(1);
+    w.host.set_health(1);
     w.release(EXT_APP, ext_payload(&w.key, "1.2", Some("1.*")))
         .await;
     let o = only(ext.check(None, false).await.unwrap());
@@ -223,35 +230,99 @@ async fn failing_restart_rolls_back_to_the_previous_image_and_reports() {
             if *code == codes::HEALTH_FAILED && v == "1.0"),
         "{o:?}"
     );
-    assert_eq!(w.link(), Some(w.image("1.0")));
+    assert_eq!(w.host.link(), Some(w.host.image("1.0")));
     let last = w.events(EXT_APP).await.pop().unwrap();
     assert_eq!(
         (last.0, last.1, last.2),
         (3, 0, Some(i64::from(codes::HEALTH_FAILED)))
     );
 
-    // Deny-listed: offered again, 1.2 is refused without a download or activation, and
-    // reported as a failure (so the server releases the grant and offers the next build).
-    w.set_health(0);
+    // Deny-listed: the server heard the failures and no longer offers 1.1 or 1.2 to this
+    // machine. An operator clears that (`instance retry`); offered again, 1.2 is refused without
+    // a download or activation, and reported as a failure (so the server releases the grant,
+    // refuses the version for this machine again and offers the next build).
+    w.host.set_health(0);
     assert_eq!(
         ext.state().extensions[EXT].deny_list,
         ["1.1".to_string(), "1.2".to_string()].into()
     );
-    let (refreshes, restarts) = (w.refreshes().len(), w.systemd.restarts().len());
+    let (refreshes, restarts) = (w.host.refreshes().len(), w.systemd.restarts().len());
+    let o = only(ext.check(None, false).await.unwrap());
+    assert!(
+        matches!(o, Outcome::NoUpdate),
+        "offered a deny-listed build: {o:?}"
+    );
+    w.api(
+        reqwest::Method::POST,
+        &format!("/instances/{}/retry?app={EXT_APP}", support::MACHINE),
+        serde_json::Value::Null,
+        200,
+    )
+    .await;
     let o = only(ext.check(None, false).await.unwrap());
     assert!(
         matches!(&o, Outcome::Refused { version, reason } if version == "1.2" && reason.contains("deny list")),
         "{o:?}"
     );
     assert_eq!(
-        (w.refreshes().len(), w.systemd.restarts().len()),
+        (w.host.refreshes().len(), w.systemd.restarts().len()),
         (refreshes, restarts)
     );
     let last = w.events(EXT_APP).await.pop().unwrap();
     assert_eq!((last.0, last.1, last.2), (3, 0, Some(IGNORED_PER_POLICY)));
     // A fixed build is offered and activated.
     install(&w, &mut ext, "1.3").await;
-    assert_eq!(w.link(), Some(w.image("1.3")));
+    assert_eq!(w.host.link(), Some(w.host.image("1.3")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_refresh_rolls_back_and_the_server_refuses_the_build() {
+    let w = World::start().await;
+    let mut ext = w.extensions("1.0.0", "boot-1").await;
+    install(&w, &mut ext, "1.0").await;
+    let restarts = w.systemd.restarts().len();
+
+    // systemd-sysext cannot merge 1.1: the refresh fails with 1.1 linked.
+    w.host.fail_refresh_of("1.1");
+    w.release(EXT_APP, ext_payload(&w.key, "1.1", Some("1.*")))
+        .await;
+    let o = only(ext.check(None, false).await.unwrap());
+    assert!(
+        matches!(&o, Outcome::Failed { version, code, rolled_back_to: Some(v), .. }
+            if version == "1.1" && *code == codes::REFRESH_FAILED && v == "1.0"),
+        "{o:?}"
+    );
+    // Rolled back: 1.0 linked and refreshed again, its unit restarted; 1.1 deleted, deny-listed.
+    assert_eq!(w.host.link(), Some(w.host.image("1.0")));
+    let refreshes = w.host.refreshes();
+    assert_eq!(refreshes.len(), 3, "{refreshes:?}");
+    assert_eq!(w.systemd.restarts().len(), restarts + 1);
+    assert_eq!(w.host.image_files(), ["containerd-1.0.raw"]);
+    assert_eq!(
+        ext.state().extensions[EXT].deny_list,
+        ["1.1".to_string()].into()
+    );
+    let last = w.events(EXT_APP).await.pop().unwrap();
+    assert_eq!(
+        (last.0, last.1, last.2),
+        (3, 0, Some(i64::from(codes::REFRESH_FAILED)))
+    );
+    // The server refuses 1.1 for this machine from now on.
+    let detail = w.get(&format!("/instances/{}", support::MACHINE)).await;
+    let refused: Vec<_> = detail["apps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|a| a["refused_versions"].as_array().unwrap().clone())
+        .map(|r| (r["version"].clone(), r["reason"].clone()))
+        .collect();
+    assert_eq!(
+        refused,
+        [(serde_json::json!("1.1"), serde_json::json!("deny_listed"))],
+        "{detail}"
+    );
+    let o = only(ext.check(None, false).await.unwrap());
+    assert!(matches!(o, Outcome::NoUpdate), "{o:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -268,9 +339,13 @@ async fn extension_not_supporting_the_booted_os_is_refused() {
         "{o:?}"
     );
     // Nothing written, linked, refreshed or restarted.
-    assert_eq!(w.link(), None);
-    assert!(w.image_files().is_empty(), "{:?}", w.image_files());
-    assert!(w.refreshes().is_empty());
+    assert_eq!(w.host.link(), None);
+    assert!(
+        w.host.image_files().is_empty(),
+        "{:?}",
+        w.host.image_files()
+    );
+    assert!(w.host.refreshes().is_empty());
     assert!(w.systemd.restarts().is_empty());
     let events = w.events(EXT_APP).await;
     let last = events.last().unwrap();
@@ -284,7 +359,7 @@ async fn extension_not_supporting_the_booted_os_is_refused() {
         only(ext.check(None, false).await.unwrap()),
         Outcome::Refused { .. }
     ));
-    assert!(w.image_files().is_empty());
+    assert!(w.host.image_files().is_empty());
     assert_eq!(w.events(EXT_APP).await.len(), n + 1);
     // Not deny-listed: the build may fit after an OS update.
     assert!(ext.state().extensions[EXT].deny_list.is_empty());
@@ -296,7 +371,7 @@ async fn extension_not_supporting_the_booted_os_is_refused() {
         matches!(&o, Outcome::Refused { reason, .. } if reason.contains("os.versions")),
         "{o:?}"
     );
-    assert_eq!(w.link(), None);
+    assert_eq!(w.host.link(), None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -304,7 +379,7 @@ async fn os_update_waits_until_a_compatible_extension_is_staged() {
     let w = World::start().await;
     let mut ext = w.extensions("1.0.0", "boot-1").await;
     install(&w, &mut ext, "1.0").await;
-    let (refreshes, restarts) = (w.refreshes().len(), w.systemd.restarts().len());
+    let (refreshes, restarts) = (w.host.refreshes().len(), w.systemd.restarts().len());
 
     // OS 2.0.0 is staged. containerd 1.0 supports 1.* only: the reboot waits, and says why.
     let r = ext.readiness("2.0.0");
@@ -344,8 +419,8 @@ async fn os_update_waits_until_a_compatible_extension_is_staged() {
         }
     );
     assert_eq!(ext.readiness("2.0.0"), Readiness::Ready);
-    assert_eq!(w.link(), Some(w.image("1.1")));
-    assert_eq!(w.refreshes().len(), refreshes);
+    assert_eq!(w.host.link(), Some(w.host.image("1.1")));
+    assert_eq!(w.host.refreshes().len(), refreshes);
     assert_eq!(w.systemd.restarts().len(), restarts);
     let st = &ext.status(Some("2.0.0"))[0];
     assert_eq!(
@@ -371,7 +446,7 @@ async fn os_update_waits_until_a_compatible_extension_is_staged() {
             previous: Some("1.0".into())
         }
     );
-    assert_eq!(w.refreshes().len(), refreshes + 1);
+    assert_eq!(w.host.refreshes().len(), refreshes + 1);
     assert_eq!(w.systemd.restarts().len(), restarts);
     let apps = after.app_requests(None);
     assert_eq!(apps[0].version.as_deref(), Some("1.1"));
@@ -392,14 +467,8 @@ async fn os_update_waits_until_a_compatible_extension_is_staged() {
 async fn os_rollback_restores_the_previous_extension_image() {
     let w = World::start().await;
     let mut ext = w.extensions("1.0.0", "boot-1").await;
-    install(&w, &mut ext, "1.0").await;
-    w.release(EXT_APP, ext_payload(&w.key, "1.1", Some("2.*")))
-        .await;
-    assert!(matches!(
-        only(ext.check(Some("2.0.0"), false).await.unwrap()),
-        Outcome::Staged { .. }
-    ));
-    assert_eq!(w.link(), Some(w.image("1.1")));
+    stage_for_os_2(&w, &mut ext).await;
+    assert_eq!(w.host.link(), Some(w.host.image("1.1")));
     let restarts = w.systemd.restarts().len();
 
     // The new OS did not come up: the machine is back on 1.0.0 in a new boot.
@@ -410,9 +479,9 @@ async fn os_rollback_restores_the_previous_extension_image() {
             version: Some("1.0".into())
         }
     );
-    assert_eq!(w.link(), Some(w.image("1.0")));
+    assert_eq!(w.host.link(), Some(w.host.image("1.0")));
     assert_eq!(w.systemd.restarts().len(), restarts + 1);
-    assert_eq!(w.image_files(), ["containerd-1.0.raw"]);
+    assert_eq!(w.host.image_files(), ["containerd-1.0.raw"]);
     assert_eq!(after.status(None)[0].state, ExtensionState::Active);
 }
 
@@ -420,13 +489,7 @@ async fn os_rollback_restores_the_previous_extension_image() {
 async fn cancelled_os_update_unlinks_the_staged_build() {
     let w = World::start().await;
     let mut ext = w.extensions("1.0.0", "boot-1").await;
-    install(&w, &mut ext, "1.0").await;
-    w.release(EXT_APP, ext_payload(&w.key, "1.1", Some("2.*")))
-        .await;
-    assert!(matches!(
-        only(ext.check(Some("2.0.0"), false).await.unwrap()),
-        Outcome::Staged { .. }
-    ));
+    stage_for_os_2(&w, &mut ext).await;
     // The OS update is no longer staged (e.g. a failed newer install overwrote the slot): the
     // next check without a target OS puts the link back (the server answers noupdate: the
     // staged build is installed, awaiting a reboot).
@@ -434,7 +497,7 @@ async fn cancelled_os_update_unlinks_the_staged_build() {
         only(ext.check(None, false).await.unwrap()),
         Outcome::NoUpdate
     );
-    assert_eq!(w.link(), Some(w.image("1.0")));
+    assert_eq!(w.host.link(), Some(w.host.image("1.0")));
     assert_eq!(ext.status(None)[0].state, ExtensionState::Active);
-    assert_eq!(w.image_files(), ["containerd-1.0.raw"]);
+    assert_eq!(w.host.image_files(), ["containerd-1.0.raw"]);
 }

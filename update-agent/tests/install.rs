@@ -1,8 +1,9 @@
 //! End-to-end: the agent binary against a real update server over loopback, writing a GPT disk
 //! image file: full update, resume after `kill -9`, 500s and dropped connections, starting over
 //! after repeated failures on one checkpoint, falling over to the next download URL, rejected
-//! payloads, downgrade policy, rollback reporting, a newer release superseding a staged one, and
-//! the server's `PollInterval` setting the daemon's next check.
+//! payloads, downgrade policy, rollback reporting, a newer release superseding a staged one,
+//! `/run/reboot-required` kept in step by `run --once`, and the server's `PollInterval` setting
+//! the daemon's next check.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -78,6 +79,44 @@ fn full_update_into_slot_b_then_reboot_report() {
     assert_eq!(w.once(), 0);
     let last = w.proxy.with(|f| f.omaha_requests.last().cloned().unwrap());
     assert!(last.contains(r#"previousversion="""#), "{last}");
+}
+
+#[test]
+fn run_once_writes_reboot_required_while_an_update_is_staged() {
+    let w = World::new("1.0.0");
+    w.seed("1.0.0", &image(1));
+    // Nothing staged: no sentinel; a stale one is removed.
+    std::fs::create_dir_all(w.root.join("run")).unwrap();
+    std::fs::write(w.root.join("run/reboot-required"), "stale\n").unwrap();
+    assert_eq!(w.once(), 0, "agent log:\n{}", w.agent_log());
+    assert_eq!(w.reboot_required(), None);
+
+    // Staged: the sentinel names the version, as the daemon writes it, and stays while the
+    // update stays staged.
+    w.release("2.0.0", &image(2));
+    assert_eq!(w.once(), 2, "agent log:\n{}", w.agent_log());
+    assert_eq!(
+        w.reboot_required().as_deref(),
+        Some("*** System restart required to apply update 2.0.0 ***\n")
+    );
+    assert_eq!(w.once(), 0, "agent log:\n{}", w.agent_log());
+    assert!(w.reboot_required().is_some_and(|t| t.contains("2.0.0")));
+    assert!(!w.root.join("run/.reboot-required.tmp").exists());
+
+    // Booted into it: nothing is staged any more, the sentinel goes.
+    w.reboot_into("boot-2", "B", "2.0.0");
+    assert_eq!(w.once(), 0, "agent log:\n{}", w.agent_log());
+    assert_eq!(w.reboot_required(), None);
+
+    // `reboot_required_path = ""` turns it off.
+    w.write_config(
+        "50-no-sentinel.toml",
+        "[reboot]\nreboot_required_path = \"\"\n",
+    );
+    w.release("3.0.0", &image(3));
+    assert_eq!(w.once(), 2, "agent log:\n{}", w.agent_log());
+    assert_eq!(w.state()["staged"]["version"], "3.0.0");
+    assert_eq!(w.reboot_required(), None);
 }
 
 #[test]

@@ -8,34 +8,21 @@
 mod common;
 mod support;
 
-#[path = "support/agent_bus.rs"]
-mod agent_bus;
-#[path = "support/dbus_daemon.rs"]
-mod dbus_daemon;
-#[path = "support/logind_standin.rs"]
-mod logind_standin;
-
 use std::io::{BufRead as _, BufReader};
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
-use agent_bus::{DaemonProcess, parts, updatectl, wait_for, wait_props};
-use dbus_daemon::DbusDaemon;
-use logind_standin::LogindStandin;
+use support::agent_bus::{
+    DaemonProcess, LONG, QUIET, bus_world, parts, updatectl, wait_for, wait_props,
+};
+use support::dbus_daemon::DbusDaemon;
+use support::logind_standin::LogindStandin;
 use support::{World, image};
-
-const LONG: Duration = Duration::from_secs(60);
-
-/// No scheduled checks: the tests ask for them.
-const QUIET: &str = "[check]\ninitial_delay_secs = 86400\n";
 
 #[test]
 fn status_check_update_reboot_reset_and_deny_list() {
-    if !DbusDaemon::available() {
+    let Some((bus, w)) = bus_world("1.0.0") else {
         return;
-    }
-    let bus = DbusDaemon::start();
-    let w = World::new("1.0.0");
+    };
     w.seed("1.0.0", &image(1));
     w.write_config(
         "50-test.toml",
@@ -190,14 +177,7 @@ fn clear_messages_for_no_bus_no_agent_and_non_root() {
     assert!(err.contains("the update agent is not running"), "{err}");
 
     // Under the shipped policy, nobody may read the status but not change state.
-    let policy = std::path::Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../systemd/org.platte.Update1.conf"
-    ))
-    .canonicalize()
-    .unwrap();
-    let bus =
-        DbusDaemon::start_system_like(&format!("<include>{}</include>", policy.display())).unwrap();
+    let bus = DbusDaemon::start_with_shipped_policy();
     let w = World::new("1.0.0");
     w.write_config("50-quiet.toml", QUIET);
     let _d = DaemonProcess::start(&w, &bus.address, None);

@@ -27,4 +27,5 @@ pub mod server;
 pub mod service;
 pub mod simulate;
 pub mod store;
-pub mod version;
+/// Version ordering (`omaha::version`), the same the agent uses.
+pub use omaha::version;

@@ -10,8 +10,9 @@
 //! ```
 //!
 //! A deferred machine is no longer in flight: its next check goes through the rollout policy
-//! again. An error with code 44 (rolled back to the previous version) is an `error` like any
-//! other here; the service additionally records the version as refused for that machine.
+//! again. An error with code 44 (rolled back to the previous version) or a deny list (35, 3112,
+//! 3113, 3114) is an `error` like any other here; the service additionally records the version as
+//! refused for that machine.
 //!
 //! Events are honoured whenever they are meaningful, not only while an update is "in progress"
 //! (a machine updated by hand and rebooted still reports 3/2 and becomes `complete`).

@@ -7,11 +7,13 @@
 //! policy like any update) and replaces it in the inactive slot.
 //!
 //! A machine that reports a rollback (event 3/0 with error code 44, `previousversion` naming the
-//! version it fell back from) has its grant failed and the version recorded as refused for it:
-//! the grant store holds every later grant of that version (`rolled_back`) until an operator
-//! clears it; a newer version is offered as usual. A deferral (event 3/9 while an update is in
-//! flight) settles the grant as `deferred`: its concurrency slot is free, it is no failure, and
-//! the machine's next check goes through the policy again.
+//! version it fell back from) or a version on its deny list (3/0 with code 35, or an extension
+//! build failure the agent deny-lists: 3112, 3113, 3114) has its grant of that version failed,
+//! whatever state it reached, and the version recorded as refused for it: the grant store holds every
+//! later grant of that version (`rolled_back`, `deny_listed`) until an operator clears it; a
+//! newer version is offered as usual. A deferral (event 3/9 while an update is in flight) settles
+//! the grant as `deferred`: its concurrency slot is free, it is no failure, and the machine's
+//! next check goes through the policy again.
 
 use std::sync::Arc;
 
@@ -156,6 +158,17 @@ pub struct CheckError {
     pub source: StoreError,
 }
 
+impl CheckError {
+    /// Wraps a storage error of `key`'s instance (for `map_err`).
+    fn of(key: &InstanceKey) -> impl FnOnce(StoreError) -> Self + '_ {
+        |source| CheckError {
+            machine_id: key.0.clone(),
+            app_id: key.1.clone(),
+            source,
+        }
+    }
+}
+
 /// The update-check service.
 #[derive(Debug)]
 pub struct UpdateService {
@@ -192,7 +205,7 @@ struct Progress {
     outcome: &'static str,
     group_id: Option<String>,
     version: Option<String>,
-    /// The machine rolled back from this version: refuse it from now on.
+    /// The machine rolled back from this version or deny-listed it: refuse it from now on.
     refuse: Option<RefusedVersion>,
 }
 
@@ -201,26 +214,67 @@ fn is_routine(e: &EventIn) -> bool {
     e.event_type == 3 && e.event_result == 2 && (pv.is_empty() || pv == "0.0.0.0")
 }
 
-/// Whether an error code (flags included) says the machine rolled back to its previous version.
-fn is_rollback_code(code: Option<i64>) -> bool {
-    code.and_then(|c| u32::try_from(c).ok())
-        .is_some_and(|c| omaha::ErrorCode::decode(c).code == omaha::ErrorCode::RollbackError)
-}
-
-/// The version a rollback event says the machine fell back from: its `previousversion` (the
-/// agent names the failed version there), else the version granted to it; never the version it
-/// runs now. `None` for any other event.
-fn rolled_back_from(e: &EventIn, running: &str, granted: Option<&str>) -> Option<String> {
-    if e.event_result != 0 || !is_rollback_code(e.error_code) {
+/// The version an error event says the machine refuses for good, and why (see
+/// [`RefusalReason::of_error_code`]); `None` for any other event.
+///
+/// A rollback names the version the machine fell back from: its `previousversion` (the agent
+/// names the failed version there), else the version granted to it; never the version it runs
+/// now. A deny list refuses the version offered, i.e. granted, to it (which a machine whose staged
+/// build failed after the boot merged it may report as the one it runs), else `previousversion`.
+fn refusal_of(
+    e: &EventIn,
+    running: &str,
+    granted: Option<&str>,
+) -> Option<(String, RefusalReason)> {
+    if e.event_result != 0 {
         return None;
     }
+    let reason = RefusalReason::of_error_code(e.error_code)?;
     let pv = e.previous_version.trim();
-    if pv != "0.0.0.0" && version::is_valid(pv) && pv != running {
-        return Some(pv.to_owned());
+    let named = (pv != "0.0.0.0" && version::is_valid(pv) && pv != running).then_some(pv);
+    let granted = granted.filter(|g| version::is_valid(g));
+    let refused = match reason {
+        RefusalReason::RolledBack => named.or(granted.filter(|g| *g != running)),
+        RefusalReason::DenyListed => granted.or(named),
+    };
+    refused.map(|v| (v.to_owned(), reason))
+}
+
+/// The activity entry for a refusal.
+fn refusal_activity(
+    row: &Instance,
+    app_id: &str,
+    version: &str,
+    reason: RefusalReason,
+    detail: &str,
+) -> NewActivity {
+    let (kind, what) = match reason {
+        RefusalReason::RolledBack => (
+            "instance_rolled_back",
+            format!("rolled back from {version} to {}", row.version),
+        ),
+        RefusalReason::DenyListed if detail.is_empty() => (
+            "instance_deny_listed",
+            format!("put {version} on its deny list"),
+        ),
+        RefusalReason::DenyListed => (
+            "instance_deny_listed",
+            format!("put {version} on its deny list ({detail})"),
+        ),
+    };
+    NewActivity {
+        kind: kind.into(),
+        severity: "error",
+        app_id: Some(app_id.to_owned()),
+        group_id: row.group_id.clone(),
+        machine_id: Some(row.machine_id.clone()),
+        version: Some(version.to_owned()),
+        message: format!(
+            "{} {what}: {version} will not be offered to it again until an operator clears it \
+             (instance retry)",
+            row.machine_id
+        ),
     }
-    granted
-        .filter(|g| *g != running && version::is_valid(g))
-        .map(str::to_owned)
 }
 
 fn set_status(
@@ -376,11 +430,11 @@ impl UpdateService {
                         event_result: e.event_result,
                         previous_version: e.previous_version.clone(),
                     };
-                    let refused = rolled_back_from(e, &row.version, row.granted_version.as_deref());
+                    let refused = refusal_of(e, &row.version, row.granted_version.as_deref());
                     let mut settle = None;
                     if let Some(next) = transition(row.status, &ce) {
                         let detail = match (next, &refused) {
-                            (InstanceStatus::Error, Some(v)) => {
+                            (InstanceStatus::Error, Some((v, _))) => {
                                 format!("{} (version {v} refused)", e.error_detail)
                             }
                             (InstanceStatus::Error, None) => e.error_detail.clone(),
@@ -422,21 +476,15 @@ impl UpdateService {
                             });
                         }
                     }
-                    if let Some(v) = &refused {
+                    if let Some((v, reason)) = &refused {
                         // Recorded even when the status did not change (already `error`).
-                        change.activity.push(NewActivity {
-                            kind: "instance_rolled_back".into(),
-                            severity: "error",
-                            app_id: Some(app_id.clone()),
-                            group_id: row.group_id.clone(),
-                            machine_id: Some(row.machine_id.clone()),
-                            version: Some(v.clone()),
-                            message: format!(
-                                "{} rolled back from {v} to {}: {v} will not be offered to it \
-                                 again until an operator clears it (instance retry)",
-                                row.machine_id, row.version
-                            ),
-                        });
+                        change.activity.push(refusal_activity(
+                            row,
+                            &app_id,
+                            v,
+                            *reason,
+                            &e.error_detail,
+                        ));
                         settle.get_or_insert((Some(GrantState::Failed), "failed"));
                     }
                     if let Some((state, outcome)) = settle {
@@ -444,12 +492,15 @@ impl UpdateService {
                             state,
                             outcome,
                             group_id: row.group_id.clone(),
-                            version: refused.clone().or_else(|| row.granted_version.clone()),
-                            refuse: refused.map(|version| RefusedVersion {
+                            version: refused
+                                .as_ref()
+                                .map(|(v, _)| v.clone())
+                                .or_else(|| row.granted_version.clone()),
+                            refuse: refused.map(|(version, reason)| RefusedVersion {
                                 machine_id: row.machine_id.clone(),
                                 app_id: app_id.clone(),
                                 version,
-                                reason: RefusalReason::RolledBack,
+                                reason,
                                 error_code: e.error_code,
                                 at: now,
                             }),
@@ -476,11 +527,7 @@ impl UpdateService {
                         now,
                     })
                     .await
-                    .map_err(|source| CheckError {
-                        machine_id: key.0.clone(),
-                        app_id: key.1.clone(),
-                        source,
-                    })?;
+                    .map_err(CheckError::of(&key))?;
                 match outcome {
                     GrantOutcome::Granted => {
                         grant = true;
@@ -559,43 +606,34 @@ impl UpdateService {
             self.fleet
                 .persist(&key, &change)
                 .await
-                .map_err(|source| CheckError {
-                    machine_id: key.0.clone(),
-                    app_id: key.1.clone(),
-                    source,
-                })?;
+                .map_err(CheckError::of(&key))?;
         }
         for p in progress {
-            let rolled_back = p.refuse.is_some();
-            let halt = self
+            let refused = p.refuse.as_ref().map(|r| r.reason);
+            let halts = self
                 .rollouts
                 .grants
                 .record_progress(&ProgressReport {
                     machine_id: key.0.clone(),
                     app_id: key.1.clone(),
                     state: p.state,
+                    running_version: snapshot.version.clone(),
                     refuse: p.refuse,
                     now,
                 })
                 .await
-                .map_err(|source| CheckError {
-                    machine_id: key.0.clone(),
-                    app_id: key.1.clone(),
-                    source,
-                })?;
-            let (Some(g), Some(v)) = (p.group_id, p.version) else {
-                continue;
-            };
-            if !p.outcome.is_empty() {
-                self.rollouts.metrics.outcome(&app_id, &g, &v, p.outcome);
+                .map_err(CheckError::of(&key))?;
+            if let (Some(g), Some(v)) = (&p.group_id, &p.version) {
+                if !p.outcome.is_empty() {
+                    self.rollouts.metrics.outcome(&app_id, g, v, p.outcome);
+                }
+                if let Some(r) = refused {
+                    self.rollouts.metrics.outcome(&app_id, g, v, r.as_str());
+                }
             }
-            if rolled_back {
-                self.rollouts
-                    .metrics
-                    .outcome(&app_id, &g, &v, "rolled_back");
-            }
-            if let Some(why) = halt {
-                self.halted(&app_id, &g, &v, &why).await;
+            for h in halts {
+                self.halted(&app_id, &h.group_id, &h.version, &h.reason)
+                    .await;
             }
         }
         Ok(AppAnswer::Known {
@@ -796,6 +834,12 @@ mod tests {
 
     #[test]
     fn a_rollback_names_the_version_fallen_back_from() {
+        let rolled_back_from = |e: &EventIn, running: &str, granted: Option<&str>| {
+            refusal_of(e, running, granted).map(|(v, reason)| {
+                assert_eq!(reason, RefusalReason::RolledBack, "{e:?}");
+                v
+            })
+        };
         let flagged = Some(44 | (1 << 28));
         // The agent names the failed version in `previousversion`.
         assert_eq!(
@@ -830,6 +874,40 @@ mod tests {
         ] {
             assert_eq!(rolled_back_from(&e, "1.0.0", Some("2.0.0")), None, "{e:?}");
         }
+    }
+
+    #[test]
+    fn a_deny_list_refuses_the_offered_version() {
+        let deny = Some(RefusalReason::DenyListed);
+        let of = |code: i64, result: u32, pv: &str, running: &str, granted: Option<&str>| {
+            refusal_of(&err(Some(code), result, pv), running, granted)
+        };
+        // 3/0 with 35 (the agent's deny list) or with the build failures it deny-lists.
+        for code in [35, 35 | (1 << 28), 3112, 3113 | (1 << 28), 3114] {
+            assert_eq!(
+                of(code, 0, "", "1.0.0", Some("2.0.0")),
+                Some(("2.0.0".into(), RefusalReason::DenyListed)),
+                "code {code}"
+            );
+        }
+        // A staged build that failed once the boot merged it is reported as the running one.
+        assert_eq!(of(3113, 0, "", "2.0.0", Some("2.0.0")).map(|r| r.1), deny);
+        // Without a grant, `previousversion` names it.
+        assert_eq!(
+            of(35, 0, "2.0.0", "1.0.0", None),
+            Some(("2.0.0".into(), RefusalReason::DenyListed))
+        );
+        // 35 in a 3/9 is a deferral (update_engine's policy, the agent's pin or downgrade
+        // refusal); 3111 (link and file errors), 3110 (another OS) and download errors are
+        // failures the agent may retry.
+        for (code, result) in [(35, 9), (3111, 0), (3110, 0), (10, 0), (36, 0)] {
+            assert_eq!(
+                of(code, result, "", "1.0.0", Some("2.0.0")),
+                None,
+                "{code}/{result}"
+            );
+        }
+        assert_eq!(of(35, 0, "", "1.0.0", None), None, "nothing to refuse");
     }
 
     #[test]

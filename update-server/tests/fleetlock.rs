@@ -138,14 +138,7 @@ async fn wire_format_reentrancy_and_idempotent_release() {
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
 
     // Metrics: grants, denials and holders per group.
-    let m = http
-        .get(format!("{b}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = common::metrics(&http, &b).await;
     assert!(
         m.contains(r#"platte_fleetlock_requests_total{op="pre_reboot",result="granted"} 3"#),
         "{m}"

@@ -154,6 +154,11 @@ impl Env {
         .await;
     }
 
+    /// Server 0's Prometheus text.
+    async fn metrics(&self) -> String {
+        common::metrics(&self.http, &format!("http://{}", self.servers[0].addr)).await
+    }
+
     async fn status(&self) -> Value {
         self.api(
             0,
@@ -266,15 +271,7 @@ async fn auto_halt_trips_then_resume_is_explicit() {
     assert!(reason.starts_with("3 of 11"), "{reason}");
     let act = env.api(0, "GET", "/activity", Value::Null).await;
     assert!(act.to_string().contains("rollout_halted"), "{act}");
-    let metrics = env
-        .http
-        .get(format!("http://{}/metrics", env.servers[0].addr))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = env.metrics().await;
     assert!(metrics.contains("platte_rollout_halts_total{"), "{metrics}");
     assert!(metrics.contains("reason=\"halted\""));
 
@@ -447,15 +444,7 @@ async fn a_rolled_back_version_is_refused_for_that_machine_until_an_operator_cle
         "a rollback is a failed attempt: {st}"
     );
     assert_eq!(st["on_hold"]["rolled_back"], 1, "{st}");
-    let metrics = env
-        .http
-        .get(format!("http://{}/metrics", env.servers[0].addr))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = env.metrics().await;
     let holds = metrics
         .lines()
         .find(|l| l.starts_with("platte_rollout_holds_total{") && l.contains("rolled_back"))
@@ -623,5 +612,144 @@ async fn a_deferred_grant_frees_its_slot_is_no_failure_and_is_granted_again() {
     assert_eq!(
         instance_app(&env, "d3").await["instance"]["status_detail"],
         "concurrency"
+    );
+}
+
+/// An error event (3/0) with `code`, from a machine still on 1.0.0.
+async fn failed_with(env: &Env, machine: &str, code: u32) {
+    env.omaha(
+        0,
+        machine,
+        "1.0.0",
+        &format!(r#"<event eventtype="3" eventresult="0" errorcode="{code}"></event>"#),
+    )
+    .await;
+}
+
+/// The first check after the reboot into 2.0.0: 3/2 with `previousversion`.
+async fn rebooted_into_2_0_0(env: &Env, machine: &str) {
+    env.omaha(
+        0,
+        machine,
+        "2.0.0",
+        r#"<ping r="1"></ping><updatecheck></updatecheck><event eventtype="3" eventresult="2" previousversion="1.0.0"></event>"#,
+    )
+    .await;
+}
+
+/// update_engine's non-production-server flag, set on every error code sent to this server.
+const NON_PRODUCTION: u32 = 1 << 28;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_host_failing_a_version_again_and_again_is_one_attempt_and_one_failure() {
+    // Before: every re-grant was a new attempt and every answer a new failure, so one host
+    // reached `min_attempts` by itself and halted the rollout.
+    let env = Env::new(
+        json!({"auto_halt": {"max_failure_rate": 0.5, "min_attempts": 3}}),
+        "2.0.0",
+    )
+    .await;
+    for _ in 0..5 {
+        assert_eq!(check_version(&env, "flaky").await.as_deref(), Some("2.0.0"));
+        failed_with(&env, "flaky", 10 | NON_PRODUCTION).await;
+    }
+    let st = env.status().await;
+    assert_eq!(st["grants"]["attempts"], 1, "{st}");
+    assert_eq!(st["grants"]["failed"], 1, "{st}");
+    assert_eq!(st["failure_rate"], 1.0);
+    assert!(
+        st["halted"].is_null(),
+        "one host is below min_attempts: {st}"
+    );
+
+    // It is granted again and succeeds: a complete machine, no longer a failed one.
+    install(&env, "flaky").await;
+    rebooted_into_2_0_0(&env, "flaky").await;
+    let st = env.status().await;
+    assert_eq!(st["grants"]["attempts"], 1, "{st}");
+    assert_eq!(st["grants"]["complete"], 1, "{st}");
+    assert_eq!(st["grants"]["failed"], 0, "{st}");
+    assert_eq!(st["failure_rate"], 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_deny_listed_a_version_is_not_offered_it_until_an_operator_clears_it() {
+    let env = Env::new(json!({}), "2.0.0").await;
+    // The agent answers an offer of a deny-listed build with 3/0 and code 35.
+    assert_eq!(check_version(&env, "dl").await.as_deref(), Some("2.0.0"));
+    failed_with(&env, "dl", 35 | NON_PRODUCTION).await;
+    for _ in 0..3 {
+        assert_eq!(check_version(&env, "dl").await, None, "not offered again");
+    }
+    let a = instance_app(&env, "dl").await;
+    assert_eq!(a["instance"]["status"], "on_hold", "{a}");
+    assert_eq!(a["instance"]["status_detail"], "deny_listed");
+    assert_eq!(a["refused_versions"][0]["version"], "2.0.0", "{a}");
+    assert_eq!(a["refused_versions"][0]["reason"], "deny_listed");
+    let act = env.api(0, "GET", "/activity", Value::Null).await;
+    assert!(act.to_string().contains("instance_deny_listed"), "{act}");
+    let st = env.status().await;
+    assert_eq!(st["grants"]["attempts"], 1, "{st}");
+    assert_eq!(st["grants"]["failed"], 1, "{st}");
+    assert_eq!(st["on_hold"]["deny_listed"], 1, "{st}");
+    let metrics = env.metrics().await;
+    assert!(metrics.contains(r#"outcome="deny_listed""#), "{metrics}");
+    assert!(metrics.contains(r#"reason="deny_listed""#), "{metrics}");
+
+    // A build that failed its health check after activation (3113) is refused at once.
+    install(&env, "health").await;
+    failed_with(&env, "health", 3113 | NON_PRODUCTION).await;
+    assert_eq!(check_version(&env, "health").await, None);
+    assert_eq!(
+        instance_app(&env, "health").await["refused_versions"][0]["reason"],
+        "deny_listed"
+    );
+    // 3111 (also link and file errors the agent does not deny-list) refuses nothing.
+    install(&env, "link").await;
+    failed_with(&env, "link", 3111 | NON_PRODUCTION).await;
+    assert_eq!(check_version(&env, "link").await.as_deref(), Some("2.0.0"));
+
+    // `instance retry` clears the refusal: offered again, the same grant reopened.
+    let cleared = env
+        .api(
+            0,
+            "POST",
+            &format!("/instances/dl/retry?app={APP}"),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(cleared["cleared"][0]["reason"], "deny_listed", "{cleared}");
+    assert_eq!(check_version(&env, "dl").await.as_deref(), Some("2.0.0"));
+    let st = env.status().await;
+    assert_eq!(st["grants"]["attempts"], 3, "dl, health, link: {st}");
+    assert_eq!(st["grants"]["failed"], 1, "health: {st}");
+    assert_eq!(st["grants"]["in_flight"], 2, "dl again, link again: {st}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_reported_after_the_grant_completed_is_a_failure_and_can_halt() {
+    let env = Env::new(
+        json!({"auto_halt": {"max_failure_rate": 0.4, "min_attempts": 2}}),
+        "2.0.0",
+    )
+    .await;
+    for m in ["a", "b"] {
+        install(&env, m).await;
+        rebooted_into_2_0_0(&env, m).await;
+    }
+    let st = env.status().await;
+    assert_eq!(st["grants"]["complete"], 2, "{st}");
+    // `a` ran 2.0.0, then fell back to 1.0.0 and says so.
+    rolled_back(&env, "a", "2.0.0").await;
+    let st = env.status().await;
+    assert_eq!(st["grants"]["complete"], 1, "{st}");
+    assert_eq!(st["grants"]["failed"], 1, "{st}");
+    assert_eq!(st["grants"]["attempts"], 2, "{st}");
+    let reason = st["halted"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.starts_with("1 of 2 machines"), "{st}");
+    assert!(!env.check(0, "late").await, "halted");
+    assert_eq!(
+        instance_app(&env, "a").await["refused_versions"][0]["reason"],
+        "rolled_back"
     );
 }

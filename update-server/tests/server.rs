@@ -290,15 +290,7 @@ async fn full_event_sequence_moves_instance_through_states() {
         .api(reqwest::Method::GET, &format!("/events?machine={m}"), None)
         .await;
     assert_eq!(events.as_array().unwrap().len(), 5);
-    let metrics = env
-        .http
-        .get(format!("{}/metrics", env.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::metrics(&env.http, &env.base).await;
     assert!(
         metrics.contains(
             "platte_update_errors_total{app=\"e96281a6-d1af-4bde-9a0a-97b76e56dc57\",code=\"5\""
@@ -466,15 +458,7 @@ async fn staged_machine_is_offered_a_newer_release_never_the_same_one() {
     let (_, xml) = env.omaha(check_xml(m, "3374.2.5", check)).await;
     assert_eq!(updatecheck(&xml).status.as_str(), "noupdate", "{xml}");
     assert_eq!(instance(&env, m).await["instance"]["status"], "installed");
-    let metrics = env
-        .http
-        .get(format!("{}/metrics", env.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::metrics(&env.http, &env.base).await;
     assert!(
         metrics.contains(r#"outcome="noupdate_awaiting_reboot"} 2"#),
         "{metrics}"

@@ -82,7 +82,11 @@ async fn high_failure_rate_halts_and_nothing_is_granted_after() {
             .all(|x| x.server.grants.attempts == attempts && x.server.halted)
     );
     assert!(s.mismatches().is_empty(), "{s}");
-    assert_eq!(s.server.grants.attempts, s.totals.grants);
+    assert_eq!(s.server.grants.attempts, s.counts.attempted);
+    assert!(
+        s.totals.grants >= s.counts.attempted,
+        "a machine that failed and was granted again is one attempt on the server: {s}"
+    );
     assert_eq!(
         s.counts.registered, 300,
         "every machine checked in after the halt"

@@ -260,10 +260,12 @@ impl From<ErrorCode> for DecodedErrorCode {
 
 impl fmt::Display for DecodedErrorCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (self.code.description(), self.code.http_status()) {
-            (Some(d), _) => f.write_str(d)?,
-            (None, Some(status)) => write!(f, "Omaha server answered HTTP {status}")?,
-            (None, None) => write!(f, "unknown error code {}", self.code.to_u32())?,
+        let platte = super::platte::PlatteCode::from_u32(self.code.to_u32()).description();
+        match (self.code.description(), self.code.http_status(), platte) {
+            (Some(d), _, _) => f.write_str(d)?,
+            (None, Some(status), _) => write!(f, "Omaha server answered HTTP {status}")?,
+            (None, None, Some(d)) => f.write_str(d)?,
+            (None, None, None) => write!(f, "unknown error code {}", self.code.to_u32())?,
         }
         if !self.flags.is_empty() {
             f.write_str(" (")?;
@@ -331,6 +333,24 @@ mod tests {
         assert_eq!(ErrorCode::http(404).to_u32(), 2404);
         assert_eq!(ErrorCode::http(1234).to_u32(), 2999);
         assert_eq!(ErrorCode::PostinstallRunnerError.http_status(), None);
+    }
+
+    #[test]
+    fn platte_codes_are_named() {
+        let d = ErrorCode::decode((1 << 28) | 3112);
+        assert_eq!(d.code, ErrorCode::Other(3112));
+        assert_eq!(
+            d.to_string(),
+            "Platte: extension unit restart failed (non-production server)"
+        );
+        assert_eq!(
+            ErrorCode::decode(3103).to_string(),
+            "Platte: no trusted payload keys installed"
+        );
+        assert_eq!(
+            ErrorCode::decode(3199).to_string(),
+            "unknown error code 3199"
+        );
     }
 
     #[test]

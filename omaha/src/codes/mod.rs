@@ -2,6 +2,7 @@
 
 pub mod error_code;
 pub mod event;
+pub mod platte;
 
 /// Defines a `u32`-coded enum with named variants, a description per variant and an
 /// `Other(u32)` variant that preserves unknown numbers, with lossless `from_u32`/`to_u32`.

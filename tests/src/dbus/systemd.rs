@@ -4,6 +4,7 @@
 //! demand.
 //!
 //! - `Manager.Subscribe()`: accepted (signals go to every client anyway).
+//! - `Manager.Reload()`: recorded (with how many restarts came before it).
 //! - `Manager.RestartUnit(name, mode)`: a job; returns its path at once. The job then ends:
 //!   the unit's `ActiveState` becomes its final state and `Manager.JobRemoved(id, job, unit,
 //!   result)` is broadcast, after the reply as systemd does once the job has run. An unknown
@@ -72,6 +73,8 @@ struct Shared {
     /// Faults queued per unit, used one per restart.
     faults: BTreeMap<String, VecDeque<RestartFault>>,
     restarts: Vec<UnitRestart>,
+    /// Per `Reload` call: the number of restarts before it.
+    reloads: Vec<usize>,
     last_job: u32,
 }
 
@@ -117,6 +120,12 @@ struct Manager {
 #[zbus::interface(name = "org.freedesktop.systemd1.Manager")]
 impl Manager {
     fn subscribe(&self) {}
+
+    fn reload(&self) {
+        let mut s = lock(&self.shared);
+        let before = s.restarts.len();
+        s.reloads.push(before);
+    }
 
     async fn restart_unit(
         &self,
@@ -274,6 +283,11 @@ impl Systemd {
     /// Every restart so far, oldest first.
     pub fn restarts(&self) -> Vec<UnitRestart> {
         lock(&self.shared).restarts.clone()
+    }
+
+    /// For each `Reload` call so far, how many restarts came before it.
+    pub fn reloads(&self) -> Vec<usize> {
+        lock(&self.shared).reloads.clone()
     }
 
     /// The units restarted so far, in order (a unit once per restart).

@@ -33,6 +33,7 @@ use crate::extensions::{ExtensionStatus, Extensions};
 use crate::identity::Identity;
 use crate::install::{InstallError, Installed, Installer, Refusal, ResumeRecord};
 use crate::omaha_client::{self, CheckError, OmahaClient, reported};
+use crate::reboot::sentinel::{self, SentinelError};
 use crate::rollback::{self, BootObservation, Outcome};
 use crate::scheduler::{CheckResult, OsRng, Scheduler};
 use crate::state::{
@@ -558,6 +559,24 @@ impl Agent {
     /// The persisted state.
     pub fn state(&self) -> &AgentState {
         &self.state
+    }
+
+    /// The staged version the reboot may go ahead with, as [`AgentHandle::rebootable`] carries
+    /// it: the staged version, unless runtime extensions hold it (or nothing is staged: `None`).
+    pub fn rebootable(&self) -> Option<String> {
+        self.publisher.rebootable.borrow().clone()
+    }
+
+    /// Brings the reboot-required sentinel (`reboot.reboot_required_path`) in line with
+    /// [`Agent::rebootable`] by the daemon's rule: written naming the version while an update is
+    /// staged and its reboot may go ahead, removed otherwise (nothing staged, or held for
+    /// runtime extensions). The daemon's reboot driver does this before each decision;
+    /// `update-agent run --once` calls it after its cycle.
+    pub fn sync_reboot_required(&self) -> Result<(), SentinelError> {
+        sentinel::sync(
+            self.settings.reboot.reboot_required.as_deref(),
+            self.rebootable().as_deref(),
+        )
     }
 
     fn on(&mut self, ev: Event) -> Action {

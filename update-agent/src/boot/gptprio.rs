@@ -4,11 +4,11 @@
 //! `gptprio.next` boots the highest-priority partition of the CoreOS `/usr` type that has
 //! tries left or is marked successful (first one wins a tie), decrementing tries when above 0.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use super::cmdline::{self, PartRef};
 use super::gpt::{self, Entry, GptTable, Guid};
+use super::slots::{SlotPartitions, disk_from_settings, open_disk};
 use super::{
     BootBackend, BootError, SlotBootState, SlotId, SlotSpec, SlotStatus, SlotWriter, TargetSlot,
 };
@@ -67,8 +67,8 @@ pub fn gptprio_select(disk: &Path) -> Result<Option<Selection>, BootError> {
 
 /// [`gptprio_select`] over partitions of type `type_guid`.
 pub fn gptprio_select_type(disk: &Path, type_guid: Guid) -> Result<Option<Selection>, BootError> {
-    let file = open(disk, true)?;
-    let table = read(disk, &file)?;
+    let file = open_disk(disk, true)?;
+    let table = GptTable::read(&file).map_err(|source| gpt_err(disk, source))?;
     let mut found: Option<(&Entry, SlotBootState)> = None;
     for e in table.entries.iter().filter(|e| e.type_guid == type_guid) {
         let s = decode(e.attributes);
@@ -100,21 +100,6 @@ fn gpt_err(disk: &Path, source: gpt::GptError) -> BootError {
     }
 }
 
-fn open(disk: &Path, write: bool) -> Result<File, BootError> {
-    OpenOptions::new()
-        .read(true)
-        .write(write)
-        .open(disk)
-        .map_err(|source| BootError::Open {
-            disk: disk.to_owned(),
-            source,
-        })
-}
-
-fn read(disk: &Path, file: &File) -> Result<GptTable, BootError> {
-    GptTable::read(file).map_err(|source| gpt_err(disk, source))
-}
-
 /// Where the backend learns which slot is booted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum BootedSource {
@@ -129,22 +114,6 @@ pub struct GptprioBackend {
     slot_a: SlotSpec,
     slot_b: SlotSpec,
     booted: BootedSource,
-}
-
-/// The two slot partitions as found in one read of the GPT.
-struct Located {
-    table: GptTable,
-    a: Entry,
-    b: Entry,
-}
-
-impl Located {
-    fn entry(&self, slot: SlotId) -> &Entry {
-        match slot {
-            SlotId::A => &self.a,
-            SlotId::B => &self.b,
-        }
-    }
 }
 
 impl GptprioBackend {
@@ -180,10 +149,7 @@ impl GptprioBackend {
         boot: &crate::config::BootSettings,
         paths: &crate::paths::HostPaths,
     ) -> Result<Self, BootError> {
-        let disk = match &boot.disk {
-            Some(d) => d.clone(),
-            None => super::disk::discover_disk(&boot.slot_a, paths)?,
-        };
+        let disk = disk_from_settings(boot, paths)?;
         Ok(Self::new(disk, boot.slot_a.clone(), boot.slot_b.clone())
             .with_cmdline_path(paths.kernel_cmdline.clone())
             .with_booted_override(boot.booted_slot))
@@ -194,40 +160,18 @@ impl GptprioBackend {
         &self.disk
     }
 
-    fn locate_in(&self, file: &File) -> Result<Located, BootError> {
-        let table = read(&self.disk, file)?;
-        let a = self.slot_a.find_in(&table, SlotId::A, &self.disk)?;
-        let b = self.slot_b.find_in(&table, SlotId::B, &self.disk)?;
-        if a.number == b.number {
-            return Err(BootError::SameSlot {
-                partition: a.number,
-                disk: self.disk.clone(),
-            });
-        }
-        Ok(Located { table, a, b })
+    fn locate_in(&self, file: &File) -> Result<SlotPartitions, BootError> {
+        SlotPartitions::read(&self.disk, file, &self.slot_a, &self.slot_b)
     }
 
-    fn booted_in(&self, loc: &Located) -> Result<SlotId, BootError> {
+    fn booted_in(&self, loc: &SlotPartitions) -> Result<SlotId, BootError> {
         let path = match &self.booted {
             BootedSource::Override(s) => return Ok(*s),
             BootedSource::Cmdline(p) => p,
         };
-        let text = std::fs::read_to_string(path).map_err(|source| BootError::Cmdline {
-            path: path.clone(),
-            source,
-        })?;
-        let cands = cmdline::candidates(&text);
-        for (_, r) in &cands {
-            for slot in [SlotId::A, SlotId::B] {
-                let e = loc.entry(slot);
-                let hit = match r {
-                    PartRef::PartUuid(u) => e.part_guid == *u,
-                    PartRef::PartLabel(l) => e.name == *l,
-                };
-                if hit {
-                    return Ok(slot);
-                }
-            }
+        let (named, cands) = loc.named_by_cmdline(path)?;
+        if let Some(slot) = named {
+            return Ok(slot);
         }
         let seen: Vec<String> = cands.iter().map(|(p, r)| format!("{p}={r:?}")).collect();
         Err(BootError::BootedUnknown {
@@ -250,7 +194,7 @@ impl GptprioBackend {
     fn write(
         &self,
         file: &File,
-        loc: &Located,
+        loc: &SlotPartitions,
         changes: &[(SlotId, SlotBootState)],
     ) -> Result<(), BootError> {
         let words: Vec<(u32, u64)> = changes
@@ -265,23 +209,9 @@ impl GptprioBackend {
     }
 
     /// Re-reads the GPT and checks `target` still names the inactive slot's partition.
-    fn recheck(&self, file: &File, target: &TargetSlot) -> Result<Located, BootError> {
+    fn recheck(&self, file: &File, target: &TargetSlot) -> Result<SlotPartitions, BootError> {
         let loc = self.locate_in(file)?;
-        let booted = self.booted_in(&loc)?;
-        let changed = |reason: String| BootError::TargetChanged {
-            slot: target.slot,
-            reason,
-        };
-        if booted == target.slot {
-            return Err(changed("it is now the booted slot".into()));
-        }
-        let e = loc.entry(target.slot);
-        if e.part_guid != target.partuuid || e.number != target.partition {
-            return Err(changed("its partition changed".into()));
-        }
-        if loc.table.byte_range(e) != Some((target.offset, target.len)) {
-            return Err(changed("its byte range changed".into()));
-        }
+        loc.check_target(target, self.booted_in(&loc)?)?;
         Ok(loc)
     }
 }
@@ -292,54 +222,27 @@ impl BootBackend for GptprioBackend {
     }
 
     fn describe(&self) -> Result<Vec<SlotStatus>, BootError> {
-        let file = open(&self.disk, false)?;
+        let file = open_disk(&self.disk, false)?;
         let loc = self.locate_in(&file)?;
         let booted = self.booted_in(&loc).ok();
-        let status = |slot: SlotId| {
-            let e = loc.entry(slot);
-            let (offset, len) = loc.table.byte_range(e).unwrap_or((0, 0));
-            SlotStatus {
-                slot,
-                partition: e.number,
-                label: e.name.clone(),
-                partuuid: e.part_guid.to_string(),
-                type_guid: e.type_guid.to_string(),
-                offset,
-                len,
-                state: decode(e.attributes),
-                booted: booted.map(|b| b == slot),
-            }
-        };
+        let status = |slot: SlotId| loc.status(slot, decode(loc.entry(slot).attributes), booted);
         Ok(vec![status(SlotId::A), status(SlotId::B)])
     }
 
     fn booted_slot(&self) -> Result<SlotId, BootError> {
-        let file = open(&self.disk, false)?;
+        let file = open_disk(&self.disk, false)?;
         let loc = self.locate_in(&file)?;
         self.booted_in(&loc)
     }
 
     fn target_slot(&self) -> Result<TargetSlot, BootError> {
-        let file = open(&self.disk, false)?;
+        let file = open_disk(&self.disk, false)?;
         let loc = self.locate_in(&file)?;
-        let slot = self.booted_in(&loc)?.other();
-        let e = loc.entry(slot);
-        let (offset, len) = loc.table.byte_range(e).ok_or(BootError::OutsideDisk {
-            slot,
-            partition: e.number,
-        })?;
-        Ok(TargetSlot {
-            slot,
-            disk: self.disk.clone(),
-            partuuid: e.part_guid,
-            partition: e.number,
-            offset,
-            len,
-        })
+        loc.target(&self.disk, self.booted_in(&loc)?)
     }
 
     fn mark_unbootable(&self, target: &TargetSlot) -> Result<(), BootError> {
-        let file = open(&self.disk, true)?;
+        let file = open_disk(&self.disk, true)?;
         let loc = self.recheck(&file, target)?;
         self.write(&file, &loc, &[(target.slot, SlotBootState::default())])?;
         tracing::info!(slot = %target.slot, partition = target.partition, "marked target slot unbootable");
@@ -347,7 +250,7 @@ impl BootBackend for GptprioBackend {
     }
 
     fn mark_active(&self, target: &TargetSlot, tries: u8) -> Result<(), BootError> {
-        let file = open(&self.disk, true)?;
+        let file = open_disk(&self.disk, true)?;
         let loc = self.recheck(&file, target)?;
         let other = target.slot.other();
         let mut other_state = decode(loc.entry(other).attributes);
@@ -374,7 +277,7 @@ impl BootBackend for GptprioBackend {
     }
 
     fn mark_booted_good(&self) -> Result<(), BootError> {
-        let file = open(&self.disk, true)?;
+        let file = open_disk(&self.disk, true)?;
         let loc = self.locate_in(&file)?;
         let booted = self.booted_in(&loc)?;
         let mut state = decode(loc.entry(booted).attributes);
@@ -389,7 +292,7 @@ impl BootBackend for GptprioBackend {
     }
 
     fn open_target(&self, target: &TargetSlot) -> Result<SlotWriter, BootError> {
-        let file = open(&self.disk, true)?;
+        let file = open_disk(&self.disk, true)?;
         self.recheck(&file, target)?;
         Ok(SlotWriter::new(
             file,

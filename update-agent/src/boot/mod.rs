@@ -1,4 +1,7 @@
-//! A/B boot slots: the [`BootBackend`] trait and one module per boot loader backend.
+//! A/B boot slots: the [`BootBackend`] trait and one module per boot loader backend
+//! ([`gptprio`], [`sdboot`]); what every backend reads from the GPT the same way (the slot
+//! partitions, the write target and its re-check, the slot descriptions) is shared in the
+//! private `slots` module.
 //!
 //! The booted slot can never be a write target: the only way to get a [`TargetSlot`] (and from
 //! it a [`SlotWriter`]) is [`BootBackend::target_slot`], which returns the slot that is *not*
@@ -9,6 +12,7 @@ pub mod disk;
 pub mod gpt;
 pub mod gptprio;
 pub mod sdboot;
+mod slots;
 pub mod writer;
 
 use std::fmt;

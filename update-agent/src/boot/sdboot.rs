@@ -14,16 +14,16 @@
 //! The booted slot comes from `LoaderEntrySelected` (efivarfs), checked against the kernel
 //! command line's `root=`; the booted slot and its entry are never written.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Component, Path, PathBuf};
 use std::process::Command;
 
-use super::cmdline::{self, PartRef};
-use super::gpt::{Entry, GptTable};
+use super::slots::{SlotPartitions, disk_from_settings, open_disk};
 use super::{
     BootBackend, BootError, SlotBootState, SlotId, SlotSpec, SlotStatus, SlotWriter, TargetSlot,
 };
+use crate::atomic_file::{self, WriteError};
 
 /// Vendor GUID of the Boot Loader Interface's EFI variables (`LoaderEntrySelected`, ...).
 pub const LOADER_VENDOR_GUID: &str = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f";
@@ -430,43 +430,26 @@ fn esp_err(path: &Path, action: &'static str) -> impl FnOnce(io::Error) -> BootE
     }
 }
 
-/// fsyncs a directory; filesystems that cannot (EINVAL) are tolerated.
-fn sync_dir(dir: &Path) -> Result<(), BootError> {
-    let d = File::open(dir).map_err(esp_err(dir, "opening the directory"))?;
-    match d.sync_all() {
-        Err(e) if e.raw_os_error() == Some(22) => Ok(()),
-        r => r.map_err(esp_err(dir, "syncing the directory")),
+/// A step of a crash-safe ESP write failed.
+fn esp_write(e: WriteError) -> BootError {
+    BootError::Esp {
+        path: e.path,
+        action: e.step,
+        source: e.source,
     }
 }
 
-/// Writes `dst` through its hidden `.NAME.tmp` sibling: write, fsync, rename, fsync directory.
+/// fsyncs a directory of the ESP (see [`atomic_file::sync_dir`]).
+fn sync_dir(dir: &Path) -> Result<(), BootError> {
+    atomic_file::sync_dir(dir).map_err(esp_write)
+}
+
+/// Writes `dst` crash-safely through its hidden `.NAME.tmp` sibling ([`atomic_file::replace`]).
 fn install_file(
     dst: &Path,
     write: impl FnOnce(&mut File) -> io::Result<()>,
 ) -> Result<(), BootError> {
-    let dir = dst.parent().unwrap_or(Path::new("/"));
-    let name = dst
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .map_err(esp_err(&tmp, "creating"))?;
-        write(&mut f).map_err(esp_err(&tmp, "writing"))?;
-        f.sync_all().map_err(esp_err(&tmp, "syncing"))?;
-        drop(f);
-        fs::rename(&tmp, dst).map_err(esp_err(dst, "renaming into place"))?;
-        sync_dir(dir)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    atomic_file::replace(dst, &atomic_file::tmp_path(dst), 0o644, write).map_err(esp_write)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -478,22 +461,6 @@ fn install_file(
 enum BootedSource {
     Override(SlotId),
     Loader { cmdline: PathBuf },
-}
-
-/// The two slot partitions as found in one read of the GPT.
-struct Located {
-    table: GptTable,
-    a: Entry,
-    b: Entry,
-}
-
-impl Located {
-    fn entry(&self, slot: SlotId) -> &Entry {
-        match slot {
-            SlotId::A => &self.a,
-            SlotId::B => &self.b,
-        }
-    }
 }
 
 /// The systemd-boot backend over one disk (block device or image file) and one ESP directory.
@@ -566,10 +533,7 @@ impl SdbootBackend {
         boot: &crate::config::BootSettings,
         paths: &crate::paths::HostPaths,
     ) -> Result<Self, BootError> {
-        let disk = match &boot.disk {
-            Some(d) => d.clone(),
-            None => super::disk::discover_disk(&boot.slot_a, paths)?,
-        };
+        let disk = disk_from_settings(boot, paths)?;
         Ok(Self::new(
             disk,
             boot.slot_a.clone(),
@@ -689,24 +653,9 @@ impl SdbootBackend {
             .any(|e| e.name.exhausted()))
     }
 
-    fn locate(&self) -> Result<Located, BootError> {
-        let file = File::open(&self.disk).map_err(|source| BootError::Open {
-            disk: self.disk.clone(),
-            source,
-        })?;
-        let table = GptTable::read(&file).map_err(|source| BootError::Gpt {
-            disk: self.disk.clone(),
-            source,
-        })?;
-        let a = self.slot_a.find_in(&table, SlotId::A, &self.disk)?;
-        let b = self.slot_b.find_in(&table, SlotId::B, &self.disk)?;
-        if a.number == b.number {
-            return Err(BootError::SameSlot {
-                partition: a.number,
-                disk: self.disk.clone(),
-            });
-        }
-        Ok(Located { table, a, b })
+    fn locate(&self) -> Result<SlotPartitions, BootError> {
+        let file = open_disk(&self.disk, false)?;
+        SlotPartitions::read(&self.disk, &file, &self.slot_a, &self.slot_b)
     }
 
     /// The slot the loader says it booted (`LoaderEntrySelected` naming one of our entries).
@@ -720,34 +669,14 @@ impl SdbootBackend {
             .map(|s| (s, sel)))
     }
 
-    /// The slot whose partition the kernel command line mounts as root (or `/usr`).
-    fn cmdline_slot(&self, loc: &Located, path: &Path) -> Result<Option<SlotId>, BootError> {
-        let text = fs::read_to_string(path).map_err(|source| BootError::Cmdline {
-            path: path.to_owned(),
-            source,
-        })?;
-        for (_, r) in cmdline::candidates(&text) {
-            for slot in [SlotId::A, SlotId::B] {
-                let e = loc.entry(slot);
-                let hit = match &r {
-                    PartRef::PartUuid(u) => e.part_guid == *u,
-                    PartRef::PartLabel(l) => e.name == *l,
-                };
-                if hit {
-                    return Ok(Some(slot));
-                }
-            }
-        }
-        Ok(None)
-    }
-
-    fn booted_in(&self, loc: &Located) -> Result<SlotId, BootError> {
+    fn booted_in(&self, loc: &SlotPartitions) -> Result<SlotId, BootError> {
         let cmdline = match &self.booted {
             BootedSource::Override(s) => return Ok(*s),
             BootedSource::Loader { cmdline } => cmdline,
         };
         let loader = self.loader_slot()?;
-        let kernel = self.cmdline_slot(loc, cmdline)?;
+        // The slot whose partition the kernel command line mounts as root (or `/usr`).
+        let (kernel, _) = loc.named_by_cmdline(cmdline)?;
         match (loader, kernel) {
             (Some((l, sel)), Some(k)) if l != k => Err(BootError::BootedUnknown {
                 detail: format!(
@@ -772,23 +701,9 @@ impl SdbootBackend {
     }
 
     /// Re-reads the GPT and checks `target` still names the inactive slot's partition.
-    fn recheck(&self, target: &TargetSlot) -> Result<Located, BootError> {
+    fn recheck(&self, target: &TargetSlot) -> Result<SlotPartitions, BootError> {
         let loc = self.locate()?;
-        let booted = self.booted_in(&loc)?;
-        let changed = |reason: String| BootError::TargetChanged {
-            slot: target.slot,
-            reason,
-        };
-        if booted == target.slot {
-            return Err(changed("it is now the booted slot".into()));
-        }
-        let e = loc.entry(target.slot);
-        if e.part_guid != target.partuuid || e.number != target.partition {
-            return Err(changed("its partition changed".into()));
-        }
-        if loc.table.byte_range(e) != Some((target.offset, target.len)) {
-            return Err(changed("its byte range changed".into()));
-        }
+        loc.check_target(target, self.booted_in(&loc)?)?;
         Ok(loc)
     }
 
@@ -869,25 +784,10 @@ impl BootBackend for SdbootBackend {
     fn describe(&self) -> Result<Vec<SlotStatus>, BootError> {
         let loc = self.locate()?;
         let booted = self.booted_in(&loc).ok();
-        let states = self.entry_states()?;
-        let status = |slot: SlotId, state: SlotBootState| {
-            let e = loc.entry(slot);
-            let (offset, len) = loc.table.byte_range(e).unwrap_or((0, 0));
-            SlotStatus {
-                slot,
-                partition: e.number,
-                label: e.name.clone(),
-                partuuid: e.part_guid.to_string(),
-                type_guid: e.type_guid.to_string(),
-                offset,
-                len,
-                state,
-                booted: booted.map(|b| b == slot),
-            }
-        };
+        let [a, b] = self.entry_states()?;
         Ok(vec![
-            status(SlotId::A, states[0]),
-            status(SlotId::B, states[1]),
+            loc.status(SlotId::A, a, booted),
+            loc.status(SlotId::B, b, booted),
         ])
     }
 
@@ -898,20 +798,7 @@ impl BootBackend for SdbootBackend {
 
     fn target_slot(&self) -> Result<TargetSlot, BootError> {
         let loc = self.locate()?;
-        let slot = self.booted_in(&loc)?.other();
-        let e = loc.entry(slot);
-        let (offset, len) = loc.table.byte_range(e).ok_or(BootError::OutsideDisk {
-            slot,
-            partition: e.number,
-        })?;
-        Ok(TargetSlot {
-            slot,
-            disk: self.disk.clone(),
-            partuuid: e.part_guid,
-            partition: e.number,
-            offset,
-            len,
-        })
+        loc.target(&self.disk, self.booted_in(&loc)?)
     }
 
     fn mark_unbootable(&self, target: &TargetSlot) -> Result<(), BootError> {
@@ -1000,14 +887,7 @@ impl BootBackend for SdbootBackend {
 
     fn open_target(&self, target: &TargetSlot) -> Result<SlotWriter, BootError> {
         self.recheck(target)?;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&self.disk)
-            .map_err(|source| BootError::Open {
-                disk: self.disk.clone(),
-                source,
-            })?;
+        let file = open_disk(&self.disk, true)?;
         Ok(SlotWriter::new(
             file,
             target.slot,

@@ -106,8 +106,9 @@ pub struct Inputs {
     pub extensions: crate::extensions::ExtensionsInputs,
 }
 
-/// Overwrites `dst` when `src` is set.
-fn set<T>(dst: &mut Option<Sourced<T>>, src: Option<T>, file: &Path) {
+/// Overwrites `dst` when `src` is set (by the drop-in `file`): a later file's key replaces an
+/// earlier one's.
+pub(crate) fn set<T>(dst: &mut Option<Sourced<T>>, src: Option<T>, file: &Path) {
     if let Some(value) = src {
         *dst = Some(Sourced {
             value,

@@ -1,4 +1,6 @@
-//! Agent configuration in three stages: fragments (one TOML file) → inputs (merged) → settings.
+//! Agent configuration in three stages: fragments (one TOML file) → inputs (merged) → settings
+//! (validated with the shared validators in `validate`). `[extensions]` follows the same stages
+//! in [`crate::extensions::config`], with the same merge and validators.
 //!
 //! Precedence, highest first: drop-ins in `/run/platte/agent.d/`, `/etc/platte/agent.d/`,
 //! `/usr/lib/platte/agent.d/` (by file name, lexical order, later name wins per key; a same-named
@@ -10,6 +12,7 @@ pub mod fragments;
 pub mod inputs;
 pub mod legacy;
 pub mod settings;
+pub(crate) mod validate;
 
 use std::fmt;
 use std::path::{Path, PathBuf};

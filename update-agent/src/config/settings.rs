@@ -6,7 +6,8 @@ use std::time::Duration;
 use url::Url;
 
 use super::ConfigError;
-use super::inputs::{Inputs, Sourced};
+use super::inputs::Inputs;
+use super::validate::{absolute, count, invalid, is_token, parse_url, secs, token};
 use crate::boot::{Guid, SlotId, SlotSpec};
 
 /// Platte's default Omaha application id for the OS image (not Flatcar's, so a Platte server can
@@ -232,61 +233,6 @@ pub struct RebootSettings {
     pub reboot_required: Option<PathBuf>,
 }
 
-/// Builds an "invalid value" error for `key` set at `s.origin`.
-fn invalid<T>(key: &'static str, s: &Sourced<T>, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key,
-        origin: s.origin.to_string(),
-        message: message.into(),
-    }
-}
-
-/// Seconds in `[min, max]` as a `Duration`, or the default.
-fn secs(
-    key: &'static str,
-    v: &Option<Sourced<u64>>,
-    default: u64,
-    min: u64,
-    max: u64,
-) -> Result<Duration, ConfigError> {
-    match v {
-        None => Ok(Duration::from_secs(default)),
-        Some(s) if s.value < min || s.value > max => Err(invalid(
-            key,
-            s,
-            format!("{} is out of range: must be {min}..={max} seconds", s.value),
-        )),
-        Some(s) => Ok(Duration::from_secs(s.value)),
-    }
-}
-
-/// A token of `[A-Za-z0-9._+-]`, 1..=max chars.
-fn is_token(v: &str, max: usize) -> bool {
-    !v.is_empty()
-        && v.len() <= max
-        && v.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'+'))
-}
-
-fn token(
-    key: &'static str,
-    v: &Option<Sourced<String>>,
-    max: usize,
-) -> Result<Option<String>, ConfigError> {
-    match v {
-        None => Ok(None),
-        Some(s) if !is_token(&s.value, max) => Err(invalid(
-            key,
-            s,
-            format!(
-                "{:?} must be 1..={max} characters of A-Z a-z 0-9 . _ + -",
-                s.value
-            ),
-        )),
-        Some(s) => Ok(Some(s.value.clone())),
-    }
-}
-
 /// Validates an Omaha app id: a GUID, optionally in braces.
 fn valid_app_id(v: &str) -> bool {
     let inner = v
@@ -294,22 +240,6 @@ fn valid_app_id(v: &str) -> bool {
         .and_then(|s| s.strip_suffix('}'))
         .unwrap_or(v);
     inner.parse::<Guid>().is_ok()
-}
-
-fn parse_url(key: &'static str, s: &Sourced<String>, schemes: &[&str]) -> Result<Url, ConfigError> {
-    let url = Url::parse(&s.value).map_err(|e| invalid(key, s, format!("{:?}: {e}", s.value)))?;
-    if !schemes.contains(&url.scheme()) {
-        return Err(invalid(
-            key,
-            s,
-            format!(
-                "{:?}: scheme must be one of {}",
-                s.value,
-                schemes.join(", ")
-            ),
-        ));
-    }
-    Ok(url)
 }
 
 impl Settings {
@@ -486,22 +416,6 @@ fn reboot(i: &Inputs) -> Result<RebootSettings, ConfigError> {
     })
 }
 
-fn absolute(
-    key: &'static str,
-    v: &Option<Sourced<PathBuf>>,
-    default: &str,
-) -> Result<PathBuf, ConfigError> {
-    match v {
-        None => Ok(PathBuf::from(default)),
-        Some(s) if !s.value.is_absolute() => Err(invalid(
-            key,
-            s,
-            format!("{} must be an absolute path", s.value.display()),
-        )),
-        Some(s) => Ok(s.value.clone()),
-    }
-}
-
 fn updates(i: &Inputs) -> Result<UpdateSettings, ConfigError> {
     let server = match &i.updates_server {
         None => None,
@@ -531,27 +445,6 @@ fn updates(i: &Inputs) -> Result<UpdateSettings, ConfigError> {
             DEFAULT_TRUSTED_KEYS_DIR,
         )?,
     })
-}
-
-/// A count in `[min, max]`, or the default.
-fn count(
-    key: &'static str,
-    v: &Option<Sourced<u64>>,
-    default: u32,
-    min: u32,
-    max: u32,
-) -> Result<u32, ConfigError> {
-    match v {
-        None => Ok(default),
-        Some(s) => match u32::try_from(s.value) {
-            Ok(n) if (min..=max).contains(&n) => Ok(n),
-            _ => Err(invalid(
-                key,
-                s,
-                format!("{} is out of range: must be {min}..={max}", s.value),
-            )),
-        },
-    }
 }
 
 fn install(i: &Inputs) -> Result<InstallSettings, ConfigError> {

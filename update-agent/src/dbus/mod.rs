@@ -6,12 +6,14 @@
 //!   `com.coreos.update1`), on unless `dbus.update_engine_compat = false`.
 //! - [`auth`]: the root check every state-changing method makes; [`error`]: named errors.
 //! - [`view`]: the pure mapping from the agent's state to what is served, and the throttle.
-//! - [`proxy`]: the client side (updatectl, tests).
+//! - [`proxy`]: the client side of the agent's own API (updatectl, tests); [`client`]: connecting
+//!   to the bus and proxies of other services' objects (logind, systemd).
 //!
 //! The bus address is the system bus (`DBUS_SYSTEM_BUS_ADDRESS` overrides it, which is how the
 //! tests use a private bus) unless an address is given.
 
 pub mod auth;
+pub mod client;
 pub mod compat;
 pub mod error;
 pub mod proxy;
@@ -31,6 +33,7 @@ use zbus::object_server::InterfaceRef;
 use crate::agent::{AgentHandle, CommandError};
 use crate::reboot::time::Clock;
 use crate::reboot::{RebootRequest, RebootStrategy};
+pub use client::{ConnectError, connect};
 use error::UpdateError;
 use view::{Snapshot, Throttle};
 
@@ -54,13 +57,8 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(20);
 #[derive(Debug, thiserror::Error)]
 pub enum DbusError {
     /// The bus cannot be reached.
-    #[error("cannot connect to D-Bus ({bus}): {source}")]
-    Connect {
-        /// `system bus` or the address.
-        bus: String,
-        /// zbus' error.
-        source: Box<zbus::Error>,
-    },
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
     /// An object could not be served.
     #[error("cannot serve {path} on D-Bus: {source}")]
     Serve {
@@ -87,23 +85,6 @@ pub enum DbusError {
         /// zbus' error.
         source: Box<zbus::Error>,
     },
-}
-
-/// Connects to the bus at `address`, or to the system bus.
-pub async fn connect(address: Option<&str>) -> Result<zbus::Connection, DbusError> {
-    let bus = address.unwrap_or("system bus").to_owned();
-    let err = |source| DbusError::Connect {
-        bus: bus.clone(),
-        source: Box::new(source),
-    };
-    match address {
-        Some(a) => zbus::connection::Builder::address(a)
-            .map_err(err)?
-            .build()
-            .await
-            .map_err(err),
-        None => zbus::Connection::system().await.map_err(err),
-    }
 }
 
 /// What the served objects need from the rest of the daemon.

@@ -2,8 +2,8 @@
 //!
 //! 1. [`Activator::switch`]: `NAME.raw` is pointed at the image (atomic symlink switch);
 //! 2. [`Activator::refresh`]: the refresh command (`systemd-sysext refresh`) re-merges `/usr`;
-//! 3. [`Activator::restart_units`]: each configured unit is restarted through systemd's D-Bus API
-//!    and must come back `active`;
+//! 3. [`Activator::restart_units`]: systemd reloads its unit files, then each configured unit is
+//!    restarted through systemd's D-Bus API and must come back `active`;
 //! 4. [`Activator::health`]: the health command must exit 0.
 //!
 //! [`Activator::rollback`] runs 1–3 for the previous image (or removes the link when there is
@@ -56,12 +56,20 @@ impl Activator<'_> {
         }
     }
 
-    /// Step 3: restarts every unit, in order; the first failure stops.
+    /// Step 3: reloads systemd's unit files (a unit the extension ships or changes), then
+    /// restarts every unit, in order; the first failure stops. Nothing without units.
     pub async fn restart_units(&self, ext: &ExtensionSettings) -> Result<(), ExtensionError> {
+        let Some(first) = ext.restart_units.first() else {
+            return Ok(());
+        };
+        let Some(systemd) = self.systemd else {
+            return Err(SystemdError::NoBus {
+                unit: first.clone(),
+            }
+            .into());
+        };
+        systemd.reload(first).await?;
         for unit in &ext.restart_units {
-            let Some(systemd) = self.systemd else {
-                return Err(SystemdError::NoBus { unit: unit.clone() }.into());
-            };
             systemd.restart_unit(unit, ext.restart_timeout).await?;
         }
         Ok(())
@@ -99,12 +107,23 @@ impl Activator<'_> {
         if let Err(e) = self.refresh().await {
             failures.push(e.to_string());
         }
+        let Some(first) = ext.restart_units.first() else {
+            return failures;
+        };
+        let Some(systemd) = self.systemd else {
+            failures.push(
+                SystemdError::NoBus {
+                    unit: first.clone(),
+                }
+                .to_string(),
+            );
+            return failures;
+        };
+        if let Err(e) = systemd.reload(first).await {
+            failures.push(e.to_string());
+        }
         for unit in &ext.restart_units {
-            let r = match self.systemd {
-                Some(s) => s.restart_unit(unit, ext.restart_timeout).await,
-                None => Err(SystemdError::NoBus { unit: unit.clone() }),
-            };
-            if let Err(e) = r {
+            if let Err(e) = systemd.restart_unit(unit, ext.restart_timeout).await {
                 failures.push(e.to_string());
             }
         }

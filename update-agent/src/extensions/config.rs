@@ -21,8 +21,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde::de::{MapAccess, Visitor};
 
-use crate::config::inputs::Sourced;
-use crate::config::{ConfigError, Origin};
+use crate::config::ConfigError;
+use crate::config::inputs::{Sourced, set};
+use crate::config::validate::{absolute, invalid, secs};
 
 /// Default directory holding the `NAME.raw` links systemd-sysext merges.
 pub const DEFAULT_INSTALL_DIR: &str = "/var/lib/extensions";
@@ -153,15 +154,6 @@ pub struct ExtensionsInputs {
     pub extensions: BTreeMap<String, ExtensionInput>,
 }
 
-fn set<T>(slot: &mut Option<Sourced<T>>, value: Option<T>, file: &Path) {
-    if let Some(value) = value {
-        *slot = Some(Sourced {
-            value,
-            origin: Origin::DropIn(file.to_owned()),
-        });
-    }
-}
-
 impl ExtensionsInputs {
     /// Applies one drop-in's `[extensions]` over what earlier files said.
     pub fn merge(&mut self, f: ExtensionsFragment, file: &Path) {
@@ -236,14 +228,6 @@ impl Default for ExtensionsSettings {
     }
 }
 
-fn invalid<T>(key: &'static str, s: &Sourced<T>, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key,
-        origin: s.origin.to_string(),
-        message: message.into(),
-    }
-}
-
 /// Whether `s` is a usable sysext name: 1..=64 of `A-Z a-z 0-9 _ . -`, not starting with `.`.
 pub fn valid_name(s: &str) -> bool {
     (1..=64).contains(&s.len())
@@ -281,23 +265,6 @@ fn valid_unit(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b":-_.\\@".contains(&b))
 }
 
-fn secs(
-    key: &'static str,
-    v: &Option<Sourced<u64>>,
-    default: u64,
-    max: u64,
-) -> Result<Duration, ConfigError> {
-    match v {
-        None => Ok(Duration::from_secs(default)),
-        Some(s) if s.value == 0 || s.value > max => Err(invalid(
-            key,
-            s,
-            format!("{} is out of range: must be 1..={max} seconds", s.value),
-        )),
-        Some(s) => Ok(Duration::from_secs(s.value)),
-    }
-}
-
 fn command(
     key: &'static str,
     v: &Sourced<Vec<String>>,
@@ -314,22 +281,6 @@ fn command(
     }
 }
 
-fn absolute(
-    key: &'static str,
-    v: &Option<Sourced<PathBuf>>,
-    default: &str,
-) -> Result<PathBuf, ConfigError> {
-    match v {
-        None => Ok(PathBuf::from(default)),
-        Some(s) if !s.value.is_absolute() => Err(invalid(
-            key,
-            s,
-            format!("{} must be an absolute path", s.value.display()),
-        )),
-        Some(s) => Ok(s.value.clone()),
-    }
-}
-
 impl ExtensionsSettings {
     /// Validates merged inputs. Errors name the key, the extension and the file.
     pub fn from_inputs(i: &ExtensionsInputs) -> Result<Self, ConfigError> {
@@ -342,6 +293,7 @@ impl ExtensionsSettings {
             "extensions.refresh_timeout_secs",
             &i.refresh_timeout_secs,
             120,
+            1,
             3600,
         )?;
         let mut extensions = Vec::new();
@@ -506,12 +458,14 @@ fn extension(name: &str, e: &ExtensionInput) -> Result<ExtensionSettings, Config
             "extensions.*.health_timeout_secs",
             &e.health_timeout_secs,
             60,
+            1,
             3600,
         )?,
         restart_timeout: secs(
             "extensions.*.restart_timeout_secs",
             &e.restart_timeout_secs,
             120,
+            1,
             3600,
         )?,
         pin_version,

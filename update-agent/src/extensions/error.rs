@@ -11,16 +11,21 @@ use crate::install::InstallError;
 use crate::omaha_client::CheckError;
 use crate::state::StateError;
 
-/// Platte's error codes for extensions (3110..3119, next to the install codes 3101..3103).
+/// Platte's error codes for extensions (3110..3119, next to the install codes 3101..3103;
+/// defined with their names in [`omaha::PlatteCode`]).
 pub mod codes {
+    use omaha::PlatteCode;
+
     /// The build does not support the OS version it must run on (or declares none).
-    pub const UNSUPPORTED_OS: u32 = 3110;
-    /// Switching the `NAME.raw` link or the refresh command failed.
-    pub const ACTIVATION_FAILED: u32 = 3111;
+    pub const UNSUPPORTED_OS: u32 = PlatteCode::ExtensionUnsupportedOs.to_u32();
+    /// Switching the `NAME.raw` link failed (a host problem: the build is not deny-listed).
+    pub const ACTIVATION_FAILED: u32 = PlatteCode::ExtensionActivationFailed.to_u32();
     /// Restarting a unit failed (job result not `done`, or the unit not active afterwards).
-    pub const RESTART_FAILED: u32 = 3112;
+    pub const RESTART_FAILED: u32 = PlatteCode::ExtensionRestartFailed.to_u32();
     /// The health command failed.
-    pub const HEALTH_FAILED: u32 = 3113;
+    pub const HEALTH_FAILED: u32 = PlatteCode::ExtensionHealthFailed.to_u32();
+    /// The sysext refresh command failed with the build linked (the build is deny-listed).
+    pub const REFRESH_FAILED: u32 = PlatteCode::ExtensionRefreshFailed.to_u32();
 }
 
 /// Why an extension update failed or was refused.
@@ -122,9 +127,10 @@ impl ExtensionError {
             ExtensionError::BadVersion(_) => ErrorCode::OmahaResponseHandlerError,
             ExtensionError::UnsupportedOs { .. } => ErrorCode::Other(codes::UNSUPPORTED_OS),
             ExtensionError::Download(e) => e.code(),
-            ExtensionError::Io { .. }
-            | ExtensionError::NotManaged { .. }
-            | ExtensionError::Refresh { .. } => ErrorCode::Other(codes::ACTIVATION_FAILED),
+            ExtensionError::Io { .. } | ExtensionError::NotManaged { .. } => {
+                ErrorCode::Other(codes::ACTIVATION_FAILED)
+            }
+            ExtensionError::Refresh { .. } => ErrorCode::Other(codes::REFRESH_FAILED),
             ExtensionError::Restart(_) => ErrorCode::Other(codes::RESTART_FAILED),
             ExtensionError::Health { .. } => ErrorCode::Other(codes::HEALTH_FAILED),
             ExtensionError::State(_) => ErrorCode::DownloadStateInitializationError,

@@ -3,12 +3,13 @@
 //! one. A switch makes a new symlink under a temporary name and renames it over `NAME.raw`, so
 //! the link names the old or the new image at every instant.
 
-use std::fs::{self, File};
+use std::fs;
 use std::io::ErrorKind;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 
 use super::error::{ExtensionError, io};
+use crate::atomic_file;
 
 /// `NAME-VERSION.raw`.
 pub fn image_file(name: &str, version: &str) -> String {
@@ -25,11 +26,13 @@ pub fn link_path(install_dir: &Path, name: &str) -> PathBuf {
     install_dir.join(format!("{name}.raw"))
 }
 
-/// Fsyncs a directory (after a rename or unlink in it).
+/// Fsyncs a directory (after a rename or unlink in it; see [`atomic_file::sync_dir`]).
 pub fn sync_dir(dir: &Path) -> Result<(), ExtensionError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io("syncing directory", dir))
+    atomic_file::sync_dir(dir).map_err(|e| ExtensionError::Io {
+        what: e.step,
+        path: e.path,
+        source: e.source,
+    })
 }
 
 /// Where `NAME.raw` points now: `Ok(None)` when it does not exist. A regular file, a directory

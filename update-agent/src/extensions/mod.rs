@@ -2,7 +2,7 @@
 //! Omaha application with its own version, group, channel and rollout.
 //!
 //! - [`config`]: `[extensions]` settings; [`state`]: `extensions.json` (atomic);
-//!   [`compat`]: `os.versions` of the signed manifest; [`download`]: the verified download to
+//!   [`compat`]: `os.versions` of the signed manifest; [`download`](mod@download): the verified download to
 //!   `NAME-VERSION.raw`; [`images`]: image files and the `NAME.raw` link;
 //!   [`activate`]: link switch → refresh → unit restarts → health, and rollback;
 //!   [`systemd`]: `RestartUnit` over D-Bus; [`status`]: status, outcomes, readiness.

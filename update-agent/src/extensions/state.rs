@@ -4,14 +4,12 @@
 //! under the state directory whose lock the agent holds.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::{self, File, OpenOptions};
-use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt as _;
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::state::{LastError, StateError};
+use crate::state::{self as agent_state, LastError, StateError};
 
 /// State file name.
 pub const EXTENSIONS_STATE_FILE: &str = "extensions.json";
@@ -112,11 +110,6 @@ impl Default for ExtensionsState {
     }
 }
 
-fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StateError {
-    let path = path.to_owned();
-    move |source| StateError::Io { what, path, source }
-}
-
 /// Loads and saves [`ExtensionsState`] in one directory.
 #[derive(Debug, Clone)]
 pub struct ExtensionsStore {
@@ -140,55 +133,25 @@ impl ExtensionsStore {
     /// `extensions.json.corrupt-<unix time>` (logged) and replaced by an empty state.
     pub fn load(&self) -> Result<ExtensionsState, StateError> {
         let path = self.path();
-        let reason = match fs::metadata(&path) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(ExtensionsState::default());
-            }
-            Err(e) => return Err(io("reading", &path)(e)),
-            Ok(m) if m.len() > MAX_BYTES => format!("{} bytes is larger than {MAX_BYTES}", m.len()),
-            Ok(_) => {
-                let bytes = fs::read(&path).map_err(io("reading", &path))?;
-                match serde_json::from_slice::<serde_json::Value>(&bytes) {
-                    Ok(v) if v.is_object() => match serde_json::from_value(v) {
-                        Ok(s) => return Ok(s),
-                        Err(e) => e.to_string(),
-                    },
-                    Ok(_) => "the state is not a JSON object".to_owned(),
-                    Err(e) => e.to_string(),
-                }
-            }
+        let reason = match agent_state::read_json(&path, MAX_BYTES)? {
+            None => return Ok(ExtensionsState::default()),
+            Some(Ok(s)) => return Ok(s),
+            Some(Err(reason)) => reason,
         };
-        let moved_to = self.dir.join(format!(
-            "{EXTENSIONS_STATE_FILE}.corrupt-{}",
-            payloads::unix_now()
-        ));
-        fs::rename(&path, &moved_to).map_err(io("moving aside corrupt", &path))?;
+        let moved_to = agent_state::move_aside(&self.dir, EXTENSIONS_STATE_FILE)?;
         tracing::warn!(file = %path.display(), moved_to = %moved_to.display(), reason = %reason,
             "extension state is corrupt; moved it aside and starting from an empty state");
         Ok(ExtensionsState::default())
     }
 
-    /// Saves `state` atomically.
+    /// Saves `state` atomically (temp file, fsync, rename, fsync directory).
     pub fn save(&self, state: &ExtensionsState) -> Result<(), StateError> {
-        fs::create_dir_all(&self.dir).map_err(io("creating directory", &self.dir))?;
-        let mut bytes = serde_json::to_vec_pretty(state)?;
-        bytes.push(b'\n');
-        let tmp = self.dir.join(TMP_FILE);
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io("creating", &tmp))?;
-        f.write_all(&bytes).map_err(io("writing", &tmp))?;
-        f.sync_all().map_err(io("syncing", &tmp))?;
-        drop(f);
-        let path = self.path();
-        fs::rename(&tmp, &path).map_err(io("renaming into place", &path))?;
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io("syncing directory", &self.dir))
+        fs::create_dir_all(&self.dir).map_err(|source| StateError::Io {
+            what: "creating directory",
+            path: self.dir.clone(),
+            source,
+        })?;
+        agent_state::save_json(&self.dir, EXTENSIONS_STATE_FILE, TMP_FILE, state)
     }
 }
 

@@ -1,6 +1,9 @@
 //! Restarting units through systemd's D-Bus API (`org.freedesktop.systemd1.Manager`):
-//! `RestartUnit(name, "replace")` returns a job; the restart succeeded when that job's
-//! `JobRemoved` signal says `done` and the unit's `ActiveState` is then `active`.
+//! `Reload` first (what `systemctl daemon-reload` calls; its reply comes once the unit files are
+//! re-read), so a unit shipped or changed by the newly merged extension is what runs — systemd
+//! before v255 does not reload after `systemd-sysext refresh`, and restarts the unit's old
+//! definition. Then `RestartUnit(name, "replace")` returns a job; the restart succeeded when that
+//! job's `JobRemoved` signal says `done` and the unit's `ActiveState` is then `active`.
 //!
 //! The `JobRemoved` match is registered before `RestartUnit` is called, so a job that finishes
 //! before the reply arrives is not missed.
@@ -9,8 +12,9 @@ use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use tokio::time::Instant;
-use zbus::proxy::CacheProperties;
 use zbus::zvariant::{ObjectPath, OwnedObjectPath};
+
+use crate::dbus::client::{self, ConnectError};
 
 /// systemd's bus name.
 pub const SYSTEMD1_NAME: &str = "org.freedesktop.systemd1";
@@ -26,13 +30,8 @@ const MAX_STATE_POLL: Duration = Duration::from_secs(1);
 #[derive(Debug, thiserror::Error)]
 pub enum SystemdError {
     /// Connecting to the bus failed.
-    #[error("cannot connect to D-Bus {bus}: {source}")]
-    Connect {
-        /// `system bus` or the address.
-        bus: String,
-        /// zbus' error.
-        source: Box<zbus::Error>,
-    },
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
     /// A method call or property read failed.
     #[error("systemd {call} for {unit} failed: {source}")]
     Call {
@@ -88,6 +87,8 @@ pub enum SystemdError {
 trait Manager {
     /// Asks systemd to emit job and unit signals to this client.
     fn subscribe(&self) -> zbus::Result<()>;
+    /// Re-reads every unit file (`systemctl daemon-reload`); replies when done.
+    fn reload(&self) -> zbus::Result<()>;
     /// Restarts `name` (`mode`: `replace`); returns the job's object path.
     fn restart_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
     /// The object path of a loaded unit.
@@ -132,32 +133,29 @@ fn call(call: &'static str, unit: &str) -> impl FnOnce(zbus::Error) -> SystemdEr
 impl Systemd {
     /// systemd on the system bus.
     pub async fn system() -> Result<Self, SystemdError> {
-        let conn = zbus::Connection::system()
-            .await
-            .map_err(|source| SystemdError::Connect {
-                bus: "system bus".into(),
-                source: Box::new(source),
-            })?;
-        Ok(Self { conn })
+        Ok(Self::from_connection(client::connect(None).await?))
     }
 
     /// systemd (or a stand-in) on the bus at `address` (tests: a private `dbus-daemon`).
     pub async fn at_address(address: &str) -> Result<Self, SystemdError> {
-        let connect = |source| SystemdError::Connect {
-            bus: address.to_owned(),
-            source: Box::new(source),
-        };
-        let conn = zbus::connection::Builder::address(address)
-            .map_err(connect)?
-            .build()
-            .await
-            .map_err(connect)?;
-        Ok(Self { conn })
+        Ok(Self::from_connection(client::connect(Some(address)).await?))
     }
 
     /// Over an existing connection (the agent's system-bus connection).
     pub fn from_connection(conn: zbus::Connection) -> Self {
         Self { conn }
+    }
+
+    /// Reloads systemd's unit files (`Reload`, as `systemctl daemon-reload`), so that the restarts
+    /// after a refresh run the units as the merged extensions define them. `unit` is the first
+    /// unit to restart (named in the error).
+    pub async fn reload(&self, unit: &str) -> Result<(), SystemdError> {
+        let manager = ManagerProxy::new(&self.conn)
+            .await
+            .map_err(call("proxy", unit))?;
+        manager.reload().await.map_err(call("Reload", unit))?;
+        tracing::info!("systemd reloaded its unit files");
+        Ok(())
     }
 
     /// Restarts `unit` and waits (at most `timeout`) for its job to complete with `done` and
@@ -226,11 +224,7 @@ impl Systemd {
             .get_unit(unit)
             .await
             .map_err(call("GetUnit", unit))?;
-        let proxy = UnitProxy::builder(&self.conn)
-            .path(path)
-            .map_err(call("Unit", unit))?
-            .cache_properties(CacheProperties::No)
-            .build()
+        let proxy: UnitProxy<'_> = client::uncached_proxy(&self.conn, path)
             .await
             .map_err(call("Unit", unit))?;
         let mut pause = STATE_POLL;

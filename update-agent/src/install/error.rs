@@ -9,15 +9,17 @@ use payloads::{ApplyError, ErrorClass, VerifyError};
 use crate::boot::BootError;
 use crate::state::StateError;
 
-/// Platte's own error codes, for failures update_engine has no code for. They sit above
-/// update_engine's range and below its 2000 + HTTP status codes' neighbours, in 3100..3199.
+/// Platte's own error codes for installs, for failures update_engine has no code for (defined
+/// with their names in [`omaha::PlatteCode`], 3100..3199).
 pub mod platte_codes {
+    use omaha::PlatteCode;
+
     /// The payload is not for this machine (app id, board or architecture).
-    pub const INCOMPATIBLE_PAYLOAD: u32 = 3101;
+    pub const INCOMPATIBLE_PAYLOAD: u32 = PlatteCode::IncompatiblePayload.to_u32();
     /// The inactive slot is too small for the payload's image.
-    pub const SLOT_TOO_SMALL: u32 = 3102;
+    pub const SLOT_TOO_SMALL: u32 = PlatteCode::SlotTooSmall.to_u32();
     /// No trusted payload keys are installed: updates are refused (fail closed).
-    pub const NO_TRUSTED_KEYS: u32 = 3103;
+    pub const NO_TRUSTED_KEYS: u32 = PlatteCode::NoTrustedKeys.to_u32();
 }
 
 /// Why an offered update is not installed although nothing is broken (policy).

@@ -187,7 +187,8 @@ impl Installer<'_> {
         Ok(())
     }
 
-    /// Step 3: streams the payload into the target (see [`stream`]).
+    /// Step 3: streams the payload into the target: download attempts over the offer's URLs,
+    /// resuming from the last checkpoint (the private `stream` module).
     pub async fn stream_payload<O: Observer>(
         &self,
         offer: &Offer,

@@ -12,7 +12,7 @@ use super::coordinator::{
 };
 use super::fleet_lock::FleetLockClient;
 use super::logind::{Logind, LogindError};
-use super::sentinel;
+use super::sentinel::{self, SentinelError};
 use super::time::{Clock, Sleeper, until};
 use crate::scheduler::OsRng;
 
@@ -28,13 +28,8 @@ pub enum DriverError {
     #[error(transparent)]
     Logind(#[from] LogindError),
     /// The reboot-required sentinel could not be written or removed.
-    #[error("cannot update {}: {source}", path.display())]
-    Sentinel {
-        /// The sentinel path.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Sentinel(#[from] SentinelError),
     /// The staged-update channel was closed by the agent.
     #[error("the agent stopped reporting staged updates")]
     Closed,
@@ -171,20 +166,10 @@ impl<C: Clock, S: Sleeper> Driver<C, S> {
     }
 
     fn sync_sentinel(&mut self, staged: Option<&str>) -> Result<(), DriverError> {
-        let Some(path) = &self.config.reboot_required else {
-            return Ok(());
-        };
-        if self.sentinel_for.as_deref() == staged {
+        if self.config.reboot_required.is_none() || self.sentinel_for.as_deref() == staged {
             return Ok(());
         }
-        let res = match staged {
-            Some(v) => sentinel::write(path, v),
-            None => sentinel::remove(path),
-        };
-        res.map_err(|source| DriverError::Sentinel {
-            path: path.clone(),
-            source,
-        })?;
+        sentinel::sync(self.config.reboot_required.as_deref(), staged)?;
         self.sentinel_for = staged.map(str::to_owned);
         Ok(())
     }

@@ -1,10 +1,10 @@
 //! Client of systemd-logind (`org.freedesktop.login1.Manager`) over D-Bus: inhibitors,
 //! interactive sessions, and `Reboot(false)`.
 
-use zbus::proxy::CacheProperties;
 use zbus::zvariant::OwnedObjectPath;
 
 use super::coordinator::Inhibitor;
+use crate::dbus::client::{self, ConnectError};
 
 /// logind's bus name.
 pub const LOGIN1_NAME: &str = "org.freedesktop.login1";
@@ -15,13 +15,8 @@ pub const LOGIN1_PATH: &str = "/org/freedesktop/login1";
 #[derive(Debug, thiserror::Error)]
 pub enum LogindError {
     /// Connecting to the bus failed.
-    #[error("cannot connect to D-Bus {bus}: {source}")]
-    Connect {
-        /// `system bus` or the address.
-        bus: String,
-        /// zbus' error.
-        source: Box<zbus::Error>,
-    },
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
     /// A method call or property read failed.
     #[error("logind {call} failed: {source}")]
     Call {
@@ -74,27 +69,12 @@ fn call(call: &'static str) -> impl FnOnce(zbus::Error) -> LogindError {
 impl Logind {
     /// logind on the system bus.
     pub async fn system() -> Result<Self, LogindError> {
-        let conn = zbus::Connection::system()
-            .await
-            .map_err(|source| LogindError::Connect {
-                bus: "system bus".into(),
-                source: Box::new(source),
-            })?;
-        Ok(Self { conn })
+        Ok(Self::from_connection(client::connect(None).await?))
     }
 
     /// logind (or a stand-in) on the bus at `address` (tests: a private `dbus-daemon`).
     pub async fn at_address(address: &str) -> Result<Self, LogindError> {
-        let connect = |source| LogindError::Connect {
-            bus: address.to_owned(),
-            source: Box::new(source),
-        };
-        let conn = zbus::connection::Builder::address(address)
-            .map_err(connect)?
-            .build()
-            .await
-            .map_err(connect)?;
-        Ok(Self { conn })
+        Ok(Self::from_connection(client::connect(Some(address)).await?))
     }
 
     /// Over an existing connection.
@@ -135,11 +115,7 @@ impl Logind {
             .map_err(call("ListSessions"))?;
         let mut users = Vec::new();
         for (_, _, user, _, path) in sessions {
-            let proxy = SessionProxy::builder(&self.conn)
-                .path(path)
-                .map_err(call("Session"))?
-                .cache_properties(CacheProperties::No)
-                .build()
+            let proxy: SessionProxy<'_> = client::uncached_proxy(&self.conn, path)
                 .await
                 .map_err(call("Session"))?;
             // A session that ended in between has no Class any more: skip it.

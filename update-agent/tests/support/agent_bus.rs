@@ -2,8 +2,7 @@
 //! child process on a private bus, or in-process with an injected clock), an sd_notify listener,
 //! `updatectl` runs, a manual clock, and bounded polling.
 //!
-//! Include with `mod common; mod support; #[path = "support/agent_bus.rs"] mod agent_bus;`
-//! (it uses `support::World`).
+//! Part of `support` (it uses `support::World`): include with `mod common; mod support;`.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::os::unix::net::UnixDatagram;
@@ -20,7 +19,32 @@ use update_agent::agent::daemon::{self, DaemonOptions};
 use update_agent::dbus::proxy::{Fetched, fetch_properties};
 use update_agent::reboot::time::{Clock, Sleeper};
 
-use crate::support::World;
+use super::World;
+use super::dbus_daemon::DbusDaemon;
+
+/// Longest any one wait of these tests may take.
+pub const LONG: Duration = Duration::from_secs(60);
+
+/// A drop-in that keeps the daemon from checking on its own: the tests ask for checks.
+pub const QUIET: &str = "[check]\ninitial_delay_secs = 86400\n";
+
+/// A private bus and a test world running `running` (see [`World::new`]); `None` when
+/// `dbus-daemon` is not installed (the test is then skipped, loudly).
+pub fn bus_world(running: &str) -> Option<(DbusDaemon, World)> {
+    if !DbusDaemon::available() {
+        return None;
+    }
+    Some((DbusDaemon::start(), World::new(running)))
+}
+
+/// A new client connection to the bus at `address`.
+pub async fn connect(address: &str) -> zbus::Connection {
+    zbus::connection::Builder::address(address)
+        .unwrap()
+        .build()
+        .await
+        .unwrap()
+}
 
 /// Polls `cond` every 10 ms until it returns `Some` (panics after `limit`, naming `what`).
 pub fn wait_for<T>(limit: Duration, what: &str, mut cond: impl FnMut() -> Option<T>) -> T {
@@ -102,13 +126,8 @@ impl DaemonProcess {
             .env("DBUS_SYSTEM_BUS_ADDRESS", address)
             .env("RUST_LOG", "update_agent=debug,info")
             .env_remove("NOTIFY_SOCKET")
-            .env_remove("HTTP_PROXY")
-            .env_remove("HTTPS_PROXY")
-            .env_remove("ALL_PROXY")
-            .env_remove("http_proxy")
-            .env_remove("https_proxy")
-            .env_remove("all_proxy")
             .stdin(Stdio::null());
+        super::without_proxy_env(&mut c);
         if let Some(n) = notify {
             c.env("NOTIFY_SOCKET", n);
         }

@@ -3,7 +3,8 @@
 //! ([`DbusDaemon::start_system_like`]: system.conf's default policy, a socket every user can
 //! reach, plus e.g. an `<include>` of the shipped policy).
 //!
-//! Include with `#[path = "support/dbus_daemon.rs"] mod dbus_daemon;`.
+//! Part of `support`; stands alone, so a test may also include just this file with
+//! `#[path = "support/dbus_daemon.rs"] mod dbus_daemon;`.
 
 #![allow(dead_code)]
 
@@ -81,6 +82,23 @@ impl DbusDaemon {
     /// can reach (for callers run as `nobody`).
     pub fn start_system_like(extra: &str) -> Result<Self, String> {
         Self::start_config(SYSTEM_LIKE, extra)
+    }
+
+    /// [`DbusDaemon::start_system_like`] with the shipped `org.platte.Update1.conf` policy
+    /// included, as on a host.
+    pub fn start_with_shipped_policy() -> Self {
+        let policy = Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../systemd/org.platte.Update1.conf"
+        ));
+        let policy = match policy.canonicalize() {
+            Ok(p) => p,
+            Err(e) => panic!("{}: {e}", policy.display()),
+        };
+        match Self::start_system_like(&format!("<include>{}</include>", policy.display())) {
+            Ok(d) => d,
+            Err(e) => panic!("dbus-daemon refused the shipped policy: {e}"),
+        }
     }
 
     fn start_config(policy: &str, extra: &str) -> Result<Self, String> {

@@ -1,11 +1,9 @@
 //! Test world for runtime extensions: a real `update-server` in-process (the test's tokio
 //! runtime) with an OS app and an extension app, a private `dbus-daemon` with the systemd
 //! stand-in, a recording refresh command and a controllable health command, and the agent-side
-//! directories. Include with `#[path = "support/ext_world.rs"] mod ext_world;` next to
-//! `dbus_daemon` and `systemd_standin`.
+//! directories. Part of `support`: include with `mod common; mod support;`.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -20,31 +18,16 @@ use update_server::server::{RunningServer, start};
 
 use super::dbus_daemon::DbusDaemon;
 use super::systemd_standin::SystemdStandin;
+use super::{MACHINE, lines, noise, release_key, script};
 
-/// The OS app id.
-pub const OS_APP: &str = "{7b3f6a2e-5c1d-4e8a-9f40-2d6b8c1e9a53}";
+/// The OS app id (the agent's default `updates.app_id`).
+pub const OS_APP: &str = super::APP;
 /// The containerd extension's app id.
 pub const EXT_APP: &str = "{5e8a1c7d-2f4b-4c6e-9a1d-3b7c9e2f4a60}";
 /// The extension's name.
 pub const EXT: &str = "containerd";
 /// The unit it restarts.
 pub const UNIT: &str = "containerd.service";
-/// Machine id of the test host.
-pub const MACHINE: &str = "0123456789abcdef0123456789abcdef";
-
-/// Deterministic bytes.
-pub fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
 /// A sysext-like image for `version` (content differs per version).
 pub fn ext_image(version: &str) -> Vec<u8> {
     let seed = version
@@ -80,6 +63,105 @@ pub fn os_payload(key: &payloads::SigningKey, version: &str) -> Vec<u8> {
         .0
 }
 
+/// The host side of the containerd extension, under one directory: where images and the
+/// `containerd.raw` link go, a refresh command that records its arguments, and a health command
+/// that records where `containerd.raw` points when it runs and exits with the code the test
+/// sets ([`ExtHost::set_health`]; 0 until then). The refresh command fails while the link points
+/// at an image the test names ([`ExtHost::fail_refresh_of`]).
+pub struct ExtHost {
+    /// Holds the `containerd.raw` link.
+    pub install_dir: PathBuf,
+    /// Holds the `containerd-VERSION.raw` images.
+    pub image_dir: PathBuf,
+    /// The refresh command (`refresh.sh`).
+    pub refresh_command: PathBuf,
+    /// The health command (`health.sh`).
+    pub health_command: PathBuf,
+    refresh_log: PathBuf,
+    refresh_fail: PathBuf,
+    health_log: PathBuf,
+    health_rc: PathBuf,
+}
+
+impl ExtHost {
+    /// Writes the scripts into `dir`; the link goes to `install_dir`, images to `image_dir`.
+    pub fn new(dir: &Path, install_dir: PathBuf, image_dir: PathBuf) -> Self {
+        let h = Self {
+            install_dir,
+            image_dir,
+            refresh_command: dir.join("refresh.sh"),
+            health_command: dir.join("health.sh"),
+            refresh_log: dir.join("refresh.log"),
+            refresh_fail: dir.join("refresh.fail"),
+            health_log: dir.join("health.log"),
+            health_rc: dir.join("health.rc"),
+        };
+        script(
+            &h.refresh_command,
+            &format!(
+                "echo \"$*\" >> '{}'\n[ \"$(readlink '{}')\" = \"$(cat '{}' 2>/dev/null)\" ] && exit 1\nexit 0",
+                h.refresh_log.display(),
+                h.install_dir.join("containerd.raw").display(),
+                h.refresh_fail.display()
+            ),
+        );
+        script(
+            &h.health_command,
+            &format!(
+                "readlink '{}' >> '{}'\nexit $(cat '{}' 2>/dev/null || echo 0)",
+                h.install_dir.join("containerd.raw").display(),
+                h.health_log.display(),
+                h.health_rc.display()
+            ),
+        );
+        h
+    }
+
+    /// Where `containerd.raw` points (`None`: no link).
+    pub fn link(&self) -> Option<PathBuf> {
+        std::fs::read_link(self.install_dir.join("containerd.raw")).ok()
+    }
+
+    /// The image file of `version`.
+    pub fn image(&self, version: &str) -> PathBuf {
+        self.image_dir.join(format!("containerd-{version}.raw"))
+    }
+
+    /// Lines the refresh command recorded (its arguments, one run a line).
+    pub fn refreshes(&self) -> Vec<String> {
+        lines(&self.refresh_log)
+    }
+
+    /// Link targets the health command saw.
+    pub fn health_runs(&self) -> Vec<String> {
+        lines(&self.health_log)
+    }
+
+    /// Makes the refresh command fail while `containerd.raw` points at `version`'s image.
+    pub fn fail_refresh_of(&self, version: &str) {
+        let target = self.image(version);
+        std::fs::write(&self.refresh_fail, target.display().to_string()).unwrap();
+    }
+
+    /// Makes the health command exit with `rc`.
+    pub fn set_health(&self, rc: i32) {
+        std::fs::write(&self.health_rc, format!("{rc}\n")).unwrap();
+    }
+
+    /// Files in the image directory, sorted.
+    pub fn image_files(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(&self.image_dir)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+}
+
 /// The world.
 pub struct World {
     pub dir: tempfile::TempDir,
@@ -90,17 +172,9 @@ pub struct World {
     pub http: reqwest::Client,
     pub key: payloads::SigningKey,
     pub agent_keys: PathBuf,
-    pub install_dir: PathBuf,
-    pub image_dir: PathBuf,
     pub state_dir: PathBuf,
-    pub refresh_log: PathBuf,
-    pub health_log: PathBuf,
-    pub health_rc: PathBuf,
-}
-
-fn script(path: &Path, body: &str) {
-    std::fs::write(path, format!("#!/bin/sh\n{body}\n")).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    /// The extension's host side.
+    pub host: ExtHost,
 }
 
 impl World {
@@ -108,17 +182,7 @@ impl World {
     /// (without packages yet).
     pub async fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let key = payloads::keys::generate_signing_key();
-        let server_keys = dir.path().join("server-keys");
-        let agent_keys = dir.path().join("agent-keys");
-        for d in [&server_keys, &agent_keys] {
-            std::fs::create_dir_all(d).unwrap();
-            std::fs::write(
-                d.join("release.pub"),
-                payloads::keys::public_key_pem(&key.verifying_key()),
-            )
-            .unwrap();
-        }
+        let (key, server_keys, agent_keys) = release_key(dir.path());
         let bus = DbusDaemon::start();
         let systemd = SystemdStandin::start(&bus.address).await.unwrap();
         let mut s = Settings::for_tests(&dir.path().join("server-data"));
@@ -126,29 +190,14 @@ impl World {
         s.flush_interval = Duration::from_millis(50);
         let server = start(s).await.unwrap();
         let base = format!("http://{}", server.addr);
-        let refresh_log = dir.path().join("refresh.log");
-        let health_log = dir.path().join("health.log");
-        let health_rc = dir.path().join("health.rc");
-        let install_dir = dir.path().join("var/lib/extensions");
-        script(
-            &dir.path().join("refresh.sh"),
-            &format!("echo \"$*\" >> '{}'", refresh_log.display()),
-        );
-        // Records where NAME.raw points when it runs; exits with the code in health.rc (0 when
-        // the file is missing).
-        script(
-            &dir.path().join("health.sh"),
-            &format!(
-                "readlink '{}' >> '{}'\nexit $(cat '{}' 2>/dev/null || echo 0)",
-                install_dir.join("containerd.raw").display(),
-                health_log.display(),
-                health_rc.display()
-            ),
+        let host = ExtHost::new(
+            dir.path(),
+            dir.path().join("var/lib/extensions"),
+            dir.path().join("var/lib/platte/extensions"),
         );
         let w = Self {
-            image_dir: dir.path().join("var/lib/platte/extensions"),
             state_dir: dir.path().join("var/lib/platte"),
-            install_dir,
+            host,
             dir,
             bus,
             systemd,
@@ -157,9 +206,6 @@ impl World {
             http: reqwest::Client::new(),
             key,
             agent_keys,
-            refresh_log,
-            health_log,
-            health_rc,
         };
         for (app, name) in [(OS_APP, "Platte"), (EXT_APP, "containerd")] {
             w.api(
@@ -294,20 +340,18 @@ impl World {
     pub fn settings(&self) -> ExtensionsSettings {
         ExtensionsSettings {
             sysext_refresh_command: vec![
-                self.dir.path().join("refresh.sh").display().to_string(),
+                self.host.refresh_command.display().to_string(),
                 "refresh".into(),
             ],
-            image_dir: self.image_dir.clone(),
+            image_dir: self.host.image_dir.clone(),
             refresh_timeout: Duration::from_secs(30),
             extensions: vec![ExtensionSettings {
                 name: EXT.into(),
                 app_id: EXT_APP.into(),
                 group: "stable".into(),
-                install_dir: self.install_dir.clone(),
+                install_dir: self.host.install_dir.clone(),
                 restart_units: vec![UNIT.into()],
-                health_command: Some(vec![
-                    self.dir.path().join("health.sh").display().to_string(),
-                ]),
+                health_command: Some(vec![self.host.health_command.display().to_string()]),
                 health_timeout: Duration::from_secs(30),
                 restart_timeout: Duration::from_secs(20),
                 pin_version: None,
@@ -340,50 +384,4 @@ impl World {
         )
         .unwrap()
     }
-
-    /// Where `containerd.raw` points (`None`: no link).
-    pub fn link(&self) -> Option<PathBuf> {
-        std::fs::read_link(self.install_dir.join("containerd.raw")).ok()
-    }
-
-    /// The image file of `version`.
-    pub fn image(&self, version: &str) -> PathBuf {
-        self.image_dir.join(format!("containerd-{version}.raw"))
-    }
-
-    /// Lines the refresh command recorded.
-    pub fn refreshes(&self) -> Vec<String> {
-        lines(&self.refresh_log)
-    }
-
-    /// Link targets the health command saw.
-    pub fn health_runs(&self) -> Vec<String> {
-        lines(&self.health_log)
-    }
-
-    /// Makes the health command exit with `rc`.
-    pub fn set_health(&self, rc: i32) {
-        std::fs::write(&self.health_rc, format!("{rc}\n")).unwrap();
-    }
-
-    /// Files in the image directory, sorted.
-    pub fn image_files(&self) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(&self.image_dir)
-            .map(|d| {
-                d.filter_map(|e| e.ok())
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        v.sort();
-        v
-    }
-}
-
-fn lines(p: &Path) -> Vec<String> {
-    std::fs::read_to_string(p)
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_owned)
-        .collect()
 }

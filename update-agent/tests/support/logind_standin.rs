@@ -4,7 +4,8 @@
 //!
 //! Like the real logind when called by root, `Reboot` succeeds even while a block inhibitor is
 //! held (root may ignore inhibitors): honouring them is the caller's job, which is what the
-//! agent's tests check. Include with `#[path = "support/logind_standin.rs"] mod logind_standin;`.
+//! agent's tests check. Part of `support`; stands alone, so a test may also include just this
+//! file with `#[path = "support/logind_standin.rs"] mod logind_standin;`.
 
 #![allow(dead_code)]
 

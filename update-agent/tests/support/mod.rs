@@ -1,10 +1,22 @@
 //! End-to-end test world: a real `update-server` (in-process, over loopback), a small fault
 //! injecting HTTP proxy in front of it, a GPT disk image, and the `update-agent` binary run
 //! against them with a test config directory and host root.
+//!
+//! Include with `mod common; mod support;`. The submodules: [`proxy`] (the fault-injecting
+//! proxy), [`agent_bus`] (the daemon on a private bus, `updatectl`, polling), [`dbus_daemon`]
+//! (a private `dbus-daemon`), [`logind_standin`] and [`systemd_standin`], [`ext_world`] (the
+//! runtime-extension world). `dbus_daemon` and the stand-ins stand alone: a test that needs
+//! nothing else may include just them with `#[path = "support/…"]`.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod agent_bus;
+pub mod dbus_daemon;
+pub mod ext_world;
+pub mod logind_standin;
 pub mod proxy;
+pub mod systemd_standin;
 
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -44,6 +56,54 @@ pub fn image(seed: u64) -> Vec<u8> {
     v
 }
 
+/// Writes an executable `/bin/sh` script with `body`.
+pub fn script(path: &Path, body: &str) {
+    std::fs::write(path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// The lines of the file `p` (none when it does not exist).
+pub fn lines(p: &Path) -> Vec<String> {
+    std::fs::read_to_string(p)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A new release signing key, trusted by the server (`DIR/server-keys`) and by the agent
+/// (`DIR/agent-keys`); returns the key and the two directories.
+pub fn release_key(dir: &Path) -> (payloads::SigningKey, PathBuf, PathBuf) {
+    let key = payloads::keys::generate_signing_key();
+    let server_keys = dir.join("server-keys");
+    let agent_keys = dir.join("agent-keys");
+    for d in [&server_keys, &agent_keys] {
+        std::fs::create_dir_all(d).unwrap();
+        std::fs::write(
+            d.join("release.pub"),
+            payloads::keys::public_key_pem(&key.verifying_key()),
+        )
+        .unwrap();
+    }
+    (key, server_keys, agent_keys)
+}
+
+/// `cmd` without the proxy variables of the environment the tests run in: the agent talks to
+/// the servers on loopback directly.
+pub fn without_proxy_env(cmd: &mut Command) -> &mut Command {
+    for v in [
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+    ] {
+        cmd.env_remove(v);
+    }
+    cmd
+}
+
 /// Builds and signs a payload of `image` as `version`.
 pub fn build_payload(key: &payloads::SigningKey, version: &str, image: &[u8]) -> Vec<u8> {
     let mut opts = payloads::BuildOptions::new(APP, version, "amd64", payloads::unix_now() - 10);
@@ -81,17 +141,7 @@ impl World {
     /// the proxy's address (`http://host:port`) for settings that name URLs.
     pub fn with_server(running: &str, tweak: impl FnOnce(&mut Settings, &str)) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let key = payloads::keys::generate_signing_key();
-        let server_keys = dir.path().join("server-keys");
-        let agent_keys = dir.path().join("agent-keys");
-        for d in [&server_keys, &agent_keys] {
-            std::fs::create_dir_all(d).unwrap();
-            std::fs::write(
-                d.join("release.pub"),
-                payloads::keys::public_key_pem(&key.verifying_key()),
-            )
-            .unwrap();
-        }
+        let (key, server_keys, agent_keys) = release_key(dir.path());
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -314,13 +364,8 @@ stall_timeout_secs = 10
             .arg(&self.root)
             .args(args)
             .env("RUST_LOG", "update_agent=debug,info")
-            .env_remove("HTTP_PROXY")
-            .env_remove("HTTPS_PROXY")
-            .env_remove("ALL_PROXY")
-            .env_remove("http_proxy")
-            .env_remove("https_proxy")
-            .env_remove("all_proxy")
             .stdin(Stdio::null());
+        without_proxy_env(&mut c);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -345,6 +390,12 @@ stall_timeout_secs = 10
     /// The agent's log so far (for assertion messages).
     pub fn agent_log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The reboot-required sentinel's content (`None`: no sentinel). The default
+    /// `/run/reboot-required`, under the host root.
+    pub fn reboot_required(&self) -> Option<String> {
+        std::fs::read_to_string(self.root.join("run/reboot-required")).ok()
     }
 
     /// The persisted agent state.

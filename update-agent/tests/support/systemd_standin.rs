@@ -1,9 +1,9 @@
 //! Test support: a systemd stand-in — `org.freedesktop.systemd1` at `/org/freedesktop/systemd1`
-//! on a given bus, with `Subscribe`, `RestartUnit` (recorded; the job ends with the result the
+//! on a given bus, with `Subscribe`, `Reload` (recorded), `RestartUnit` (recorded; the job ends with the result the
 //! test set for the unit, `done` by default, announced by a `JobRemoved` signal after the reply),
 //! `GetUnit`, and each unit's `ActiveState` (`active` after a `done` job, `failed` otherwise,
-//! unless the test overrides it). Include with
-//! `#[path = "support/systemd_standin.rs"] mod systemd_standin;`.
+//! unless the test overrides it). Part of `support`; stands alone, so a test may also include
+//! just this file with `#[path = "support/systemd_standin.rs"] mod systemd_standin;`.
 
 #![allow(dead_code)]
 
@@ -18,6 +18,8 @@ use zbus::zvariant::{ObjectPath, OwnedObjectPath};
 pub struct State {
     /// `(unit, mode)` of every `RestartUnit` call, in order.
     pub restarts: Vec<(String, String)>,
+    /// `Reload` calls, and how many restarts had been called before each.
+    pub reloads: Vec<usize>,
     /// Job result per unit (default `done`).
     pub results: BTreeMap<String, String>,
     /// One-shot job results per unit, used before `results`.
@@ -51,6 +53,16 @@ struct Manager {
 #[zbus::interface(name = "org.freedesktop.systemd1.Manager")]
 impl Manager {
     fn subscribe(&self) {}
+
+    fn reload(&self) -> zbus::fdo::Result<()> {
+        let mut s = self
+            .state
+            .lock()
+            .map_err(|_| zbus::fdo::Error::Failed("poisoned".into()))?;
+        let before = s.restarts.len();
+        s.reloads.push(before);
+        Ok(())
+    }
 
     async fn restart_unit(
         &self,
@@ -202,6 +214,14 @@ impl SystemdStandin {
         self.state
             .lock()
             .map(|s| s.restarts.iter().map(|(u, _)| u.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// For each `Reload` call so far, how many `RestartUnit` calls came before it.
+    pub fn reloads(&self) -> Vec<usize> {
+        self.state
+            .lock()
+            .map(|s| s.reloads.clone())
             .unwrap_or_default()
     }
 

@@ -56,15 +56,16 @@ fn group_rows(groups: &[Value]) -> Vec<Vec<String>> {
     out
 }
 
-const HEADERS: [&str; 4] = ["GROUP", "SLOTS", "HOLDER", "SINCE"];
+/// Prints one group or a list of them, a row per holder.
+fn groups_table(v: &Value) {
+    print_table(&["GROUP", "SLOTS", "HOLDER", "SINCE"], group_rows(rows(v)));
+}
 
 /// Runs a `fleetlock` action.
 pub async fn run(conn: &Conn, cmd: FleetLockCmd) -> anyhow::Result<()> {
     let c = ApiClient::new(&conn.server, conn.token.as_deref())?;
     match cmd {
-        FleetLockCmd::List => output(conn, &c.get("/fleetlock/groups").await?, |v| {
-            print_table(&HEADERS, group_rows(rows(v)));
-        }),
+        FleetLockCmd::List => output(conn, &c.get("/fleetlock/groups").await?, groups_table),
         FleetLockCmd::SetSlots { group, slots } => output(
             conn,
             &c.patch(
@@ -72,7 +73,7 @@ pub async fn run(conn: &Conn, cmd: FleetLockCmd) -> anyhow::Result<()> {
                 &json!({ "slots": slots }),
             )
             .await?,
-            |v| print_table(&HEADERS, group_rows(std::slice::from_ref(v))),
+            groups_table,
         ),
         FleetLockCmd::Release { group, id } => {
             c.delete(&format!(

@@ -310,7 +310,7 @@ pub enum InstanceCmd {
         #[arg(long)]
         app: Option<String>,
     },
-    /// Let a machine be offered versions it rolled back from again (clears its refusals).
+    /// Let a machine be offered versions it refused again (rolled back from, deny-listed).
     Retry {
         /// Machine id.
         machine: String,
@@ -356,8 +356,28 @@ fn output(conn: &Conn, v: &Value, render: impl FnOnce(&Value)) -> anyhow::Result
     Ok(())
 }
 
+/// The items of an answer to print: a list's elements, the one object a show, create or update
+/// answers, nothing for `null`.
 fn rows(v: &Value) -> &[Value] {
-    v.as_array().map(Vec::as_slice).unwrap_or(&[])
+    match v {
+        Value::Array(items) => items,
+        Value::Null => &[],
+        one => std::slice::from_ref(one),
+    }
+}
+
+/// Deletes `path` and says so: `deleted WHAT NAME` (`{"deleted": NAME}` with `--json`).
+async fn delete(
+    c: &ApiClient,
+    conn: &Conn,
+    path: &str,
+    what: &str,
+    name: &str,
+) -> anyhow::Result<()> {
+    c.delete(path).await?;
+    output(conn, &json!({ "deleted": name }), |_| {
+        println!("deleted {what} {name}")
+    })
 }
 
 fn apps_table(v: &Value) {
@@ -394,11 +414,11 @@ pub async fn run_admin(cmd: Command) -> anyhow::Result<()> {
             let c = ApiClient::new(&conn.server, conn.token.as_deref())?;
             match cmd {
                 AppCmd::List => output(&conn, &c.get("/apps").await?, apps_table),
-                AppCmd::Show { app } => {
-                    output(&conn, &c.get(&format!("/apps/{}", enc(&app))).await?, |a| {
-                        apps_table(&Value::Array(vec![a.clone()]))
-                    })
-                }
+                AppCmd::Show { app } => output(
+                    &conn,
+                    &c.get(&format!("/apps/{}", enc(&app))).await?,
+                    apps_table,
+                ),
                 AppCmd::Create {
                     id,
                     name,
@@ -410,27 +430,20 @@ pub async fn run_admin(cmd: Command) -> anyhow::Result<()> {
                             &json!({"id": id, "name": name, "description": description}),
                         )
                         .await?;
-                    output(&conn, &v, |a| apps_table(&Value::Array(vec![a.clone()])))
+                    output(&conn, &v, apps_table)
                 }
                 AppCmd::Delete { app } => {
-                    c.delete(&format!("/apps/{}", enc(&app))).await?;
-                    output(&conn, &json!({"deleted": app}), |_| {
-                        println!("deleted application {app}")
-                    })
+                    let path = format!("/apps/{}", enc(&app));
+                    delete(&c, &conn, &path, "application", &app).await
                 }
             }
         }
         Command::Channel { conn, cmd } => {
             let c = ApiClient::new(&conn.server, conn.token.as_deref())?;
             let render = |v: &Value| {
-                let list = if v.is_array() {
-                    rows(v).to_vec()
-                } else {
-                    vec![v.clone()]
-                };
                 print_table(
                     &["ID", "NAME", "PACKAGES (arch=package)"],
-                    list.iter().map(|ch| {
+                    rows(v).iter().map(|ch| {
                         let pk = ch["packages"]
                             .as_object()
                             .map(|m| {
@@ -474,25 +487,17 @@ pub async fn run_admin(cmd: Command) -> anyhow::Result<()> {
                     output(&conn, &c.patch(&path, &body).await?, render)
                 }
                 ChannelCmd::Delete { app, channel } => {
-                    c.delete(&format!("/apps/{}/channels/{}", enc(&app), enc(&channel)))
-                        .await?;
-                    output(&conn, &json!({"deleted": channel}), |_| {
-                        println!("deleted channel {channel}")
-                    })
+                    let path = format!("/apps/{}/channels/{}", enc(&app), enc(&channel));
+                    delete(&c, &conn, &path, "channel", &channel).await
                 }
             }
         }
         Command::Group { conn, cmd } => {
             let c = ApiClient::new(&conn.server, conn.token.as_deref())?;
             let render = |v: &Value| {
-                let list = if v.is_array() {
-                    rows(v).to_vec()
-                } else {
-                    vec![v.clone()]
-                };
                 print_table(
                     &["ID", "NAME", "TRACK", "CHANNEL", "PAUSED"],
-                    list.iter().map(|g| {
+                    rows(v).iter().map(|g| {
                         vec![
                             s(&g["id"]),
                             s(&g["name"]),
@@ -543,11 +548,8 @@ pub async fn run_admin(cmd: Command) -> anyhow::Result<()> {
                     output(&conn, &c.patch(&path, &body).await?, render)
                 }
                 GroupCmd::Delete { app, group } => {
-                    c.delete(&format!("/apps/{}/groups/{}", enc(&app), enc(&group)))
-                        .await?;
-                    output(&conn, &json!({"deleted": group}), |_| {
-                        println!("deleted group {group}")
-                    })
+                    let path = format!("/apps/{}/groups/{}", enc(&app), enc(&group));
+                    delete(&c, &conn, &path, "group", &group).await
                 }
             }
         }
@@ -570,15 +572,11 @@ pub async fn run_admin(cmd: Command) -> anyhow::Result<()> {
                         .with_context(|| format!("opening {}", file.display()))?;
                     let q = query(&[("filename", filename), ("external_url", external_url)]);
                     let v = c.upload(&format!("/packages{q}"), f).await?;
-                    output(&conn, &v, |p| {
-                        packages_table(&Value::Array(vec![p.clone()]))
-                    })
+                    output(&conn, &v, packages_table)
                 }
                 PackageCmd::Delete { id } => {
-                    c.delete(&format!("/packages/{}", enc(&id))).await?;
-                    output(&conn, &json!({"deleted": id}), |_| {
-                        println!("deleted package {id}")
-                    })
+                    let path = format!("/packages/{}", enc(&id));
+                    delete(&c, &conn, &path, "package", &id).await
                 }
             }
         }
@@ -701,15 +699,8 @@ pub async fn run_admin(cmd: Command) -> anyhow::Result<()> {
                     })
                 }
                 InstanceCmd::Delete { machine, app } => {
-                    c.delete(&format!(
-                        "/instances/{}{}",
-                        enc(&machine),
-                        query(&[("app", app)])
-                    ))
-                    .await?;
-                    output(&conn, &json!({"deleted": machine}), |_| {
-                        println!("deleted instance {machine}")
-                    })
+                    let path = format!("/instances/{}{}", enc(&machine), query(&[("app", app)]));
+                    delete(&c, &conn, &path, "instance", &machine).await
                 }
             }
         }

@@ -868,8 +868,8 @@ pub struct InstanceWithHistory {
     pub instance: Instance,
     /// Status history, newest first.
     pub history: Vec<StatusChange>,
-    /// Versions this machine is never offered again (it rolled back from them), oldest first;
-    /// cleared by `POST /instances/{machine}/retry`.
+    /// Versions this machine is never offered again (it rolled back from them or deny-listed
+    /// them), oldest first; cleared by `POST /instances/{machine}/retry`.
     #[serde(default)]
     pub refused_versions: Vec<RefusedVersion>,
 }
@@ -1023,8 +1023,9 @@ pub struct RetryAnswer {
     pub cleared: Vec<RefusedVersion>,
 }
 
-/// Lets a machine be offered versions it rolled back from again: clears its refusals (for one
-/// app or all, one version or all). The next check goes through the rollout policy as usual.
+/// Lets a machine be offered versions it refused again (it rolled back from them or
+/// deny-listed them): clears its refusals (for one app or all, one version or all). The next
+/// check goes through the rollout policy as usual.
 #[utoipa::path(post, path = "/api/v1/instances/{machine}/retry", tag = "instances",
     params(("machine" = String, Path), RetryQuery),
     responses((status = 200, body = RetryAnswer), (status = 400, body = ErrorBody),

@@ -30,11 +30,14 @@ pub enum HoldReason {
     /// The machine rolled back from this version before: it is never offered it again (an
     /// operator can clear that with `POST /api/v1/instances/{machine}/retry`).
     RolledBack,
+    /// The machine put this version on its deny list (it failed there and the agent will not
+    /// install it): it is never offered it again, until an operator clears that as above.
+    DenyListed,
 }
 
 impl HoldReason {
     /// All reasons.
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::Paused,
         Self::Halted,
         Self::Window,
@@ -44,6 +47,7 @@ impl HoldReason {
         Self::Concurrency,
         Self::Blocked,
         Self::RolledBack,
+        Self::DenyListed,
     ];
 
     /// Stable text form (instance status detail, metric label).
@@ -58,6 +62,7 @@ impl HoldReason {
             Self::Concurrency => "concurrency",
             Self::Blocked => "blocked",
             Self::RolledBack => "rolled_back",
+            Self::DenyListed => "deny_listed",
         }
     }
 

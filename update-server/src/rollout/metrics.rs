@@ -17,7 +17,8 @@ pub struct RolloutLabels {
     pub group: String,
     /// Version concerned.
     pub version: String,
-    /// `granted`, `installed`, `complete`, `failed`.
+    /// `granted`, `installed`, `complete`, `failed`, `deferred`; and `rolled_back` or
+    /// `deny_listed` next to `failed` when the machine refused the version for good.
     pub outcome: String,
 }
 

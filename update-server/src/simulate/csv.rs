@@ -83,6 +83,7 @@ mod tests {
                 installed: 1,
                 complete: 7,
                 failed: 1,
+                attempted: 11,
             },
             grants: 11,
             failures: 1,

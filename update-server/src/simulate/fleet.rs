@@ -22,6 +22,9 @@ pub struct Counts {
     pub complete: u64,
     /// Last attempt failed.
     pub failed: u64,
+    /// Machines granted the new version at least once, whatever came of it (the server's
+    /// `attempts`, which counts machines, not grants).
+    pub attempted: u64,
 }
 
 impl Counts {
@@ -141,6 +144,7 @@ impl Fleet {
         let mut c = Counts::default();
         for m in &self.machines {
             c.registered += u64::from(m.seen());
+            c.attempted += u64::from(m.attempts() > 0);
             match m.phase().tally() {
                 Tally::Waiting => c.waiting += 1,
                 Tally::InFlight => c.in_flight += 1,

@@ -69,12 +69,7 @@ pub async fn simulate(args: SimulateArgs) -> anyhow::Result<Outcome> {
         .as_ref()
         .map_or(0, |h| run.fleet.grants_after(h.at));
     let counts = run.fleet.counts();
-    let compared = report::compare(
-        &counts,
-        &run.fleet.totals,
-        &run.last_status,
-        &args.to_version,
-    );
+    let compared = report::compare(&counts, &run.last_status, &args.to_version);
     csv::write(
         &args.csv,
         &args.from_version,

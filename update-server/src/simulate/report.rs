@@ -56,14 +56,10 @@ pub struct Compared {
 }
 
 /// The simulator's counts next to the server's, for the same instant: grant counts of the target
-/// version (the rollout's own table) and instance statuses (the lifecycle). A failed machine is
-/// not compared by status: once it checks in again its status becomes `on_hold` or `granted`.
-pub fn compare(
-    counts: &Counts,
-    totals: &Totals,
-    st: &RolloutStatus,
-    to_version: &str,
-) -> Vec<Compared> {
+/// version (the rollout's own table: machines, by the state of their latest attempt) and instance
+/// statuses (the lifecycle). A failed machine is not compared by status: once it checks in again
+/// its status becomes `on_hold` or `granted`.
+pub fn compare(counts: &Counts, st: &RolloutStatus, to_version: &str) -> Vec<Compared> {
     let status = |k: &str| st.by_status.get(k).copied().unwrap_or(0);
     let g = &st.grants;
     vec![
@@ -78,8 +74,8 @@ pub fn compare(
             server: st.by_version.get(to_version).copied().unwrap_or(0),
         },
         Compared {
-            what: "attempts granted",
-            simulator: totals.grants,
+            what: "machines that attempted",
+            simulator: counts.attempted,
             server: g.attempts,
         },
         Compared {
@@ -98,8 +94,8 @@ pub fn compare(
             server: g.complete,
         },
         Compared {
-            what: "grants failed or timed out",
-            simulator: totals.failures,
+            what: "grants failed or timed out (last try)",
+            simulator: counts.failed,
             server: g.failed + g.timed_out,
         },
         Compared {

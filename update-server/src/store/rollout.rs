@@ -3,9 +3,13 @@
 //! so rate and concurrency limits, timeouts, auto-halt and canary gates hold across concurrent
 //! checks and across server replicas sharing one database.
 //!
-//! It also keeps the versions a machine refused for good (it rolled back from them): a grant
-//! attempt of such a version is held (`rolled_back`) inside the same transaction, so no replica
-//! offers it again until an operator clears the refusal.
+//! There is one grant per machine, application, group and version: a machine granted a version
+//! again (after it failed, timed out, deferred or completed it) reopens its grant, so every count
+//! ([`GrantStats`], the limits, auto-halt) counts machines, however often one of them retries.
+//!
+//! It also keeps the versions a machine refused for good (it rolled back from them, or put them
+//! on its deny list): a grant attempt of such a version is held inside the same transaction, so
+//! no replica offers it again until an operator clears the refusal.
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -19,8 +23,11 @@ use crate::rollout::HoldReason;
 /// ```text
 ///  in_flight ──3/1──▶ installed ──3/2 previousversion──▶ complete
 ///  in_flight | installed ──x/0──▶ failed        in_flight ──no progress──▶ timed_out
-///  in_flight ──3/9──▶ deferred ──granted again──▶ in_flight (the same row)
+///  failed | timed_out ──3/2 on this version──▶ complete  (it got there after all)
+///  any ──rollback from (or deny list of) this version──▶ failed
+///  in_flight ──3/9──▶ deferred
 ///  in_flight | installed ──a newer version granted──▶ superseded
+///  any but in_flight ──granted again──▶ in_flight (the same row: one per machine and version)
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -81,25 +88,59 @@ pub enum RefusalReason {
     /// The machine booted the version, failed, and fell back to the previous one (event 3/0
     /// with error code 44).
     RolledBack,
+    /// The machine put the version on its deny list and will not install it (the Platte
+    /// agent's runtime extensions: event 3/0 with code 35, "deny-listed", or 3112/3113/3114, a build
+    /// whose restart or health check failed after activation and which the agent deny-listed).
+    DenyListed,
 }
 
+/// Error code 44: rolled back to the previous version.
+const CODE_ROLLED_BACK: u32 = 44;
+/// Error code 35 in a 3/0 (not a 3/9): the Platte agent's deny list refused the offer.
+const CODE_DENY_LISTED: u32 = 35;
+/// The Platte agent's extension codes after which it always deny-lists the build: restart
+/// failed (3112), health command failed (3113), refresh command failed (3114). 3111 (switching
+/// the link failed) is a host problem, not the build's, and is not among them.
+const CODES_DENY_LISTED_AFTER_FAILURE: [u32; 3] = [
+    omaha::PlatteCode::ExtensionRestartFailed.to_u32(),
+    omaha::PlatteCode::ExtensionHealthFailed.to_u32(),
+    omaha::PlatteCode::ExtensionRefreshFailed.to_u32(),
+];
+
 impl RefusalReason {
+    /// All reasons.
+    pub const ALL: [Self; 2] = [Self::RolledBack, Self::DenyListed];
+
     /// Stable text form (as stored).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::RolledBack => "rolled_back",
+            Self::DenyListed => "deny_listed",
         }
     }
 
     /// Parses the stored text form.
     pub fn parse(s: &str) -> Option<Self> {
-        (s == "rolled_back").then_some(Self::RolledBack)
+        Self::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+
+    /// The refusal an error event (result 0) announces by its code (flag bits allowed), if any.
+    pub fn of_error_code(code: Option<i64>) -> Option<Self> {
+        let raw = u32::try_from(code?).ok()?;
+        let base = omaha::ErrorCode::decode(raw).code.to_u32();
+        match base {
+            CODE_ROLLED_BACK => Some(Self::RolledBack),
+            CODE_DENY_LISTED => Some(Self::DenyListed),
+            c if CODES_DENY_LISTED_AFTER_FAILURE.contains(&c) => Some(Self::DenyListed),
+            _ => None,
+        }
     }
 
     /// The hold answered to a check that would offer the refused version.
     pub fn hold(self) -> HoldReason {
         match self {
             Self::RolledBack => HoldReason::RolledBack,
+            Self::DenyListed => HoldReason::DenyListed,
         }
     }
 }
@@ -130,8 +171,11 @@ pub struct ProgressReport {
     pub app_id: String,
     /// The state the open grant moves to; `None` (or `InFlight`) only refreshes its timeout.
     pub state: Option<GrantState>,
-    /// The machine rolled back from this version: record it as refused (the open grant of it
-    /// fails).
+    /// The version the machine runs, as this request says: a completion (3/2) also completes a
+    /// failed or timed-out grant of it (the machine got there after all), unless it refused it.
+    pub running_version: String,
+    /// The machine refuses this version for good (it rolled back from it, or deny-listed it):
+    /// record the refusal; the machine's grant of that version fails, whatever state it reached.
     pub refuse: Option<RefusedVersion>,
     /// Now (Unix seconds).
     pub now: i64,
@@ -154,6 +198,17 @@ pub struct GrantRequest {
     pub now: i64,
 }
 
+/// A rollout that halted itself while a machine's report was settled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HaltedRollout {
+    /// Group.
+    pub group_id: String,
+    /// The version whose failure rate crossed the threshold.
+    pub version: String,
+    /// The halt reason (also stored in the group's policy).
+    pub reason: String,
+}
+
 /// What a grant attempt decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GrantOutcome {
@@ -168,31 +223,33 @@ pub enum GrantOutcome {
     },
 }
 
-/// Grant counts of a group for one version.
+/// Grant counts of a group for one version, in machines (one grant per machine and version,
+/// counted by the state of its latest attempt).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct GrantStats {
-    /// Machines that attempted the version (every grant).
+    /// Machines that attempted the version (every grant but the deferred ones).
     pub attempts: u64,
-    /// Granted, not yet installed.
+    /// Machines granted it, not yet installed (a retry after a failure included).
     pub in_flight: u64,
-    /// Installed, awaiting reboot.
+    /// Machines that installed it, awaiting reboot.
     pub installed: u64,
-    /// Running it.
+    /// Machines running it.
     pub complete: u64,
-    /// Reported errors.
+    /// Machines whose latest attempt failed (an error event, a rollback, a deny list).
     pub failed: u64,
-    /// Timed out.
+    /// Machines whose latest attempt timed out.
     pub timed_out: u64,
-    /// Deferred or declined by the machine (3/9), not granted again since: not attempts.
+    /// Machines that deferred or declined it (3/9), not granted again since: not attempts.
     #[serde(default)]
     pub deferred: u64,
-    /// Replaced by a newer version before the reboot (counted in `attempts`).
+    /// Machines granted a newer version before the reboot (counted in `attempts`).
     #[serde(default)]
     pub superseded: u64,
 }
 
 impl GrantStats {
-    /// Failures (errors and timeouts) over attempts (0 without attempts).
+    /// Machines that failed (errors and timeouts) over machines that attempted (0 without
+    /// attempts).
     pub fn failure_rate(&self) -> f64 {
         if self.attempts == 0 {
             return 0.0;
@@ -205,13 +262,17 @@ impl GrantStats {
 
 /// Rollout grant persistence.
 pub trait RolloutStore: Send + Sync + std::fmt::Debug {
-    /// Decides a grant atomically against the group's stored policy and grant counts.
+    /// Decides a grant atomically against the group's stored policy and grant counts; a grant
+    /// of a version the machine was granted before in that group reopens that grant.
     fn try_grant<'a>(&'a self, req: &'a GrantRequest) -> StoreFuture<'a, GrantOutcome>;
     /// Moves a machine's open grant to the reported state (progress events refresh its timeout),
-    /// records a refused version, and, on a failure, evaluates auto-halt; returns the halt
-    /// reason when this halted the rollout.
-    fn record_progress<'a>(&'a self, report: &'a ProgressReport)
-    -> StoreFuture<'a, Option<String>>;
+    /// records a refused version (failing the machine's grant of it), and, on a failure,
+    /// evaluates auto-halt for every group and version that gained one; returns the rollouts
+    /// this halted.
+    fn record_progress<'a>(
+        &'a self,
+        report: &'a ProgressReport,
+    ) -> StoreFuture<'a, Vec<HaltedRollout>>;
     /// Grant counts of a group for a version (timeouts applied as of `now`).
     fn grant_stats<'a>(
         &'a self,

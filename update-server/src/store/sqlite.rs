@@ -42,6 +42,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "refusals",
         include_str!("../../migrations/0004_refusals.sql"),
     ),
+    (
+        5,
+        "grant_per_machine",
+        include_str!("../../migrations/0005_grant_per_machine.sql"),
+    ),
 ];
 
 #[path = "sqlite_fleetlock.rs"]
@@ -71,6 +76,27 @@ fn db(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
     }
 }
 
+/// A migrator applying `migrations` (version, description, SQL), in order.
+fn migrator(migrations: &'static [(i64, &'static str, &'static str)]) -> Migrator {
+    Migrator {
+        migrations: Cow::Owned(
+            migrations
+                .iter()
+                .map(|(v, d, sql)| {
+                    Migration::new(
+                        *v,
+                        Cow::Borrowed(*d),
+                        MigrationType::Simple,
+                        Cow::Borrowed(*sql),
+                        false,
+                    )
+                })
+                .collect(),
+        ),
+        ..Migrator::DEFAULT
+    }
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the database file and applies migrations.
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
@@ -87,24 +113,7 @@ impl SqliteStore {
             .connect_with(opts)
             .await
             .map_err(db("open"))?;
-        let migrator = Migrator {
-            migrations: Cow::Owned(
-                MIGRATIONS
-                    .iter()
-                    .map(|(v, d, sql)| {
-                        Migration::new(
-                            *v,
-                            Cow::Borrowed(*d),
-                            MigrationType::Simple,
-                            Cow::Borrowed(*sql),
-                            false,
-                        )
-                    })
-                    .collect(),
-            ),
-            ..Migrator::DEFAULT
-        };
-        migrator.run(&pool).await?;
+        migrator(MIGRATIONS).run(&pool).await?;
         Ok(Self { pool })
     }
 
@@ -268,6 +277,19 @@ fn policy_json(g: &Group) -> Result<String, StoreError> {
 impl SqliteStore {
     async fn begin(&self, op: &'static str) -> Result<Transaction<'static, Sqlite>, StoreError> {
         self.pool.begin().await.map_err(db(op))
+    }
+
+    /// Begins a `BEGIN IMMEDIATE` transaction: it takes the write lock before the first read,
+    /// so concurrent writers (in this process or another sharing the file) are serialised and
+    /// what the transaction counts stays true until it commits.
+    async fn begin_immediate(
+        &self,
+        op: &'static str,
+    ) -> Result<Transaction<'static, Sqlite>, StoreError> {
+        self.pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db(op))
     }
 
     async fn exec_one(

@@ -51,11 +51,7 @@ impl FleetLockStore for SqliteStore {
         at: i64,
     ) -> StoreFuture<'a, Acquired> {
         Box::pin(async move {
-            let mut tx = self
-                .pool
-                .begin_with("BEGIN IMMEDIATE")
-                .await
-                .map_err(db("begin fleetlock acquire"))?;
+            let mut tx = self.begin_immediate("begin fleetlock acquire").await?;
             let slots: Option<i64> =
                 sqlx::query_scalar("SELECT slots FROM fleetlock_groups WHERE name = ?")
                     .bind(group)
@@ -113,11 +109,7 @@ impl FleetLockStore for SqliteStore {
         at: i64,
     ) -> StoreFuture<'a, Released> {
         Box::pin(async move {
-            let mut tx = self
-                .pool
-                .begin_with("BEGIN IMMEDIATE")
-                .await
-                .map_err(db("begin fleetlock release"))?;
+            let mut tx = self.begin_immediate("begin fleetlock release").await?;
             let done =
                 sqlx::query("DELETE FROM fleetlock_holders WHERE group_name = ? AND holder_id = ?")
                     .bind(group)
@@ -197,11 +189,7 @@ impl FleetLockStore for SqliteStore {
         act: &'a NewActivity,
     ) -> StoreFuture<'a, ()> {
         Box::pin(async move {
-            let mut tx = self
-                .pool
-                .begin_with("BEGIN IMMEDIATE")
-                .await
-                .map_err(db("begin fleetlock set slots"))?;
+            let mut tx = self.begin_immediate("begin fleetlock set slots").await?;
             sqlx::query(
                 "INSERT INTO fleetlock_groups (name, slots, updated_at) VALUES (?, ?, ?) \
                  ON CONFLICT (name) DO UPDATE SET slots = excluded.slots, \

@@ -4,8 +4,13 @@
 //! are serialised and a limit of N grants exactly N. (PostgreSQL: the same statements inside a
 //! transaction that first locks the group row with `SELECT ... FOR UPDATE`.)
 //!
-//! Refused versions (`refused_versions`, written with the failed grant of a rollback) are read
-//! in the same grant transaction, so a refusal recorded through one replica holds on all.
+//! One row of `rollout_grants` per machine, application, group and version (a unique index,
+//! migration 0005): a grant of a version the machine had before reopens its row, so the counts
+//! are machines.
+//!
+//! Refused versions (`refused_versions`, written with the failed grant of a rollback or a deny
+//! list) are read in the same grant transaction, so a refusal recorded through one replica holds
+//! on all.
 
 use sqlx::{Sqlite, Transaction};
 
@@ -13,8 +18,8 @@ use super::{SqliteStore, add_activity, db};
 use crate::model::{GroupPolicy, NewActivity};
 use crate::rollout::{Halt, HoldReason, RolloutSpec};
 use crate::store::rollout::{
-    GrantOutcome, GrantRequest, GrantState, GrantStats, ProgressReport, RefusalReason,
-    RefusedVersion, RolloutStore,
+    GrantOutcome, GrantRequest, GrantState, GrantStats, HaltedRollout, ProgressReport,
+    RefusalReason, RefusedVersion, RolloutStore,
 };
 use crate::store::{StoreError, StoreFuture};
 
@@ -29,10 +34,6 @@ fn corrupt(column: &'static str, detail: String) -> StoreError {
         column,
         detail,
     }
-}
-
-async fn begin_immediate(s: &SqliteStore, op: &'static str) -> Result<Tx, StoreError> {
-    s.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db(op))
 }
 
 async fn load_policy(
@@ -283,11 +284,14 @@ async fn try_grant_tx(tx: &mut Tx, r: &GrantRequest) -> Result<GrantOutcome, Sto
         let since = r
             .now
             .saturating_sub(i64::try_from(rl.period_secs).unwrap_or(i64::MAX));
+        // Machines granted in the window, this one aside: a re-grant reopens the machine's row
+        // (moving its grant time to now), so it never adds a second one.
         let n = count(
             tx,
-            "SELECT COUNT(*) FROM rollout_grants WHERE group_id = ? AND granted_at > ? \
-             AND state <> 'deferred'",
-            &[&r.group_id],
+            "SELECT COUNT(*) FROM rollout_grants WHERE group_id = ? \
+             AND NOT (machine_id = ? AND app_id = ? AND version = ?) \
+             AND state <> 'deferred' AND granted_at > ?",
+            &[&r.group_id, &r.machine_id, &r.app_id, &r.version],
             Some(since),
         )
         .await?;
@@ -309,30 +313,15 @@ async fn try_grant_tx(tx: &mut Tx, r: &GrantRequest) -> Result<GrantOutcome, Sto
     .execute(&mut **tx)
     .await
     .map_err(db("supersede rollout grant"))?;
-    // A machine that deferred this version before gets its grant reopened (one row per
-    // machine and version, however often it puts the update off).
-    let reopened = sqlx::query(
-        "UPDATE rollout_grants SET state = 'in_flight', group_id = ?, canary = ?, granted_at = ?, \
-         progress_at = ?, settled_at = NULL WHERE id = (SELECT MAX(id) FROM rollout_grants \
-         WHERE machine_id = ? AND app_id = ? AND version = ? AND state = 'deferred')",
-    )
-    .bind(&r.group_id)
-    .bind(i64::from(r.canary))
-    .bind(r.now)
-    .bind(r.now)
-    .bind(&r.machine_id)
-    .bind(&r.app_id)
-    .bind(&r.version)
-    .execute(&mut **tx)
-    .await
-    .map_err(db("reopen deferred rollout grant"))?
-    .rows_affected();
-    if reopened > 0 {
-        return Ok(GrantOutcome::Granted);
-    }
+    // One grant per machine, group and version: a machine granted this version before (it
+    // failed, timed out, deferred, completed or was superseded) gets that grant reopened, so
+    // every count stays a count of machines.
     sqlx::query(
         "INSERT INTO rollout_grants (group_id, app_id, machine_id, version, state, canary, \
-         granted_at, progress_at) VALUES (?, ?, ?, ?, 'in_flight', ?, ?, ?)",
+         granted_at, progress_at) VALUES (?, ?, ?, ?, 'in_flight', ?, ?, ?) \
+         ON CONFLICT (machine_id, app_id, group_id, version) DO UPDATE SET state = 'in_flight', \
+         canary = excluded.canary, granted_at = excluded.granted_at, \
+         progress_at = excluded.progress_at, settled_at = NULL",
     )
     .bind(&r.group_id)
     .bind(&r.app_id)
@@ -343,7 +332,7 @@ async fn try_grant_tx(tx: &mut Tx, r: &GrantRequest) -> Result<GrantOutcome, Sto
     .bind(r.now)
     .execute(&mut **tx)
     .await
-    .map_err(db("insert rollout grant"))?;
+    .map_err(db("grant rollout"))?;
     Ok(GrantOutcome::Granted)
 }
 
@@ -374,7 +363,31 @@ async fn refusal(
         .transpose()
 }
 
-async fn progress_tx(tx: &mut Tx, p: &ProgressReport) -> Result<Option<String>, StoreError> {
+/// The grants one settling statement changed: (group, version) of each.
+type Settled = Vec<(String, String)>;
+
+/// Runs an `UPDATE … RETURNING group_id, version` that settles grants of `p`'s machine: binds
+/// `p.now`, the machine and the application, then `extra`.
+async fn settle(
+    tx: &mut Tx,
+    sql: &'static str,
+    p: &ProgressReport,
+    extra: &[Option<&str>],
+) -> Result<Settled, StoreError> {
+    let mut q = sqlx::query_as::<_, (String, String)>(sql)
+        .bind(p.now)
+        .bind(&p.machine_id)
+        .bind(&p.app_id);
+    for b in extra {
+        q = q.bind(*b);
+    }
+    q.fetch_all(&mut **tx)
+        .await
+        .map_err(db("settle rollout grant"))
+}
+
+async fn progress_tx(tx: &mut Tx, p: &ProgressReport) -> Result<Vec<HaltedRollout>, StoreError> {
+    let mut failed = Settled::new();
     if let Some(r) = &p.refuse {
         // The first report counts; a repeated one (the agent retrying) changes nothing.
         sqlx::query(
@@ -390,60 +403,78 @@ async fn progress_tx(tx: &mut Tx, p: &ProgressReport) -> Result<Option<String>, 
         .execute(&mut **tx)
         .await
         .map_err(db("record refused version"))?;
+        // Whatever state its grant reached: a rollback reported after the grant completed
+        // (the machine ran the version, then fell back) is a failure of that version too.
+        failed = settle(
+            tx,
+            "UPDATE rollout_grants SET state = 'failed', settled_at = ? WHERE machine_id = ? \
+             AND app_id = ? AND version = ? AND state <> 'failed' RETURNING group_id, version",
+            p,
+            &[Some(&r.version)],
+        )
+        .await?;
     }
-    let sql = match p.state {
-        None | Some(GrantState::InFlight) => {
+    let (sql, extra): (&'static str, &[Option<&str>]) = match p.state {
+        None | Some(GrantState::InFlight) => (
             "UPDATE rollout_grants SET progress_at = ? WHERE machine_id = ? AND app_id = ? \
-             AND state = 'in_flight'"
-        }
-        Some(GrantState::Installed) => {
+             AND state = 'in_flight' RETURNING group_id, version",
+            &[],
+        ),
+        Some(GrantState::Installed) => (
             "UPDATE rollout_grants SET state = 'installed', progress_at = ? \
-             WHERE machine_id = ? AND app_id = ? AND state = 'in_flight'"
-        }
-        Some(GrantState::Complete) => {
+             WHERE machine_id = ? AND app_id = ? AND state = 'in_flight' \
+             RETURNING group_id, version",
+            &[],
+        ),
+        // The open grant completes; so does a failed or timed-out grant of the version the
+        // machine now runs (a slow machine got there after its timeout), unless it refused it.
+        Some(GrantState::Complete) => (
             "UPDATE rollout_grants SET state = 'complete', settled_at = ? \
-             WHERE machine_id = ? AND app_id = ? AND state IN ('in_flight', 'installed')"
-        }
-        Some(GrantState::Failed | GrantState::TimedOut) => {
+             WHERE machine_id = ? AND app_id = ? AND (state IN ('in_flight', 'installed') \
+             OR (version = ? AND state IN ('failed', 'timed_out') AND version NOT IN \
+             (SELECT version FROM refused_versions WHERE machine_id = rollout_grants.machine_id \
+             AND app_id = rollout_grants.app_id))) RETURNING group_id, version",
+            &[Some(&p.running_version)],
+        ),
+        Some(GrantState::Failed | GrantState::TimedOut) => (
             "UPDATE rollout_grants SET state = 'failed', settled_at = ? \
-             WHERE machine_id = ? AND app_id = ? AND state IN ('in_flight', 'installed')"
-        }
+             WHERE machine_id = ? AND app_id = ? AND state IN ('in_flight', 'installed') \
+             RETURNING group_id, version",
+            &[],
+        ),
         // Put off before it was installed: the slot is free, nothing failed.
-        Some(GrantState::Deferred) => {
+        Some(GrantState::Deferred) => (
             "UPDATE rollout_grants SET state = 'deferred', settled_at = ? \
-             WHERE machine_id = ? AND app_id = ? AND state = 'in_flight'"
-        }
+             WHERE machine_id = ? AND app_id = ? AND state = 'in_flight' \
+             RETURNING group_id, version",
+            &[],
+        ),
         // Only a newer grant supersedes (in the grant transaction); no event reports it.
-        Some(GrantState::Superseded) => return Ok(None),
+        Some(GrantState::Superseded) => return Ok(Vec::new()),
     };
-    let changed = sqlx::query(sql)
-        .bind(p.now)
-        .bind(&p.machine_id)
-        .bind(&p.app_id)
-        .execute(&mut **tx)
-        .await
-        .map_err(db("settle rollout grant"))?
-        .rows_affected();
-    if changed == 0 || !matches!(p.state, Some(GrantState::Failed | GrantState::TimedOut)) {
-        return Ok(None);
+    let changed = settle(tx, sql, p, extra).await?;
+    if matches!(p.state, Some(GrantState::Failed | GrantState::TimedOut)) {
+        failed.extend(changed);
     }
-    let last: Option<(String, String)> = sqlx::query_as(
-        "SELECT group_id, version FROM rollout_grants WHERE machine_id = ? AND app_id = ? \
-         ORDER BY id DESC LIMIT 1",
-    )
-    .bind(&p.machine_id)
-    .bind(&p.app_id)
-    .fetch_optional(&mut **tx)
-    .await
-    .map_err(db("read rollout grant"))?;
-    let Some((group_id, version)) = last else {
-        return Ok(None);
-    };
-    let Some((app, policy, spec)) = load_policy(tx, &group_id).await? else {
-        return Ok(None);
-    };
-    expire(tx, &group_id, &spec, p.now).await?;
-    halt_if_needed(tx, &group_id, &app, &version, policy, spec, p.now).await
+    failed.sort();
+    failed.dedup();
+    let mut halts = Vec::new();
+    for (group_id, version) in failed {
+        let Some((app, policy, spec)) = load_policy(tx, &group_id).await? else {
+            continue;
+        };
+        expire(tx, &group_id, &spec, p.now).await?;
+        if let Some(reason) =
+            halt_if_needed(tx, &group_id, &app, &version, policy, spec, p.now).await?
+        {
+            halts.push(HaltedRollout {
+                group_id,
+                version,
+                reason,
+            });
+        }
+    }
+    Ok(halts)
 }
 
 type RefusalRow = (String, String, String, String, Option<i64>, i64);
@@ -493,7 +524,7 @@ async fn list_refused(
 impl RolloutStore for SqliteStore {
     fn try_grant<'a>(&'a self, req: &'a GrantRequest) -> StoreFuture<'a, GrantOutcome> {
         Box::pin(async move {
-            let mut tx = begin_immediate(self, "grant update").await?;
+            let mut tx = self.begin_immediate("grant update").await?;
             let out = try_grant_tx(&mut tx, req).await?;
             tx.commit().await.map_err(db("grant update"))?;
             Ok(out)
@@ -503,9 +534,9 @@ impl RolloutStore for SqliteStore {
     fn record_progress<'a>(
         &'a self,
         report: &'a ProgressReport,
-    ) -> StoreFuture<'a, Option<String>> {
+    ) -> StoreFuture<'a, Vec<HaltedRollout>> {
         Box::pin(async move {
-            let mut tx = begin_immediate(self, "settle rollout grant").await?;
+            let mut tx = self.begin_immediate("settle rollout grant").await?;
             let out = progress_tx(&mut tx, report).await?;
             tx.commit().await.map_err(db("settle rollout grant"))?;
             Ok(out)
@@ -519,7 +550,7 @@ impl RolloutStore for SqliteStore {
         now: i64,
     ) -> StoreFuture<'a, GrantStats> {
         Box::pin(async move {
-            let mut tx = begin_immediate(self, "rollout stats").await?;
+            let mut tx = self.begin_immediate("rollout stats").await?;
             if let Some((_, _, spec)) = load_policy(&mut tx, group_id).await? {
                 expire(&mut tx, group_id, &spec, now).await?;
             }
@@ -555,7 +586,7 @@ impl RolloutStore for SqliteStore {
         now: i64,
     ) -> StoreFuture<'a, Vec<RefusedVersion>> {
         Box::pin(async move {
-            let mut tx = begin_immediate(self, "clear refused versions").await?;
+            let mut tx = self.begin_immediate("clear refused versions").await?;
             let cleared = list_refused(&mut tx, machine_id, app_id, version).await?;
             if !cleared.is_empty() {
                 sqlx::query(
@@ -575,5 +606,251 @@ impl RolloutStore for SqliteStore {
             tx.commit().await.map_err(db("clear refused versions"))?;
             Ok(cleared)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+
+    use super::*;
+
+    const APP: &str = "app";
+    const GROUP: &str = "g";
+
+    /// A store with one app and group `g` whose policy is `policy`.
+    async fn store(policy: &str) -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("db.sqlite"))
+            .await
+            .unwrap();
+        sqlx::query("INSERT INTO apps (id, name, created_at) VALUES (?, 'OS', 0)")
+            .bind(APP)
+            .execute(&s.pool)
+            .await
+            .unwrap();
+        sqlx::query(
+            "INSERT INTO groups_ (id, app_id, name, track, policy, created_at) \
+             VALUES (?, ?, 'stable', 'stable', ?, 0)",
+        )
+        .bind(GROUP)
+        .bind(APP)
+        .bind(policy)
+        .execute(&s.pool)
+        .await
+        .unwrap();
+        (dir, s)
+    }
+
+    async fn grant(s: &SqliteStore, machine: &str, version: &str, now: i64) -> GrantOutcome {
+        s.try_grant(&GrantRequest {
+            group_id: GROUP.into(),
+            app_id: APP.into(),
+            machine_id: machine.into(),
+            version: version.into(),
+            canary: false,
+            now,
+        })
+        .await
+        .unwrap()
+    }
+
+    async fn report(
+        s: &SqliteStore,
+        machine: &str,
+        state: GrantState,
+        running: &str,
+        refuse: Option<(&str, RefusalReason)>,
+        now: i64,
+    ) -> Vec<HaltedRollout> {
+        s.record_progress(&ProgressReport {
+            machine_id: machine.into(),
+            app_id: APP.into(),
+            state: Some(state),
+            running_version: running.into(),
+            refuse: refuse.map(|(version, reason)| RefusedVersion {
+                machine_id: machine.into(),
+                app_id: APP.into(),
+                version: version.into(),
+                reason,
+                error_code: None,
+                at: now,
+            }),
+            now,
+        })
+        .await
+        .unwrap()
+    }
+
+    async fn stats(s: &SqliteStore, version: &str) -> GrantStats {
+        s.grant_stats(GROUP, version, 1_000_000).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_machine_failing_a_version_again_and_again_is_one_attempt_and_one_failure() {
+        let (_d, s) = store(r#"{"auto_halt": {"max_failure_rate": 0.5, "min_attempts": 3}}"#).await;
+        for t in 0..5 {
+            assert_eq!(grant(&s, "m", "2.0.0", t * 10).await, GrantOutcome::Granted);
+            let halts = report(&s, "m", GrantState::Failed, "1.0.0", None, t * 10 + 1).await;
+            assert!(halts.is_empty(), "one machine never reaches min_attempts 3");
+        }
+        let st = stats(&s, "2.0.0").await;
+        assert_eq!((st.attempts, st.failed, st.in_flight), (1, 1, 0), "{st:?}");
+        // Granted again, it holds one slot; then it succeeds: complete, no longer failed.
+        assert_eq!(grant(&s, "m", "2.0.0", 100).await, GrantOutcome::Granted);
+        let st = stats(&s, "2.0.0").await;
+        assert_eq!((st.attempts, st.failed, st.in_flight), (1, 0, 1), "{st:?}");
+        report(&s, "m", GrantState::Installed, "1.0.0", None, 101).await;
+        report(&s, "m", GrantState::Complete, "2.0.0", None, 102).await;
+        let st = stats(&s, "2.0.0").await;
+        assert_eq!((st.attempts, st.failed, st.complete), (1, 0, 1), "{st:?}");
+    }
+
+    #[tokio::test]
+    async fn a_rollback_fails_a_completed_grant_and_can_halt() {
+        let (_d, s) = store(r#"{"auto_halt": {"max_failure_rate": 0.4, "min_attempts": 2}}"#).await;
+        for m in ["a", "b"] {
+            assert_eq!(grant(&s, m, "2.0.0", 1).await, GrantOutcome::Granted);
+            report(&s, m, GrantState::Installed, "1.0.0", None, 2).await;
+            report(&s, m, GrantState::Complete, "2.0.0", None, 3).await;
+        }
+        assert_eq!(stats(&s, "2.0.0").await.complete, 2);
+        let rb = Some(("2.0.0", RefusalReason::RolledBack));
+        let halts = report(&s, "a", GrantState::Failed, "1.0.0", rb, 4).await;
+        let st = stats(&s, "2.0.0").await;
+        assert_eq!((st.complete, st.failed, st.attempts), (1, 1, 2), "{st:?}");
+        assert_eq!(halts.len(), 1, "1 of 2 failed (50 % > 40 %)");
+        assert_eq!(
+            (halts[0].group_id.as_str(), halts[0].version.as_str()),
+            (GROUP, "2.0.0")
+        );
+        assert!(
+            halts[0].reason.starts_with("1 of 2 machines"),
+            "{}",
+            halts[0].reason
+        );
+        // A late 3/2 of the refused version does not turn the failure back into a completion.
+        report(&s, "a", GrantState::Complete, "2.0.0", None, 5).await;
+        assert_eq!(stats(&s, "2.0.0").await.failed, 1);
+    }
+
+    #[tokio::test]
+    async fn a_timed_out_grant_completes_when_the_machine_gets_there() {
+        let (_d, s) = store(r#"{"update_timeout_secs": 60}"#).await;
+        assert_eq!(grant(&s, "slow", "2.0.0", 0).await, GrantOutcome::Granted);
+        let st = s.grant_stats(GROUP, "2.0.0", 100).await.unwrap();
+        assert_eq!(st.timed_out, 1, "{st:?}");
+        report(&s, "slow", GrantState::Installed, "1.0.0", None, 110).await;
+        report(&s, "slow", GrantState::Complete, "2.0.0", None, 120).await;
+        let st = stats(&s, "2.0.0").await;
+        assert_eq!(
+            (st.timed_out, st.complete, st.attempts),
+            (0, 1, 1),
+            "{st:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_regrant_counts_once_against_the_rate_limit() {
+        let (_d, s) = store(r#"{"rate_limit": {"count": 2, "period_secs": 3600}}"#).await;
+        assert_eq!(grant(&s, "a", "2.0.0", 0).await, GrantOutcome::Granted);
+        assert_eq!(grant(&s, "b", "2.0.0", 100).await, GrantOutcome::Granted);
+        report(&s, "a", GrantState::Failed, "1.0.0", None, 150).await;
+        // `a` is already one of the two machines of the window: its re-grant adds none...
+        assert_eq!(grant(&s, "a", "2.0.0", 200).await, GrantOutcome::Granted);
+        let st = stats(&s, "2.0.0").await;
+        assert_eq!((st.attempts, st.in_flight), (2, 2), "{st:?}");
+        // ...a third machine is still held...
+        let is_rate = |o: &GrantOutcome| {
+            matches!(
+                o,
+                GrantOutcome::Held {
+                    reason: HoldReason::Rate,
+                    ..
+                }
+            )
+        };
+        assert!(is_rate(&grant(&s, "c", "2.0.0", 300).await));
+        // ...and the re-grant counts from its own time: at 3650 `a` (re-granted at 200) and `b`
+        // (granted at 100) are both in the last hour; at 3710 only `a` is.
+        assert!(is_rate(&grant(&s, "c", "2.0.0", 3650).await));
+        assert_eq!(grant(&s, "c", "2.0.0", 3710).await, GrantOutcome::Granted);
+    }
+
+    #[tokio::test]
+    async fn a_refusal_holds_the_version_for_that_machine_only() {
+        let (_d, s) = store("{}").await;
+        assert_eq!(grant(&s, "x", "2.0.0", 0).await, GrantOutcome::Granted);
+        let deny = Some(("2.0.0", RefusalReason::DenyListed));
+        report(&s, "x", GrantState::Failed, "1.0.0", deny, 1).await;
+        let held = grant(&s, "x", "2.0.0", 2).await;
+        assert!(
+            matches!(
+                held,
+                GrantOutcome::Held {
+                    reason: HoldReason::DenyListed,
+                    ..
+                }
+            ),
+            "{held:?}"
+        );
+        assert_eq!(grant(&s, "y", "2.0.0", 3).await, GrantOutcome::Granted);
+        assert_eq!(grant(&s, "x", "2.1.0", 4).await, GrantOutcome::Granted);
+        let refused = s.refused_versions("x", Some(APP)).await.unwrap();
+        assert_eq!(refused.len(), 1);
+        assert_eq!(refused[0].reason, RefusalReason::DenyListed);
+    }
+
+    #[tokio::test]
+    async fn migration_5_folds_a_machines_grants_of_a_version_into_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        let opts = SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true);
+        let pool = SqlitePoolOptions::new().connect_with(opts).await.unwrap();
+        super::super::migrator(&super::super::MIGRATIONS[..4])
+            .run(&pool)
+            .await
+            .unwrap();
+        // Before: one row per grant attempt.
+        for (id, machine, state) in [
+            (1, "m", "failed"),
+            (2, "n", "complete"),
+            (3, "m", "failed"),
+            (4, "m", "in_flight"),
+        ] {
+            sqlx::query(
+                "INSERT INTO rollout_grants (id, group_id, app_id, machine_id, version, state, \
+                 granted_at, progress_at) VALUES (?, ?, ?, ?, '2.0.0', ?, ?, ?)",
+            )
+            .bind(id)
+            .bind(GROUP)
+            .bind(APP)
+            .bind(machine)
+            .bind(state)
+            .bind(id)
+            .bind(id)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        pool.close().await;
+        let s = SqliteStore::open(&path).await.unwrap();
+        let st = stats(&s, "2.0.0").await;
+        assert_eq!(
+            (st.attempts, st.in_flight, st.failed, st.complete),
+            (2, 1, 0, 1),
+            "the newest row of each machine is kept: {st:?}"
+        );
+        let dup = sqlx::query(
+            "INSERT INTO rollout_grants (group_id, app_id, machine_id, version, state, \
+             granted_at, progress_at) VALUES (?, ?, 'n', '2.0.0', 'failed', 9, 9)",
+        )
+        .bind(GROUP)
+        .bind(APP)
+        .execute(&s.pool)
+        .await;
+        assert!(dup.is_err(), "one grant per machine and version");
     }
 }

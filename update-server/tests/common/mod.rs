@@ -47,6 +47,17 @@ pub async fn omaha_post(
     (r.status(), r.text().await.unwrap())
 }
 
+/// The Prometheus text of `{base}/metrics`.
+pub async fn metrics(http: &reqwest::Client, base: &str) -> String {
+    let r = http.get(format!("{base}/metrics")).send().await.unwrap();
+    assert!(
+        r.status().is_success(),
+        "GET {base}/metrics: {}",
+        r.status()
+    );
+    r.text().await.unwrap()
+}
+
 /// Publishes a payload file through the admin API; returns the status and the package.
 pub async fn publish(
     http: &reqwest::Client,
