@@ -61,6 +61,8 @@ APP = "7b3f6a2e-5c1d-4e8a-9f40-2d6b8c1e9a53"  # the agent's default app id
 EXT_APP = "0d5c7a1e-3b9f-4e2a-8c6d-9f1b2a3c4d5e"
 EXT = "platte-demo-runtime"
 EXT_UNIT = EXT + ".service"
+# The first build's unit file's mtime (2024-01-01 UTC); each later build's is an hour newer.
+UNIT_MTIME = 1704067200
 OVMF_CODE = "/usr/share/OVMF/OVMF_CODE_4M.fd"
 OVMF_VARS = "/usr/share/OVMF/OVMF_VARS_4M.fd"
 SKIP = 77
@@ -613,11 +615,16 @@ class Test:
         # systemd-sysext merges from a raw image. extension-release.NAME must name the link
         # (NAME.raw), and its ID and VERSION_ID must be the booted OS's, as os.versions says.
         root = os.path.join(self.rundir, "ext")
-        for v, broken in (("1.0.0", False), ("1.1.0", False), ("1.2.0", True)):
+        for i, (v, broken) in enumerate((("1.0.0", False), ("1.1.0", False), ("1.2.0", True))):
             tree = os.path.join(root, v)
             write_file(os.path.join(tree, "usr", "bin", EXT), demo_runtime(v, broken), 0o755)
-            write_file(os.path.join(tree, "usr", "lib", "systemd", "system", EXT_UNIT),
-                       demo_unit(v), 0o644)
+            unit = os.path.join(tree, "usr", "lib", "systemd", "system", EXT_UNIT)
+            write_file(unit, demo_unit(v), 0o644)
+            # Later builds' unit files are newer, as real builds' are (mkfs.ext4 -d keeps
+            # mtimes): systemd's NeedDaemonReload only says yes when the file on disk is newer
+            # than the one it loaded, and these three are otherwise written in the same second.
+            t = UNIT_MTIME + 3600 * i
+            os.utime(unit, (t, t))
             write_file(os.path.join(tree, "usr", "lib", "extension-release.d",
                                     f"extension-release.{EXT}"),
                        f"ID={os_id}\nVERSION_ID={self.ext_os}\n", 0o644)
