@@ -63,6 +63,9 @@ pub struct ServeArgs {
     /// FleetLock options.
     #[command(flatten)]
     pub fleetlock: crate::fleetlock::config::FleetLockArgs,
+    /// Retention options.
+    #[command(flatten)]
+    pub retention: crate::retention::RetentionArgs,
 }
 
 /// Omaha answer options of `update-server serve`.
@@ -182,6 +185,8 @@ pub struct FileConfig {
     pub omaha: Option<OmahaFile>,
     /// The `[fleetlock]` table.
     pub fleetlock: Option<crate::fleetlock::config::FleetLockFile>,
+    /// The `[retention]` table.
+    pub retention: Option<crate::retention::RetentionFile>,
 }
 
 /// Configuration errors.
@@ -240,6 +245,8 @@ pub struct Settings {
     pub omaha: OmahaSettings,
     /// FleetLock server settings.
     pub fleetlock: crate::fleetlock::FleetLockSettings,
+    /// Retention (pruning of old rows) settings.
+    pub retention: crate::retention::RetentionSettings,
 }
 
 impl FileConfig {
@@ -331,6 +338,10 @@ impl Settings {
                 &args.fleetlock,
                 file.fleetlock.as_ref(),
             )?,
+            retention: crate::retention::RetentionSettings::resolve(
+                &args.retention,
+                file.retention.as_ref(),
+            )?,
         })
     }
 
@@ -343,12 +354,14 @@ impl Settings {
         Self::resolve(args, &file)
     }
 
-    /// Defaults with a given data directory and an ephemeral port (for tests and benches).
+    /// Defaults with a given data directory and an ephemeral port (for tests and benches); the
+    /// background pruner is off (tests prune explicitly, with their own clock).
     pub fn for_tests(data_dir: &Path) -> Self {
         let mut s = Self::resolve(&ServeArgs::default(), &FileConfig::default())
             .unwrap_or_else(|_| unreachable_defaults());
         s.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         s.data_dir = data_dir.to_owned();
+        s.retention.interval = None;
         s
     }
 }
@@ -366,6 +379,7 @@ fn unreachable_defaults() -> Settings {
         max_package_size: DEFAULT_MAX_PACKAGE,
         omaha: OmahaSettings::default(),
         fleetlock: crate::fleetlock::FleetLockSettings::default(),
+        retention: crate::retention::RetentionSettings::default(),
     }
 }
 
@@ -438,6 +452,26 @@ mod tests {
         let s = Settings::resolve(&args, &file).unwrap();
         assert_eq!(s.omaha.poll_interval_secs, Some(600));
         assert!(s.omaha.download_mirrors.is_empty());
+    }
+
+    #[test]
+    fn retention_table_is_read_and_checked() {
+        let file: FileConfig =
+            toml::from_str("[retention]\nevents_days = 30\nforget_instances_after_days = 7")
+                .unwrap();
+        let s = Settings::resolve(&ServeArgs::default(), &file).unwrap();
+        assert_eq!(s.retention.events_days, Some(30));
+        assert_eq!(s.retention.forget_instances_after_days, Some(7));
+        assert_eq!(
+            s.retention.activity_days,
+            Some(365),
+            "defaults fill the rest"
+        );
+        let file: FileConfig = toml::from_str("[retention]\nbatch_size = 1").unwrap();
+        let err = Settings::resolve(&ServeArgs::default(), &file).unwrap_err();
+        assert!(err.to_string().contains("retention.batch_size"), "{err}");
+        assert!(toml::from_str::<FileConfig>("[retention]\nkeep = 1").is_err());
+        assert_eq!(Settings::for_tests(Path::new("d")).retention.interval, None);
     }
 
     #[test]

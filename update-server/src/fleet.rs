@@ -157,6 +157,54 @@ impl Fleet {
         }
     }
 
+    /// True when the machine has not checked in (as this process knows it) since `cutoff`, or
+    /// is not in memory at all.
+    pub fn is_stale(&self, key: &InstanceKey, cutoff: i64) -> bool {
+        lock(self.shard(key))
+            .rows
+            .get(key)
+            .is_none_or(|r| r.last_check_at < cutoff)
+    }
+
+    /// Removes the rows of `keys` that have still not checked in since `cutoff` (a machine that
+    /// checked in meanwhile keeps its row, and its next write re-creates it in the store);
+    /// returns how many were removed. The caller deletes them in the store while holding
+    /// [`Fleet::write_guard`].
+    pub fn forget_stale(&self, keys: &[InstanceKey], cutoff: i64) -> usize {
+        let mut n = 0;
+        for key in keys {
+            let mut shard = lock(self.shard(key));
+            if shard
+                .rows
+                .get(key)
+                .is_some_and(|r| r.last_check_at < cutoff)
+            {
+                shard.rows.remove(key);
+                shard.dirty.remove(key);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Rows not checked in since `cutoff` and with nothing waiting to be written (candidates
+    /// for dropping from memory once the store no longer has them: another server sharing the
+    /// database forgot them).
+    pub fn stale_keys(&self, cutoff: i64) -> Vec<InstanceKey> {
+        let mut out = Vec::new();
+        for s in &self.shards {
+            let shard = lock(s);
+            out.extend(
+                shard
+                    .rows
+                    .iter()
+                    .filter(|(k, r)| r.last_check_at < cutoff && !shard.dirty.contains(*k))
+                    .map(|(k, _)| k.clone()),
+            );
+        }
+        out
+    }
+
     /// Holds off batch writes (for deletions that must not be undone by a pending batch).
     pub async fn write_guard(&self) -> tokio::sync::MutexGuard<'_, ()> {
         self.write_lock.lock().await

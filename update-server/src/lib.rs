@@ -5,7 +5,7 @@
 //! Map: [`server`] starts everything; [`http`] holds the routes; [`service`] answers update
 //! checks from the in-memory [`catalogue`] and [`fleet`]; [`lifecycle`] is the instance state
 //! machine; [`policy`] is the rollout hook; [`store`] is the database behind a trait;
-//! [`blobs`] stores payload files; [`cli`] is the operator client; [`simulate`] is the fleet
+//! [`retention`] prunes old rows; [`blobs`] stores payload files; [`cli`] is the operator client; [`simulate`] is the fleet
 //! simulator.
 
 pub mod blobs;
@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod model;
 pub mod openapi;
 pub mod policy;
+pub mod retention;
 pub mod rollout;
 pub mod server;
 pub mod service;

@@ -5,7 +5,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::fleetlock::http as fleetlock;
-use crate::http::{admin, rollout};
+use crate::http::{admin, maintenance, rollout};
 
 struct BearerAuth;
 
@@ -36,6 +36,7 @@ impl Modify for BearerAuth {
         admin::list_instances, admin::get_instance, admin::delete_instance,
         admin::retry_instance,
         admin::list_events, admin::list_activity,
+        maintenance::prune,
         fleetlock::list_groups, fleetlock::get_group, fleetlock::set_slots,
         fleetlock::release_holder,
     ),

@@ -1,6 +1,6 @@
 //! Server start-up and shutdown: open the data directory, apply migrations, load the catalogue
-//! and fleet, resolve tokens, start the batch writer, bind and serve; on shutdown stop accepting,
-//! drain, and flush pending check-ins.
+//! and fleet, resolve tokens, start the batch writer and the retention pruner, bind and serve; on
+//! shutdown stop accepting, drain, let the pruner finish its batch, and flush pending check-ins.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,6 +17,7 @@ use crate::fleetlock::FleetLock;
 use crate::http::{AppState, auth, router};
 use crate::metrics::Metrics;
 use crate::policy::RolloutPolicy;
+use crate::retention::{Pruner, RetentionMetrics};
 use crate::rollout::{RolloutEngine, RolloutMetrics, Rollouts};
 use crate::service::UpdateService;
 use crate::store::{SqliteStore, Store};
@@ -101,6 +102,15 @@ pub async fn start_with(
     if let Err(e) = fleetlock.groups().await {
         tracing::warn!(error = %e, "reading FleetLock groups for metrics failed");
     }
+    let (tx, mut rx) = watch::channel(false);
+    let pruner = Arc::new(Pruner::new(
+        Arc::new(sqlite.clone()),
+        Arc::clone(&fleet),
+        Arc::clone(&clock),
+        settings.retention.clone(),
+        RetentionMetrics::register(&metrics),
+        rx.clone(),
+    ));
     let service = Arc::new(UpdateService {
         catalogue: cache,
         fleet: Arc::clone(&fleet),
@@ -125,9 +135,9 @@ pub async fn start_with(
         proxy_header: settings.proxy_header.clone(),
         max_package_size: settings.max_package_size,
         fleetlock,
+        pruner: Arc::clone(&pruner),
     };
     let app = router(state.clone(), tokens);
-    let (tx, mut rx) = watch::channel(false);
 
     let flusher = {
         let fleet = Arc::clone(&fleet);
@@ -149,6 +159,9 @@ pub async fn start_with(
         })
     };
 
+    // At start, then every interval; it stops after its current batch at shutdown.
+    let pruning = pruner.spawn();
+
     let task = tokio::spawn(async move {
         axum::serve(
             listener,
@@ -160,6 +173,9 @@ pub async fn start_with(
         .await
         .context("serving HTTP")?;
         let _ = flusher.await;
+        if let Some(p) = pruning {
+            let _ = p.await;
+        }
         let n = fleet
             .flush()
             .await

@@ -1,9 +1,10 @@
 //! The operator CLI: `update-server serve` and the subcommands that drive the admin API over
-//! HTTP (`app`, `channel`, `group`, `package`, `instance`, `fleetlock`, `activity`), printing
-//! tables or, with `--json`, the API's JSON; and `simulate`, the fleet simulator.
+//! HTTP (`app`, `channel`, `group`, `package`, `instance`, `fleetlock`, `activity`, `prune`),
+//! printing tables or, with `--json`, the API's JSON; and `simulate`, the fleet simulator.
 
 mod client;
 pub mod fleetlock;
+pub mod prune;
 pub mod rollout;
 mod table;
 
@@ -123,6 +124,16 @@ pub enum Command {
     },
     /// Simulate a fleet of machines going through a staged rollout (see docs/rollouts.md).
     Simulate(Box<crate::simulate::SimulateArgs>),
+    /// Prune old rows now with the server's retention settings (events, status history,
+    /// activity, settled grants; instances not seen for the configured period).
+    Prune {
+        /// Connection.
+        #[command(flatten)]
+        conn: Conn,
+        /// Count what would be deleted; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// The activity feed.
     Activity {
         /// Connection.
@@ -706,6 +717,7 @@ pub async fn run_admin(cmd: Command) -> anyhow::Result<()> {
         }
         Command::Fleetlock { conn, cmd } => fleetlock::run(&conn, cmd).await,
         Command::Rollout { conn, cmd } => rollout::run(&conn, cmd).await,
+        Command::Prune { conn, dry_run } => prune::run(&conn, dry_run).await,
         Command::Simulate(args) => crate::simulate::run(*args).await,
         Command::Activity { conn, app, limit } => {
             let c = ApiClient::new(&conn.server, conn.token.as_deref())?;

@@ -610,7 +610,7 @@ pub struct PackageQuery {
 /// Query of `POST /packages` (the body is the signed payload).
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct PublishQuery {
-    /// File name clients download [default: `<app>-<version>-<arch>.payload`].
+    /// File name clients download (default: `<app>-<version>-<arch>.payload`).
     pub filename: Option<String>,
     /// Host externally at this codebase URL (the file is verified, then not kept).
     pub external_url: Option<String>,

@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod auth;
 pub mod download;
+pub mod maintenance;
 pub mod omaha;
 pub mod ops;
 pub mod rollout;
@@ -43,6 +44,8 @@ pub struct AppState {
     pub max_package_size: u64,
     /// FleetLock reboot semaphore.
     pub fleetlock: Arc<crate::fleetlock::FleetLock>,
+    /// Retention pruner (background runs and `POST /maintenance/prune`).
+    pub pruner: Arc<crate::retention::Pruner>,
 }
 
 /// Builds the router.
@@ -106,6 +109,7 @@ pub fn router(state: AppState, tokens: Arc<auth::Tokens>) -> Router {
         .route("/instances/{machine}/retry", post(admin::retry_instance))
         .route("/events", get(admin::list_events))
         .route("/activity", get(admin::list_activity))
+        .route("/maintenance/prune", post(maintenance::prune))
         .route("/fleetlock/groups", get(fleetlock::list_groups))
         .route(
             "/fleetlock/groups/{group}",

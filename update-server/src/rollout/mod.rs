@@ -7,7 +7,7 @@
 //! so the common answers (no update, up to date, not in bucket) cost no database round trip. Only
 //! an actual grant attempt goes to the store, which decides the shared limits (rate, concurrency,
 //! timeouts, auto-halt, canary gate) atomically in one write transaction
-//! ([`crate::store::Store::try_grant`]).
+//! ([`crate::store::rollout::RolloutStore::try_grant`]).
 
 pub mod bucket;
 pub mod engine;

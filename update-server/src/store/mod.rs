@@ -2,6 +2,7 @@
 //! the embedded implementation; the SQL is kept portable for a PostgreSQL one.
 
 pub mod fleetlock;
+pub mod retention;
 pub mod rollout;
 mod sqlite;
 
@@ -9,6 +10,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 pub use fleetlock::FleetLockStore;
+pub use retention::RetentionStore;
 pub use rollout::RolloutStore;
 pub use sqlite::SqliteStore;
 

@@ -47,10 +47,17 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "grant_per_machine",
         include_str!("../../migrations/0005_grant_per_machine.sql"),
     ),
+    (
+        6,
+        "retention_indexes",
+        include_str!("../../migrations/0006_retention_indexes.sql"),
+    ),
 ];
 
 #[path = "sqlite_fleetlock.rs"]
 mod fleetlock;
+#[path = "sqlite_retention.rs"]
+mod retention;
 #[path = "sqlite_rollout.rs"]
 mod rollout;
 
