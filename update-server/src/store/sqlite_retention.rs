@@ -765,62 +765,54 @@ mod tests {
         }
     }
 
-    /// Runs every aged pass to the end (grants group by group), batches of `limit`; returns
-    /// the rows per table and the batch sizes.
+    /// Every aged pass as the pruner runs them: each table once, grants once per group.
+    async fn passes(s: &SqliteStore) -> Vec<(AgedTable, Option<String>)> {
+        let mut out = Vec::new();
+        for table in AgedTable::ALL {
+            if table == AgedTable::Grants {
+                for g in s.grant_groups().await.unwrap() {
+                    out.push((table, Some(g)));
+                }
+            } else {
+                out.push((table, None));
+            }
+        }
+        out
+    }
+
+    /// Runs every aged pass to the end, batches of `limit`; returns the rows per table and the
+    /// batch sizes.
     async fn prune_all(s: &SqliteStore, c: &Cutoffs, limit: u32) -> (PruneCounts, Vec<u64>) {
         let mut counts = PruneCounts::default();
         let mut batches = Vec::new();
-        for table in AgedTable::ALL {
-            let groups = if table == AgedTable::Grants {
-                s.grant_groups()
+        for (table, g) in passes(s).await {
+            let mut cursor = None;
+            loop {
+                let b = s
+                    .prune_aged(table, g.as_deref(), c, cursor, limit, false)
                     .await
-                    .unwrap()
-                    .into_iter()
-                    .map(Some)
-                    .collect()
-            } else {
-                vec![None]
-            };
-            for g in groups {
-                let mut cursor = None;
-                loop {
-                    let b = s
-                        .prune_aged(table, g.as_deref(), c, cursor, limit, false)
-                        .await
-                        .unwrap();
-                    batches.push(b.rows);
-                    counts.add(table, b.rows);
-                    cursor = b.next;
-                    if cursor.is_none() {
-                        break;
-                    }
+                    .unwrap();
+                batches.push(b.rows);
+                counts.add(table, b.rows);
+                cursor = b.next;
+                if cursor.is_none() {
+                    break;
                 }
             }
         }
         (counts, batches)
     }
 
+    /// Every aged pass as a dry run; returns the rows per table it would delete.
     async fn dry_all(s: &SqliteStore, c: &Cutoffs) -> PruneCounts {
         let mut counts = PruneCounts::default();
-        for table in AgedTable::ALL {
-            let groups = if table == AgedTable::Grants {
-                s.grant_groups()
-                    .await
-                    .unwrap()
-                    .into_iter()
-                    .map(Some)
-                    .collect()
-            } else {
-                vec![None]
-            };
-            for g in groups {
-                let n = s
-                    .prune_aged(table, g.as_deref(), c, None, 1, true)
-                    .await
-                    .unwrap()
-                    .rows;
-                counts.add(table, n);
-            }
+        for (table, g) in passes(s).await {
+            let n = s
+                .prune_aged(table, g.as_deref(), c, None, 1, true)
+                .await
+                .unwrap()
+                .rows;
+            counts.add(table, n);
         }
         counts
     }
