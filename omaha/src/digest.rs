@@ -53,9 +53,44 @@ pub(crate) fn decode_hex<const N: usize>(
     Ok(out)
 }
 
+/// Decodes either hex (either case, `2 * N` characters) or standard padded base64 into exactly
+/// `N` bytes. The two forms cannot be confused: hex of `N` bytes is longer than base64 of `N`
+/// bytes.
+pub(crate) fn decode_hex_or_base64<const N: usize>(
+    attribute: &'static str,
+    value: &str,
+) -> Result<[u8; N], DigestError> {
+    let parsed = if value.len() == 2 * N {
+        decode_hex(attribute, value)
+    } else {
+        decode_base64(attribute, value)
+    };
+    parsed.map_err(|_| DigestError {
+        attribute,
+        value: value.to_owned(),
+        expected: format!("hex or base64 of {N} bytes"),
+    })
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{decode_base64, decode_hex, encode_base64};
+    use super::{decode_base64, decode_hex, decode_hex_or_base64, encode_base64};
+
+    #[test]
+    fn hex_or_base64_accepts_both_forms_of_the_same_digest() {
+        let d = [0xA5u8; 32];
+        assert_eq!(decode_hex_or_base64::<32>("x", &hex::encode(d)), Ok(d));
+        assert_eq!(
+            decode_hex_or_base64::<32>("x", &hex::encode_upper(d)),
+            Ok(d)
+        );
+        assert_eq!(decode_hex_or_base64::<32>("x", &encode_base64(&d)), Ok(d));
+        let e = decode_hex_or_base64::<32>("x", "sha256_1_5_0").unwrap_err();
+        assert_eq!(e.expected, "hex or base64 of 32 bytes");
+        // Base64 of 20 bytes, hex of 31: wrong lengths either way.
+        assert!(decode_hex_or_base64::<32>("x", &encode_base64(&[1; 20])).is_err());
+        assert!(decode_hex_or_base64::<32>("x", &hex::encode([1; 31])).is_err());
+    }
 
     #[test]
     fn base64_round_trip_and_length_check() {

@@ -133,7 +133,10 @@ pub enum ParseError {
         limit: usize,
     },
     /// An attribute value is longer than
-    /// [`Limits::max_attribute_len`](crate::Limits::max_attribute_len).
+    /// [`Limits::max_attribute_len`](crate::Limits::max_attribute_len), or a request attribute a
+    /// server keeps is longer than [`Limits::max_id_len`](crate::Limits::max_id_len) or
+    /// [`Limits::max_name_len`](crate::Limits::max_name_len) (then `len` is the length of the
+    /// unescaped value).
     #[error(
         "attribute {attribute} of <{element}> at byte {offset} is {len} bytes, more than the limit of {limit}"
     )]
@@ -144,7 +147,7 @@ pub enum ParseError {
         element: String,
         /// The attribute's name.
         attribute: String,
-        /// Length of the raw (escaped) value in bytes.
+        /// Length of the value in bytes (raw, or unescaped for the per-attribute bounds).
         len: usize,
         /// The limit in force.
         limit: usize,

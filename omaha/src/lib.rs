@@ -34,6 +34,7 @@
 
 mod appid;
 pub mod codes;
+pub mod credential;
 mod decode;
 mod digest;
 mod encode;
@@ -50,7 +51,7 @@ pub use codes::event::{EventResult, EventType};
 pub use codes::platte::PlatteCode;
 pub use digest::DigestError;
 pub use error::ParseError;
-pub use limits::Limits;
+pub use limits::{Limits, MAX_ID_LEN, MAX_NAME_LEN};
 pub use request::{AppRequest, EventRequest, Os, PingRequest, Request, UpdateCheckRequest};
 pub use response::{
     Ack, Action, ActionEvent, AppResponse, AppStatus, DayStart, Manifest, Package, Response,
@@ -65,7 +66,7 @@ pub fn parse_request(body: &[u8]) -> Result<Request, ParseError> {
 /// Parses a request body with the given limits.
 pub fn parse_request_with_limits(body: &[u8], limits: &Limits) -> Result<Request, ParseError> {
     let root = xml::tree::parse(body, limits, &decode::request::SCHEMA)?;
-    decode::request::request(&root)
+    decode::request::request(&root, limits)
 }
 
 /// Parses a response body with [`Limits::RESPONSE`].

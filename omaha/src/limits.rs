@@ -22,11 +22,29 @@ pub struct Limits {
     pub max_attributes: usize,
     /// Maximum length in bytes of one raw (still escaped) attribute value.
     pub max_attribute_len: usize,
+    /// Maximum length in bytes of a request attribute that identifies something a server keeps
+    /// per machine: `appid`, `machineid`, `bootid`, and the versions (`version`, `nextversion`,
+    /// `alephversion`, an event's `previousversion` and `nextversion`). Checked on the
+    /// unescaped value; only requests are checked.
+    pub max_id_len: usize,
+    /// Maximum length in bytes of any other request attribute a server keeps or uses as a
+    /// name: `machinealias`, `track`, `oem`, `oemversion`, `board`, and `<os arch>`. Checked on
+    /// the unescaped value; only requests are checked.
+    pub max_name_len: usize,
 }
+
+/// [`Limits::max_id_len`] of [`Limits::REQUEST`]: 128 bytes (a machine id is 32 hex digits, a
+/// braced GUID 38 characters, a version rarely more than 40).
+pub const MAX_ID_LEN: usize = 128;
+
+/// [`Limits::max_name_len`] of [`Limits::REQUEST`]: 255 bytes (a fully qualified host name, as
+/// an alias, has at most 253).
+pub const MAX_NAME_LEN: usize = 255;
 
 impl Limits {
     /// Limits for requests read by a server: 64 KiB body (as Nebraska), depth 16, 32 apps,
-    /// 64 events per app, 64 attributes per element, 4 KiB per attribute value, 4096 elements.
+    /// 64 events per app, 64 attributes per element, 4 KiB per attribute value, 4096 elements;
+    /// identities and versions at most [`MAX_ID_LEN`] bytes, names at most [`MAX_NAME_LEN`].
     pub const REQUEST: Limits = Limits {
         max_body: 64 * 1024,
         max_depth: 16,
@@ -35,6 +53,8 @@ impl Limits {
         max_events_per_app: 64,
         max_attributes: 64,
         max_attribute_len: 4 * 1024,
+        max_id_len: MAX_ID_LEN,
+        max_name_len: MAX_NAME_LEN,
     };
 
     /// Limits for responses read by an agent: as [`Limits::REQUEST`] but a 1 MiB body (as

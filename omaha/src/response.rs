@@ -405,6 +405,15 @@ impl Package {
             .map(|h| digest::decode_hex("package hash_sha256", h))
             .transpose()
     }
+
+    /// The decoded `hash_sha256` accepting hex (the protocol's encoding) **or** standard base64
+    /// (what go-omaha's `Package.FromReader` writes); `None` when absent.
+    pub fn sha256_hex_or_base64(&self) -> Result<Option<[u8; 32]>, DigestError> {
+        self.hash_sha256
+            .as_deref()
+            .map(|h| digest::decode_hex_or_base64("package hash_sha256", h))
+            .transpose()
+    }
 }
 
 /// `event` of an `<action>`.
@@ -510,6 +519,15 @@ impl Action {
         self.sha256
             .as_deref()
             .map(|h| digest::decode_base64("action sha256", h))
+            .transpose()
+    }
+
+    /// The decoded `sha256` accepting base64 (update_engine's encoding) **or** hex (CoreUpdate's
+    /// protocol document); `None` when absent.
+    pub fn sha256_hex_or_base64(&self) -> Result<Option<[u8; 32]>, DigestError> {
+        self.sha256
+            .as_deref()
+            .map(|h| digest::decode_hex_or_base64("action sha256", h))
             .transpose()
     }
 }

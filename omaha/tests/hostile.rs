@@ -210,11 +210,100 @@ fn overlong_attribute_value() {
             limit: 4096
         }
     );
+    // An attribute the server does not keep may use the whole general limit.
     let fits = format!(
-        r#"<request protocol="3.0"><app appid="{}"/></request>"#,
+        r#"<request protocol="3.0"><app appid="a" lang="{}"/></request>"#,
         "a".repeat(4096)
     );
     assert!(parse_request(fits.as_bytes()).is_ok());
+}
+
+#[test]
+fn kept_attributes_have_their_own_bounds() {
+    let at = |attrs: &str, body: &str| {
+        format!(r#"<request protocol="3.0"><app appid="a" {attrs}>{body}</app></request>"#)
+    };
+    let too_long = |body: String, attribute: &str, len: usize, limit: usize| match parse_request(
+        body.as_bytes(),
+    )
+    .unwrap_err()
+    {
+        ParseError::AttributeTooLong {
+            attribute: a,
+            len: l,
+            limit: m,
+            ..
+        } => assert_eq!((a.as_str(), l, m), (attribute, len, limit), "{body:.80}"),
+        other => panic!("{attribute}: {other:?}"),
+    };
+    let id = omaha::MAX_ID_LEN;
+    let name = omaha::MAX_NAME_LEN;
+    for attr in [
+        "machineid",
+        "bootid",
+        "version",
+        "nextversion",
+        "alephversion",
+    ] {
+        let fits = at(&format!(r#"{attr}="{}""#, "f".repeat(id)), "");
+        assert!(parse_request(fits.as_bytes()).is_ok(), "{attr}");
+        too_long(
+            at(&format!(r#"{attr}="{}""#, "f".repeat(4096)), ""),
+            attr,
+            4096,
+            id,
+        );
+    }
+    for attr in ["machinealias", "track", "oem", "oemversion", "board"] {
+        let fits = at(&format!(r#"{attr}="{}""#, "n".repeat(name)), "");
+        assert!(parse_request(fits.as_bytes()).is_ok(), "{attr}");
+        too_long(
+            at(&format!(r#"{attr}="{}""#, "n".repeat(name + 1)), ""),
+            attr,
+            name + 1,
+            name,
+        );
+    }
+    // The bound applies to the unescaped value: 43 `&amp;` are 43 bytes, not 215.
+    let escaped = at(&format!(r#"machinealias="{}""#, "&amp;".repeat(43)), "");
+    assert!(parse_request(escaped.as_bytes()).is_ok());
+    too_long(
+        format!(
+            r#"<request protocol="3.0"><app appid="{}"/></request>"#,
+            "a".repeat(id + 1)
+        ),
+        "appid",
+        id + 1,
+        id,
+    );
+    too_long(
+        at(
+            "",
+            &format!(
+                r#"<event eventtype="3" eventresult="2" previousversion="{}"/>"#,
+                "1".repeat(id + 1)
+            ),
+        ),
+        "previousversion",
+        id + 1,
+        id,
+    );
+    too_long(
+        format!(
+            r#"<request protocol="3.0"><os arch="{}"/><app appid="a"/></request>"#,
+            "x".repeat(name + 1)
+        ),
+        "arch",
+        name + 1,
+        name,
+    );
+    // Custom limits relax them.
+    let relaxed = Limits {
+        max_id_len: 4096,
+        ..Limits::REQUEST
+    };
+    let long = at(&format!(r#"machineid="{}""#, "f".repeat(4096)), "");
+    assert!(omaha::parse_request_with_limits(long.as_bytes(), &relaxed).is_ok());
 }
 
 #[test]

@@ -293,3 +293,39 @@ fn apply_into_a_range_of_a_disk_image() {
     assert!(disk[base..base + len] == env.image[..]);
     assert!(disk[base + len..].iter().all(|&b| b == OLD));
 }
+
+#[test]
+fn a_closed_stdout_is_no_panic_and_keeps_the_exit_status() {
+    let env = setup();
+    // Standard output nobody reads (`payload inspect p | head -1` once `head` has exited): a
+    // pipe whose read end is closed, so every write fails with EPIPE.
+    let unread = |args: &[&str]| {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        Command::new(env!("CARGO_BIN_EXE_payload"))
+            .current_dir(env.dir.path())
+            .env_remove("SOURCE_DATE_EPOCH")
+            .args(args)
+            .stdout(writer)
+            .output()
+            .unwrap()
+    };
+    for (args, code) in [
+        (&["inspect", "--operations", "p"][..], 0),
+        (&["inspect", "--json", "p"][..], 0),
+        (&["verify", "--trusted", "rel.pub", "p"][..], 0),
+        (&["keygen", "--out", "other"][..], 0),
+        // The status is still the command's own: an untrusted payload is 4.
+        (&["verify", "--trusted", "other.pub", "p"][..], 4),
+    ] {
+        let out = unread(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("Broken pipe"),
+            "{args:?}: {stderr}"
+        );
+    }
+    // The work is done although nobody read the report.
+    assert!(env.path("other.pub").exists());
+}

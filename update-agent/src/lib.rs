@@ -10,7 +10,8 @@
 //! - [`reboot`] (when and how a staged update reboots: strategies, coordinator, logind,
 //!   FleetLock), [`dbus`] (the `org.platte.Update1` API and update_engine's compatibility
 //!   interface), [`updatectl`] (the command-line client of that API), [`extensions`] (runtime
-//!   extensions: systemd-sysext images kept current as Omaha apps of their own).
+//!   extensions: systemd-sysext images kept current as Omaha apps of their own), [`output`]
+//!   (standard output of the command-line tools that tolerates a closed pipe).
 
 pub mod agent;
 pub mod atomic_file;
@@ -22,7 +23,9 @@ pub mod health;
 pub mod http;
 pub mod identity;
 pub mod install;
+pub mod machine_key;
 pub mod omaha_client;
+pub mod output;
 pub mod paths;
 pub mod reboot;
 pub mod rollback;

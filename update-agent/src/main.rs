@@ -1,5 +1,6 @@
 //! `update-agent`: the Platte host agent's command line.
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -11,6 +12,7 @@ use update_agent::boot::{self, BootBackend};
 use update_agent::config::{self, LoadedConfig};
 use update_agent::health::{self, MarkGoodError, SystemctlChecker};
 use update_agent::identity::Identity;
+use update_agent::output::Output;
 use update_agent::reboot::time::{SystemClock, TokioSleeper};
 use update_agent::{HostPaths, state};
 
@@ -45,6 +47,9 @@ enum Cmd {
     Identity,
     /// Print the persisted agent state as JSON.
     State,
+    /// Print this host's machine public key (base64, for `update-server instance enroll`),
+    /// creating the key in the state directory if there is none yet.
+    MachineKey,
     /// Run the agent: check for updates, install them into the inactive slot, reboot per the
     /// strategy, serve the D-Bus API (org.platte.Update1, com.coreos.update1).
     Run {
@@ -53,6 +58,10 @@ enum Cmd {
         /// policy, 1 error.
         #[arg(long)]
         once: bool,
+        /// With --once: install an offer of the version already running into the inactive
+        /// slot (repairs a damaged fallback slot). Without it such an offer is declined.
+        #[arg(long, requires = "once")]
+        repair: bool,
     },
 }
 
@@ -75,8 +84,10 @@ fn backend(paths: &HostPaths, cfg: &LoadedConfig) -> Result<Box<dyn BootBackend 
 
 fn run(cli: &Cli) -> Result<ExitCode> {
     let (paths, cfg) = load(cli)?;
+    // A reader that goes away (`| head -1`) discards the rest; it is no error.
+    let mut out = Output::stdout();
     match &cli.command {
-        Cmd::Run { once } => {
+        Cmd::Run { once, repair } => {
             let mut cfg = cfg;
             if let Some(root) = &cli.host_root {
                 cfg.settings.state_dir = update_agent::paths::reroot(root, &cfg.settings.state_dir);
@@ -86,32 +97,45 @@ fn run(cli: &Cli) -> Result<ExitCode> {
                     .reboot_required
                     .map(|p| update_agent::paths::reroot(root, &p));
             }
-            return run_agent(&paths, cfg, *once);
+            return run_agent(&paths, cfg, *once, *repair);
+        }
+        Cmd::MachineKey => {
+            let dir = match &cli.host_root {
+                Some(root) => update_agent::paths::reroot(root, &cfg.settings.state_dir),
+                None => cfg.settings.state_dir.clone(),
+            };
+            let key = update_agent::machine_key::MachineKey::load_or_create(&dir)
+                .context("reading the machine key")?;
+            println!("{}", key.public_key_base64());
         }
         Cmd::CheckConfig => {
             for w in &cfg.warnings {
-                println!("warning: {w}");
+                writeln!(out, "warning: {w}")?;
             }
             for d in &cfg.dropins {
-                println!("applied: {}", d.display());
+                writeln!(out, "applied: {}", d.display())?;
             }
-            println!("{:#?}", cfg.settings);
+            writeln!(out, "{:#?}", cfg.settings)?;
         }
         Cmd::StatusSlots { json } => {
             let b = backend(&paths, &cfg)?;
             let slots = b.describe().context("reading slot attributes")?;
             if *json {
-                println!("{}", serde_json::to_string_pretty(&slots)?);
+                writeln!(out, "{}", serde_json::to_string_pretty(&slots)?)?;
             } else {
-                println!("disk: {}", b.disk().display());
-                println!("SLOT PART LABEL            PRIORITY TRIES SUCCESSFUL BOOTED PARTUUID");
+                writeln!(out, "disk: {}", b.disk().display())?;
+                writeln!(
+                    out,
+                    "SLOT PART LABEL            PRIORITY TRIES SUCCESSFUL BOOTED PARTUUID"
+                )?;
                 for s in &slots {
                     let booted = match s.booted {
                         Some(true) => "yes",
                         Some(false) => "no",
                         None => "?",
                     };
-                    println!(
+                    writeln!(
+                        out,
                         "{:<4} {:<4} {:<16} {:<8} {:<5} {:<10} {:<6} {}",
                         s.slot,
                         s.partition,
@@ -121,7 +145,7 @@ fn run(cli: &Cli) -> Result<ExitCode> {
                         if s.state.successful { "yes" } else { "no" },
                         booted,
                         s.partuuid
-                    );
+                    )?;
                 }
             }
         }
@@ -133,17 +157,20 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             match health::mark_good(&cfg.settings.health, &units, b.as_ref()) {
                 Ok(report) => {
                     let slot = b.booted_slot().context("reading the booted slot")?;
-                    println!(
+                    writeln!(
+                        out,
                         "{} health check(s) and {} unit(s) passed; slot {slot} marked successful",
                         report.checks.len(),
                         report.units.len()
-                    );
+                    )?;
                 }
                 Err(MarkGoodError::ChecksFailed(report)) => {
+                    // Like stdout, a closed stderr is no reason to panic.
+                    let mut err = std::io::stderr();
                     for f in report.failures() {
-                        eprintln!("update-agent: {f}");
+                        let _ = writeln!(err, "update-agent: {f}");
                     }
-                    eprintln!("update-agent: booted slot left unmarked");
+                    let _ = writeln!(err, "update-agent: booted slot left unmarked");
                     return Ok(ExitCode::FAILURE);
                 }
                 Err(e) => return Err(e.into()),
@@ -151,7 +178,7 @@ fn run(cli: &Cli) -> Result<ExitCode> {
         }
         Cmd::Identity => {
             let id = Identity::load(&paths, &cfg.settings).context("reading identity")?;
-            println!("{}", serde_json::to_string_pretty(&id)?);
+            writeln!(out, "{}", serde_json::to_string_pretty(&id)?)?;
         }
         Cmd::State => {
             let dir = &cfg.settings.state_dir;
@@ -160,11 +187,12 @@ fn run(cli: &Cli) -> Result<ExitCode> {
                 None => dir.clone(),
             };
             match state::read_state(&dir)? {
-                None => println!(
+                None => writeln!(
+                    out,
                     "{}",
                     serde_json::to_string_pretty(&state::AgentState::default())?
-                ),
-                Some(Ok(s)) => println!("{}", serde_json::to_string_pretty(&s)?),
+                )?,
+                Some(Ok(s)) => writeln!(out, "{}", serde_json::to_string_pretty(&s)?)?,
                 Some(Err(e)) => anyhow::bail!("state file in {} is corrupt: {e}", dir.display()),
             }
         }
@@ -172,7 +200,7 @@ fn run(cli: &Cli) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn run_agent(paths: &HostPaths, cfg: LoadedConfig, once: bool) -> Result<ExitCode> {
+fn run_agent(paths: &HostPaths, cfg: LoadedConfig, once: bool, repair: bool) -> Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -180,6 +208,9 @@ fn run_agent(paths: &HostPaths, cfg: LoadedConfig, once: bool) -> Result<ExitCod
     rt.block_on(async move {
         let mut agent = Agent::open(paths, cfg.settings).context("starting the agent")?;
         if once {
+            if repair {
+                agent.allow_repair();
+            }
             let outcome = agent.run_once(true).await;
             // As the daemon would: the sentinel names the staged update once its reboot may go
             // ahead. A failure is logged; the exit status still says what the cycle did.
@@ -230,7 +261,7 @@ fn main() -> ExitCode {
     match run(&cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("update-agent: {e:#}");
+            let _ = writeln!(std::io::stderr(), "update-agent: {e:#}");
             ExitCode::FAILURE
         }
     }

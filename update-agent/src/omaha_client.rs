@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use omaha::{
-    AppRequest, DecodedErrorCode, ErrorCode, ErrorFlags, EventRequest, Os, Request, Response,
-    UpdateCheckStatus,
+    Action, AppRequest, DecodedErrorCode, ErrorCode, ErrorFlags, EventRequest, Os, Package,
+    Request, Response, UpdateCheckStatus,
 };
 use url::Url;
 
@@ -96,6 +96,34 @@ impl CheckError {
             CheckError::BadOffer(_) => ErrorCode::OmahaResponseHandlerError,
         }
     }
+}
+
+/// Logs what the server made of this host's machine credential, when it did not accept it
+/// (the request then counted as unsigned: groups that require a credential ignore it). Returns
+/// whether the server accepted the signature.
+fn log_signature_status(headers: &reqwest::header::HeaderMap) -> bool {
+    let Some(status) = headers
+        .get(omaha::credential::STATUS_HEADER_NAME)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let hint = match status {
+        "valid" => return true,
+        "stale" => "this host's clock is off from the server's by more than the allowed skew",
+        "key_mismatch" => {
+            "the server has another key for this machine id; an operator runs \
+             `update-server instance forget-credential <machine-id>` or enrolls this key"
+        }
+        "unenrolled" => {
+            "the server binds keys only by enrollment: `update-server instance enroll \
+             <machine-id> \"$(update-agent machine-key)\"`"
+        }
+        _ => "the signature did not verify",
+    };
+    let status: String = status.chars().take(32).collect();
+    tracing::warn!(%status, hint, "the server did not accept this host's machine credential; the check counted as unsigned");
+    false
 }
 
 /// `code` with the flag update_engine sets against any non-Flatcar server.
@@ -227,19 +255,7 @@ pub fn interpret(resp: &Response, app_id: &str) -> Result<CheckAnswer, CheckErro
     if pkg.name.is_empty() || pkg.name.contains('/') || pkg.size == 0 {
         return Err(bad("the package has no usable name or size"));
     }
-    let sha256 = match pkg.sha256() {
-        Ok(Some(d)) => d,
-        Ok(None) => match manifest.postinstall().map(|a| a.sha256_digest()) {
-            Some(Ok(Some(d))) => d,
-            Some(Err(e)) => return Err(CheckError::BadOffer(e.to_string())),
-            _ => {
-                return Err(bad(
-                    "no SHA-256 for the package (hash_sha256 or action sha256)",
-                ));
-            }
-        },
-        Err(e) => return Err(CheckError::BadOffer(e.to_string())),
-    };
+    let sha256 = offered_sha256(pkg, manifest.postinstall())?;
     let urls: Vec<Url> = uc
         .urls
         .iter()
@@ -270,18 +286,89 @@ pub fn interpret(resp: &Response, app_id: &str) -> Result<CheckAnswer, CheckErro
     })
 }
 
+/// The payload's SHA-256 from every place an answer may carry it: the package's `hash_sha256`
+/// (hex, or base64 as go-omaha's server writes it) and the postinstall action's `sha256`
+/// (base64, or hex). A value that does not decode to 32 bytes is skipped with a warning; the
+/// usable ones must all agree, and at least one must be left.
+fn offered_sha256(pkg: &Package, postinstall: Option<&Action>) -> Result<[u8; 32], CheckError> {
+    let found = [
+        pkg.sha256_hex_or_base64(),
+        postinstall.map_or(Ok(None), Action::sha256_hex_or_base64),
+    ];
+    let mut usable: Option<[u8; 32]> = None;
+    let mut skipped = Vec::new();
+    for digest in found {
+        match digest {
+            Ok(Some(d)) => match usable {
+                Some(u) if u != d => {
+                    return Err(CheckError::BadOffer(format!(
+                        "the answer's SHA-256 values disagree: {} and {}",
+                        hex::encode(u),
+                        hex::encode(d)
+                    )));
+                }
+                _ => usable = Some(d),
+            },
+            Ok(None) => {}
+            Err(e) => skipped.push(e.to_string()),
+        }
+    }
+    match usable {
+        Some(d) => {
+            for reason in &skipped {
+                tracing::warn!(package = %pkg.name, %reason, "ignoring an unusable SHA-256 in the answer; another one is usable");
+            }
+            Ok(d)
+        }
+        None if skipped.is_empty() => Err(CheckError::BadOffer(
+            "no SHA-256 for the package (hash_sha256 or action sha256)".into(),
+        )),
+        None => Err(CheckError::BadOffer(format!(
+            "no usable SHA-256 for the package: {}",
+            skipped.join("; ")
+        ))),
+    }
+}
+
+/// The timestamp to sign at `now`: never earlier than the last one the server accepted
+/// (`last_accepted`; only accepted ones count, so a clock that was far ahead and then corrected
+/// does not keep every later signature in the future).
+fn signing_time(last_accepted: &std::sync::atomic::AtomicI64, now: i64) -> i64 {
+    last_accepted
+        .load(std::sync::atomic::Ordering::Acquire)
+        .max(now)
+}
+
 /// Sends Omaha requests to one server.
 #[derive(Debug, Clone)]
 pub struct OmahaClient {
     http: reqwest::Client,
     url: Url,
     timeout: Duration,
+    /// Signs each request (`Platte-Machine-Signature`) when set.
+    machine_key: Option<std::sync::Arc<crate::machine_key::MachineKey>>,
+    /// The latest signed timestamp the server accepted, shared by clones: signatures never go
+    /// behind it when the clock is stepped back (the server refuses a timestamp older than the
+    /// last it accepted from the key).
+    last_accepted: std::sync::Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl OmahaClient {
     /// A client for `url` using `http`, each request bounded by `timeout`.
     pub fn new(http: reqwest::Client, url: Url, timeout: Duration) -> Self {
-        Self { http, url, timeout }
+        Self {
+            http,
+            url,
+            timeout,
+            machine_key: None,
+            last_accepted: std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0)),
+        }
+    }
+
+    /// This client, signing every request with `key` (see [`crate::machine_key`]).
+    pub fn with_machine_key(mut self, key: std::sync::Arc<crate::machine_key::MachineKey>) -> Self {
+        self.machine_key = Some(key);
+        self
     }
 
     /// The server URL.
@@ -295,16 +382,30 @@ impl OmahaClient {
             url: self.url.to_string(),
             source,
         };
-        let resp = self
+        let body = req.to_xml();
+        let mut signed_at = None;
+        let mut post = self
             .http
             .post(self.url.clone())
             .header(reqwest::header::CONTENT_TYPE, "text/xml")
-            .timeout(self.timeout)
-            .body(req.to_xml())
-            .send()
-            .await
-            .map_err(transport)?;
+            .timeout(self.timeout);
+        if let Some(key) = &self.machine_key {
+            let now = i64::try_from(payloads::unix_now()).unwrap_or(i64::MAX);
+            let ts = signing_time(&self.last_accepted, now);
+            signed_at = Some(ts);
+            post = post.header(
+                omaha::credential::HEADER_NAME,
+                key.header_value(ts, body.as_bytes()),
+            );
+        }
+        let resp = post.body(body).send().await.map_err(transport)?;
         let status = resp.status();
+        if let Some(ts) = signed_at
+            && log_signature_status(resp.headers())
+        {
+            self.last_accepted
+                .fetch_max(ts, std::sync::atomic::Ordering::AcqRel);
+        }
         if !status.is_success() {
             return Err(CheckError::HttpStatus {
                 url: self.url.to_string(),
@@ -330,6 +431,15 @@ mod tests {
     use omaha::{Action, AppResponse, DayStart, Manifest, Package, UpdateCheckResponse};
 
     const APP: &str = "{7b3f6a2e-5c1d-4e8a-9f40-2d6b8c1e9a53}";
+
+    #[test]
+    fn signing_time_never_goes_behind_the_last_accepted() {
+        let last = std::sync::atomic::AtomicI64::new(0);
+        assert_eq!(signing_time(&last, 1_000), 1_000);
+        last.store(1_000, std::sync::atomic::Ordering::Release);
+        assert_eq!(signing_time(&last, 880), 1_000, "clock stepped back 120 s");
+        assert_eq!(signing_time(&last, 1_001), 1_001);
+    }
 
     fn id() -> Identity {
         Identity {
@@ -453,6 +563,110 @@ mod tests {
 
         let none = interpret(&answer(UpdateCheckResponse::noupdate()), APP).unwrap();
         assert_eq!(none.offer, None);
+    }
+
+    /// A captured Omaha message from the shared test data (`../shared/testdata/omaha/`, see its
+    /// INDEX.md), read at test time.
+    fn captured(name: &str) -> String {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/testdata/omaha/");
+        std::fs::read_to_string(format!("{dir}{name}"))
+            .unwrap_or_else(|e| panic!("reading captured message {dir}{name}: {e}"))
+    }
+
+    /// App id of go-omaha's update_engine fixtures.
+    const GO_OMAHA_APP: &str = "{87efface-864d-49a5-9bb3-4b050a7c227a}";
+    /// The postinstall `sha256` of go-omaha's OK fixture (base64).
+    const GO_OMAHA_SHA256: &str = "0VAlQW3RE99SGtSB5R4m08antAHO8XDoBMKDyxQT/Mg=";
+
+    /// go-omaha's OK fixture with `hash_sha256="value"` added to its package, the attribute
+    /// go-omaha's `Package.FromReader` fills with **base64** (flatcar/go-omaha omaha/package.go).
+    fn go_omaha_with_hash_sha256(value: &str) -> Response {
+        let xml = captured("go-omaha-response-ok-fixture.xml");
+        let at = r#"<package hash="#;
+        assert!(xml.contains(at), "{xml}");
+        let xml = xml.replacen(at, &format!(r#"<package hash_sha256="{value}" hash="#), 1);
+        omaha::parse_response(xml.as_bytes()).unwrap()
+    }
+
+    /// [`GO_OMAHA_SHA256`] decoded.
+    fn digest_of_go_omaha_fixture() -> [u8; 32] {
+        let mut d = [0u8; 32];
+        hex::decode_to_slice(
+            "d15025416dd113df521ad481e51e26d3c6a7b401cef170e804c283cb1413fcc8",
+            &mut d,
+        )
+        .unwrap();
+        assert_eq!(
+            Action::postinstall(&d).sha256.as_deref(),
+            Some(GO_OMAHA_SHA256)
+        );
+        d
+    }
+
+    #[test]
+    fn go_omaha_answers_are_accepted() {
+        let want = digest_of_go_omaha_fixture();
+        // As captured: SHA-1 `hash` and the postinstall action's base64 `sha256`.
+        let resp =
+            omaha::parse_response(captured("go-omaha-response-ok-fixture.xml").as_bytes()).unwrap();
+        let o = interpret(&resp, GO_OMAHA_APP).unwrap().offer.unwrap();
+        assert_eq!(o.version, "9999.0.0");
+        assert_eq!(o.size, 67_546_213);
+        assert_eq!(o.sha256, want);
+        assert_eq!(
+            o.urls.iter().map(Url::as_str).collect::<Vec<_>>(),
+            ["http://kam:8080/static/update.gz"]
+        );
+        // As go-omaha's stock server sends it: `hash_sha256` in base64, agreeing with the action.
+        let o = interpret(&go_omaha_with_hash_sha256(GO_OMAHA_SHA256), GO_OMAHA_APP)
+            .unwrap()
+            .offer
+            .unwrap();
+        assert_eq!(o.sha256, want);
+        // The same digest in hex (the protocol's encoding) agrees too.
+        let o = interpret(&go_omaha_with_hash_sha256(&hex::encode(want)), GO_OMAHA_APP)
+            .unwrap()
+            .offer
+            .unwrap();
+        assert_eq!(o.sha256, want);
+        // An unusable `hash_sha256` is skipped: the action's SHA-256 is still usable.
+        let o = interpret(&go_omaha_with_hash_sha256("not-a-digest"), GO_OMAHA_APP)
+            .unwrap()
+            .offer
+            .unwrap();
+        assert_eq!(o.sha256, want);
+    }
+
+    #[test]
+    fn disagreeing_or_unusable_hashes_are_refused() {
+        // Both usable, different digests: refused, whichever encoding.
+        let base64 = Action::postinstall(&[9u8; 32]).sha256.unwrap();
+        for other in [hex::encode([9u8; 32]), base64] {
+            let e = interpret(&go_omaha_with_hash_sha256(&other), GO_OMAHA_APP).unwrap_err();
+            assert!(matches!(e, CheckError::BadOffer(_)), "{e}");
+            assert!(e.to_string().contains("disagree"), "{e}");
+            assert_eq!(e.code(), ErrorCode::OmahaResponseHandlerError);
+        }
+        // go-omaha's multi-manifest test answer carries placeholders, not digests: no usable
+        // SHA-256 is left.
+        let resp =
+            omaha::parse_response(captured("go-omaha-response-multimanifest.xml").as_bytes())
+                .unwrap();
+        let e = interpret(&resp, "{e96281a6-d1af-4bde-9a0a-97b76e56dc57}").unwrap_err();
+        assert!(matches!(e, CheckError::BadOffer(_)), "{e}");
+        assert!(e.to_string().contains("no usable SHA-256"), "{e}");
+        // Garbage in both places.
+        let m = Manifest::new("4000.0.0")
+            .with_package(Package {
+                hash_sha256: Some("zz".into()),
+                ..Package::new("p", 9)
+            })
+            .with_action(Action {
+                sha256: Some("!!".into()),
+                ..Action::postinstall(&[0; 32])
+            });
+        let e = interpret(&answer(UpdateCheckResponse::ok("http://a/", m)), APP).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::OmahaResponseHandlerError);
     }
 
     #[test]

@@ -147,3 +147,62 @@ fn check_config_reports_warnings_and_errors() {
     assert!(!out.status.success());
     assert!(text(&out).contains("boot.tries"), "{}", text(&out));
 }
+
+/// Standard output nobody reads: a pipe whose read end is already closed, so every write to it
+/// fails with `EPIPE` (like `update-agent check-config | head -1` once `head` has exited).
+fn closed_pipe() -> std::io::PipeWriter {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    writer
+}
+
+/// Runs `bin` with `args` and a closed standard output.
+fn run_unread(bin: &str, args: &[&str]) -> Output {
+    Command::new(bin)
+        .args(args)
+        .stdout(closed_pipe())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_closed_stdout_is_no_panic_and_keeps_the_exit_status() {
+    let h = Host::new("[health.checks.ok]\ncommand = [\"/bin/true\"]\n");
+    let root = h.root.path().to_str().unwrap().to_owned();
+    let agent = env!("CARGO_BIN_EXE_update-agent");
+    let updatectl = env!("CARGO_BIN_EXE_updatectl");
+    for (bin, args) in [
+        (agent, vec!["--host-root", &root, "check-config"]),
+        (agent, vec!["--host-root", &root, "status-slots"]),
+        (agent, vec!["--host-root", &root, "status-slots", "--json"]),
+        (agent, vec!["--host-root", &root, "state"]),
+        (agent, vec!["--help"]),
+        (updatectl, vec!["completions", "bash"]),
+        (updatectl, vec!["--version"]),
+    ] {
+        let out = run_unread(bin, &args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{bin} {args:?}: {stderr}");
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("Broken pipe"),
+            "{bin} {args:?}: {stderr}"
+        );
+    }
+    // The command still does its work: the booted slot is marked although nobody reads.
+    let out = run_unread(agent, &["--host-root", &root, "mark-good"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(attrs(&h.img, 2), gptprio(2, 0, true));
+    // And its exit status stays its own: an invalid configuration is still reported as one.
+    write(
+        &h.root.path().join("etc/platte/agent.d/70-bad.toml"),
+        "[boot]\ntries = 0\n",
+    );
+    let out = run_unread(agent, &["--host-root", &root, "check-config"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("boot.tries"));
+}

@@ -185,6 +185,33 @@ fn kill_9_mid_download_resumes_with_range() {
     assert_verified(&w.img);
 }
 
+/// SHA-256 of `data`.
+fn sha256(data: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(data).into()
+}
+
+/// `digest` in base64, as the postinstall action's `sha256` (and go-omaha's `hash_sha256`)
+/// carry it.
+fn base64_sha256(digest: &[u8; 32]) -> String {
+    omaha::Action::postinstall(digest).sha256.unwrap()
+}
+
+/// The agent's log without ANSI colours.
+fn plain(log: &str) -> String {
+    let mut plain = String::with_capacity(log.len());
+    let mut in_escape = false;
+    for c in log.chars() {
+        match c {
+            '\x1b' => in_escape = true,
+            'm' if in_escape => in_escape = false,
+            _ if in_escape => {}
+            _ => plain.push(c),
+        }
+    }
+    plain
+}
+
 /// A failed install leaves the target unbootable and slot A untouched, and is reported.
 fn assert_rejected(w: &World, code: i64, slot_a: &[u8]) {
     assert_eq!(
@@ -245,17 +272,23 @@ fn size_or_hash_mismatch_with_the_response_is_rejected() {
         let payload = w.seed("2.0.0", &image(2));
         let slot_a = w.read_part(1, IMAGE_LEN);
         let len = payload.len();
-        let sha = {
-            use sha2::Digest;
-            hex::encode(sha2::Sha256::digest(&payload))
-        };
+        let digest = sha256(&payload);
+        let wrong = [0xAB; 32];
         w.proxy.with(|f| {
             f.rewrite_response = match what {
                 "size" => vec![(format!("size=\"{len}\""), format!("size=\"{}\"", len - 1))],
-                _ => vec![(
-                    format!("hash_sha256=\"{sha}\""),
-                    format!("hash_sha256=\"{}\"", "ab".repeat(32)),
-                )],
+                // Both places that carry the SHA-256 agree on the wrong digest: the offer is
+                // usable, the download does not match it.
+                _ => vec![
+                    (
+                        format!("hash_sha256=\"{}\"", hex::encode(digest)),
+                        format!("hash_sha256=\"{}\"", hex::encode(wrong)),
+                    ),
+                    (
+                        format!("sha256=\"{}\"", base64_sha256(&digest)),
+                        format!("sha256=\"{}\"", base64_sha256(&wrong)),
+                    ),
+                ],
             }
         });
         assert_eq!(w.once(), 1, "{what}: agent log:\n{}", w.agent_log());
@@ -594,4 +627,196 @@ fn server_poll_interval_sets_the_next_check() {
     // (a few milliseconds have passed when the wait is logged, hence 7199).
     assert_eq!(waits[0], 0, "{waits:?}");
     assert!((7199..=7200).contains(&waits[1]), "{waits:?}");
+}
+
+#[test]
+fn an_offer_of_the_running_version_keeps_the_fallback_slot() {
+    // A version-blind server (nebraska.py) offers the version the host already runs. The Platte
+    // server does not, so it is told the host runs 1.0.0 while it runs 2.0.0.
+    let w = World::new("2.0.0");
+    let img2 = image(2);
+    w.seed("2.0.0", &img2);
+    w.proxy.with(|f| {
+        f.rewrite_request = vec![(r#"version="2.0.0""#.into(), r#"version="1.0.0""#.into())]
+    });
+    // A rewritten request no longer matches its machine signature: send none.
+    w.write_config(
+        "70-unsigned.toml",
+        "[updates]\nmachine_credential = false\n",
+    );
+    // Slot B holds the previous release: the fallback.
+    let fallback = support::noise(IMAGE_LEN, 0xB);
+    w.write_part(2, 0, &fallback);
+    let b_attrs = attrs(&w.img, 2);
+
+    // Declined: nothing downloaded or touched, not an error (exit 0, like noupdate).
+    assert_eq!(w.once(), 0, "agent log:\n{}", w.agent_log());
+    let last = w
+        .proxy
+        .with(|f| f.omaha_responses.first().cloned().unwrap());
+    assert!(last.contains(r#"<manifest version="2.0.0""#), "{last}");
+    assert_eq!(w.proxy.with(|f| f.download_bytes), 0);
+    assert_eq!(
+        w.read_part(2, IMAGE_LEN),
+        fallback,
+        "the fallback slot is kept"
+    );
+    assert_eq!(attrs(&w.img, 2), b_attrs);
+    assert_eq!(attrs(&w.img, 1), a_attrs());
+    // Nothing to remember: no state written (or an idle one), no error.
+    let st = w.state();
+    assert!(st.is_null() || st["phase"] == "idle", "{st}");
+    assert!(st["last_error"].is_null(), "{st}");
+    assert!(
+        plain(&w.agent_log()).contains("offered version is already running"),
+        "{}",
+        w.agent_log()
+    );
+    // The server hears "deferred" (3/9) with Platte's code 3104, no failure.
+    let ev = w.wait_events("the 3/9 event", |e| {
+        event_triples(e).contains(&(3, 9, Some(FLAG | 3104)))
+    });
+    assert!(
+        !event_triples(&ev).iter().any(|(_, r, _)| *r == 0),
+        "{ev:?}"
+    );
+
+    // An operator's explicit repair installs it into the inactive slot.
+    assert_eq!(
+        w.once_with(&["--repair"]),
+        2,
+        "agent log:\n{}",
+        w.agent_log()
+    );
+    assert_eq!(w.read_part(2, IMAGE_LEN), img2);
+    assert_eq!(attrs(&w.img, 2), gptprio(2, 1, false));
+    assert_verified(&w.img);
+}
+
+#[test]
+fn base64_hash_sha256_as_go_omaha_serves_it_is_accepted() {
+    let w = World::new("1.0.0");
+    let img2 = image(2);
+    let payload = w.seed("2.0.0", &img2);
+    let digest = sha256(&payload);
+    // go-omaha's `Package.FromReader` fills `hash_sha256` with base64, not hex.
+    w.proxy.with(|f| {
+        f.rewrite_response = vec![(
+            format!("hash_sha256=\"{}\"", hex::encode(digest)),
+            format!("hash_sha256=\"{}\"", base64_sha256(&digest)),
+        )]
+    });
+    assert_eq!(w.once(), 2, "agent log:\n{}", w.agent_log());
+    let answer = w
+        .proxy
+        .with(|f| f.omaha_responses.first().cloned().unwrap());
+    assert!(
+        answer.contains(&format!("hash_sha256=\"{}\"", base64_sha256(&digest))),
+        "{answer}"
+    );
+    assert_eq!(w.read_part(2, IMAGE_LEN), img2);
+    assert_eq!(attrs(&w.img, 2), gptprio(2, 1, false));
+    assert_verified(&w.img);
+}
+
+#[test]
+fn an_unusable_offer_is_reported_to_the_server() {
+    let w = World::new("1.0.0");
+    let payload = w.seed("2.0.0", &image(2));
+    let slot_a = w.read_part(1, IMAGE_LEN);
+    let b_attrs = attrs(&w.img, 2);
+    // `hash_sha256` disagrees with the postinstall action's `sha256`: which one is right?
+    w.proxy.with(|f| {
+        f.rewrite_response = vec![(
+            format!("hash_sha256=\"{}\"", hex::encode(sha256(&payload))),
+            format!("hash_sha256=\"{}\"", "ab".repeat(32)),
+        )]
+    });
+    assert_eq!(w.once(), 1, "agent log:\n{}", w.agent_log());
+    assert_eq!(w.proxy.with(|f| f.download_bytes), 0, "nothing downloaded");
+    assert_eq!(attrs(&w.img, 2), b_attrs, "target slot not touched");
+    assert_eq!(w.read_part(1, IMAGE_LEN), slot_a);
+    let st = w.state();
+    // update_engine's OmahaResponseHandlerError.
+    assert_eq!(st["last_error"]["code"], 3, "{st}");
+    assert!(
+        st["last_error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("disagree")),
+        "{st}"
+    );
+    // The server hears it as a failure (3/0) with that code.
+    w.wait_events("the 3/0 event", |e| {
+        event_triples(e).contains(&(3, 0, Some(FLAG | 3)))
+    });
+}
+
+#[test]
+fn a_server_ignoring_range_does_not_make_the_resume_rewrite_the_slot() {
+    let w = World::new("1.0.0");
+    let img2 = image(2);
+    let payload = w.seed("2.0.0", &img2);
+    let prefix = prefix_len(&payload);
+    let cut = 3u64 << 20;
+    // One attempt per run: a cut download keeps its checkpoint for the next run.
+    w.write_config("70-retries.toml", "[install]\nattempts_per_url = 1\n");
+    let interrupted = |w: &World| {
+        w.proxy.with(|f| {
+            f.cut_at = Some(cut);
+            f.ignore_ranges = false;
+        });
+        assert_eq!(w.once(), 1, "agent log:\n{}", w.agent_log());
+        let offset = w.state()["checkpoint"]["applier"]["payload_offset"]
+            .as_u64()
+            .unwrap();
+        assert!(offset > prefix + u64::from(support::CHUNK) && offset <= cut);
+        w.proxy.with(|f| {
+            f.ranges.clear();
+            f.ignore_ranges = true;
+        });
+        offset
+    };
+
+    // 1. Behind the agent's back, the start of the already written region gets a sentinel. The
+    // resume is answered 200 with the whole payload; the agent discards what it has written
+    // instead of writing it again, so the sentinel survives (and the final re-read of the slot
+    // catches it: NewRootfsVerificationError).
+    let offset = interrupted(&w);
+    let sentinel = vec![0xEE; 4096];
+    w.write_part(2, 0, &sentinel);
+    assert_eq!(w.once(), 1, "agent log:\n{}", w.agent_log());
+    assert_eq!(w.read_part(2, sentinel.len()), sentinel, "not rewritten");
+    assert_eq!(w.state()["last_error"]["code"], 15);
+    let log = plain(&w.agent_log());
+    assert!(
+        log.contains("the server ignored Range")
+            && log.contains(&format!("discarded_bytes={offset}")),
+        "{log}"
+    );
+
+    // 2. Without the sentinel the resumed install verifies; the whole payload came again (the
+    // server ignored both ranged requests) and the bytes before the checkpoint were discarded.
+    let offset = interrupted(&w);
+    let before = w.proxy.with(|f| f.download_bytes);
+    assert_eq!(w.once(), 2, "agent log:\n{}", w.agent_log());
+    assert_eq!(
+        w.proxy.with(|f| f.ranges.clone()),
+        [
+            Some(format!("bytes=0-{}", prefix - 1)),
+            Some(format!("bytes={offset}-"))
+        ]
+    );
+    assert!(w.proxy.with(|f| f.download_bytes) - before >= payload.len() as u64);
+    let log = plain(&w.agent_log());
+    let staged = log
+        .lines()
+        .rfind(|l| l.contains("update staged"))
+        .unwrap_or_default();
+    assert!(
+        staged.contains(&format!("discarded={offset}")) && staged.contains("resumed=true"),
+        "{staged}"
+    );
+    assert_eq!(w.read_part(2, IMAGE_LEN), img2);
+    assert_eq!(attrs(&w.img, 2), gptprio(2, 1, false));
+    assert_verified(&w.img);
 }

@@ -47,6 +47,8 @@ pub struct Catalogue {
     group_by_track: HashMap<(String, String), String>,
     package_by_sha256: HashMap<String, String>,
     specs: HashMap<String, RolloutSpec>,
+    /// Operator alias → the machine it is assigned to.
+    alias_owners: HashMap<String, String>,
     data: CatalogueData,
 }
 
@@ -54,6 +56,9 @@ impl Catalogue {
     /// Indexes loaded data.
     pub fn build(data: CatalogueData) -> Self {
         let mut c = Self::default();
+        for (machine, alias) in &data.machine_aliases {
+            c.alias_owners.insert(alias.clone(), machine.clone());
+        }
         for a in &data.apps {
             c.apps.insert(a.id.clone(), a.clone());
         }
@@ -118,6 +123,23 @@ impl Catalogue {
     /// A channel by id.
     pub fn channel(&self, id: &str) -> Option<&Channel> {
         self.channels.get(id)
+    }
+
+    /// Whether `machine_id` is an alias an operator assigned to *another* machine. Canaries may
+    /// name a machine by its operator alias, so a client must not claim that name as its
+    /// machine id (the Omaha endpoint refuses it).
+    pub fn is_alias_of_another(&self, machine_id: &str) -> bool {
+        self.alias_owners
+            .get(machine_id)
+            .is_some_and(|owner| owner != machine_id)
+    }
+
+    /// The alias an operator assigned to a machine, if any.
+    pub fn operator_alias(&self, machine_id: &str) -> Option<&str> {
+        self.data
+            .machine_aliases
+            .get(machine_id)
+            .map(String::as_str)
     }
 
     /// A group by id.
@@ -242,7 +264,17 @@ mod tests {
                 policy: GroupPolicy::default(),
                 created_at: 0,
             }],
+            machine_aliases: BTreeMap::from([("m-1".into(), "build-01".into())]),
         }
+    }
+
+    #[test]
+    fn operator_aliases_by_machine() {
+        let c = Catalogue::build(data());
+        assert_eq!(c.operator_alias("m-1"), Some("build-01"));
+        assert_eq!(c.operator_alias("build-01"), None);
+        assert!(c.is_alias_of_another("build-01"));
+        assert!(!c.is_alias_of_another("m-1"));
     }
 
     #[test]

@@ -23,6 +23,12 @@ pub const MIN_POLL_INTERVAL_SECS: u32 = 60;
 pub const MAX_POLL_INTERVAL_SECS: u32 = 86_400;
 /// Most download mirrors that may be configured.
 pub const MAX_DOWNLOAD_MIRRORS: usize = 8;
+/// Default number of event rows one machine may store per hour.
+pub const DEFAULT_EVENT_ROWS_PER_MACHINE_HOUR: u32 = 120;
+/// Default number of events applied per Omaha request (all apps together): two for each of the
+/// 32 apps a request may carry (the Platte agent sends the OS and its runtime extensions in one
+/// request, each with at most one event).
+pub const DEFAULT_EVENTS_PER_REQUEST: usize = 64;
 
 /// `update-server serve` options.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -39,12 +45,29 @@ pub struct ServeArgs {
     /// Base URL clients reach this server at, for download URLs [default: http://LISTEN].
     #[arg(long, env = "UPDATE_SERVER_PUBLIC_URL")]
     pub public_url: Option<String>,
-    /// Admin bearer token [default: generated into DATA_DIR/admin-token].
+    /// Admin bearer token; on the command line it is visible to other local users (in
+    /// /proc/PID/cmdline): prefer --admin-token-file [default: generated into
+    /// DATA_DIR/admin-token].
     #[arg(long, env = "UPDATE_SERVER_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
-    /// Read-only bearer token [default: generated into DATA_DIR/read-only-token].
+    /// File holding the admin bearer token (mode 0600; surrounding whitespace ignored).
+    #[arg(
+        long,
+        env = "UPDATE_SERVER_ADMIN_TOKEN_FILE",
+        conflicts_with = "admin_token"
+    )]
+    pub admin_token_file: Option<PathBuf>,
+    /// Read-only bearer token; visible to other local users on the command line: prefer
+    /// --read-only-token-file [default: generated into DATA_DIR/read-only-token].
     #[arg(long, env = "UPDATE_SERVER_READ_ONLY_TOKEN", hide_env_values = true)]
     pub read_only_token: Option<String>,
+    /// File holding the read-only bearer token (mode 0600; surrounding whitespace ignored).
+    #[arg(
+        long,
+        env = "UPDATE_SERVER_READ_ONLY_TOKEN_FILE",
+        conflicts_with = "read_only_token"
+    )]
+    pub read_only_token_file: Option<PathBuf>,
     /// Directory of trusted publisher public keys (`*.pub`); publishing is refused without it.
     #[arg(long, env = "UPDATE_SERVER_TRUSTED_KEYS")]
     pub trusted_keys: Option<PathBuf>,
@@ -66,6 +89,15 @@ pub struct ServeArgs {
     /// Retention options.
     #[command(flatten)]
     pub retention: crate::retention::RetentionArgs,
+    /// Machine-credential options.
+    #[command(flatten)]
+    pub machine_credentials: crate::credential::CredentialArgs,
+    /// HTTP connection options (timeouts, connection cap).
+    #[command(flatten)]
+    pub http: crate::http::connections::HttpArgs,
+    /// Options bounding grants to machines new to a rollout.
+    #[command(flatten)]
+    pub new_machines: crate::rollout::newcomers::NewMachineArgs,
 }
 
 /// Omaha answer options of `update-server serve`.
@@ -82,6 +114,14 @@ pub struct OmahaArgs {
         value_delimiter = ','
     )]
     pub omaha_download_mirrors: Option<Vec<String>>,
+    /// Event rows one machine may store per hour; later events still update its status and
+    /// rollout accounting but are not stored [default: 120].
+    #[arg(long, env = "UPDATE_SERVER_OMAHA_EVENT_ROWS_PER_MACHINE_HOUR")]
+    pub omaha_event_rows_per_machine_hour: Option<u32>,
+    /// Events applied per Omaha request, all apps together (1..=2048); later ones are
+    /// acknowledged and ignored [default: 64].
+    #[arg(long, env = "UPDATE_SERVER_OMAHA_EVENTS_PER_REQUEST")]
+    pub omaha_events_per_request: Option<usize>,
 }
 
 /// The `[omaha]` table of the configuration file.
@@ -92,10 +132,14 @@ pub struct OmahaFile {
     pub poll_interval_secs: Option<u32>,
     /// See [`OmahaArgs::omaha_download_mirrors`].
     pub download_mirrors: Option<Vec<String>>,
+    /// See [`OmahaArgs::omaha_event_rows_per_machine_hour`].
+    pub event_rows_per_machine_hour: Option<u32>,
+    /// See [`OmahaArgs::omaha_events_per_request`].
+    pub events_per_request: Option<usize>,
 }
 
-/// Validated settings of the Omaha answers.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Validated settings of the Omaha endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OmahaSettings {
     /// `PollInterval` in seconds on every update-check answer (`None`: not sent; clients keep
     /// their own schedule).
@@ -103,6 +147,21 @@ pub struct OmahaSettings {
     /// Mirror base URLs (no trailing slash), in order, offered before the server's own URL for
     /// hosted packages.
     pub download_mirrors: Vec<String>,
+    /// Event rows one machine may store per hour.
+    pub event_rows_per_machine_hour: u32,
+    /// Events applied per request (all apps together); later ones are acknowledged, ignored.
+    pub events_per_request: usize,
+}
+
+impl Default for OmahaSettings {
+    fn default() -> Self {
+        Self {
+            poll_interval_secs: None,
+            download_mirrors: Vec::new(),
+            event_rows_per_machine_hour: DEFAULT_EVENT_ROWS_PER_MACHINE_HOUR,
+            events_per_request: DEFAULT_EVENTS_PER_REQUEST,
+        }
+    }
 }
 
 impl OmahaSettings {
@@ -152,9 +211,25 @@ impl OmahaSettings {
             }
             download_mirrors.push(m.trim_end_matches('/').to_owned());
         }
+        let events_per_request = args
+            .omaha_events_per_request
+            .or_else(|| file.and_then(|f| f.events_per_request))
+            .unwrap_or(DEFAULT_EVENTS_PER_REQUEST);
+        let max = omaha::Limits::REQUEST.max_events_per_app * omaha::Limits::REQUEST.max_apps;
+        if !(1..=max).contains(&events_per_request) {
+            return Err(ConfigError::Invalid {
+                key: "omaha.events_per_request",
+                reason: format!("{events_per_request} is outside 1..={max}"),
+            });
+        }
         Ok(Self {
             poll_interval_secs: poll,
             download_mirrors,
+            event_rows_per_machine_hour: args
+                .omaha_event_rows_per_machine_hour
+                .or_else(|| file.and_then(|f| f.event_rows_per_machine_hour))
+                .unwrap_or(DEFAULT_EVENT_ROWS_PER_MACHINE_HOUR),
+            events_per_request,
         })
     }
 }
@@ -173,6 +248,10 @@ pub struct FileConfig {
     pub admin_token: Option<String>,
     /// See [`ServeArgs::read_only_token`].
     pub read_only_token: Option<String>,
+    /// See [`ServeArgs::admin_token_file`].
+    pub admin_token_file: Option<PathBuf>,
+    /// See [`ServeArgs::read_only_token_file`].
+    pub read_only_token_file: Option<PathBuf>,
     /// See [`ServeArgs::trusted_keys`].
     pub trusted_keys: Option<PathBuf>,
     /// See [`ServeArgs::flush_interval_ms`].
@@ -187,6 +266,12 @@ pub struct FileConfig {
     pub fleetlock: Option<crate::fleetlock::config::FleetLockFile>,
     /// The `[retention]` table.
     pub retention: Option<crate::retention::RetentionFile>,
+    /// The `[machine_credentials]` table.
+    pub machine_credentials: Option<crate::credential::CredentialFile>,
+    /// The `[http]` table.
+    pub http: Option<crate::http::connections::HttpFile>,
+    /// The `[new_machines]` table.
+    pub new_machines: Option<crate::rollout::newcomers::NewMachineFile>,
 }
 
 /// Configuration errors.
@@ -247,6 +332,12 @@ pub struct Settings {
     pub fleetlock: crate::fleetlock::FleetLockSettings,
     /// Retention (pruning of old rows) settings.
     pub retention: crate::retention::RetentionSettings,
+    /// Machine-credential settings (trust on first use, allowed clock skew).
+    pub machine_credentials: crate::credential::CredentialSettings,
+    /// HTTP connection timeouts and cap.
+    pub http: crate::http::connections::HttpSettings,
+    /// Grants to machines new to a rollout, per source network.
+    pub new_machines: crate::rollout::newcomers::NewMachineSettings,
 }
 
 impl FileConfig {
@@ -309,15 +400,31 @@ impl Settings {
             public_url: public_url.map(|u| u.trim_end_matches('/').to_owned()),
             admin_token: non_empty(
                 "admin_token",
-                args.admin_token
-                    .clone()
-                    .or_else(|| file.admin_token.clone()),
+                token_of(
+                    ("admin_token", "admin_token_file"),
+                    (
+                        args.admin_token.as_deref(),
+                        args.admin_token_file.as_deref(),
+                    ),
+                    (
+                        file.admin_token.as_deref(),
+                        file.admin_token_file.as_deref(),
+                    ),
+                )?,
             )?,
             read_only_token: non_empty(
                 "read_only_token",
-                args.read_only_token
-                    .clone()
-                    .or_else(|| file.read_only_token.clone()),
+                token_of(
+                    ("read_only_token", "read_only_token_file"),
+                    (
+                        args.read_only_token.as_deref(),
+                        args.read_only_token_file.as_deref(),
+                    ),
+                    (
+                        file.read_only_token.as_deref(),
+                        file.read_only_token_file.as_deref(),
+                    ),
+                )?,
             )?,
             trusted_keys: args
                 .trusted_keys
@@ -341,6 +448,15 @@ impl Settings {
             retention: crate::retention::RetentionSettings::resolve(
                 &args.retention,
                 file.retention.as_ref(),
+            )?,
+            machine_credentials: crate::credential::CredentialSettings::resolve(
+                &args.machine_credentials,
+                file.machine_credentials.as_ref(),
+            )?,
+            http: crate::http::connections::HttpSettings::resolve(&args.http, file.http.as_ref())?,
+            new_machines: crate::rollout::newcomers::NewMachineSettings::resolve(
+                &args.new_machines,
+                file.new_machines.as_ref(),
             )?,
         })
     }
@@ -366,6 +482,36 @@ impl Settings {
     }
 }
 
+/// A token given as a value or as a file, command line and environment (`args`) before the
+/// configuration file (`file`); giving both forms in one place is an error naming them.
+fn token_of(
+    (key, file_key): (&'static str, &'static str),
+    args: (Option<&str>, Option<&Path>),
+    file: (Option<&str>, Option<&Path>),
+) -> Result<Option<String>, ConfigError> {
+    for (value, path) in [args, file] {
+        match (value, path) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::Invalid {
+                    key: file_key,
+                    reason: format!("give either {key} or {file_key}, not both"),
+                });
+            }
+            (Some(v), None) => return Ok(Some(v.to_owned())),
+            (None, Some(p)) => {
+                return crate::http::auth::read_token_file(p)
+                    .map(Some)
+                    .map_err(|e| ConfigError::Invalid {
+                        key: file_key,
+                        reason: format!("cannot read {}: {e}", p.display()),
+                    });
+            }
+            (None, None) => {}
+        }
+    }
+    Ok(None)
+}
+
 fn unreachable_defaults() -> Settings {
     Settings {
         listen: SocketAddr::from(([127, 0, 0, 1], 8370)),
@@ -380,6 +526,9 @@ fn unreachable_defaults() -> Settings {
         omaha: OmahaSettings::default(),
         fleetlock: crate::fleetlock::FleetLockSettings::default(),
         retention: crate::retention::RetentionSettings::default(),
+        machine_credentials: crate::credential::CredentialSettings::default(),
+        http: crate::http::connections::HttpSettings::default(),
+        new_machines: crate::rollout::newcomers::NewMachineSettings::default(),
     }
 }
 
@@ -446,6 +595,7 @@ mod tests {
             omaha: OmahaArgs {
                 omaha_poll_interval_secs: Some(600),
                 omaha_download_mirrors: Some(vec![]),
+                ..Default::default()
             },
             ..Default::default()
         };
@@ -472,6 +622,69 @@ mod tests {
         assert!(err.to_string().contains("retention.batch_size"), "{err}");
         assert!(toml::from_str::<FileConfig>("[retention]\nkeep = 1").is_err());
         assert_eq!(Settings::for_tests(Path::new("d")).retention.interval, None);
+    }
+
+    #[test]
+    fn tokens_may_come_from_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let admin = dir.path().join("admin");
+        let ro = dir.path().join("ro");
+        std::fs::write(&admin, "admin-token-from-a-file\n").unwrap();
+        std::fs::write(&ro, "  reader-token-from-a-file ").unwrap();
+        let args = ServeArgs {
+            admin_token_file: Some(admin.clone()),
+            ..Default::default()
+        };
+        let file: FileConfig = toml::from_str(&format!(
+            "admin_token = \"ignored-file-config-token\"\nread_only_token_file = {:?}",
+            ro.display().to_string()
+        ))
+        .unwrap();
+        let s = Settings::resolve(&args, &file).unwrap();
+        assert_eq!(s.admin_token.as_deref(), Some("admin-token-from-a-file"));
+        assert_eq!(
+            s.read_only_token.as_deref(),
+            Some("reader-token-from-a-file")
+        );
+        // Both forms in one place, a missing file, a short token: errors naming the key.
+        let both: FileConfig = toml::from_str(&format!(
+            "admin_token = \"x-token-0123456789\"\nadmin_token_file = {:?}",
+            admin.display().to_string()
+        ))
+        .unwrap();
+        let err = Settings::resolve(&ServeArgs::default(), &both).unwrap_err();
+        assert!(err.to_string().contains("admin_token_file"), "{err}");
+        let missing = ServeArgs {
+            read_only_token_file: Some(dir.path().join("nope")),
+            ..Default::default()
+        };
+        let err = Settings::resolve(&missing, &FileConfig::default()).unwrap_err();
+        assert!(err.to_string().contains("read_only_token_file"), "{err}");
+        std::fs::write(&admin, "short").unwrap();
+        let err = Settings::resolve(&args, &FileConfig::default()).unwrap_err();
+        assert!(err.to_string().contains("admin_token_file"), "{err}");
+    }
+
+    #[test]
+    fn omaha_event_limits_have_defaults_and_bounds() {
+        let s = Settings::resolve(&ServeArgs::default(), &FileConfig::default()).unwrap();
+        assert_eq!(s.omaha.event_rows_per_machine_hour, 120);
+        assert_eq!(s.omaha.events_per_request, 64);
+        let file: FileConfig =
+            toml::from_str("[omaha]\nevent_rows_per_machine_hour = 10\nevents_per_request = 4")
+                .unwrap();
+        let s = Settings::resolve(&ServeArgs::default(), &file).unwrap();
+        assert_eq!(s.omaha.event_rows_per_machine_hour, 10);
+        assert_eq!(s.omaha.events_per_request, 4);
+        for n in [0, 2049] {
+            let file: FileConfig =
+                toml::from_str(&format!("[omaha]\nevents_per_request = {n}")).unwrap();
+            let err = Settings::resolve(&ServeArgs::default(), &file).unwrap_err();
+            assert!(
+                err.to_string().contains("omaha.events_per_request"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -1,4 +1,8 @@
 //! `update-server`: runs the Platte update server (`serve`) or drives its admin API.
+//!
+//! Standard output goes through [`update_server::outln!`]: a reader that closes it early
+//! (`update-server app list | head -1`) changes nothing, the rest is discarded; another write
+//! error makes the exit status 1.
 
 use anyhow::Context as _;
 use clap::Parser as _;
@@ -6,6 +10,14 @@ use update_server::cli::{Cli, Command, run_admin};
 use update_server::config::Settings;
 
 fn main() -> anyhow::Result<()> {
+    let result = run();
+    if result.is_ok() && update_server::stdout::failed() {
+        anyhow::bail!("writing to standard output failed");
+    }
+    result
+}
+
+fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -13,7 +25,7 @@ fn main() -> anyhow::Result<()> {
         .context("starting runtime")?;
     match cli.command {
         Command::Openapi => {
-            print!("{}", update_server::openapi::document_pretty());
+            update_server::out!("{}", update_server::openapi::document_pretty());
             Ok(())
         }
         Command::Serve(args) => {
@@ -32,10 +44,12 @@ fn main() -> anyhow::Result<()> {
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
     let server = update_server::server::start(settings).await?;
-    println!("update-server listening on http://{}", server.addr);
+    update_server::outln!("update-server listening on http://{}", server.addr);
     match &server.admin_token_file {
-        Some(f) => println!("admin token: {} (read-only token beside it)", f.display()),
-        None => println!("admin token: as configured"),
+        Some(f) => {
+            update_server::outln!("admin token: {} (read-only token beside it)", f.display())
+        }
+        None => update_server::outln!("admin token: as configured"),
     }
     shutdown_signal().await;
     tracing::info!("shutting down");

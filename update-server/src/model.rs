@@ -70,6 +70,13 @@ pub struct GroupPolicy {
     /// Rollout paused: checks are answered `noupdate` (reason `paused`).
     #[serde(default)]
     pub paused: bool,
+    /// Whether check-ins must carry a machine credential (`optional` or `required`; see
+    /// [`crate::credential`]) [default: optional].
+    #[serde(
+        default,
+        skip_serializing_if = "crate::credential::Requirement::is_optional"
+    )]
+    pub machine_credential: crate::credential::Requirement,
     /// Further policy fields (percentages, ramps, limits, windows...), kept as given.
     #[serde(flatten)]
     #[schema(value_type = Object)]

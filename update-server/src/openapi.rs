@@ -5,7 +5,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::fleetlock::http as fleetlock;
-use crate::http::{admin, maintenance, rollout};
+use crate::http::{admin, credential, maintenance, rollout};
 
 struct BearerAuth;
 
@@ -33,8 +33,11 @@ impl Modify for BearerAuth {
         admin::delete_group,
         rollout::status, rollout::preview, rollout::pause, rollout::resume,
         admin::list_packages, admin::get_package, admin::publish_package, admin::delete_package,
-        admin::list_instances, admin::get_instance, admin::delete_instance,
+        admin::list_instances, admin::get_instance, admin::update_instance,
+        admin::delete_instance,
         admin::retry_instance,
+        credential::get_credential, credential::enroll_credential,
+        credential::forget_credential,
         admin::list_events, admin::list_activity,
         maintenance::prune,
         fleetlock::list_groups, fleetlock::get_group, fleetlock::set_slots,

@@ -30,6 +30,9 @@ pub struct PolicyContext<'a> {
     pub target: &'a Package,
     /// The instance asking (already refreshed by its ping).
     pub instance: &'a Instance,
+    /// The alias an operator assigned to the machine, if any (canaries may name it; the alias
+    /// the client reports is not trusted for anything).
+    pub operator_alias: Option<&'a str>,
     /// Now, Unix seconds.
     pub now: i64,
 }

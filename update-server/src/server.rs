@@ -83,8 +83,7 @@ pub async fn start_with(
         None => None,
     };
 
-    let listener = tokio::net::TcpListener::bind(settings.listen)
-        .await
+    let listener = crate::http::listener::bind(settings.listen)
         .with_context(|| format!("binding {}", settings.listen))?;
     let addr = listener.local_addr().context("reading bound address")?;
     let public_url = settings
@@ -111,6 +110,12 @@ pub async fn start_with(
         RetentionMetrics::register(&metrics),
         rx.clone(),
     ));
+    let credentials = Arc::new(crate::credential::Credentials::new(
+        Arc::new(sqlite.clone()),
+        settings.machine_credentials.clone(),
+        Arc::clone(&clock),
+        crate::credential::CredentialMetrics::register(&metrics),
+    ));
     let service = Arc::new(UpdateService {
         catalogue: cache,
         fleet: Arc::clone(&fleet),
@@ -123,7 +128,12 @@ pub async fn start_with(
             grants: Arc::new(sqlite.clone()),
             store: Arc::clone(&store),
             metrics: RolloutMetrics::register(&metrics),
+            new_machines: settings.new_machines,
         },
+        event_budget: crate::bounds::EventBudget::new(
+            settings.omaha.event_rows_per_machine_hour,
+            crate::bounds::EVENT_WINDOW_SECS,
+        ),
     });
     let state = AppState {
         store: Arc::clone(&store),
@@ -136,8 +146,9 @@ pub async fn start_with(
         max_package_size: settings.max_package_size,
         fleetlock,
         pruner: Arc::clone(&pruner),
+        credentials,
     };
-    let app = router(state.clone(), tokens);
+    let app = router(state.clone(), tokens, settings.http.timeouts.body_deadline);
 
     let flusher = {
         let fleet = Arc::clone(&fleet);
@@ -162,12 +173,10 @@ pub async fn start_with(
     // At start, then every interval; it stops after its current batch at shutdown.
     let pruning = pruner.spawn();
 
+    let http = settings.http;
+    let conn_metrics = Arc::clone(&state.metrics);
     let task = tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
+        crate::http::listener::serve(listener, app, http, conn_metrics, async move {
             let _ = rx.wait_for(|v| *v).await;
         })
         .await

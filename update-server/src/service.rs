@@ -17,16 +17,18 @@
 
 use std::sync::Arc;
 
+use crate::bounds::EventBudget;
 use crate::catalogue::{Catalogue, CatalogueCache, PackageDigests};
 use crate::clock::Clock;
 use crate::config::OmahaSettings;
 use crate::fleet::{Fleet, InstanceKey};
 use crate::lifecycle::{ClientEvent, InstanceStatus, transition};
-use crate::metrics::{ErrorLabels, EventLabels, Metrics, OutcomeLabels};
+use crate::metrics::{ErrorLabels, Metrics, OutcomeLabels, error_code_label};
 use crate::model::{Instance, NewActivity, Package, StatusChange, normalize_appid, normalize_arch};
 use crate::policy::{PolicyContext, PolicyDecision, RolloutPolicy};
 use crate::rollout::Rollouts;
 use crate::rollout::engine::{HoldReason, Verdict, evaluate, is_canary};
+use crate::rollout::newcomers::network_of;
 use crate::rollout::target::{TargetChoice, choose};
 use crate::store::rollout::{
     GrantOutcome, GrantRequest, GrantState, ProgressReport, RefusalReason, RefusedVersion,
@@ -74,6 +76,8 @@ pub struct AppCheckIn {
     pub ip: String,
     /// Events, in order.
     pub events: Vec<EventIn>,
+    /// Events beyond the per-request cap: acknowledged, neither applied nor stored.
+    pub ignored_events: usize,
     /// A `<ping>` was present.
     pub ping: bool,
     /// An `<updatecheck>` was present.
@@ -188,6 +192,8 @@ pub struct UpdateService {
     pub omaha: OmahaSettings,
     /// Staged-rollout grant store and metrics.
     pub rollouts: Rollouts,
+    /// Per-machine budget of stored event rows (see [`crate::bounds`]).
+    pub event_budget: EventBudget,
 }
 
 /// A grant the store must still decide atomically.
@@ -352,7 +358,7 @@ impl UpdateService {
                 }
             });
             return Ok(AppAnswer::Known {
-                events: req.events.len(),
+                events: req.events.len() + req.ignored_events,
                 ping: req.ping,
                 check,
             });
@@ -407,30 +413,41 @@ impl UpdateService {
                     }
                 }
                 for e in &req.events {
-                    self.metrics
-                        .events
-                        .get_or_create(&EventLabels {
-                            app: app_id.clone(),
-                            event_type: e.event_type,
-                            result: e.event_result,
-                        })
-                        .inc();
+                    self.metrics.event(&app_id, e.event_type, e.event_result);
                     if is_routine(e) {
                         continue;
                     }
                     durable = true;
-                    change.events.push(NewEvent {
-                        event_type: i64::from(e.event_type),
-                        event_result: i64::from(e.event_result),
-                        error_code: e.error_code,
-                        previous_version: e.previous_version.clone(),
-                    });
+                    // Beyond the machine's budget an event still moves the lifecycle and settles
+                    // its grant below (auto-halt counts grants, not rows); only its event row and
+                    // activity entries are not written.
+                    let keep_row = self.event_budget.take(&key.0, now);
+                    if keep_row {
+                        change.events.push(NewEvent {
+                            event_type: i64::from(e.event_type),
+                            event_result: i64::from(e.event_result),
+                            error_code: e.error_code,
+                            previous_version: e.previous_version.clone(),
+                        });
+                    } else {
+                        self.metrics.events_dropped("machine_budget", 1);
+                    }
                     let ce = ClientEvent {
                         event_type: e.event_type,
                         event_result: e.event_result,
                         previous_version: e.previous_version.clone(),
                     };
-                    let refused = refusal_of(e, &row.version, row.granted_version.as_deref());
+                    // Only a version this server knows can be refused: one refusal row per
+                    // (machine, catalogue version), however many versions a client names.
+                    let refused = refusal_of(e, &row.version, row.granted_version.as_deref())
+                        .filter(|(v, _)| {
+                            row.granted_version.as_deref() == Some(v.as_str())
+                                || cat
+                                    .data()
+                                    .packages
+                                    .iter()
+                                    .any(|p| p.app_id == app_id && p.version == *v)
+                        });
                     let mut settle = None;
                     if let Some(next) = transition(row.status, &ce) {
                         let detail = match (next, &refused) {
@@ -461,7 +478,7 @@ impl UpdateService {
                             }
                             _ => None,
                         };
-                        if next == InstanceStatus::Error && refused.is_none() {
+                        if next == InstanceStatus::Error && refused.is_none() && keep_row {
                             change.activity.push(NewActivity {
                                 kind: "instance_update_failed".into(),
                                 severity: "error",
@@ -478,13 +495,15 @@ impl UpdateService {
                     }
                     if let Some((v, reason)) = &refused {
                         // Recorded even when the status did not change (already `error`).
-                        change.activity.push(refusal_activity(
-                            row,
-                            &app_id,
-                            v,
-                            *reason,
-                            &e.error_detail,
-                        ));
+                        if keep_row {
+                            change.activity.push(refusal_activity(
+                                row,
+                                &app_id,
+                                v,
+                                *reason,
+                                &e.error_detail,
+                            ));
+                        }
                         settle.get_or_insert((Some(GrantState::Failed), "failed"));
                     }
                     if let Some((state, outcome)) = settle {
@@ -524,6 +543,9 @@ impl UpdateService {
                         machine_id: key.0.clone(),
                         version: plan.version.clone(),
                         canary: plan.canary,
+                        first_seen: snapshot.created_at,
+                        network: network_of(&snapshot.ip),
+                        new_machine_limit: self.rollouts.new_machines.per_network,
                         now,
                     })
                     .await
@@ -637,7 +659,7 @@ impl UpdateService {
             }
         }
         Ok(AppAnswer::Known {
-            events: req.events.len(),
+            events: req.events.len() + req.ignored_events,
             ping: req.ping,
             check,
         })
@@ -684,13 +706,16 @@ impl UpdateService {
             .inc();
         if status == InstanceStatus::Error {
             let raw = e.error_code.unwrap_or(0);
-            let code = u32::try_from(raw & 0x0FFF_FFFF).unwrap_or(0);
-            let name = e
-                .error_detail
-                .split([' ', '('])
-                .next()
-                .unwrap_or("")
-                .to_owned();
+            let code = error_code_label(u32::try_from(raw & 0x0FFF_FFFF).unwrap_or(0));
+            let name = if code == "other" {
+                "other".to_owned()
+            } else {
+                e.error_detail
+                    .split([' ', '('])
+                    .next()
+                    .unwrap_or("")
+                    .to_owned()
+            };
             self.metrics
                 .update_errors
                 .get_or_create(&ErrorLabels {
@@ -769,7 +794,10 @@ impl UpdateService {
                 (find(&version).unwrap_or(target), rollback)
             }
         };
-        let (machine_id, alias) = instance.map_or(("", ""), |i| (&i.machine_id, &i.alias));
+        let machine_id = instance.map_or("", |i| i.machine_id.as_str());
+        // Canaries match the machine id or the alias an operator assigned, never the alias the
+        // client reports.
+        let operator_alias = cat.operator_alias(machine_id);
         let decision = match instance {
             Some(inst) => self.policy.decide(&PolicyContext {
                 app,
@@ -778,9 +806,17 @@ impl UpdateService {
                 channel,
                 target: pkg,
                 instance: inst,
+                operator_alias,
                 now,
             }),
-            None => match evaluate(group.policy.paused, spec, app_id, machine_id, alias, now) {
+            None => match evaluate(
+                group.policy.paused,
+                spec,
+                app_id,
+                machine_id,
+                operator_alias,
+                now,
+            ) {
                 Verdict::Hold(r) => PolicyDecision::Hold(r),
                 Verdict::Candidate { .. } => PolicyDecision::Grant,
             },
@@ -793,7 +829,7 @@ impl UpdateService {
             Some(GrantPlan {
                 group_id: group.id.clone(),
                 version: pkg.version.clone(),
-                canary: is_canary(spec, machine_id, alias),
+                canary: is_canary(spec, machine_id, operator_alias),
             }),
         )
     }

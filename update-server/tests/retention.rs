@@ -461,7 +461,9 @@ async fn the_rollout_counts_of_the_current_target_survive_an_aggressive_prune() 
     assert_eq!(
         before,
         json!({"attempts": 5, "in_flight": 1, "installed": 1, "complete": 1, "failed": 2,
-               "timed_out": 0, "deferred": 1, "superseded": 0})
+               "timed_out": 0, "deferred": 1, "superseded": 0,
+               // Each machine's first contact was its grant: new to the rollout.
+               "new_attempts": 5, "new_failed": 2})
     );
     env.clock.advance(200 * DAY);
     let report = env.prune(false).await;

@@ -170,6 +170,27 @@ impl Env {
     }
 }
 
+/// The fleet checks in once (a ping, no update check) before the rollout begins, each machine
+/// on the server [`concurrent_checks`] sends it to, and a second passes: the server knows these
+/// machines, so they are established, not new to the rollout (new machines weigh less for
+/// auto-halt and are granted at a bounded rate per network).
+async fn register(env: &Env, prefix: &str, n: usize) {
+    for i in 0..n {
+        let m = format!("{prefix}-{i:03}");
+        env.omaha(i % env.servers.len(), &m, "1.0.0", "<ping r=\"1\"></ping>")
+            .await;
+    }
+    env.clock.advance(1);
+}
+
+/// [`register`] for machines by name, on server 0.
+async fn register_names(env: &Env, names: &[&str]) {
+    for m in names {
+        env.omaha(0, m, "1.0.0", "<ping r=\"1\"></ping>").await;
+    }
+    env.clock.advance(1);
+}
+
 async fn concurrent_checks(env: &Env, prefix: &str, n: usize) -> Vec<String> {
     let env_ref = &env;
     let futs = (0..n).map(|i| async move {
@@ -188,6 +209,8 @@ async fn concurrent_checks(env: &Env, prefix: &str, n: usize) -> Vec<String> {
 async fn concurrency_limit_is_exact_across_two_servers_and_released_on_install() {
     let mut env = Env::new(json!({"concurrency_limit": 5}), "2.0.0").await;
     env.start_server().await; // a second server on the same database file
+    register(&env, "m", 64).await;
+    register(&env, "n", 64).await;
     let granted = concurrent_checks(&env, "m", 64).await;
     assert_eq!(granted.len(), 5, "granted: {granted:?}");
     // A granted machine is re-served its version without counting again.
@@ -257,6 +280,10 @@ async fn auto_halt_trips_then_resume_is_explicit() {
         "2.0.0",
     )
     .await;
+    let fleet: Vec<String> = (0..10).map(|i| format!("h{i}")).collect();
+    let mut names: Vec<&str> = fleet.iter().map(String::as_str).collect();
+    names.extend(["late-1", "late-2"]);
+    register_names(&env, &names).await;
     for i in 0..10 {
         assert!(env.check(0, &format!("h{i}")).await);
     }
@@ -733,6 +760,7 @@ async fn a_rollback_reported_after_the_grant_completed_is_a_failure_and_can_halt
         "2.0.0",
     )
     .await;
+    register_names(&env, &["a", "b", "late"]).await;
     for m in ["a", "b"] {
         install(&env, m).await;
         rebooted_into_2_0_0(&env, m).await;

@@ -142,7 +142,7 @@ impl Env {
             &self.http,
             &self.base,
             body,
-            &[("x-forwarded-for", "203.0.113.7, 10.0.0.1")],
+            &[("x-forwarded-for", "198.51.100.9, 203.0.113.7")],
         )
         .await
     }
@@ -201,6 +201,7 @@ async fn full_event_sequence_moves_instance_through_states() {
     let i = instance(&env, m).await;
     assert_eq!(i["instance"]["status"], "granted");
     assert_eq!(i["instance"]["granted_version"], "3510.2.0");
+    // The entry the proxy appended (rightmost), not what the client put before it.
     assert_eq!(i["instance"]["ip"], "203.0.113.7");
     assert_eq!(i["instance"]["alias"], "web-1");
 

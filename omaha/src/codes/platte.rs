@@ -14,6 +14,9 @@ numbered_enum! {
         SlotTooSmall = 3102 => "Platte: inactive slot too small for the image",
         /// 3103: no trusted payload keys are installed (updates are refused, fail closed).
         NoTrustedKeys = 3103 => "Platte: no trusted payload keys installed",
+        /// 3104: the offered version is the one already running; installing it would overwrite
+        /// the fallback slot, so the agent declines it (sent as a `3/9` "deferred" event).
+        AlreadyRunning = 3104 => "Platte: offered version is already running",
         /// 3110: a runtime extension build does not support the OS version it must run on.
         ExtensionUnsupportedOs = 3110 => "Platte: extension build does not support this OS version",
         /// 3111: switching a runtime extension's `NAME.raw` link failed (a host problem).

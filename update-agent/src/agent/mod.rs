@@ -51,6 +51,13 @@ pub enum CycleOutcome {
         /// The staged version.
         version: String,
     },
+    /// The offered version is the one running (a version-blind server): declined, reported as
+    /// `3/9` with Platte's code 3104, nothing touched (installing it would overwrite the
+    /// fallback slot with a copy of the running version).
+    AlreadyRunning {
+        /// The running (and offered) version.
+        version: String,
+    },
     /// An update was installed and is staged.
     Installed(Installed),
     /// The offer was refused by policy.
@@ -62,11 +69,14 @@ pub enum CycleOutcome {
 }
 
 impl CycleOutcome {
-    /// `update-agent run --once` exit status: 0 nothing new (no update, or already staged),
-    /// 2 an update was installed and staged, 3 the offer was refused by policy, 1 error.
+    /// `update-agent run --once` exit status: 0 nothing new (no update, already staged, or the
+    /// running version offered), 2 an update was installed and staged, 3 the offer was refused
+    /// by policy, 1 error.
     pub fn exit_code(&self) -> u8 {
         match self {
-            CycleOutcome::NoUpdate | CycleOutcome::AlreadyStaged { .. } => 0,
+            CycleOutcome::NoUpdate
+            | CycleOutcome::AlreadyStaged { .. }
+            | CycleOutcome::AlreadyRunning { .. } => 0,
             CycleOutcome::Installed(_) => 2,
             CycleOutcome::Refused(_) => 3,
             CycleOutcome::CheckFailed(_) | CycleOutcome::InstallFailed(_) => 1,
@@ -92,6 +102,9 @@ pub enum AgentError {
     /// The host's identity cannot be read.
     #[error("reading this host's identity: {0}")]
     Identity(#[from] crate::identity::IdentityError),
+    /// The machine key cannot be read or created.
+    #[error(transparent)]
+    MachineKey(#[from] crate::machine_key::MachineKeyError),
 }
 
 /// What one finished cycle ended with (for `updatectl check` and the D-Bus API).
@@ -129,7 +142,8 @@ impl CycleResult {
 impl From<&CycleOutcome> for CycleResult {
     fn from(o: &CycleOutcome) -> Self {
         match o {
-            CycleOutcome::NoUpdate => CycleResult::NoUpdate,
+            // The running version offered again is no update for the host.
+            CycleOutcome::NoUpdate | CycleOutcome::AlreadyRunning { .. } => CycleResult::NoUpdate,
             CycleOutcome::AlreadyStaged { .. } => CycleResult::AlreadyStaged,
             CycleOutcome::Installed(_) => CycleResult::Installed,
             CycleOutcome::Refused(_) => CycleResult::Refused,
@@ -334,6 +348,9 @@ pub struct Agent {
     extensions: Option<Extensions>,
     /// Whether [`Extensions::reconcile`] ran since start.
     extensions_reconciled: bool,
+    /// An operator asked for a repair ([`Agent::allow_repair`]): an offer of the running version
+    /// is installed into the inactive slot instead of being declined.
+    repair: bool,
 }
 
 /// Waits for the next command; never resolves once the receiver is gone.
@@ -367,7 +384,11 @@ impl Agent {
             .clone()
             .ok_or(AgentError::NoServer)?;
         let http = crate::http::client(&settings.http)?;
-        let omaha = OmahaClient::new(http.clone(), server, settings.http.request_timeout);
+        let mut omaha = OmahaClient::new(http.clone(), server, settings.http.request_timeout);
+        if settings.updates.machine_credential {
+            let key = crate::machine_key::MachineKey::load_or_create(&settings.state_dir)?;
+            omaha = omaha.with_machine_key(Arc::new(key));
+        }
         let mut state = store.load()?.state;
         let booted = backend.booted_slot()?;
         let outcome = rollback::detect(
@@ -428,6 +449,7 @@ impl Agent {
             poll_interval: None,
             extensions,
             extensions_reconciled: false,
+            repair: false,
         };
         agent.sync_info();
         agent.sync_extensions();
@@ -556,6 +578,14 @@ impl Agent {
         Ok(removed)
     }
 
+    /// Lets this agent install an offer of the version it runs into the inactive slot (a
+    /// repair of a damaged fallback slot, `update-agent run --once --repair`). Without it such an
+    /// offer is always declined: no automatic path overwrites the fallback with the running
+    /// version.
+    pub fn allow_repair(&mut self) {
+        self.repair = true;
+    }
+
     /// The persisted state.
     pub fn state(&self) -> &AgentState {
         &self.state
@@ -669,6 +699,11 @@ impl Agent {
                 if let Err(se) = self.record_error(code, e.to_string()) {
                     tracing::error!(error = %se, "cannot save state");
                 }
+                if matches!(e, CheckError::BadOffer(_)) {
+                    // The server answered, but with an offer this agent cannot use: tell it
+                    // (3/0, OmahaResponseHandlerError), as update_engine does.
+                    self.send_event(EventRequest::error(reported(code))).await;
+                }
                 return CycleOutcome::CheckFailed(e);
             }
         };
@@ -686,6 +721,22 @@ impl Agent {
             self.on(Event::NoUpdate);
             return CycleOutcome::NoUpdate;
         };
+        if !self.repair
+            && crate::install::compat::is_running_version(&offer, &self.identity.os_version)
+        {
+            // A version-blind server offers what already runs: installing it would overwrite
+            // the other slot (the fallback) with a copy of the running version. Declined and
+            // reported as deferred, like a policy refusal, but not an error.
+            tracing::info!(version = %offer.version, running = %self.identity.os_version, "offered version is already running; declined (the fallback slot is kept)");
+            self.on(Event::NoUpdate);
+            self.send_event(EventRequest::deferred(reported(ErrorCode::Other(
+                crate::install::platte_codes::ALREADY_RUNNING,
+            ))))
+            .await;
+            return CycleOutcome::AlreadyRunning {
+                version: offer.version,
+            };
+        }
         let offered = (offer.version.clone(), offer.size);
         self.info.send_if_modified(|i| {
             let changed = i.offer.as_ref() != Some(&offered);
@@ -756,7 +807,7 @@ impl Agent {
                 }
                 self.on(Event::SlotActivated);
                 self.send_event(EventRequest::update_installed()).await;
-                tracing::info!(version = %done.version, slot = %done.slot, downloaded = done.downloaded, resumed = done.resumed, "update staged; reboot to activate it");
+                tracing::info!(version = %done.version, slot = %done.slot, downloaded = done.downloaded, resumed = done.resumed, discarded = done.discarded, "update staged; reboot to activate it");
                 CycleOutcome::Installed(done)
             }
             Err(InstallError::Refused(r)) => {

@@ -70,6 +70,8 @@ pub struct UpdatesFragment {
     pub allow_downgrade: Option<bool>,
     /// Directory of trusted payload signing keys.
     pub trusted_keys_dir: Option<PathBuf>,
+    /// Sign every Omaha request with this host's machine key.
+    pub machine_credential: Option<bool>,
 }
 
 /// `[identity]` section.

@@ -59,6 +59,7 @@ pub struct Inputs {
     pub updates_app_id: Option<Sourced<String>>,
     pub updates_allow_downgrade: Option<Sourced<bool>>,
     pub updates_trusted_keys_dir: Option<Sourced<PathBuf>>,
+    pub updates_machine_credential: Option<Sourced<bool>>,
     pub identity_alias: Option<Sourced<String>>,
     pub identity_os_version: Option<Sourced<String>>,
     pub identity_board: Option<Sourced<String>>,
@@ -161,6 +162,11 @@ impl Inputs {
             set(&mut self.updates_app_id, u.app_id, file);
             set(&mut self.updates_allow_downgrade, u.allow_downgrade, file);
             set(&mut self.updates_trusted_keys_dir, u.trusted_keys_dir, file);
+            set(
+                &mut self.updates_machine_credential,
+                u.machine_credential,
+                file,
+            );
         }
         if let Some(i) = f.identity {
             set(&mut self.identity_alias, i.alias, file);

@@ -62,6 +62,14 @@ pub fn load(files: &[PathBuf]) -> Result<LegacyConfig, ConfigError> {
     Ok(out)
 }
 
+/// Parses one file's text as [`load`] reads it; `file` only names where each value came from.
+/// The entry point for callers that already hold the bytes (the fuzz targets in `fuzz/`).
+pub fn parse_text(text: &str, file: &Path) -> LegacyConfig {
+    let mut out = LegacyConfig::default();
+    apply_text(&mut out, text, file);
+    out
+}
+
 /// Applies one file's text: keys not yet set take this file's value.
 fn apply_text(out: &mut LegacyConfig, text: &str, file: &Path) {
     for line in text.lines() {

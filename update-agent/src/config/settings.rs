@@ -87,6 +87,9 @@ pub struct UpdateSettings {
     pub allow_downgrade: bool,
     /// Directory of trusted payload signing keys.
     pub trusted_keys_dir: PathBuf,
+    /// Whether Omaha requests are signed with the machine key (`state_dir/machine-key`, created
+    /// at the first run) [default: true].
+    pub machine_credential: bool,
 }
 
 /// `[identity]` settings.
@@ -444,6 +447,10 @@ fn updates(i: &Inputs) -> Result<UpdateSettings, ConfigError> {
             &i.updates_trusted_keys_dir,
             DEFAULT_TRUSTED_KEYS_DIR,
         )?,
+        machine_credential: i
+            .updates_machine_credential
+            .as_ref()
+            .is_none_or(|s| s.value),
     })
 }
 
@@ -860,6 +867,10 @@ mod tests {
             s.updates.trusted_keys_dir,
             PathBuf::from("/usr/share/platte/keys.d")
         );
+        assert!(
+            s.updates.machine_credential,
+            "requests are signed by default"
+        );
         assert_eq!(s.state_dir, PathBuf::from("/var/lib/platte"));
         assert_eq!(s.boot.slot_a, SlotSpec::Label("USR-A".into()));
         assert_eq!(s.boot.slot_b, SlotSpec::Label("USR-B".into()));
@@ -917,6 +928,7 @@ server = "https://updates.example.com/v1/update/"
 group = "beta"
 app_id = "e96281a6-d1af-4bde-9a0a-97b76e56dc57"
 allow_downgrade = true
+machine_credential = false
 [boot]
 slot_partuuids = ["7130c94a-213a-4e5a-8e26-6cce9662f132", "e03dd35c-7c2d-4a47-b3fe-27f15780a57c"]
 tries = 3
@@ -938,6 +950,7 @@ strategy = "immediate"
         )
         .unwrap();
         assert!(!s.updates.enabled);
+        assert!(!s.updates.machine_credential);
         assert_eq!(
             s.updates.server.unwrap().host_str(),
             Some("updates.example.com")

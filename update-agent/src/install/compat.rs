@@ -46,6 +46,13 @@ pub fn check_version(
     Ok(())
 }
 
+/// Whether `offer` is the version already running (equal by the shared version ordering:
+/// `1.2` = `1.2.0`, build metadata ignored). Installing it would overwrite the fallback slot with
+/// a copy of the running system, so the agent declines it unless an operator asked for a repair.
+pub fn is_running_version(offer: &Offer, running: &str) -> bool {
+    version::compare(&offer.version, running) == Ordering::Equal
+}
+
 /// Loads the trusted keys; an empty or missing directory is an error (fail closed).
 pub fn load_trust(dir: &Path) -> Result<TrustStore, InstallError> {
     if !dir.is_dir() {
@@ -130,6 +137,18 @@ mod tests {
             check_version(&offer("4000.0.0", false), "3999.0.0", false, &deny),
             Err(Refusal::DenyListed("4000.0.0".into()))
         );
+    }
+
+    #[test]
+    fn the_running_version_is_recognised_in_any_spelling() {
+        assert!(is_running_version(&offer("2.0.0", false), "2.0.0"));
+        assert!(is_running_version(&offer("2.0", false), "2.0.0"));
+        assert!(is_running_version(&offer("2.0.0+b2", false), "2.0.0+b1"));
+        assert!(!is_running_version(&offer("2.0.1", false), "2.0.0"));
+        assert!(!is_running_version(&offer("2.0.0-rc.1", false), "2.0.0"));
+        // Older and not marked a rollback: the downgrade policy refuses it (not "running").
+        assert!(!is_running_version(&offer("1.0.0", false), "2.0.0"));
+        assert!(check_version(&offer("1.0.0", false), "2.0.0", true, &BTreeSet::new()).is_err());
     }
 
     #[test]

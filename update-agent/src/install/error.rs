@@ -20,6 +20,8 @@ pub mod platte_codes {
     pub const SLOT_TOO_SMALL: u32 = PlatteCode::SlotTooSmall.to_u32();
     /// No trusted payload keys are installed: updates are refused (fail closed).
     pub const NO_TRUSTED_KEYS: u32 = PlatteCode::NoTrustedKeys.to_u32();
+    /// The offered version is the running one: declined (`3/9`), the fallback slot is kept.
+    pub const ALREADY_RUNNING: u32 = PlatteCode::AlreadyRunning.to_u32();
 }
 
 /// Why an offered update is not installed although nothing is broken (policy).

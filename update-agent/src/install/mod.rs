@@ -9,7 +9,8 @@
 //!    prefix is verified (trusted key, app id, arch, board, version, slot size) before data is
 //!    written; a checkpoint (applier checkpoint + running SHA-256) is persisted at most every
 //!    `install.checkpoint_interval`; an interrupted download resumes with HTTP `Range` (the
-//!    prefix again, then from the checkpoint); after `install.start_over_after` failed attempts
+//!    prefix again, then from the checkpoint; a server ignoring `Range` sends everything, and
+//!    the bytes before the checkpoint are discarded unwritten); after `install.start_over_after` failed attempts
 //!    on one checkpoint it starts over; the next URL is tried after `attempts_per_url`.
 //! 4. [`Installer::verify`]: size and SHA-256 announced by Omaha, every operation written, the
 //!    slot re-read and its SHA-256 checked against the signed manifest.
@@ -99,6 +100,9 @@ pub struct Installed {
     pub downloaded: u64,
     /// Whether it continued from a checkpoint.
     pub resumed: bool,
+    /// Payload bytes a server that ignored `Range` sent again (answering `200` to a resumed
+    /// request) and that were discarded unwritten: they were already in the slot.
+    pub discarded: u64,
 }
 
 /// Everything an install needs.
@@ -122,6 +126,7 @@ pub struct Streamed {
     received: u64,
     downloaded: u64,
     resumed: bool,
+    discarded: u64,
 }
 
 impl Installer<'_> {
@@ -140,7 +145,8 @@ impl Installer<'_> {
         let streamed = self
             .stream_payload(offer, &trust, &target, resume, obs)
             .await?;
-        let (downloaded, resumed) = (streamed.downloaded, streamed.resumed);
+        let (downloaded, resumed, discarded) =
+            (streamed.downloaded, streamed.resumed, streamed.discarded);
         let verified = self.verify(offer, streamed);
         // Verified or bad: either way the checkpoint has served (a bad payload is not resumed).
         if verified.as_ref().is_ok() || verified.as_ref().is_err_and(InstallError::is_bad_payload) {
@@ -155,6 +161,7 @@ impl Installer<'_> {
             slot: target.slot(),
             downloaded,
             resumed,
+            discarded,
         })
     }
 

@@ -44,6 +44,8 @@ pub(super) async fn stream_payload<O: Observer>(
     }
     let mut last: Option<InstallError> = None;
     let mut retries = 0u32;
+    // Bytes servers ignoring `Range` sent again, over all attempts.
+    let mut discarded = 0u64;
     for url in &offer.urls {
         let mut attempt = 0;
         while attempt < cfg.attempts_per_url {
@@ -55,7 +57,18 @@ pub(super) async fn stream_payload<O: Observer>(
                 rec = None;
                 obs.save_resume(None)?;
             }
-            match attempt_once(inst, url, offer, trust, target, &mut rec, obs).await {
+            match attempt_once(
+                inst,
+                url,
+                offer,
+                trust,
+                target,
+                &mut rec,
+                obs,
+                &mut discarded,
+            )
+            .await
+            {
                 Ok(s) => return Ok(s),
                 Err(InstallError::Apply(ApplyError::InvalidCheckpoint { reason })) => {
                     tracing::warn!(%reason, "checkpoint unusable; starting the download over");
@@ -171,7 +184,9 @@ async fn fetch_exact(
     ))
 }
 
-/// One download attempt from `url`, continuing from `rec` when it is set.
+/// One download attempt from `url`, continuing from `rec` when it is set. Bytes a server that
+/// ignored `Range` sent again are added to `discarded`.
+#[allow(clippy::too_many_arguments)]
 async fn attempt_once<O: Observer>(
     inst: &Installer<'_>,
     url: &Url,
@@ -180,6 +195,7 @@ async fn attempt_once<O: Observer>(
     target: &TargetSlot,
     rec: &mut Option<ResumeRecord>,
     obs: &mut O,
+    discarded: &mut u64,
 ) -> Result<Streamed, InstallError> {
     let writer = inst.backend.open_target(target)?;
     let tgt = writer.into_target().map_err(InstallError::TargetOpen)?;
@@ -247,12 +263,18 @@ async fn attempt_once<O: Observer>(
             }
         }
         StatusCode::OK => {
-            skip = start;
             if let Some(len) = resp.content_length().filter(|&l| l != offer.size) {
                 return Err(InstallError::SizeMismatch {
                     announced: offer.size,
                     found: format!("the server sends {len} bytes"),
                 });
+            }
+            // The server ignored `Range` and sends the whole payload: the bytes before the
+            // checkpoint are already written (and hashed), so they are read and dropped, never
+            // fed to the applier again.
+            skip = start;
+            if start > 0 {
+                tracing::warn!(url = %url, version = %offer.version, discarded_bytes = start, "the server ignored Range; discarding the payload bytes already written");
             }
         }
         s => {
@@ -303,6 +325,7 @@ async fn attempt_once<O: Observer>(
             let n = skip.min(chunk.len() as u64) as usize;
             let _ = chunk.split_to(n);
             skip -= n as u64;
+            *discarded += n as u64;
         }
         if chunk.is_empty() {
             continue;
@@ -347,6 +370,7 @@ async fn attempt_once<O: Observer>(
         received: pos,
         downloaded,
         resumed,
+        discarded: *discarded,
     })
 }
 

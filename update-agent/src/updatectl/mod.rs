@@ -21,6 +21,7 @@ use crate::agent::notify::status_text;
 use crate::dbus::proxy::{FetchError, Fetched, Update1Proxy, fetch_properties};
 use crate::dbus::view::Properties;
 use crate::dbus::{self, UPDATE1_NAME, UPDATE1_PATH};
+use crate::output::Output;
 use progress::Progress;
 
 /// Exit statuses.
@@ -207,12 +208,17 @@ async fn proxy(conn: &zbus::Connection) -> Result<Update1Proxy<'static>, CtlErro
         .await?)
 }
 
-/// Carries out `cli`; returns the exit status.
+/// Carries out `cli`; returns the exit status. Output to a reader that has gone away (`| head`)
+/// is discarded without an error ([`Output`]); `watch` then stops.
 pub async fn run(cli: Cli) -> Result<u8, CtlError> {
-    let mut out = std::io::stdout().lock();
+    let mut out = Output::stdout();
     match cli.command {
         Cmd::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "updatectl", &mut out);
+            // clap_complete panics on a write error: generate in memory, then write.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "updatectl", &mut script);
+            out.write_all(&script)?;
+            out.flush()?;
             Ok(exit::OK)
         }
         Cmd::Status { json } => {
@@ -269,6 +275,10 @@ pub async fn run(cli: Cli) -> Result<u8, CtlError> {
                     let now = jiff::Timestamp::now().strftime("%H:%M:%S");
                     writeln!(out, "{now} {line}")?;
                     out.flush()?;
+                    if out.is_closed() {
+                        // Nobody reads any more (`updatectl watch | head -3`).
+                        return Ok(exit::OK);
+                    }
                     last = line;
                 }
                 tokio::select! {
@@ -392,7 +402,7 @@ impl<'c> Waiter<'c> {
         loop {
             let f = fetch_properties(self.conn).await?;
             if let Some(p) = progress.as_deref_mut() {
-                let mut out = std::io::stdout().lock();
+                let mut out = Output::stdout();
                 p.show(&mut out, &f.props, Instant::now())?;
             }
             if f.props.checks_completed >= serial {

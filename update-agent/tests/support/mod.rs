@@ -381,6 +381,20 @@ stall_timeout_secs = 10
         st.code().unwrap_or(-1)
     }
 
+    /// Runs `update-agent run --once` with further arguments (e.g. `--repair`); returns its
+    /// exit code.
+    pub fn once_with(&self, extra: &[&str]) -> i32 {
+        let args: Vec<&str> = ["run", "--once"].iter().chain(extra).copied().collect();
+        let st: ExitStatus = self.command(&args).status().unwrap();
+        st.code().unwrap_or(-1)
+    }
+
+    /// Writes `data` at byte `off` of partition `n` (behind the agent's back).
+    pub fn write_part(&self, n: u32, off: u64, data: &[u8]) {
+        let (start, _) = self.part_range(n);
+        write_at(&self.img, start + off, data);
+    }
+
     /// Starts `update-agent run` (the daemon) or `run --once` in the background.
     pub fn spawn(&self, once: bool) -> Child {
         let args: &[&str] = if once { &["run", "--once"] } else { &["run"] };

@@ -1,7 +1,7 @@
 //! A tiny fault-injecting HTTP/1.1 proxy in front of the update server: Omaha requests can get
 //! 500s or have their XML rewritten; package downloads can be cut, stalled or tampered with at
-//! exact payload offsets, resumed (`Range`) downloads refused, and every downloaded payload byte
-//! is counted. One request per connection.
+//! exact payload offsets, resumed (`Range`) downloads refused or their `Range` ignored, and every
+//! downloaded payload byte is counted. One request per connection.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
@@ -32,6 +32,9 @@ pub struct Faults {
     pub tamper_at: Option<u64>,
     /// Answer every download request carrying a `Range` header with HTTP 503.
     pub refuse_ranges: bool,
+    /// Drop the `Range` header of download requests, like a server that does not do ranges:
+    /// the answer is `200` with the whole file (still recorded in [`Faults::ranges`]).
+    pub ignore_ranges: bool,
     /// Payload bytes sent to clients (bodies of 2xx download answers).
     pub download_bytes: u64,
     /// `Range` headers of download requests (`None`: whole file).
@@ -181,9 +184,16 @@ async fn handle(
             respond(&mut sock, 500, &[], b"injected failure\n").await;
             return Ok(());
         }
-        let r = client
-            .post(&url)
-            .header("content-type", "text/xml")
+        let mut post = client.post(&url).header("content-type", "text/xml");
+        // The agent's machine credential passes through, like any header a real proxy keeps,
+        // unless the body was rewritten: then the request goes on unsigned (a signature over
+        // the old body would be refused).
+        if let Some(sig) = head.header(omaha::credential::HEADER_NAME)
+            && text.as_bytes() == body.as_slice()
+        {
+            post = post.header(omaha::credential::HEADER_NAME, sig);
+        }
+        let r = post
             .body(text)
             .send()
             .await
@@ -206,11 +216,11 @@ async fn handle(
     }
     // Downloads.
     let range = head.header("range").map(str::to_owned);
-    let refuse = {
+    let (refuse, ignore) = {
         let mut f = faults.lock().unwrap();
         f.ranges.push(range.clone());
         f.download_paths.push(head.path.clone());
-        f.refuse_ranges && range.is_some()
+        (f.refuse_ranges && range.is_some(), f.ignore_ranges)
     };
     if refuse {
         respond(
@@ -223,7 +233,7 @@ async fn handle(
         return Ok(());
     }
     let mut req = client.get(&url);
-    if let Some(r) = &range {
+    if let Some(r) = range.as_ref().filter(|_| !ignore) {
         req = req.header("range", r);
     }
     let mut r = req.send().await.map_err(std::io::Error::other)?;

@@ -82,6 +82,10 @@ impl ApiClient {
     pub async fn patch(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
         self.send(Method::PATCH, path, None, Some(body)).await
     }
+    /// PUT JSON.
+    pub async fn put(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        self.send(Method::PUT, path, None, Some(body)).await
+    }
     /// DELETE.
     pub async fn delete(&self, path: &str) -> anyhow::Result<Value> {
         self.send(Method::DELETE, path, None, None).await

@@ -83,7 +83,7 @@ pub async fn run(conn: &Conn, cmd: FleetLockCmd) -> anyhow::Result<()> {
             ))
             .await?;
             output(conn, &json!({"released": id, "group": group}), |_| {
-                println!("released {id} from FleetLock group {group}")
+                crate::outln!("released {id} from FleetLock group {group}")
             })
         }
     }

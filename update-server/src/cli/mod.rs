@@ -3,6 +3,7 @@
 //! printing tables or, with `--json`, the API's JSON; and `simulate`, the fleet simulator.
 
 mod client;
+pub mod credential;
 pub mod fleetlock;
 pub mod prune;
 pub mod rollout;
@@ -55,8 +56,8 @@ pub struct Conn {
 /// Top-level commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the server.
-    Serve(ServeArgs),
+    /// Run the server (boxed: its options are much larger than any other command's).
+    Serve(Box<ServeArgs>),
     /// Print the admin API's OpenAPI document.
     Openapi,
     /// Applications.
@@ -332,6 +333,32 @@ pub enum InstanceCmd {
         #[arg(long)]
         version: Option<String>,
     },
+    /// Bind a machine id to its machine key (as `update-agent machine-key` prints it), replacing
+    /// any key bound before.
+    Enroll {
+        /// Machine id.
+        machine: String,
+        /// The ed25519 public key, standard base64.
+        public_key: String,
+    },
+    /// Show the machine key bound to a machine id.
+    Credential {
+        /// Machine id.
+        machine: String,
+    },
+    /// Forget the machine key bound to a machine id (a re-installed host with a new key).
+    ForgetCredential {
+        /// Machine id.
+        machine: String,
+    },
+    /// Assign a machine an operator alias (rollout canaries may name it; the alias a machine
+    /// reports itself is never matched). An empty alias removes it.
+    SetAlias {
+        /// Machine id.
+        machine: String,
+        /// The alias ("" removes it).
+        alias: String,
+    },
 }
 
 fn enc(v: &str) -> String {
@@ -360,7 +387,7 @@ fn query(pairs: &[(&str, Option<String>)]) -> String {
 
 fn output(conn: &Conn, v: &Value, render: impl FnOnce(&Value)) -> anyhow::Result<()> {
     if conn.json {
-        println!("{}", serde_json::to_string_pretty(v)?);
+        crate::outln!("{}", serde_json::to_string_pretty(v)?);
     } else {
         render(v);
     }
@@ -387,7 +414,7 @@ async fn delete(
 ) -> anyhow::Result<()> {
     c.delete(path).await?;
     output(conn, &json!({ "deleted": name }), |_| {
-        println!("deleted {what} {name}")
+        crate::outln!("deleted {what} {name}")
     })
 }
 
@@ -633,7 +660,7 @@ pub async fn run_admin(cmd: Command) -> anyhow::Result<()> {
                                 ]
                             }),
                         );
-                        println!(
+                        crate::outln!(
                             "{} of {} shown",
                             rows(&v["instances"]).len(),
                             s(&v["total"])
@@ -644,9 +671,12 @@ pub async fn run_admin(cmd: Command) -> anyhow::Result<()> {
                     &conn,
                     &c.get(&format!("/instances/{}", enc(&machine))).await?,
                     |v| {
+                        if let Some(alias) = v["operator_alias"].as_str() {
+                            crate::outln!("{machine} operator alias {alias}");
+                        }
                         for a in rows(&v["apps"]) {
                             let i = &a["instance"];
-                            println!(
+                            crate::outln!(
                                 "{} app {} version {} status {} {} (granted {}, last check {})",
                                 s(&i["machine_id"]),
                                 s(&i["app_id"]),
@@ -668,7 +698,7 @@ pub async fn run_admin(cmd: Command) -> anyhow::Result<()> {
                                 }),
                             );
                             for r in rows(&a["refused_versions"]) {
-                                println!(
+                                crate::outln!(
                                     "never offered again: {} ({} at {}; clear with \
                                      `update-server instance retry {} --app {} --version {}`)",
                                     s(&r["version"]),
@@ -697,16 +727,36 @@ pub async fn run_admin(cmd: Command) -> anyhow::Result<()> {
                     output(&conn, &v, |v| {
                         let cleared = rows(&v["cleared"]);
                         if cleared.is_empty() {
-                            println!("{machine} refused no version; nothing to clear");
+                            crate::outln!("{machine} refused no version; nothing to clear");
                         }
                         for r in cleared {
-                            println!(
+                            crate::outln!(
                                 "{machine} may be offered {} of {} again (was {})",
                                 s(&r["version"]),
                                 s(&r["app_id"]),
                                 s(&r["reason"])
                             );
                         }
+                    })
+                }
+                InstanceCmd::Enroll {
+                    machine,
+                    public_key,
+                } => credential::enroll(&conn, &machine, &public_key).await,
+                InstanceCmd::Credential { machine } => credential::show(&conn, &machine).await,
+                InstanceCmd::ForgetCredential { machine } => {
+                    credential::forget(&conn, &machine).await
+                }
+                InstanceCmd::SetAlias { machine, alias } => {
+                    let v = c
+                        .patch(
+                            &format!("/instances/{}", enc(&machine)),
+                            &json!({ "alias": alias }),
+                        )
+                        .await?;
+                    output(&conn, &v, |v| match v["operator_alias"].as_str() {
+                        Some(a) => crate::outln!("{machine} is now called {a}"),
+                        None => crate::outln!("{machine} has no operator alias"),
                     })
                 }
                 InstanceCmd::Delete { machine, app } => {

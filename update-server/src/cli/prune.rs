@@ -64,7 +64,7 @@ pub async fn run(conn: &Conn, dry_run: bool) -> anyhow::Result<()> {
         "/maintenance/prune"
     };
     let v = c.post(path, &serde_json::json!({})).await?;
-    output(conn, &v, |v| print!("{}", render(v)))
+    output(conn, &v, |v| crate::out!("{}", render(v)))
 }
 
 #[cfg(test)]

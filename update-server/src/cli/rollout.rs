@@ -44,7 +44,8 @@ pub enum RolloutCmd {
         /// Group id, track or name.
         group: String,
     },
-    /// Replace the rollout policy with a JSON document (see docs/rollouts.md); `paused` is kept.
+    /// Replace the rollout policy with a JSON document (see docs/rollouts.md); `paused` and
+    /// `machine_credential` are kept unless given.
     Set {
         /// appid.
         app: String,
@@ -56,7 +57,7 @@ pub enum RolloutCmd {
 }
 
 fn status_table(v: &Value) {
-    println!(
+    crate::outln!(
         "group {} ({})  target {}  paused {}  percent {}",
         s(&v["group_name"]),
         s(&v["group_id"]),
@@ -65,14 +66,14 @@ fn status_table(v: &Value) {
         s(&v["effective_percent"])
     );
     if !v["halted"].is_null() {
-        println!(
+        crate::outln!(
             "HALTED at {}: {}",
             ts(&v["halted"]["at"]),
             s(&v["halted"]["reason"])
         );
     }
     if !v["next_step_at"].is_null() {
-        println!(
+        crate::outln!(
             "next step at {} to {}%",
             ts(&v["next_step_at"]),
             s(&v["next_step_percent"])
@@ -80,7 +81,7 @@ fn status_table(v: &Value) {
     }
     let share = v["share_complete"].as_f64().unwrap_or(0.0) * 100.0;
     let fail = v["failure_rate"].as_f64().unwrap_or(0.0) * 100.0;
-    println!(
+    crate::outln!(
         "machines {}  on target {share:.1}%  failure rate {fail:.2}%",
         s(&v["machines"])
     );
@@ -125,7 +126,7 @@ pub async fn run(conn: &Conn, cmd: RolloutCmd) -> anyhow::Result<()> {
                 path.push_str(&format!("&percent={p}"));
             }
             output(conn, &c.get(&path).await?, |v| {
-                println!(
+                crate::outln!(
                     "{} → {}%: adds {} machines ({} already included)",
                     s(&v["current_percent"]),
                     s(&v["percent"]),
@@ -146,7 +147,7 @@ pub async fn run(conn: &Conn, cmd: RolloutCmd) -> anyhow::Result<()> {
             let v = c
                 .post(&format!("{}/rollout/pause", base(&app, &group)), &json!({}))
                 .await?;
-            output(conn, &v, |_| println!("paused rollout of {group}"))
+            output(conn, &v, |_| crate::outln!("paused rollout of {group}"))
         }
         RolloutCmd::Resume { app, group } => {
             let v = c
@@ -155,19 +156,23 @@ pub async fn run(conn: &Conn, cmd: RolloutCmd) -> anyhow::Result<()> {
                     &json!({}),
                 )
                 .await?;
-            output(conn, &v, |_| println!("resumed rollout of {group}"))
+            output(conn, &v, |_| crate::outln!("resumed rollout of {group}"))
         }
         RolloutCmd::Set { app, group, policy } => {
             let mut p: Value = serde_json::from_str(&policy)
                 .map_err(|e| anyhow::anyhow!("policy is not JSON: {e}"))?;
             let path = base(&app, &group);
-            let paused = c.get(&path).await?["policy"]["paused"].clone();
+            let current = c.get(&path).await?["policy"].clone();
             if let Some(o) = p.as_object_mut() {
-                o.entry("paused").or_insert(paused);
+                o.entry("paused").or_insert(current["paused"].clone());
+                // A group that requires a machine credential keeps requiring it.
+                if let Some(m) = current.get("machine_credential") {
+                    o.entry("machine_credential").or_insert(m.clone());
+                }
             }
             let v = c.patch(&path, &json!({ "policy": p })).await?;
             output(conn, &v, |g| {
-                println!("policy of {}: {}", s(&g["name"]), g["policy"])
+                crate::outln!("policy of {}: {}", s(&g["name"]), g["policy"])
             })
         }
     }

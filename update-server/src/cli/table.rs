@@ -53,7 +53,7 @@ pub fn render_table(headers: &[&str], rows: impl IntoIterator<Item = Vec<String>
 
 /// Prints a table to stdout.
 pub fn print_table(headers: &[&str], rows: impl IntoIterator<Item = Vec<String>>) {
-    print!("{}", render_table(headers, rows));
+    crate::out!("{}", render_table(headers, rows));
 }
 
 #[cfg(test)]

@@ -10,6 +10,10 @@ use crate::config::ConfigError;
 pub const DEFAULT_SLOTS: u32 = 1;
 /// Largest slot count accepted (from configuration or the admin API).
 pub const MAX_SLOTS: u32 = 10_000;
+/// Default most groups that clients may bring (held groups not configured through the API).
+pub const DEFAULT_MAX_GROUPS: u32 = 1_024;
+/// Largest accepted `max_groups`.
+pub const MAX_MAX_GROUPS: u32 = 1_000_000;
 
 /// FleetLock options of `update-server serve`.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -23,6 +27,10 @@ pub struct FleetLockArgs {
     /// Slots of a group whose count was not set through the admin API [default: 1].
     #[arg(long, env = "UPDATE_SERVER_FLEETLOCK_DEFAULT_SLOTS")]
     pub fleetlock_default_slots: Option<u32>,
+    /// Most groups with holders that were not configured through the admin API; a lock in a
+    /// further new group is refused [default: 1024].
+    #[arg(long, env = "UPDATE_SERVER_FLEETLOCK_MAX_GROUPS")]
+    pub fleetlock_max_groups: Option<u32>,
 }
 
 /// The `[fleetlock]` table of the configuration file.
@@ -35,6 +43,8 @@ pub struct FleetLockFile {
     pub token: Option<String>,
     /// See [`FleetLockArgs::fleetlock_default_slots`].
     pub default_slots: Option<u32>,
+    /// See [`FleetLockArgs::fleetlock_max_groups`].
+    pub max_groups: Option<u32>,
 }
 
 /// Validated FleetLock settings.
@@ -46,6 +56,8 @@ pub struct FleetLockSettings {
     pub token: Option<String>,
     /// Slots of groups without a configured count.
     pub default_slots: u32,
+    /// Most held groups without a configured count.
+    pub max_groups: u32,
 }
 
 impl Default for FleetLockSettings {
@@ -54,6 +66,7 @@ impl Default for FleetLockSettings {
             enabled: true,
             token: None,
             default_slots: DEFAULT_SLOTS,
+            max_groups: DEFAULT_MAX_GROUPS,
         }
     }
 }
@@ -85,10 +98,21 @@ impl FleetLockSettings {
                 reason: format!("{default_slots} is above {MAX_SLOTS}"),
             });
         }
+        let max_groups = args
+            .fleetlock_max_groups
+            .or(file.max_groups)
+            .unwrap_or(DEFAULT_MAX_GROUPS);
+        if !(1..=MAX_MAX_GROUPS).contains(&max_groups) {
+            return Err(ConfigError::Invalid {
+                key: "fleetlock.max_groups",
+                reason: format!("{max_groups} is not within 1..={MAX_MAX_GROUPS}"),
+            });
+        }
         Ok(Self {
             enabled: args.fleetlock_enabled.or(file.enabled).unwrap_or(true),
             token: token.map(|t| t.trim().to_owned()),
             default_slots,
+            max_groups,
         })
     }
 }
@@ -125,5 +149,14 @@ mod tests {
         let e = FleetLockSettings::resolve(&args, None).unwrap_err();
         assert!(e.to_string().contains("fleetlock.token"), "{e}");
         assert!(toml::from_str::<FleetLockFile>("slots = 1").is_err());
+        let file: FleetLockFile = toml::from_str("max_groups = 10").unwrap();
+        let s = FleetLockSettings::resolve(&FleetLockArgs::default(), Some(&file)).unwrap();
+        assert_eq!(s.max_groups, 10);
+        let args = FleetLockArgs {
+            fleetlock_max_groups: Some(0),
+            ..Default::default()
+        };
+        let e = FleetLockSettings::resolve(&args, None).unwrap_err();
+        assert!(e.to_string().contains("fleetlock.max_groups"), "{e}");
     }
 }

@@ -80,10 +80,7 @@ impl FleetLock {
         let presented = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
+            .and_then(crate::http::auth::bearer_token)
             .ok_or(FleetLockError::Unauthorized)?;
         if bool::from(digest(presented).ct_eq(want)) {
             Ok(())
@@ -101,6 +98,7 @@ impl FleetLock {
                 &p.group,
                 &p.id,
                 self.settings.default_slots,
+                self.settings.max_groups,
                 self.clock.now(),
             )
             .await
@@ -108,6 +106,14 @@ impl FleetLock {
                 self.metrics.request(OP, "internal_error");
                 FleetLockError::Internal(e.to_string())
             })?;
+        if r.outcome == AcquireOutcome::TooManyGroups {
+            // No series for a group that was refused.
+            self.metrics.request(OP, "too_many_groups");
+            tracing::warn!(group = %p.group, id = %p.id, max_groups = self.settings.max_groups, "fleetlock lock in a new group refused: too many groups");
+            return Err(FleetLockError::TooManyGroups {
+                max: self.settings.max_groups,
+            });
+        }
         self.metrics.group(&p.group, r.holders, Some(r.slots));
         match r.outcome {
             AcquireOutcome::Granted => {
@@ -115,6 +121,7 @@ impl FleetLock {
                 tracing::info!(group = %p.group, id = %p.id, holders = r.holders, slots = r.slots, "fleetlock slot granted");
             }
             AcquireOutcome::AlreadyHeld => self.metrics.request(OP, "already_held"),
+            AcquireOutcome::TooManyGroups => {}
             AcquireOutcome::Full => {
                 self.metrics.request(OP, "denied");
                 tracing::debug!(group = %p.group, id = %p.id, slots = r.slots, "fleetlock semaphore full");
@@ -138,8 +145,10 @@ impl FleetLock {
                 self.metrics.request(OP, "internal_error");
                 FleetLockError::Internal(e.to_string())
             })?;
-        self.metrics.group(&p.group, r.holders, None);
         if r.was_held {
+            // Only a release changes a group's gauge: a steady-state report naming a group
+            // nobody holds (any name a client invents) adds no series.
+            self.metrics.group(&p.group, r.holders, None);
             self.metrics.request(OP, "released");
             tracing::info!(group = %p.group, id = %p.id, holders = r.holders, "fleetlock slot released");
         } else {

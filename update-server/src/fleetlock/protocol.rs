@@ -59,6 +59,15 @@ pub enum FleetLockError {
         /// Its slots.
         slots: u32,
     },
+    /// The group is new and clients already hold locks in as many unconfigured groups as the
+    /// server allows (409; an operator configures the group, or raises `fleetlock.max_groups`).
+    #[error(
+        "too many FleetLock groups: clients hold locks in {max} groups not configured on the server; configure this group's slots through the admin API"
+    )]
+    TooManyGroups {
+        /// The limit (`fleetlock.max_groups`).
+        max: u32,
+    },
     /// The database failed (500).
     #[error("lock storage failed: {0}")]
     Internal(String),
@@ -75,6 +84,7 @@ impl FleetLockError {
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Self::Disabled => (StatusCode::NOT_FOUND, "fleetlock_disabled"),
             Self::SemaphoreFull { .. } => (StatusCode::CONFLICT, "failed_lock_semaphore_full"),
+            Self::TooManyGroups { .. } => (StatusCode::CONFLICT, "failed_lock_too_many_groups"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
         }
     }

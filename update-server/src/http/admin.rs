@@ -879,6 +879,10 @@ pub struct InstanceWithHistory {
 pub struct InstanceDetail {
     /// Machine id.
     pub machine_id: String,
+    /// The alias an operator assigned (`PATCH /instances/{machine}`), if any; each app's
+    /// `instance.alias` is the one the machine reports.
+    #[serde(default)]
+    pub operator_alias: Option<String>,
     /// Per application.
     pub apps: Vec<InstanceWithHistory>,
 }
@@ -961,8 +965,15 @@ pub async fn get_instance(
             refused_versions,
         });
     }
+    let operator_alias = st
+        .service
+        .catalogue
+        .get()
+        .operator_alias(&machine)
+        .map(str::to_owned);
     Ok(Json(InstanceDetail {
         machine_id: machine,
+        operator_alias,
         apps,
     }))
 }
@@ -1076,6 +1087,66 @@ pub async fn retry_instance(
     Ok(Json(RetryAnswer {
         machine_id: machine,
         cleared,
+    }))
+}
+
+/// Most bytes of an operator-assigned alias.
+const MAX_ALIAS: usize = 64;
+
+/// Body of `PATCH /instances/{machine}`.
+#[derive(Debug, Default, Deserialize, Serialize, ToSchema)]
+pub struct UpdateInstance {
+    /// The alias an operator assigns to the machine (1..=64 printable characters, no spaces,
+    /// unique among machines); rollout canaries may name the machine by it. `null` or `""`
+    /// removes it. The alias the machine reports itself is kept apart and never matched.
+    pub alias: Option<String>,
+}
+
+/// Answer of `PATCH /instances/{machine}`.
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+pub struct InstanceAlias {
+    /// Machine id.
+    pub machine_id: String,
+    /// The alias an operator assigned, if any.
+    pub operator_alias: Option<String>,
+}
+
+/// Assigns (or removes) a machine's operator alias: the only alias rollout canaries match.
+#[utoipa::path(patch, path = "/api/v1/instances/{machine}", tag = "instances",
+    params(("machine" = String, Path)), request_body = UpdateInstance,
+    responses((status = 200, body = InstanceAlias), (status = 400, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn update_instance(
+    State(st): State<AppState>,
+    Path(machine): Path<String>,
+    Json(body): Json<UpdateInstance>,
+) -> ApiResult<InstanceAlias> {
+    let alias = body.alias.filter(|a| !a.is_empty());
+    if let Some(a) = &alias {
+        check_text("alias", a, MAX_ALIAS)?;
+        if a.chars().any(char::is_whitespace) {
+            return Err(ApiError::BadRequest("alias must not contain spaces".into()));
+        }
+    }
+    let _g = st.admin_lock.lock().await;
+    if !fleet_has(&st, &machine, None) {
+        return Err(ApiError::NotFound(format!("instance {machine}")));
+    }
+    let message = match &alias {
+        Some(a) => format!("{machine} is now called {a:?} by the operators"),
+        None => format!("{machine}'s operator alias was removed"),
+    };
+    let mut act = activity("instance_alias_set", None, message);
+    act.machine_id = Some(machine.clone());
+    st.service
+        .rollouts
+        .grants
+        .set_machine_alias(&machine, alias.as_deref(), &act, now(&st))
+        .await?;
+    reload(&st).await?;
+    Ok(Json(InstanceAlias {
+        machine_id: machine,
+        operator_alias: alias,
     }))
 }
 

@@ -1,5 +1,7 @@
 //! Bearer-token authentication of the admin API: an admin token may do anything, a read-only
-//! token may only GET/HEAD. Tokens are compared in constant time.
+//! token may only GET/HEAD. Tokens are compared in constant time. The `Bearer` scheme is matched
+//! in any case (RFC 9110 §11.1). Token files are written atomically with mode 0600, and a token
+//! file readable by group or others is reported.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -71,26 +73,109 @@ pub fn generate_token() -> String {
     hex::encode(b)
 }
 
-/// Returns `explicit`, else the token in `file`, else a new one written to `file` (mode 0600).
-/// The bool says whether a token was generated.
+/// Shortest token accepted, in characters (a shorter token file is replaced by a new token).
+pub const MIN_TOKEN_LEN: usize = 16;
+
+/// The credentials of an `Authorization` header value using the `Bearer` scheme, matched in any
+/// case and with surrounding whitespace ignored (`bEaReR  tok ` gives `tok`); `None` for another
+/// scheme or no credentials.
+pub fn bearer_token(value: &str) -> Option<&str> {
+    let v = value.trim();
+    let (scheme, rest) = v.split_at_checked(6)?;
+    if !scheme.eq_ignore_ascii_case("bearer") || !rest.starts_with([' ', '\t']) {
+        return None;
+    }
+    Some(rest.trim()).filter(|t| !t.is_empty())
+}
+
+/// Whether a file mode lets group or others read (or write) the file.
+fn mode_is_loose(mode: u32) -> bool {
+    mode & 0o077 != 0
+}
+
+/// Warns when the token file `file` is accessible to group or others.
+fn warn_if_loose(file: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(m) = std::fs::metadata(file) {
+            let mode = m.permissions().mode() & 0o777;
+            if mode_is_loose(mode) {
+                tracing::warn!(
+                    file = %file.display(),
+                    mode = format!("{mode:o}"),
+                    "token file is readable by group or others; run chmod 600 on it"
+                );
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = file;
+}
+
+/// Reads a token from `file` (surrounding whitespace trimmed); warns when the file is readable
+/// by group or others. An error names the file; a token shorter than [`MIN_TOKEN_LEN`] is one.
+pub fn read_token_file(file: &Path) -> std::io::Result<String> {
+    let t = std::fs::read_to_string(file)?;
+    let t = t.trim();
+    if t.len() < MIN_TOKEN_LEN {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "token file {} holds fewer than {MIN_TOKEN_LEN} characters",
+                file.display()
+            ),
+        ));
+    }
+    warn_if_loose(file);
+    Ok(t.to_owned())
+}
+
+/// Writes `token` to `file` atomically: a new file of mode 0600 in the same directory, synced,
+/// renamed over `file`, and the directory synced. Whatever mode an older file had, the result
+/// is 0600.
+fn write_token_file(file: &Path, token: &str) -> std::io::Result<()> {
+    let dir = match file.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    // tempfile creates the file with mode 0600 on Unix.
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".token-")
+        .tempfile_in(dir)?;
+    std::io::Write::write_all(&mut tmp, format!("{token}\n").as_bytes())?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    tmp.as_file().sync_all()?;
+    tmp.persist(file).map_err(|e| e.error)?;
+    #[cfg(unix)]
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+/// Returns `explicit`, else the token in `file`, else a new one written to `file` (mode 0600,
+/// atomically; an existing file too short to hold a token is replaced, its mode with it). The
+/// bool says whether a token was generated. An existing token file readable by group or others
+/// is used, with a warning.
 pub fn load_or_create(explicit: Option<&str>, file: &Path) -> std::io::Result<(String, bool)> {
     if let Some(t) = explicit {
         return Ok((t.trim().to_owned(), false));
     }
     match std::fs::read_to_string(file) {
-        Ok(t) if t.trim().len() >= 16 => return Ok((t.trim().to_owned(), false)),
+        Ok(t) if t.trim().len() >= MIN_TOKEN_LEN => {
+            warn_if_loose(file);
+            return Ok((t.trim().to_owned(), false));
+        }
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
     let token = generate_token();
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let mut f = opts.open(file)?;
-    std::io::Write::write_all(&mut f, format!("{token}\n").as_bytes())?;
-    f.sync_all()?;
+    write_token_file(file, &token)?;
     Ok((token, true))
 }
 
@@ -104,10 +189,7 @@ pub async fn require_token(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
+        .and_then(bearer_token)
         .ok_or(ApiError::Unauthorized)?;
     let access = tokens.check(presented).ok_or(ApiError::Unauthorized)?;
     let read = matches!(*req.method(), Method::GET | Method::HEAD);
@@ -150,5 +232,75 @@ mod tests {
         }
         let (t3, _) = load_or_create(Some("explicit-token-123456"), &f).unwrap();
         assert_eq!(t3, "explicit-token-123456");
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        for v in [
+            "Bearer tok",
+            "bearer tok",
+            "BEARER tok",
+            "bEaReR tok",
+            "  Bearer   tok  ",
+            "Bearer\ttok",
+        ] {
+            assert_eq!(bearer_token(v), Some("tok"), "{v:?}");
+        }
+        for v in [
+            "",
+            "Bearer",
+            "Bearer ",
+            "Bearertok",
+            "Basic dG9rOg==",
+            "Bear tok",
+            "Béarer tok",
+        ] {
+            assert_eq!(bearer_token(v), None, "{v:?}");
+        }
+    }
+
+    #[cfg(unix)]
+    fn mode(f: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(f).unwrap().permissions().mode() & 0o777
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_regenerated_token_file_is_0600_whatever_the_old_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("admin-token");
+        // An existing file too short to be a token, world-readable.
+        std::fs::write(&f, "short\n").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let (t, created) = load_or_create(None, &f).unwrap();
+        assert!(created);
+        assert_eq!(mode(&f), 0o600);
+        assert_eq!(std::fs::read_to_string(&f).unwrap(), format!("{t}\n"));
+        // No temporary file is left behind.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn token_files_are_read_and_loose_modes_detected() {
+        use std::os::unix::fs::PermissionsExt;
+        assert!(mode_is_loose(0o644));
+        assert!(mode_is_loose(0o640));
+        assert!(mode_is_loose(0o602));
+        assert!(!mode_is_loose(0o600));
+        assert!(!mode_is_loose(0o400));
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("tok");
+        std::fs::write(&f, "  a-token-of-sufficient-length \n").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        // Loose but usable: read (with a warning), mode left alone (it is the operator's file).
+        assert_eq!(read_token_file(&f).unwrap(), "a-token-of-sufficient-length");
+        assert_eq!(mode(&f), 0o644);
+        std::fs::write(&f, "short").unwrap();
+        let e = read_token_file(&f).unwrap_err();
+        assert!(e.to_string().contains("fewer than 16"), "{e}");
+        assert!(read_token_file(&dir.path().join("missing")).is_err());
     }
 }

@@ -2,7 +2,11 @@
 
 pub mod admin;
 pub mod auth;
+pub mod body_deadline;
+pub mod connections;
+pub mod credential;
 pub mod download;
+pub mod listener;
 pub mod maintenance;
 pub mod omaha;
 pub mod ops;
@@ -46,10 +50,17 @@ pub struct AppState {
     pub fleetlock: Arc<crate::fleetlock::FleetLock>,
     /// Retention pruner (background runs and `POST /maintenance/prune`).
     pub pruner: Arc<crate::retention::Pruner>,
+    /// Machine-credential checks and the keys bound to machine ids.
+    pub credentials: Arc<crate::credential::Credentials>,
 }
 
-/// Builds the router.
-pub fn router(state: AppState, tokens: Arc<auth::Tokens>) -> Router {
+/// Builds the router. `body_time`: time a client has to send the whole body of an Omaha or
+/// FleetLock request (see [`body_deadline`]).
+pub fn router(
+    state: AppState,
+    tokens: Arc<auth::Tokens>,
+    body_time: std::time::Duration,
+) -> Router {
     let api = Router::new()
         .route("/apps", get(admin::list_apps).post(admin::create_app))
         .route(
@@ -104,9 +115,17 @@ pub fn router(state: AppState, tokens: Arc<auth::Tokens>) -> Router {
         .route("/instances", get(admin::list_instances))
         .route(
             "/instances/{machine}",
-            get(admin::get_instance).delete(admin::delete_instance),
+            get(admin::get_instance)
+                .patch(admin::update_instance)
+                .delete(admin::delete_instance),
         )
         .route("/instances/{machine}/retry", post(admin::retry_instance))
+        .route(
+            "/instances/{machine}/credential",
+            get(credential::get_credential)
+                .put(credential::enroll_credential)
+                .delete(credential::forget_credential),
+        )
         .route("/events", get(admin::list_events))
         .route("/activity", get(admin::list_activity))
         .route("/maintenance/prune", post(maintenance::prune))
@@ -121,13 +140,23 @@ pub fn router(state: AppState, tokens: Arc<auth::Tokens>) -> Router {
         )
         .route_layer(middleware::from_fn_with_state(tokens, auth::require_token))
         .route("/openapi.json", get(ops::openapi));
-    let metrics = Arc::clone(&state.metrics);
-    Router::new()
-        .nest("/api/v1", api)
+    // Unauthenticated, small bounded bodies: the whole body within a deadline.
+    let bounded = Router::new()
         .route("/v1/update", post(omaha::update))
         .route("/v1/update/", post(omaha::update))
         .route("/fleetlock/v1/pre-reboot", post(fleetlock::pre_reboot))
         .route("/fleetlock/v1/steady-state", post(fleetlock::steady_state))
+        .route_layer(middleware::from_fn_with_state(
+            body_deadline::BodyDeadline {
+                limit: body_time,
+                metrics: Arc::clone(&state.metrics),
+            },
+            body_deadline::limit,
+        ));
+    let metrics = Arc::clone(&state.metrics);
+    Router::new()
+        .nest("/api/v1", api)
+        .merge(bounded)
         .route("/packages/{sha256}/{name}", get(download::download))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
@@ -142,7 +171,8 @@ async fn track_requests(State(metrics): State<Arc<Metrics>>, req: Request, next:
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
-    let method = req.method().as_str().to_owned();
+    // Closed label sets: route templates, `unmatched`, standard methods or `other`.
+    let method = crate::metrics::method_label(req.method()).to_owned();
     let start = Instant::now();
     let resp = next.run(req).await;
     metrics

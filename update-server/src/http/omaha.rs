@@ -1,7 +1,11 @@
 //! The Omaha endpoint `POST /v1/update/`: bounded body (64 KiB), parsed by the `omaha` crate,
 //! each app answered independently by the [`UpdateService`](crate::service::UpdateService).
-//! Malformed, oversized or hostile bodies get a 400 with a short reason. Every `<updatecheck>`
-//! answer carries the configured `PollInterval`, if any.
+//! Malformed, oversized or hostile bodies get a 400 with a short reason, and so do over-long
+//! attributes (bounded by the parser) and machine or boot ids outside their character set
+//! ([`crate::bounds`]); a `Content-Type` other than `text/xml` or `application/xml` (or none)
+//! gets a 415. At most the configured number of events per request is applied; later ones are
+//! acknowledged and ignored. Every `<updatecheck>` answer carries the configured
+//! `PollInterval`, if any.
 
 use std::net::SocketAddr;
 
@@ -27,12 +31,39 @@ fn bad_request(metrics: &crate::metrics::Metrics, reason: String) -> Response {
         .into_response()
 }
 
+/// Checks the `Content-Type` of an Omaha post: none, `text/xml` or `application/xml`, with any
+/// parameters (`charset=utf-8`), in any case. The error is the reason for the 415.
+pub fn check_content_type(headers: &HeaderMap) -> Result<(), String> {
+    let Some(v) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let essence = v
+        .to_str()
+        .ok()
+        .and_then(|t| t.split(';').next())
+        .map(str::trim)
+        .unwrap_or_default();
+    if essence.eq_ignore_ascii_case("text/xml") || essence.eq_ignore_ascii_case("application/xml") {
+        return Ok(());
+    }
+    let shown: String = essence.chars().take(64).collect();
+    Err(format!(
+        "unsupported Content-Type {shown:?}: Omaha requests are text/xml or application/xml"
+    ))
+}
+
 fn client_ip(headers: &HeaderMap, proxy_header: Option<&str>, peer: Option<SocketAddr>) -> String {
     if let Some(h) = proxy_header
         && let Some(v) = headers.get(h).and_then(|v| v.to_str().ok())
-        && let Some(first) = v.split(',').next().map(str::trim).filter(|s| !s.is_empty())
+        && let Some(last) = v
+            .rsplit(',')
+            .next()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
     {
-        return first.chars().take(64).collect();
+        // The entry the trusted proxy appended (the rightmost): what precedes it came from the
+        // client and can say anything (nginx's `$proxy_add_x_forwarded_for` appends).
+        return last.chars().take(64).collect();
     }
     peer.map(|p| p.ip().to_string()).unwrap_or_default()
 }
@@ -67,6 +98,7 @@ pub fn check_in_of(app: &omaha::AppRequest, os_arch: Option<&str>, ip: String) -
                 error_detail: e.errorcode.map(|c| c.to_string()).unwrap_or_default(),
             })
             .collect(),
+        ignored_events: 0,
         ping: app.ping.is_some(),
         updatecheck: app.updatecheck.is_some(),
     }
@@ -117,6 +149,15 @@ pub async fn update(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    if let Err(reason) = check_content_type(&headers) {
+        st.metrics.omaha_rejected.inc();
+        return (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            reason + "\n",
+        )
+            .into_response();
+    }
     let bytes = match to_bytes(body, MAX_BODY).await {
         Ok(b) => b,
         Err(_) => {
@@ -130,12 +171,91 @@ pub async fn update(
         Ok(r) => r,
         Err(e) => return bad_request(&st.metrics, format!("malformed Omaha request: {e}")),
     };
+    // Refused before any app is handled, so nothing of the request is kept.
+    let catalogue = st.service.catalogue.get();
+    for app in &req.apps {
+        let machine = app.machineid.as_deref().unwrap_or_default();
+        let boot = app.bootid.as_deref().unwrap_or_default();
+        if let Err(e) = crate::bounds::check_identity(machine, boot) {
+            return bad_request(&st.metrics, format!("malformed Omaha request: {e}"));
+        }
+        // Canaries may name a machine by its operator alias: that name is not a machine id
+        // anyone may claim.
+        if catalogue.is_alias_of_another(machine.trim()) {
+            return bad_request(
+                &st.metrics,
+                format!(
+                    "machineid {machine:?} is an alias the operator assigned to another machine"
+                ),
+            );
+        }
+    }
+    // The machine credential: which machine ids (if any) the request is authenticated for.
+    let machine_ids: Vec<&str> = req
+        .apps
+        .iter()
+        .filter_map(|a| a.machineid.as_deref())
+        .collect();
+    let verdict = match st.credentials.check(&headers, &bytes, &machine_ids).await {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::error!(error = %e, "machine credential check failed");
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage unavailable, retry later\n",
+            )
+                .into_response();
+        }
+    };
+    // A credential that fails is never trusted, nor is the request refused: it counts as
+    // unsigned (groups that require a credential ignore it) and the answer says why, so a
+    // host with a wrong clock or a replaced key still gets updates where credentials are
+    // optional and learns what to fix.
+    if verdict.outcome.refused() {
+        tracing::warn!(outcome = verdict.outcome.as_str(), reason = %verdict.reason, "machine credential not accepted; request treated as unsigned");
+    }
+    let signature_status =
+        (verdict.outcome != crate::credential::Outcome::None).then(|| verdict.outcome.as_str());
+    let mut events_left = st.service.omaha.events_per_request;
     let ip = client_ip(&headers, st.proxy_header.as_deref(), Some(peer));
     let os_arch = req.os.as_ref().and_then(|o| o.arch.as_deref());
     let mut resp = omaha::Response::new("platte", DayStart::default());
     for app in &req.apps {
-        let input = check_in_of(app, os_arch, ip.clone());
-        let answer = match st.service.handle(&input).await {
+        let mut input = check_in_of(app, os_arch, ip.clone());
+        let applied = input.events.len().min(events_left);
+        events_left -= applied;
+        input.ignored_events = input.events.len() - applied;
+        input.events.truncate(applied);
+        st.metrics
+            .events_dropped("request_cap", input.ignored_events as u64);
+        let stored_group = st
+            .service
+            .fleet
+            .get(&(
+                input.machine_id.trim().to_owned(),
+                crate::model::normalize_appid(&input.appid),
+            ))
+            .and_then(|row| row.group_id);
+        let gated = crate::credential::gate(
+            &st.service.catalogue.get(),
+            &input,
+            stored_group.as_deref(),
+            &verdict,
+        );
+        if gated.is_some() {
+            st.credentials.metrics().ignored.inc();
+            st.metrics
+                .events_dropped("unauthenticated", input.events.len() as u64);
+            st.metrics.check(
+                &crate::model::normalize_appid(&input.appid),
+                "noupdate_unauthenticated",
+            );
+        }
+        let answer = match gated {
+            Some(a) => Ok(a),
+            None => st.service.handle(&input).await,
+        };
+        let answer = match answer {
             Ok(a) => a,
             Err(e) => {
                 tracing::error!(error = %e, "update check failed");
@@ -165,9 +285,16 @@ pub async fn update(
         };
         resp = resp.with_app(out);
     }
-    (
+    let mut answer = (
         [(header::CONTENT_TYPE, "text/xml; charset=utf-8")],
         resp.to_xml(),
     )
-        .into_response()
+        .into_response();
+    if let Some(status) = signature_status {
+        answer.headers_mut().insert(
+            omaha::credential::STATUS_HEADER_NAME,
+            header::HeaderValue::from_static(status),
+        );
+    }
+    answer
 }

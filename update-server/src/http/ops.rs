@@ -1,7 +1,7 @@
 //! Operational routes: `/healthz` (process alive), `/readyz` (database answers), `/metrics`
 //! (Prometheus text) and `/api/v1/openapi.json`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use axum::Json;
 use axum::extract::State;
@@ -9,7 +9,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 
 use super::AppState;
-use crate::metrics::InstanceLabels;
+use crate::metrics::{InstanceLabels, MAX_VERSION_LABELS};
 
 /// Always 200: the process serves HTTP.
 pub async fn healthz() -> &'static str {
@@ -27,9 +27,33 @@ pub async fn readyz(State(st): State<AppState>) -> impl IntoResponse {
     }
 }
 
+/// The versions of each app the instance gauge labels by name: the [`MAX_VERSION_LABELS`] most
+/// common ones (ties broken by version text), so that versions clients invent cannot add series.
+fn labelled_versions(fleet: &crate::fleet::Fleet) -> HashMap<String, HashSet<String>> {
+    let mut per_app: HashMap<(String, String), i64> = HashMap::new();
+    fleet.for_each(|i| {
+        *per_app
+            .entry((i.app_id.clone(), i.version.clone()))
+            .or_default() += 1
+    });
+    let mut by_app: HashMap<String, Vec<(i64, String)>> = HashMap::new();
+    for ((app, version), n) in per_app {
+        by_app.entry(app).or_default().push((n, version));
+    }
+    by_app
+        .into_iter()
+        .map(|(app, mut versions)| {
+            versions.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+            let keep = versions.into_iter().take(MAX_VERSION_LABELS);
+            (app, keep.map(|(_, v)| v).collect())
+        })
+        .collect()
+}
+
 /// Prometheus text exposition; the instance gauge is recomputed from memory.
 pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
     let cat = st.service.catalogue.get();
+    let named = labelled_versions(&st.service.fleet);
     let mut counts: HashMap<InstanceLabels, i64> = HashMap::new();
     st.service.fleet.for_each(|i| {
         let group = i.group_id.as_deref().and_then(|g| cat.group(g));
@@ -40,7 +64,11 @@ pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
             app: i.app_id.clone(),
             group: group.map(|g| g.name.clone()).unwrap_or_default(),
             channel: channel.map(|c| c.name.clone()).unwrap_or_default(),
-            version: i.version.clone(),
+            version: if named.get(&i.app_id).is_some_and(|v| v.contains(&i.version)) {
+                i.version.clone()
+            } else {
+                "other".to_owned()
+            },
             status: i.status.as_str().to_owned(),
         };
         *counts.entry(labels).or_default() += 1;

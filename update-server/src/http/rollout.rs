@@ -105,6 +105,7 @@ pub async fn preview(
     Ok(Json(preview_of(
         &a.id,
         &spec,
+        &cat.data().machine_aliases,
         target.as_deref(),
         q.percent,
         &rows,

@@ -33,11 +33,15 @@ pub enum HoldReason {
     /// The machine put this version on its deny list (it failed there and the agent will not
     /// install it): it is never offered it again, until an operator clears that as above.
     DenyListed,
+    /// The machine is new to the rollout (first seen after it began) and its source network
+    /// (IPv4 /24, IPv6 /64) used up its grants to new machines for the window (server setting
+    /// `new_machines`; only in groups with a concurrency or rate limit).
+    NewMachineRate,
 }
 
 impl HoldReason {
     /// All reasons.
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 11] = [
         Self::Paused,
         Self::Halted,
         Self::Window,
@@ -48,6 +52,7 @@ impl HoldReason {
         Self::Blocked,
         Self::RolledBack,
         Self::DenyListed,
+        Self::NewMachineRate,
     ];
 
     /// Stable text form (instance status detail, metric label).
@@ -63,6 +68,7 @@ impl HoldReason {
             Self::Blocked => "blocked",
             Self::RolledBack => "rolled_back",
             Self::DenyListed => "deny_listed",
+            Self::NewMachineRate => "new_machine_rate",
         }
     }
 
@@ -84,11 +90,14 @@ pub enum Verdict {
     },
 }
 
-/// Whether the machine is a named canary of the spec.
-pub fn is_canary(spec: &RolloutSpec, machine_id: &str, alias: &str) -> bool {
+/// Whether the machine is a named canary of the spec: a canary names it by machine id or by the
+/// alias an operator assigned to it (`operator_alias`). The alias a client reports is never
+/// compared: any client may claim any alias.
+pub fn is_canary(spec: &RolloutSpec, machine_id: &str, operator_alias: Option<&str>) -> bool {
+    let alias = operator_alias.filter(|a| !a.is_empty());
     spec.canaries
         .iter()
-        .any(|c| c == machine_id || (!alias.is_empty() && c == alias))
+        .any(|c| c == machine_id || alias == Some(c.as_str()))
 }
 
 /// Evaluates everything that needs no shared state, in this order: paused, halted, window,
@@ -98,7 +107,7 @@ pub fn evaluate(
     spec: &RolloutSpec,
     app_id: &str,
     machine_id: &str,
-    alias: &str,
+    operator_alias: Option<&str>,
     now: i64,
 ) -> Verdict {
     if paused {
@@ -113,7 +122,7 @@ pub fn evaluate(
             return Verdict::Hold(HoldReason::Window);
         }
     }
-    if is_canary(spec, machine_id, alias) {
+    if is_canary(spec, machine_id, operator_alias) {
         return Verdict::Candidate { canary: true };
     }
     if !in_percentage(app_id, machine_id, effective_percent(spec, now)) {
@@ -133,7 +142,7 @@ impl RolloutPolicy for RolloutEngine {
             ctx.spec,
             &ctx.app.id,
             &ctx.instance.machine_id,
-            &ctx.instance.alias,
+            ctx.operator_alias,
             ctx.now,
         ) {
             Verdict::Hold(r) => PolicyDecision::Hold(r),
@@ -148,14 +157,14 @@ mod tests {
     use super::*;
 
     fn ev(spec: &RolloutSpec, m: &str, now: i64) -> Verdict {
-        evaluate(false, spec, "app", m, "", now)
+        evaluate(false, spec, "app", m, None, now)
     }
 
     #[test]
     fn pause_and_halt_hold_everyone() {
         let s = RolloutSpec::default();
         assert_eq!(
-            evaluate(true, &s, "app", "m", "", 0),
+            evaluate(true, &s, "app", "m", None, 0),
             Verdict::Hold(HoldReason::Paused)
         );
         let h = RolloutSpec {
@@ -203,12 +212,19 @@ mod tests {
         let at20 = granted(115);
         assert!((150..250).contains(&at20), "{at20}");
         assert_eq!(granted(120), 1000);
-        // A canary (by alias) is a candidate even at 0 %.
+        // A canary (by the alias an operator assigned) is a candidate even at 0 %.
         assert_eq!(
-            evaluate(false, &s, "app", "zz", "canary-alias", 100),
+            evaluate(false, &s, "app", "zz", Some("canary-alias"), 100),
             Verdict::Candidate { canary: true }
         );
         assert_eq!(ev(&s, "zz", 100), Verdict::Hold(HoldReason::Percentage));
+        // By id too; an empty operator alias names nothing.
+        let by_id = RolloutSpec {
+            canaries: vec!["zz".into(), String::new()],
+            ..s.clone()
+        };
+        assert_eq!(ev(&by_id, "zz", 100), Verdict::Candidate { canary: true });
+        assert!(!is_canary(&by_id, "yy", Some("")));
     }
 
     fn at(s: &str) -> i64 {

@@ -8,10 +8,16 @@
 //! an actual grant attempt goes to the store, which decides the shared limits (rate, concurrency,
 //! timeouts, auto-halt, canary gate) atomically in one write transaction
 //! ([`crate::store::rollout::RolloutStore::try_grant`]).
+//!
+//! Clients are not authenticated, so what they claim steers nothing alone: canaries are named by
+//! machine id or by an alias an operator assigned ([`engine::is_canary`]), and machines new to a
+//! rollout weigh less for auto-halt and are granted at a bounded rate per network
+//! ([`newcomers`]).
 
 pub mod bucket;
 pub mod engine;
 pub mod metrics;
+pub mod newcomers;
 pub mod ramp;
 pub mod spec;
 pub mod status;
@@ -34,5 +40,7 @@ pub struct Rollouts {
     pub store: Arc<dyn Store>,
     /// Metrics.
     pub metrics: RolloutMetrics,
+    /// The server-wide bound on grants to machines new to a rollout, per source network.
+    pub new_machines: newcomers::NewMachineSettings,
 }
 pub use spec::{AutoHalt, Gate, Halt, Ramp, RampStep, RateLimit, RolloutSpec, SpecError};

@@ -30,7 +30,8 @@ pub struct RolloutSpec {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     #[schema(value_type = Vec<Object>)]
     pub windows: Vec<Window>,
-    /// Machine ids or aliases served first, regardless of percentage and ramp.
+    /// Machine ids, or aliases an operator assigned, served first regardless of percentage and
+    /// ramp (the alias a client reports is never matched).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub canaries: Vec<String>,
     /// A canary group whose success gates this group.
@@ -104,7 +105,14 @@ pub struct Gate {
     pub min_complete: u32,
 }
 
+/// Default weight of a machine new to the rollout in the auto-halt counts.
+pub const DEFAULT_NEW_MACHINE_WEIGHT: f64 = 0.1;
+
 /// Auto-halt thresholds.
+///
+/// A machine the server first saw after the rollout began (its first grant) may be an invented
+/// id: its attempt and its failure count `new_machine_weight` each (machines known before count
+/// 1), both in `min_attempts` and in the failure rate.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AutoHalt {
@@ -112,6 +120,18 @@ pub struct AutoHalt {
     pub max_failure_rate: f64,
     /// ... once at least this many machines attempted the version.
     pub min_attempts: u32,
+    /// Weight (0..=1) of a machine new to the rollout [default: 0.1].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_machine_weight: Option<f64>,
+}
+
+impl AutoHalt {
+    /// The weight of a machine new to the rollout.
+    pub fn new_weight(&self) -> f64 {
+        self.new_machine_weight
+            .unwrap_or(DEFAULT_NEW_MACHINE_WEIGHT)
+            .clamp(0.0, 1.0)
+    }
 }
 
 /// Why and when a rollout halted itself.
@@ -186,6 +206,12 @@ impl RolloutSpec {
         {
             return range("auto_halt.max_failure_rate", "must be within 0..=1");
         }
+        if let Some(h) = s.auto_halt
+            && h.new_machine_weight
+                .is_some_and(|w| !(0.0..=1.0).contains(&w))
+        {
+            return range("auto_halt.new_machine_weight", "must be within 0..=1");
+        }
         Ok(s)
     }
 
@@ -233,6 +259,7 @@ mod tests {
             r#"{"percentage":101}"#,
             r#"{"rate_limit":{"count":1,"period_secs":0}}"#,
             r#"{"auto_halt":{"max_failure_rate":2,"min_attempts":1}}"#,
+            r#"{"auto_halt":{"max_failure_rate":0.1,"min_attempts":1,"new_machine_weight":1.5}}"#,
             r#"{"ramp":{"start_at":0,"start_percent":0,"steps":[{"after_secs":5,"percent":1},{"after_secs":5,"percent":2}]}}"#,
             r#"{"percentag":10}"#,
             r#"{"windows":["Funday 10:00 1h"]}"#,

@@ -114,8 +114,11 @@ pub fn summarize<'a>(
 pub struct PreviewMachine {
     /// Machine id.
     pub machine_id: String,
-    /// Alias.
+    /// Alias the machine reports (not trusted for anything).
     pub alias: String,
+    /// Alias an operator assigned (canaries may name it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator_alias: Option<String>,
     /// Version it runs.
     pub version: String,
 }
@@ -135,10 +138,13 @@ pub struct Preview {
     pub machines: Vec<PreviewMachine>,
 }
 
-/// Previews `percent` (default: the next ramp step) for the group's machines.
+/// Previews `percent` (default: the next ramp step) for the group's machines; `aliases` are the
+/// aliases operators assigned, by machine id (canaries match them as the check path does).
+#[allow(clippy::too_many_arguments)]
 pub fn preview<'a>(
     app_id: &str,
     spec: &RolloutSpec,
+    aliases: &BTreeMap<String, String>,
     target_version: Option<&str>,
     percent: Option<f64>,
     instances: impl IntoIterator<Item = &'a Instance>,
@@ -161,7 +167,8 @@ pub fn preview<'a>(
         if target_version == Some(i.version.as_str()) {
             continue;
         }
-        let now_in = is_canary(spec, &i.machine_id, &i.alias)
+        let operator_alias = aliases.get(&i.machine_id).map(String::as_str);
+        let now_in = is_canary(spec, &i.machine_id, operator_alias)
             || in_percentage(app_id, &i.machine_id, current);
         if now_in {
             out.already_included += 1;
@@ -170,6 +177,7 @@ pub fn preview<'a>(
             out.machines.push(PreviewMachine {
                 machine_id: i.machine_id.clone(),
                 alias: i.alias.clone(),
+                operator_alias: operator_alias.map(str::to_owned),
                 version: i.version.clone(),
             });
         }

@@ -93,6 +93,31 @@ async fn send_all(
     Ok(out)
 }
 
+/// Registers every machine (one ping each, at most `parallel` in flight) before the rollout
+/// begins, as a real fleet is known to its server before a release is rolled out: the machines
+/// are established, not new to the rollout (which would weigh them less for auto-halt and grant
+/// them at a bounded rate per network). Returns the requests sent.
+async fn register_all(wire: &Arc<Wire>, machines: u32, parallel: usize) -> anyhow::Result<u64> {
+    let mut set = JoinSet::new();
+    let mut pending = 0..machines;
+    loop {
+        while set.len() < parallel {
+            let Some(id) = pending.next() else {
+                break;
+            };
+            let w = Arc::clone(wire);
+            set.spawn(async move { w.register(id).await });
+        }
+        match set.join_next().await {
+            Some(Ok(Ok(()))) => {}
+            Some(Ok(Err(e))) => bail!("registering a simulated machine failed: {e}"),
+            Some(Err(e)) => bail!("a simulated machine's task failed: {e}"),
+            None => break,
+        }
+    }
+    Ok(u64::from(machines))
+}
+
 /// Runs the simulation against a provisioned server.
 pub async fn drive(args: &SimulateArgs, env: &Env) -> anyhow::Result<Run> {
     let m = model(args);
@@ -120,6 +145,11 @@ pub async fn drive(args: &SimulateArgs, env: &Env) -> anyhow::Result<Run> {
     let n = u64::from(args.machines);
 
     let mut fleet = Fleet::new(args.machines, start, &m);
+    fleet.totals.requests += register_all(&wire, args.machines, args.parallel).await?;
+    // The rollout's first grant comes a second after the registrations.
+    env.clock
+        .advance_to(env.clock.now().saturating_add(1))
+        .await;
     let mut samples = Vec::new();
     let mut offered: Option<Offered> = None;
     let mut halt: Option<Halt> = None;
@@ -159,7 +189,7 @@ pub async fn drive(args: &SimulateArgs, env: &Env) -> anyhow::Result<Run> {
                 server: ServerPoint::of(&st, &args.to_version),
             };
             if args.progress {
-                println!(
+                crate::outln!(
                     "{:7.1} h  ramp {:5.1}%  old {:>7}  new {:>7}  in flight {:>6}  installed {:>6}  \
                      failed {:>5}  attempts {:>7}  requests {:>9}{}",
                     s.hours(),

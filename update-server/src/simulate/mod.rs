@@ -111,8 +111,8 @@ pub async fn simulate(args: SimulateArgs) -> anyhow::Result<Outcome> {
 pub async fn run(args: SimulateArgs) -> anyhow::Result<()> {
     let (csv, chart) = (args.csv.clone(), args.chart.clone());
     let out = simulate(args).await?;
-    print!("{}", out.summary);
-    println!("wrote {} and {}", csv.display(), chart.display());
+    crate::out!("{}", out.summary);
+    crate::outln!("wrote {} and {}", csv.display(), chart.display());
     let bad = out.summary.mismatches();
     if !bad.is_empty() {
         anyhow::bail!(

@@ -91,6 +91,31 @@ impl Wire {
             .to_xml()
     }
 
+    /// The request body of machine `id`'s registration: a ping on the old version, no update
+    /// check (the server learns the machine before the rollout begins).
+    pub fn register_body(&self, id: u32) -> String {
+        let mut app = AppRequest::new(&self.appid, &self.from_version);
+        app.track = Some(self.track.clone());
+        app.machineid = Some(machine_id(id));
+        app.bootid = Some(format!("{{sim-boot-{id}}}"));
+        app.oem = Some("qemu".into());
+        app.board = Some("amd64-usr".into());
+        Request::new("update_engine-0.4.10")
+            .with_installsource("scheduler")
+            .with_os(Os::new(
+                "CoreOS",
+                "Chateau",
+                format!("{}_x86_64", self.from_version),
+            ))
+            .with_app(app.with_active_ping())
+            .to_xml()
+    }
+
+    /// Registers machine `id` (see [`Wire::register_body`]).
+    pub async fn register(&self, id: u32) -> Result<(), String> {
+        self.post(self.register_body(id)).await.map(|_| ())
+    }
+
     async fn post(&self, body: String) -> Result<omaha::Response, String> {
         let resp = self
             .http

@@ -39,6 +39,9 @@ pub enum AcquireOutcome {
     AlreadyHeld,
     /// Every slot is taken by other clients.
     Full,
+    /// The group is new (not configured, no holders) and `max_groups` groups already have
+    /// holders: a client cannot create groups (rows, metric series) without bound.
+    TooManyGroups,
 }
 
 /// Result of a lock attempt with the group's state after it.
@@ -64,12 +67,15 @@ pub struct Released {
 /// Storage of the FleetLock semaphore.
 pub trait FleetLockStore: Send + Sync + std::fmt::Debug {
     /// Takes a slot of `group` for `id` unless it already holds one or all slots are taken
-    /// (groups without a configured count have `default_slots`).
+    /// (groups without a configured count have `default_slots`). A group that is neither
+    /// configured nor held is refused ([`AcquireOutcome::TooManyGroups`]) while `max_groups`
+    /// unconfigured groups have holders.
     fn fleetlock_acquire<'a>(
         &'a self,
         group: &'a str,
         id: &'a str,
         default_slots: u32,
+        max_groups: u32,
         at: i64,
     ) -> StoreFuture<'a, Acquired>;
     /// Releases `id`'s slot in `group` if held (idempotent); records `act` only if it was held.

@@ -1,6 +1,7 @@
 //! Persistent storage behind a trait, so handlers do not know the database. [`SqliteStore`] is
 //! the embedded implementation; the SQL is kept portable for a PostgreSQL one.
 
+pub mod credential;
 pub mod fleetlock;
 pub mod retention;
 pub mod rollout;
@@ -9,6 +10,7 @@ mod sqlite;
 use std::future::Future;
 use std::pin::Pin;
 
+pub use credential::CredentialStore;
 pub use fleetlock::FleetLockStore;
 pub use retention::RetentionStore;
 pub use rollout::RolloutStore;
@@ -66,6 +68,8 @@ pub struct CatalogueData {
     pub channels: Vec<Channel>,
     /// Groups.
     pub groups: Vec<Group>,
+    /// Aliases operators assigned to machines, by machine id (rollout canaries may name them).
+    pub machine_aliases: std::collections::BTreeMap<String, String>,
 }
 
 /// Instance list filters (all optional, combined with AND).

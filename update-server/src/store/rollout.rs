@@ -16,7 +16,7 @@ use utoipa::ToSchema;
 
 use super::StoreFuture;
 use crate::model::NewActivity;
-use crate::rollout::HoldReason;
+use crate::rollout::{HoldReason, RateLimit};
 
 /// State of one grant.
 ///
@@ -194,6 +194,14 @@ pub struct GrantRequest {
     pub version: String,
     /// The machine is a named canary.
     pub canary: bool,
+    /// When this process first saw the machine (its instance's `created_at`); the store takes
+    /// the earlier of this and the stored row's. A machine first seen at or after the first
+    /// grant of the version in the group is new to that rollout.
+    pub first_seen: i64,
+    /// The machine's source network ([`crate::rollout::newcomers::network_of`]).
+    pub network: String,
+    /// The server-wide bound on grants to new machines per network (`None`: unbounded).
+    pub new_machine_limit: Option<RateLimit>,
     /// Now (Unix seconds).
     pub now: i64,
 }
@@ -245,6 +253,12 @@ pub struct GrantStats {
     /// Machines granted a newer version before the reboot (counted in `attempts`).
     #[serde(default)]
     pub superseded: u64,
+    /// Of `attempts`, the machines new to the rollout (first seen after its first grant).
+    #[serde(default)]
+    pub new_attempts: u64,
+    /// Of `failed` and `timed_out`, the machines new to the rollout.
+    #[serde(default)]
+    pub new_failed: u64,
 }
 
 impl GrantStats {
@@ -257,6 +271,17 @@ impl GrantStats {
         #[allow(clippy::cast_precision_loss)]
         let r = (self.failed + self.timed_out) as f64 / self.attempts as f64;
         r
+    }
+
+    /// Attempts and failures as auto-halt weighs them: a machine known before the rollout
+    /// began counts 1, a machine new to it `new_weight`.
+    pub fn weighted(&self, new_weight: f64) -> (f64, f64) {
+        #[allow(clippy::cast_precision_loss)]
+        let w = |all: u64, new: u64| all.saturating_sub(new) as f64 + new_weight * new as f64;
+        (
+            w(self.attempts, self.new_attempts),
+            w(self.failed + self.timed_out, self.new_failed),
+        )
     }
 }
 
@@ -297,4 +322,14 @@ pub trait RolloutStore: Send + Sync + std::fmt::Debug {
         act: &'a NewActivity,
         now: i64,
     ) -> StoreFuture<'a, Vec<RefusedVersion>>;
+    /// Sets (or, with `None`, removes) the alias an operator assigned to a machine, writing
+    /// `act` to the activity feed; an alias another machine has is a
+    /// [`super::StoreError::Conflict`].
+    fn set_machine_alias<'a>(
+        &'a self,
+        machine_id: &'a str,
+        alias: Option<&'a str>,
+        act: &'a NewActivity,
+        now: i64,
+    ) -> StoreFuture<'a, ()>;
 }

@@ -52,8 +52,20 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "retention_indexes",
         include_str!("../../migrations/0006_retention_indexes.sql"),
     ),
+    (
+        7,
+        "forged_clients",
+        include_str!("../../migrations/0007_forged_clients.sql"),
+    ),
+    (
+        8,
+        "machine_credentials",
+        include_str!("../../migrations/0008_machine_credentials.sql"),
+    ),
 ];
 
+#[path = "sqlite_credential.rs"]
+mod credential;
 #[path = "sqlite_fleetlock.rs"]
 mod fleetlock;
 #[path = "sqlite_retention.rs"]
@@ -418,6 +430,12 @@ impl Store for SqliteStore {
                     created_at: get(&r, T, "created_at")?,
                 });
             }
+            let aliases: Vec<(String, String)> =
+                sqlx::query_as("SELECT machine_id, alias FROM machine_aliases")
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db("load machine aliases"))?;
+            out.machine_aliases = aliases.into_iter().collect();
             Ok(out)
         })
     }

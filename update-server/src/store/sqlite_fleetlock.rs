@@ -33,6 +33,17 @@ fn slots_of(v: i64) -> Result<u32, StoreError> {
     })
 }
 
+/// Groups with holders whose slot count was never configured (those a client brought).
+async fn unconfigured_groups_held(tx: &mut Transaction<'_, Sqlite>) -> Result<i64, StoreError> {
+    sqlx::query_scalar(
+        "SELECT COUNT(DISTINCT group_name) FROM fleetlock_holders \
+         WHERE group_name NOT IN (SELECT name FROM fleetlock_groups)",
+    )
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(db("count fleetlock groups"))
+}
+
 async fn holders_in(tx: &mut Transaction<'_, Sqlite>, group: &str) -> Result<u32, StoreError> {
     let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM fleetlock_holders WHERE group_name = ?")
         .bind(group)
@@ -48,6 +59,7 @@ impl FleetLockStore for SqliteStore {
         group: &'a str,
         id: &'a str,
         default_slots: u32,
+        max_groups: u32,
         at: i64,
     ) -> StoreFuture<'a, Acquired> {
         Box::pin(async move {
@@ -58,6 +70,7 @@ impl FleetLockStore for SqliteStore {
                     .fetch_optional(&mut *tx)
                     .await
                     .map_err(db("read fleetlock slots"))?;
+            let configured = slots.is_some();
             let slots = match slots {
                 Some(s) => slots_of(s)?,
                 None => default_slots,
@@ -73,6 +86,11 @@ impl FleetLockStore for SqliteStore {
             let holders = holders_in(&mut tx, group).await?;
             let outcome = if held.is_some() {
                 AcquireOutcome::AlreadyHeld
+            } else if !configured
+                && holders == 0
+                && unconfigured_groups_held(&mut tx).await? >= i64::from(max_groups)
+            {
+                AcquireOutcome::TooManyGroups
             } else if holders >= slots {
                 AcquireOutcome::Full
             } else {
@@ -225,15 +243,15 @@ mod tests {
     #[tokio::test]
     async fn acquire_is_reentrant_and_bounded_by_slots() {
         let (_d, s) = store().await;
-        let a = s.fleetlock_acquire("g", "a", 1, 10).await.unwrap();
+        let a = s.fleetlock_acquire("g", "a", 1, 100, 10).await.unwrap();
         assert_eq!(a.outcome, AcquireOutcome::Granted);
         assert_eq!((a.holders, a.slots), (1, 1));
-        let again = s.fleetlock_acquire("g", "a", 1, 20).await.unwrap();
+        let again = s.fleetlock_acquire("g", "a", 1, 100, 20).await.unwrap();
         assert_eq!(again.outcome, AcquireOutcome::AlreadyHeld);
-        let b = s.fleetlock_acquire("g", "b", 1, 30).await.unwrap();
+        let b = s.fleetlock_acquire("g", "b", 1, 100, 30).await.unwrap();
         assert_eq!(b.outcome, AcquireOutcome::Full);
         // Another group has its own slots.
-        let other = s.fleetlock_acquire("h", "b", 1, 30).await.unwrap();
+        let other = s.fleetlock_acquire("h", "b", 1, 100, 30).await.unwrap();
         assert_eq!(other.outcome, AcquireOutcome::Granted);
         let groups = s.fleetlock_groups(1).await.unwrap();
         assert_eq!(groups.len(), 2);
@@ -251,7 +269,7 @@ mod tests {
     #[tokio::test]
     async fn release_is_idempotent_and_frees_the_slot() {
         let (_d, s) = store().await;
-        s.fleetlock_acquire("g", "a", 1, 10).await.unwrap();
+        s.fleetlock_acquire("g", "a", 1, 100, 10).await.unwrap();
         let r = s.fleetlock_release("g", "a", None, 40).await.unwrap();
         assert_eq!(
             r,
@@ -268,8 +286,31 @@ mod tests {
                 holders: 0
             }
         );
-        let b = s.fleetlock_acquire("g", "b", 1, 30).await.unwrap();
+        let b = s.fleetlock_acquire("g", "b", 1, 100, 30).await.unwrap();
         assert_eq!(b.outcome, AcquireOutcome::Granted);
+    }
+
+    #[tokio::test]
+    async fn clients_cannot_bring_more_than_max_groups() {
+        let (_d, s) = store().await;
+        let act = NewActivity::default();
+        for g in ["g1", "g2"] {
+            let r = s.fleetlock_acquire(g, "a", 1, 2, 10).await.unwrap();
+            assert_eq!(r.outcome, AcquireOutcome::Granted, "{g}");
+        }
+        let third = s.fleetlock_acquire("g3", "a", 1, 2, 10).await.unwrap();
+        assert_eq!(third.outcome, AcquireOutcome::TooManyGroups);
+        // Held groups still answer; a configured group is always served.
+        let again = s.fleetlock_acquire("g1", "a", 1, 2, 11).await.unwrap();
+        assert_eq!(again.outcome, AcquireOutcome::AlreadyHeld);
+        s.fleetlock_set_slots("ops", 1, 12, &act).await.unwrap();
+        let ops = s.fleetlock_acquire("ops", "a", 1, 2, 13).await.unwrap();
+        assert_eq!(ops.outcome, AcquireOutcome::Granted);
+        // A released group makes room again.
+        s.fleetlock_release("g2", "a", None, 14).await.unwrap();
+        let third = s.fleetlock_acquire("g3", "a", 1, 2, 15).await.unwrap();
+        assert_eq!(third.outcome, AcquireOutcome::Granted);
+        assert_eq!(s.fleetlock_groups(1).await.unwrap().len(), 3);
     }
 
     #[tokio::test]
@@ -278,10 +319,10 @@ mod tests {
         let act = NewActivity::default();
         s.fleetlock_set_slots("g", 2, 5, &act).await.unwrap();
         for id in ["a", "b"] {
-            let r = s.fleetlock_acquire("g", id, 1, 10).await.unwrap();
+            let r = s.fleetlock_acquire("g", id, 1, 100, 10).await.unwrap();
             assert_eq!(r.outcome, AcquireOutcome::Granted, "{id}");
         }
-        let c = s.fleetlock_acquire("g", "c", 1, 10).await.unwrap();
+        let c = s.fleetlock_acquire("g", "c", 1, 100, 10).await.unwrap();
         assert_eq!((c.outcome, c.slots), (AcquireOutcome::Full, 2));
         s.fleetlock_set_slots("g", 0, 6, &act).await.unwrap();
         let groups = s.fleetlock_groups(1).await.unwrap();

@@ -104,9 +104,9 @@ async fn stats(
     version: &str,
     since: i64,
 ) -> Result<GrantStats, StoreError> {
-    let rows: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT state, COUNT(*) FROM rollout_grants WHERE group_id = ? AND version = ? \
-         AND granted_at > ? GROUP BY state",
+    let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT state, new_machine, COUNT(*) FROM rollout_grants WHERE group_id = ? \
+         AND version = ? AND granted_at > ? GROUP BY state, new_machine",
     )
     .bind(group_id)
     .bind(version)
@@ -115,8 +115,9 @@ async fn stats(
     .await
     .map_err(db("rollout stats"))?;
     let mut s = GrantStats::default();
-    for (state, n) in rows {
+    for (state, new_machine, n) in rows {
         let n = u64::try_from(n).unwrap_or(0);
+        let new_machine = new_machine != 0;
         let Some(state) = GrantState::parse(&state) else {
             return Err(StoreError::Corrupt {
                 table: GRANTS,
@@ -140,6 +141,12 @@ async fn stats(
         };
         *field += n;
         s.attempts += n;
+        if new_machine {
+            s.new_attempts += n;
+            if matches!(state, GrantState::Failed | GrantState::TimedOut) {
+                s.new_failed += n;
+            }
+        }
     }
     Ok(s)
 }
@@ -168,17 +175,35 @@ async fn halt_if_needed(
     )
     .await?;
     let failures = s.failed + s.timed_out;
-    if s.attempts < u64::from(ah.min_attempts) || s.failure_rate() <= ah.max_failure_rate {
+    // Machines new to the rollout (possibly invented ids) count `w` each, in the attempts that
+    // must reach `min_attempts` and in the rate; with none, this is failures / attempts.
+    let w = ah.new_weight();
+    let (attempts, failed) = s.weighted(w);
+    // A tolerance for the float sum (ten new machines at 0.1 are one attempt).
+    let enough = attempts + 1e-9 >= f64::from(ah.min_attempts);
+    let rate = if attempts > 0.0 {
+        failed / attempts
+    } else {
+        0.0
+    };
+    if !enough || rate <= ah.max_failure_rate {
         return Ok(None);
     }
-    let reason = format!(
+    let mut reason = format!(
         "{failures} of {} machines failed to update to {version} ({:.1}% > {:.1}%: {} errors, {} timeouts)",
         s.attempts,
-        s.failure_rate() * 100.0,
+        rate * 100.0,
         ah.max_failure_rate * 100.0,
         s.failed,
         s.timed_out
     );
+    if s.new_attempts > 0 {
+        reason.push_str(&format!(
+            "; {} of the failed and {} of the attempting machines are new to the rollout and \
+             count {w} each",
+            s.new_failed, s.new_attempts
+        ));
+    }
     spec.halted = Some(Halt {
         version: version.to_owned(),
         reason: reason.clone(),
@@ -280,6 +305,7 @@ async fn try_grant_tx(tx: &mut Tx, r: &GrantRequest) -> Result<GrantOutcome, Sto
             return Ok(held(HoldReason::Concurrency));
         }
     }
+    let new_machine = is_new_machine(tx, r).await?;
     if let Some(rl) = rate {
         let since = r
             .now
@@ -299,6 +325,38 @@ async fn try_grant_tx(tx: &mut Tx, r: &GrantRequest) -> Result<GrantOutcome, Sto
             return Ok(held(HoldReason::Rate));
         }
     }
+    // New machines (possibly invented ids) take the group's scarce slots at a bounded rate per
+    // source network, whatever group or application they were granted in: the network's new
+    // machines may hold at most `count` grants that are in flight or were made in the window
+    // (so they cannot pile up slot after slot over several windows either). Established
+    // machines and named canaries are never held by this.
+    if let Some(nl) = r.new_machine_limit
+        && new_machine
+        && !r.canary
+        && (conc.is_some() || rate.is_some())
+    {
+        let since = r
+            .now
+            .saturating_sub(i64::try_from(nl.period_secs).unwrap_or(i64::MAX));
+        let n = count(
+            tx,
+            "SELECT COUNT(*) FROM rollout_grants WHERE network = ? AND new_machine = 1 \
+             AND NOT (machine_id = ? AND app_id = ? AND group_id = ? AND version = ?) \
+             AND state <> 'deferred' AND (state = 'in_flight' OR granted_at > ?)",
+            &[
+                &r.network,
+                &r.machine_id,
+                &r.app_id,
+                &r.group_id,
+                &r.version,
+            ],
+            Some(since),
+        )
+        .await?;
+        if n >= u64::from(nl.count) {
+            return Ok(held(HoldReason::NewMachineRate));
+        }
+    }
     // A machine offered a newer release before it rebooted into its staged one: the older grant
     // is closed as `superseded` (an attempt, neither a failure nor a completion), so the newer
     // version's completion is not counted for it too.
@@ -316,12 +374,14 @@ async fn try_grant_tx(tx: &mut Tx, r: &GrantRequest) -> Result<GrantOutcome, Sto
     // One grant per machine, group and version: a machine granted this version before (it
     // failed, timed out, deferred, completed or was superseded) gets that grant reopened, so
     // every count stays a count of machines.
+    // A reopened grant keeps whether its machine was new to the rollout when first granted.
     sqlx::query(
         "INSERT INTO rollout_grants (group_id, app_id, machine_id, version, state, canary, \
-         granted_at, progress_at) VALUES (?, ?, ?, ?, 'in_flight', ?, ?, ?) \
+         granted_at, progress_at, network, new_machine) \
+         VALUES (?, ?, ?, ?, 'in_flight', ?, ?, ?, ?, ?) \
          ON CONFLICT (machine_id, app_id, group_id, version) DO UPDATE SET state = 'in_flight', \
          canary = excluded.canary, granted_at = excluded.granted_at, \
-         progress_at = excluded.progress_at, settled_at = NULL",
+         progress_at = excluded.progress_at, settled_at = NULL, network = excluded.network",
     )
     .bind(&r.group_id)
     .bind(&r.app_id)
@@ -330,10 +390,61 @@ async fn try_grant_tx(tx: &mut Tx, r: &GrantRequest) -> Result<GrantOutcome, Sto
     .bind(i64::from(r.canary))
     .bind(r.now)
     .bind(r.now)
+    .bind(&r.network)
+    .bind(i64::from(new_machine))
     .execute(&mut **tx)
     .await
     .map_err(db("grant rollout"))?;
+    // The first grant of the version in the group starts its rollout.
+    sqlx::query(
+        "INSERT INTO rollout_starts (group_id, version, started_at) VALUES (?, ?, ?) \
+         ON CONFLICT (group_id, version) DO NOTHING",
+    )
+    .bind(&r.group_id)
+    .bind(&r.version)
+    .bind(r.now)
+    .execute(&mut **tx)
+    .await
+    .map_err(db("record rollout start"))?;
     Ok(GrantOutcome::Granted)
+}
+
+/// Whether the machine of `r` is new to the rollout of its version in its group: the server
+/// first saw it (the earlier of this process's and the stored instance's first contact) at or
+/// after the rollout's first grant, or this grant is the first. A machine granted the version
+/// before keeps what its grant recorded then.
+async fn is_new_machine(tx: &mut Tx, r: &GrantRequest) -> Result<bool, StoreError> {
+    let recorded: Option<i64> = sqlx::query_scalar(
+        "SELECT new_machine FROM rollout_grants WHERE machine_id = ? AND app_id = ? \
+         AND group_id = ? AND version = ?",
+    )
+    .bind(&r.machine_id)
+    .bind(&r.app_id)
+    .bind(&r.group_id)
+    .bind(&r.version)
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(db("read rollout grant"))?;
+    if let Some(n) = recorded {
+        return Ok(n != 0);
+    }
+    let started: Option<i64> = sqlx::query_scalar(
+        "SELECT started_at FROM rollout_starts WHERE group_id = ? AND version = ?",
+    )
+    .bind(&r.group_id)
+    .bind(&r.version)
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(db("read rollout start"))?;
+    let stored: Option<i64> =
+        sqlx::query_scalar("SELECT created_at FROM instances WHERE machine_id = ? AND app_id = ?")
+            .bind(&r.machine_id)
+            .bind(&r.app_id)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(db("read instance first contact"))?;
+    let first_seen = stored.map_or(r.first_seen, |s| s.min(r.first_seen));
+    Ok(first_seen >= started.unwrap_or(r.now))
 }
 
 /// The reason `machine_id` refuses `version` of `app_id`, if it does.
@@ -607,10 +718,58 @@ impl RolloutStore for SqliteStore {
             Ok(cleared)
         })
     }
+
+    fn set_machine_alias<'a>(
+        &'a self,
+        machine_id: &'a str,
+        alias: Option<&'a str>,
+        act: &'a NewActivity,
+        now: i64,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let mut tx = self.begin_immediate("set machine alias").await?;
+            if let Some(alias) = alias {
+                let holder: Option<String> = sqlx::query_scalar(
+                    "SELECT machine_id FROM machine_aliases WHERE alias = ? AND machine_id <> ?",
+                )
+                .bind(alias)
+                .bind(machine_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db("read machine aliases"))?;
+                if let Some(other) = holder {
+                    return Err(StoreError::Conflict(format!(
+                        "alias {alias:?} is already assigned to machine {other}"
+                    )));
+                }
+                sqlx::query(
+                    "INSERT INTO machine_aliases (machine_id, alias, set_at) VALUES (?, ?, ?) \
+                     ON CONFLICT (machine_id) DO UPDATE SET alias = excluded.alias, \
+                     set_at = excluded.set_at",
+                )
+                .bind(machine_id)
+                .bind(alias)
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("set machine alias"))?;
+            } else {
+                sqlx::query("DELETE FROM machine_aliases WHERE machine_id = ?")
+                    .bind(machine_id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db("remove machine alias"))?;
+            }
+            add_activity(&mut tx, act, now).await?;
+            tx.commit().await.map_err(db("set machine alias"))?;
+            Ok(())
+        })
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
     use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 
     use super::*;
@@ -649,6 +808,10 @@ mod tests {
             machine_id: machine.into(),
             version: version.into(),
             canary: false,
+            // Known long before any rollout: established.
+            first_seen: -1_000_000,
+            network: "192.0.2.0/24".into(),
+            new_machine_limit: None,
             now,
         })
         .await
@@ -732,6 +895,62 @@ mod tests {
         // A late 3/2 of the refused version does not turn the failure back into a completion.
         report(&s, "a", GrantState::Complete, "2.0.0", None, 5).await;
         assert_eq!(stats(&s, "2.0.0").await.failed, 1);
+    }
+
+    /// A grant of a machine the server first saw at `first_seen`.
+    async fn grant_seen(s: &SqliteStore, machine: &str, first_seen: i64, now: i64) -> GrantOutcome {
+        s.try_grant(&GrantRequest {
+            group_id: GROUP.into(),
+            app_id: APP.into(),
+            machine_id: machine.into(),
+            version: "2.0.0".into(),
+            canary: false,
+            first_seen,
+            network: "192.0.2.0/24".into(),
+            new_machine_limit: None,
+            now,
+        })
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn machines_new_to_the_rollout_weigh_new_machine_weight_for_auto_halt() {
+        // Counted as established (weight 1), the fourth invented failure halts: 4 of 5.
+        for (weight, halts_at) in [(None, None), (Some(1.0), Some(3))] {
+            let policy = json!({"auto_halt": {"max_failure_rate": 0.2, "min_attempts": 5,
+                "new_machine_weight": weight}});
+            let (_d, s) = store(&policy.to_string()).await;
+            // Known before the rollout; its grant at 100 starts the rollout.
+            assert_eq!(grant_seen(&s, "est", 0, 100).await, GrantOutcome::Granted);
+            let mut halted = None;
+            for i in 0..5 {
+                let m = format!("new-{i}");
+                // First seen at 100 (the rollout's start): new, and stays new when reopened.
+                assert_eq!(grant_seen(&s, &m, 100, 101).await, GrantOutcome::Granted);
+                if !report(&s, &m, GrantState::Failed, "1.0.0", None, 102)
+                    .await
+                    .is_empty()
+                {
+                    halted = Some(i);
+                    break;
+                }
+            }
+            assert_eq!(halted, halts_at, "weight {weight:?}");
+            if weight.is_some() {
+                continue;
+            }
+            // 1 + 5 × 0.1 attempts, 5 × 0.1 failures: below min_attempts 5.
+            let st = stats(&s, "2.0.0").await;
+            assert_eq!((st.new_attempts, st.new_failed), (5, 5), "{st:?}");
+            assert_eq!(st.weighted(0.1), (1.5, 0.5));
+            // Re-granted later (its first contact now long past), it is still new here.
+            assert_eq!(
+                grant_seen(&s, "new-0", 100, 5000).await,
+                GrantOutcome::Granted
+            );
+            assert_eq!(stats(&s, "2.0.0").await.new_attempts, 5);
+        }
     }
 
     #[tokio::test]

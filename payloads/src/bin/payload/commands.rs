@@ -17,6 +17,7 @@ use serde_json::json;
 
 use crate::cli::{ApplyArgs, BuildArgs, Cli, Command};
 use crate::exit::UsageError;
+use crate::output::Output;
 
 /// Runs one command.
 pub fn run(cli: Cli) -> Result<()> {
@@ -36,9 +37,10 @@ pub fn run(cli: Cli) -> Result<()> {
 
 fn keygen(prefix: &Path) -> Result<()> {
     let files = write_keypair(prefix)?;
-    println!("key id   {}", files.key_id);
-    println!("private  {}", files.private.display());
-    println!("public   {}", files.public.display());
+    let mut out = Output::stdout();
+    writeln!(out, "key id   {}", files.key_id)?;
+    writeln!(out, "private  {}", files.private.display())?;
+    writeln!(out, "public   {}", files.public.display())?;
     Ok(())
 }
 
@@ -84,7 +86,9 @@ fn build(args: BuildArgs) -> Result<()> {
     let report = build_file(&args.image, &args.out, &keys, &opts)
         .with_context(|| format!("building {}", args.out.display()))?;
     let m = &report.manifest;
-    println!(
+    let mut out = Output::stdout();
+    writeln!(
+        out,
         "built {} ({} bytes): {} {} {} for {}",
         args.out.display(),
         report.payload_len,
@@ -92,17 +96,22 @@ fn build(args: BuildArgs) -> Result<()> {
         m.version,
         m.kind,
         m.arch
-    );
-    println!("target {} bytes, sha256 {}", m.target_size, m.target_sha256);
-    println!(
+    )?;
+    writeln!(
+        out,
+        "target {} bytes, sha256 {}",
+        m.target_size, m.target_sha256
+    )?;
+    writeln!(
+        out,
         "operations {}: REPLACE {}, REPLACE_ZSTD {}, ZERO {}",
         m.operations.len(),
         report.count(OpKind::Replace),
         report.count(OpKind::ReplaceZstd),
         report.count(OpKind::Zero)
-    );
+    )?;
     for id in &report.signers {
-        println!("signed by {id}");
+        writeln!(out, "signed by {id}")?;
     }
     Ok(())
 }
@@ -110,7 +119,11 @@ fn build(args: BuildArgs) -> Result<()> {
 fn sign(key: &Path, payload: &Path) -> Result<()> {
     let key = load_signing_key(key)?;
     let id = payloads::sign::add_signature_file(payload, &key)?;
-    println!("signed {} with key {id}", payload.display());
+    writeln!(
+        Output::stdout(),
+        "signed {} with key {id}",
+        payload.display()
+    )?;
     Ok(())
 }
 
@@ -127,7 +140,8 @@ fn verify(trusted: &Path, payload: &Path) -> Result<()> {
         ApplyOptions::new(unix_now()),
     )
     .with_context(|| format!("verifying {}", payload.display()))?;
-    println!(
+    writeln!(
+        Output::stdout(),
         "OK: {} is {} {} ({}, {}), {} target bytes with sha256 {}, signed by trusted key {}",
         payload.display(),
         info.app_id(),
@@ -137,7 +151,7 @@ fn verify(trusted: &Path, payload: &Path) -> Result<()> {
         info.target_size(),
         info.target_sha256(),
         info.signer
-    );
+    )?;
     Ok(())
 }
 
@@ -151,7 +165,7 @@ fn inspect(path: &Path, as_json: bool, list_ops: bool) -> Result<()> {
         .with_context(|| format!("reading {}", path.display()))?
         .len();
     let out = inspect_json(&prefix, file_len, list_ops);
-    let mut stdout = std::io::stdout().lock();
+    let mut stdout = Output::stdout();
     if as_json {
         writeln!(stdout, "{}", serde_json::to_string_pretty(&out)?)?;
     } else {
@@ -390,7 +404,8 @@ fn apply(args: ApplyArgs) -> Result<()> {
             )));
         }
     };
-    println!(
+    writeln!(
+        Output::stdout(),
         "applied {} {} to {} at offset {}: {} bytes, sha256 {}, signed by {}",
         applied.info.app_id(),
         applied.info.version(),
@@ -399,6 +414,6 @@ fn apply(args: ApplyArgs) -> Result<()> {
         applied.info.target_size(),
         applied.target_sha256,
         applied.info.signer
-    );
+    )?;
     Ok(())
 }
