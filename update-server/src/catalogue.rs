@@ -49,6 +49,8 @@ pub struct Catalogue {
     specs: HashMap<String, RolloutSpec>,
     /// Operator alias → the machine it is assigned to.
     alias_owners: HashMap<String, String>,
+    /// Some group requires machine credentials.
+    credentials_required: bool,
     data: CatalogueData,
 }
 
@@ -87,6 +89,7 @@ impl Catalogue {
                 }
             });
             c.specs.insert(g.id.clone(), spec);
+            c.credentials_required |= !g.policy.machine_credential.is_optional();
             c.groups.insert(g.id.clone(), g.clone());
         }
         c.data = data;
@@ -123,6 +126,11 @@ impl Catalogue {
     /// A channel by id.
     pub fn channel(&self, id: &str) -> Option<&Channel> {
         self.channels.get(id)
+    }
+
+    /// Whether any group requires machine credentials (if none does, no check-in is gated).
+    pub fn credentials_required(&self) -> bool {
+        self.credentials_required
     }
 
     /// Whether `machine_id` is an alias an operator assigned to *another* machine. Canaries may

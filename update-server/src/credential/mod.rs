@@ -404,19 +404,24 @@ impl Credentials {
 /// server has the machine in (`stored_group`, the id on its instance row) requires a
 /// credential. The stored group matters: a forger must not escape a group's requirement by
 /// naming another (or no) track and then report events against the machine's grants there.
+/// `stored_group` is asked only when that decides it (off the common path: no group requires a
+/// credential, or the request is authenticated, or its track names a group that requires one).
 pub fn gate(
     cat: &Catalogue,
     app: &AppCheckIn,
-    stored_group: Option<&str>,
+    stored_group: impl FnOnce() -> Option<String>,
     verdict: &Verdict,
 ) -> Option<AppAnswer> {
+    if !cat.credentials_required() || verdict.authenticates(&app.machine_id) {
+        return None;
+    }
     let app_id = normalize_appid(&app.appid);
     let requires = |g: Option<&crate::model::Group>| {
         g.is_some_and(|g| !g.policy.machine_credential.is_optional())
     };
     let required = requires(cat.resolve_group(&app_id, &app.track))
-        || requires(stored_group.and_then(|id| cat.group(id)));
-    if !required || verdict.authenticates(&app.machine_id) {
+        || requires(stored_group().as_deref().and_then(|id| cat.group(id)));
+    if !required {
         return None;
     }
     Some(AppAnswer::Known {

@@ -228,20 +228,14 @@ pub async fn update(
         input.events.truncate(applied);
         st.metrics
             .events_dropped("request_cap", input.ignored_events as u64);
-        let stored_group = st
-            .service
-            .fleet
-            .get(&(
+        let stored_group = || {
+            let key = (
                 input.machine_id.trim().to_owned(),
                 crate::model::normalize_appid(&input.appid),
-            ))
-            .and_then(|row| row.group_id);
-        let gated = crate::credential::gate(
-            &st.service.catalogue.get(),
-            &input,
-            stored_group.as_deref(),
-            &verdict,
-        );
+            );
+            st.service.fleet.get(&key).and_then(|row| row.group_id)
+        };
+        let gated = crate::credential::gate(&catalogue, &input, stored_group, &verdict);
         if gated.is_some() {
             st.credentials.metrics().ignored.inc();
             st.metrics
