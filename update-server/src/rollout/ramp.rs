@@ -7,7 +7,8 @@ pub fn ramp_percent(r: &Ramp, now: i64) -> f64 {
     if now < r.start_at {
         return 0.0;
     }
-    let elapsed = u64::try_from(now - r.start_at).unwrap_or(0);
+    // `now >= start_at` here; saturating keeps a far-past start (an operator's -1e18) from overflowing.
+    let elapsed = u64::try_from(now.saturating_sub(r.start_at)).unwrap_or(u64::MAX);
     if !r.steps.is_empty() {
         return r
             .steps
@@ -111,5 +112,22 @@ mod tests {
         assert_eq!(effective_percent(&s, 1_000), 100.0);
         assert_eq!(next_step(&s, 10), Some((1_000, 100.0)));
         assert_eq!(effective_percent(&RolloutSpec::default(), 0), 100.0);
+    }
+
+    /// Found by the `admin_json` fuzz target: a ramp that started at the far end of the past,
+    /// asked about at the far end of the future, overflowed the elapsed-time subtraction.
+    #[test]
+    fn extreme_start_and_now_do_not_overflow() {
+        let s = RolloutSpec {
+            ramp: Some(Ramp {
+                start_at: i64::MIN,
+                start_percent: 1.0,
+                duration_secs: 3_600,
+                steps: vec![],
+            }),
+            ..Default::default()
+        };
+        assert_eq!(effective_percent(&s, i64::MAX), 100.0);
+        assert_eq!(next_step(&s, i64::MAX), None);
     }
 }
