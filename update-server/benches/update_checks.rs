@@ -6,8 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use update_server::config::Settings;
-use update_server::lifecycle::InstanceStatus;
-use update_server::model::Instance;
+use update_server::store::instances::CheckIn;
 
 const FLATCAR: &str = "e96281a6-d1af-4bde-9a0a-97b76e56dc57";
 const INSTANCES: usize = 100_000;
@@ -94,39 +93,31 @@ fn main() {
             .send()
             .await
             .unwrap();
-        let fleet = &server.state.service.fleet;
+        let checkins = &server.state.service.checkins;
         let t = Instant::now();
         for i in 0..INSTANCES {
-            let key = (format!("machine-{i:08}"), FLATCAR.to_owned());
-            fleet.update(
-                &key,
-                || Instance {
-                    machine_id: key.0.clone(),
-                    app_id: key.1.clone(),
-                    alias: String::new(),
-                    ip: "127.0.0.1".into(),
+            checkins
+                .record(CheckIn {
+                    machine_id: format!("machine-{i:08}"),
+                    app_id: FLATCAR.to_owned(),
                     version: "3510.2.0".into(),
                     group_id: None,
                     track: "stable".into(),
+                    alias: String::new(),
+                    ip: "127.0.0.1".into(),
                     oem: String::new(),
                     oem_version: String::new(),
                     board: "amd64-usr".into(),
                     boot_id: String::new(),
-                    last_check_at: 0,
-                    granted_version: None,
-                    granted_at: None,
-                    status: InstanceStatus::Idle,
-                    status_detail: String::new(),
-                    error_code: None,
-                    status_at: 0,
-                    created_at: 0,
-                },
-                |_| (),
-            );
+                    at: 0,
+                    first_seen: 0,
+                })
+                .await
+                .unwrap();
         }
-        let n = fleet.flush().await.unwrap();
+        let n = checkins.flush().await.unwrap();
         println!(
-            "registered {n} instances in {:.2?} (one batched write)",
+            "registered {n} instances in {:.2?} (batched writes)",
             t.elapsed()
         );
         let bodies = Arc::new((0..INSTANCES).step_by(7).map(check_xml).collect::<Vec<_>>());
@@ -136,7 +127,7 @@ fn main() {
         let (uc_rps, uc_p50, uc_p99) = load(format!("{base}/v1/update/"), Some(bodies)).await;
         println!(
             "concurrency {CONCURRENCY}, {REQUESTS} requests per route, {} instances",
-            fleet.len()
+            INSTANCES
         );
         println!("/healthz      {hz_rps:>9.0} req/s  p50 {hz_p50:>9.2?}  p99 {hz_p99:>9.2?}");
         println!("/v1/update/   {uc_rps:>9.0} req/s  p50 {uc_p50:>9.2?}  p99 {uc_p99:>9.2?}");

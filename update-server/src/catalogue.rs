@@ -8,7 +8,7 @@ use std::sync::{Arc, RwLock};
 
 use crate::model::{App, Channel, Group, Package};
 use crate::rollout::RolloutSpec;
-use crate::store::CatalogueData;
+use crate::store::{CatalogueData, Store, StoreError};
 
 /// A package's digests, decoded from their stored text forms (`None` when unreadable, which
 /// publishing never produces: the server computes them).
@@ -195,6 +195,10 @@ impl Catalogue {
 #[derive(Debug, Default)]
 pub struct CatalogueCache {
     current: RwLock<Arc<Catalogue>>,
+    /// The database's catalogue generation the snapshot was loaded at (0: not loaded).
+    generation: std::sync::atomic::AtomicI64,
+    /// One reload at a time, so a slower reload never replaces a newer snapshot.
+    reloading: tokio::sync::Mutex<()>,
 }
 
 impl CatalogueCache {
@@ -202,6 +206,8 @@ impl CatalogueCache {
     pub fn new(c: Catalogue) -> Self {
         Self {
             current: RwLock::new(Arc::new(c)),
+            generation: std::sync::atomic::AtomicI64::new(0),
+            reloading: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -221,7 +227,34 @@ impl CatalogueCache {
             Err(p) => *p.into_inner() = c,
         }
     }
+
+    /// Reloads the snapshot from `store`. The generation is read before the data, so a change
+    /// committed in between is loaded again at the next [`CatalogueCache::refresh_if_changed`].
+    pub async fn reload(&self, store: &dyn Store) -> Result<(), StoreError> {
+        let _one_at_a_time = self.reloading.lock().await;
+        let generation = store.catalogue_generation().await?;
+        let data = store.load_catalogue().await?;
+        self.replace(Catalogue::build(data));
+        self.generation
+            .store(generation, std::sync::atomic::Ordering::Release);
+        Ok(())
+    }
+
+    /// Reloads the snapshot when the database's catalogue generation moved since it was loaded
+    /// (a change made by any process); returns whether it did.
+    pub async fn refresh_if_changed(&self, store: &dyn Store) -> Result<bool, StoreError> {
+        let now = store.catalogue_generation().await?;
+        if now == self.generation.load(std::sync::atomic::Ordering::Acquire) {
+            return Ok(false);
+        }
+        self.reload(store).await?;
+        Ok(true)
+    }
 }
+
+/// How often every process polls the catalogue generation (a change made through any replica
+/// is served by every replica within this, plus one reload).
+pub const REFRESH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
 
 #[cfg(test)]
 mod tests {

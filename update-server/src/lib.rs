@@ -11,12 +11,12 @@
 pub mod blobs;
 pub mod bounds;
 pub mod catalogue;
+pub mod checkins;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod credential;
 pub mod error;
-pub mod fleet;
 pub mod fleetlock;
 pub mod http;
 pub mod lifecycle;

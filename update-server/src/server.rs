@@ -1,6 +1,7 @@
-//! Server start-up and shutdown: open the data directory, apply migrations, load the catalogue
-//! and fleet, resolve tokens, start the batch writer and the retention pruner, bind and serve; on
-//! shutdown stop accepting, drain, let the pruner finish its batch, and flush pending check-ins.
+//! Server start-up and shutdown: open the data directory, apply migrations, load the catalogue,
+//! resolve tokens, start the database writer (group commit), the check-in batches, the catalogue
+//! refresh and the retention pruner, bind and serve; on shutdown stop accepting, drain, let the
+//! pruner finish its batch, write pending check-ins and stop the writer.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,9 +11,9 @@ use tokio::sync::watch;
 
 use crate::blobs::BlobStore;
 use crate::catalogue::CatalogueCache;
+use crate::checkins::Checkins;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Settings;
-use crate::fleet::Fleet;
 use crate::fleetlock::FleetLock;
 use crate::http::{AppState, auth, router};
 use crate::metrics::Metrics;
@@ -20,7 +21,8 @@ use crate::policy::RolloutPolicy;
 use crate::retention::{Pruner, RetentionMetrics};
 use crate::rollout::{RolloutEngine, RolloutMetrics, Rollouts};
 use crate::service::UpdateService;
-use crate::store::{SqliteStore, Store};
+use crate::store::tx::Transactor;
+use crate::store::{SqliteStore, SqliteWriter, Store};
 
 /// A running server.
 #[derive(Debug)]
@@ -62,11 +64,18 @@ pub async fn start_with(
     let store: Arc<dyn Store> = Arc::new(sqlite.clone());
     let blobs = Arc::new(BlobStore::open(dir.join("packages")).context("opening package store")?);
     let cache = Arc::new(CatalogueCache::default());
-    crate::http::admin::load_into(store.as_ref(), &cache)
+    cache
+        .reload(store.as_ref())
         .await
         .context("loading catalogue")?;
-    let rows = store.load_instances().await.context("loading instances")?;
-    let fleet = Arc::new(Fleet::new(Arc::clone(&store), rows));
+    let (writer, writer_task) = SqliteWriter::start(&sqlite)
+        .await
+        .context("starting the database writer")?;
+    let writer: Arc<dyn Transactor> = Arc::new(writer);
+    let checkins = Arc::new(Checkins::new(
+        Arc::clone(&writer),
+        crate::checkins::DEFAULT_CAPACITY,
+    ));
 
     let admin_file = dir.join("admin-token");
     let (admin_token, _) = auth::load_or_create(settings.admin_token.as_deref(), &admin_file)
@@ -104,7 +113,7 @@ pub async fn start_with(
     let (tx, mut rx) = watch::channel(false);
     let pruner = Arc::new(Pruner::new(
         Arc::new(sqlite.clone()),
-        Arc::clone(&fleet),
+        Arc::clone(&checkins),
         Arc::clone(&clock),
         settings.retention.clone(),
         RetentionMetrics::register(&metrics),
@@ -117,8 +126,10 @@ pub async fn start_with(
         crate::credential::CredentialMetrics::register(&metrics),
     ));
     let service = Arc::new(UpdateService {
-        catalogue: cache,
-        fleet: Arc::clone(&fleet),
+        catalogue: Arc::clone(&cache),
+        store: Arc::clone(&store),
+        writer,
+        checkins: Arc::clone(&checkins),
         policy,
         metrics: Arc::clone(&metrics),
         clock,
@@ -150,8 +161,9 @@ pub async fn start_with(
     };
     let app = router(state.clone(), tokens, settings.http.timeouts.body_deadline);
 
+    // Pending check-ins are written every interval, batch by batch.
     let flusher = {
-        let fleet = Arc::clone(&fleet);
+        let checkins = Arc::clone(&checkins);
         let mut rx = rx.clone();
         let every = settings.flush_interval;
         tokio::spawn(async move {
@@ -160,8 +172,30 @@ pub async fn start_with(
             loop {
                 tokio::select! {
                     _ = tick.tick() => {
-                        if let Err(e) = fleet.flush().await {
+                        if let Err(e) = checkins.flush().await {
                             tracing::warn!(error = %e, "batched check-in write failed; will retry");
+                        }
+                    }
+                    _ = rx.changed() => break,
+                }
+            }
+        })
+    };
+
+    // Catalogue changes made by any process sharing the database (another replica, an
+    // auto-halt) are picked up through the database's catalogue generation.
+    let refresher = {
+        let cache = Arc::clone(&cache);
+        let store = Arc::clone(&store);
+        let mut rx = rx.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(crate::catalogue::REFRESH_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        if let Err(e) = cache.refresh_if_changed(store.as_ref()).await {
+                            tracing::warn!(error = %e, "refreshing the catalogue failed; will retry");
                         }
                     }
                     _ = rx.changed() => break,
@@ -182,15 +216,35 @@ pub async fn start_with(
         .await
         .context("serving HTTP")?;
         let _ = flusher.await;
+        let _ = refresher.await;
         if let Some(p) = pruning {
             let _ = p.await;
         }
-        let n = fleet
-            .flush()
-            .await
-            .context("flushing check-ins at shutdown")?;
-        tracing::info!(rows = n, "flushed check-ins at shutdown");
+        // Pending check-ins: a failed batch is put back, so a retry writes it; what still
+        // fails is reported (and lost: only those machines' last contact is older).
+        let mut written = 0;
+        let mut last = Ok(());
+        for _ in 0..3 {
+            match checkins.flush().await {
+                Ok(n) => {
+                    written += n;
+                    last = Ok(());
+                    break;
+                }
+                Err(e) => last = Err(e),
+            }
+        }
+        match &last {
+            Ok(()) => tracing::info!(rows = written, "wrote pending check-ins at shutdown"),
+            Err(e) => tracing::error!(
+                error = %e,
+                lost = checkins.len(),
+                "could not write pending check-ins at shutdown"
+            ),
+        }
+        writer_task.stop().await;
         sqlite.close().await;
+        last.context("writing pending check-ins at shutdown")?;
         Ok(())
     });
     Ok(RunningServer {

@@ -19,21 +19,25 @@ use std::sync::Arc;
 
 use crate::bounds::EventBudget;
 use crate::catalogue::{Catalogue, CatalogueCache, PackageDigests};
+use crate::checkins::{Checkins, InstanceKey};
 use crate::clock::Clock;
 use crate::config::OmahaSettings;
-use crate::fleet::{Fleet, InstanceKey};
 use crate::lifecycle::{ClientEvent, InstanceStatus, transition};
 use crate::metrics::{ErrorLabels, Metrics, OutcomeLabels, error_code_label};
 use crate::model::{Instance, NewActivity, Package, StatusChange, normalize_appid, normalize_arch};
 use crate::policy::{PolicyContext, PolicyDecision, RolloutPolicy};
 use crate::rollout::Rollouts;
 use crate::rollout::engine::{HoldReason, Verdict, evaluate, is_canary};
+use crate::rollout::grants;
 use crate::rollout::newcomers::network_of;
 use crate::rollout::target::{TargetChoice, choose};
+use crate::store::instances::{CheckIn, StatusColumns};
 use crate::store::rollout::{
-    GrantOutcome, GrantRequest, GrantState, ProgressReport, RefusalReason, RefusedVersion,
+    GrantOutcome, GrantRequest, GrantState, HaltedRollout, ProgressReport, RefusalReason,
+    RefusedVersion,
 };
-use crate::store::{InstanceChange, NewEvent, StoreError};
+use crate::store::tx::{StoreTx, Transactor, Urgency, transact};
+use crate::store::{InstanceChange, NewEvent, Store, StoreError};
 use crate::version;
 
 /// One client event, decoded by the protocol layer.
@@ -178,8 +182,12 @@ impl CheckError {
 pub struct UpdateService {
     /// Catalogue snapshot.
     pub catalogue: Arc<CatalogueCache>,
-    /// Instances.
-    pub fleet: Arc<Fleet>,
+    /// Committed rows (the instance read of each check; the catalogue).
+    pub store: Arc<dyn Store>,
+    /// Write transactions (group commit on SQLite).
+    pub writer: Arc<dyn Transactor>,
+    /// Coalesced check-ins waiting for their batch.
+    pub checkins: Arc<Checkins>,
     /// Policy engine.
     pub policy: Arc<dyn RolloutPolicy>,
     /// Metrics.
@@ -213,6 +221,73 @@ struct Progress {
     version: Option<String>,
     /// The machine rolled back from this version or deny-listed it: refuse it from now on.
     refuse: Option<RefusedVersion>,
+}
+
+/// What one check does to its instance, decided in memory from the row as read
+/// ([`UpdateService::plan`]), then written by [`UpdateService::commit`].
+#[derive(Debug, Clone)]
+struct Plan {
+    /// The check-in columns this check reports.
+    check_in: CheckIn,
+    /// The row after the check-in, the events and the decision.
+    row: Instance,
+    /// The status columns as read (or as a new row has them).
+    base_status: StatusColumns,
+    /// History, events and activity to append.
+    change: InstanceChange,
+    /// Grants the events settle.
+    progress: Vec<Progress>,
+    /// Lifecycle transitions, with the index of the event that caused each (for metrics).
+    outcomes: Vec<(InstanceStatus, usize)>,
+    /// Some event was not routine.
+    eventful: bool,
+    /// The answer to the update check, if one was asked.
+    check: Option<CheckAnswer>,
+    /// A grant the rules must still decide.
+    grant: Option<GrantPlan>,
+    /// The rules granted it.
+    granted: bool,
+    /// The machine had installed its update and awaits the reboot (a hold leaves it so).
+    held_from_install: bool,
+    /// Rollouts the writes halted.
+    halts: Vec<HaltedRollout>,
+}
+
+impl Plan {
+    /// Whether the check must be written before it is answered (rather than coalesced).
+    fn needs_write(&self) -> bool {
+        self.eventful || self.grant.is_some() || StatusColumns::of(&self.row) != self.base_status
+    }
+
+    /// Moves the status to what the answer means: `granted` for a grant, `on_hold` (with the
+    /// reason) for a hold unless the machine awaits its reboot; records the change if any.
+    fn settle_status(&mut self, now: i64) {
+        let update = match (&self.check, self.granted) {
+            (Some(CheckAnswer::Update { package, .. }), true) => Some((
+                InstanceStatus::Granted,
+                String::new(),
+                Some(package.version.clone()),
+            )),
+            (Some(CheckAnswer::NoUpdate(NoUpdateReason::Hold(r))), _)
+                if !self.held_from_install =>
+            {
+                Some((InstanceStatus::OnHold, r.clone(), None))
+            }
+            _ => None,
+        };
+        let Some((status, detail, granted)) = update else {
+            return;
+        };
+        let row = &mut self.row;
+        if row.status == status && row.status_detail == detail && granted.is_none() {
+            return;
+        }
+        if let Some(v) = granted {
+            row.granted_version = Some(v);
+            row.granted_at = Some(now);
+        }
+        set_status(row, &mut self.change, status, detail, None, now);
+    }
 }
 
 fn is_routine(e: &EventIn) -> bool {
@@ -336,8 +411,13 @@ impl UpdateService {
         }
     }
 
-    /// Handles one app of a request.
-    pub async fn handle(&self, req: &AppCheckIn) -> Result<AppAnswer, CheckError> {
+    /// Handles one app of a request: a short pipeline. The instance's committed row is read;
+    /// events are applied to it and the check decided in memory ([`UpdateService::plan`]). A
+    /// check that changes nothing but the check-in columns is answered at once and its check-in
+    /// coalesced ([`Checkins`]). Anything else (events, a grant, a status change) runs again, on
+    /// the row as the write transaction reads it, with the grant rules, and is answered once that
+    /// transaction is durable: one transaction per check.
+    pub async fn handle(self: &Arc<Self>, req: &AppCheckIn) -> Result<AppAnswer, CheckError> {
         let cat = self.catalogue.get();
         let app_id = normalize_appid(&req.appid);
         if cat.app(&app_id).is_none() {
@@ -364,305 +444,370 @@ impl UpdateService {
             });
         }
         let key: InstanceKey = (req.machine_id.trim().to_owned(), app_id.clone());
-        let group = cat.resolve_group(&app_id, &req.track);
-        let mut change = InstanceChange::default();
-        let mut durable = false;
-        let mut progress: Vec<Progress> = Vec::new();
+        let keep = self.event_rows_kept(&key.0, req, now);
+        // A machine seen before whose check-in is still pending keeps its first contact.
+        let first_seen = self.checkins.first_seen(&key.0, &key.1).unwrap_or(now);
+        let stored = self
+            .store
+            .instance(&key.0, &key.1)
+            .await
+            .map_err(CheckError::of(&key))?;
+        let mut plan = self.plan(&cat, req, &app_id, stored, &keep, first_seen, now);
+        if plan.needs_write() {
+            plan = self.write(cat, req, &key, keep, first_seen, now).await?;
+            self.checkins.written(&key.0, &key.1, now);
+        } else {
+            self.checkins
+                .record(plan.check_in.clone())
+                .await
+                .map_err(CheckError::of(&key))?;
+        }
+        self.report(&app_id, req, &plan).await;
+        Ok(AppAnswer::Known {
+            events: req.events.len() + req.ignored_events,
+            ping: req.ping,
+            check: plan.check,
+        })
+    }
 
-        // Events, then ping (refresh), in one critical section on the row.
-        let snapshot = self.fleet.update(
-            &key,
-            || Instance {
-                machine_id: key.0.clone(),
-                app_id: app_id.clone(),
-                alias: String::new(),
-                ip: String::new(),
-                version: req.version.clone(),
-                group_id: None,
-                track: String::new(),
-                oem: String::new(),
-                oem_version: String::new(),
-                board: String::new(),
-                boot_id: String::new(),
-                last_check_at: now,
-                granted_version: None,
-                granted_at: None,
-                status: InstanceStatus::Idle,
-                status_detail: String::new(),
-                error_code: None,
-                status_at: now,
-                created_at: now,
-            },
-            |row| {
-                row.last_check_at = now;
-                if !req.version.is_empty() {
-                    row.version = req.version.clone();
+    /// Which of the request's events may leave a row (the machine's budget,
+    /// [`crate::bounds::EventBudget`]); routine events leave none anyway.
+    fn event_rows_kept(&self, machine_id: &str, req: &AppCheckIn, now: i64) -> Vec<bool> {
+        req.events
+            .iter()
+            .map(|e| {
+                if is_routine(e) {
+                    return false;
                 }
-                row.track = req.track.clone();
-                row.group_id = group.map(|g| g.id.clone());
-                for (value, field) in [
-                    (&req.alias, &mut row.alias),
-                    (&req.ip, &mut row.ip),
-                    (&req.oem, &mut row.oem),
-                    (&req.oem_version, &mut row.oem_version),
-                    (&req.board, &mut row.board),
-                    (&req.boot_id, &mut row.boot_id),
-                ] {
-                    if !value.is_empty() && field != value {
-                        field.clone_from(value);
-                    }
+                let keep = self.event_budget.take(machine_id, now);
+                if !keep {
+                    self.metrics.events_dropped("machine_budget", 1);
                 }
-                for e in &req.events {
-                    self.metrics.event(&app_id, e.event_type, e.event_result);
-                    if is_routine(e) {
-                        continue;
-                    }
-                    durable = true;
-                    // Beyond the machine's budget an event still moves the lifecycle and settles
-                    // its grant below (auto-halt counts grants, not rows); only its event row and
-                    // activity entries are not written.
-                    let keep_row = self.event_budget.take(&key.0, now);
-                    if keep_row {
-                        change.events.push(NewEvent {
-                            event_type: i64::from(e.event_type),
-                            event_result: i64::from(e.event_result),
-                            error_code: e.error_code,
-                            previous_version: e.previous_version.clone(),
-                        });
-                    } else {
-                        self.metrics.events_dropped("machine_budget", 1);
-                    }
-                    let ce = ClientEvent {
-                        event_type: e.event_type,
-                        event_result: e.event_result,
-                        previous_version: e.previous_version.clone(),
-                    };
-                    // Only a version this server knows can be refused: one refusal row per
-                    // (machine, catalogue version), however many versions a client names.
-                    let refused = refusal_of(e, &row.version, row.granted_version.as_deref())
-                        .filter(|(v, _)| {
-                            row.granted_version.as_deref() == Some(v.as_str())
-                                || cat
-                                    .data()
-                                    .packages
-                                    .iter()
-                                    .any(|p| p.app_id == app_id && p.version == *v)
-                        });
-                    let mut settle = None;
-                    if let Some(next) = transition(row.status, &ce) {
-                        let detail = match (next, &refused) {
-                            (InstanceStatus::Error, Some((v, _))) => {
-                                format!("{} (version {v} refused)", e.error_detail)
-                            }
-                            (InstanceStatus::Error, None) => e.error_detail.clone(),
-                            (InstanceStatus::Complete, _) => {
-                                format!("updated from {}", ce.previous_version)
-                            }
-                            _ => String::new(),
-                        };
-                        set_status(row, &mut change, next, detail, e.error_code, now);
-                        self.count_outcome(&app_id, next, e);
-                        settle = match next {
-                            InstanceStatus::Downloading | InstanceStatus::Downloaded => {
-                                Some((None, ""))
-                            }
-                            InstanceStatus::Installed => {
-                                Some((Some(GrantState::Installed), "installed"))
-                            }
-                            InstanceStatus::Complete => {
-                                Some((Some(GrantState::Complete), "complete"))
-                            }
-                            InstanceStatus::Error => Some((Some(GrantState::Failed), "failed")),
-                            InstanceStatus::Deferred => {
-                                Some((Some(GrantState::Deferred), "deferred"))
-                            }
-                            _ => None,
-                        };
-                        if next == InstanceStatus::Error && refused.is_none() && keep_row {
-                            change.activity.push(NewActivity {
-                                kind: "instance_update_failed".into(),
-                                severity: "error",
-                                app_id: Some(app_id.clone()),
-                                group_id: row.group_id.clone(),
-                                machine_id: Some(row.machine_id.clone()),
-                                version: row.granted_version.clone(),
-                                message: format!(
-                                    "{} failed to update: {}",
-                                    row.machine_id, e.error_detail
-                                ),
-                            });
-                        }
-                    }
-                    if let Some((v, reason)) = &refused {
-                        // Recorded even when the status did not change (already `error`).
-                        if keep_row {
-                            change.activity.push(refusal_activity(
-                                row,
-                                &app_id,
-                                v,
-                                *reason,
-                                &e.error_detail,
-                            ));
-                        }
-                        settle.get_or_insert((Some(GrantState::Failed), "failed"));
-                    }
-                    if let Some((state, outcome)) = settle {
-                        progress.push(Progress {
-                            state,
-                            outcome,
-                            group_id: row.group_id.clone(),
-                            version: refused
-                                .as_ref()
-                                .map(|(v, _)| v.clone())
-                                .or_else(|| row.granted_version.clone()),
-                            refuse: refused.map(|(version, reason)| RefusedVersion {
-                                machine_id: row.machine_id.clone(),
-                                app_id: app_id.clone(),
-                                version,
-                                reason,
-                                error_code: e.error_code,
-                                at: now,
-                            }),
-                        });
-                    }
-                }
-                row.clone()
-            },
-        );
+                keep
+            })
+            .collect()
+    }
 
-        let check = if req.updatecheck {
-            let (mut answer, plan) = self.decide(&cat, req, &app_id, Some(&snapshot), now);
-            let mut grant = false;
-            if let Some(plan) = plan {
-                let outcome = self
-                    .rollouts
-                    .grants
-                    .try_grant(&GrantRequest {
-                        group_id: plan.group_id.clone(),
-                        app_id: app_id.clone(),
-                        machine_id: key.0.clone(),
-                        version: plan.version.clone(),
-                        canary: plan.canary,
-                        first_seen: snapshot.created_at,
-                        network: network_of(&snapshot.ip),
-                        new_machine_limit: self.rollouts.new_machines.per_network,
-                        now,
-                    })
-                    .await
-                    .map_err(CheckError::of(&key))?;
-                match outcome {
-                    GrantOutcome::Granted => {
-                        grant = true;
-                        self.rollouts.metrics.outcome(
-                            &app_id,
-                            &plan.group_id,
-                            &plan.version,
-                            "granted",
-                        );
+    /// Plans the check again inside a write transaction, on the row as committed, applies the
+    /// grant rules and writes the outcome; returns the plan once it is durable.
+    async fn write(
+        self: &Arc<Self>,
+        cat: Arc<Catalogue>,
+        req: &AppCheckIn,
+        key: &InstanceKey,
+        keep: Vec<bool>,
+        first_seen: i64,
+        now: i64,
+    ) -> Result<Plan, CheckError> {
+        let svc = Arc::clone(self);
+        let req = req.clone();
+        let (machine_id, app_id) = key.clone();
+        transact(self.writer.as_ref(), Urgency::Answer, move |tx| {
+            Box::pin(async move {
+                let stored = tx.instance(&machine_id, &app_id).await?;
+                let mut plan = svc.plan(&cat, &req, &app_id, stored, &keep, first_seen, now);
+                svc.commit(tx, &mut plan, now).await?;
+                Ok(plan)
+            })
+        })
+        .await
+        .map_err(CheckError::of(key))
+    }
+
+    /// Writes a plan in `tx`: the check-in, the settled grants (which may halt a rollout), the
+    /// grant attempt (which may turn the answer into a hold), the status columns if they
+    /// changed, and the events, history and activity that explain it.
+    async fn commit(
+        &self,
+        tx: &mut dyn StoreTx,
+        plan: &mut Plan,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        tx.check_in(std::slice::from_ref(&plan.check_in)).await?;
+        let (machine_id, app_id) = (plan.row.machine_id.clone(), plan.row.app_id.clone());
+        for p in &plan.progress {
+            let halts = grants::record_progress(
+                tx,
+                &ProgressReport {
+                    machine_id: machine_id.clone(),
+                    app_id: app_id.clone(),
+                    state: p.state,
+                    running_version: plan.row.version.clone(),
+                    refuse: p.refuse.clone(),
+                    now,
+                },
+            )
+            .await?;
+            plan.halts.extend(halts);
+        }
+        if let Some(g) = plan.grant.clone() {
+            let outcome = grants::try_grant(
+                tx,
+                &GrantRequest {
+                    group_id: g.group_id.clone(),
+                    app_id: app_id.clone(),
+                    machine_id: machine_id.clone(),
+                    version: g.version.clone(),
+                    canary: g.canary,
+                    first_seen: plan.row.created_at,
+                    network: network_of(&plan.row.ip),
+                    new_machine_limit: self.rollouts.new_machines.per_network,
+                    now,
+                },
+            )
+            .await?;
+            match outcome {
+                GrantOutcome::Granted => plan.granted = true,
+                GrantOutcome::Held { reason, halted_now } => {
+                    if let Some(why) = halted_now {
+                        plan.halts.push(HaltedRollout {
+                            group_id: g.group_id.clone(),
+                            version: g.version.clone(),
+                            reason: why,
+                        });
                     }
-                    GrantOutcome::Held { reason, halted_now } => {
-                        if let Some(why) = halted_now {
-                            self.halted(&app_id, &plan.group_id, &plan.version, &why)
-                                .await;
-                        }
-                        answer =
-                            CheckAnswer::NoUpdate(NoUpdateReason::Hold(reason.as_str().to_owned()));
-                    }
+                    plan.check = Some(CheckAnswer::NoUpdate(NoUpdateReason::Hold(
+                        reason.as_str().to_owned(),
+                    )));
                 }
             }
+            plan.settle_status(now);
+        }
+        let status = StatusColumns::of(&plan.row);
+        if status != plan.base_status {
+            tx.set_status(&machine_id, &app_id, &status).await?;
+        }
+        tx.record_change(&machine_id, &app_id, &plan.row.version, now, &plan.change)
+            .await
+    }
+
+    /// Applies a check to the instance row in memory: the check-in, the events (lifecycle
+    /// transitions, refusals, which grants they settle), then the update decision. Pure: the
+    /// caller writes what it decided.
+    #[allow(clippy::too_many_arguments)]
+    fn plan(
+        &self,
+        cat: &Catalogue,
+        req: &AppCheckIn,
+        app_id: &str,
+        stored: Option<Instance>,
+        keep: &[bool],
+        first_seen: i64,
+        now: i64,
+    ) -> Plan {
+        let group = cat.resolve_group(app_id, &req.track);
+        let check_in = CheckIn {
+            machine_id: req.machine_id.trim().to_owned(),
+            app_id: app_id.to_owned(),
+            version: req.version.clone(),
+            group_id: group.map(|g| g.id.clone()),
+            track: req.track.clone(),
+            alias: req.alias.clone(),
+            ip: req.ip.clone(),
+            oem: req.oem.clone(),
+            oem_version: req.oem_version.clone(),
+            board: req.board.clone(),
+            boot_id: req.boot_id.clone(),
+            at: now,
+            first_seen,
+        };
+        let mut row = stored.unwrap_or_else(|| check_in.new_row());
+        check_in.apply_to(&mut row);
+        let mut plan = Plan {
+            base_status: StatusColumns::of(&row),
+            check_in,
+            row,
+            change: InstanceChange::default(),
+            progress: Vec::new(),
+            outcomes: Vec::new(),
+            eventful: false,
+            check: None,
+            grant: None,
+            granted: false,
+            held_from_install: false,
+            halts: Vec::new(),
+        };
+        for (i, e) in req.events.iter().enumerate() {
+            if is_routine(e) {
+                continue;
+            }
+            plan.eventful = true;
+            self.apply_event(
+                cat,
+                app_id,
+                &mut plan,
+                e,
+                i,
+                keep.get(i).copied().unwrap_or(false),
+                now,
+            );
+        }
+        if req.updatecheck {
+            let (answer, grant) = self.decide(cat, req, app_id, Some(&plan.row), now);
+            plan.check = Some(answer);
+            plan.grant = grant;
+            plan.held_from_install = plan.row.status == InstanceStatus::Installed;
+            if plan.grant.is_none() {
+                plan.settle_status(now);
+            }
+        }
+        plan
+    }
+
+    /// Applies one (non-routine) event to the plan's row: its lifecycle transition, the refusal
+    /// it announces, and the grant it settles. `keep_row`: the event may leave an event row and
+    /// activity entries (within the machine's budget).
+    #[allow(clippy::too_many_arguments)]
+    fn apply_event(
+        &self,
+        cat: &Catalogue,
+        app_id: &str,
+        plan: &mut Plan,
+        e: &EventIn,
+        index: usize,
+        keep_row: bool,
+        now: i64,
+    ) {
+        let row = &mut plan.row;
+        let change = &mut plan.change;
+        // Beyond the machine's budget an event still moves the lifecycle and settles its grant
+        // below (auto-halt counts grants, not rows); only its event row and activity entries are
+        // not written.
+        if keep_row {
+            change.events.push(NewEvent {
+                event_type: i64::from(e.event_type),
+                event_result: i64::from(e.event_result),
+                error_code: e.error_code,
+                previous_version: e.previous_version.clone(),
+            });
+        }
+        let ce = ClientEvent {
+            event_type: e.event_type,
+            event_result: e.event_result,
+            previous_version: e.previous_version.clone(),
+        };
+        // Only a version this server knows can be refused: one refusal row per (machine,
+        // catalogue version), however many versions a client names.
+        let refused =
+            refusal_of(e, &row.version, row.granted_version.as_deref()).filter(|(v, _)| {
+                row.granted_version.as_deref() == Some(v.as_str())
+                    || cat
+                        .data()
+                        .packages
+                        .iter()
+                        .any(|p| p.app_id == app_id && p.version == *v)
+            });
+        let mut settle = None;
+        if let Some(next) = transition(row.status, &ce) {
+            let detail = match (next, &refused) {
+                (InstanceStatus::Error, Some((v, _))) => {
+                    format!("{} (version {v} refused)", e.error_detail)
+                }
+                (InstanceStatus::Error, None) => e.error_detail.clone(),
+                (InstanceStatus::Complete, _) => format!("updated from {}", ce.previous_version),
+                _ => String::new(),
+            };
+            set_status(row, change, next, detail, e.error_code, now);
+            plan.outcomes.push((next, index));
+            settle = match next {
+                InstanceStatus::Downloading | InstanceStatus::Downloaded => Some((None, "")),
+                InstanceStatus::Installed => Some((Some(GrantState::Installed), "installed")),
+                InstanceStatus::Complete => Some((Some(GrantState::Complete), "complete")),
+                InstanceStatus::Error => Some((Some(GrantState::Failed), "failed")),
+                InstanceStatus::Deferred => Some((Some(GrantState::Deferred), "deferred")),
+                _ => None,
+            };
+            if next == InstanceStatus::Error && refused.is_none() && keep_row {
+                change.activity.push(NewActivity {
+                    kind: "instance_update_failed".into(),
+                    severity: "error",
+                    app_id: Some(app_id.to_owned()),
+                    group_id: row.group_id.clone(),
+                    machine_id: Some(row.machine_id.clone()),
+                    version: row.granted_version.clone(),
+                    message: format!("{} failed to update: {}", row.machine_id, e.error_detail),
+                });
+            }
+        }
+        if let Some((v, reason)) = &refused {
+            // Recorded even when the status did not change (already `error`).
+            if keep_row {
+                change
+                    .activity
+                    .push(refusal_activity(row, app_id, v, *reason, &e.error_detail));
+            }
+            settle.get_or_insert((Some(GrantState::Failed), "failed"));
+        }
+        if let Some((state, outcome)) = settle {
+            plan.progress.push(Progress {
+                state,
+                outcome,
+                group_id: row.group_id.clone(),
+                version: refused
+                    .as_ref()
+                    .map(|(v, _)| v.clone())
+                    .or_else(|| row.granted_version.clone()),
+                refuse: refused.map(|(version, reason)| RefusedVersion {
+                    machine_id: row.machine_id.clone(),
+                    app_id: app_id.to_owned(),
+                    version,
+                    reason,
+                    error_code: e.error_code,
+                    at: now,
+                }),
+            });
+        }
+    }
+
+    /// Counts what a handled check did (after it is durable) and reacts to the rollouts it
+    /// halted.
+    async fn report(&self, app_id: &str, req: &AppCheckIn, plan: &Plan) {
+        for e in &req.events {
+            self.metrics.event(app_id, e.event_type, e.event_result);
+        }
+        for (status, i) in &plan.outcomes {
+            if let Some(e) = req.events.get(*i) {
+                self.count_outcome(app_id, *status, e);
+            }
+        }
+        let m = &self.rollouts.metrics;
+        for p in &plan.progress {
+            if let (Some(g), Some(v)) = (&p.group_id, &p.version) {
+                if !p.outcome.is_empty() {
+                    m.outcome(app_id, g, v, p.outcome);
+                }
+                if let Some(r) = &p.refuse {
+                    m.outcome(app_id, g, v, r.reason.as_str());
+                }
+            }
+        }
+        if let (true, Some(g)) = (plan.granted, &plan.grant) {
+            m.outcome(app_id, &g.group_id, &g.version, "granted");
+        }
+        if let Some(answer) = &plan.check {
             if let (CheckAnswer::NoUpdate(NoUpdateReason::Hold(r)), Some(g)) =
-                (&answer, snapshot.group_id.as_deref())
+                (answer, plan.row.group_id.as_deref())
             {
-                let version = group
+                let cat = self.catalogue.get();
+                let version = cat
+                    .resolve_group(app_id, &req.track)
                     .and_then(|g| g.channel_id.as_deref())
                     .and_then(|c| cat.channel(c))
                     .and_then(|c| cat.channel_package(c, &normalize_arch(&req.board)))
                     .map(|p| p.version.clone())
                     .unwrap_or_default();
-                self.rollouts.metrics.hold(&app_id, g, &version, r);
+                m.hold(app_id, g, &version, r);
             }
-            let label = match &answer {
+            let label = match answer {
                 CheckAnswer::Update { .. } => "update".to_owned(),
                 CheckAnswer::NoUpdate(r) => format!("noupdate_{}", r.label()),
             };
-            self.metrics.check(&app_id, &label);
-            let status_update = match (&answer, grant) {
-                (CheckAnswer::Update { package, .. }, true) => Some((
-                    InstanceStatus::Granted,
-                    String::new(),
-                    Some(package.version.clone()),
-                )),
-                // A staged machine whose newer release is held stays `installed`.
-                (CheckAnswer::NoUpdate(NoUpdateReason::Hold(r)), _)
-                    if snapshot.status != InstanceStatus::Installed =>
-                {
-                    Some((InstanceStatus::OnHold, r.clone(), None))
-                }
-                _ => None,
-            };
-            if let Some((status, detail, granted)) = status_update {
-                let changed = self.fleet.update(
-                    &key,
-                    || snapshot.clone(),
-                    |row| {
-                        if row.status == status && row.status_detail == detail && granted.is_none()
-                        {
-                            return false;
-                        }
-                        if let Some(v) = granted {
-                            row.granted_version = Some(v);
-                            row.granted_at = Some(now);
-                        }
-                        set_status(row, &mut change, status, detail, None, now);
-                        true
-                    },
-                );
-                durable |= changed;
-            }
-            Some(answer)
-        } else {
-            None
-        };
-
-        if durable {
-            self.fleet
-                .persist(&key, &change)
-                .await
-                .map_err(CheckError::of(&key))?;
+            self.metrics.check(app_id, &label);
         }
-        for p in progress {
-            let refused = p.refuse.as_ref().map(|r| r.reason);
-            let halts = self
-                .rollouts
-                .grants
-                .record_progress(&ProgressReport {
-                    machine_id: key.0.clone(),
-                    app_id: key.1.clone(),
-                    state: p.state,
-                    running_version: snapshot.version.clone(),
-                    refuse: p.refuse,
-                    now,
-                })
-                .await
-                .map_err(CheckError::of(&key))?;
-            if let (Some(g), Some(v)) = (&p.group_id, &p.version) {
-                if !p.outcome.is_empty() {
-                    self.rollouts.metrics.outcome(&app_id, g, v, p.outcome);
-                }
-                if let Some(r) = refused {
-                    self.rollouts.metrics.outcome(&app_id, g, v, r.as_str());
-                }
-            }
-            for h in halts {
-                self.halted(&app_id, &h.group_id, &h.version, &h.reason)
-                    .await;
-            }
+        for h in &plan.halts {
+            self.halted(app_id, &h.group_id, &h.version, &h.reason)
+                .await;
         }
-        Ok(AppAnswer::Known {
-            events: req.events.len() + req.ignored_events,
-            ping: req.ping,
-            check,
-        })
     }
 
     /// A rollout halted itself: reload the catalogue so this process stops granting at once.
@@ -682,9 +827,7 @@ impl UpdateService {
             })
             .inc();
         m.set_halted(app_id, group_id, true);
-        if let Err(e) =
-            crate::http::admin::load_into(self.rollouts.store.as_ref(), &self.catalogue).await
-        {
+        if let Err(e) = self.catalogue.reload(self.store.as_ref()).await {
             tracing::warn!(error = %e, "reloading the catalogue after a halt failed");
         }
     }

@@ -2,7 +2,8 @@
 //! ones stay; a forgotten instance disappears with its refusals and grants; a machine with a
 //! grant in flight is kept; the rollout counts of the current target survive a prune; a dry run
 //! deletes nothing and counts the same rows; a prune bigger than a batch takes several; the
-//! background pruner runs at start; `update-server prune` and its access rules.
+//! background pruner runs at start; a prune while another server process holds the retention
+//! lease is refused (409) until the lease expires; `update-server prune` and its access rules.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::collections::BTreeMap;
@@ -391,7 +392,7 @@ async fn a_forgotten_instance_disappears_with_its_refusals_and_grants() {
         .await;
     assert_eq!(st, StatusCode::NOT_FOUND, "no refusal is left: {v}");
     // The rollout of 2.0.0 still counts `gone`'s failed attempt; it is no longer a machine of
-    // the group (also in this server's memory).
+    // the group.
     let after = env.status().await;
     assert_eq!(after["grants"], before["grants"], "{after}");
     assert_eq!(after["machines"], 1);
@@ -524,6 +525,40 @@ async fn the_background_pruner_runs_at_start() {
     );
     // A clean shutdown with the background pruner running.
     env.server.take().unwrap().shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prune_while_another_server_process_prunes_is_refused_until_its_lease_expires() {
+    let env = Env::new(retention(90, 90, 365, 90, 0), "2.0.0").await;
+    env.update("a", "2.0.0").await;
+    env.clock.advance(100 * DAY);
+    // Another server process on the same database is in the middle of a pass.
+    let db = env.dir.path().join("data").join("platte.sqlite");
+    let other = sqlx::SqlitePool::connect(&format!("sqlite:{}", db.display()))
+        .await
+        .unwrap();
+    let until = T0 + 100 * DAY + 600;
+    sqlx::query("INSERT INTO job_leases (name, holder, expires_at) VALUES ('retention', ?, ?)")
+        .bind("replica-2/4242/0/cafe")
+        .bind(until)
+        .execute(&other)
+        .await
+        .unwrap();
+    let (st, v) = env.try_api("POST", "/maintenance/prune", Value::Null).await;
+    assert_eq!(st, StatusCode::CONFLICT, "{v}");
+    assert!(v.to_string().contains("replica-2/4242/0/cafe"), "{v}");
+    assert_eq!(env.events_of("a").await.len(), 4, "nothing was deleted");
+    // A dry run needs no lease.
+    assert_eq!(env.prune(true).await["rows"]["events"], 4);
+    // The other process stopped without giving the lease back: once it expired, this one prunes.
+    env.clock.advance(601);
+    assert_eq!(env.prune(false).await["rows"]["events"], 4);
+    assert!(env.events_of("a").await.is_empty());
+    let left: Vec<String> = sqlx::query_scalar("SELECT holder FROM job_leases")
+        .fetch_all(&other)
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "the lease was given back: {left:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -234,6 +234,114 @@ async fn concurrency_limit_is_exact_across_two_servers_and_released_on_install()
     }
 }
 
+/// One request that reports a rollback and asks for an update: its events are settled before
+/// the update is decided, in the same transaction, so the version it rolled back from is held
+/// (`rolled_back`), never granted again and failed right after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_are_settled_before_the_check_in_the_same_request() {
+    let env = Env::new(json!({}), "2.0.0").await;
+    assert!(env.check(0, "rb").await);
+    let x = env
+        .omaha(
+            0,
+            "rb",
+            "1.0.0",
+            r#"<event eventtype="3" eventresult="0" errorcode="44" previousversion="2.0.0"></event><updatecheck></updatecheck>"#,
+        )
+        .await;
+    assert!(x.contains(r#"<updatecheck status="noupdate""#), "{x}");
+    let inst = env.api(0, "GET", "/instances/rb", Value::Null).await;
+    let row = &inst["apps"][0]["instance"];
+    assert_eq!(row["status"], "on_hold", "{inst}");
+    assert_eq!(row["status_detail"], "rolled_back", "{inst}");
+    let st = env.status().await;
+    assert_eq!(st["grants"]["failed"], 1, "{st}");
+    assert_eq!(st["grants"]["in_flight"], 0, "{st}");
+    for s in env.servers {
+        s.shutdown().await.unwrap();
+    }
+}
+
+/// Two servers on one database hold no state the other could contradict: a catalogue change made
+/// through one is served by the other within a second (the database's catalogue generation), and
+/// a status one server wrote is what the other answers from and never overwritten by the other's
+/// check-ins (column-wise writes, no in-memory rows).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_servers_share_every_state_through_the_database() {
+    let mut env = Env::new(json!({}), "2.0.0").await;
+    env.start_server().await;
+
+    // A machine is granted by server 0 and installs the update (staged, awaiting its reboot).
+    assert!(env.check(0, "staged").await);
+    for (t, r) in [(13, 1), (14, 1), (3, 1)] {
+        env.event("staged", t, r).await;
+    }
+    // Its next checks go to server 1: a plain check-in (coalesced there), then an update check,
+    // answered from the row server 0 wrote: it awaits its reboot, nothing is served again.
+    env.omaha(1, "staged", "1.0.0", "<ping r=\"1\"></ping>")
+        .await;
+    env.clock.advance(5);
+    let x = env
+        .omaha(
+            1,
+            "staged",
+            "1.0.0",
+            "<ping r=\"1\"></ping><updatecheck></updatecheck>",
+        )
+        .await;
+    assert!(x.contains(r#"<updatecheck status="noupdate""#), "{x}");
+    // Server 1 writes its pending check-ins (a scrape does); the status stays server 0's.
+    common::metrics(&env.http, &format!("http://{}", env.servers[1].addr)).await;
+    let inst = env.api(0, "GET", "/instances/staged", Value::Null).await;
+    let row = &inst["apps"][0]["instance"];
+    assert_eq!(row["status"], "installed", "{inst}");
+    assert_eq!(row["granted_version"], "2.0.0", "{inst}");
+    assert_eq!(
+        row["last_check_at"],
+        T0 + 5,
+        "server 1's check-in reached the row: {inst}"
+    );
+
+    // A channel moved through server 0 is served by server 1 within a second (its catalogue
+    // snapshot follows the database's catalogue generation).
+    env.set_channel("2.1.0").await;
+    let moved_at = std::time::Instant::now();
+    let mut i = 0;
+    loop {
+        // A new machine each time: a granted one would be re-served its grant.
+        let x = env
+            .omaha(
+                1,
+                &format!("probe-{i}"),
+                "1.0.0",
+                "<updatecheck></updatecheck>",
+            )
+            .await;
+        assert!(x.contains(r#"<updatecheck status="ok""#), "{x}");
+        if x.contains(r#"version="2.1.0""#) {
+            break;
+        }
+        assert!(
+            moved_at.elapsed() < std::time::Duration::from_secs(1),
+            "server 1 still serves the old channel version a second after the change"
+        );
+        i += 1;
+        tokio::task::yield_now().await;
+    }
+    let st = env
+        .api(
+            1,
+            "GET",
+            &format!("/apps/{APP}/groups/stable/rollout"),
+            Value::Null,
+        )
+        .await;
+    assert_eq!(st["target_version"], "2.1.0", "{st}");
+    for s in env.servers {
+        s.shutdown().await.unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rate_window_and_timeout_release() {
     let env = Env::new(

@@ -3,7 +3,6 @@
 //! answers and then refreshes the in-memory catalogue.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Body;
@@ -15,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
-use crate::catalogue::{Catalogue, CatalogueCache};
+use crate::catalogue::Catalogue;
 use crate::error::{ApiError, ErrorBody};
 use crate::lifecycle::InstanceStatus;
 use crate::model::{
@@ -68,17 +67,7 @@ fn check_text(field: &str, v: &str, max: usize) -> Result<(), ApiError> {
 }
 
 pub(crate) async fn reload(st: &AppState) -> Result<(), ApiError> {
-    let data = st.store.load_catalogue().await?;
-    st.service.catalogue.replace(Catalogue::build(data));
-    Ok(())
-}
-
-/// Reloads the catalogue into a cache (used at start-up as well).
-pub async fn load_into(
-    store: &dyn crate::store::Store,
-    cache: &CatalogueCache,
-) -> Result<(), crate::store::StoreError> {
-    cache.replace(Catalogue::build(store.load_catalogue().await?));
+    st.service.catalogue.reload(st.store.as_ref()).await?;
     Ok(())
 }
 
@@ -887,9 +876,10 @@ pub struct InstanceDetail {
     pub apps: Vec<InstanceWithHistory>,
 }
 
+/// Writes pending check-ins, so a listing shows every machine that checked in.
 async fn flush(st: &AppState) -> Result<(), ApiError> {
     st.service
-        .fleet
+        .checkins
         .flush()
         .await
         .map(|_| ())
@@ -994,8 +984,11 @@ pub async fn delete_instance(
     Query(q): Query<DeleteInstanceQuery>,
 ) -> Result<StatusCode, ApiError> {
     let app = q.app.map(|a| normalize_appid(&a));
-    let fleet = Arc::clone(&st.service.fleet);
-    let _w = fleet.write_guard().await;
+    // Pending check-ins first: a machine only seen so far is deleted too. No batch is written
+    // while the row is deleted, so none re-creates it.
+    let known = instance_known(&st, &machine, app.as_deref()).await?;
+    let _no_batches = st.service.checkins.hold().await;
+    st.service.checkins.forget(&machine, app.as_deref());
     let mut act = activity(
         "instance_deleted",
         app.as_deref(),
@@ -1006,9 +999,6 @@ pub async fn delete_instance(
         .store
         .delete_instance(&machine, app.as_deref(), &act)
         .await;
-    // Forget it in memory either way: a row only in memory (never flushed) is deleted too.
-    let known = fleet_has(&st, &machine, app.as_deref());
-    fleet.forget(&machine, app.as_deref());
     match res {
         Ok(_) => Ok(StatusCode::NO_CONTENT),
         Err(crate::store::StoreError::NotFound(_)) if known => Ok(StatusCode::NO_CONTENT),
@@ -1055,7 +1045,7 @@ pub async fn retry_instance(
         )));
     }
     let grants = &st.service.rollouts.grants;
-    let known = fleet_has(&st, &machine, app.as_deref())
+    let known = instance_known(&st, &machine, app.as_deref()).await?
         || !grants
             .refused_versions(&machine, app.as_deref())
             .await?
@@ -1129,7 +1119,7 @@ pub async fn update_instance(
         }
     }
     let _g = st.admin_lock.lock().await;
-    if !fleet_has(&st, &machine, None) {
+    if !instance_known(&st, &machine, None).await? {
         return Err(ApiError::NotFound(format!("instance {machine}")));
     }
     let message = match &alias {
@@ -1150,12 +1140,17 @@ pub async fn update_instance(
     }))
 }
 
-fn fleet_has(st: &AppState, machine: &str, app: Option<&str>) -> bool {
-    let mut found = false;
-    st.service
-        .fleet
-        .for_each(|i| found |= i.machine_id == machine && app.is_none_or(|a| a == i.app_id));
-    found
+/// Whether the machine has an instance (of `app`, or of any application), pending check-ins
+/// included.
+async fn instance_known(st: &AppState, machine: &str, app: Option<&str>) -> Result<bool, ApiError> {
+    flush(st).await?;
+    let f = InstanceFilter {
+        machine_id: Some(machine.to_owned()),
+        app_id: app.map(str::to_owned),
+        limit: 1,
+        ..Default::default()
+    };
+    Ok(st.store.list_instances(&f).await?.1 > 0)
 }
 
 // ---------------------------------------------------------------- events and activity

@@ -19,10 +19,13 @@ pub struct PruneQuery {
 
 /// Prunes old rows now with the server's retention settings (waiting for a background run in
 /// progress to finish first) and reports the rows deleted per table. With `dry_run=true`
-/// nothing is deleted and the counts are what a run would delete now.
+/// nothing is deleted and the counts are what a run would delete now. While another server
+/// process on the same database holds the retention lease (it is pruning), a real run answers
+/// 409 naming the holder and when its lease ends.
 #[utoipa::path(post, path = "/api/v1/maintenance/prune", tag = "maintenance", params(PruneQuery),
     responses((status = 200, body = PruneReport), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 500, body = ErrorBody)))]
+        (status = 403, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 500, body = ErrorBody)))]
 pub async fn prune(
     State(st): State<AppState>,
     Query(q): Query<PruneQuery>,

@@ -228,14 +228,32 @@ pub async fn update(
         input.events.truncate(applied);
         st.metrics
             .events_dropped("request_cap", input.ignored_events as u64);
-        let stored_group = || {
-            let key = (
-                input.machine_id.trim().to_owned(),
-                crate::model::normalize_appid(&input.appid),
-            );
-            st.service.fleet.get(&key).and_then(|row| row.group_id)
-        };
-        let gated = crate::credential::gate(&catalogue, &input, stored_group, &verdict);
+        // The group the machine is stored in also decides whether a credential is required
+        // (a machine cannot leave a group that requires one by naming another track); it is
+        // read only when some group requires credentials and this request is not authenticated.
+        let stored_group =
+            if catalogue.credentials_required() && !verdict.authenticates(&input.machine_id) {
+                let app_id = crate::model::normalize_appid(&input.appid);
+                match st
+                    .service
+                    .store
+                    .instance(input.machine_id.trim(), &app_id)
+                    .await
+                {
+                    Ok(row) => row.and_then(|r| r.group_id),
+                    Err(e) => {
+                        tracing::error!(error = %e, "reading the machine's stored group failed");
+                        return (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "storage unavailable, retry later\n",
+                        )
+                            .into_response();
+                    }
+                }
+            } else {
+                None
+            };
+        let gated = crate::credential::gate(&catalogue, &input, || stored_group, &verdict);
         if gated.is_some() {
             st.credentials.metrics().ignored.inc();
             st.metrics

@@ -10,6 +10,7 @@ use axum::response::IntoResponse;
 
 use super::AppState;
 use crate::metrics::{InstanceLabels, MAX_VERSION_LABELS};
+use crate::store::InstanceCount;
 
 /// Always 200: the process serves HTTP.
 pub async fn healthz() -> &'static str {
@@ -29,13 +30,13 @@ pub async fn readyz(State(st): State<AppState>) -> impl IntoResponse {
 
 /// The versions of each app the instance gauge labels by name: the [`MAX_VERSION_LABELS`] most
 /// common ones (ties broken by version text), so that versions clients invent cannot add series.
-fn labelled_versions(fleet: &crate::fleet::Fleet) -> HashMap<String, HashSet<String>> {
+fn labelled_versions(counts: &[InstanceCount]) -> HashMap<String, HashSet<String>> {
     let mut per_app: HashMap<(String, String), i64> = HashMap::new();
-    fleet.for_each(|i| {
+    for c in counts {
         *per_app
-            .entry((i.app_id.clone(), i.version.clone()))
-            .or_default() += 1
-    });
+            .entry((c.app_id.clone(), c.version.clone()))
+            .or_default() += c.count;
+    }
     let mut by_app: HashMap<String, Vec<(i64, String)>> = HashMap::new();
     for ((app, version), n) in per_app {
         by_app.entry(app).or_default().push((n, version));
@@ -50,32 +51,44 @@ fn labelled_versions(fleet: &crate::fleet::Fleet) -> HashMap<String, HashSet<Str
         .collect()
 }
 
-/// Prometheus text exposition; the instance gauge is recomputed from memory.
+/// Prometheus text exposition; the instance gauge is recomputed from the database (one
+/// aggregate query per scrape, after pending check-ins are written).
 pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
     let cat = st.service.catalogue.get();
-    let named = labelled_versions(&st.service.fleet);
-    let mut counts: HashMap<InstanceLabels, i64> = HashMap::new();
-    st.service.fleet.for_each(|i| {
-        let group = i.group_id.as_deref().and_then(|g| cat.group(g));
-        let channel = group
-            .and_then(|g| g.channel_id.as_deref())
-            .and_then(|c| cat.channel(c));
-        let labels = InstanceLabels {
-            app: i.app_id.clone(),
-            group: group.map(|g| g.name.clone()).unwrap_or_default(),
-            channel: channel.map(|c| c.name.clone()).unwrap_or_default(),
-            version: if named.get(&i.app_id).is_some_and(|v| v.contains(&i.version)) {
-                i.version.clone()
-            } else {
-                "other".to_owned()
-            },
-            status: i.status.as_str().to_owned(),
-        };
-        *counts.entry(labels).or_default() += 1;
-    });
-    st.metrics.instances.clear();
-    for (labels, n) in counts {
-        st.metrics.instances.get_or_create(&labels).set(n);
+    let counted = match st.service.checkins.flush().await {
+        Ok(_) => st.store.instance_counts().await,
+        Err(e) => Err(e),
+    };
+    match counted {
+        Ok(rows) => {
+            let named = labelled_versions(&rows);
+            let mut counts: HashMap<InstanceLabels, i64> = HashMap::new();
+            for c in rows {
+                let group = c.group_id.as_deref().and_then(|g| cat.group(g));
+                let channel = group
+                    .and_then(|g| g.channel_id.as_deref())
+                    .and_then(|ch| cat.channel(ch));
+                let version = if named.get(&c.app_id).is_some_and(|v| v.contains(&c.version)) {
+                    c.version
+                } else {
+                    "other".to_owned()
+                };
+                let labels = InstanceLabels {
+                    app: c.app_id,
+                    group: group.map(|g| g.name.clone()).unwrap_or_default(),
+                    channel: channel.map(|ch| ch.name.clone()).unwrap_or_default(),
+                    version,
+                    status: c.status.as_str().to_owned(),
+                };
+                *counts.entry(labels).or_default() += c.count;
+            }
+            st.metrics.instances.clear();
+            for (labels, n) in counts {
+                st.metrics.instances.get_or_create(&labels).set(n);
+            }
+        }
+        // The other series are still worth serving; the gauge keeps its last values.
+        Err(e) => tracing::warn!(error = %e, "counting instances for /metrics failed"),
     }
     (
         [(

@@ -49,12 +49,8 @@ pub async fn status(
         Some(v) => st.service.rollouts.grants.grant_stats(&g.id, v, t).await?,
         None => Default::default(),
     };
-    let mut rows = Vec::new();
-    st.service.fleet.for_each(|i| {
-        if i.app_id == a.id && i.group_id.as_deref() == Some(g.id.as_str()) {
-            rows.push(i.clone());
-        }
-    });
+    st.service.checkins.flush().await?;
+    let rows = st.store.group_instances(&a.id, &g.id).await?;
     Ok(Json(summarize(
         &a.id,
         &g.id,
@@ -96,12 +92,8 @@ pub async fn preview(
     let g = find_group(&cat, &a.id, &key)?;
     let spec = spec_of(&g)?;
     let target = target_version(&st, &g);
-    let mut rows = Vec::new();
-    st.service.fleet.for_each(|i| {
-        if i.app_id == a.id && i.group_id.as_deref() == Some(g.id.as_str()) {
-            rows.push(i.clone());
-        }
-    });
+    st.service.checkins.flush().await?;
+    let rows = st.store.group_instances(&a.id, &g.id).await?;
     Ok(Json(preview_of(
         &a.id,
         &spec,

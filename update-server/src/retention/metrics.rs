@@ -1,5 +1,6 @@
-//! Retention metrics: rows pruned per table, runs by result, and the last run's time, duration
-//! and longest batch (dry runs change none of them).
+//! Retention metrics: rows pruned per table, runs by result, scheduled passes skipped (another
+//! server process held the lease), and the last run's time, duration and longest batch (dry
+//! runs change none of them).
 
 use std::sync::atomic::AtomicU64;
 
@@ -25,6 +26,13 @@ pub struct RunLabels {
     pub result: &'static str,
 }
 
+/// Labels of the skipped-passes counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SkipLabels {
+    /// Why: `lease_held` (another server process holds the retention lease).
+    pub reason: &'static str,
+}
+
 /// The retention metric families.
 #[derive(Debug, Clone, Default)]
 pub struct RetentionMetrics {
@@ -32,6 +40,8 @@ pub struct RetentionMetrics {
     pub pruned: Family<TableLabels, Counter>,
     /// Prune runs (background and operator-triggered, not dry runs), by result.
     pub runs: Family<RunLabels, Counter>,
+    /// Scheduled passes not run, by reason.
+    pub skipped: Family<SkipLabels, Counter>,
     /// When the last run ended (Unix seconds, the server's clock).
     pub last_run: Gauge,
     /// How long the last run took.
@@ -55,6 +65,12 @@ impl RetentionMetrics {
             m.runs.clone(),
         );
         metrics.register(
+            "retention_passes_skipped",
+            "Scheduled retention passes skipped, by reason (lease_held: another server process \
+             holds the retention lease)",
+            m.skipped.clone(),
+        );
+        metrics.register(
             "retention_last_run_timestamp_seconds",
             "When the last retention prune ended (Unix seconds)",
             m.last_run.clone(),
@@ -70,6 +86,11 @@ impl RetentionMetrics {
             m.longest_batch.clone(),
         );
         m
+    }
+
+    /// Counts a scheduled pass skipped for `reason`.
+    pub fn skipped(&self, reason: &'static str) {
+        self.skipped.get_or_create(&SkipLabels { reason }).inc();
     }
 
     /// Counts rows deleted from `table`.

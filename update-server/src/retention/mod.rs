@@ -10,17 +10,33 @@
 //! same SQLite write lock) get in between while a large prune runs. Time comes from the injected
 //! clock.
 //!
-//! A run, in order: flush pending check-ins; the aged passes (events, history, activity, grants
-//! group by group), each walking its timestamp index batch after batch; then the forget pass,
-//! page by page through the stale instances (oldest first), checked against the in-memory fleet
-//! (a machine that checked in since is kept), forgotten in the store and in memory together
-//! while the fleet's batch writer is held off. A dry run counts the same rows in read
-//! transactions and deletes nothing.
+//! A run, in order: take the retention lease; flush pending check-ins, so the database is the
+//! whole truth; the aged passes (events, history, activity, grants group by group), each walking
+//! its timestamp index batch after batch; then the forget pass, page by page through the stale
+//! instances (oldest first), each forgotten in a write transaction that checks again, in SQL,
+//! that it is still stale and holds no grant in flight (a machine that checked in since is
+//! kept); then give the lease back. A dry run counts the same rows in read transactions, deletes
+//! nothing and needs no lease.
+//!
+//! A check-in arriving while its machine's stale row is being forgotten waits in [`Checkins`]
+//! and, when its batch is written, simply creates a new row: the machine comes back as a new one
+//! (its refusals went with the old row). Nothing in memory has to be kept in step with the
+//! store.
+//!
+//! One pass at a time across every server process sharing the database: a pass holds the lease
+//! [`LEASE`] in the store ([`RetentionStore::take_lease`]) for [`LEASE_TTL_SECS`], renewed
+//! between batches once half of it has gone, and given back at the end. A scheduled pass that
+//! finds the lease held elsewhere is skipped (logged at debug, counted in
+//! `retention_passes_skipped_total{reason="lease_held"}`); an operator's run is refused with
+//! [`StoreError::Conflict`] (409) naming the holder and when its lease ends. A process that dies
+//! mid-pass holds the lease until it expires.
 
 pub mod config;
 pub mod metrics;
+pub mod protection;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -30,10 +46,18 @@ use utoipa::ToSchema;
 pub use config::{RetentionArgs, RetentionFile, RetentionSettings};
 pub use metrics::RetentionMetrics;
 
-use crate::clock::Clock;
-use crate::fleet::{Fleet, InstanceKey};
+use crate::checkins::{Checkins, InstanceKey};
+use crate::clock::{Clock, format_utc};
 use crate::store::StoreError;
-use crate::store::retention::{AgedTable, Cutoffs, PruneCounts, RetentionStore, StaleInstance};
+use crate::store::retention::{
+    AgedTable, Cutoffs, LeaseOutcome, PruneCounts, RetentionStore, StaleInstance,
+};
+
+/// The name of the lease a pass holds in the store.
+pub const LEASE: &str = "retention";
+/// How long a taken lease lasts (seconds) unless renewed: far longer than one batch and the
+/// pause after it, between which the pass renews it once half of it has gone.
+pub const LEASE_TTL_SECS: i64 = 600;
 
 /// Stale instances read per page of the forget pass.
 const STALE_PAGE: u32 = 1000;
@@ -95,7 +119,7 @@ impl PruneReport {
 enum Stop {
     /// The server is shutting down.
     Shutdown,
-    /// The store failed.
+    /// The store failed (or the lease went to another process).
     Store(StoreError),
 }
 
@@ -105,20 +129,68 @@ impl From<StoreError> for Stop {
     }
 }
 
+/// What an attempt at a run came to.
+enum Attempt {
+    /// It ran (perhaps cut short by shutdown).
+    Ran(PruneReport),
+    /// Another process holds the lease.
+    LeaseHeld {
+        /// Who.
+        holder: String,
+        /// Until when (Unix seconds).
+        expires_at: i64,
+    },
+}
+
 /// Resolves once the server shuts down.
 async fn shut_down(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|v| *v).await.map(drop);
+}
+
+/// This process's lease holder id: host, process id, a sequence number (two pruners in one
+/// process differ) and a random number (a reused process id on the same host differs).
+fn holder_id() -> String {
+    use rand_core::RngCore as _;
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown-host".to_owned());
+    let mut r = [0u8; 4];
+    // Without randomness the host, process id and sequence still tell processes apart.
+    let _ = rand_core::OsRng.try_fill_bytes(&mut r);
+    format!(
+        "{host}/{}/{}/{:08x}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed),
+        u32::from_be_bytes(r)
+    )
+}
+
+/// The error of an operator's run while another process holds the lease.
+fn lease_held(holder: &str, expires_at: i64) -> StoreError {
+    StoreError::Conflict(format!(
+        "a retention pass is running in another server process ({holder}; its lease ends at \
+         {} UTC unless renewed); try again once it finished",
+        format_utc(expires_at)
+    ))
 }
 
 /// The retention pruner: one per server process.
 #[derive(Debug)]
 pub struct Pruner {
     store: Arc<dyn RetentionStore>,
-    fleet: Arc<Fleet>,
+    checkins: Arc<Checkins>,
     clock: Arc<dyn Clock>,
     settings: RetentionSettings,
     metrics: RetentionMetrics,
-    /// One run at a time (background or operator).
+    /// This process's id as a lease holder.
+    holder: String,
+    /// When the lease of the run in progress ends (Unix seconds; only read during a run).
+    lease_until: AtomicI64,
+    /// One run at a time in this process (background or operator).
     running: tokio::sync::Mutex<()>,
     /// Real runs finished (for readiness in tests and tools).
     runs: watch::Sender<u64>,
@@ -127,10 +199,10 @@ pub struct Pruner {
 }
 
 impl Pruner {
-    /// A pruner over `store`, forgetting from `fleet` too.
+    /// A pruner over `store` that writes the server's pending `checkins` before each run.
     pub fn new(
         store: Arc<dyn RetentionStore>,
-        fleet: Arc<Fleet>,
+        checkins: Arc<Checkins>,
         clock: Arc<dyn Clock>,
         settings: RetentionSettings,
         metrics: RetentionMetrics,
@@ -138,10 +210,12 @@ impl Pruner {
     ) -> Self {
         Self {
             store,
-            fleet,
+            checkins,
             clock,
             settings,
             metrics,
+            holder: holder_id(),
+            lease_until: AtomicI64::new(0),
             running: tokio::sync::Mutex::new(()),
             runs: watch::Sender::new(0),
             shutdown,
@@ -151,6 +225,11 @@ impl Pruner {
     /// The settings in force.
     pub fn settings(&self) -> &RetentionSettings {
         &self.settings
+    }
+
+    /// This process's id as holder of the retention lease.
+    pub fn holder(&self) -> &str {
+        &self.holder
     }
 
     /// The number of real runs finished so far, updated at the end of each.
@@ -170,8 +249,8 @@ impl Pruner {
             loop {
                 tokio::select! {
                     _ = tick.tick() => {
-                        // Errors are logged and counted by `run`; the next tick retries.
-                        let _ = me.run(false).await;
+                        // Errors are logged and counted by the run; the next tick retries.
+                        let _ = me.run_scheduled().await;
                     }
                     () = shut_down(&mut stop) => break,
                 }
@@ -179,9 +258,64 @@ impl Pruner {
         }))
     }
 
-    /// Runs one prune now (waiting for a run in progress to finish first) and reports it.
+    /// Runs one prune now (waiting for a run of this process in progress to finish first) and
+    /// reports it. A real run while another server process holds the lease is refused with
+    /// [`StoreError::Conflict`] naming the holder; a dry run needs no lease.
     pub async fn run(&self, dry_run: bool) -> Result<PruneReport, StoreError> {
+        match self.attempt(dry_run).await? {
+            Attempt::Ran(rep) => Ok(rep),
+            Attempt::LeaseHeld { holder, expires_at } => Err(lease_held(&holder, expires_at)),
+        }
+    }
+
+    /// Runs one scheduled prune, or skips it (`None`) when another server process holds the
+    /// lease: that process is pruning, and the next interval tries again.
+    pub async fn run_scheduled(&self) -> Result<Option<PruneReport>, StoreError> {
+        match self.attempt(false).await? {
+            Attempt::Ran(rep) => Ok(Some(rep)),
+            Attempt::LeaseHeld { holder, expires_at } => {
+                tracing::debug!(
+                    holder = %holder,
+                    expires_at,
+                    "retention pass skipped: another server process holds the lease"
+                );
+                self.metrics.skipped("lease_held");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Takes the lease (unless dry), runs, gives the lease back.
+    async fn attempt(&self, dry_run: bool) -> Result<Attempt, StoreError> {
         let _one = self.running.lock().await;
+        if dry_run {
+            return self.pass(true).await.map(Attempt::Ran);
+        }
+        let now = self.clock.now();
+        let until = now.saturating_add(LEASE_TTL_SECS);
+        match self.store.take_lease(LEASE, &self.holder, now, until).await {
+            Ok(LeaseOutcome::Taken) => self.lease_until.store(until, Ordering::SeqCst),
+            Ok(LeaseOutcome::Held { holder, expires_at }) => {
+                return Ok(Attempt::LeaseHeld { holder, expires_at });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "taking the retention lease failed; nothing pruned");
+                self.metrics
+                    .runs
+                    .get_or_create(&metrics::RunLabels { result: "error" })
+                    .inc();
+                return Err(e);
+            }
+        }
+        let res = self.pass(false).await;
+        if let Err(e) = self.store.release_lease(LEASE, &self.holder).await {
+            tracing::warn!(error = %e, "giving the retention lease back failed; it expires");
+        }
+        res.map(Attempt::Ran)
+    }
+
+    /// One run, logged and (unless dry) counted.
+    async fn pass(&self, dry_run: bool) -> Result<PruneReport, StoreError> {
         let started = Instant::now();
         let now = self.clock.now();
         let cutoffs = self.settings.cutoffs(now);
@@ -254,9 +388,9 @@ impl Pruner {
         dry_run: bool,
         rep: &mut PruneReport,
     ) -> Result<(), Stop> {
-        // Check-ins still in memory reach the store first, so the store's last check-in times
-        // are current (the forget pass also checks memory).
-        self.fleet.flush().await?;
+        // Check-ins still in memory reach the store first: the store is then the whole truth
+        // about when each machine was last seen.
+        self.checkins.flush().await?;
         for table in AgedTable::ALL {
             if cutoffs.of(table).is_none() {
                 continue;
@@ -278,6 +412,33 @@ impl Pruner {
 
     fn stopping(&self) -> bool {
         *self.shutdown.borrow()
+    }
+
+    /// Renews the lease before a batch once half of it has gone; stops the run when another
+    /// process took it meanwhile (this one was held up for longer than the lease lasts).
+    async fn keep_lease(&self) -> Result<(), Stop> {
+        let now = self.clock.now();
+        if self.lease_until.load(Ordering::SeqCst).saturating_sub(now) > LEASE_TTL_SECS / 2 {
+            return Ok(());
+        }
+        let until = now.saturating_add(LEASE_TTL_SECS);
+        match self
+            .store
+            .take_lease(LEASE, &self.holder, now, until)
+            .await?
+        {
+            LeaseOutcome::Taken => {
+                self.lease_until.store(until, Ordering::SeqCst);
+                Ok(())
+            }
+            LeaseOutcome::Held { holder, expires_at } => {
+                Err(Stop::Store(StoreError::Conflict(format!(
+                    "the retention lease expired during the pass and {holder} took it (until {} \
+                     UTC); this pass stopped",
+                    format_utc(expires_at)
+                ))))
+            }
+        }
     }
 
     /// Pauses after a batch that deleted rows for as long as it held the write lock, and at
@@ -311,6 +472,7 @@ impl Pruner {
         }
         let mut cursor = None;
         loop {
+            self.keep_lease().await?;
             let b = self
                 .store
                 .prune_aged(table, group, cutoffs, cursor, limit, false)
@@ -350,11 +512,7 @@ impl Pruner {
                 .await?;
             let full = page.len() == STALE_PAGE as usize;
             cursor = page.last().cloned();
-            let keys: Vec<InstanceKey> = page
-                .into_iter()
-                .map(|s| s.key)
-                .filter(|k| self.fleet.is_stale(k, forget))
-                .collect();
+            let keys: Vec<InstanceKey> = page.into_iter().map(|s| s.key).collect();
             if dry_run {
                 let out = self
                     .store
@@ -362,44 +520,35 @@ impl Pruner {
                     .await?;
                 rep.rows.merge(&out.counts);
             } else {
-                self.forget_keys(&keys, forget, cutoffs, rep).await?;
+                self.forget_keys(&keys, cutoffs, rep).await?;
             }
             if !full {
-                break;
+                return Ok(());
             }
         }
-        if !dry_run {
-            self.drop_forgotten_elsewhere(forget).await?;
-        }
-        Ok(())
     }
 
-    /// Forgets `keys` in batches of at most `batch_size` rows, in the store and in memory
-    /// together, with the fleet's writer held off so no pending batch re-creates a row.
+    /// Forgets `keys` in batches of at most `batch_size` rows; each batch checks again, in its
+    /// transaction, that every instance is still stale.
     async fn forget_keys(
         &self,
         keys: &[InstanceKey],
-        forget: i64,
         cutoffs: &Cutoffs,
         rep: &mut PruneReport,
     ) -> Result<(), Stop> {
         let mut rest = keys;
         while !rest.is_empty() {
-            let out = {
-                let _w = self.fleet.write_guard().await;
-                let out = self
-                    .store
-                    .forget_instances(
-                        rest,
-                        cutoffs,
-                        u64::from(self.settings.batch_size),
-                        FORGET_BATCH_TIME,
-                        false,
-                    )
-                    .await?;
-                self.fleet.forget_stale(&out.forgotten, forget);
-                out
-            };
+            self.keep_lease().await?;
+            let out = self
+                .store
+                .forget_instances(
+                    rest,
+                    cutoffs,
+                    u64::from(self.settings.batch_size),
+                    FORGET_BATCH_TIME,
+                    false,
+                )
+                .await?;
             rep.batch(out.locked);
             tracing::debug!(
                 table = "instances",
@@ -422,31 +571,7 @@ impl Pruner {
         }
         Ok(())
     }
-
-    /// Drops from memory the stale rows the store no longer has (another server sharing the
-    /// database forgot them), so this server's metrics and rollout counts follow.
-    async fn drop_forgotten_elsewhere(&self, forget: i64) -> Result<(), Stop> {
-        let stale = self.fleet.stale_keys(forget);
-        if stale.is_empty() {
-            return Ok(());
-        }
-        let existing: std::collections::HashSet<InstanceKey> = self
-            .store
-            .existing_instances(&stale)
-            .await?
-            .into_iter()
-            .collect();
-        let gone: Vec<InstanceKey> = stale
-            .into_iter()
-            .filter(|k| !existing.contains(k))
-            .collect();
-        let n = self.fleet.forget_stale(&gone, forget);
-        if n > 0 {
-            tracing::info!(
-                instances = n,
-                "dropped instances another server forgot from memory"
-            );
-        }
-        Ok(())
-    }
 }
+
+#[cfg(test)]
+mod tests;

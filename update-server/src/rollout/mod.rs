@@ -5,9 +5,11 @@
 //! Evaluation is split in two: everything that needs no shared state (pause, halt, windows,
 //! percentage, ramp, canaries, block list, floors) is decided in memory from the cached catalogue,
 //! so the common answers (no update, up to date, not in bucket) cost no database round trip. Only
-//! an actual grant attempt goes to the store, which decides the shared limits (rate, concurrency,
-//! timeouts, auto-halt, canary gate) atomically in one write transaction
-//! ([`crate::store::rollout::RolloutStore::try_grant`]).
+//! an actual grant attempt goes to the store: the shared limits (refusals, rate, concurrency,
+//! timeouts, auto-halt, canary gate, new machines per network) are decided by
+//! [`grants::try_grant`] inside the store's write transaction, over the narrow
+//! [`grants::GrantTx`] interface each store implements in SQL
+//! ([`crate::store::rollout::RolloutStore::try_grant`] runs it).
 //!
 //! Clients are not authenticated, so what they claim steers nothing alone: canaries are named by
 //! machine id or by an alias an operator assigned ([`engine::is_canary`]), and machines new to a
@@ -16,6 +18,7 @@
 
 pub mod bucket;
 pub mod engine;
+pub mod grants;
 pub mod metrics;
 pub mod newcomers;
 pub mod ramp;

@@ -3,9 +3,11 @@
 
 pub mod credential;
 pub mod fleetlock;
+pub mod instances;
 pub mod retention;
 pub mod rollout;
 mod sqlite;
+pub mod tx;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -14,7 +16,7 @@ pub use credential::CredentialStore;
 pub use fleetlock::FleetLockStore;
 pub use retention::RetentionStore;
 pub use rollout::RolloutStore;
-pub use sqlite::SqliteStore;
+pub use sqlite::{SqliteStore, SqliteTx, SqliteWriter, WriterTask};
 
 use crate::lifecycle::InstanceStatus;
 use crate::model::{
@@ -55,6 +57,9 @@ pub enum StoreError {
     /// Schema migration failed.
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The store's own machinery failed (its writer stopped, a job panicked).
+    #[error("storage internal error: {0}")]
+    Internal(String),
 }
 
 /// Everything the in-memory catalogue is built from.
@@ -70,6 +75,21 @@ pub struct CatalogueData {
     pub groups: Vec<Group>,
     /// Aliases operators assigned to machines, by machine id (rollout canaries may name them).
     pub machine_aliases: std::collections::BTreeMap<String, String>,
+}
+
+/// How many instances of an application's group run a version in a status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceCount {
+    /// Application.
+    pub app_id: String,
+    /// Group (`None`: the track named none).
+    pub group_id: Option<String>,
+    /// Version.
+    pub version: String,
+    /// Status.
+    pub status: InstanceStatus,
+    /// Instances.
+    pub count: i64,
 }
 
 /// Instance list filters (all optional, combined with AND).
@@ -146,16 +166,23 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn insert_package<'a>(&'a self, p: &'a Package, act: &'a NewActivity) -> StoreFuture<'a, ()>;
     /// Deletes a package (refused while a channel points at it).
     fn delete_package<'a>(&'a self, id: &'a str, act: &'a NewActivity) -> StoreFuture<'a, ()>;
-    /// Loads every instance (at start-up, to fill the in-memory fleet).
-    fn load_instances(&self) -> StoreFuture<'_, Vec<Instance>>;
-    /// Writes a batch of instance rows (coalesced check-ins) in one transaction.
-    fn upsert_instances<'a>(&'a self, rows: &'a [Instance]) -> StoreFuture<'a, ()>;
-    /// Writes one instance row with its history/events/activity in one transaction.
-    fn record_instance<'a>(
+    /// The catalogue's generation: it grows with every change to what [`Store::load_catalogue`]
+    /// returns, whichever process made it (kept by the database itself).
+    fn catalogue_generation(&self) -> StoreFuture<'_, i64>;
+    /// One instance row, as committed.
+    fn instance<'a>(
         &'a self,
-        row: &'a Instance,
-        change: &'a InstanceChange,
-    ) -> StoreFuture<'a, ()>;
+        machine_id: &'a str,
+        app_id: &'a str,
+    ) -> StoreFuture<'a, Option<Instance>>;
+    /// Every instance of an application's group.
+    fn group_instances<'a>(
+        &'a self,
+        app_id: &'a str,
+        group_id: &'a str,
+    ) -> StoreFuture<'a, Vec<Instance>>;
+    /// Instances counted by application, group, version and status.
+    fn instance_counts(&self) -> StoreFuture<'_, Vec<InstanceCount>>;
     /// Lists instances matching a filter, with the total count.
     fn list_instances<'a>(&'a self, f: &'a InstanceFilter)
     -> StoreFuture<'a, (Vec<Instance>, u64)>;

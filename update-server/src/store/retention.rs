@@ -11,6 +11,10 @@
 //!   channel points at (its target, every architecture), the group's floors, and the target of
 //!   every group gated on it (`gate.group`); and grants inside the group's rate-limit window;
 //! - refused versions of a kept instance.
+//!
+//! Which grants a rollout counts is domain code ([`crate::retention::protection`]); a store
+//! only reads what it is computed from, in the deleting transaction. A pass runs in one server
+//! process at a time: the pruner holds a lease ([`RetentionStore::take_lease`]) while it runs.
 
 use std::time::Duration;
 
@@ -18,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::StoreFuture;
-use crate::fleet::InstanceKey;
+use crate::checkins::InstanceKey;
 
 /// A table pruned by age, one batch at a time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -175,8 +179,20 @@ pub struct ForgetOutcome {
     pub locked: Duration,
     /// How many of the given keys were handled (the rest did not fit in the row limit).
     pub handled: usize,
-    /// The instances forgotten (a key whose row checked in meanwhile is not among them).
-    pub forgotten: Vec<InstanceKey>,
+}
+
+/// What taking a lease found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseOutcome {
+    /// The caller holds the lease until the instant it asked for.
+    Taken,
+    /// Another holder has it.
+    Held {
+        /// The holder's id (which server process).
+        holder: String,
+        /// When its lease ends unless renewed (Unix seconds).
+        expires_at: i64,
+    },
 }
 
 /// Retention persistence.
@@ -205,10 +221,11 @@ pub trait RetentionStore: Send + Sync + std::fmt::Debug {
     ) -> StoreFuture<'a, Vec<StaleInstance>>;
     /// Forgets instances (their row, status history, events, refused versions and the grants no
     /// rollout counts) in one write transaction, in order, stopping after the instance that
-    /// brings the rows deleted to `max_rows` or the time holding the write lock to `max_locked`. An instance that checked in since `cutoffs.forget`
-    /// or got a grant in flight is skipped. With `dry_run`, deletes nothing and counts what a
-    /// real run would delete after the aged passes (rows those passes delete are not counted
-    /// twice), for every key.
+    /// brings the rows deleted to `max_rows` or the time holding the write lock to
+    /// `max_locked`. Whether an instance may go is decided in SQL inside that transaction: one
+    /// that checked in since `cutoffs.forget` or got a grant in flight is skipped. With
+    /// `dry_run`, deletes nothing and counts what a real run would delete after the aged passes
+    /// (rows those passes delete are not counted twice), for every key.
     fn forget_instances<'a>(
         &'a self,
         keys: &'a [InstanceKey],
@@ -217,9 +234,20 @@ pub trait RetentionStore: Send + Sync + std::fmt::Debug {
         max_locked: Duration,
         dry_run: bool,
     ) -> StoreFuture<'a, ForgetOutcome>;
-    /// Which of `keys` have an instance row.
-    fn existing_instances<'a>(
+    /// Takes lease `name` for `holder` until `expires_at` (Unix seconds) if it is free, expired
+    /// at `now`, or already `holder`'s (then it is renewed), in one write transaction; otherwise
+    /// reports who holds it. SQLite upserts the `job_leases` row only when it is free, expired
+    /// or the caller's. A PostgreSQL store may do the same or instead hold a session advisory
+    /// lock (`pg_try_advisory_lock`) on a dedicated connection for the pass, reporting the
+    /// backend holding it as the holder; either way two holders never hold `name` at once, and
+    /// a holder that dies loses it (at expiry, or when its session ends).
+    fn take_lease<'a>(
         &'a self,
-        keys: &'a [InstanceKey],
-    ) -> StoreFuture<'a, Vec<InstanceKey>>;
+        name: &'a str,
+        holder: &'a str,
+        now: i64,
+        expires_at: i64,
+    ) -> StoreFuture<'a, LeaseOutcome>;
+    /// Gives lease `name` up if `holder` still has it (a no-op otherwise).
+    fn release_lease<'a>(&'a self, name: &'a str, holder: &'a str) -> StoreFuture<'a, ()>;
 }

@@ -14,7 +14,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, Sqlite, Transaction};
 
-use super::{CatalogueData, InstanceChange, InstanceFilter, Store, StoreError, StoreFuture};
+use super::{CatalogueData, InstanceFilter, Store, StoreError, StoreFuture};
 use crate::lifecycle::InstanceStatus;
 use crate::model::{
     Activity, App, Channel, EventRecord, Group, GroupPolicy, Instance, NewActivity, Package,
@@ -62,16 +62,41 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "machine_credentials",
         include_str!("../../migrations/0008_machine_credentials.sql"),
     ),
+    (
+        9,
+        "catalogue_generation",
+        include_str!("../../migrations/0009_catalogue_generation.sql"),
+    ),
 ];
 
 #[path = "sqlite_credential.rs"]
 mod credential;
 #[path = "sqlite_fleetlock.rs"]
 mod fleetlock;
+#[path = "sqlite_instances.rs"]
+mod instances;
 #[path = "sqlite_retention.rs"]
 mod retention;
 #[path = "sqlite_rollout.rs"]
 mod rollout;
+#[path = "sqlite_writer.rs"]
+mod writer;
+
+pub use writer::{SqliteWriter, WriterTask};
+
+/// A transaction (or savepoint) on one SQLite connection, offering the domain code's operations
+/// ([`super::tx::StoreTx`]).
+#[derive(Debug)]
+pub struct SqliteTx<'c> {
+    pub(crate) conn: &'c mut sqlx::SqliteConnection,
+}
+
+impl<'c> SqliteTx<'c> {
+    /// Wraps a connection that is inside a transaction.
+    pub fn new(conn: &'c mut sqlx::SqliteConnection) -> Self {
+        Self { conn }
+    }
+}
 
 /// SQLite-backed store.
 #[derive(Debug, Clone)]
@@ -143,7 +168,7 @@ impl SqliteStore {
 }
 
 async fn add_activity(
-    tx: &mut Transaction<'_, Sqlite>,
+    conn: &mut sqlx::SqliteConnection,
     a: &NewActivity,
     at: i64,
 ) -> Result<(), StoreError> {
@@ -162,7 +187,7 @@ async fn add_activity(
     .bind(&a.machine_id)
     .bind(&a.version)
     .bind(&a.message)
-    .execute(&mut **tx)
+    .execute(&mut *conn)
     .await
     .map_err(db("insert activity"))?;
     Ok(())
@@ -223,45 +248,6 @@ fn instance_of(r: &SqliteRow) -> Result<Instance, StoreError> {
         status_at: get(r, T, "status_at")?,
         created_at: get(r, T, "created_at")?,
     })
-}
-
-async fn upsert_instance(tx: &mut Transaction<'_, Sqlite>, i: &Instance) -> Result<(), StoreError> {
-    sqlx::query(
-        "INSERT INTO instances (machine_id, app_id, alias, ip, version, group_id, track, oem, \
-         oem_version, board, boot_id, last_check_at, granted_version, granted_at, status, \
-         status_detail, error_code, status_at, created_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-         ON CONFLICT (machine_id, app_id) DO UPDATE SET alias = excluded.alias, ip = excluded.ip, \
-         version = excluded.version, group_id = excluded.group_id, track = excluded.track, \
-         oem = excluded.oem, oem_version = excluded.oem_version, board = excluded.board, \
-         boot_id = excluded.boot_id, last_check_at = excluded.last_check_at, \
-         granted_version = excluded.granted_version, granted_at = excluded.granted_at, \
-         status = excluded.status, status_detail = excluded.status_detail, \
-         error_code = excluded.error_code, status_at = excluded.status_at",
-    )
-    .bind(&i.machine_id)
-    .bind(&i.app_id)
-    .bind(&i.alias)
-    .bind(&i.ip)
-    .bind(&i.version)
-    .bind(&i.group_id)
-    .bind(&i.track)
-    .bind(&i.oem)
-    .bind(&i.oem_version)
-    .bind(&i.board)
-    .bind(&i.boot_id)
-    .bind(i.last_check_at)
-    .bind(&i.granted_version)
-    .bind(i.granted_at)
-    .bind(i.status.as_str())
-    .bind(&i.status_detail)
-    .bind(i.error_code)
-    .bind(i.status_at)
-    .bind(i.created_at)
-    .execute(&mut **tx)
-    .await
-    .map_err(db("upsert instance"))?;
-    Ok(())
 }
 
 async fn set_channel_packages(
@@ -620,76 +606,69 @@ impl Store for SqliteStore {
         ))
     }
 
-    fn load_instances(&self) -> StoreFuture<'_, Vec<Instance>> {
+    fn catalogue_generation(&self) -> StoreFuture<'_, i64> {
         Box::pin(async move {
-            sqlx::query("SELECT * FROM instances")
+            sqlx::query_scalar("SELECT generation FROM catalogue_generation WHERE id = 1")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(db("read catalogue generation"))
+        })
+    }
+
+    fn instance<'a>(
+        &'a self,
+        machine_id: &'a str,
+        app_id: &'a str,
+    ) -> StoreFuture<'a, Option<Instance>> {
+        Box::pin(async move {
+            let row = sqlx::query("SELECT * FROM instances WHERE machine_id = ? AND app_id = ?")
+                .bind(machine_id)
+                .bind(app_id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db("read instance"))?;
+            row.as_ref().map(instance_of).transpose()
+        })
+    }
+
+    fn group_instances<'a>(
+        &'a self,
+        app_id: &'a str,
+        group_id: &'a str,
+    ) -> StoreFuture<'a, Vec<Instance>> {
+        Box::pin(async move {
+            sqlx::query("SELECT * FROM instances WHERE app_id = ? AND group_id = ?")
+                .bind(app_id)
+                .bind(group_id)
                 .fetch_all(&self.pool)
                 .await
-                .map_err(db("load instances"))?
+                .map_err(db("read group instances"))?
                 .iter()
                 .map(instance_of)
                 .collect()
         })
     }
 
-    fn upsert_instances<'a>(&'a self, rows: &'a [Instance]) -> StoreFuture<'a, ()> {
+    fn instance_counts(&self) -> StoreFuture<'_, Vec<super::InstanceCount>> {
         Box::pin(async move {
-            for chunk in rows.chunks(2000) {
-                let mut tx = self.begin("write check-ins").await?;
-                for i in chunk {
-                    upsert_instance(&mut tx, i).await?;
-                }
-                tx.commit().await.map_err(db("write check-ins"))?;
-            }
-            Ok(())
-        })
-    }
-
-    fn record_instance<'a>(
-        &'a self,
-        row: &'a Instance,
-        change: &'a InstanceChange,
-    ) -> StoreFuture<'a, ()> {
-        Box::pin(async move {
-            let mut tx = self.begin("record instance").await?;
-            upsert_instance(&mut tx, row).await?;
-            for e in &change.events {
-                sqlx::query(
-                    "INSERT INTO events (machine_id, app_id, event_type, event_result, \
-                     error_code, previous_version, version, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                )
-                .bind(&row.machine_id)
-                .bind(&row.app_id)
-                .bind(e.event_type)
-                .bind(e.event_result)
-                .bind(e.error_code)
-                .bind(&e.previous_version)
-                .bind(&row.version)
-                .bind(row.last_check_at)
-                .execute(&mut *tx)
-                .await
-                .map_err(db("insert event"))?;
-            }
-            if let Some(s) = &change.status_change {
-                sqlx::query(
-                    "INSERT INTO instance_status_history (machine_id, app_id, status, version, \
-                     detail, error_code, at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                )
-                .bind(&row.machine_id)
-                .bind(&row.app_id)
-                .bind(s.status.as_str())
-                .bind(&s.version)
-                .bind(&s.detail)
-                .bind(s.error_code)
-                .bind(s.at)
-                .execute(&mut *tx)
-                .await
-                .map_err(db("insert status history"))?;
-            }
-            for a in &change.activity {
-                add_activity(&mut tx, a, row.last_check_at).await?;
-            }
-            tx.commit().await.map_err(db("record instance"))
+            let rows: Vec<(String, Option<String>, String, String, i64)> = sqlx::query_as(
+                "SELECT app_id, group_id, version, status, COUNT(*) FROM instances \
+                 GROUP BY app_id, group_id, version, status",
+            )
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("count instances"))?;
+            rows.into_iter()
+                .map(|(app_id, group_id, version, status, count)| {
+                    Ok(super::InstanceCount {
+                        app_id,
+                        group_id,
+                        version,
+                        status: status_of(&status, "instances")?,
+                        count,
+                    })
+                })
+                .collect()
         })
     }
 
@@ -911,6 +890,7 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::InstanceChange;
 
     fn act() -> NewActivity {
         NewActivity {
@@ -999,35 +979,57 @@ mod tests {
         assert_eq!(acts.len(), 4);
     }
 
+    fn check_in(at: i64, version: &str, ip: &str) -> super::super::instances::CheckIn {
+        super::super::instances::CheckIn {
+            machine_id: "m1".into(),
+            app_id: "a".into(),
+            version: version.into(),
+            group_id: None,
+            track: "stable".into(),
+            alias: String::new(),
+            ip: ip.into(),
+            oem: String::new(),
+            oem_version: String::new(),
+            board: "amd64-usr".into(),
+            boot_id: String::new(),
+            at,
+            first_seen: at,
+        }
+    }
+
+    /// Runs `f` through a writer of `s` (started and stopped here).
+    async fn write<T: Send + 'static>(
+        s: &SqliteStore,
+        f: impl for<'t> FnOnce(
+            &'t mut dyn super::super::tx::StoreTx,
+        ) -> super::super::tx::TxFuture<'t, T>
+        + Send
+        + 'static,
+    ) -> Result<T, StoreError> {
+        let (w, task) = SqliteWriter::start(s).await.unwrap();
+        let out = super::super::tx::transact(&w, super::super::tx::Urgency::Answer, f).await;
+        task.stop().await;
+        out
+    }
+
     #[tokio::test]
     async fn instances_persist_and_delete_with_history() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db.sqlite");
         let s = SqliteStore::open(&path).await.unwrap();
-        let mut i = Instance {
-            machine_id: "m1".into(),
-            app_id: "a".into(),
-            alias: "web-1".into(),
-            ip: "10.0.0.1".into(),
-            version: "1.0.0".into(),
-            group_id: None,
-            track: "stable".into(),
-            oem: String::new(),
-            oem_version: String::new(),
-            board: "amd64-usr".into(),
-            boot_id: String::new(),
-            last_check_at: 5,
-            granted_version: None,
-            granted_at: None,
-            status: InstanceStatus::Idle,
-            status_detail: String::new(),
-            error_code: None,
-            status_at: 5,
-            created_at: 5,
-        };
-        s.upsert_instances(std::slice::from_ref(&i)).await.unwrap();
+        let first = check_in(5, "1.0.0", "10.0.0.1");
+        let mut i = first.new_row();
+        i.alias = "web-1".into();
+        let mut c = first.clone();
+        c.alias = "web-1".into();
+        write(&s, move |tx| {
+            Box::pin(async move { tx.check_in(&[c]).await })
+        })
+        .await
+        .unwrap();
         i.status = InstanceStatus::Error;
         i.error_code = Some(268_435_461);
+        i.status_at = 6;
         let change = InstanceChange {
             status_change: Some(StatusChange {
                 status: InstanceStatus::Error,
@@ -1044,11 +1046,19 @@ mod tests {
             }],
             activity: vec![],
         };
-        s.record_instance(&i, &change).await.unwrap();
+        let status = super::super::instances::StatusColumns::of(&i);
+        write(&s, move |tx| {
+            Box::pin(async move {
+                tx.set_status("m1", "a", &status).await?;
+                tx.record_change("m1", "a", "1.0.0", 6, &change).await
+            })
+        })
+        .await
+        .unwrap();
         s.close().await;
         // Reopen: the state is durable.
         let s = SqliteStore::open(&path).await.unwrap();
-        assert_eq!(s.load_instances().await.unwrap(), vec![i.clone()]);
+        assert_eq!(s.instance("m1", "a").await.unwrap(), Some(i.clone()));
         let f = InstanceFilter {
             status: Some(InstanceStatus::Error),
             search: Some("web".into()),
@@ -1066,7 +1076,7 @@ mod tests {
             1
         );
         assert_eq!(s.delete_instance("m1", None, &act()).await.unwrap(), 1);
-        assert!(s.load_instances().await.unwrap().is_empty());
+        assert_eq!(s.instance("m1", "a").await.unwrap(), None);
         assert!(
             s.list_events(Some("m1"), None, None, 10)
                 .await
@@ -1077,5 +1087,100 @@ mod tests {
             s.delete_instance("m1", None, &act()).await,
             Err(StoreError::NotFound(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn a_check_in_writes_only_its_columns_and_never_goes_back_in_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("db.sqlite"))
+            .await
+            .unwrap();
+        let rows = vec![check_in(10, "1.0.0", "192.0.2.1")];
+        write(&s, move |tx| {
+            Box::pin(async move { tx.check_in(&rows).await })
+        })
+        .await
+        .unwrap();
+        // Another process set the status meanwhile.
+        let mut granted = check_in(10, "1.0.0", "").new_row();
+        granted.status = InstanceStatus::Granted;
+        granted.granted_version = Some("2.0.0".into());
+        granted.granted_at = Some(11);
+        let status = super::super::instances::StatusColumns::of(&granted);
+        write(&s, move |tx| {
+            Box::pin(async move { tx.set_status("m1", "a", &status).await })
+        })
+        .await
+        .unwrap();
+        // A later check-in (empty ip: keep) and a late, older one.
+        let rows = vec![
+            check_in(12, "1.0.1", ""),
+            check_in(11, "0.9.0", "198.51.100.7"),
+        ];
+        write(&s, move |tx| {
+            Box::pin(async move { tx.check_in(&rows).await })
+        })
+        .await
+        .unwrap();
+        let row = s.instance("m1", "a").await.unwrap().unwrap();
+        assert_eq!(
+            (row.last_check_at, row.version.as_str(), row.ip.as_str()),
+            (12, "1.0.1", "192.0.2.1")
+        );
+        assert_eq!(
+            (row.status, row.granted_version.as_deref()),
+            (InstanceStatus::Granted, Some("2.0.0")),
+            "a check-in leaves the status columns alone"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failing_job_rolls_back_alone_and_the_batch_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("db.sqlite"))
+            .await
+            .unwrap();
+        let (w, task) = SqliteWriter::start(&s).await.unwrap();
+        let w = std::sync::Arc::new(w);
+        let mut jobs = Vec::new();
+        for n in 0..20_i64 {
+            let w = std::sync::Arc::clone(&w);
+            jobs.push(tokio::spawn(async move {
+                super::super::tx::transact(
+                    w.as_ref(),
+                    super::super::tx::Urgency::Answer,
+                    move |tx| {
+                        Box::pin(async move {
+                            let mut c = check_in(n, "1.0.0", "");
+                            c.machine_id = format!("m{n}");
+                            tx.check_in(&[c]).await?;
+                            if n % 5 == 0 {
+                                return Err(StoreError::Conflict(format!("job {n} fails")));
+                            }
+                            Ok(n)
+                        })
+                    },
+                )
+                .await
+            }));
+        }
+        let mut failed = 0;
+        for j in jobs {
+            if j.await.unwrap().is_err() {
+                failed += 1;
+            }
+        }
+        drop(w);
+        task.join().await;
+        assert_eq!(failed, 4);
+        let (_, total) = s
+            .list_instances(&InstanceFilter {
+                limit: 100,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(total, 16, "every job but the failed ones committed");
+        assert_eq!(s.instance("m5", "a").await.unwrap(), None);
     }
 }

@@ -6,8 +6,12 @@
 //! the rows a pass keeps (each instance's newest status, counted grants) are read once per run,
 //! not once per batch. Portable SQL (row values, no `DELETE … LIMIT`).
 //!
-//! Which grants a rollout still counts is read from the groups, channels and packages inside
-//! the same transaction (a channel re-pointed meanwhile is seen), see [`Protection`].
+//! Which grants a rollout still counts is computed by [`crate::retention::protection`] from the
+//! groups, channels and packages read inside the same transaction (a channel re-pointed
+//! meanwhile is seen); the SQL conditions built from each group's [`Protection`] are here.
+//!
+//! The retention lease is a row of `job_leases` (migration 0009), upserted only when it is
+//! free, expired or the caller's.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -16,32 +20,19 @@ use sqlx::sqlite::SqliteArguments;
 use sqlx::{Arguments as _, Sqlite, Transaction};
 
 use super::{SqliteStore, db};
-use crate::fleet::InstanceKey;
-use crate::model::GroupPolicy;
-use crate::rollout::RolloutSpec;
+use crate::checkins::InstanceKey;
+use crate::retention::protection::{self, GroupFacts, Protection, RolloutFacts};
 use crate::store::retention::{
-    AgedTable, Batch, Cursor, Cutoffs, ForgetOutcome, PruneCounts, RetentionStore, StaleInstance,
+    AgedTable, Batch, Cursor, Cutoffs, ForgetOutcome, LeaseOutcome, PruneCounts, RetentionStore,
+    StaleInstance,
 };
 use crate::store::{StoreError, StoreFuture};
 
 type Tx = Transaction<'static, Sqlite>;
 
-/// What of a group's grants its rollout still counts, as of one transaction.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-struct Protection {
-    /// Versions whose grants are kept whatever their age: the group's target (the version of
-    /// every package its channel points at), its floors, and the target of every group gated on
-    /// this one (the gate counts this group's completions of that version).
-    versions: Vec<String>,
-    /// Grants made after this instant are kept: they count against the group's rate limit.
-    rate_since: Option<i64>,
-    /// Keep every grant of the group (its policy could not be read).
-    keep_all: bool,
-}
-
-/// The protection of every group, read in `tx`.
-async fn protections(tx: &mut Tx, now: i64) -> Result<HashMap<String, Protection>, StoreError> {
-    let mut channel_versions: HashMap<String, Vec<String>> = HashMap::new();
+/// What the protection rule ([`protection::protections`]) is computed from, read in `tx`.
+async fn rollout_facts(tx: &mut Tx) -> Result<RolloutFacts, StoreError> {
+    let mut facts = RolloutFacts::default();
     let rows: Vec<(String, String)> = sqlx::query_as(
         "SELECT cp.channel_id, p.version FROM channel_packages cp \
          JOIN packages p ON p.id = cp.package_id",
@@ -50,54 +41,31 @@ async fn protections(tx: &mut Tx, now: i64) -> Result<HashMap<String, Protection
     .await
     .map_err(db("read channel targets"))?;
     for (channel, version) in rows {
-        channel_versions.entry(channel).or_default().push(version);
+        facts
+            .channel_versions
+            .entry(channel)
+            .or_default()
+            .push(version);
     }
     let groups: Vec<(String, Option<String>, String)> =
         sqlx::query_as("SELECT id, channel_id, policy FROM groups_")
             .fetch_all(&mut **tx)
             .await
             .map_err(db("read group policies"))?;
-    let mut out: HashMap<String, Protection> = HashMap::new();
-    let mut gates: Vec<(String, Vec<String>)> = Vec::new();
-    for (id, channel, policy) in groups {
-        let targets = channel
-            .and_then(|c| channel_versions.get(&c).cloned())
-            .unwrap_or_default();
-        let spec = serde_json::from_str::<GroupPolicy>(&policy)
-            .ok()
-            .and_then(|p| RolloutSpec::from_policy(&p).ok());
-        let Some(spec) = spec else {
-            // Unreadable policy: nothing is known about what the rollout counts; keep it all.
-            tracing::warn!(group = %id, "group policy unreadable; its grants are not pruned");
-            out.insert(
-                id,
-                Protection {
-                    keep_all: true,
-                    ..Protection::default()
-                },
-            );
-            continue;
-        };
-        if let Some(g) = &spec.gate {
-            gates.push((g.group.clone(), targets.clone()));
-        }
-        let mut versions = targets;
-        versions.extend(spec.floors.iter().cloned());
-        let rate_since = spec
-            .rate_limit
-            .map(|r| now.saturating_sub(i64::try_from(r.period_secs).unwrap_or(i64::MAX)));
-        let p = out.entry(id).or_default();
-        p.versions.extend(versions);
-        p.rate_since = rate_since;
-    }
-    for (gate_group, targets) in gates {
-        out.entry(gate_group).or_default().versions.extend(targets);
-    }
-    for p in out.values_mut() {
-        p.versions.sort();
-        p.versions.dedup();
-    }
-    Ok(out)
+    facts.groups = groups
+        .into_iter()
+        .map(|(id, channel, policy)| GroupFacts {
+            id,
+            channel,
+            policy,
+        })
+        .collect();
+    Ok(facts)
+}
+
+/// The protection of every group, read in `tx`.
+async fn protections(tx: &mut Tx, now: i64) -> Result<HashMap<String, Protection>, StoreError> {
+    Ok(protection::protections(&rollout_facts(tx).await?, now))
 }
 
 /// A SQL condition with its bind values.
@@ -523,7 +491,6 @@ impl RetentionStore for SqliteStore {
                 out.handled += 1;
                 if let Some(n) = forget_one(&mut tx, key, cutoffs, forget, &prot, dry_run).await? {
                     out.counts.merge(&n);
-                    out.forgotten.push(key.clone());
                 }
                 if !dry_run && (out.counts.total() >= max_rows || locked.elapsed() >= max_locked) {
                     break;
@@ -537,26 +504,55 @@ impl RetentionStore for SqliteStore {
         })
     }
 
-    fn existing_instances<'a>(
+    fn take_lease<'a>(
         &'a self,
-        keys: &'a [InstanceKey],
-    ) -> StoreFuture<'a, Vec<InstanceKey>> {
+        name: &'a str,
+        holder: &'a str,
+        now: i64,
+        expires_at: i64,
+    ) -> StoreFuture<'a, LeaseOutcome> {
         Box::pin(async move {
-            let mut out = Vec::new();
-            for key in keys {
-                let found: Option<i64> = sqlx::query_scalar(
-                    "SELECT 1 FROM instances WHERE machine_id = ? AND app_id = ?",
-                )
-                .bind(&key.0)
-                .bind(&key.1)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(db("look up instances"))?;
-                if found.is_some() {
-                    out.push(key.clone());
-                }
-            }
+            let mut tx = self.begin_immediate("take a job lease").await?;
+            let taken = sqlx::query(
+                "INSERT INTO job_leases (name, holder, expires_at) VALUES (?, ?, ?) \
+                 ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, \
+                 expires_at = excluded.expires_at \
+                 WHERE job_leases.expires_at < ? OR job_leases.holder = excluded.holder",
+            )
+            .bind(name)
+            .bind(holder)
+            .bind(expires_at)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("take a job lease"))?
+            .rows_affected()
+                == 1;
+            let out = if taken {
+                LeaseOutcome::Taken
+            } else {
+                let (holder, expires_at): (String, i64) =
+                    sqlx::query_as("SELECT holder, expires_at FROM job_leases WHERE name = ?")
+                        .bind(name)
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(db("read a job lease"))?;
+                LeaseOutcome::Held { holder, expires_at }
+            };
+            tx.commit().await.map_err(db("take a job lease"))?;
             Ok(out)
+        })
+    }
+
+    fn release_lease<'a>(&'a self, name: &'a str, holder: &'a str) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            sqlx::query("DELETE FROM job_leases WHERE name = ? AND holder = ?")
+                .bind(name)
+                .bind(holder)
+                .execute(&self.pool)
+                .await
+                .map_err(db("release a job lease"))?;
+            Ok(())
         })
     }
 }
@@ -1005,7 +1001,7 @@ mod tests {
             .forget_instances(&keys, &c, 1000, Duration::MAX, false)
             .await
             .unwrap();
-        assert_eq!(f.forgotten, keys);
+        assert_eq!(f.counts.instances, 1);
         real.merge(&f.counts);
         assert_eq!(real, dry, "the same rows, each counted once");
         assert_eq!(
@@ -1045,9 +1041,15 @@ mod tests {
             .forget_instances(&back, &c, 1000, Duration::MAX, false)
             .await
             .unwrap();
-        assert!(f.forgotten.is_empty());
         assert_eq!(f.counts, PruneCounts::default());
-        assert_eq!(s.existing_instances(&back).await.unwrap(), back);
+        assert_eq!(
+            strings(
+                &s,
+                "SELECT machine_id FROM instances WHERE machine_id = 'back'"
+            )
+            .await,
+            ["back"]
+        );
     }
 
     #[tokio::test]
@@ -1084,13 +1086,52 @@ mod tests {
             .forget_instances(&keys[2..], &c, 6, Duration::MAX, false)
             .await
             .unwrap();
-        assert_eq!((f.handled, f.forgotten.len()), (2, 2));
+        assert_eq!((f.handled, f.counts.instances), (2, 2));
         let f = s
             .forget_instances(&keys[4..], &c, 6, Duration::MAX, false)
             .await
             .unwrap();
         assert_eq!((f.handled, f.counts.instances), (1, 1));
         assert_eq!(count(&s, "instances").await + count(&s, "events").await, 0);
+    }
+
+    #[tokio::test]
+    async fn a_lease_is_taken_when_free_expired_or_ours_and_given_back_only_by_its_holder() {
+        let (_d, s) = store().await;
+        let held = |holder: &str, expires_at| LeaseOutcome::Held {
+            holder: holder.into(),
+            expires_at,
+        };
+        let take = |holder: &'static str, now: i64| {
+            let s = s.clone();
+            async move { s.take_lease("job", holder, now, now + 10).await.unwrap() }
+        };
+        assert_eq!(take("a", 100).await, LeaseOutcome::Taken);
+        assert_eq!(take("b", 105).await, held("a", 110), "held until 110");
+        assert_eq!(take("a", 105).await, LeaseOutcome::Taken, "renewed");
+        assert_eq!(
+            take("b", 115).await,
+            held("a", 115),
+            "not expired at its end"
+        );
+        assert_eq!(
+            take("b", 116).await,
+            LeaseOutcome::Taken,
+            "expired: taken over"
+        );
+        s.release_lease("job", "a").await.unwrap();
+        assert_eq!(
+            take("a", 117).await,
+            held("b", 126),
+            "only its holder gives it back"
+        );
+        s.release_lease("job", "b").await.unwrap();
+        assert_eq!(take("a", 117).await, LeaseOutcome::Taken, "free");
+        assert_eq!(
+            s.take_lease("other", "b", 117, 127).await.unwrap(),
+            LeaseOutcome::Taken,
+            "leases are by name"
+        );
     }
 
     /// The query plan of `sql` with `binds` integer parameters, one detail line per step.

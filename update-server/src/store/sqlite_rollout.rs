@@ -1,8 +1,10 @@
-//! [`RolloutStore`] on SQLite: every grant attempt and every settling of a grant is one
-//! `BEGIN IMMEDIATE` transaction. It takes the database write lock before it reads the group's
-//! policy and counts, so concurrent checks in this process or in another server sharing the file
-//! are serialised and a limit of N grants exactly N. (PostgreSQL: the same statements inside a
-//! transaction that first locks the group row with `SELECT ... FOR UPDATE`.)
+//! [`RolloutStore`] on SQLite. The grant rules are domain code ([`crate::rollout::grants`]); this
+//! file is their SQL side: [`GrantTx`] on a [`SqliteTx`], one or two statements per operation,
+//! and the [`RolloutStore`] methods, each of which runs a rule function in one
+//! `BEGIN IMMEDIATE` transaction. That takes the database write lock before the rules read the
+//! group's policy and counts, so concurrent checks in this process or in another server sharing
+//! the file are serialised and a limit of N grants exactly N. (PostgreSQL: the same statements
+//! inside a transaction that first locks the group row with `SELECT ... FOR UPDATE`.)
 //!
 //! One row of `rollout_grants` per machine, application, group and version (a unique index,
 //! migration 0005): a grant of a version the machine had before reopens its row, so the counts
@@ -14,13 +16,16 @@
 
 use sqlx::{Sqlite, Transaction};
 
-use super::{SqliteStore, add_activity, db};
+use super::{SqliteStore, SqliteTx, add_activity, db};
 use crate::model::{GroupPolicy, NewActivity};
-use crate::rollout::{Halt, HoldReason, RolloutSpec};
+use crate::rollout::grants::{
+    self, GrantCount, GrantKey, GrantTx, GroupPolicyRow, NewGrant, RolloutKey, Settlement,
+};
 use crate::store::rollout::{
     GrantOutcome, GrantRequest, GrantState, GrantStats, HaltedRollout, ProgressReport,
     RefusalReason, RefusedVersion, RolloutStore,
 };
+use crate::store::tx::TxFuture;
 use crate::store::{StoreError, StoreFuture};
 
 const GRANTS: &str = "rollout_grants";
@@ -28,564 +33,452 @@ const REFUSED: &str = "refused_versions";
 
 type Tx = Transaction<'static, Sqlite>;
 
-fn corrupt(column: &'static str, detail: String) -> StoreError {
+fn corrupt_policy(detail: String) -> StoreError {
     StoreError::Corrupt {
         table: "groups_",
-        column,
+        column: "policy",
         detail,
     }
 }
 
-async fn load_policy(
-    tx: &mut Tx,
-    group_id: &str,
-) -> Result<Option<(String, GroupPolicy, RolloutSpec)>, StoreError> {
-    let row: Option<(String, String)> =
-        sqlx::query_as("SELECT app_id, policy FROM groups_ WHERE id = ?")
-            .bind(group_id)
-            .fetch_optional(&mut **tx)
+/// A stored count as a number of machines.
+fn machines(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+fn refusal_reason(r: &str) -> Result<RefusalReason, StoreError> {
+    RefusalReason::parse(r).ok_or_else(|| StoreError::Corrupt {
+        table: REFUSED,
+        column: "reason",
+        detail: format!("unknown reason {r:?}"),
+    })
+}
+
+impl GrantTx for SqliteTx<'_> {
+    fn group_policy<'a>(&'a mut self, group_id: &'a str) -> TxFuture<'a, Option<GroupPolicyRow>> {
+        Box::pin(async move {
+            let row: Option<(String, String)> =
+                sqlx::query_as("SELECT app_id, policy FROM groups_ WHERE id = ?")
+                    .bind(group_id)
+                    .fetch_optional(&mut *self.conn)
+                    .await
+                    .map_err(db("read group policy"))?;
+            let Some((app_id, json)) = row else {
+                return Ok(None);
+            };
+            let policy: GroupPolicy =
+                serde_json::from_str(&json).map_err(|e| corrupt_policy(e.to_string()))?;
+            Ok(Some(GroupPolicyRow { app_id, policy }))
+        })
+    }
+
+    fn store_group_policy<'a>(
+        &'a mut self,
+        group_id: &'a str,
+        policy: &'a GroupPolicy,
+    ) -> TxFuture<'a, ()> {
+        Box::pin(async move {
+            let json = serde_json::to_string(policy).map_err(|e| corrupt_policy(e.to_string()))?;
+            sqlx::query("UPDATE groups_ SET policy = ? WHERE id = ?")
+                .bind(json)
+                .bind(group_id)
+                .execute(&mut *self.conn)
+                .await
+                .map_err(db("store group policy"))?;
+            Ok(())
+        })
+    }
+
+    fn refusal_of<'a>(
+        &'a mut self,
+        machine_id: &'a str,
+        app_id: &'a str,
+        version: &'a str,
+    ) -> TxFuture<'a, Option<RefusalReason>> {
+        Box::pin(async move {
+            let reason: Option<String> = sqlx::query_scalar(
+                "SELECT reason FROM refused_versions WHERE machine_id = ? AND app_id = ? \
+                 AND version = ?",
+            )
+            .bind(machine_id)
+            .bind(app_id)
+            .bind(version)
+            .fetch_optional(&mut *self.conn)
             .await
-            .map_err(db("read group policy"))?;
-    let Some((app_id, json)) = row else {
-        return Ok(None);
-    };
-    let policy: GroupPolicy =
-        serde_json::from_str(&json).map_err(|e| corrupt("policy", e.to_string()))?;
-    let spec = RolloutSpec::from_policy(&policy).map_err(|e| corrupt("policy", e.to_string()))?;
-    Ok(Some((app_id, policy, spec)))
-}
+            .map_err(db("read refused versions"))?;
+            reason.as_deref().map(refusal_reason).transpose()
+        })
+    }
 
-async fn count(
-    tx: &mut Tx,
-    sql: &'static str,
-    binds: &[&str],
-    n: Option<i64>,
-) -> Result<u64, StoreError> {
-    let mut q = sqlx::query_scalar::<_, i64>(sql);
-    for b in binds {
-        q = q.bind(*b);
-    }
-    if let Some(n) = n {
-        q = q.bind(n);
-    }
-    let v = q
-        .fetch_one(&mut **tx)
-        .await
-        .map_err(db("count rollout grants"))?;
-    Ok(u64::try_from(v).unwrap_or(0))
-}
-
-async fn expire(
-    tx: &mut Tx,
-    group_id: &str,
-    spec: &RolloutSpec,
-    now: i64,
-) -> Result<(), StoreError> {
-    let Some(t) = spec.update_timeout_secs else {
-        return Ok(());
-    };
-    let cutoff = now.saturating_sub(i64::try_from(t).unwrap_or(i64::MAX));
-    sqlx::query(
-        "UPDATE rollout_grants SET state = 'timed_out', settled_at = ? \
-         WHERE group_id = ? AND state = 'in_flight' AND progress_at < ?",
-    )
-    .bind(now)
-    .bind(group_id)
-    .bind(cutoff)
-    .execute(&mut **tx)
-    .await
-    .map_err(db("expire rollout grants"))?;
-    Ok(())
-}
-
-async fn stats(
-    tx: &mut Tx,
-    group_id: &str,
-    version: &str,
-    since: i64,
-) -> Result<GrantStats, StoreError> {
-    let rows: Vec<(String, i64, i64)> = sqlx::query_as(
-        "SELECT state, new_machine, COUNT(*) FROM rollout_grants WHERE group_id = ? \
-         AND version = ? AND granted_at > ? GROUP BY state, new_machine",
-    )
-    .bind(group_id)
-    .bind(version)
-    .bind(since)
-    .fetch_all(&mut **tx)
-    .await
-    .map_err(db("rollout stats"))?;
-    let mut s = GrantStats::default();
-    for (state, new_machine, n) in rows {
-        let n = u64::try_from(n).unwrap_or(0);
-        let new_machine = new_machine != 0;
-        let Some(state) = GrantState::parse(&state) else {
-            return Err(StoreError::Corrupt {
-                table: GRANTS,
-                column: "state",
-                detail: format!("unknown state {state:?}"),
-            });
-        };
-        let field = match state {
-            GrantState::InFlight => &mut s.in_flight,
-            GrantState::Installed => &mut s.installed,
-            GrantState::Complete => &mut s.complete,
-            GrantState::Failed => &mut s.failed,
-            GrantState::TimedOut => &mut s.timed_out,
-            // Put off by the machine: no attempt (yet), so not counted as one.
-            GrantState::Deferred => {
-                s.deferred += n;
-                continue;
-            }
-            // Replaced by a newer release before the reboot: an attempt, nothing more.
-            GrantState::Superseded => &mut s.superseded,
-        };
-        *field += n;
-        s.attempts += n;
-        if new_machine {
-            s.new_attempts += n;
-            if matches!(state, GrantState::Failed | GrantState::TimedOut) {
-                s.new_failed += n;
-            }
-        }
-    }
-    Ok(s)
-}
-
-/// Halts the group when its failure threshold is crossed for `version`; returns the reason.
-async fn halt_if_needed(
-    tx: &mut Tx,
-    group_id: &str,
-    app_id: &str,
-    version: &str,
-    mut policy: GroupPolicy,
-    mut spec: RolloutSpec,
-    now: i64,
-) -> Result<Option<String>, StoreError> {
-    let Some(ah) = spec.auto_halt else {
-        return Ok(None);
-    };
-    if spec.halted.is_some() {
-        return Ok(None);
-    }
-    let s = stats(
-        tx,
-        group_id,
-        version,
-        spec.halt_counted_since.unwrap_or(i64::MIN),
-    )
-    .await?;
-    let failures = s.failed + s.timed_out;
-    // Machines new to the rollout (possibly invented ids) count `w` each, in the attempts that
-    // must reach `min_attempts` and in the rate; with none, this is failures / attempts.
-    let w = ah.new_weight();
-    let (attempts, failed) = s.weighted(w);
-    // A tolerance for the float sum (ten new machines at 0.1 are one attempt).
-    let enough = attempts + 1e-9 >= f64::from(ah.min_attempts);
-    let rate = if attempts > 0.0 {
-        failed / attempts
-    } else {
-        0.0
-    };
-    if !enough || rate <= ah.max_failure_rate {
-        return Ok(None);
-    }
-    let mut reason = format!(
-        "{failures} of {} machines failed to update to {version} ({:.1}% > {:.1}%: {} errors, {} timeouts)",
-        s.attempts,
-        rate * 100.0,
-        ah.max_failure_rate * 100.0,
-        s.failed,
-        s.timed_out
-    );
-    if s.new_attempts > 0 {
-        reason.push_str(&format!(
-            "; {} of the failed and {} of the attempting machines are new to the rollout and \
-             count {w} each",
-            s.new_failed, s.new_attempts
-        ));
-    }
-    spec.halted = Some(Halt {
-        version: version.to_owned(),
-        reason: reason.clone(),
-        at: now,
-    });
-    spec.store_into(&mut policy)
-        .map_err(|e| corrupt("policy", e.to_string()))?;
-    let json = serde_json::to_string(&policy).map_err(|e| corrupt("policy", e.to_string()))?;
-    sqlx::query("UPDATE groups_ SET policy = ? WHERE id = ?")
-        .bind(json)
-        .bind(group_id)
-        .execute(&mut **tx)
-        .await
-        .map_err(db("halt rollout"))?;
-    add_activity(
-        tx,
-        &NewActivity {
-            kind: "rollout_halted".into(),
-            severity: "error",
-            app_id: Some(app_id.to_owned()),
-            group_id: Some(group_id.to_owned()),
-            machine_id: None,
-            version: Some(version.to_owned()),
-            message: format!("rollout halted itself: {reason}"),
-        },
-        now,
-    )
-    .await?;
-    Ok(Some(reason))
-}
-
-async fn try_grant_tx(tx: &mut Tx, r: &GrantRequest) -> Result<GrantOutcome, StoreError> {
-    let held = |reason| GrantOutcome::Held {
-        reason,
-        halted_now: None,
-    };
-    let Some((app_id, policy, spec)) = load_policy(tx, &r.group_id).await? else {
-        return Ok(held(HoldReason::Paused));
-    };
-    if let Some(reason) = refusal(tx, &r.machine_id, &r.app_id, &r.version).await? {
-        return Ok(held(reason.hold()));
-    }
-    if policy.paused {
-        return Ok(held(HoldReason::Paused));
-    }
-    if spec.halted.is_some() {
-        return Ok(held(HoldReason::Halted));
-    }
-    let open = count(
-        tx,
-        "SELECT COUNT(*) FROM rollout_grants WHERE machine_id = ? AND app_id = ? AND version = ? \
-         AND state = 'in_flight'",
-        &[&r.machine_id, &r.app_id, &r.version],
-        None,
-    )
-    .await?;
-    if open > 0 {
-        return Ok(GrantOutcome::Granted);
-    }
-    expire(tx, &r.group_id, &spec, r.now).await?;
-    let gate = spec.gate.clone();
-    let (conc, rate) = (spec.concurrency_limit, spec.rate_limit);
-    if let Some(reason) =
-        halt_if_needed(tx, &r.group_id, &app_id, &r.version, policy, spec, r.now).await?
-    {
-        return Ok(GrantOutcome::Held {
-            reason: HoldReason::Halted,
-            halted_now: Some(reason),
-        });
-    }
-    if let Some(g) = gate
-        && !r.canary
-    {
-        let gate_halted = match load_policy(tx, &g.group).await? {
-            Some((_, p, s)) => p.paused || s.halted.is_some(),
-            None => true,
-        };
-        let done = count(
-            tx,
-            "SELECT COUNT(*) FROM rollout_grants WHERE group_id = ? AND version = ? \
-             AND state = 'complete'",
-            &[&g.group, &r.version],
-            None,
-        )
-        .await?;
-        if gate_halted || done < u64::from(g.min_complete) {
-            return Ok(held(HoldReason::Gate));
-        }
-    }
-    if let Some(limit) = conc {
-        let n = count(
-            tx,
-            "SELECT COUNT(*) FROM rollout_grants WHERE group_id = ? AND state = 'in_flight'",
-            &[&r.group_id],
-            None,
-        )
-        .await?;
-        if n >= u64::from(limit) {
-            return Ok(held(HoldReason::Concurrency));
-        }
-    }
-    let new_machine = is_new_machine(tx, r).await?;
-    if let Some(rl) = rate {
-        let since = r
-            .now
-            .saturating_sub(i64::try_from(rl.period_secs).unwrap_or(i64::MAX));
-        // Machines granted in the window, this one aside: a re-grant reopens the machine's row
-        // (moving its grant time to now), so it never adds a second one.
-        let n = count(
-            tx,
-            "SELECT COUNT(*) FROM rollout_grants WHERE group_id = ? \
-             AND NOT (machine_id = ? AND app_id = ? AND version = ?) \
-             AND state <> 'deferred' AND granted_at > ?",
-            &[&r.group_id, &r.machine_id, &r.app_id, &r.version],
-            Some(since),
-        )
-        .await?;
-        if n >= u64::from(rl.count) {
-            return Ok(held(HoldReason::Rate));
-        }
-    }
-    // New machines (possibly invented ids) take the group's scarce slots at a bounded rate per
-    // source network, whatever group or application they were granted in: the network's new
-    // machines may hold at most `count` grants that are in flight or were made in the window
-    // (so they cannot pile up slot after slot over several windows either). Established
-    // machines and named canaries are never held by this.
-    if let Some(nl) = r.new_machine_limit
-        && new_machine
-        && !r.canary
-        && (conc.is_some() || rate.is_some())
-    {
-        let since = r
-            .now
-            .saturating_sub(i64::try_from(nl.period_secs).unwrap_or(i64::MAX));
-        let n = count(
-            tx,
-            "SELECT COUNT(*) FROM rollout_grants WHERE network = ? AND new_machine = 1 \
-             AND NOT (machine_id = ? AND app_id = ? AND group_id = ? AND version = ?) \
-             AND state <> 'deferred' AND (state = 'in_flight' OR granted_at > ?)",
-            &[
-                &r.network,
-                &r.machine_id,
-                &r.app_id,
-                &r.group_id,
-                &r.version,
-            ],
-            Some(since),
-        )
-        .await?;
-        if n >= u64::from(nl.count) {
-            return Ok(held(HoldReason::NewMachineRate));
-        }
-    }
-    // A machine offered a newer release before it rebooted into its staged one: the older grant
-    // is closed as `superseded` (an attempt, neither a failure nor a completion), so the newer
-    // version's completion is not counted for it too.
-    sqlx::query(
-        "UPDATE rollout_grants SET state = 'superseded', settled_at = ? WHERE machine_id = ? \
-         AND app_id = ? AND version <> ? AND state IN ('in_flight', 'installed')",
-    )
-    .bind(r.now)
-    .bind(&r.machine_id)
-    .bind(&r.app_id)
-    .bind(&r.version)
-    .execute(&mut **tx)
-    .await
-    .map_err(db("supersede rollout grant"))?;
-    // One grant per machine, group and version: a machine granted this version before (it
-    // failed, timed out, deferred, completed or was superseded) gets that grant reopened, so
-    // every count stays a count of machines.
-    // A reopened grant keeps whether its machine was new to the rollout when first granted.
-    sqlx::query(
-        "INSERT INTO rollout_grants (group_id, app_id, machine_id, version, state, canary, \
-         granted_at, progress_at, network, new_machine) \
-         VALUES (?, ?, ?, ?, 'in_flight', ?, ?, ?, ?, ?) \
-         ON CONFLICT (machine_id, app_id, group_id, version) DO UPDATE SET state = 'in_flight', \
-         canary = excluded.canary, granted_at = excluded.granted_at, \
-         progress_at = excluded.progress_at, settled_at = NULL, network = excluded.network",
-    )
-    .bind(&r.group_id)
-    .bind(&r.app_id)
-    .bind(&r.machine_id)
-    .bind(&r.version)
-    .bind(i64::from(r.canary))
-    .bind(r.now)
-    .bind(r.now)
-    .bind(&r.network)
-    .bind(i64::from(new_machine))
-    .execute(&mut **tx)
-    .await
-    .map_err(db("grant rollout"))?;
-    // The first grant of the version in the group starts its rollout.
-    sqlx::query(
-        "INSERT INTO rollout_starts (group_id, version, started_at) VALUES (?, ?, ?) \
-         ON CONFLICT (group_id, version) DO NOTHING",
-    )
-    .bind(&r.group_id)
-    .bind(&r.version)
-    .bind(r.now)
-    .execute(&mut **tx)
-    .await
-    .map_err(db("record rollout start"))?;
-    Ok(GrantOutcome::Granted)
-}
-
-/// Whether the machine of `r` is new to the rollout of its version in its group: the server
-/// first saw it (the earlier of this process's and the stored instance's first contact) at or
-/// after the rollout's first grant, or this grant is the first. A machine granted the version
-/// before keeps what its grant recorded then.
-async fn is_new_machine(tx: &mut Tx, r: &GrantRequest) -> Result<bool, StoreError> {
-    let recorded: Option<i64> = sqlx::query_scalar(
-        "SELECT new_machine FROM rollout_grants WHERE machine_id = ? AND app_id = ? \
-         AND group_id = ? AND version = ?",
-    )
-    .bind(&r.machine_id)
-    .bind(&r.app_id)
-    .bind(&r.group_id)
-    .bind(&r.version)
-    .fetch_optional(&mut **tx)
-    .await
-    .map_err(db("read rollout grant"))?;
-    if let Some(n) = recorded {
-        return Ok(n != 0);
-    }
-    let started: Option<i64> = sqlx::query_scalar(
-        "SELECT started_at FROM rollout_starts WHERE group_id = ? AND version = ?",
-    )
-    .bind(&r.group_id)
-    .bind(&r.version)
-    .fetch_optional(&mut **tx)
-    .await
-    .map_err(db("read rollout start"))?;
-    let stored: Option<i64> =
-        sqlx::query_scalar("SELECT created_at FROM instances WHERE machine_id = ? AND app_id = ?")
+    fn insert_refusal<'a>(&'a mut self, r: &'a RefusedVersion) -> TxFuture<'a, ()> {
+        Box::pin(async move {
+            sqlx::query(
+                "INSERT INTO refused_versions (machine_id, app_id, version, reason, error_code, \
+                 at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (machine_id, app_id, version) \
+                 DO NOTHING",
+            )
             .bind(&r.machine_id)
             .bind(&r.app_id)
-            .fetch_optional(&mut **tx)
+            .bind(&r.version)
+            .bind(r.reason.as_str())
+            .bind(r.error_code)
+            .bind(r.at)
+            .execute(&mut *self.conn)
             .await
-            .map_err(db("read instance first contact"))?;
-    let first_seen = stored.map_or(r.first_seen, |s| s.min(r.first_seen));
-    Ok(first_seen >= started.unwrap_or(r.now))
-}
-
-/// The reason `machine_id` refuses `version` of `app_id`, if it does.
-async fn refusal(
-    tx: &mut Tx,
-    machine_id: &str,
-    app_id: &str,
-    version: &str,
-) -> Result<Option<RefusalReason>, StoreError> {
-    let reason: Option<String> = sqlx::query_scalar(
-        "SELECT reason FROM refused_versions WHERE machine_id = ? AND app_id = ? AND version = ?",
-    )
-    .bind(machine_id)
-    .bind(app_id)
-    .bind(version)
-    .fetch_optional(&mut **tx)
-    .await
-    .map_err(db("read refused versions"))?;
-    reason
-        .map(|r| {
-            RefusalReason::parse(&r).ok_or_else(|| StoreError::Corrupt {
-                table: REFUSED,
-                column: "reason",
-                detail: format!("unknown reason {r:?}"),
-            })
+            .map_err(db("record refused version"))?;
+            Ok(())
         })
-        .transpose()
-}
+    }
 
-/// The grants one settling statement changed: (group, version) of each.
-type Settled = Vec<(String, String)>;
+    fn has_in_flight_grant<'a>(
+        &'a mut self,
+        machine_id: &'a str,
+        app_id: &'a str,
+        version: &'a str,
+    ) -> TxFuture<'a, bool> {
+        Box::pin(async move {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM rollout_grants WHERE machine_id = ? AND app_id = ? \
+                 AND version = ? AND state = 'in_flight'",
+            )
+            .bind(machine_id)
+            .bind(app_id)
+            .bind(version)
+            .fetch_one(&mut *self.conn)
+            .await
+            .map_err(db("count rollout grants"))?;
+            Ok(n > 0)
+        })
+    }
 
-/// Runs an `UPDATE … RETURNING group_id, version` that settles grants of `p`'s machine: binds
-/// `p.now`, the machine and the application, then `extra`.
-async fn settle(
-    tx: &mut Tx,
-    sql: &'static str,
-    p: &ProgressReport,
-    extra: &[Option<&str>],
-) -> Result<Settled, StoreError> {
-    let mut q = sqlx::query_as::<_, (String, String)>(sql)
-        .bind(p.now)
-        .bind(&p.machine_id)
-        .bind(&p.app_id);
-    for b in extra {
-        q = q.bind(*b);
+    fn expire_in_flight_grants<'a>(
+        &'a mut self,
+        group_id: &'a str,
+        cutoff: i64,
+        now: i64,
+    ) -> TxFuture<'a, ()> {
+        Box::pin(async move {
+            sqlx::query(
+                "UPDATE rollout_grants SET state = 'timed_out', settled_at = ? \
+                 WHERE group_id = ? AND state = 'in_flight' AND progress_at < ?",
+            )
+            .bind(now)
+            .bind(group_id)
+            .bind(cutoff)
+            .execute(&mut *self.conn)
+            .await
+            .map_err(db("expire rollout grants"))?;
+            Ok(())
+        })
     }
-    q.fetch_all(&mut **tx)
-        .await
-        .map_err(db("settle rollout grant"))
-}
 
-async fn progress_tx(tx: &mut Tx, p: &ProgressReport) -> Result<Vec<HaltedRollout>, StoreError> {
-    let mut failed = Settled::new();
-    if let Some(r) = &p.refuse {
-        // The first report counts; a repeated one (the agent retrying) changes nothing.
-        sqlx::query(
-            "INSERT INTO refused_versions (machine_id, app_id, version, reason, error_code, at) \
-             VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (machine_id, app_id, version) DO NOTHING",
-        )
-        .bind(&r.machine_id)
-        .bind(&r.app_id)
-        .bind(&r.version)
-        .bind(r.reason.as_str())
-        .bind(r.error_code)
-        .bind(r.at)
-        .execute(&mut **tx)
-        .await
-        .map_err(db("record refused version"))?;
-        // Whatever state its grant reached: a rollback reported after the grant completed
-        // (the machine ran the version, then fell back) is a failure of that version too.
-        failed = settle(
-            tx,
-            "UPDATE rollout_grants SET state = 'failed', settled_at = ? WHERE machine_id = ? \
-             AND app_id = ? AND version = ? AND state <> 'failed' RETURNING group_id, version",
-            p,
-            &[Some(&r.version)],
-        )
-        .await?;
+    fn grant_counts<'a>(
+        &'a mut self,
+        group_id: &'a str,
+        version: &'a str,
+        since: i64,
+    ) -> TxFuture<'a, Vec<GrantCount>> {
+        Box::pin(async move {
+            let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+                "SELECT state, new_machine, COUNT(*) FROM rollout_grants WHERE group_id = ? \
+                 AND version = ? AND granted_at > ? GROUP BY state, new_machine",
+            )
+            .bind(group_id)
+            .bind(version)
+            .bind(since)
+            .fetch_all(&mut *self.conn)
+            .await
+            .map_err(db("rollout stats"))?;
+            rows.into_iter()
+                .map(|(state, new_machine, n)| {
+                    let state = GrantState::parse(&state).ok_or_else(|| StoreError::Corrupt {
+                        table: GRANTS,
+                        column: "state",
+                        detail: format!("unknown state {state:?}"),
+                    })?;
+                    Ok(GrantCount {
+                        state,
+                        new_machine: new_machine != 0,
+                        machines: machines(n),
+                    })
+                })
+                .collect()
+        })
     }
-    let (sql, extra): (&'static str, &[Option<&str>]) = match p.state {
-        None | Some(GrantState::InFlight) => (
-            "UPDATE rollout_grants SET progress_at = ? WHERE machine_id = ? AND app_id = ? \
-             AND state = 'in_flight' RETURNING group_id, version",
-            &[],
-        ),
-        Some(GrantState::Installed) => (
-            "UPDATE rollout_grants SET state = 'installed', progress_at = ? \
-             WHERE machine_id = ? AND app_id = ? AND state = 'in_flight' \
-             RETURNING group_id, version",
-            &[],
-        ),
-        // The open grant completes; so does a failed or timed-out grant of the version the
-        // machine now runs (a slow machine got there after its timeout), unless it refused it.
-        Some(GrantState::Complete) => (
-            "UPDATE rollout_grants SET state = 'complete', settled_at = ? \
-             WHERE machine_id = ? AND app_id = ? AND (state IN ('in_flight', 'installed') \
-             OR (version = ? AND state IN ('failed', 'timed_out') AND version NOT IN \
-             (SELECT version FROM refused_versions WHERE machine_id = rollout_grants.machine_id \
-             AND app_id = rollout_grants.app_id))) RETURNING group_id, version",
-            &[Some(&p.running_version)],
-        ),
-        Some(GrantState::Failed | GrantState::TimedOut) => (
-            "UPDATE rollout_grants SET state = 'failed', settled_at = ? \
-             WHERE machine_id = ? AND app_id = ? AND state IN ('in_flight', 'installed') \
-             RETURNING group_id, version",
-            &[],
-        ),
-        // Put off before it was installed: the slot is free, nothing failed.
-        Some(GrantState::Deferred) => (
-            "UPDATE rollout_grants SET state = 'deferred', settled_at = ? \
-             WHERE machine_id = ? AND app_id = ? AND state = 'in_flight' \
-             RETURNING group_id, version",
-            &[],
-        ),
-        // Only a newer grant supersedes (in the grant transaction); no event reports it.
-        Some(GrantState::Superseded) => return Ok(Vec::new()),
-    };
-    let changed = settle(tx, sql, p, extra).await?;
-    if matches!(p.state, Some(GrantState::Failed | GrantState::TimedOut)) {
-        failed.extend(changed);
+
+    fn completed_grants<'a>(
+        &'a mut self,
+        group_id: &'a str,
+        version: &'a str,
+    ) -> TxFuture<'a, u64> {
+        Box::pin(async move {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM rollout_grants WHERE group_id = ? AND version = ? \
+                 AND state = 'complete'",
+            )
+            .bind(group_id)
+            .bind(version)
+            .fetch_one(&mut *self.conn)
+            .await
+            .map_err(db("count rollout grants"))?;
+            Ok(machines(n))
+        })
     }
-    failed.sort();
-    failed.dedup();
-    let mut halts = Vec::new();
-    for (group_id, version) in failed {
-        let Some((app, policy, spec)) = load_policy(tx, &group_id).await? else {
-            continue;
-        };
-        expire(tx, &group_id, &spec, p.now).await?;
-        if let Some(reason) =
-            halt_if_needed(tx, &group_id, &app, &version, policy, spec, p.now).await?
-        {
-            halts.push(HaltedRollout {
-                group_id,
-                version,
-                reason,
-            });
-        }
+
+    fn in_flight_grants<'a>(&'a mut self, group_id: &'a str) -> TxFuture<'a, u64> {
+        Box::pin(async move {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM rollout_grants WHERE group_id = ? AND state = 'in_flight'",
+            )
+            .bind(group_id)
+            .fetch_one(&mut *self.conn)
+            .await
+            .map_err(db("count rollout grants"))?;
+            Ok(machines(n))
+        })
     }
-    Ok(halts)
+
+    fn machines_granted_since<'a>(
+        &'a mut self,
+        besides: GrantKey<'a>,
+        since: i64,
+    ) -> TxFuture<'a, u64> {
+        Box::pin(async move {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM rollout_grants WHERE group_id = ? \
+                 AND NOT (machine_id = ? AND app_id = ? AND version = ?) \
+                 AND state <> 'deferred' AND granted_at > ?",
+            )
+            .bind(besides.group_id)
+            .bind(besides.machine_id)
+            .bind(besides.app_id)
+            .bind(besides.version)
+            .bind(since)
+            .fetch_one(&mut *self.conn)
+            .await
+            .map_err(db("count rollout grants"))?;
+            Ok(machines(n))
+        })
+    }
+
+    fn new_machine_grants_of_network<'a>(
+        &'a mut self,
+        network: &'a str,
+        besides: GrantKey<'a>,
+        since: i64,
+    ) -> TxFuture<'a, u64> {
+        Box::pin(async move {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM rollout_grants WHERE network = ? AND new_machine = 1 \
+                 AND NOT (machine_id = ? AND app_id = ? AND group_id = ? AND version = ?) \
+                 AND state <> 'deferred' AND (state = 'in_flight' OR granted_at > ?)",
+            )
+            .bind(network)
+            .bind(besides.machine_id)
+            .bind(besides.app_id)
+            .bind(besides.group_id)
+            .bind(besides.version)
+            .bind(since)
+            .fetch_one(&mut *self.conn)
+            .await
+            .map_err(db("count rollout grants"))?;
+            Ok(machines(n))
+        })
+    }
+
+    fn recorded_new_machine<'a>(&'a mut self, key: GrantKey<'a>) -> TxFuture<'a, Option<bool>> {
+        Box::pin(async move {
+            let recorded: Option<i64> = sqlx::query_scalar(
+                "SELECT new_machine FROM rollout_grants WHERE machine_id = ? AND app_id = ? \
+                 AND group_id = ? AND version = ?",
+            )
+            .bind(key.machine_id)
+            .bind(key.app_id)
+            .bind(key.group_id)
+            .bind(key.version)
+            .fetch_optional(&mut *self.conn)
+            .await
+            .map_err(db("read rollout grant"))?;
+            Ok(recorded.map(|n| n != 0))
+        })
+    }
+
+    fn rollout_start<'a>(
+        &'a mut self,
+        group_id: &'a str,
+        version: &'a str,
+    ) -> TxFuture<'a, Option<i64>> {
+        Box::pin(async move {
+            sqlx::query_scalar(
+                "SELECT started_at FROM rollout_starts WHERE group_id = ? AND version = ?",
+            )
+            .bind(group_id)
+            .bind(version)
+            .fetch_optional(&mut *self.conn)
+            .await
+            .map_err(db("read rollout start"))
+        })
+    }
+
+    fn record_rollout_start<'a>(
+        &'a mut self,
+        group_id: &'a str,
+        version: &'a str,
+        at: i64,
+    ) -> TxFuture<'a, ()> {
+        Box::pin(async move {
+            sqlx::query(
+                "INSERT INTO rollout_starts (group_id, version, started_at) VALUES (?, ?, ?) \
+                 ON CONFLICT (group_id, version) DO NOTHING",
+            )
+            .bind(group_id)
+            .bind(version)
+            .bind(at)
+            .execute(&mut *self.conn)
+            .await
+            .map_err(db("record rollout start"))?;
+            Ok(())
+        })
+    }
+
+    fn instance_created_at<'a>(
+        &'a mut self,
+        machine_id: &'a str,
+        app_id: &'a str,
+    ) -> TxFuture<'a, Option<i64>> {
+        Box::pin(async move {
+            sqlx::query_scalar(
+                "SELECT created_at FROM instances WHERE machine_id = ? AND app_id = ?",
+            )
+            .bind(machine_id)
+            .bind(app_id)
+            .fetch_optional(&mut *self.conn)
+            .await
+            .map_err(db("read instance first contact"))
+        })
+    }
+
+    fn supersede_other_grants<'a>(
+        &'a mut self,
+        machine_id: &'a str,
+        app_id: &'a str,
+        version: &'a str,
+        now: i64,
+    ) -> TxFuture<'a, ()> {
+        Box::pin(async move {
+            sqlx::query(
+                "UPDATE rollout_grants SET state = 'superseded', settled_at = ? \
+                 WHERE machine_id = ? AND app_id = ? AND version <> ? \
+                 AND state IN ('in_flight', 'installed')",
+            )
+            .bind(now)
+            .bind(machine_id)
+            .bind(app_id)
+            .bind(version)
+            .execute(&mut *self.conn)
+            .await
+            .map_err(db("supersede rollout grant"))?;
+            Ok(())
+        })
+    }
+
+    fn upsert_grant<'a>(&'a mut self, g: NewGrant<'a>) -> TxFuture<'a, ()> {
+        Box::pin(async move {
+            sqlx::query(
+                "INSERT INTO rollout_grants (group_id, app_id, machine_id, version, state, \
+                 canary, granted_at, progress_at, network, new_machine) \
+                 VALUES (?, ?, ?, ?, 'in_flight', ?, ?, ?, ?, ?) \
+                 ON CONFLICT (machine_id, app_id, group_id, version) DO UPDATE \
+                 SET state = 'in_flight', canary = excluded.canary, \
+                 granted_at = excluded.granted_at, progress_at = excluded.progress_at, \
+                 settled_at = NULL, network = excluded.network",
+            )
+            .bind(g.key.group_id)
+            .bind(g.key.app_id)
+            .bind(g.key.machine_id)
+            .bind(g.key.version)
+            .bind(i64::from(g.canary))
+            .bind(g.at)
+            .bind(g.at)
+            .bind(g.network)
+            .bind(i64::from(g.new_machine))
+            .execute(&mut *self.conn)
+            .await
+            .map_err(db("grant rollout"))?;
+            Ok(())
+        })
+    }
+
+    fn settle_grants<'a>(
+        &'a mut self,
+        machine_id: &'a str,
+        app_id: &'a str,
+        settlement: Settlement<'a>,
+        now: i64,
+    ) -> TxFuture<'a, Vec<RolloutKey>> {
+        Box::pin(async move {
+            // Each binds now, the machine and the application, then `version`.
+            let (sql, version): (&'static str, Option<&str>) = match settlement {
+                Settlement::Refuse(version) => (
+                    "UPDATE rollout_grants SET state = 'failed', settled_at = ? \
+                     WHERE machine_id = ? AND app_id = ? AND version = ? AND state <> 'failed' \
+                     RETURNING group_id, version",
+                    Some(version),
+                ),
+                Settlement::Progress => (
+                    "UPDATE rollout_grants SET progress_at = ? WHERE machine_id = ? \
+                     AND app_id = ? AND state = 'in_flight' RETURNING group_id, version",
+                    None,
+                ),
+                Settlement::Installed => (
+                    "UPDATE rollout_grants SET state = 'installed', progress_at = ? \
+                     WHERE machine_id = ? AND app_id = ? AND state = 'in_flight' \
+                     RETURNING group_id, version",
+                    None,
+                ),
+                Settlement::Complete { running_version } => (
+                    "UPDATE rollout_grants SET state = 'complete', settled_at = ? \
+                     WHERE machine_id = ? AND app_id = ? AND (state IN ('in_flight', 'installed') \
+                     OR (version = ? AND state IN ('failed', 'timed_out') AND version NOT IN \
+                     (SELECT version FROM refused_versions \
+                     WHERE machine_id = rollout_grants.machine_id \
+                     AND app_id = rollout_grants.app_id))) RETURNING group_id, version",
+                    Some(running_version),
+                ),
+                Settlement::Failed => (
+                    "UPDATE rollout_grants SET state = 'failed', settled_at = ? \
+                     WHERE machine_id = ? AND app_id = ? AND state IN ('in_flight', 'installed') \
+                     RETURNING group_id, version",
+                    None,
+                ),
+                Settlement::Deferred => (
+                    "UPDATE rollout_grants SET state = 'deferred', settled_at = ? \
+                     WHERE machine_id = ? AND app_id = ? AND state = 'in_flight' \
+                     RETURNING group_id, version",
+                    None,
+                ),
+            };
+            let mut q = sqlx::query_as::<_, (String, String)>(sql)
+                .bind(now)
+                .bind(machine_id)
+                .bind(app_id);
+            if let Some(v) = version {
+                q = q.bind(v);
+            }
+            let rows = q
+                .fetch_all(&mut *self.conn)
+                .await
+                .map_err(db("settle rollout grant"))?;
+            Ok(rows
+                .into_iter()
+                .map(|(group_id, version)| RolloutKey { group_id, version })
+                .collect())
+        })
+    }
+
+    fn add_activity<'a>(&'a mut self, act: &'a NewActivity, at: i64) -> TxFuture<'a, ()> {
+        Box::pin(add_activity(self.conn, act, at))
+    }
 }
 
 type RefusalRow = (String, String, String, String, Option<i64>, i64);
@@ -593,11 +486,7 @@ type RefusalRow = (String, String, String, String, Option<i64>, i64);
 fn refused_of(rows: Vec<RefusalRow>) -> Result<Vec<RefusedVersion>, StoreError> {
     rows.into_iter()
         .map(|(machine_id, app_id, version, reason, error_code, at)| {
-            let reason = RefusalReason::parse(&reason).ok_or_else(|| StoreError::Corrupt {
-                table: REFUSED,
-                column: "reason",
-                detail: format!("unknown reason {reason:?}"),
-            })?;
+            let reason = refusal_reason(&reason)?;
             Ok(RefusedVersion {
                 machine_id,
                 app_id,
@@ -636,7 +525,7 @@ impl RolloutStore for SqliteStore {
     fn try_grant<'a>(&'a self, req: &'a GrantRequest) -> StoreFuture<'a, GrantOutcome> {
         Box::pin(async move {
             let mut tx = self.begin_immediate("grant update").await?;
-            let out = try_grant_tx(&mut tx, req).await?;
+            let out = grants::try_grant(&mut SqliteTx::new(&mut tx), req).await?;
             tx.commit().await.map_err(db("grant update"))?;
             Ok(out)
         })
@@ -648,7 +537,7 @@ impl RolloutStore for SqliteStore {
     ) -> StoreFuture<'a, Vec<HaltedRollout>> {
         Box::pin(async move {
             let mut tx = self.begin_immediate("settle rollout grant").await?;
-            let out = progress_tx(&mut tx, report).await?;
+            let out = grants::record_progress(&mut SqliteTx::new(&mut tx), report).await?;
             tx.commit().await.map_err(db("settle rollout grant"))?;
             Ok(out)
         })
@@ -662,10 +551,8 @@ impl RolloutStore for SqliteStore {
     ) -> StoreFuture<'a, GrantStats> {
         Box::pin(async move {
             let mut tx = self.begin_immediate("rollout stats").await?;
-            if let Some((_, _, spec)) = load_policy(&mut tx, group_id).await? {
-                expire(&mut tx, group_id, &spec, now).await?;
-            }
-            let s = stats(&mut tx, group_id, version, i64::MIN).await?;
+            let s =
+                grants::grant_stats(&mut SqliteTx::new(&mut tx), group_id, version, now).await?;
             tx.commit().await.map_err(db("rollout stats"))?;
             Ok(s)
         })
@@ -773,6 +660,7 @@ mod tests {
     use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 
     use super::*;
+    use crate::rollout::HoldReason;
 
     const APP: &str = "app";
     const GROUP: &str = "g";

@@ -1,0 +1,62 @@
+//! The narrow transactional interface the domain rules run over. The rollout rules
+//! ([`crate::rollout::grants`]) and the check path ([`crate::service`]) are written once, against
+//! [`StoreTx`]; each store implements its operations in a few lines of SQL and runs jobs through
+//! a [`Transactor`]. SQLite's transactor is a single writer task that commits the jobs queued
+//! together in one transaction (group commit, [`crate::store::SqliteWriter`]); a store whose database
+//! serialises per row (PostgreSQL) can run each job in its own transaction.
+//!
+//! A job is a closure over the transaction; it runs inside a savepoint, so a job that fails rolls
+//! back alone while the others of its batch commit. Its result is handed back only after the
+//! transaction is durable.
+
+use std::any::Any;
+use std::future::Future;
+use std::pin::Pin;
+
+use super::{StoreError, StoreFuture};
+use crate::rollout::grants::GrantTx;
+use crate::store::instances::InstanceTx;
+
+/// A future returned by a transaction operation, borrowing the transaction.
+pub type TxFuture<'t, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 't>>;
+
+/// Every operation a write transaction offers the domain code.
+pub trait StoreTx: GrantTx + InstanceTx {}
+
+impl<T: GrantTx + InstanceTx + ?Sized> StoreTx for T {}
+
+/// A type-erased job: runs in a transaction, returns its result boxed.
+pub type TxJob =
+    Box<dyn for<'t> FnOnce(&'t mut dyn StoreTx) -> TxFuture<'t, Box<dyn Any + Send>> + Send>;
+
+/// How a write is scheduled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Urgency {
+    /// A client waits for it (a grant, an event, a status change): it goes first.
+    Answer,
+    /// Bookkeeping nobody waits on (a batch of coalesced check-ins): one per transaction, after
+    /// the waiting writes.
+    Background,
+}
+
+/// Runs jobs in write transactions.
+pub trait Transactor: Send + Sync + std::fmt::Debug {
+    /// Runs `job` in a write transaction; resolves with its result once that is durable.
+    fn run(&self, job: TxJob, urgency: Urgency) -> StoreFuture<'_, Box<dyn Any + Send>>;
+}
+
+/// Runs `f` in a write transaction of `t` and returns its result once it is durable.
+pub async fn transact<T, F>(t: &dyn Transactor, urgency: Urgency, f: F) -> Result<T, StoreError>
+where
+    T: Send + 'static,
+    F: for<'t> FnOnce(&'t mut dyn StoreTx) -> TxFuture<'t, T> + Send + 'static,
+{
+    let job: TxJob = Box::new(move |tx| {
+        let fut = f(tx);
+        Box::pin(async move { fut.await.map(|v| Box::new(v) as Box<dyn Any + Send>) })
+    });
+    let out = t.run(job, urgency).await?;
+    out.downcast::<T>()
+        .map(|b| *b)
+        .map_err(|_| StoreError::Internal("a transaction job returned another type".into()))
+}
