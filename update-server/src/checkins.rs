@@ -88,14 +88,6 @@ impl Checkins {
         self.len() == 0
     }
 
-    /// The oldest pending check-in's time (Unix seconds), if any.
-    pub fn oldest(&self) -> Option<i64> {
-        self.shards
-            .iter()
-            .filter_map(|s| lock(s).values().map(|c| c.at).min())
-            .min()
-    }
-
     /// When this process first saw a machine whose check-in is still pending (its row may not
     /// be written yet).
     pub fn first_seen(&self, machine_id: &str, app_id: &str) -> Option<i64> {

@@ -137,7 +137,6 @@ pub async fn start_with(
         omaha: settings.omaha.clone(),
         rollouts: Rollouts {
             grants: Arc::new(sqlite.clone()),
-            store: Arc::clone(&store),
             metrics: RolloutMetrics::register(&metrics),
             new_machines: settings.new_machines,
         },

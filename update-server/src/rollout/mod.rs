@@ -31,16 +31,14 @@ pub use metrics::RolloutMetrics;
 
 use std::sync::Arc;
 
-use crate::store::{RolloutStore, Store};
+use crate::store::RolloutStore;
 
-/// What the check path needs for staged rollouts beyond the catalogue: the grant store, the
-/// catalogue's store (to reload after an auto-halt) and the metrics.
+/// What the check path needs for staged rollouts beyond the catalogue: the grant store (admin
+/// reads and operator actions), the metrics and the new-machine bound.
 #[derive(Debug, Clone)]
 pub struct Rollouts {
     /// Atomic grant decisions.
     pub grants: Arc<dyn RolloutStore>,
-    /// Catalogue source (reloaded after a halt so this process stops granting at once).
-    pub store: Arc<dyn Store>,
     /// Metrics.
     pub metrics: RolloutMetrics,
     /// The server-wide bound on grants to machines new to a rollout, per source network.

@@ -225,6 +225,21 @@ fn status_of(s: &str, table: &'static str) -> Result<InstanceStatus, StoreError>
     })
 }
 
+/// One instance row, read through `e` (the pool, or a connection inside a transaction).
+async fn read_instance<'e>(
+    e: impl sqlx::Executor<'e, Database = Sqlite>,
+    machine_id: &str,
+    app_id: &str,
+) -> Result<Option<Instance>, StoreError> {
+    let row = sqlx::query("SELECT * FROM instances WHERE machine_id = ? AND app_id = ?")
+        .bind(machine_id)
+        .bind(app_id)
+        .fetch_optional(e)
+        .await
+        .map_err(db("read instance"))?;
+    row.as_ref().map(instance_of).transpose()
+}
+
 fn instance_of(r: &SqliteRow) -> Result<Instance, StoreError> {
     const T: &str = "instances";
     Ok(Instance {
@@ -620,15 +635,7 @@ impl Store for SqliteStore {
         machine_id: &'a str,
         app_id: &'a str,
     ) -> StoreFuture<'a, Option<Instance>> {
-        Box::pin(async move {
-            let row = sqlx::query("SELECT * FROM instances WHERE machine_id = ? AND app_id = ?")
-                .bind(machine_id)
-                .bind(app_id)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(db("read instance"))?;
-            row.as_ref().map(instance_of).transpose()
-        })
+        Box::pin(async move { read_instance(&self.pool, machine_id, app_id).await })
     }
 
     fn group_instances<'a>(

@@ -2,7 +2,7 @@
 //! SQLite-only feature (upserts and row-count checks as PostgreSQL has them); a PostgreSQL store
 //! reuses them with its own placeholders.
 
-use super::{SqliteTx, add_activity, db, instance_of};
+use super::{SqliteTx, add_activity, db, read_instance};
 use crate::store::InstanceChange;
 use crate::store::instances::{CheckIn, InstanceTx, StatusColumns};
 use crate::store::tx::TxFuture;
@@ -50,15 +50,7 @@ impl InstanceTx for SqliteTx<'_> {
         machine_id: &'a str,
         app_id: &'a str,
     ) -> TxFuture<'a, Option<crate::model::Instance>> {
-        Box::pin(async move {
-            let row = sqlx::query("SELECT * FROM instances WHERE machine_id = ? AND app_id = ?")
-                .bind(machine_id)
-                .bind(app_id)
-                .fetch_optional(&mut *self.conn)
-                .await
-                .map_err(db("read instance"))?;
-            row.as_ref().map(instance_of).transpose()
-        })
+        Box::pin(async move { read_instance(&mut *self.conn, machine_id, app_id).await })
     }
 
     fn check_in<'a>(&'a mut self, rows: &'a [CheckIn]) -> TxFuture<'a, ()> {

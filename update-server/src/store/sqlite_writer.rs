@@ -132,7 +132,7 @@ async fn run(
             () = stop.cancelled(), if answer_open || background_open => break,
             else => break,
         };
-        let (first, mut has_background) = first;
+        let (first, first_is_background) = first;
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match answer.try_recv() {
@@ -140,11 +140,10 @@ async fn run(
                 Err(_) => break,
             }
         }
-        if !has_background && let Ok(q) = background.try_recv() {
+        // At most one background job per transaction.
+        if !first_is_background && let Ok(q) = background.try_recv() {
             batch.push(q);
-            has_background = true;
         }
-        let _ = has_background;
         if !run_batch(&mut conn, batch).await {
             // The transaction broke under the batch: start again on a fresh connection.
             match options.connect().await {
