@@ -16,7 +16,7 @@ pub use credential::CredentialStore;
 pub use fleetlock::FleetLockStore;
 pub use retention::RetentionStore;
 pub use rollout::RolloutStore;
-pub use sqlite::{SqliteStore, SqliteTx, SqliteWriter, WriterTask};
+pub use sqlite::{DirectPool, DirectTx, SqliteStore, SqliteWriter, WriterTask};
 
 use crate::lifecycle::InstanceStatus;
 use crate::model::{
@@ -53,6 +53,15 @@ pub enum StoreError {
         /// Cause.
         #[source]
         source: sqlx::Error,
+    },
+    /// The database failed (on a direct connection of the check path).
+    #[error("database error during {op}: {source}")]
+    Sqlite {
+        /// Operation.
+        op: &'static str,
+        /// Cause.
+        #[source]
+        source: rusqlite::Error,
     },
     /// Schema migration failed.
     #[error("database migration failed: {0}")]

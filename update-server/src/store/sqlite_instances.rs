@@ -1,11 +1,14 @@
-//! [`InstanceTx`] on SQLite: column-wise, conditional instance writes. The statements use no
+//! [`InstanceTx`] on SQLite (direct connections): column-wise, conditional instance writes. The statements use no
 //! SQLite-only feature (upserts and row-count checks as PostgreSQL has them); a PostgreSQL store
 //! reuses them with its own placeholders.
 
-use super::{SqliteTx, add_activity, db, read_instance};
-use crate::store::InstanceChange;
+use rusqlite::Connection;
+
+use super::direct::{DirectTx, lite, read_instance, ready};
+use super::rollout::add_activity_direct;
 use crate::store::instances::{CheckIn, InstanceTx, StatusColumns};
 use crate::store::tx::TxFuture;
+use crate::store::{InstanceChange, StoreError};
 
 /// Rows per check-in statement (14 parameters each, far below SQLite's limit of 32,766): one
 /// statement writes many rows, so a batch costs a few statements, not one per machine.
@@ -44,61 +47,17 @@ fn check_in_sql(n: usize) -> String {
     sql
 }
 
-impl InstanceTx for SqliteTx<'_> {
+impl InstanceTx for DirectTx<'_> {
     fn instance<'a>(
         &'a mut self,
         machine_id: &'a str,
         app_id: &'a str,
     ) -> TxFuture<'a, Option<crate::model::Instance>> {
-        Box::pin(async move { read_instance(&mut *self.conn, machine_id, app_id).await })
+        ready(read_instance(self.conn, machine_id, app_id))
     }
 
     fn check_in<'a>(&'a mut self, rows: &'a [CheckIn]) -> TxFuture<'a, ()> {
-        Box::pin(async move {
-            // One row per machine and statement: a statement that names a machine twice would
-            // update its row twice in one go (the caller coalesces; keep the newest here too).
-            let mut newest: Vec<&CheckIn> = Vec::with_capacity(rows.len());
-            let mut seen = std::collections::HashMap::new();
-            for c in rows {
-                match seen.get(&(&c.machine_id, &c.app_id)) {
-                    Some(&i) => {
-                        let kept: &mut &CheckIn = &mut newest[i];
-                        if c.at >= kept.at {
-                            *kept = c;
-                        }
-                    }
-                    None => {
-                        seen.insert((&c.machine_id, &c.app_id), newest.len());
-                        newest.push(c);
-                    }
-                }
-            }
-            for chunk in newest.chunks(ROWS_PER_STATEMENT) {
-                let sql = check_in_sql(chunk.len());
-                let mut q = sqlx::query(&sql);
-                for c in chunk {
-                    q = q
-                        .bind(&c.machine_id)
-                        .bind(&c.app_id)
-                        .bind(&c.alias)
-                        .bind(&c.ip)
-                        .bind(&c.version)
-                        .bind(&c.group_id)
-                        .bind(&c.track)
-                        .bind(&c.oem)
-                        .bind(&c.oem_version)
-                        .bind(&c.board)
-                        .bind(&c.boot_id)
-                        .bind(c.at)
-                        .bind(c.at)
-                        .bind(c.first_seen.min(c.at));
-                }
-                q.execute(&mut *self.conn)
-                    .await
-                    .map_err(db("write check-ins"))?;
-            }
-            Ok(())
-        })
+        ready(check_in(self.conn, rows))
     }
 
     fn set_status<'a>(
@@ -107,25 +66,7 @@ impl InstanceTx for SqliteTx<'_> {
         app_id: &'a str,
         s: &'a StatusColumns,
     ) -> TxFuture<'a, ()> {
-        Box::pin(async move {
-            sqlx::query(
-                "UPDATE instances SET status = ?, status_detail = ?, error_code = ?, \
-                 status_at = ?, granted_version = ?, granted_at = ? \
-                 WHERE machine_id = ? AND app_id = ?",
-            )
-            .bind(s.status.as_str())
-            .bind(&s.status_detail)
-            .bind(s.error_code)
-            .bind(s.status_at)
-            .bind(&s.granted_version)
-            .bind(s.granted_at)
-            .bind(machine_id)
-            .bind(app_id)
-            .execute(&mut *self.conn)
-            .await
-            .map_err(db("set instance status"))?;
-            Ok(())
-        })
+        ready(set_status(self.conn, machine_id, app_id, s))
     }
 
     fn record_change<'a>(
@@ -136,44 +77,142 @@ impl InstanceTx for SqliteTx<'_> {
         at: i64,
         change: &'a InstanceChange,
     ) -> TxFuture<'a, ()> {
-        Box::pin(async move {
-            for e in &change.events {
-                sqlx::query(
-                    "INSERT INTO events (machine_id, app_id, event_type, event_result, \
-                     error_code, previous_version, version, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                )
-                .bind(machine_id)
-                .bind(app_id)
-                .bind(e.event_type)
-                .bind(e.event_result)
-                .bind(e.error_code)
-                .bind(&e.previous_version)
-                .bind(version)
-                .bind(at)
-                .execute(&mut *self.conn)
-                .await
-                .map_err(db("insert event"))?;
-            }
-            if let Some(s) = &change.status_change {
-                sqlx::query(
-                    "INSERT INTO instance_status_history (machine_id, app_id, status, version, \
-                     detail, error_code, at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                )
-                .bind(machine_id)
-                .bind(app_id)
-                .bind(s.status.as_str())
-                .bind(&s.version)
-                .bind(&s.detail)
-                .bind(s.error_code)
-                .bind(s.at)
-                .execute(&mut *self.conn)
-                .await
-                .map_err(db("insert status history"))?;
-            }
-            for a in &change.activity {
-                add_activity(self.conn, a, at).await?;
-            }
-            Ok(())
-        })
+        ready(record_change(
+            self.conn, machine_id, app_id, version, at, change,
+        ))
     }
+}
+
+fn check_in(conn: &Connection, rows: &[CheckIn]) -> Result<(), StoreError> {
+    // One row per machine and statement: a statement that names a machine twice would update
+    // its row twice in one go (the caller coalesces; keep the newest here too).
+    let mut newest: Vec<&CheckIn> = Vec::with_capacity(rows.len());
+    let mut seen = std::collections::HashMap::new();
+    for c in rows {
+        match seen.get(&(&c.machine_id, &c.app_id)) {
+            Some(&i) => {
+                let kept: &mut &CheckIn = &mut newest[i];
+                if c.at >= kept.at {
+                    *kept = c;
+                }
+            }
+            None => {
+                seen.insert((&c.machine_id, &c.app_id), newest.len());
+                newest.push(c);
+            }
+        }
+    }
+    // In key order: neighbouring rows share pages, and each page is visited once.
+    newest.sort_unstable_by(|a, b| (&a.machine_id, &a.app_id).cmp(&(&b.machine_id, &b.app_id)));
+    for chunk in newest.chunks(ROWS_PER_STATEMENT) {
+        let sql = check_in_sql(chunk.len());
+        let mut stmt = conn.prepare_cached(&sql).map_err(lite("write check-ins"))?;
+        let mut i = 0;
+        let mut bind = |v: &dyn rusqlite::ToSql| {
+            i += 1;
+            stmt.raw_bind_parameter(i, v)
+        };
+        for c in chunk {
+            let first_seen = c.first_seen.min(c.at);
+            for v in [
+                &c.machine_id as &dyn rusqlite::ToSql,
+                &c.app_id,
+                &c.alias,
+                &c.ip,
+                &c.version,
+                &c.group_id,
+                &c.track,
+                &c.oem,
+                &c.oem_version,
+                &c.board,
+                &c.boot_id,
+                &c.at,
+                &c.at,
+                &first_seen,
+            ] {
+                bind(v).map_err(lite("write check-ins"))?;
+            }
+        }
+        stmt.raw_execute().map_err(lite("write check-ins"))?;
+    }
+    Ok(())
+}
+
+fn set_status(
+    conn: &Connection,
+    machine_id: &str,
+    app_id: &str,
+    s: &StatusColumns,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "UPDATE instances SET status = ?, status_detail = ?, error_code = ?, status_at = ?, \
+         granted_version = ?, granted_at = ? WHERE machine_id = ? AND app_id = ?",
+    )
+    .and_then(|mut q| {
+        q.execute((
+            s.status.as_str(),
+            &s.status_detail,
+            s.error_code,
+            s.status_at,
+            &s.granted_version,
+            s.granted_at,
+            machine_id,
+            app_id,
+        ))
+    })
+    .map_err(lite("set instance status"))?;
+    Ok(())
+}
+
+fn record_change(
+    conn: &Connection,
+    machine_id: &str,
+    app_id: &str,
+    version: &str,
+    at: i64,
+    change: &InstanceChange,
+) -> Result<(), StoreError> {
+    if !change.events.is_empty() {
+        let mut q = conn
+            .prepare_cached(
+                "INSERT INTO events (machine_id, app_id, event_type, event_result, error_code, \
+                 previous_version, version, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .map_err(lite("insert event"))?;
+        for e in &change.events {
+            q.execute((
+                machine_id,
+                app_id,
+                e.event_type,
+                e.event_result,
+                e.error_code,
+                &e.previous_version,
+                version,
+                at,
+            ))
+            .map_err(lite("insert event"))?;
+        }
+    }
+    if let Some(s) = &change.status_change {
+        conn.prepare_cached(
+            "INSERT INTO instance_status_history (machine_id, app_id, status, version, detail, \
+             error_code, at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .and_then(|mut q| {
+            q.execute((
+                machine_id,
+                app_id,
+                s.status.as_str(),
+                &s.version,
+                &s.detail,
+                s.error_code,
+                s.at,
+            ))
+        })
+        .map_err(lite("insert status history"))?;
+    }
+    for a in &change.activity {
+        add_activity_direct(conn, a, at)?;
+    }
+    Ok(())
 }

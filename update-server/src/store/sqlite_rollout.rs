@@ -1,10 +1,11 @@
 //! [`RolloutStore`] on SQLite. The grant rules are domain code ([`crate::rollout::grants`]); this
-//! file is their SQL side: [`GrantTx`] on a [`SqliteTx`], one or two statements per operation,
-//! and the [`RolloutStore`] methods, each of which runs a rule function in one
-//! `BEGIN IMMEDIATE` transaction. That takes the database write lock before the rules read the
-//! group's policy and counts, so concurrent checks in this process or in another server sharing
-//! the file are serialised and a limit of N grants exactly N. (PostgreSQL: the same statements
-//! inside a transaction that first locks the group row with `SELECT ... FOR UPDATE`.)
+//! file is their SQL side: [`GrantTx`] on a [`DirectTx`] (rusqlite, statements run synchronously
+//! from the connection's statement cache), one or two statements per operation, and the
+//! [`RolloutStore`] methods, each of which runs a rule function in one `BEGIN IMMEDIATE`
+//! transaction. That takes the database write lock before the rules read the group's policy and
+//! counts, so concurrent checks in this process or in another server sharing the file are
+//! serialised and a limit of N grants exactly N. (PostgreSQL: the same statements inside a
+//! transaction that first locks the group row with `SELECT ... FOR UPDATE`.)
 //!
 //! One row of `rollout_grants` per machine, application, group and version (a unique index,
 //! migration 0005): a grant of a version the machine had before reopens its row, so the counts
@@ -14,9 +15,11 @@
 //! list) are read in the same grant transaction, so a refusal recorded through one replica holds
 //! on all.
 
+use rusqlite::Connection;
 use sqlx::{Sqlite, Transaction};
 
-use super::{SqliteStore, SqliteTx, add_activity, db};
+use super::direct::{col, complete, lite, ready};
+use super::{DirectTx, SqliteStore, add_activity, db};
 use crate::model::{GroupPolicy, NewActivity};
 use crate::rollout::grants::{
     self, GrantCount, GrantKey, GrantTx, GroupPolicyRow, NewGrant, RolloutKey, Settlement,
@@ -54,22 +57,9 @@ fn refusal_reason(r: &str) -> Result<RefusalReason, StoreError> {
     })
 }
 
-impl GrantTx for SqliteTx<'_> {
+impl GrantTx for DirectTx<'_> {
     fn group_policy<'a>(&'a mut self, group_id: &'a str) -> TxFuture<'a, Option<GroupPolicyRow>> {
-        Box::pin(async move {
-            let row: Option<(String, String)> =
-                sqlx::query_as("SELECT app_id, policy FROM groups_ WHERE id = ?")
-                    .bind(group_id)
-                    .fetch_optional(&mut *self.conn)
-                    .await
-                    .map_err(db("read group policy"))?;
-            let Some((app_id, json)) = row else {
-                return Ok(None);
-            };
-            let policy: GroupPolicy =
-                serde_json::from_str(&json).map_err(|e| corrupt_policy(e.to_string()))?;
-            Ok(Some(GroupPolicyRow { app_id, policy }))
-        })
+        ready(group_policy(self.conn, group_id))
     }
 
     fn store_group_policy<'a>(
@@ -77,16 +67,7 @@ impl GrantTx for SqliteTx<'_> {
         group_id: &'a str,
         policy: &'a GroupPolicy,
     ) -> TxFuture<'a, ()> {
-        Box::pin(async move {
-            let json = serde_json::to_string(policy).map_err(|e| corrupt_policy(e.to_string()))?;
-            sqlx::query("UPDATE groups_ SET policy = ? WHERE id = ?")
-                .bind(json)
-                .bind(group_id)
-                .execute(&mut *self.conn)
-                .await
-                .map_err(db("store group policy"))?;
-            Ok(())
-        })
+        ready(store_group_policy(self.conn, group_id, policy))
     }
 
     fn refusal_of<'a>(
@@ -95,39 +76,25 @@ impl GrantTx for SqliteTx<'_> {
         app_id: &'a str,
         version: &'a str,
     ) -> TxFuture<'a, Option<RefusalReason>> {
-        Box::pin(async move {
-            let reason: Option<String> = sqlx::query_scalar(
-                "SELECT reason FROM refused_versions WHERE machine_id = ? AND app_id = ? \
-                 AND version = ?",
-            )
-            .bind(machine_id)
-            .bind(app_id)
-            .bind(version)
-            .fetch_optional(&mut *self.conn)
-            .await
-            .map_err(db("read refused versions"))?;
-            reason.as_deref().map(refusal_reason).transpose()
-        })
+        ready(refusal_of(self.conn, machine_id, app_id, version))
     }
 
     fn insert_refusal<'a>(&'a mut self, r: &'a RefusedVersion) -> TxFuture<'a, ()> {
-        Box::pin(async move {
-            sqlx::query(
-                "INSERT INTO refused_versions (machine_id, app_id, version, reason, error_code, \
-                 at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (machine_id, app_id, version) \
-                 DO NOTHING",
-            )
-            .bind(&r.machine_id)
-            .bind(&r.app_id)
-            .bind(&r.version)
-            .bind(r.reason.as_str())
-            .bind(r.error_code)
-            .bind(r.at)
-            .execute(&mut *self.conn)
-            .await
-            .map_err(db("record refused version"))?;
-            Ok(())
-        })
+        ready(execute(
+            self.conn,
+            "record refused version",
+            "INSERT INTO refused_versions (machine_id, app_id, version, reason, error_code, \
+             at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (machine_id, app_id, version) \
+             DO NOTHING",
+            (
+                &r.machine_id,
+                &r.app_id,
+                &r.version,
+                r.reason.as_str(),
+                r.error_code,
+                r.at,
+            ),
+        ))
     }
 
     fn has_in_flight_grant<'a>(
@@ -136,19 +103,15 @@ impl GrantTx for SqliteTx<'_> {
         app_id: &'a str,
         version: &'a str,
     ) -> TxFuture<'a, bool> {
-        Box::pin(async move {
-            let n: i64 = sqlx::query_scalar(
+        ready(
+            count(
+                self.conn,
                 "SELECT COUNT(*) FROM rollout_grants WHERE machine_id = ? AND app_id = ? \
                  AND version = ? AND state = 'in_flight'",
+                (machine_id, app_id, version),
             )
-            .bind(machine_id)
-            .bind(app_id)
-            .bind(version)
-            .fetch_one(&mut *self.conn)
-            .await
-            .map_err(db("count rollout grants"))?;
-            Ok(n > 0)
-        })
+            .map(|n| n > 0),
+        )
     }
 
     fn expire_in_flight_grants<'a>(
@@ -157,19 +120,13 @@ impl GrantTx for SqliteTx<'_> {
         cutoff: i64,
         now: i64,
     ) -> TxFuture<'a, ()> {
-        Box::pin(async move {
-            sqlx::query(
-                "UPDATE rollout_grants SET state = 'timed_out', settled_at = ? \
-                 WHERE group_id = ? AND state = 'in_flight' AND progress_at < ?",
-            )
-            .bind(now)
-            .bind(group_id)
-            .bind(cutoff)
-            .execute(&mut *self.conn)
-            .await
-            .map_err(db("expire rollout grants"))?;
-            Ok(())
-        })
+        ready(execute(
+            self.conn,
+            "expire rollout grants",
+            "UPDATE rollout_grants SET state = 'timed_out', settled_at = ? \
+             WHERE group_id = ? AND state = 'in_flight' AND progress_at < ?",
+            (now, group_id, cutoff),
+        ))
     }
 
     fn grant_counts<'a>(
@@ -178,32 +135,7 @@ impl GrantTx for SqliteTx<'_> {
         version: &'a str,
         since: i64,
     ) -> TxFuture<'a, Vec<GrantCount>> {
-        Box::pin(async move {
-            let rows: Vec<(String, i64, i64)> = sqlx::query_as(
-                "SELECT state, new_machine, COUNT(*) FROM rollout_grants WHERE group_id = ? \
-                 AND version = ? AND granted_at > ? GROUP BY state, new_machine",
-            )
-            .bind(group_id)
-            .bind(version)
-            .bind(since)
-            .fetch_all(&mut *self.conn)
-            .await
-            .map_err(db("rollout stats"))?;
-            rows.into_iter()
-                .map(|(state, new_machine, n)| {
-                    let state = GrantState::parse(&state).ok_or_else(|| StoreError::Corrupt {
-                        table: GRANTS,
-                        column: "state",
-                        detail: format!("unknown state {state:?}"),
-                    })?;
-                    Ok(GrantCount {
-                        state,
-                        new_machine: new_machine != 0,
-                        machines: machines(n),
-                    })
-                })
-                .collect()
-        })
+        ready(grant_counts(self.conn, group_id, version, since))
     }
 
     fn completed_grants<'a>(
@@ -211,31 +143,26 @@ impl GrantTx for SqliteTx<'_> {
         group_id: &'a str,
         version: &'a str,
     ) -> TxFuture<'a, u64> {
-        Box::pin(async move {
-            let n: i64 = sqlx::query_scalar(
+        ready(
+            count(
+                self.conn,
                 "SELECT COUNT(*) FROM rollout_grants WHERE group_id = ? AND version = ? \
                  AND state = 'complete'",
+                (group_id, version),
             )
-            .bind(group_id)
-            .bind(version)
-            .fetch_one(&mut *self.conn)
-            .await
-            .map_err(db("count rollout grants"))?;
-            Ok(machines(n))
-        })
+            .map(machines),
+        )
     }
 
     fn in_flight_grants<'a>(&'a mut self, group_id: &'a str) -> TxFuture<'a, u64> {
-        Box::pin(async move {
-            let n: i64 = sqlx::query_scalar(
+        ready(
+            count(
+                self.conn,
                 "SELECT COUNT(*) FROM rollout_grants WHERE group_id = ? AND state = 'in_flight'",
+                (group_id,),
             )
-            .bind(group_id)
-            .fetch_one(&mut *self.conn)
-            .await
-            .map_err(db("count rollout grants"))?;
-            Ok(machines(n))
-        })
+            .map(machines),
+        )
     }
 
     fn machines_granted_since<'a>(
@@ -243,22 +170,22 @@ impl GrantTx for SqliteTx<'_> {
         besides: GrantKey<'a>,
         since: i64,
     ) -> TxFuture<'a, u64> {
-        Box::pin(async move {
-            let n: i64 = sqlx::query_scalar(
+        ready(
+            count(
+                self.conn,
                 "SELECT COUNT(*) FROM rollout_grants WHERE group_id = ? \
                  AND NOT (machine_id = ? AND app_id = ? AND version = ?) \
                  AND state <> 'deferred' AND granted_at > ?",
+                (
+                    besides.group_id,
+                    besides.machine_id,
+                    besides.app_id,
+                    besides.version,
+                    since,
+                ),
             )
-            .bind(besides.group_id)
-            .bind(besides.machine_id)
-            .bind(besides.app_id)
-            .bind(besides.version)
-            .bind(since)
-            .fetch_one(&mut *self.conn)
-            .await
-            .map_err(db("count rollout grants"))?;
-            Ok(machines(n))
-        })
+            .map(machines),
+        )
     }
 
     fn new_machine_grants_of_network<'a>(
@@ -267,40 +194,38 @@ impl GrantTx for SqliteTx<'_> {
         besides: GrantKey<'a>,
         since: i64,
     ) -> TxFuture<'a, u64> {
-        Box::pin(async move {
-            let n: i64 = sqlx::query_scalar(
+        ready(
+            count(
+                self.conn,
                 "SELECT COUNT(*) FROM rollout_grants WHERE network = ? AND new_machine = 1 \
                  AND NOT (machine_id = ? AND app_id = ? AND group_id = ? AND version = ?) \
                  AND state <> 'deferred' AND (state = 'in_flight' OR granted_at > ?)",
+                (
+                    network,
+                    besides.machine_id,
+                    besides.app_id,
+                    besides.group_id,
+                    besides.version,
+                    since,
+                ),
             )
-            .bind(network)
-            .bind(besides.machine_id)
-            .bind(besides.app_id)
-            .bind(besides.group_id)
-            .bind(besides.version)
-            .bind(since)
-            .fetch_one(&mut *self.conn)
-            .await
-            .map_err(db("count rollout grants"))?;
-            Ok(machines(n))
-        })
+            .map(machines),
+        )
     }
 
     fn recorded_new_machine<'a>(&'a mut self, key: GrantKey<'a>) -> TxFuture<'a, Option<bool>> {
-        Box::pin(async move {
-            let recorded: Option<i64> = sqlx::query_scalar(
+        ready(
+            optional_i64(
+                self.conn,
+                "read rollout grant",
+                GRANTS,
+                "new_machine",
                 "SELECT new_machine FROM rollout_grants WHERE machine_id = ? AND app_id = ? \
                  AND group_id = ? AND version = ?",
+                (key.machine_id, key.app_id, key.group_id, key.version),
             )
-            .bind(key.machine_id)
-            .bind(key.app_id)
-            .bind(key.group_id)
-            .bind(key.version)
-            .fetch_optional(&mut *self.conn)
-            .await
-            .map_err(db("read rollout grant"))?;
-            Ok(recorded.map(|n| n != 0))
-        })
+            .map(|recorded| recorded.map(|n| n != 0)),
+        )
     }
 
     fn rollout_start<'a>(
@@ -308,16 +233,14 @@ impl GrantTx for SqliteTx<'_> {
         group_id: &'a str,
         version: &'a str,
     ) -> TxFuture<'a, Option<i64>> {
-        Box::pin(async move {
-            sqlx::query_scalar(
-                "SELECT started_at FROM rollout_starts WHERE group_id = ? AND version = ?",
-            )
-            .bind(group_id)
-            .bind(version)
-            .fetch_optional(&mut *self.conn)
-            .await
-            .map_err(db("read rollout start"))
-        })
+        ready(optional_i64(
+            self.conn,
+            "read rollout start",
+            "rollout_starts",
+            "started_at",
+            "SELECT started_at FROM rollout_starts WHERE group_id = ? AND version = ?",
+            (group_id, version),
+        ))
     }
 
     fn record_rollout_start<'a>(
@@ -326,19 +249,13 @@ impl GrantTx for SqliteTx<'_> {
         version: &'a str,
         at: i64,
     ) -> TxFuture<'a, ()> {
-        Box::pin(async move {
-            sqlx::query(
-                "INSERT INTO rollout_starts (group_id, version, started_at) VALUES (?, ?, ?) \
-                 ON CONFLICT (group_id, version) DO NOTHING",
-            )
-            .bind(group_id)
-            .bind(version)
-            .bind(at)
-            .execute(&mut *self.conn)
-            .await
-            .map_err(db("record rollout start"))?;
-            Ok(())
-        })
+        ready(execute(
+            self.conn,
+            "record rollout start",
+            "INSERT INTO rollout_starts (group_id, version, started_at) VALUES (?, ?, ?) \
+             ON CONFLICT (group_id, version) DO NOTHING",
+            (group_id, version, at),
+        ))
     }
 
     fn instance_created_at<'a>(
@@ -346,16 +263,14 @@ impl GrantTx for SqliteTx<'_> {
         machine_id: &'a str,
         app_id: &'a str,
     ) -> TxFuture<'a, Option<i64>> {
-        Box::pin(async move {
-            sqlx::query_scalar(
-                "SELECT created_at FROM instances WHERE machine_id = ? AND app_id = ?",
-            )
-            .bind(machine_id)
-            .bind(app_id)
-            .fetch_optional(&mut *self.conn)
-            .await
-            .map_err(db("read instance first contact"))
-        })
+        ready(optional_i64(
+            self.conn,
+            "read instance first contact",
+            "instances",
+            "created_at",
+            "SELECT created_at FROM instances WHERE machine_id = ? AND app_id = ?",
+            (machine_id, app_id),
+        ))
     }
 
     fn supersede_other_grants<'a>(
@@ -365,48 +280,39 @@ impl GrantTx for SqliteTx<'_> {
         version: &'a str,
         now: i64,
     ) -> TxFuture<'a, ()> {
-        Box::pin(async move {
-            sqlx::query(
-                "UPDATE rollout_grants SET state = 'superseded', settled_at = ? \
-                 WHERE machine_id = ? AND app_id = ? AND version <> ? \
-                 AND state IN ('in_flight', 'installed')",
-            )
-            .bind(now)
-            .bind(machine_id)
-            .bind(app_id)
-            .bind(version)
-            .execute(&mut *self.conn)
-            .await
-            .map_err(db("supersede rollout grant"))?;
-            Ok(())
-        })
+        ready(execute(
+            self.conn,
+            "supersede rollout grant",
+            "UPDATE rollout_grants SET state = 'superseded', settled_at = ? \
+             WHERE machine_id = ? AND app_id = ? AND version <> ? \
+             AND state IN ('in_flight', 'installed')",
+            (now, machine_id, app_id, version),
+        ))
     }
 
     fn upsert_grant<'a>(&'a mut self, g: NewGrant<'a>) -> TxFuture<'a, ()> {
-        Box::pin(async move {
-            sqlx::query(
-                "INSERT INTO rollout_grants (group_id, app_id, machine_id, version, state, \
-                 canary, granted_at, progress_at, network, new_machine) \
-                 VALUES (?, ?, ?, ?, 'in_flight', ?, ?, ?, ?, ?) \
-                 ON CONFLICT (machine_id, app_id, group_id, version) DO UPDATE \
-                 SET state = 'in_flight', canary = excluded.canary, \
-                 granted_at = excluded.granted_at, progress_at = excluded.progress_at, \
-                 settled_at = NULL, network = excluded.network",
-            )
-            .bind(g.key.group_id)
-            .bind(g.key.app_id)
-            .bind(g.key.machine_id)
-            .bind(g.key.version)
-            .bind(i64::from(g.canary))
-            .bind(g.at)
-            .bind(g.at)
-            .bind(g.network)
-            .bind(i64::from(g.new_machine))
-            .execute(&mut *self.conn)
-            .await
-            .map_err(db("grant rollout"))?;
-            Ok(())
-        })
+        ready(execute(
+            self.conn,
+            "grant rollout",
+            "INSERT INTO rollout_grants (group_id, app_id, machine_id, version, state, \
+             canary, granted_at, progress_at, network, new_machine) \
+             VALUES (?, ?, ?, ?, 'in_flight', ?, ?, ?, ?, ?) \
+             ON CONFLICT (machine_id, app_id, group_id, version) DO UPDATE \
+             SET state = 'in_flight', canary = excluded.canary, \
+             granted_at = excluded.granted_at, progress_at = excluded.progress_at, \
+             settled_at = NULL, network = excluded.network",
+            rusqlite::params![
+                g.key.group_id,
+                g.key.app_id,
+                g.key.machine_id,
+                g.key.version,
+                i64::from(g.canary),
+                g.at,
+                g.at,
+                g.network,
+                i64::from(g.new_machine),
+            ],
+        ))
     }
 
     fn settle_grants<'a>(
@@ -416,69 +322,242 @@ impl GrantTx for SqliteTx<'_> {
         settlement: Settlement<'a>,
         now: i64,
     ) -> TxFuture<'a, Vec<RolloutKey>> {
-        Box::pin(async move {
-            // Each binds now, the machine and the application, then `version`.
-            let (sql, version): (&'static str, Option<&str>) = match settlement {
-                Settlement::Refuse(version) => (
-                    "UPDATE rollout_grants SET state = 'failed', settled_at = ? \
-                     WHERE machine_id = ? AND app_id = ? AND version = ? AND state <> 'failed' \
-                     RETURNING group_id, version",
-                    Some(version),
-                ),
-                Settlement::Progress => (
-                    "UPDATE rollout_grants SET progress_at = ? WHERE machine_id = ? \
-                     AND app_id = ? AND state = 'in_flight' RETURNING group_id, version",
-                    None,
-                ),
-                Settlement::Installed => (
-                    "UPDATE rollout_grants SET state = 'installed', progress_at = ? \
-                     WHERE machine_id = ? AND app_id = ? AND state = 'in_flight' \
-                     RETURNING group_id, version",
-                    None,
-                ),
-                Settlement::Complete { running_version } => (
-                    "UPDATE rollout_grants SET state = 'complete', settled_at = ? \
-                     WHERE machine_id = ? AND app_id = ? AND (state IN ('in_flight', 'installed') \
-                     OR (version = ? AND state IN ('failed', 'timed_out') AND version NOT IN \
-                     (SELECT version FROM refused_versions \
-                     WHERE machine_id = rollout_grants.machine_id \
-                     AND app_id = rollout_grants.app_id))) RETURNING group_id, version",
-                    Some(running_version),
-                ),
-                Settlement::Failed => (
-                    "UPDATE rollout_grants SET state = 'failed', settled_at = ? \
-                     WHERE machine_id = ? AND app_id = ? AND state IN ('in_flight', 'installed') \
-                     RETURNING group_id, version",
-                    None,
-                ),
-                Settlement::Deferred => (
-                    "UPDATE rollout_grants SET state = 'deferred', settled_at = ? \
-                     WHERE machine_id = ? AND app_id = ? AND state = 'in_flight' \
-                     RETURNING group_id, version",
-                    None,
-                ),
-            };
-            let mut q = sqlx::query_as::<_, (String, String)>(sql)
-                .bind(now)
-                .bind(machine_id)
-                .bind(app_id);
-            if let Some(v) = version {
-                q = q.bind(v);
-            }
-            let rows = q
-                .fetch_all(&mut *self.conn)
-                .await
-                .map_err(db("settle rollout grant"))?;
-            Ok(rows
-                .into_iter()
-                .map(|(group_id, version)| RolloutKey { group_id, version })
-                .collect())
-        })
+        ready(settle_grants(
+            self.conn, machine_id, app_id, settlement, now,
+        ))
     }
 
     fn add_activity<'a>(&'a mut self, act: &'a NewActivity, at: i64) -> TxFuture<'a, ()> {
-        Box::pin(add_activity(self.conn, act, at))
+        ready(add_activity_direct(self.conn, act, at))
     }
+}
+
+/// Runs a statement that returns no rows (operation `op`).
+fn execute(
+    conn: &Connection,
+    op: &'static str,
+    sql: &'static str,
+    params: impl rusqlite::Params,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(sql)
+        .and_then(|mut stmt| stmt.execute(params))
+        .map_err(lite(op))?;
+    Ok(())
+}
+
+/// The `COUNT(*)` a query of `rollout_grants` returns.
+fn count(
+    conn: &Connection,
+    sql: &'static str,
+    params: impl rusqlite::Params,
+) -> Result<i64, StoreError> {
+    const OP: &str = "count rollout grants";
+    let mut stmt = conn.prepare_cached(sql).map_err(lite(OP))?;
+    let mut rows = stmt.query(params).map_err(lite(OP))?;
+    match rows.next().map_err(lite(OP))? {
+        Some(r) => col(r, 0, GRANTS, "COUNT(*)"),
+        None => Ok(0),
+    }
+}
+
+/// The integer column `column` of `table` that a query selecting it returns, if it returns a
+/// row (operation `op`).
+fn optional_i64(
+    conn: &Connection,
+    op: &'static str,
+    table: &'static str,
+    column: &'static str,
+    sql: &'static str,
+    params: impl rusqlite::Params,
+) -> Result<Option<i64>, StoreError> {
+    let mut stmt = conn.prepare_cached(sql).map_err(lite(op))?;
+    let mut rows = stmt.query(params).map_err(lite(op))?;
+    match rows.next().map_err(lite(op))? {
+        Some(r) => col(r, 0, table, column).map(Some),
+        None => Ok(None),
+    }
+}
+
+fn group_policy(conn: &Connection, group_id: &str) -> Result<Option<GroupPolicyRow>, StoreError> {
+    const OP: &str = "read group policy";
+    let mut stmt = conn
+        .prepare_cached("SELECT app_id, policy FROM groups_ WHERE id = ?")
+        .map_err(lite(OP))?;
+    let mut rows = stmt.query((group_id,)).map_err(lite(OP))?;
+    let Some(r) = rows.next().map_err(lite(OP))? else {
+        return Ok(None);
+    };
+    let app_id: String = col(r, 0, "groups_", "app_id")?;
+    let json: String = col(r, 1, "groups_", "policy")?;
+    let policy: GroupPolicy =
+        serde_json::from_str(&json).map_err(|e| corrupt_policy(e.to_string()))?;
+    Ok(Some(GroupPolicyRow { app_id, policy }))
+}
+
+fn store_group_policy(
+    conn: &Connection,
+    group_id: &str,
+    policy: &GroupPolicy,
+) -> Result<(), StoreError> {
+    let json = serde_json::to_string(policy).map_err(|e| corrupt_policy(e.to_string()))?;
+    execute(
+        conn,
+        "store group policy",
+        "UPDATE groups_ SET policy = ? WHERE id = ?",
+        (json, group_id),
+    )
+}
+
+fn refusal_of(
+    conn: &Connection,
+    machine_id: &str,
+    app_id: &str,
+    version: &str,
+) -> Result<Option<RefusalReason>, StoreError> {
+    const OP: &str = "read refused versions";
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT reason FROM refused_versions WHERE machine_id = ? AND app_id = ? \
+             AND version = ?",
+        )
+        .map_err(lite(OP))?;
+    let mut rows = stmt
+        .query((machine_id, app_id, version))
+        .map_err(lite(OP))?;
+    match rows.next().map_err(lite(OP))? {
+        Some(r) => {
+            let reason: String = col(r, 0, REFUSED, "reason")?;
+            refusal_reason(&reason).map(Some)
+        }
+        None => Ok(None),
+    }
+}
+
+fn grant_counts(
+    conn: &Connection,
+    group_id: &str,
+    version: &str,
+    since: i64,
+) -> Result<Vec<GrantCount>, StoreError> {
+    const OP: &str = "rollout stats";
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT state, new_machine, COUNT(*) FROM rollout_grants WHERE group_id = ? \
+             AND version = ? AND granted_at > ? GROUP BY state, new_machine",
+        )
+        .map_err(lite(OP))?;
+    let mut rows = stmt.query((group_id, version, since)).map_err(lite(OP))?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next().map_err(lite(OP))? {
+        let state: String = col(r, 0, GRANTS, "state")?;
+        let new_machine: i64 = col(r, 1, GRANTS, "new_machine")?;
+        let n: i64 = col(r, 2, GRANTS, "COUNT(*)")?;
+        let state = GrantState::parse(&state).ok_or_else(|| StoreError::Corrupt {
+            table: GRANTS,
+            column: "state",
+            detail: format!("unknown state {state:?}"),
+        })?;
+        out.push(GrantCount {
+            state,
+            new_machine: new_machine != 0,
+            machines: machines(n),
+        });
+    }
+    Ok(out)
+}
+
+fn settle_grants(
+    conn: &Connection,
+    machine_id: &str,
+    app_id: &str,
+    settlement: Settlement<'_>,
+    now: i64,
+) -> Result<Vec<RolloutKey>, StoreError> {
+    const OP: &str = "settle rollout grant";
+    // Each binds now, the machine and the application, then `version`.
+    let (sql, version): (&'static str, Option<&str>) = match settlement {
+        Settlement::Refuse(version) => (
+            "UPDATE rollout_grants SET state = 'failed', settled_at = ? \
+             WHERE machine_id = ? AND app_id = ? AND version = ? AND state <> 'failed' \
+             RETURNING group_id, version",
+            Some(version),
+        ),
+        Settlement::Progress => (
+            "UPDATE rollout_grants SET progress_at = ? WHERE machine_id = ? \
+             AND app_id = ? AND state = 'in_flight' RETURNING group_id, version",
+            None,
+        ),
+        Settlement::Installed => (
+            "UPDATE rollout_grants SET state = 'installed', progress_at = ? \
+             WHERE machine_id = ? AND app_id = ? AND state = 'in_flight' \
+             RETURNING group_id, version",
+            None,
+        ),
+        Settlement::Complete { running_version } => (
+            "UPDATE rollout_grants SET state = 'complete', settled_at = ? \
+             WHERE machine_id = ? AND app_id = ? AND (state IN ('in_flight', 'installed') \
+             OR (version = ? AND state IN ('failed', 'timed_out') AND version NOT IN \
+             (SELECT version FROM refused_versions \
+             WHERE machine_id = rollout_grants.machine_id \
+             AND app_id = rollout_grants.app_id))) RETURNING group_id, version",
+            Some(running_version),
+        ),
+        Settlement::Failed => (
+            "UPDATE rollout_grants SET state = 'failed', settled_at = ? \
+             WHERE machine_id = ? AND app_id = ? AND state IN ('in_flight', 'installed') \
+             RETURNING group_id, version",
+            None,
+        ),
+        Settlement::Deferred => (
+            "UPDATE rollout_grants SET state = 'deferred', settled_at = ? \
+             WHERE machine_id = ? AND app_id = ? AND state = 'in_flight' \
+             RETURNING group_id, version",
+            None,
+        ),
+    };
+    let mut stmt = conn.prepare_cached(sql).map_err(lite(OP))?;
+    let mut rows = match version {
+        Some(v) => stmt.query((now, machine_id, app_id, v)),
+        None => stmt.query((now, machine_id, app_id)),
+    }
+    .map_err(lite(OP))?;
+    // Every returned row is read: the update runs to completion as they are stepped.
+    let mut out = Vec::new();
+    while let Some(r) = rows.next().map_err(lite(OP))? {
+        out.push(RolloutKey {
+            group_id: col(r, 0, GRANTS, "group_id")?,
+            version: col(r, 1, GRANTS, "version")?,
+        });
+    }
+    Ok(out)
+}
+
+/// Appends an activity entry (none when its kind is empty) on a direct connection: the
+/// rusqlite twin of the sqlx `add_activity` in `store/sqlite.rs`.
+pub(crate) fn add_activity_direct(
+    conn: &Connection,
+    a: &NewActivity,
+    at: i64,
+) -> Result<(), StoreError> {
+    if a.kind.is_empty() {
+        return Ok(());
+    }
+    execute(
+        conn,
+        "insert activity",
+        "INSERT INTO activity (at, kind, severity, app_id, group_id, machine_id, version, message) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            at,
+            &a.kind,
+            a.severity,
+            &a.app_id,
+            &a.group_id,
+            &a.machine_id,
+            &a.version,
+            &a.message,
+        ),
+    )
 }
 
 type RefusalRow = (String, String, String, String, Option<i64>, i64);
@@ -523,24 +602,20 @@ async fn list_refused(
 
 impl RolloutStore for SqliteStore {
     fn try_grant<'a>(&'a self, req: &'a GrantRequest) -> StoreFuture<'a, GrantOutcome> {
-        Box::pin(async move {
-            let mut tx = self.begin_immediate("grant update").await?;
-            let out = grants::try_grant(&mut SqliteTx::new(&mut tx), req).await?;
-            tx.commit().await.map_err(db("grant update"))?;
-            Ok(out)
-        })
+        let req = req.clone();
+        Box::pin(self.direct.write("grant update", move |tx| {
+            complete(grants::try_grant(tx, &req))?
+        }))
     }
 
     fn record_progress<'a>(
         &'a self,
         report: &'a ProgressReport,
     ) -> StoreFuture<'a, Vec<HaltedRollout>> {
-        Box::pin(async move {
-            let mut tx = self.begin_immediate("settle rollout grant").await?;
-            let out = grants::record_progress(&mut SqliteTx::new(&mut tx), report).await?;
-            tx.commit().await.map_err(db("settle rollout grant"))?;
-            Ok(out)
-        })
+        let report = report.clone();
+        Box::pin(self.direct.write("settle rollout grant", move |tx| {
+            complete(grants::record_progress(tx, &report))?
+        }))
     }
 
     fn grant_stats<'a>(
@@ -549,13 +624,10 @@ impl RolloutStore for SqliteStore {
         version: &'a str,
         now: i64,
     ) -> StoreFuture<'a, GrantStats> {
-        Box::pin(async move {
-            let mut tx = self.begin_immediate("rollout stats").await?;
-            let s =
-                grants::grant_stats(&mut SqliteTx::new(&mut tx), group_id, version, now).await?;
-            tx.commit().await.map_err(db("rollout stats"))?;
-            Ok(s)
-        })
+        let (group_id, version) = (group_id.to_owned(), version.to_owned());
+        Box::pin(self.direct.write("rollout stats", move |tx| {
+            complete(grants::grant_stats(tx, &group_id, &version, now))?
+        }))
     }
 
     fn refused_versions<'a>(

@@ -1,30 +1,44 @@
-//! Group commit on SQLite ([`SqliteWriter`]): one task owns a write connection and drains a
-//! queue. It takes every job waiting (up to [`MAX_BATCH`]), runs them in one `BEGIN IMMEDIATE`
-//! transaction, each in its own savepoint, commits (one fsync for the lot) and only then answers
-//! every waiter. Jobs a client waits for (grants, events, status changes) go first; a background
-//! job (a batch of coalesced check-ins) rides along, at most one per transaction, so bookkeeping
-//! never holds a grant up for long.
+//! Group commit on SQLite ([`SqliteWriter`]): one thread owns a direct write connection and
+//! drains a queue. It takes every job waiting (up to [`MAX_BATCH`]), runs them in one
+//! `BEGIN IMMEDIATE` transaction, each in its own savepoint, commits (one fsync for the lot) and
+//! only then answers every waiter. Jobs a client waits for (grants, events, status changes) go
+//! first; a background job (a batch of coalesced check-ins) rides along, at most one per
+//! transaction, so bookkeeping never holds a grant up for long.
 //!
 //! SQLite has one writer at a time anyway; doing the queueing in the process replaces the busy
 //! handler's sleep-and-retry between this process's writers with a queue. A second server process
 //! on the same file still waits on the file lock (`busy_timeout`), and every transaction still
 //! reads and writes under that lock, so limits stay exact across processes.
+//!
+//! Checkpoints (copying the write-ahead log into the database file, and syncing it) run on a
+//! thread of their own, after commits and at most every [`CHECKPOINT_PACE`], so a commit
+//! seldom waits for one. The writer keeps SQLite's own automatic checkpoint too: by then most
+//! of the log is copied, so it is short, and it is what lets the next transaction start the log
+//! from its beginning again (a log that only grows makes every commit extend a file).
+//!
+//! The writer is a thread, not a task: its statements run on a direct connection
+//! ([`super::direct`]) without a hand-off each, and a job's futures are always ready (a job
+//! that waits on anything but the database fails, see [`super::direct::complete`]).
 
 use std::any::Any;
+use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
-use futures_util::FutureExt as _;
-use sqlx::{ConnectOptions as _, Connection as _, Sqlite, SqliteConnection, Transaction};
-use tokio::sync::{mpsc, oneshot};
+use rusqlite::Connection;
+use tokio::sync::oneshot;
 
-use super::{SqliteStore, SqliteTx, db};
+use super::SqliteStore;
+use super::direct::{self, DirectTx, complete, lite};
 use crate::store::tx::{Transactor, TxJob, Urgency};
 use crate::store::{StoreError, StoreFuture};
 
 /// Most jobs committed in one transaction.
 pub const MAX_BATCH: usize = 256;
-/// Jobs that may wait for the writer before senders wait for room.
-const QUEUE: usize = 4096;
+/// Shortest time between two checkpoints (each one syncs the database file).
+const CHECKPOINT_PACE: Duration = Duration::from_millis(100);
 
 type Reply = oneshot::Sender<Result<Box<dyn Any + Send>, StoreError>>;
 
@@ -33,54 +47,112 @@ struct Queued {
     reply: Reply,
 }
 
-/// The writer's handle: queues jobs for the writer task.
-#[derive(Debug, Clone)]
-pub struct SqliteWriter {
-    answer: mpsc::Sender<Queued>,
-    background: mpsc::Sender<Queued>,
+/// The queues between the handles and the writer thread.
+#[derive(Default)]
+struct Queues {
+    answer: VecDeque<Queued>,
+    background: VecDeque<Queued>,
+    /// Stop once the queues are empty: [`WriterTask::stop`] was called, or every handle dropped.
+    closing: bool,
 }
 
-impl std::fmt::Debug for Queued {
+#[derive(Default)]
+struct Shared {
+    queues: Mutex<Queues>,
+    wake: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queues> {
+        self.queues.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn close(&self) {
+        self.lock().closing = true;
+        self.wake.notify_one();
+    }
+}
+
+/// Closes the queues when the last handle is dropped.
+struct Handles(Arc<Shared>);
+
+impl Drop for Handles {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+/// The writer's handle: queues jobs for the writer thread.
+#[derive(Clone)]
+pub struct SqliteWriter {
+    handles: Arc<Handles>,
+}
+
+impl std::fmt::Debug for SqliteWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Queued")
+        f.write_str("SqliteWriter")
     }
 }
 
 impl SqliteWriter {
-    /// Opens the writer's own connection to `store`'s database and starts the writer task; it
+    /// Opens the writer's own connection to `store`'s database and starts the writer thread; it
     /// ends when every handle is dropped or [`WriterTask::stop`] is called, after the jobs
     /// already queued.
     pub async fn start(store: &SqliteStore) -> Result<(Self, WriterTask), StoreError> {
-        let options = store.pool.connect_options();
-        let conn = options
-            .connect()
-            .await
-            .map_err(db("open the write connection"))?;
-        let (answer, answer_rx) = mpsc::channel(QUEUE);
-        let (background, background_rx) = mpsc::channel(QUEUE);
-        let stop = tokio_util::sync::CancellationToken::new();
-        let task = tokio::spawn(run(options, conn, answer_rx, background_rx, stop.clone()));
-        Ok((Self { answer, background }, WriterTask { task, stop }))
+        let path = store.direct.path().to_owned();
+        let conn = direct::open_writer(&path)?;
+        let checkpoint_conn = direct::open(&path)?;
+        let shared = Arc::new(Shared::default());
+        let (done, finished) = oneshot::channel();
+        let thread_shared = shared.clone();
+        let (kick, kicks) = sync_channel(1);
+        let thread = |name: &str| std::thread::Builder::new().name(name.into());
+        let spawn_failed = |e: std::io::Error| {
+            StoreError::Internal(format!("could not start a writer thread: {e}"))
+        };
+        let checkpointer = thread("sqlite-checkpoint")
+            .spawn(move || checkpoint_after_commits(&checkpoint_conn, &kicks))
+            .map_err(spawn_failed)?;
+        thread("sqlite-writer")
+            .spawn(move || {
+                run(&path, conn, &thread_shared, &kick);
+                drop(kick);
+                let _ = checkpointer.join();
+                let _ = done.send(());
+            })
+            .map_err(spawn_failed)?;
+        Ok((
+            Self {
+                handles: Arc::new(Handles(shared.clone())),
+            },
+            WriterTask { shared, finished },
+        ))
     }
 }
 
-/// The writer task, to stop it.
+/// The writer thread, to stop it.
 #[derive(Debug)]
 pub struct WriterTask {
-    task: tokio::task::JoinHandle<()>,
-    stop: tokio_util::sync::CancellationToken,
+    shared: Arc<Shared>,
+    finished: oneshot::Receiver<()>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Shared")
+    }
 }
 
 impl WriterTask {
     /// Stops the writer once the jobs already queued are done, and closes its connection.
     pub async fn stop(self) {
-        self.stop.cancel();
-        let _ = self.task.await;
+        self.shared.close();
+        let _ = self.finished.await;
     }
 
     /// Waits for the writer to end (every handle dropped).
     pub async fn join(self) {
-        let _ = self.task.await;
+        let _ = self.finished.await;
     }
 }
 
@@ -88,76 +160,79 @@ impl Transactor for SqliteWriter {
     fn run(&self, job: TxJob, urgency: Urgency) -> StoreFuture<'_, Box<dyn Any + Send>> {
         Box::pin(async move {
             let (reply, rx) = oneshot::channel();
-            let queue = match urgency {
-                Urgency::Answer => &self.answer,
-                Urgency::Background => &self.background,
-            };
             let stopped = || StoreError::Internal("the database writer has stopped".into());
-            queue
-                .send(Queued { job, reply })
-                .await
-                .map_err(|_| stopped())?;
+            {
+                let shared = &self.handles.0;
+                let mut q = shared.lock();
+                if q.closing {
+                    return Err(stopped());
+                }
+                let queued = Queued { job, reply };
+                match urgency {
+                    Urgency::Answer => q.answer.push_back(queued),
+                    Urgency::Background => q.background.push_back(queued),
+                }
+                drop(q);
+                shared.wake.notify_one();
+            }
             rx.await.map_err(|_| stopped())?
         })
     }
 }
 
-async fn run(
-    options: std::sync::Arc<sqlx::sqlite::SqliteConnectOptions>,
-    mut conn: SqliteConnection,
-    mut answer: mpsc::Receiver<Queued>,
-    mut background: mpsc::Receiver<Queued>,
-    stop: tokio_util::sync::CancellationToken,
-) {
-    let (mut answer_open, mut background_open) = (true, true);
-    loop {
-        // Queued jobs first: a stop takes effect once both queues are empty; the writer also
-        // ends once every handle is dropped and both queues are drained.
-        let first = tokio::select! {
-            biased;
-            q = answer.recv(), if answer_open => match q {
-                Some(q) => (q, false),
-                None => {
-                    answer_open = false;
-                    continue;
-                }
-            },
-            q = background.recv(), if background_open => match q {
-                Some(q) => (q, true),
-                None => {
-                    background_open = false;
-                    continue;
-                }
-            },
-            () = stop.cancelled(), if answer_open || background_open => break,
-            else => break,
-        };
-        let (first, first_is_background) = first;
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match answer.try_recv() {
-                Ok(q) => batch.push(q),
-                Err(_) => break,
-            }
+/// The next batch: up to [`MAX_BATCH`] waiting answer jobs and at most one background job;
+/// `None` once the queues are closed and empty.
+fn next_batch(shared: &Shared) -> Option<Vec<Queued>> {
+    let mut q = shared.lock();
+    while q.answer.is_empty() && q.background.is_empty() {
+        if q.closing {
+            return None;
         }
-        // At most one background job per transaction.
-        if !first_is_background && let Ok(q) = background.try_recv() {
-            batch.push(q);
+        q = shared.wake.wait(q).unwrap_or_else(|p| p.into_inner());
+    }
+    let take = q.answer.len().min(MAX_BATCH);
+    let mut batch: Vec<Queued> = q.answer.drain(..take).collect();
+    if let Some(b) = q.background.pop_front() {
+        batch.push(b);
+    }
+    Some(batch)
+}
+
+fn run(path: &std::path::Path, mut conn: Connection, shared: &Shared, kick: &SyncSender<()>) {
+    while let Some(batch) = next_batch(shared) {
+        let committed = run_batch(&mut conn, batch);
+        // A kick while one is pending is folded into it.
+        if let Err(TrySendError::Disconnected(())) = kick.try_send(()) {
+            tracing::error!("the checkpoint thread has stopped");
         }
-        if !run_batch(&mut conn, batch).await {
+        if !committed {
             // The transaction broke under the batch: start again on a fresh connection.
-            match options.connect().await {
-                Ok(fresh) => {
-                    let old = std::mem::replace(&mut conn, fresh);
-                    let _ = old.close().await;
-                }
+            let _ = conn.execute_batch("ROLLBACK");
+            match direct::open(path) {
+                Ok(fresh) => conn = fresh,
                 Err(e) => {
                     tracing::error!(error = %e, "reopening the database write connection failed")
                 }
             }
         }
     }
-    let _ = conn.close().await;
+}
+
+/// Checkpoints the log after commits (`kicks`), at most every [`CHECKPOINT_PACE`], until the
+/// writer ends; then once more. A passive checkpoint copies what no reader still needs and
+/// never blocks the writer or a reader.
+fn checkpoint_after_commits(conn: &Connection, kicks: &Receiver<()>) {
+    let checkpoint = || {
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "checkpointing the database log failed");
+        }
+    };
+    while kicks.recv().is_ok() {
+        checkpoint();
+        // Pacing, not synchronisation: commits meanwhile leave one kick waiting.
+        std::thread::sleep(CHECKPOINT_PACE);
+    }
+    checkpoint();
 }
 
 /// Runs `batch` in one transaction and answers every job once it committed (or failed).
@@ -165,24 +240,21 @@ async fn run(
 /// released, e.g. SQLite rolled the whole transaction back on a full disk): then every job of
 /// the batch is answered with an error, none is reported durable, and the caller reopens the
 /// connection.
-async fn run_batch(conn: &mut SqliteConnection, batch: Vec<Queued>) -> bool {
-    let mut tx = match conn.begin_with("BEGIN IMMEDIATE").await {
-        Ok(tx) => tx,
-        Err(e) => {
-            let msg = e.to_string();
-            for q in batch {
-                let _ = q.reply.send(Err(StoreError::Internal(format!(
-                    "could not begin a write transaction: {msg}"
-                ))));
-            }
-            return true;
+fn run_batch(conn: &mut Connection, batch: Vec<Queued>) -> bool {
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        let msg = e.to_string();
+        for q in batch {
+            let _ = q.reply.send(Err(StoreError::Internal(format!(
+                "could not begin a write transaction: {msg}"
+            ))));
         }
-    };
+        return conn.is_autocommit();
+    }
     let mut done = Vec::with_capacity(batch.len());
     let mut pending = batch.into_iter();
     let mut broken = None;
     for q in pending.by_ref() {
-        match run_job(&mut tx, q.job).await {
+        match run_job(conn, q.job) {
             Ok(out) => done.push((q.reply, out)),
             Err(e) => {
                 broken = Some(e.to_string());
@@ -193,7 +265,6 @@ async fn run_batch(conn: &mut SqliteConnection, batch: Vec<Queued>) -> bool {
     }
     if let Some(why) = broken {
         tracing::error!(error = %why, "a write transaction broke; its batch is answered with errors");
-        drop(tx);
         let fail = |_| StoreError::Internal(format!("the write transaction broke: {why}"));
         for (reply, _) in done {
             let _ = reply.send(Err(fail(())));
@@ -203,7 +274,7 @@ async fn run_batch(conn: &mut SqliteConnection, batch: Vec<Queued>) -> bool {
         }
         return false;
     }
-    match tx.commit().await {
+    match conn.execute_batch("COMMIT") {
         Ok(()) => {
             for (reply, out) in done {
                 let _ = reply.send(out);
@@ -226,30 +297,139 @@ async fn run_batch(conn: &mut SqliteConnection, batch: Vec<Queued>) -> bool {
 /// Runs one job in a savepoint: released when the job succeeds, rolled back when it fails or
 /// panics (the other jobs of the batch are unaffected). The outer error means the transaction
 /// itself broke (the savepoint could not be opened, released or rolled back).
-async fn run_job(
-    tx: &mut Transaction<'_, Sqlite>,
+fn run_job(
+    conn: &mut Connection,
     job: TxJob,
 ) -> Result<Result<Box<dyn Any + Send>, StoreError>, StoreError> {
-    let mut sp = tx.begin().await.map_err(db("begin savepoint"))?;
-    let out = {
-        let mut stx = SqliteTx::new(&mut sp);
-        AssertUnwindSafe(job(&mut stx)).catch_unwind().await
-    };
+    conn.execute_batch("SAVEPOINT job")
+        .map_err(lite("begin savepoint"))?;
+    let out = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        let mut tx = DirectTx::new(conn);
+        complete(job(&mut tx)).and_then(|r| r)
+    }));
     match out {
         Ok(Ok(v)) => {
-            sp.commit().await.map_err(db("release savepoint"))?;
+            conn.execute_batch("RELEASE job")
+                .map_err(lite("release savepoint"))?;
             Ok(Ok(v))
         }
         Ok(Err(e)) => {
-            sp.rollback().await.map_err(db("roll back savepoint"))?;
+            roll_back_savepoint(conn)?;
             Ok(Err(e))
         }
         Err(_) => {
-            sp.rollback().await.map_err(db("roll back savepoint"))?;
+            roll_back_savepoint(conn)?;
             tracing::error!("a database write job panicked; its changes were rolled back");
             Ok(Err(StoreError::Internal(
                 "a database write job panicked".into(),
             )))
         }
+    }
+}
+
+fn roll_back_savepoint(conn: &Connection) -> Result<(), StoreError> {
+    conn.execute_batch("ROLLBACK TO job; RELEASE job")
+        .map_err(lite("roll back savepoint"))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+    use crate::store::Store as _;
+    use crate::store::instances::CheckIn;
+    use crate::store::tx::transact;
+
+    fn check_in(machine: &str) -> CheckIn {
+        CheckIn {
+            machine_id: machine.into(),
+            app_id: "a".into(),
+            version: "1.0.0".into(),
+            group_id: None,
+            track: "stable".into(),
+            alias: String::new(),
+            ip: String::new(),
+            oem: String::new(),
+            oem_version: String::new(),
+            board: String::new(),
+            boot_id: String::new(),
+            at: 5,
+            first_seen: 5,
+        }
+    }
+
+    async fn writer() -> (tempfile::TempDir, SqliteStore, SqliteWriter, WriterTask) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(&dir.path().join("db.sqlite"))
+            .await
+            .unwrap();
+        let (w, task) = SqliteWriter::start(&s).await.unwrap();
+        (dir, s, w, task)
+    }
+
+    #[tokio::test]
+    async fn a_panicking_job_rolls_back_alone() {
+        let (_dir, s, w, task) = writer().await;
+        let panicked = transact(&w, Urgency::Answer, |tx| {
+            Box::pin(async move {
+                tx.check_in(&[check_in("m-panic")]).await?;
+                if tx.instance("m-panic", "a").await?.is_some() {
+                    panic!("a job fails hard after its write");
+                }
+                Ok(())
+            })
+        })
+        .await;
+        let kept = transact(&w, Urgency::Answer, |tx| {
+            Box::pin(async move { tx.check_in(&[check_in("m-ok")]).await })
+        })
+        .await;
+        task.stop().await;
+        let err = panicked.expect_err("the panicking job reports an error");
+        assert!(err.to_string().contains("panicked"), "{err}");
+        kept.unwrap();
+        assert_eq!(s.instance("m-panic", "a").await.unwrap(), None);
+        assert!(s.instance("m-ok", "a").await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_job_that_waits_on_anything_but_the_database_fails_without_blocking_the_writer() {
+        let (_dir, s, w, task) = writer().await;
+        let waited = transact(&w, Urgency::Answer, |tx| {
+            Box::pin(async move {
+                tx.check_in(&[check_in("m-wait")]).await?;
+                // Pending once: the writer must not block on it.
+                tokio::task::yield_now().await;
+                Ok(())
+            })
+        })
+        .await;
+        let after = transact(&w, Urgency::Background, |tx| {
+            Box::pin(async move { tx.check_in(&[check_in("m-after")]).await })
+        })
+        .await;
+        task.stop().await;
+        let err = waited.expect_err("a job that waits fails");
+        assert!(err.to_string().contains("other than the database"), "{err}");
+        after.unwrap();
+        assert_eq!(
+            s.instance("m-wait", "a").await.unwrap(),
+            None,
+            "rolled back"
+        );
+        assert!(s.instance("m-after", "a").await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_stopped_writer_refuses_new_jobs() {
+        let (_dir, _s, w, task) = writer().await;
+        task.stop().await;
+        let err = transact(&w, Urgency::Answer, |tx| {
+            Box::pin(async move { tx.check_in(&[check_in("m")]).await })
+        })
+        .await
+        .expect_err("the writer has stopped");
+        assert!(err.to_string().contains("stopped"), "{err}");
     }
 }
