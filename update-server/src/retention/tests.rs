@@ -82,21 +82,7 @@ fn settings() -> RetentionSettings {
 }
 
 fn check_in(machine: &str, at: i64) -> CheckIn {
-    CheckIn {
-        machine_id: machine.into(),
-        app_id: APP.into(),
-        version: "1.0.0".into(),
-        group_id: None,
-        track: "stable".into(),
-        alias: String::new(),
-        ip: String::new(),
-        oem: String::new(),
-        oem_version: String::new(),
-        board: String::new(),
-        boot_id: String::new(),
-        at,
-        first_seen: at,
-    }
+    CheckIn::example(machine, APP, at)
 }
 
 /// A second connection to the file, for the test's own reads and writes.

@@ -94,6 +94,29 @@ impl CheckIn {
     }
 }
 
+#[cfg(test)]
+impl CheckIn {
+    /// A check-in of `machine` for `app` at `at`: version 1.0.0, track `stable`, no group, and
+    /// nothing else reported.
+    pub(crate) fn example(machine: &str, app: &str, at: i64) -> Self {
+        Self {
+            machine_id: machine.into(),
+            app_id: app.into(),
+            version: "1.0.0".into(),
+            group_id: None,
+            track: "stable".into(),
+            alias: String::new(),
+            ip: String::new(),
+            oem: String::new(),
+            oem_version: String::new(),
+            board: String::new(),
+            boot_id: String::new(),
+            at,
+            first_seen: at,
+        }
+    }
+}
+
 /// The status columns of an instance row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatusColumns {

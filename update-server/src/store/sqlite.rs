@@ -158,8 +158,9 @@ impl SqliteStore {
         })
     }
 
-    /// Closes the pool (checkpointing the WAL).
+    /// Closes the direct connections and the pool (the last one checkpoints the WAL).
     pub async fn close(&self) {
+        self.direct.close();
         self.pool.close().await;
     }
 }

@@ -129,8 +129,10 @@ impl DirectPool {
         &self.path
     }
 
-    /// Runs `f` on an idle connection (opening one if none is idle) and keeps it for the next
-    /// caller.
+    /// Runs `f` on an idle connection (opening one if none is idle), then keeps the connection
+    /// for the next caller unless it is still inside a transaction or enough are idle. Reads
+    /// run on the caller's thread: in WAL mode a reader does not wait for the writer, and a
+    /// primary-key read from the page cache takes microseconds.
     pub fn with<T>(
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
@@ -149,6 +151,11 @@ impl DirectPool {
             }
         }
         out
+    }
+
+    /// Closes the idle connections (the last connection to close checkpoints the log).
+    pub fn close(&self) {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
     /// Runs `f` in a `BEGIN IMMEDIATE` transaction on a blocking thread and commits it; rolls

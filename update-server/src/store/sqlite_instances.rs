@@ -1,4 +1,5 @@
-//! [`InstanceTx`] on SQLite (direct connections): column-wise, conditional instance writes. The statements use no
+//! [`InstanceTx`] on SQLite (direct connections): column-wise, conditional instance
+//! writes. The statements use no
 //! SQLite-only feature (upserts and row-count checks as PostgreSQL has them); a PostgreSQL store
 //! reuses them with its own placeholders.
 
@@ -106,7 +107,17 @@ fn check_in(conn: &Connection, rows: &[CheckIn]) -> Result<(), StoreError> {
     newest.sort_unstable_by(|a, b| (&a.machine_id, &a.app_id).cmp(&(&b.machine_id, &b.app_id)));
     for chunk in newest.chunks(ROWS_PER_STATEMENT) {
         let sql = check_in_sql(chunk.len());
-        let mut stmt = conn.prepare_cached(&sql).map_err(lite("write check-ins"))?;
+        // Full chunks and single rows are the common shapes; caching every size would crowd
+        // the grant statements out of the connection's cache.
+        let (mut cached, mut plain);
+        let stmt: &mut rusqlite::Statement<'_> =
+            if chunk.len() == ROWS_PER_STATEMENT || chunk.len() == 1 {
+                cached = conn.prepare_cached(&sql).map_err(lite("write check-ins"))?;
+                &mut cached
+            } else {
+                plain = conn.prepare(&sql).map_err(lite("write check-ins"))?;
+                &mut plain
+            };
         let mut i = 0;
         let mut bind = |v: &dyn rusqlite::ToSql| {
             i += 1;

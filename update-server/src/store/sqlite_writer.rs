@@ -47,7 +47,9 @@ struct Queued {
     reply: Reply,
 }
 
-/// The queues between the handles and the writer thread.
+/// The queues between the handles and the writer thread. They need no bound of their own: an
+/// answer job is a request in flight (bounded by the connection cap), and the check-in buffer
+/// sends one background job at a time.
 #[derive(Default)]
 struct Queues {
     answer: VecDeque<Queued>,
@@ -199,21 +201,48 @@ fn next_batch(shared: &Shared) -> Option<Vec<Queued>> {
 }
 
 fn run(path: &std::path::Path, mut conn: Connection, shared: &Shared, kick: &SyncSender<()>) {
+    // However the loop ends (a panic outside a job included), the queues close and every job
+    // still queued is answered, so no client waits for a writer that is gone.
+    let _closed_on_exit = CloseOnExit(shared);
+    let mut checkpointer_gone = false;
     while let Some(batch) = next_batch(shared) {
         let committed = run_batch(&mut conn, batch);
         // A kick while one is pending is folded into it.
-        if let Err(TrySendError::Disconnected(())) = kick.try_send(()) {
-            tracing::error!("the checkpoint thread has stopped");
+        if let Err(TrySendError::Disconnected(())) = kick.try_send(())
+            && !checkpointer_gone
+        {
+            checkpointer_gone = true;
+            tracing::error!("the checkpoint thread has stopped; SQLite's own checkpoints go on");
         }
         if !committed {
             // The transaction broke under the batch: start again on a fresh connection.
             let _ = conn.execute_batch("ROLLBACK");
-            match direct::open(path) {
+            match direct::open_writer(path) {
                 Ok(fresh) => conn = fresh,
                 Err(e) => {
                     tracing::error!(error = %e, "reopening the database write connection failed")
                 }
             }
+        }
+    }
+}
+
+/// Closes the queues and fails the jobs left in them when the writer thread ends.
+struct CloseOnExit<'s>(&'s Shared);
+
+impl Drop for CloseOnExit<'_> {
+    fn drop(&mut self) {
+        let left: Vec<Queued> = {
+            let mut q = self.0.lock();
+            q.closing = true;
+            let answer = std::mem::take(&mut q.answer);
+            let background = std::mem::take(&mut q.background);
+            answer.into_iter().chain(background).collect()
+        };
+        for q in left {
+            let _ = q.reply.send(Err(StoreError::Internal(
+                "the database writer has stopped".into(),
+            )));
         }
     }
 }
@@ -342,21 +371,7 @@ mod tests {
     use crate::store::tx::transact;
 
     fn check_in(machine: &str) -> CheckIn {
-        CheckIn {
-            machine_id: machine.into(),
-            app_id: "a".into(),
-            version: "1.0.0".into(),
-            group_id: None,
-            track: "stable".into(),
-            alias: String::new(),
-            ip: String::new(),
-            oem: String::new(),
-            oem_version: String::new(),
-            board: String::new(),
-            boot_id: String::new(),
-            at: 5,
-            first_seen: 5,
-        }
+        CheckIn::example(machine, "a", 5)
     }
 
     async fn writer() -> (tempfile::TempDir, SqliteStore, SqliteWriter, WriterTask) {

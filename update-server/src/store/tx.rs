@@ -1,11 +1,14 @@
 //! The narrow transactional interface the domain rules run over. The rollout rules
 //! ([`crate::rollout::grants`]) and the check path ([`crate::service`]) are written once, against
 //! [`StoreTx`]; each store implements its operations in a few lines of SQL and runs jobs through
-//! a [`Transactor`]. SQLite's transactor is a single writer task that commits the jobs queued
+//! a [`Transactor`]. SQLite's transactor is a single writer thread that commits the jobs queued
 //! together in one transaction (group commit, [`crate::store::SqliteWriter`]); a store whose database
 //! serialises per row (PostgreSQL) can run each job in its own transaction.
 //!
-//! A job is a closure over the transaction; it runs inside a savepoint, so a job that fails rolls
+//! A job is a closure over the transaction; it awaits only the transaction's operations (a
+//! store may run it to completion in one poll, as SQLite's writer does, and fails a job that
+//! waits on anything else: no locks, timers or other I/O inside a transaction). It runs inside
+//! a savepoint, so a job that fails rolls
 //! back alone while the others of its batch commit. Its result is handed back only after the
 //! transaction is durable.
 
