@@ -10,26 +10,22 @@ use update_server::simulate::{SimulateArgs, StopReason, simulate};
 fn args(dir: &std::path::Path, extra: &[&str]) -> SimulateArgs {
     let csv = dir.join("run.csv");
     let chart = dir.join("run.svg");
-    let mut v: Vec<String> = [
-        "simulate",
-        "--machines",
-        "300",
-        "--check-interval",
-        "2h",
-        "--step-interval",
-        "4h",
-        "--reboot-delay",
-        "30m",
-        "--linger",
-        "2h",
-        "--sample-every",
-        "20m",
-        "--parallel",
-        "32",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    // Defaults, each left out when `extra` sets it.
+    let defaults = [
+        ("--machines", "300"),
+        ("--check-interval", "2h"),
+        ("--step-interval", "4h"),
+        ("--reboot-delay", "30m"),
+        ("--linger", "2h"),
+        ("--sample-every", "20m"),
+        ("--parallel", "32"),
+    ];
+    let mut v = vec!["simulate".to_string()];
+    for (flag, value) in defaults {
+        if !extra.contains(&flag) {
+            v.extend([flag.to_string(), value.to_string()]);
+        }
+    }
     v.extend(extra.iter().map(|s| s.to_string()));
     v.extend([
         "--data-dir".into(),
@@ -131,4 +127,49 @@ async fn no_failures_complete_with_every_machine_on_the_new_version() {
         );
     }
     assert!(dir.path().join("run.svg").exists());
+}
+
+/// Release day in small: a new version at 100 % from the start, machines checking every 45
+/// minutes. Every machine holds a grant within one (jittered) check interval, and the summary
+/// reports when, with the wall-clock latency of every update check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_day_grants_every_machine_within_one_check_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = simulate(args(
+        dir.path(),
+        &[
+            "--failure-rate",
+            "0",
+            "--ramp",
+            "100",
+            "--check-interval",
+            "45m",
+            "--linger",
+            "0s",
+            "--seed",
+            "3",
+        ],
+    ))
+    .await
+    .unwrap();
+    let s = &out.summary;
+    assert_eq!(s.stop, StopReason::Completed, "{s}");
+    let granted = s.all_granted_secs.expect("every machine was granted");
+    // First checks come within one check interval with ±25 % jitter, a minute's tick on top.
+    let bound = 45 * 60 * 5 / 4 + 60;
+    assert!(
+        granted > 0 && granted <= bound,
+        "granted after {granted} s: {s}"
+    );
+    let l = s.check_latency;
+    assert!(
+        l.count >= 300 * 2,
+        "a first check and a post-reboot check per machine: {s}"
+    );
+    assert!(
+        l.p50 > std::time::Duration::ZERO && l.p50 <= l.p99 && l.p99 <= l.max,
+        "{l:?}"
+    );
+    assert!(s.to_string().contains("every machine granted after"), "{s}");
+    assert!(s.mismatches().is_empty(), "{s}");
 }

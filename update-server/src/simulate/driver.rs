@@ -7,7 +7,7 @@
 //! sample), so idle stretches cost nothing; every request of a tick sees the same server time.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use tokio::task::JoinSet;
@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 use super::fleet::Fleet;
 use super::machine::{Answer, Model, Step};
 use super::options::SimulateArgs;
-use super::report::StopReason;
+use super::report::{Latency, StopReason};
 use super::sample::{Sample, ServerPoint};
 use super::setup::Env;
 use super::wire::{Offered, Wire};
@@ -39,6 +39,12 @@ pub struct Run {
     pub simulated_secs: u64,
     /// Wall-clock time of the drive.
     pub wall: std::time::Duration,
+    /// Simulated seconds after the start until every machine had been granted the new version
+    /// at least once (`None`: not every machine was).
+    pub all_granted_secs: Option<u64>,
+    /// Wall-clock time of every update check answered (routine checks and the first check after
+    /// a reboot; event reports aside).
+    pub check_latency: Latency,
 }
 
 /// The machine model of the arguments.
@@ -56,7 +62,9 @@ pub fn model(args: &SimulateArgs) -> Model {
     }
 }
 
-type Done = (u32, Step, Answer, Option<Offered>, u64);
+/// A request answered: machine, step, answer, the payload offered, requests sent, and how long
+/// the update request took.
+type Done = (u32, Step, Answer, Option<Offered>, u64, Duration);
 
 /// Sends every due action, at most `parallel` at once; returns the answers.
 async fn send_all(
@@ -79,9 +87,11 @@ async fn send_all(
                 _ => None,
             };
             set.spawn(async move {
+                let sent = Instant::now();
                 let (answer, o) = w.send(id, step, off.as_ref()).await;
+                let took = sent.elapsed();
                 let requests = 1 + u64::from(off.is_some());
-                (id, step, answer, o, requests)
+                (id, step, answer, o, requests, took)
             });
         }
         match set.join_next().await {
@@ -155,6 +165,8 @@ pub async fn drive(args: &SimulateArgs, env: &Env) -> anyhow::Result<Run> {
     let mut halt: Option<Halt> = None;
     let mut settled: Option<(i64, StopReason)> = None;
     let mut next_sample = start;
+    let mut check_times = Vec::new();
+    let mut all_granted_at = None;
     let wall = Instant::now();
     let mut now = env.clock.now();
     let (last_status, stop) = loop {
@@ -164,13 +176,22 @@ pub async fn drive(args: &SimulateArgs, env: &Env) -> anyhow::Result<Run> {
         } else {
             None
         };
-        for (id, step, answer, o, requests) in send_all(&wire, due, args.parallel, download).await?
+        for (id, step, answer, o, requests, took) in
+            send_all(&wire, due, args.parallel, download).await?
         {
             fleet.totals.requests += requests;
+            if matches!(step, Step::Check | Step::CheckNew | Step::PostReboot) {
+                check_times.push(took);
+            }
             if offered.is_none() {
                 offered = o;
             }
             fleet.apply(id, step, &answer, now, &m);
+        }
+
+        // Every machine granted at least once (counted only once enough grants were made).
+        if all_granted_at.is_none() && fleet.totals.grants >= n && fleet.counts().attempted == n {
+            all_granted_at = Some(now);
         }
 
         if now >= next_sample || now >= max_end {
@@ -247,5 +268,7 @@ pub async fn drive(args: &SimulateArgs, env: &Env) -> anyhow::Result<Run> {
         last_status,
         stop,
         wall: wall.elapsed(),
+        all_granted_secs: all_granted_at.map(|t| u64::try_from(t - start).unwrap_or(0)),
+        check_latency: Latency::of(check_times),
     })
 }

@@ -21,7 +21,7 @@ pub mod setup;
 pub mod wire;
 
 pub use options::SimulateArgs;
-pub use report::{Mismatch, StopReason, Summary};
+pub use report::{Latency, Mismatch, StopReason, Summary};
 
 use anyhow::Context as _;
 
@@ -101,6 +101,8 @@ pub async fn simulate(args: SimulateArgs) -> anyhow::Result<Outcome> {
             grants_after_halt,
             server: run.last_status,
             compared,
+            all_granted_secs: run.all_granted_secs,
+            check_latency: run.check_latency,
         },
         samples: run.samples,
     })

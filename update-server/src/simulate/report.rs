@@ -116,6 +116,36 @@ pub fn compare(counts: &Counts, st: &RolloutStatus, to_version: &str) -> Vec<Com
     ]
 }
 
+/// Wall-clock latencies of a kind of request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Latency {
+    /// Requests measured.
+    pub count: u64,
+    /// Median.
+    pub p50: Duration,
+    /// 99th percentile.
+    pub p99: Duration,
+    /// Slowest.
+    pub max: Duration,
+}
+
+impl Latency {
+    /// The percentiles of `times` (nearest rank).
+    pub fn of(mut times: Vec<Duration>) -> Self {
+        times.sort_unstable();
+        let rank = |q: f64| {
+            let i = ((times.len() as f64 * q).ceil() as usize).saturating_sub(1);
+            times.get(i).copied().unwrap_or_default()
+        };
+        Self {
+            count: times.len() as u64,
+            p50: rank(0.50),
+            p99: rank(0.99),
+            max: times.last().copied().unwrap_or_default(),
+        }
+    }
+}
+
 /// The summary of a run.
 #[derive(Debug, Clone)]
 pub struct Summary {
@@ -145,6 +175,10 @@ pub struct Summary {
     pub server: RolloutStatus,
     /// Both sides' final counts.
     pub compared: Vec<Compared>,
+    /// Simulated seconds until every machine had been granted the new version at least once.
+    pub all_granted_secs: Option<u64>,
+    /// Wall-clock latency of the update checks.
+    pub check_latency: Latency,
 }
 
 impl Summary {
@@ -204,6 +238,24 @@ impl fmt::Display for Summary {
             t.failures,
             t.transport_errors,
             t.unexpected
+        )?;
+        match self.all_granted_secs {
+            Some(secs) => writeln!(
+                f,
+                "every machine granted after {} (simulated)",
+                format_duration(secs)
+            )?,
+            None => writeln!(f, "not every machine was granted")?,
+        }
+        let l = &self.check_latency;
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        writeln!(
+            f,
+            "update checks: {}  wall-clock latency p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
+            l.count,
+            ms(l.p50),
+            ms(l.p99),
+            ms(l.max)
         )?;
         match (&self.halt, self.halt_hours) {
             (Some(h), Some(hours)) => writeln!(
