@@ -27,7 +27,8 @@
 //! ```
 //!
 //! Knobs (environment): `BENCH_MACHINES` (registered fleet, 1,000,000), `BENCH_SECS` (seconds
-//! per scenario, 10).
+//! per scenario, 10), `BENCH_POLICY` (the group's policy as JSON, `{"percentage": 100}`; e.g.
+//! `{"percentage": 100, "auto_halt": {"max_failure_rate": 0.05, "min_attempts": 100}}`).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::collections::HashMap;
@@ -434,9 +435,14 @@ async fn create_catalogue(
         "application/json",
     )
     .await?;
+    // `BENCH_POLICY`: the group's policy as JSON (default: the new version at 100 %).
+    let policy: serde_json::Value = match std::env::var("BENCH_POLICY") {
+        Ok(p) => serde_json::from_str(&p).context("BENCH_POLICY is not JSON")?,
+        Err(_) => serde_json::json!({"percentage": 100}),
+    };
     let group = json(serde_json::json!({
         "name": "stable", "track": "stable", "channel": "stable",
-        "policy": {"percentage": 100},
+        "policy": policy,
     }));
     let path = format!("/apps/{APP}/groups");
     let group = admin(http, server, token, post, &path, group, "application/json").await?;

@@ -69,6 +69,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "catalogue_generation",
         include_str!("../../migrations/0009_catalogue_generation.sql"),
     ),
+    (
+        10,
+        "grant_tallies",
+        include_str!("../../migrations/0010_grant_tallies.sql"),
+    ),
 ];
 
 #[path = "sqlite_credential.rs"]

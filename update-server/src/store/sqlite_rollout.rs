@@ -146,8 +146,8 @@ impl GrantTx for DirectTx<'_> {
         ready(
             count(
                 self.conn,
-                "SELECT COUNT(*) FROM rollout_grants WHERE group_id = ? AND version = ? \
-                 AND state = 'complete'",
+                "SELECT COALESCE(SUM(machines), 0) FROM rollout_grant_tallies \
+                 WHERE group_id = ? AND version = ? AND state = 'complete'",
                 (group_id, version),
             )
             .map(machines),
@@ -440,10 +440,19 @@ fn grant_counts(
     since: i64,
 ) -> Result<Vec<GrantCount>, StoreError> {
     const OP: &str = "rollout stats";
+    // The tallies (migration 0010, kept by triggers) count every grant of the version; the
+    // grants made at or before `since` (a resume) are taken off again, from an index-only scan
+    // that is empty unless the rollout was resumed.
     let mut stmt = conn
         .prepare_cached(
-            "SELECT state, new_machine, COUNT(*) FROM rollout_grants WHERE group_id = ? \
-             AND version = ? AND granted_at > ? GROUP BY state, new_machine",
+            "SELECT state, new_machine, SUM(n) FROM ( \
+               SELECT state, new_machine, machines AS n FROM rollout_grant_tallies \
+               WHERE group_id = ?1 AND version = ?2 \
+               UNION ALL \
+               SELECT state, new_machine, -COUNT(*) FROM rollout_grants \
+               WHERE group_id = ?1 AND version = ?2 AND granted_at <= ?3 \
+               GROUP BY state, new_machine) \
+             GROUP BY state, new_machine HAVING SUM(n) <> 0",
         )
         .map_err(lite(OP))?;
     let mut rows = stmt.query((group_id, version, since)).map_err(lite(OP))?;
@@ -451,7 +460,7 @@ fn grant_counts(
     while let Some(r) = rows.next().map_err(lite(OP))? {
         let state: String = col(r, 0, GRANTS, "state")?;
         let new_machine: i64 = col(r, 1, GRANTS, "new_machine")?;
-        let n: i64 = col(r, 2, GRANTS, "COUNT(*)")?;
+        let n: i64 = col(r, 2, GRANTS, "machines")?;
         let state = GrantState::parse(&state).ok_or_else(|| StoreError::Corrupt {
             table: GRANTS,
             column: "state",
@@ -807,6 +816,99 @@ mod tests {
 
     async fn stats(s: &SqliteStore, version: &str) -> GrantStats {
         s.grant_stats(GROUP, version, 1_000_000).await.unwrap()
+    }
+
+    /// The grant counts as `rollout_grants` holds them (what the tallies must equal).
+    async fn counted(s: &SqliteStore, version: &str, since: i64) -> Vec<(String, bool, u64)> {
+        let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+            "SELECT state, new_machine, COUNT(*) FROM rollout_grants WHERE group_id = ? \
+             AND version = ? AND granted_at > ? GROUP BY state, new_machine",
+        )
+        .bind(GROUP)
+        .bind(version)
+        .bind(since)
+        .fetch_all(&s.pool)
+        .await
+        .unwrap();
+        let mut out: Vec<_> = rows
+            .into_iter()
+            .map(|(st, new, n)| (st, new != 0, machines(n)))
+            .collect();
+        out.sort();
+        out
+    }
+
+    async fn tallied(s: &SqliteStore, version: &str, since: i64) -> Vec<(String, bool, u64)> {
+        let version = version.to_owned();
+        let counts = s
+            .direct
+            .write("rollout stats", move |tx| {
+                complete(tx.grant_counts(GROUP, &version, since))?
+            })
+            .await
+            .unwrap();
+        let mut out: Vec<_> = counts
+            .into_iter()
+            .map(|c| (c.state.as_str().to_owned(), c.new_machine, c.machines))
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[tokio::test]
+    async fn the_tallies_equal_a_count_of_the_grants_through_every_change() {
+        let (_d, s) = store(r#"{}"#).await;
+        let new_machine = |m: usize| GrantRequest {
+            group_id: GROUP.into(),
+            app_id: APP.into(),
+            machine_id: format!("n{m}"),
+            version: "2.0.0".into(),
+            canary: false,
+            first_seen: 50,
+            network: "192.0.2.0/24".into(),
+            new_machine_limit: None,
+            now: 60,
+        };
+        for m in 0..12 {
+            let v = if m % 4 == 0 { "3.0.0" } else { "2.0.0" };
+            grant(&s, &format!("m{m}"), v, 10 + m as i64).await;
+        }
+        for m in 0..3 {
+            s.try_grant(&new_machine(m)).await.unwrap();
+        }
+        for m in 1..4 {
+            report(
+                &s,
+                &format!("m{m}"),
+                GrantState::Installed,
+                "1.0.0",
+                None,
+                30,
+            )
+            .await;
+        }
+        report(&s, "m1", GrantState::Complete, "2.0.0", None, 31).await;
+        report(&s, "m2", GrantState::Failed, "1.0.0", None, 32).await;
+        report(&s, "n1", GrantState::Failed, "1.0.0", None, 61).await;
+        // A failed machine granted again reopens its row (state and grant time move).
+        grant(&s, "m2", "2.0.0", 70).await;
+        // Offered a newer version, the older grant is superseded.
+        grant(&s, "m5", "3.0.0", 71).await;
+        // Retention deletes settled rows behind the rules' back.
+        sqlx::query("DELETE FROM rollout_grants WHERE machine_id = 'm1'")
+            .execute(&s.pool)
+            .await
+            .unwrap();
+        for version in ["2.0.0", "3.0.0"] {
+            for since in [i64::MIN, 0, 15, 31, 60, 70, 100] {
+                assert_eq!(
+                    tallied(&s, version, since).await,
+                    counted(&s, version, since).await,
+                    "{version} since {since}"
+                );
+            }
+        }
+        assert!(!counted(&s, "2.0.0", i64::MIN).await.is_empty());
     }
 
     #[tokio::test]
