@@ -27,17 +27,6 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 const STATEMENT_CACHE: usize = 128;
 /// Idle connections kept by a [`DirectPool`].
 const POOL_IDLE: usize = 8;
-/// Page cache of the writer's connection, in KiB (SQLite's default is 2 MiB): check-ins update
-/// rows all over the instance table, and a page read from the cache is not read from the file.
-const WRITER_CACHE_KIB: i64 = 64 * 1024;
-
-/// Opens the group-commit writer's connection to `path`, with a larger page cache.
-pub(crate) fn open_writer(path: &Path) -> Result<Connection, StoreError> {
-    let conn = open(path)?;
-    conn.execute_batch(&format!("PRAGMA cache_size = -{WRITER_CACHE_KIB};"))
-        .map_err(lite("set writer pragmas"))?;
-    Ok(conn)
-}
 
 /// A write transaction (or a savepoint in one) on a direct connection: the domain code's
 /// operations ([`crate::store::tx::StoreTx`]) run through it. Each operation completes before it

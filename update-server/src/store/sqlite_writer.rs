@@ -102,7 +102,7 @@ impl SqliteWriter {
     /// already queued.
     pub async fn start(store: &SqliteStore) -> Result<(Self, WriterTask), StoreError> {
         let path = store.direct.path().to_owned();
-        let conn = direct::open_writer(&path)?;
+        let conn = direct::open(&path)?;
         let checkpoint_conn = direct::open(&path)?;
         let shared = Arc::new(Shared::default());
         let (done, finished) = oneshot::channel();
@@ -217,7 +217,7 @@ fn run(path: &std::path::Path, mut conn: Connection, shared: &Shared, kick: &Syn
         if !committed {
             // The transaction broke under the batch: start again on a fresh connection.
             let _ = conn.execute_batch("ROLLBACK");
-            match direct::open_writer(path) {
+            match direct::open(path) {
                 Ok(fresh) => conn = fresh,
                 Err(e) => {
                     tracing::error!(error = %e, "reopening the database write connection failed")
