@@ -258,19 +258,9 @@ mod tests {
 
     fn c(at: i64, version: &str, ip: &str) -> CheckIn {
         CheckIn {
-            machine_id: "m".into(),
-            app_id: "a".into(),
             version: version.into(),
-            group_id: None,
-            track: "stable".into(),
-            alias: String::new(),
             ip: ip.into(),
-            oem: String::new(),
-            oem_version: String::new(),
-            board: String::new(),
-            boot_id: String::new(),
-            at,
-            first_seen: at,
+            ..CheckIn::example("m", "a", at)
         }
     }
 
