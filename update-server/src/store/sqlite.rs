@@ -170,6 +170,11 @@ impl SqliteStore {
     }
 }
 
+/// An activity entry, as both drivers write it (sqlx here, the direct connections in
+/// `sqlite_rollout.rs`).
+const INSERT_ACTIVITY: &str = "INSERT INTO activity (at, kind, severity, app_id, group_id, \
+     machine_id, version, message) VALUES (?, ?, ?, ?, ?, ?, ?, ?)";
+
 async fn add_activity(
     conn: &mut sqlx::SqliteConnection,
     a: &NewActivity,
@@ -178,21 +183,18 @@ async fn add_activity(
     if a.kind.is_empty() {
         return Ok(());
     }
-    sqlx::query(
-        "INSERT INTO activity (at, kind, severity, app_id, group_id, machine_id, version, message) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(at)
-    .bind(&a.kind)
-    .bind(a.severity)
-    .bind(&a.app_id)
-    .bind(&a.group_id)
-    .bind(&a.machine_id)
-    .bind(&a.version)
-    .bind(&a.message)
-    .execute(&mut *conn)
-    .await
-    .map_err(db("insert activity"))?;
+    sqlx::query(INSERT_ACTIVITY)
+        .bind(at)
+        .bind(&a.kind)
+        .bind(a.severity)
+        .bind(&a.app_id)
+        .bind(&a.group_id)
+        .bind(&a.machine_id)
+        .bind(&a.version)
+        .bind(&a.message)
+        .execute(&mut *conn)
+        .await
+        .map_err(db("insert activity"))?;
     Ok(())
 }
 

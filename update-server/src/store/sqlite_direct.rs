@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, Row};
 
-use crate::lifecycle::InstanceStatus;
 use crate::model::Instance;
 use crate::store::StoreError;
 
@@ -235,11 +234,7 @@ pub(crate) fn instance_of(r: &Row<'_>) -> Result<Instance, StoreError> {
         last_check_at: col(r, 11, T, "last_check_at")?,
         granted_version: col(r, 12, T, "granted_version")?,
         granted_at: col(r, 13, T, "granted_at")?,
-        status: InstanceStatus::parse(&status).ok_or_else(|| StoreError::Corrupt {
-            table: T,
-            column: "status",
-            detail: format!("unknown status {status:?}"),
-        })?,
+        status: super::status_of(&status, T)?,
         status_detail: col(r, 15, T, "status_detail")?,
         error_code: col(r, 16, T, "error_code")?,
         status_at: col(r, 17, T, "status_at")?,

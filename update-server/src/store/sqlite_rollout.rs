@@ -554,8 +554,7 @@ pub(crate) fn add_activity_direct(
     execute(
         conn,
         "insert activity",
-        "INSERT INTO activity (at, kind, severity, app_id, group_id, machine_id, version, message) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        super::INSERT_ACTIVITY,
         (
             at,
             &a.kind,
