@@ -246,7 +246,9 @@ fn merge(pending: &mut CheckIn, newer: CheckIn) {
 }
 
 async fn write(w: &dyn Transactor, rows: Vec<CheckIn>, urgency: Urgency) -> Result<(), StoreError> {
+    let rows = Arc::new(rows);
     transact(w, urgency, move |tx| {
+        let rows = Arc::clone(&rows);
         Box::pin(async move { tx.check_in(&rows).await })
     })
     .await

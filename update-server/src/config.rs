@@ -42,6 +42,11 @@ pub struct ServeArgs {
     /// Data directory (database, packages, tokens) [default: ./platte-data].
     #[arg(long, env = "UPDATE_SERVER_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Database: `postgres://USER@HOST/DB` for PostgreSQL (several replicas may share it), or
+    /// `sqlite:PATH` [default: SQLite in DATA_DIR/platte.sqlite]. A password in the URL is
+    /// visible to local users on the command line: prefer the environment or the config file.
+    #[arg(long, env = "UPDATE_SERVER_DATABASE", hide_env_values = true)]
+    pub database: Option<String>,
     /// Base URL clients reach this server at, for download URLs [default: http://LISTEN].
     #[arg(long, env = "UPDATE_SERVER_PUBLIC_URL")]
     pub public_url: Option<String>,
@@ -242,6 +247,8 @@ pub struct FileConfig {
     pub listen: Option<SocketAddr>,
     /// See [`ServeArgs::data_dir`].
     pub data_dir: Option<PathBuf>,
+    /// See [`ServeArgs::database`].
+    pub database: Option<String>,
     /// See [`ServeArgs::public_url`].
     pub public_url: Option<String>,
     /// See [`ServeArgs::admin_token`].
@@ -312,6 +319,8 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// Data directory.
     pub data_dir: PathBuf,
+    /// The database holding the server's state.
+    pub database: crate::store::Database,
     /// Public base URL without trailing slash (`None`: derived from the bound address).
     pub public_url: Option<String>,
     /// Explicit admin token.
@@ -390,13 +399,23 @@ impl Settings {
                 reason: format!("{flush_ms} is outside 1..=60000"),
             });
         }
+        let data_dir = args
+            .data_dir
+            .clone()
+            .or_else(|| file.data_dir.clone())
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        let database = crate::store::Database::parse(
+            args.database.as_deref().or(file.database.as_deref()),
+            &data_dir,
+        )
+        .map_err(|reason| ConfigError::Invalid {
+            key: "database",
+            reason,
+        })?;
         Ok(Self {
             listen,
-            data_dir: args
-                .data_dir
-                .clone()
-                .or_else(|| file.data_dir.clone())
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            data_dir,
+            database,
             public_url: public_url.map(|u| u.trim_end_matches('/').to_owned()),
             admin_token: non_empty(
                 "admin_token",
@@ -477,6 +496,7 @@ impl Settings {
             .unwrap_or_else(|_| unreachable_defaults());
         s.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         s.data_dir = data_dir.to_owned();
+        s.database = crate::store::Database::Sqlite(data_dir.join(crate::store::open::SQLITE_FILE));
         s.retention.interval = None;
         s
     }
@@ -516,6 +536,9 @@ fn unreachable_defaults() -> Settings {
     Settings {
         listen: SocketAddr::from(([127, 0, 0, 1], 8370)),
         data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+        database: crate::store::Database::Sqlite(
+            Path::new(DEFAULT_DATA_DIR).join(crate::store::open::SQLITE_FILE),
+        ),
         public_url: None,
         admin_token: None,
         read_only_token: None,

@@ -28,6 +28,7 @@ fn run() -> anyhow::Result<()> {
             update_server::out!("{}", update_server::openapi::document_pretty());
             Ok(())
         }
+        Command::MigrateStore { from, to } => rt.block_on(migrate_store(&from, &to)),
         Command::Serve(args) => {
             tracing_subscriber::fmt()
                 .with_env_filter(
@@ -40,6 +41,21 @@ fn run() -> anyhow::Result<()> {
         }
         other => rt.block_on(run_admin(other)),
     }
+}
+
+/// `update-server migrate-store`: copies the SQLite database of data directory `from` into the
+/// PostgreSQL database `to` and prints the rows copied per table.
+async fn migrate_store(from: &std::path::Path, to: &str) -> anyhow::Result<()> {
+    let file = from.join(update_server::store::open::SQLITE_FILE);
+    let shown = update_server::store::Database::Postgres(to.to_owned());
+    let report = update_server::store::migrate::sqlite_to_postgres(&file, to)
+        .await
+        .with_context(|| format!("copying {} into {shown}", file.display()))?;
+    for (table, rows) in &report.tables {
+        update_server::outln!("{table:<24} {rows:>10} rows");
+    }
+    update_server::outln!("copied into {shown}; start the servers with --database pointing there");
+    Ok(())
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {

@@ -22,7 +22,7 @@ use crate::retention::{Pruner, RetentionMetrics};
 use crate::rollout::{RolloutEngine, RolloutMetrics, Rollouts};
 use crate::service::UpdateService;
 use crate::store::tx::Transactor;
-use crate::store::{SqliteStore, SqliteWriter, Store};
+use crate::store::{Store, Stores};
 
 /// A running server.
 #[derive(Debug)]
@@ -58,20 +58,18 @@ pub async fn start_with(
     let dir = &settings.data_dir;
     std::fs::create_dir_all(dir)
         .with_context(|| format!("creating data directory {}", dir.display()))?;
-    let sqlite = SqliteStore::open(&dir.join("platte.sqlite"))
+    let mut stores = Stores::open(&settings.database)
         .await
-        .with_context(|| format!("opening database in {}", dir.display()))?;
-    let store: Arc<dyn Store> = Arc::new(sqlite.clone());
+        .with_context(|| format!("opening the database {}", settings.database))?;
+    tracing::info!(database = %settings.database, "database open");
+    let store: Arc<dyn Store> = Arc::clone(&stores.store);
     let blobs = Arc::new(BlobStore::open(dir.join("packages")).context("opening package store")?);
     let cache = Arc::new(CatalogueCache::default());
     cache
         .reload(store.as_ref())
         .await
         .context("loading catalogue")?;
-    let (writer, writer_task) = SqliteWriter::start(&sqlite)
-        .await
-        .context("starting the database writer")?;
-    let writer: Arc<dyn Transactor> = Arc::new(writer);
+    let writer: Arc<dyn Transactor> = Arc::clone(&stores.writer);
     let checkins = Arc::new(Checkins::new(
         Arc::clone(&writer),
         crate::checkins::DEFAULT_CAPACITY,
@@ -102,7 +100,7 @@ pub async fn start_with(
 
     let metrics = Arc::new(Metrics::new());
     let fleetlock = Arc::new(FleetLock::new(
-        Arc::new(sqlite.clone()),
+        Arc::clone(&stores.fleetlock),
         settings.fleetlock.clone(),
         Arc::clone(&clock),
         &metrics,
@@ -112,7 +110,7 @@ pub async fn start_with(
     }
     let (tx, mut rx) = watch::channel(false);
     let pruner = Arc::new(Pruner::new(
-        Arc::new(sqlite.clone()),
+        Arc::clone(&stores.retention),
         Arc::clone(&checkins),
         Arc::clone(&clock),
         settings.retention.clone(),
@@ -120,7 +118,7 @@ pub async fn start_with(
         rx.clone(),
     ));
     let credentials = Arc::new(crate::credential::Credentials::new(
-        Arc::new(sqlite.clone()),
+        Arc::clone(&stores.credentials),
         settings.machine_credentials.clone(),
         Arc::clone(&clock),
         crate::credential::CredentialMetrics::register(&metrics),
@@ -136,7 +134,7 @@ pub async fn start_with(
         public_url,
         omaha: settings.omaha.clone(),
         rollouts: Rollouts {
-            grants: Arc::new(sqlite.clone()),
+            grants: Arc::clone(&stores.rollouts),
             metrics: RolloutMetrics::register(&metrics),
             new_machines: settings.new_machines,
         },
@@ -183,6 +181,18 @@ pub async fn start_with(
 
     // Catalogue changes made by any process sharing the database (another replica, an
     // auto-halt) are picked up through the database's catalogue generation.
+    // On PostgreSQL a notification from the schema's trigger announces a change at once; the
+    // generation stays the truth (a missed notification is caught by the next poll).
+    let mut catalogue_notices = match stores.postgres() {
+        Some(pg) => match pg.catalogue_listener().await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::warn!(error = %e, "listening for catalogue changes failed; polling only");
+                None
+            }
+        },
+        None => None,
+    };
     let refresher = {
         let cache = Arc::clone(&cache);
         let store = Arc::clone(&store);
@@ -192,12 +202,17 @@ pub async fn start_with(
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
-                    _ = tick.tick() => {
-                        if let Err(e) = cache.refresh_if_changed(store.as_ref()).await {
-                            tracing::warn!(error = %e, "refreshing the catalogue failed; will retry");
+                    _ = tick.tick() => {}
+                    notice = next_notice(&mut catalogue_notices) => {
+                        if let Err(e) = notice {
+                            tracing::warn!(error = %e, "catalogue notifications lost; polling only");
+                            catalogue_notices = None;
                         }
                     }
                     _ = rx.changed() => break,
+                }
+                if let Err(e) = cache.refresh_if_changed(store.as_ref()).await {
+                    tracing::warn!(error = %e, "refreshing the catalogue failed; will retry");
                 }
             }
         })
@@ -241,8 +256,7 @@ pub async fn start_with(
                 "could not write pending check-ins at shutdown"
             ),
         }
-        writer_task.stop().await;
-        sqlite.close().await;
+        stores.close().await;
         last.context("writing pending check-ins at shutdown")?;
         Ok(())
     });
@@ -255,6 +269,14 @@ pub async fn start_with(
         shutdown: tx,
         task,
     })
+}
+
+/// The next catalogue notification; never, without a listener.
+async fn next_notice(listener: &mut Option<sqlx::postgres::PgListener>) -> Result<(), sqlx::Error> {
+    match listener {
+        Some(l) => l.recv().await.map(drop),
+        None => std::future::pending().await,
+    }
 }
 
 /// Starts the server with the system clock and the staged-rollout engine.

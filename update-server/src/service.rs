@@ -499,13 +499,23 @@ impl UpdateService {
         first_seen: i64,
         now: i64,
     ) -> Result<Plan, CheckError> {
+        // Shared, not copied: a store may run the job again after a deadlock.
         let svc = Arc::clone(self);
-        let req = req.clone();
-        let (machine_id, app_id) = key.clone();
+        let req = Arc::new(req.clone());
+        let shared_key = Arc::new(key.clone());
+        let keep = Arc::new(keep);
         transact(self.writer.as_ref(), Urgency::Answer, move |tx| {
+            let (svc, cat, req, key, keep) = (
+                Arc::clone(&svc),
+                Arc::clone(&cat),
+                Arc::clone(&req),
+                Arc::clone(&shared_key),
+                Arc::clone(&keep),
+            );
             Box::pin(async move {
-                let stored = tx.instance(&machine_id, &app_id).await?;
-                let mut plan = svc.plan(&cat, &req, &app_id, stored, &keep, first_seen, now);
+                let (machine_id, app_id) = &*key;
+                let stored = tx.instance(machine_id, app_id).await?;
+                let mut plan = svc.plan(&cat, &req, app_id, stored, &keep, first_seen, now);
                 svc.commit(tx, &mut plan, now).await?;
                 Ok(plan)
             })

@@ -60,6 +60,21 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Print the admin API's OpenAPI document.
     Openapi,
+    /// Copy an installation's SQLite database into a new PostgreSQL database (stop the server
+    /// first; package files stay in the data directory).
+    MigrateStore {
+        /// The SQLite installation's data directory (its `platte.sqlite` is read).
+        #[arg(long, value_name = "DATA_DIR")]
+        from: std::path::PathBuf,
+        /// The PostgreSQL database to fill, which must be empty: `postgres://USER@HOST/DB`.
+        #[arg(
+            long,
+            value_name = "URL",
+            env = "UPDATE_SERVER_DATABASE",
+            hide_env_values = true
+        )]
+        to: String,
+    },
     /// Applications.
     App {
         /// Connection.
@@ -447,7 +462,9 @@ fn packages_table(v: &Value) {
 /// Runs an admin subcommand (everything but `serve`/`openapi`).
 pub async fn run_admin(cmd: Command) -> anyhow::Result<()> {
     match cmd {
-        Command::Serve(_) | Command::Openapi => anyhow::bail!("not an admin command"),
+        Command::Serve(_) | Command::Openapi | Command::MigrateStore { .. } => {
+            anyhow::bail!("not an admin command")
+        }
         Command::App { conn, cmd } => {
             let c = ApiClient::new(&conn.server, conn.token.as_deref())?;
             match cmd {

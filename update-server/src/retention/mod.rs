@@ -28,8 +28,10 @@
 //! between batches once half of it has gone, and given back at the end. A scheduled pass that
 //! finds the lease held elsewhere is skipped (logged at debug, counted in
 //! `retention_passes_skipped_total{reason="lease_held"}`); an operator's run is refused with
-//! [`StoreError::Conflict`] (409) naming the holder and when its lease ends. A process that dies
-//! mid-pass holds the lease until it expires.
+//! [`StoreError::Conflict`] (409) naming the holder and when its lease ends. On SQLite the lease
+//! is a row: a process that dies mid-pass holds it until it expires. On PostgreSQL it is a
+//! session advisory lock: it lasts as long as the holder's connection, so a dying replica loses
+//! it at once, and a live one keeps it past its expiry while it still runs the pass.
 
 pub mod config;
 pub mod metrics;

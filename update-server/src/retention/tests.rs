@@ -1,16 +1,17 @@
-//! The pruner over a real SQLite file: one pass at a time across processes (two stores on one
-//! file stand for two server processes), and pending check-ins written before a pass.
+//! The pruner over a real database, on SQLite and on PostgreSQL ([`crate::store::testkit`]):
+//! one pass at a time across processes (two sets of stores on one database stand for two
+//! server processes), and pending check-ins written before a pass.
 
 use std::any::Any;
-use std::path::Path;
 
 use tokio::sync::Semaphore;
 
 use super::*;
 use crate::clock::ManualClock;
 use crate::store::instances::CheckIn;
+use crate::store::testkit::{TestStores, both_stores};
 use crate::store::tx::{Transactor, TxJob, Urgency};
-use crate::store::{SqliteStore, SqliteWriter, StoreFuture};
+use crate::store::{StoreFuture, Stores};
 
 const DAY: i64 = 86_400;
 const NOW: i64 = 1_000 * DAY;
@@ -21,13 +22,13 @@ const APP: &str = "app";
 /// check-ins).
 #[derive(Debug)]
 struct Gate {
-    inner: SqliteWriter,
+    inner: Arc<dyn Transactor>,
     arrived: watch::Sender<usize>,
     open: Semaphore,
 }
 
 impl Gate {
-    fn new(inner: SqliteWriter) -> Arc<Self> {
+    fn new(inner: Arc<dyn Transactor>) -> Arc<Self> {
         Arc::new(Self {
             inner,
             arrived: watch::Sender::new(0),
@@ -85,41 +86,38 @@ fn check_in(machine: &str, at: i64) -> CheckIn {
     CheckIn::example(machine, APP, at)
 }
 
-/// A second connection to the file, for the test's own reads and writes.
-async fn raw(path: &Path) -> sqlx::SqlitePool {
-    sqlx::SqlitePool::connect(&format!("sqlite:{}", path.display()))
+/// A stale instance row, last seen `at`.
+async fn instance(kit: &TestStores, machine: &str, at: i64) {
+    kit.exec(&format!(
+        "INSERT INTO instances (machine_id, app_id, last_check_at, status, status_at, \
+         created_at) VALUES ('{machine}', '{APP}', {at}, 'idle', {at}, {at})"
+    ))
+    .await;
+}
+
+/// Who holds the retention lease, asked through `store` without taking it over: at the
+/// earliest instant no lease has expired (and one taken because it was free is given back).
+async fn lease_holder(store: &dyn RetentionStore) -> Option<String> {
+    match store
+        .take_lease(LEASE, "probe", i64::MIN, i64::MIN)
         .await
         .unwrap()
+    {
+        LeaseOutcome::Held { holder, .. } => Some(holder),
+        LeaseOutcome::Taken => {
+            store.release_lease(LEASE, "probe").await.unwrap();
+            None
+        }
+    }
 }
 
-async fn strings(pool: &sqlx::SqlitePool, sql: &str) -> Vec<String> {
-    sqlx::query_scalar(sql).fetch_all(pool).await.unwrap()
-}
-
-/// A stale instance row, last seen `at`.
-async fn instance(pool: &sqlx::SqlitePool, machine: &str, at: i64) {
-    sqlx::query(
-        "INSERT INTO instances (machine_id, app_id, last_check_at, status, status_at, \
-         created_at) VALUES (?, ?, ?, 'idle', ?, ?)",
-    )
-    .bind(machine)
-    .bind(APP)
-    .bind(at)
-    .bind(at)
-    .bind(at)
-    .execute(pool)
-    .await
-    .unwrap();
-}
-
-/// A pruner over its own store on `path` whose check-ins go through `writer`.
+/// A pruner over `stores` whose check-ins go through `writer`.
 async fn pruner(
-    path: &Path,
+    stores: &Stores,
     clock: &Arc<ManualClock>,
     writer: Arc<dyn Transactor>,
     pending: &[CheckIn],
 ) -> Arc<Pruner> {
-    let store = SqliteStore::open(path).await.unwrap();
     let checkins = Arc::new(Checkins::new(writer, 100));
     for c in pending {
         checkins.record(c.clone()).await.unwrap();
@@ -127,7 +125,7 @@ async fn pruner(
     let clock: Arc<dyn Clock> = clock.clone();
     let (_tx, shutdown) = watch::channel(false);
     Arc::new(Pruner::new(
-        Arc::new(store),
+        Arc::clone(&stores.retention),
         checkins,
         clock,
         settings(),
@@ -136,23 +134,17 @@ async fn pruner(
     ))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_pruners_on_one_database_never_run_a_pass_at_the_same_time() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("db.sqlite");
+async fn two_pruners_on_one_database_never_run_a_pass_at_the_same_time(kit: &mut TestStores) {
+    let mut other = kit.replica().await;
     let clock = ManualClock::new(NOW);
-    let (wa, _ta) = SqliteWriter::start(&SqliteStore::open(&path).await.unwrap())
-        .await
-        .unwrap();
-    let (wb, _tb) = SqliteWriter::start(&SqliteStore::open(&path).await.unwrap())
-        .await
-        .unwrap();
-    let (gate_a, gate_b) = (Gate::new(wa), Gate::new(wb));
-    let a = pruner(&path, &clock, gate_a.clone(), &[check_in("a", NOW)]).await;
-    let b = pruner(&path, &clock, gate_b.clone(), &[check_in("b", NOW)]).await;
+    let (gate_a, gate_b) = (
+        Gate::new(Arc::clone(&kit.writer)),
+        Gate::new(Arc::clone(&other.writer)),
+    );
+    let a = pruner(kit, &clock, gate_a.clone(), &[check_in("a", NOW)]).await;
+    let b = pruner(&other, &clock, gate_b.clone(), &[check_in("b", NOW)]).await;
     assert_ne!(a.holder(), b.holder());
-    let db = raw(&path).await;
-    instance(&db, "stale", NOW - 30 * DAY).await;
+    instance(kit, "stale", NOW - 30 * DAY).await;
 
     // `a` takes the lease and stops in its pass, writing its pending check-in.
     let run_a = tokio::spawn({
@@ -182,13 +174,42 @@ async fn two_pruners_on_one_database_never_run_a_pass_at_the_same_time() {
     assert_eq!(dry.rows.instances, 1);
     assert_eq!(*b.finished_runs().borrow(), 0, "no real pass of `b` ran");
     assert_eq!(
-        strings(&db, "SELECT machine_id FROM instances ORDER BY machine_id").await,
+        kit.strings("SELECT machine_id FROM instances ORDER BY machine_id")
+            .await,
         ["b", "stale"]
     );
 
+    clock.advance(LEASE_TTL_SECS + 1);
+    if kit.kind() == "postgres" {
+        // `a` is held up past its lease, but its session lives: an advisory lock does not
+        // expire, so `b` is skipped again.
+        assert!(b.run_scheduled().await.unwrap().is_none());
+        assert_eq!(
+            lease_holder(&*other.retention).await.as_deref(),
+            Some(a.holder())
+        );
+
+        // `a` goes on, renews its lease and runs its pass to the end.
+        gate_a.open();
+        let rep = run_a.await.unwrap().unwrap();
+        assert_eq!(rep.rows.instances, 1, "{rep:?}");
+        assert_eq!(
+            kit.strings("SELECT machine_id FROM instances ORDER BY machine_id")
+                .await,
+            ["a", "b"]
+        );
+        assert_eq!(lease_holder(&*other.retention).await, None);
+
+        // Now `b` may run.
+        b.checkins.record(check_in("b", NOW + 1)).await.unwrap();
+        assert_eq!(b.run(false).await.unwrap().rows.instances, 0);
+        assert_eq!(a.run(false).await.unwrap().rows.instances, 0);
+        other.close().await;
+        return;
+    }
+
     // `a` is held up past its lease: `b` takes it over and stops in its own pass (its gate
     // closed again, with a check-in pending).
-    clock.advance(LEASE_TTL_SECS + 1);
     b.checkins.record(check_in("b", NOW + 1)).await.unwrap();
     gate_b.close().await;
     let run_b = tokio::spawn({
@@ -196,8 +217,12 @@ async fn two_pruners_on_one_database_never_run_a_pass_at_the_same_time() {
         async move { b.run_scheduled().await }
     });
     gate_b.arrived(2).await;
-    let holder: Vec<String> = strings(&db, "SELECT holder FROM job_leases").await;
+    let holder: Vec<String> = kit.strings("SELECT holder FROM job_leases").await;
     assert_eq!(holder, [b.holder()]);
+    assert_eq!(
+        lease_holder(&*kit.retention).await.as_deref(),
+        Some(b.holder())
+    );
 
     // `a` goes on, finds the lease with `b` before its first batch, and stops deleting nothing.
     gate_a.open();
@@ -206,12 +231,13 @@ async fn two_pruners_on_one_database_never_run_a_pass_at_the_same_time() {
         other => panic!("`a` should have stopped, got {other:?}"),
     }
     assert_eq!(
-        strings(&db, "SELECT machine_id FROM instances ORDER BY machine_id").await,
+        kit.strings("SELECT machine_id FROM instances ORDER BY machine_id")
+            .await,
         ["a", "b", "stale"],
         "`a` wrote its check-in and deleted nothing"
     );
     assert_eq!(
-        strings(&db, "SELECT holder FROM job_leases").await,
+        kit.strings("SELECT holder FROM job_leases").await,
         [b.holder()]
     );
 
@@ -220,40 +246,41 @@ async fn two_pruners_on_one_database_never_run_a_pass_at_the_same_time() {
     let rep = run_b.await.unwrap().unwrap().expect("`b` held the lease");
     assert_eq!(rep.rows.instances, 1, "{rep:?}");
     assert_eq!(
-        strings(&db, "SELECT machine_id FROM instances ORDER BY machine_id").await,
+        kit.strings("SELECT machine_id FROM instances ORDER BY machine_id")
+            .await,
         ["a", "b"]
     );
     assert!(
-        strings(&db, "SELECT holder FROM job_leases")
+        kit.strings("SELECT holder FROM job_leases")
             .await
             .is_empty()
     );
     // Now `a` may run again.
     assert_eq!(a.run(false).await.unwrap().rows.instances, 0);
+    other.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pending_check_in_is_written_before_the_pass_so_its_machine_is_kept() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("db.sqlite");
+async fn a_pending_check_in_is_written_before_the_pass_so_its_machine_is_kept(
+    kit: &mut TestStores,
+) {
     let clock = ManualClock::new(NOW);
-    let (w, _t) = SqliteWriter::start(&SqliteStore::open(&path).await.unwrap())
-        .await
-        .unwrap();
-    let db = raw(&path).await;
     // Both last seen 30 days ago as far as the database knows; `back` checked in a minute ago,
     // still pending in memory.
-    instance(&db, "back", NOW - 30 * DAY).await;
-    instance(&db, "gone", NOW - 30 * DAY).await;
-    let p = pruner(&path, &clock, Arc::new(w), &[check_in("back", NOW - 60)]).await;
+    instance(kit, "back", NOW - 30 * DAY).await;
+    instance(kit, "gone", NOW - 30 * DAY).await;
+    let writer = Arc::clone(&kit.writer);
+    let p = pruner(kit, &clock, writer, &[check_in("back", NOW - 60)]).await;
     assert_eq!(p.checkins.len(), 1);
     let rep = p.run(false).await.unwrap();
     assert_eq!(rep.rows.instances, 1, "{rep:?}");
     assert!(p.checkins.is_empty());
-    let left: Vec<(String, i64)> =
-        sqlx::query_as("SELECT machine_id, last_check_at FROM instances")
-            .fetch_all(&db)
-            .await
-            .unwrap();
+    let left: Vec<(String, i64)> = kit
+        .rows("SELECT machine_id, last_check_at FROM instances")
+        .await;
     assert_eq!(left, [("back".to_owned(), NOW - 60)]);
 }
+
+both_stores!(
+    two_pruners_on_one_database_never_run_a_pass_at_the_same_time,
+    a_pending_check_in_is_written_before_the_pass_so_its_machine_is_kept,
+);

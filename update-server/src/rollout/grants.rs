@@ -417,6 +417,10 @@ pub trait GrantTx: Send {
     /// The application and policy of a group (`None`: no such group). A policy that is not
     /// valid JSON is a [`StoreError::Corrupt`].
     fn group_policy<'a>(&'a mut self, group_id: &'a str) -> TxFuture<'a, Option<GroupPolicyRow>>;
+    /// As [`GrantTx::group_policy`], for the group a canary gate waits on: read as committed,
+    /// without the lock a store may take on the group being granted (so a gated grant neither
+    /// waits behind the gate group's grants nor takes a second group's lock).
+    fn gate_policy<'a>(&'a mut self, group_id: &'a str) -> TxFuture<'a, Option<GroupPolicyRow>>;
     /// Replaces a group's policy.
     fn store_group_policy<'a>(
         &'a mut self,
@@ -530,7 +534,12 @@ struct Policy {
 }
 
 async fn load_policy(tx: &mut dyn GrantTx, group_id: &str) -> Result<Option<Policy>, StoreError> {
-    let Some(row) = tx.group_policy(group_id).await? else {
+    let row = tx.group_policy(group_id).await?;
+    decode_policy(row)
+}
+
+fn decode_policy(row: Option<GroupPolicyRow>) -> Result<Option<Policy>, StoreError> {
+    let Some(row) = row else {
         return Ok(None);
     };
     let spec = RolloutSpec::from_policy(&row.policy).map_err(|e| corrupt_policy(e.to_string()))?;
@@ -739,7 +748,7 @@ pub async fn try_grant(
     if let Some(g) = gate
         && !r.canary
     {
-        let gate_halted = match load_policy(tx, &g.group).await? {
+        let gate_halted = match decode_policy(tx.gate_policy(&g.group).await?)? {
             Some(gp) => gp.policy.paused || gp.spec.halted.is_some(),
             None => true,
         };

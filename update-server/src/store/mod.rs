@@ -1,12 +1,20 @@
-//! Persistent storage behind a trait, so handlers do not know the database. [`SqliteStore`] is
-//! the embedded implementation; the SQL is kept portable for a PostgreSQL one.
+//! Persistent storage behind traits, so handlers do not know the database. [`SqliteStore`] is
+//! the embedded default; [`PgStore`] serves several replicas on one PostgreSQL database.
 
 pub mod credential;
 pub mod fleetlock;
 pub mod instances;
+pub mod migrate;
+pub mod open;
+mod postgres;
 pub mod retention;
 pub mod rollout;
 mod sqlite;
+pub mod sqlx_shared;
+#[cfg(test)]
+pub mod testkit;
+#[cfg(test)]
+mod tests;
 pub mod tx;
 
 use std::future::Future;
@@ -14,6 +22,8 @@ use std::pin::Pin;
 
 pub use credential::CredentialStore;
 pub use fleetlock::FleetLockStore;
+pub use open::{Database, Stores};
+pub use postgres::{CATALOGUE_CHANNEL, PgStore, PgTx};
 pub use retention::RetentionStore;
 pub use rollout::RolloutStore;
 pub use sqlite::{DirectPool, DirectTx, SqliteStore, SqliteWriter, WriterTask};

@@ -3,24 +3,22 @@
 //! migrations and the admin operations go through sqlx; the check path (the instance read on
 //! every check, and the group-commit writer) uses direct connections ([`DirectPool`]).
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::{Sqlite, Transaction};
 
+pub(crate) use super::sqlx_shared::db;
+use super::sqlx_shared::{get, instance_of, migrator, policy_json, policy_of, status_of, u64_of};
 use super::{CatalogueData, InstanceFilter, Store, StoreError, StoreFuture};
-use crate::lifecycle::InstanceStatus;
 use crate::model::{
-    Activity, App, Channel, EventRecord, Group, GroupPolicy, Instance, NewActivity, Package,
-    Severity, StatusChange,
+    Activity, App, Channel, EventRecord, Group, Instance, NewActivity, Package, Severity,
+    StatusChange,
 };
 
 const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -103,43 +101,6 @@ pub struct SqliteStore {
     direct: std::sync::Arc<DirectPool>,
 }
 
-fn db(op: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
-    move |source| match &source {
-        sqlx::Error::Database(e) if e.is_unique_violation() => {
-            StoreError::Conflict(format!("{op}: already exists"))
-        }
-        sqlx::Error::Database(e)
-            if e.is_foreign_key_violation() || e.message().contains("FOREIGN KEY") =>
-        {
-            StoreError::Conflict(format!(
-                "{op}: still referenced or refers to a missing object"
-            ))
-        }
-        _ => StoreError::Database { op, source },
-    }
-}
-
-/// A migrator applying `migrations` (version, description, SQL), in order.
-fn migrator(migrations: &'static [(i64, &'static str, &'static str)]) -> Migrator {
-    Migrator {
-        migrations: Cow::Owned(
-            migrations
-                .iter()
-                .map(|(v, d, sql)| {
-                    Migration::new(
-                        *v,
-                        Cow::Borrowed(*d),
-                        MigrationType::Simple,
-                        Cow::Borrowed(*sql),
-                        false,
-                    )
-                })
-                .collect(),
-        ),
-        ..Migrator::DEFAULT
-    }
-}
-
 impl SqliteStore {
     /// Opens (creating if needed) the database file and applies migrations.
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
@@ -161,6 +122,11 @@ impl SqliteStore {
             pool,
             direct: std::sync::Arc::new(DirectPool::new(path)),
         })
+    }
+
+    /// The sqlx pool (schema, admin operations).
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
     }
 
     /// Closes the direct connections and the pool (the last one checkpoints the WAL).
@@ -202,59 +168,6 @@ fn now() -> i64 {
     crate::clock::Clock::now(&crate::clock::SystemClock)
 }
 
-fn get<'r, T: sqlx::Decode<'r, Sqlite> + sqlx::Type<Sqlite>>(
-    row: &'r SqliteRow,
-    table: &'static str,
-    column: &'static str,
-) -> Result<T, StoreError> {
-    row.try_get(column).map_err(|e| StoreError::Corrupt {
-        table,
-        column,
-        detail: e.to_string(),
-    })
-}
-
-fn u64_of(v: i64, table: &'static str, column: &'static str) -> Result<u64, StoreError> {
-    u64::try_from(v).map_err(|_| StoreError::Corrupt {
-        table,
-        column,
-        detail: format!("negative {v}"),
-    })
-}
-
-fn status_of(s: &str, table: &'static str) -> Result<InstanceStatus, StoreError> {
-    InstanceStatus::parse(s).ok_or_else(|| StoreError::Corrupt {
-        table,
-        column: "status",
-        detail: format!("unknown status {s:?}"),
-    })
-}
-
-fn instance_of(r: &SqliteRow) -> Result<Instance, StoreError> {
-    const T: &str = "instances";
-    Ok(Instance {
-        machine_id: get(r, T, "machine_id")?,
-        app_id: get(r, T, "app_id")?,
-        alias: get(r, T, "alias")?,
-        ip: get(r, T, "ip")?,
-        version: get(r, T, "version")?,
-        group_id: get(r, T, "group_id")?,
-        track: get(r, T, "track")?,
-        oem: get(r, T, "oem")?,
-        oem_version: get(r, T, "oem_version")?,
-        board: get(r, T, "board")?,
-        boot_id: get(r, T, "boot_id")?,
-        last_check_at: get(r, T, "last_check_at")?,
-        granted_version: get(r, T, "granted_version")?,
-        granted_at: get(r, T, "granted_at")?,
-        status: status_of(&get::<String>(r, T, "status")?, T)?,
-        status_detail: get(r, T, "status_detail")?,
-        error_code: get(r, T, "error_code")?,
-        status_at: get(r, T, "status_at")?,
-        created_at: get(r, T, "created_at")?,
-    })
-}
-
 async fn set_channel_packages(
     tx: &mut Transaction<'_, Sqlite>,
     c: &Channel,
@@ -274,14 +187,6 @@ async fn set_channel_packages(
             .map_err(db("set channel package"))?;
     }
     Ok(())
-}
-
-fn policy_json(g: &Group) -> Result<String, StoreError> {
-    serde_json::to_string(&g.policy).map_err(|e| StoreError::Corrupt {
-        table: "groups_",
-        column: "policy",
-        detail: e.to_string(),
-    })
 }
 
 impl SqliteStore {
@@ -404,12 +309,7 @@ impl Store for SqliteStore {
             {
                 const T: &str = "groups_";
                 let policy: String = get(&r, T, "policy")?;
-                let policy: GroupPolicy =
-                    serde_json::from_str(&policy).map_err(|e| StoreError::Corrupt {
-                        table: T,
-                        column: "policy",
-                        detail: e.to_string(),
-                    })?;
+                let policy = policy_of(&policy)?;
                 out.groups.push(Group {
                     id: get(&r, T, "id")?,
                     app_id: get(&r, T, "app_id")?,
@@ -655,7 +555,8 @@ impl Store for SqliteStore {
         Box::pin(async move {
             let rows: Vec<(String, Option<String>, String, String, i64)> = sqlx::query_as(
                 "SELECT app_id, group_id, version, status, COUNT(*) FROM instances \
-                 GROUP BY app_id, group_id, version, status",
+                 GROUP BY app_id, group_id, version, status \
+                 ORDER BY app_id, group_id, version, status",
             )
             .fetch_all(&self.pool)
             .await
@@ -761,7 +662,7 @@ impl Store for SqliteStore {
             rows.iter()
                 .map(|r| {
                     Ok(StatusChange {
-                        status: status_of(&get::<String>(r, T, "status")?, T)?,
+                        status: status_of(&get::<String, _>(r, T, "status")?, T)?,
                         version: get(r, T, "version")?,
                         detail: get(r, T, "detail")?,
                         error_code: get(r, T, "error_code")?,
@@ -876,7 +777,7 @@ impl Store for SqliteStore {
                         id: get(r, T, "id")?,
                         at: get(r, T, "at")?,
                         kind: get(r, T, "kind")?,
-                        severity: Severity::parse(&get::<String>(r, T, "severity")?),
+                        severity: Severity::parse(&get::<String, _>(r, T, "severity")?),
                         app_id: get(r, T, "app_id")?,
                         group_id: get(r, T, "group_id")?,
                         machine_id: get(r, T, "machine_id")?,
@@ -886,303 +787,5 @@ impl Store for SqliteStore {
                 })
                 .collect()
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::InstanceChange;
-
-    fn act() -> NewActivity {
-        NewActivity {
-            kind: "test".into(),
-            severity: "info",
-            ..Default::default()
-        }
-    }
-
-    fn app(id: &str) -> App {
-        App {
-            id: id.into(),
-            name: "OS".into(),
-            description: String::new(),
-            created_at: 1,
-        }
-    }
-
-    fn pkg(id: &str, app: &str, v: &str) -> Package {
-        Package {
-            id: id.into(),
-            app_id: app.into(),
-            version: v.into(),
-            arch: "amd64".into(),
-            kind: "full".into(),
-            filename: "p.raw".into(),
-            size: 10,
-            sha1_base64: "x".into(),
-            sha256_hex: "y".into(),
-            external_url: None,
-            created_at: 2,
-        }
-    }
-
-    #[tokio::test]
-    async fn catalogue_round_trip_and_referential_rules() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = SqliteStore::open(&dir.path().join("db.sqlite"))
-            .await
-            .unwrap();
-        s.insert_app(&app("a"), &act()).await.unwrap();
-        assert!(matches!(
-            s.insert_app(&app("a"), &act()).await,
-            Err(StoreError::Conflict(_))
-        ));
-        s.insert_package(&pkg("p1", "a", "1.0.0"), &act())
-            .await
-            .unwrap();
-        let mut ch = Channel {
-            id: "c".into(),
-            app_id: "a".into(),
-            name: "stable".into(),
-            packages: BTreeMap::new(),
-            created_at: 3,
-        };
-        ch.packages.insert("amd64".into(), "p1".into());
-        s.insert_channel(&ch, &act()).await.unwrap();
-        let mut policy = GroupPolicy::default();
-        policy
-            .extra
-            .insert("percentage".into(), serde_json::json!(10));
-        let g = Group {
-            id: "g".into(),
-            app_id: "a".into(),
-            name: "Stable".into(),
-            track: "stable".into(),
-            channel_id: Some("c".into()),
-            description: String::new(),
-            policy,
-            created_at: 4,
-        };
-        s.insert_group(&g, &act()).await.unwrap();
-        // A package a channel points at cannot be deleted.
-        let r = s.delete_package("p1", &act()).await;
-        assert!(matches!(r, Err(StoreError::Conflict(_))), "{r:?}");
-        let data = s.load_catalogue().await.unwrap();
-        assert_eq!(data.apps, vec![app("a")]);
-        assert_eq!(data.channels, vec![ch]);
-        assert_eq!(data.groups, vec![g]);
-        assert_eq!(data.packages.len(), 1);
-        assert!(matches!(
-            s.delete_group("nope", &act()).await,
-            Err(StoreError::NotFound(_))
-        ));
-        let acts = s.list_activity(None, None, 100).await.unwrap();
-        assert_eq!(acts.len(), 4);
-    }
-
-    fn check_in(at: i64, version: &str, ip: &str) -> super::super::instances::CheckIn {
-        super::super::instances::CheckIn {
-            machine_id: "m1".into(),
-            app_id: "a".into(),
-            version: version.into(),
-            group_id: None,
-            track: "stable".into(),
-            alias: String::new(),
-            ip: ip.into(),
-            oem: String::new(),
-            oem_version: String::new(),
-            board: "amd64-usr".into(),
-            boot_id: String::new(),
-            at,
-            first_seen: at,
-        }
-    }
-
-    /// Runs `f` through a writer of `s` (started and stopped here).
-    async fn write<T: Send + 'static>(
-        s: &SqliteStore,
-        f: impl for<'t> FnOnce(
-            &'t mut dyn super::super::tx::StoreTx,
-        ) -> super::super::tx::TxFuture<'t, T>
-        + Send
-        + 'static,
-    ) -> Result<T, StoreError> {
-        let (w, task) = SqliteWriter::start(s).await.unwrap();
-        let out = super::super::tx::transact(&w, super::super::tx::Urgency::Answer, f).await;
-        task.stop().await;
-        out
-    }
-
-    #[tokio::test]
-    async fn instances_persist_and_delete_with_history() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("db.sqlite");
-        let s = SqliteStore::open(&path).await.unwrap();
-        let first = check_in(5, "1.0.0", "10.0.0.1");
-        let mut i = first.new_row();
-        i.alias = "web-1".into();
-        let mut c = first.clone();
-        c.alias = "web-1".into();
-        write(&s, move |tx| {
-            Box::pin(async move { tx.check_in(&[c]).await })
-        })
-        .await
-        .unwrap();
-        i.status = InstanceStatus::Error;
-        i.error_code = Some(268_435_461);
-        i.status_at = 6;
-        let change = InstanceChange {
-            status_change: Some(StatusChange {
-                status: InstanceStatus::Error,
-                version: "1.0.0".into(),
-                detail: "postinstall".into(),
-                error_code: Some(268_435_461),
-                at: 6,
-            }),
-            events: vec![super::super::NewEvent {
-                event_type: 3,
-                event_result: 0,
-                error_code: Some(268_435_461),
-                previous_version: String::new(),
-            }],
-            activity: vec![],
-        };
-        let status = super::super::instances::StatusColumns::of(&i);
-        write(&s, move |tx| {
-            Box::pin(async move {
-                tx.set_status("m1", "a", &status).await?;
-                tx.record_change("m1", "a", "1.0.0", 6, &change).await
-            })
-        })
-        .await
-        .unwrap();
-        s.close().await;
-        // Reopen: the state is durable.
-        let s = SqliteStore::open(&path).await.unwrap();
-        assert_eq!(s.instance("m1", "a").await.unwrap(), Some(i.clone()));
-        let f = InstanceFilter {
-            status: Some(InstanceStatus::Error),
-            search: Some("web".into()),
-            limit: 10,
-            ..Default::default()
-        };
-        let (list, total) = s.list_instances(&f).await.unwrap();
-        assert_eq!((list.len(), total), (1, 1));
-        assert_eq!(s.instance_history("m1", "a", 10).await.unwrap().len(), 1);
-        assert_eq!(
-            s.list_events(Some("m1"), None, None, 10)
-                .await
-                .unwrap()
-                .len(),
-            1
-        );
-        assert_eq!(s.delete_instance("m1", None, &act()).await.unwrap(), 1);
-        assert_eq!(s.instance("m1", "a").await.unwrap(), None);
-        assert!(
-            s.list_events(Some("m1"), None, None, 10)
-                .await
-                .unwrap()
-                .is_empty()
-        );
-        assert!(matches!(
-            s.delete_instance("m1", None, &act()).await,
-            Err(StoreError::NotFound(_))
-        ));
-    }
-
-    #[tokio::test]
-    async fn a_check_in_writes_only_its_columns_and_never_goes_back_in_time() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = SqliteStore::open(&dir.path().join("db.sqlite"))
-            .await
-            .unwrap();
-        let rows = vec![check_in(10, "1.0.0", "192.0.2.1")];
-        write(&s, move |tx| {
-            Box::pin(async move { tx.check_in(&rows).await })
-        })
-        .await
-        .unwrap();
-        // Another process set the status meanwhile.
-        let mut granted = check_in(10, "1.0.0", "").new_row();
-        granted.status = InstanceStatus::Granted;
-        granted.granted_version = Some("2.0.0".into());
-        granted.granted_at = Some(11);
-        let status = super::super::instances::StatusColumns::of(&granted);
-        write(&s, move |tx| {
-            Box::pin(async move { tx.set_status("m1", "a", &status).await })
-        })
-        .await
-        .unwrap();
-        // A later check-in (empty ip: keep) and a late, older one.
-        let rows = vec![
-            check_in(12, "1.0.1", ""),
-            check_in(11, "0.9.0", "198.51.100.7"),
-        ];
-        write(&s, move |tx| {
-            Box::pin(async move { tx.check_in(&rows).await })
-        })
-        .await
-        .unwrap();
-        let row = s.instance("m1", "a").await.unwrap().unwrap();
-        assert_eq!(
-            (row.last_check_at, row.version.as_str(), row.ip.as_str()),
-            (12, "1.0.1", "192.0.2.1")
-        );
-        assert_eq!(
-            (row.status, row.granted_version.as_deref()),
-            (InstanceStatus::Granted, Some("2.0.0")),
-            "a check-in leaves the status columns alone"
-        );
-    }
-
-    #[tokio::test]
-    async fn a_failing_job_rolls_back_alone_and_the_batch_commits() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = SqliteStore::open(&dir.path().join("db.sqlite"))
-            .await
-            .unwrap();
-        let (w, task) = SqliteWriter::start(&s).await.unwrap();
-        let w = std::sync::Arc::new(w);
-        let mut jobs = Vec::new();
-        for n in 0..20_i64 {
-            let w = std::sync::Arc::clone(&w);
-            jobs.push(tokio::spawn(async move {
-                super::super::tx::transact(
-                    w.as_ref(),
-                    super::super::tx::Urgency::Answer,
-                    move |tx| {
-                        Box::pin(async move {
-                            let mut c = check_in(n, "1.0.0", "");
-                            c.machine_id = format!("m{n}");
-                            tx.check_in(&[c]).await?;
-                            if n % 5 == 0 {
-                                return Err(StoreError::Conflict(format!("job {n} fails")));
-                            }
-                            Ok(n)
-                        })
-                    },
-                )
-                .await
-            }));
-        }
-        let mut failed = 0;
-        for j in jobs {
-            if j.await.unwrap().is_err() {
-                failed += 1;
-            }
-        }
-        drop(w);
-        task.join().await;
-        assert_eq!(failed, 4);
-        let (_, total) = s
-            .list_instances(&InstanceFilter {
-                limit: 100,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        assert_eq!(total, 16, "every job but the failed ones committed");
-        assert_eq!(s.instance("m5", "a").await.unwrap(), None);
     }
 }

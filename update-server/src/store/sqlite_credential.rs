@@ -133,39 +133,3 @@ impl CredentialStore for SqliteStore {
         })
     }
 }
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    fn cred(machine: &str, key: &str, source: CredentialSource) -> MachineCredential {
-        MachineCredential {
-            machine_id: machine.into(),
-            public_key: key.into(),
-            source,
-            created_at: 100,
-        }
-    }
-
-    #[tokio::test]
-    async fn first_use_binds_once_and_enrollment_replaces() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = SqliteStore::open(&dir.path().join("db.sqlite"))
-            .await
-            .unwrap();
-        let act = NewActivity::default();
-        assert_eq!(s.machine_credential("m").await.unwrap(), None);
-        let first = cred("m", "A", CredentialSource::FirstUse);
-        assert_eq!(s.bind_first_use(&first, &act).await.unwrap(), first);
-        // A second first use keeps the first key.
-        let second = cred("m", "B", CredentialSource::FirstUse);
-        assert_eq!(s.bind_first_use(&second, &act).await.unwrap(), first);
-        let enrolled = cred("m", "C", CredentialSource::Enrolled);
-        s.enroll_credential(&enrolled, &act).await.unwrap();
-        assert_eq!(s.machine_credential("m").await.unwrap(), Some(enrolled));
-        assert!(s.forget_credential("m", &act, 5).await.unwrap());
-        assert!(!s.forget_credential("m", &act, 5).await.unwrap());
-        assert_eq!(s.machine_credential("m").await.unwrap(), None);
-    }
-}

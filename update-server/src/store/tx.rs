@@ -28,9 +28,11 @@ pub trait StoreTx: GrantTx + InstanceTx {}
 
 impl<T: GrantTx + InstanceTx + ?Sized> StoreTx for T {}
 
-/// A type-erased job: runs in a transaction, returns its result boxed.
+/// A type-erased job: runs in a transaction, returns its result boxed. A store may run it more
+/// than once, each time in a new transaction, when the database aborted the earlier one to
+/// break a deadlock (PostgreSQL); only the last run's writes are committed.
 pub type TxJob =
-    Box<dyn for<'t> FnOnce(&'t mut dyn StoreTx) -> TxFuture<'t, Box<dyn Any + Send>> + Send>;
+    Box<dyn for<'t> Fn(&'t mut dyn StoreTx) -> TxFuture<'t, Box<dyn Any + Send>> + Send + Sync>;
 
 /// How a write is scheduled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,7 +54,7 @@ pub trait Transactor: Send + Sync + std::fmt::Debug {
 pub async fn transact<T, F>(t: &dyn Transactor, urgency: Urgency, f: F) -> Result<T, StoreError>
 where
     T: Send + 'static,
-    F: for<'t> FnOnce(&'t mut dyn StoreTx) -> TxFuture<'t, T> + Send + 'static,
+    F: for<'t> Fn(&'t mut dyn StoreTx) -> TxFuture<'t, T> + Send + Sync + 'static,
 {
     let job: TxJob = Box::new(move |tx| {
         let fut = f(tx);

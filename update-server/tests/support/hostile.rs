@@ -29,7 +29,7 @@ pub struct Server {
     /// Admin token.
     pub token: String,
     out: Arc<Mutex<String>>,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Server {
@@ -38,6 +38,19 @@ impl Server {
     /// most 30 s) for the line announcing its address.
     pub fn spawn(bin: &str, nofile: Option<u64>, env: &[(&str, String)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        Self::spawn_in(bin, nofile, env, &data, Some(dir))
+    }
+
+    /// [`Server::spawn`] with data directory `data`, which several servers may share (replicas
+    /// on one PostgreSQL database share their packages and tokens); `dir` is kept until drop.
+    pub fn spawn_in(
+        bin: &str,
+        nofile: Option<u64>,
+        env: &[(&str, String)],
+        data: &std::path::Path,
+        dir: Option<tempfile::TempDir>,
+    ) -> Self {
         let mut cmd = match nofile {
             Some(n) => {
                 let mut c = Command::new("prlimit");
@@ -53,7 +66,7 @@ impl Server {
         }
         cmd.arg("serve")
             .env("UPDATE_SERVER_LISTEN", "127.0.0.1:0")
-            .env("UPDATE_SERVER_DATA_DIR", dir.path().join("data"))
+            .env("UPDATE_SERVER_DATA_DIR", data)
             .env("RUST_LOG", "warn")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -96,7 +109,7 @@ impl Server {
                 );
             }
         };
-        let token = std::fs::read_to_string(dir.path().join("data/admin-token"))
+        let token = std::fs::read_to_string(data.join("admin-token"))
             .unwrap()
             .trim()
             .to_owned();
@@ -108,6 +121,11 @@ impl Server {
             out,
             _dir: dir,
         }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> rustix::process::Pid {
+        rustix::process::Pid::from_child(&self.child)
     }
 
     /// What the server printed so far.

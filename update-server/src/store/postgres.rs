@@ -1,0 +1,203 @@
+//! The stores on PostgreSQL ([`PgStore`]), for several server replicas on one database. Every
+//! operation runs on a connection of one pool; write transactions are PostgreSQL's own (READ
+//! COMMITTED), and what must be exact across replicas is serialised by row locks:
+//!
+//! - a grant attempt locks its group's row (`SELECT … FOR UPDATE` in
+//!   [`crate::rollout::grants::GrantTx::group_policy`]), so grants of one group are decided one
+//!   at a time while other groups go on in parallel; a grant report (event) locks the groups of
+//!   the machine's grants before it changes them, in the same order, so the two never deadlock;
+//! - the per-network limit on new machines takes a transaction advisory lock on the network
+//!   (after the group's lock);
+//! - the FleetLock semaphore takes a transaction advisory lock on the group (and one more for
+//!   the first holder of a group nobody configured, which counts such groups);
+//! - background jobs (retention) hold a session advisory lock ([`crate::store::RetentionStore::take_lease`]).
+//!
+//! The schema has its own migrations (`update-server/migrations/postgres/`), equal in effect to
+//! SQLite's. Catalogue changes move the same generation counter and also notify channel
+//! [`CATALOGUE_CHANNEL`], which every replica listens on.
+//!
+//! A rare cycle between two groups' locks (a check that settles a grant in one group and is
+//! granted in another, while another check does the reverse) is broken by PostgreSQL, which
+//! aborts one transaction; the [`Transactor`] runs that job again (at most [`RETRIES`] times).
+//!
+//! There is no group commit in the process: PostgreSQL commits concurrent transactions of many
+//! connections with shared WAL flushes itself, so each [`Transactor`] job is one transaction.
+
+#[path = "postgres_admin.rs"]
+mod admin;
+#[path = "postgres_credential.rs"]
+mod credential;
+#[path = "postgres_fleetlock.rs"]
+mod fleetlock;
+#[path = "postgres_retention.rs"]
+mod retention;
+#[path = "postgres_rollout.rs"]
+mod rollout;
+
+use std::any::Any;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
+use sqlx::{Postgres, Transaction};
+
+use super::sqlx_shared::{db, migrator};
+use super::tx::{Transactor, TxJob, Urgency};
+use super::{StoreError, StoreFuture};
+use crate::model::NewActivity;
+
+/// The notification channel a catalogue change is announced on (by the schema's trigger).
+pub const CATALOGUE_CHANNEL: &str = "platte_catalogue";
+
+/// Connections per server process: the check path's transactions, admin calls and the
+/// background jobs share them.
+const POOL_SIZE: u32 = 16;
+
+const MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "initial",
+    include_str!("../../migrations/postgres/0001_initial.sql"),
+)];
+
+/// PostgreSQL-backed stores (every store trait, and the [`Transactor`] of the check path).
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: PgPool,
+    leases: std::sync::Arc<retention::Leases>,
+}
+
+/// A write transaction on PostgreSQL: the domain code's operations
+/// ([`crate::store::tx::StoreTx`]) run through it.
+#[derive(Debug)]
+pub struct PgTx {
+    pub(crate) tx: Transaction<'static, Postgres>,
+}
+
+impl PgStore {
+    /// Connects to the database at `url` (`postgres://…`) and applies migrations.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        let opts = PgConnectOptions::from_str(url).map_err(db("parse the database URL"))?;
+        let pool = PgPoolOptions::new()
+            .max_connections(POOL_SIZE)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(opts)
+            .await
+            .map_err(db("connect"))?;
+        migrator(MIGRATIONS).run(&pool).await?;
+        Ok(Self {
+            pool,
+            leases: Default::default(),
+        })
+    }
+
+    /// The connection pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Listens for catalogue changes announced by any replica (on [`CATALOGUE_CHANNEL`]); the
+    /// listener reconnects by itself after a lost connection.
+    pub async fn catalogue_listener(&self) -> Result<PgListener, StoreError> {
+        let mut listener = PgListener::connect_with(&self.pool)
+            .await
+            .map_err(db("listen for catalogue changes"))?;
+        listener
+            .listen(CATALOGUE_CHANNEL)
+            .await
+            .map_err(db("listen for catalogue changes"))?;
+        Ok(listener)
+    }
+
+    /// Closes the pool (held leases end with their sessions).
+    pub async fn close(&self) {
+        self.leases.release_all().await;
+        self.pool.close().await;
+    }
+
+    /// Begins a write transaction.
+    pub(crate) async fn begin(&self, op: &'static str) -> Result<PgTx, StoreError> {
+        Ok(PgTx {
+            tx: self.pool.begin().await.map_err(db(op))?,
+        })
+    }
+}
+
+impl PgTx {
+    /// Commits.
+    pub(crate) async fn commit(self, op: &'static str) -> Result<(), StoreError> {
+        self.tx.commit().await.map_err(db(op))
+    }
+}
+
+/// An activity entry.
+const INSERT_ACTIVITY: &str = "INSERT INTO activity (at, kind, severity, app_id, group_id, \
+     machine_id, version, message) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+
+/// Appends `a` to the activity feed at `at` (an entry without a kind records nothing).
+pub(crate) async fn add_activity(
+    conn: &mut sqlx::PgConnection,
+    a: &NewActivity,
+    at: i64,
+) -> Result<(), StoreError> {
+    if a.kind.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(INSERT_ACTIVITY)
+        .bind(at)
+        .bind(&a.kind)
+        .bind(a.severity)
+        .bind(&a.app_id)
+        .bind(&a.group_id)
+        .bind(&a.machine_id)
+        .bind(&a.version)
+        .bind(&a.message)
+        .execute(conn)
+        .await
+        .map_err(db("insert activity"))?;
+    Ok(())
+}
+
+/// The wall clock, in Unix seconds (as SQLite's store stamps admin writes).
+pub(crate) fn now() -> i64 {
+    crate::clock::Clock::now(&crate::clock::SystemClock)
+}
+
+/// Runs of a job after the first, when PostgreSQL aborted its transaction to break a deadlock or
+/// a serialisation conflict.
+const RETRIES: u32 = 3;
+
+/// Whether `e` is PostgreSQL aborting a transaction that can simply run again: a deadlock
+/// (`40P01`, a rare cycle between two groups' locks) or a serialisation failure (`40001`).
+fn retryable(e: &StoreError) -> bool {
+    let StoreError::Database {
+        source: sqlx::Error::Database(d),
+        ..
+    } = e
+    else {
+        return false;
+    };
+    matches!(d.code().as_deref(), Some("40P01" | "40001"))
+}
+
+impl Transactor for PgStore {
+    fn run(&self, job: TxJob, _urgency: Urgency) -> StoreFuture<'_, Box<dyn Any + Send>> {
+        Box::pin(async move {
+            let mut retries = 0;
+            loop {
+                let mut tx = self.begin("begin a write").await?;
+                let result = match job(&mut tx).await {
+                    Ok(out) => tx.commit("commit a write").await.map(|()| out),
+                    // Dropping the transaction rolls it back.
+                    Err(e) => Err(e),
+                };
+                match result {
+                    Err(e) if retries < RETRIES && retryable(&e) => {
+                        retries += 1;
+                        tracing::debug!(error = %e, retries, "write transaction aborted; running it again");
+                    }
+                    other => return other,
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,274 @@
+//! [`FleetLockStore`] on PostgreSQL: each lock, unlock or slot change is one READ COMMITTED
+//! transaction that first takes a transaction advisory lock on its group,
+//! `pg_advisory_xact_lock(FLEETLOCK_LOCKS, hashtext(group))`, so the operations on one group
+//! (from any replica) run one at a time and the holder count a lock attempt reads is exact:
+//! slots are never over-granted. A group has no row to lock until it is configured, hence the
+//! advisory lock. An attempt on a new group (neither configured nor held) also takes the global
+//! lock `pg_advisory_xact_lock(FLEETLOCK_LOCKS, 0)` before it counts the groups clients brought,
+//! so two replicas cannot both create the last group allowed. Locks are always taken in that
+//! order (group, then global), so they never deadlock.
+
+use std::collections::BTreeMap;
+
+use sqlx::{PgConnection, Postgres, Transaction};
+
+use super::{PgStore, add_activity};
+use crate::model::NewActivity;
+use crate::store::fleetlock::{
+    AcquireOutcome, Acquired, FleetLockStore, LockGroup, LockHolder, Released,
+};
+use crate::store::sqlx_shared::{db, get};
+use crate::store::{StoreError, StoreFuture};
+
+const GROUPS: &str = "fleetlock_groups";
+const HOLDERS: &str = "fleetlock_holders";
+
+/// The first key of the semaphore's advisory locks: ASCII `PLFL`, apart from the other
+/// advisory locks of the schema.
+const FLEETLOCK_LOCKS: i32 = 0x504C_464C;
+
+fn count_of(v: i64) -> Result<u32, StoreError> {
+    u32::try_from(v).map_err(|_| StoreError::Corrupt {
+        table: HOLDERS,
+        column: "count",
+        detail: format!("count {v} out of range"),
+    })
+}
+
+fn slots_of(v: i64) -> Result<u32, StoreError> {
+    u32::try_from(v).map_err(|_| StoreError::Corrupt {
+        table: GROUPS,
+        column: "slots",
+        detail: format!("slot count {v} out of range"),
+    })
+}
+
+/// Waits for, and takes until the end of the transaction, the lock of `group`.
+async fn lock_group(conn: &mut PgConnection, group: &str) -> Result<(), StoreError> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+        .bind(FLEETLOCK_LOCKS)
+        .bind(group)
+        .execute(conn)
+        .await
+        .map_err(db("lock a fleetlock group"))?;
+    Ok(())
+}
+
+/// Groups with holders whose slot count was never configured (those a client brought), after
+/// taking the global lock under which such groups are created.
+async fn unconfigured_groups_held(tx: &mut Transaction<'_, Postgres>) -> Result<i64, StoreError> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1, 0)")
+        .bind(FLEETLOCK_LOCKS)
+        .execute(&mut **tx)
+        .await
+        .map_err(db("lock fleetlock groups"))?;
+    sqlx::query_scalar(
+        "SELECT COUNT(DISTINCT group_name) FROM fleetlock_holders \
+         WHERE group_name NOT IN (SELECT name FROM fleetlock_groups)",
+    )
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(db("count fleetlock groups"))
+}
+
+async fn holders_in(tx: &mut Transaction<'_, Postgres>, group: &str) -> Result<u32, StoreError> {
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM fleetlock_holders WHERE group_name = $1")
+        .bind(group)
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(db("count fleetlock holders"))?;
+    count_of(n)
+}
+
+impl FleetLockStore for PgStore {
+    fn fleetlock_acquire<'a>(
+        &'a self,
+        group: &'a str,
+        id: &'a str,
+        default_slots: u32,
+        max_groups: u32,
+        at: i64,
+    ) -> StoreFuture<'a, Acquired> {
+        Box::pin(async move {
+            let mut tx = self
+                .pool
+                .begin()
+                .await
+                .map_err(db("begin fleetlock acquire"))?;
+            lock_group(&mut tx, group).await?;
+            let slots: Option<i64> =
+                sqlx::query_scalar("SELECT slots FROM fleetlock_groups WHERE name = $1")
+                    .bind(group)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(db("read fleetlock slots"))?;
+            let configured = slots.is_some();
+            let slots = match slots {
+                Some(s) => slots_of(s)?,
+                None => default_slots,
+            };
+            let held: Option<i32> = sqlx::query_scalar(
+                "SELECT 1 FROM fleetlock_holders WHERE group_name = $1 AND holder_id = $2",
+            )
+            .bind(group)
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db("read fleetlock holder"))?;
+            let holders = holders_in(&mut tx, group).await?;
+            let outcome = if held.is_some() {
+                AcquireOutcome::AlreadyHeld
+            } else if !configured
+                && holders == 0
+                && unconfigured_groups_held(&mut tx).await? >= i64::from(max_groups)
+            {
+                AcquireOutcome::TooManyGroups
+            } else if holders >= slots {
+                AcquireOutcome::Full
+            } else {
+                sqlx::query(
+                    "INSERT INTO fleetlock_holders (group_name, holder_id, since) \
+                     VALUES ($1, $2, $3)",
+                )
+                .bind(group)
+                .bind(id)
+                .bind(at)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("insert fleetlock holder"))?;
+                AcquireOutcome::Granted
+            };
+            tx.commit().await.map_err(db("commit fleetlock acquire"))?;
+            let holders = if outcome == AcquireOutcome::Granted {
+                holders.saturating_add(1)
+            } else {
+                holders
+            };
+            Ok(Acquired {
+                outcome,
+                holders,
+                slots,
+            })
+        })
+    }
+
+    fn fleetlock_release<'a>(
+        &'a self,
+        group: &'a str,
+        id: &'a str,
+        act: Option<&'a NewActivity>,
+        at: i64,
+    ) -> StoreFuture<'a, Released> {
+        Box::pin(async move {
+            let mut tx = self
+                .pool
+                .begin()
+                .await
+                .map_err(db("begin fleetlock release"))?;
+            lock_group(&mut tx, group).await?;
+            let done = sqlx::query(
+                "DELETE FROM fleetlock_holders WHERE group_name = $1 AND holder_id = $2",
+            )
+            .bind(group)
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("delete fleetlock holder"))?;
+            let was_held = done.rows_affected() > 0;
+            if was_held && let Some(a) = act {
+                add_activity(&mut tx, a, at).await?;
+            }
+            let holders = holders_in(&mut tx, group).await?;
+            tx.commit().await.map_err(db("commit fleetlock release"))?;
+            Ok(Released { was_held, holders })
+        })
+    }
+
+    fn fleetlock_groups(&self, default_slots: u32) -> StoreFuture<'_, Vec<LockGroup>> {
+        Box::pin(async move {
+            // One snapshot for both reads, as SQLite's read transaction has it.
+            let mut tx = self
+                .pool
+                .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                .await
+                .map_err(db("begin fleetlock list"))?;
+            let mut groups: BTreeMap<String, LockGroup> = BTreeMap::new();
+            for r in sqlx::query("SELECT name, slots FROM fleetlock_groups")
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db("list fleetlock groups"))?
+            {
+                let name: String = get(&r, GROUPS, "name")?;
+                let slots = slots_of(get(&r, GROUPS, "slots")?)?;
+                groups.insert(
+                    name.clone(),
+                    LockGroup {
+                        group: name,
+                        slots,
+                        configured: true,
+                        holders: Vec::new(),
+                    },
+                );
+            }
+            for r in sqlx::query(
+                "SELECT group_name, holder_id, since FROM fleetlock_holders \
+                 ORDER BY since, holder_id",
+            )
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db("list fleetlock holders"))?
+            {
+                let name: String = get(&r, HOLDERS, "group_name")?;
+                let holder = LockHolder {
+                    id: get(&r, HOLDERS, "holder_id")?,
+                    since: get(&r, HOLDERS, "since")?,
+                };
+                groups
+                    .entry(name.clone())
+                    .or_insert_with(|| LockGroup {
+                        group: name,
+                        slots: default_slots,
+                        configured: false,
+                        holders: Vec::new(),
+                    })
+                    .holders
+                    .push(holder);
+            }
+            tx.commit().await.map_err(db("end fleetlock list"))?;
+            Ok(groups.into_values().collect())
+        })
+    }
+
+    fn fleetlock_set_slots<'a>(
+        &'a self,
+        group: &'a str,
+        slots: u32,
+        at: i64,
+        act: &'a NewActivity,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let mut tx = self
+                .pool
+                .begin()
+                .await
+                .map_err(db("begin fleetlock set slots"))?;
+            lock_group(&mut tx, group).await?;
+            sqlx::query(
+                "INSERT INTO fleetlock_groups (name, slots, updated_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (name) DO UPDATE SET slots = excluded.slots, \
+                 updated_at = excluded.updated_at",
+            )
+            .bind(group)
+            .bind(i64::from(slots))
+            .bind(at)
+            .execute(&mut *tx)
+            .await
+            .map_err(db("set fleetlock slots"))?;
+            add_activity(&mut tx, act, at).await?;
+            tx.commit()
+                .await
+                .map_err(db("commit fleetlock set slots"))?;
+            Ok(())
+        })
+    }
+}

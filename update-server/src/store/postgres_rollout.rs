@@ -1,0 +1,971 @@
+//! [`RolloutStore`] and the check path's transaction operations ([`GrantTx`], [`InstanceTx`]) on
+//! PostgreSQL. The grant rules are domain code ([`crate::rollout::grants`]); this file is their
+//! SQL side, the same statements as SQLite's (`store/sqlite_rollout.rs`,
+//! `store/sqlite_instances.rs`) in PostgreSQL's dialect, run in one READ COMMITTED transaction
+//! per job.
+//!
+//! SQLite makes every count exact by taking the database write lock first (`BEGIN IMMEDIATE`).
+//! Here each statement sees what was committed when it began, so what must be exact across
+//! replicas is serialised by locks, always taken in this order:
+//!
+//! 1. the instance row (a check writes its check-in first; a batch of check-ins locks its rows
+//!    in key order and takes no other lock);
+//! 2. group rows (`groups_ … FOR UPDATE`): a grant attempt locks its group as it reads the
+//!    policy, so the grants of one group are decided one at a time across every replica, and
+//!    the counts read after the lock include every grant committed before it. Every write of a
+//!    group's grants is made under that group's lock — a report locks the groups of the
+//!    machine's grants it settles, in id order, before it changes them; superseding a machine's
+//!    grants in other groups locks those groups — so the grant tallies the triggers keep
+//!    (`rollout_grant_tallies`) are only ever written by the holder of their group's lock, and
+//!    row locks cannot form a cycle;
+//! 3. the source network, for the limit on new machines across groups: a transaction advisory
+//!    lock on a key derived from the network (`pg_advisory_xact_lock`), taken before counting.
+//!
+//! A transaction that needs a second group (a canary gate's group, a machine that moved between
+//! groups with an open grant) takes it after its own; PostgreSQL detects the rare cycle that can
+//! make and fails one of the transactions. Grants of a deleted group have no row to lock; nothing
+//! decides grants there any more.
+//!
+//! Check-ins are written column-wise and conditionally (never back in time), many rows per
+//! statement from arrays (`UNNEST`), in key order.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use sqlx::PgConnection;
+use sqlx::postgres::PgRow;
+
+use super::{PgStore, PgTx, add_activity};
+use crate::model::{GroupPolicy, Instance, NewActivity};
+use crate::rollout::grants::{
+    self, GrantCount, GrantKey, GrantTx, GroupPolicyRow, NewGrant, RolloutKey, Settlement,
+};
+use crate::store::instances::{CheckIn, InstanceTx, StatusColumns};
+use crate::store::rollout::{
+    GrantOutcome, GrantRequest, GrantState, GrantStats, HaltedRollout, ProgressReport,
+    RefusalReason, RefusedVersion, RolloutStore,
+};
+use crate::store::sqlx_shared::{db, get, instance_of, policy_of, u64_of};
+use crate::store::tx::{TxFuture, Urgency, transact};
+use crate::store::{InstanceChange, StoreError, StoreFuture};
+
+const GRANTS: &str = "rollout_grants";
+const REFUSED: &str = "refused_versions";
+
+/// Check-ins per statement: a batch of the check path ([`crate::checkins::BATCH`]) is one
+/// statement; a larger one is split.
+const CHECK_INS_PER_STATEMENT: usize = 500;
+
+/// Writes check-ins given as one array per column (`$1` … `$13`, element `i` of each is row `i`):
+/// creates missing rows (`idle`), else updates the check-in columns unless the stored row holds
+/// a newer check-in; empty reported values keep the stored ones.
+const CHECK_IN: &str = "INSERT INTO instances (machine_id, app_id, alias, ip, version, group_id, \
+     track, oem, oem_version, board, boot_id, last_check_at, status, status_at, created_at) \
+     SELECT machine_id, app_id, alias, ip, version, group_id, track, oem, oem_version, board, \
+     boot_id, at, 'idle', at, first_seen \
+     FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::TEXT[], \
+     $7::TEXT[], $8::TEXT[], $9::TEXT[], $10::TEXT[], $11::TEXT[], $12::BIGINT[], \
+     $13::BIGINT[]) AS c (machine_id, app_id, alias, ip, version, group_id, track, oem, \
+     oem_version, board, boot_id, at, first_seen) \
+     ON CONFLICT (machine_id, app_id) DO UPDATE SET \
+     alias = CASE WHEN excluded.alias <> '' THEN excluded.alias ELSE instances.alias END, \
+     ip = CASE WHEN excluded.ip <> '' THEN excluded.ip ELSE instances.ip END, \
+     version = CASE WHEN excluded.version <> '' THEN excluded.version \
+       ELSE instances.version END, \
+     group_id = excluded.group_id, track = excluded.track, \
+     oem = CASE WHEN excluded.oem <> '' THEN excluded.oem ELSE instances.oem END, \
+     oem_version = CASE WHEN excluded.oem_version <> '' THEN excluded.oem_version \
+       ELSE instances.oem_version END, \
+     board = CASE WHEN excluded.board <> '' THEN excluded.board ELSE instances.board END, \
+     boot_id = CASE WHEN excluded.boot_id <> '' THEN excluded.boot_id \
+       ELSE instances.boot_id END, \
+     last_check_at = excluded.last_check_at \
+     WHERE excluded.last_check_at >= instances.last_check_at";
+
+fn corrupt_policy(detail: String) -> StoreError {
+    StoreError::Corrupt {
+        table: "groups_",
+        column: "policy",
+        detail,
+    }
+}
+
+fn refusal_reason(r: &str) -> Result<RefusalReason, StoreError> {
+    RefusalReason::parse(r).ok_or_else(|| StoreError::Corrupt {
+        table: REFUSED,
+        column: "reason",
+        detail: format!("unknown reason {r:?}"),
+    })
+}
+
+fn grant_state(s: &str) -> Result<GrantState, StoreError> {
+    GrantState::parse(s).ok_or_else(|| StoreError::Corrupt {
+        table: GRANTS,
+        column: "state",
+        detail: format!("unknown state {s:?}"),
+    })
+}
+
+/// The one count a query returns (`COUNT(*)` or a sum cast to `BIGINT`), as machines.
+async fn count(
+    conn: &mut PgConnection,
+    query: sqlx::query::QueryScalar<'_, sqlx::Postgres, i64, sqlx::postgres::PgArguments>,
+) -> Result<u64, StoreError> {
+    let n = query
+        .fetch_one(conn)
+        .await
+        .map_err(db("count rollout grants"))?;
+    u64_of(n, GRANTS, "COUNT(*)")
+}
+
+/// Which of a machine's grants of an application a settlement changes, and how. In both
+/// statements `$1` is the machine, `$2` the application, `$3` the settlement's version when it
+/// has one; the time is the last parameter.
+struct SettleSql<'a> {
+    /// Condition on the grant, besides its machine and application.
+    filter: &'static str,
+    /// What the update sets.
+    set: &'static str,
+    /// The version bound as `$3`, if any.
+    version: Option<&'a str>,
+}
+
+impl<'a> SettleSql<'a> {
+    fn of(settlement: Settlement<'a>) -> Self {
+        let (filter, set, version) = match settlement {
+            Settlement::Refuse(version) => (
+                "version = $3 AND state <> 'failed'",
+                "state = 'failed', settled_at = $4",
+                Some(version),
+            ),
+            Settlement::Progress => ("state = 'in_flight'", "progress_at = $3", None),
+            Settlement::Installed => (
+                "state = 'in_flight'",
+                "state = 'installed', progress_at = $3",
+                None,
+            ),
+            Settlement::Complete { running_version } => (
+                "(state IN ('in_flight', 'installed') OR (version = $3 \
+                 AND state IN ('failed', 'timed_out') AND version NOT IN \
+                 (SELECT r.version FROM refused_versions r \
+                 WHERE r.machine_id = $1 AND r.app_id = $2)))",
+                "state = 'complete', settled_at = $4",
+                Some(running_version),
+            ),
+            Settlement::Failed => (
+                "state IN ('in_flight', 'installed')",
+                "state = 'failed', settled_at = $3",
+                None,
+            ),
+            Settlement::Deferred => (
+                "state = 'in_flight'",
+                "state = 'deferred', settled_at = $3",
+                None,
+            ),
+        };
+        Self {
+            filter,
+            set,
+            version,
+        }
+    }
+
+    /// Locks the groups of the grants the settlement changes, in id order.
+    fn lock_groups(&self) -> String {
+        format!(
+            "SELECT id FROM groups_ WHERE id IN (SELECT group_id FROM rollout_grants \
+             WHERE machine_id = $1 AND app_id = $2 AND {}) ORDER BY id FOR UPDATE",
+            self.filter
+        )
+    }
+
+    /// Changes the grants; returns the rollout of each.
+    fn update(&self) -> String {
+        format!(
+            "UPDATE rollout_grants SET {} WHERE machine_id = $1 AND app_id = $2 AND {} \
+             RETURNING group_id, version",
+            self.set, self.filter
+        )
+    }
+}
+
+async fn settle_grants(
+    conn: &mut PgConnection,
+    machine_id: &str,
+    app_id: &str,
+    settlement: Settlement<'_>,
+    now: i64,
+) -> Result<Vec<RolloutKey>, StoreError> {
+    const OP: &str = "settle rollout grant";
+    let s = SettleSql::of(settlement);
+    // The tally triggers update rows a grant attempt of the same group updates under the group's
+    // lock: take the locks first, in the same order, so the two never wait on each other.
+    let lock = s.lock_groups();
+    let mut q = sqlx::query(&lock).bind(machine_id).bind(app_id);
+    if let Some(v) = s.version {
+        q = q.bind(v);
+    }
+    q.execute(&mut *conn)
+        .await
+        .map_err(db("lock the groups of rollout grants"))?;
+    let update = s.update();
+    let mut q = sqlx::query(&update).bind(machine_id).bind(app_id);
+    if let Some(v) = s.version {
+        q = q.bind(v);
+    }
+    let rows = q.bind(now).fetch_all(&mut *conn).await.map_err(db(OP))?;
+    rows.iter()
+        .map(|r| {
+            Ok(RolloutKey {
+                group_id: get(r, GRANTS, "group_id")?,
+                version: get(r, GRANTS, "version")?,
+            })
+        })
+        .collect()
+}
+
+async fn grant_counts(
+    conn: &mut PgConnection,
+    group_id: &str,
+    version: &str,
+    since: i64,
+) -> Result<Vec<GrantCount>, StoreError> {
+    // The tallies count every grant of the version; the grants made at or before `since` (a
+    // resume) are taken off again (as on SQLite, migration 0010).
+    let rows = sqlx::query(
+        "SELECT state, new_machine, SUM(n)::BIGINT AS machines FROM ( \
+           SELECT state, new_machine, machines AS n FROM rollout_grant_tallies \
+           WHERE group_id = $1 AND version = $2 \
+           UNION ALL \
+           SELECT state, new_machine, -COUNT(*) FROM rollout_grants \
+           WHERE group_id = $1 AND version = $2 AND granted_at <= $3 \
+           GROUP BY state, new_machine) AS counted \
+         GROUP BY state, new_machine HAVING SUM(n) <> 0",
+    )
+    .bind(group_id)
+    .bind(version)
+    .bind(since)
+    .fetch_all(conn)
+    .await
+    .map_err(db("rollout stats"))?;
+    rows.iter()
+        .map(|r| {
+            let state: String = get(r, GRANTS, "state")?;
+            let new_machine: i64 = get(r, GRANTS, "new_machine")?;
+            let n: i64 = get(r, GRANTS, "machines")?;
+            Ok(GrantCount {
+                state: grant_state(&state)?,
+                new_machine: new_machine != 0,
+                machines: u64_of(n, GRANTS, "machines")?,
+            })
+        })
+        .collect()
+}
+
+/// A group's application and policy, read by `sql` (with or without its row lock).
+async fn read_group_policy(
+    conn: &mut PgConnection,
+    sql: &'static str,
+    group_id: &str,
+) -> Result<Option<GroupPolicyRow>, StoreError> {
+    let row = sqlx::query(sql)
+        .bind(group_id)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db("read group policy"))?;
+    let Some(r) = row else {
+        return Ok(None);
+    };
+    let app_id: String = get(&r, "groups_", "app_id")?;
+    let json: String = get(&r, "groups_", "policy")?;
+    Ok(Some(GroupPolicyRow {
+        app_id,
+        policy: policy_of(&json)?,
+    }))
+}
+
+impl GrantTx for PgTx {
+    fn group_policy<'a>(&'a mut self, group_id: &'a str) -> TxFuture<'a, Option<GroupPolicyRow>> {
+        // The lock that makes the group's limits exact: held until this transaction ends.
+        Box::pin(read_group_policy(
+            &mut self.tx,
+            "SELECT app_id, policy FROM groups_ WHERE id = $1 FOR UPDATE",
+            group_id,
+        ))
+    }
+
+    fn gate_policy<'a>(&'a mut self, group_id: &'a str) -> TxFuture<'a, Option<GroupPolicyRow>> {
+        Box::pin(read_group_policy(
+            &mut self.tx,
+            "SELECT app_id, policy FROM groups_ WHERE id = $1",
+            group_id,
+        ))
+    }
+
+    fn store_group_policy<'a>(
+        &'a mut self,
+        group_id: &'a str,
+        policy: &'a GroupPolicy,
+    ) -> TxFuture<'a, ()> {
+        Box::pin(async move {
+            let json = serde_json::to_string(policy).map_err(|e| corrupt_policy(e.to_string()))?;
+            sqlx::query("UPDATE groups_ SET policy = $1 WHERE id = $2")
+                .bind(json)
+                .bind(group_id)
+                .execute(&mut *self.tx)
+                .await
+                .map_err(db("store group policy"))?;
+            Ok(())
+        })
+    }
+
+    fn refusal_of<'a>(
+        &'a mut self,
+        machine_id: &'a str,
+        app_id: &'a str,
+        version: &'a str,
+    ) -> TxFuture<'a, Option<RefusalReason>> {
+        Box::pin(async move {
+            let reason: Option<String> = sqlx::query_scalar(
+                "SELECT reason FROM refused_versions WHERE machine_id = $1 AND app_id = $2 \
+                 AND version = $3",
+            )
+            .bind(machine_id)
+            .bind(app_id)
+            .bind(version)
+            .fetch_optional(&mut *self.tx)
+            .await
+            .map_err(db("read refused versions"))?;
+            reason.as_deref().map(refusal_reason).transpose()
+        })
+    }
+
+    fn insert_refusal<'a>(&'a mut self, r: &'a RefusedVersion) -> TxFuture<'a, ()> {
+        Box::pin(async move {
+            sqlx::query(
+                "INSERT INTO refused_versions (machine_id, app_id, version, reason, error_code, \
+                 at) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (machine_id, app_id, version) \
+                 DO NOTHING",
+            )
+            .bind(&r.machine_id)
+            .bind(&r.app_id)
+            .bind(&r.version)
+            .bind(r.reason.as_str())
+            .bind(r.error_code)
+            .bind(r.at)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(db("record refused version"))?;
+            Ok(())
+        })
+    }
+
+    fn has_in_flight_grant<'a>(
+        &'a mut self,
+        machine_id: &'a str,
+        app_id: &'a str,
+        version: &'a str,
+    ) -> TxFuture<'a, bool> {
+        Box::pin(async move {
+            sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM rollout_grants WHERE machine_id = $1 \
+                 AND app_id = $2 AND version = $3 AND state = 'in_flight')",
+            )
+            .bind(machine_id)
+            .bind(app_id)
+            .bind(version)
+            .fetch_one(&mut *self.tx)
+            .await
+            .map_err(db("read rollout grants"))
+        })
+    }
+
+    fn expire_in_flight_grants<'a>(
+        &'a mut self,
+        group_id: &'a str,
+        cutoff: i64,
+        now: i64,
+    ) -> TxFuture<'a, ()> {
+        Box::pin(async move {
+            sqlx::query(
+                "UPDATE rollout_grants SET state = 'timed_out', settled_at = $1 \
+                 WHERE group_id = $2 AND state = 'in_flight' AND progress_at < $3",
+            )
+            .bind(now)
+            .bind(group_id)
+            .bind(cutoff)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(db("expire rollout grants"))?;
+            Ok(())
+        })
+    }
+
+    fn grant_counts<'a>(
+        &'a mut self,
+        group_id: &'a str,
+        version: &'a str,
+        since: i64,
+    ) -> TxFuture<'a, Vec<GrantCount>> {
+        Box::pin(grant_counts(&mut self.tx, group_id, version, since))
+    }
+
+    fn completed_grants<'a>(
+        &'a mut self,
+        group_id: &'a str,
+        version: &'a str,
+    ) -> TxFuture<'a, u64> {
+        Box::pin(async move {
+            let q = sqlx::query_scalar(
+                "SELECT COALESCE(SUM(machines), 0)::BIGINT FROM rollout_grant_tallies \
+                 WHERE group_id = $1 AND version = $2 AND state = 'complete'",
+            )
+            .bind(group_id)
+            .bind(version);
+            count(&mut self.tx, q).await
+        })
+    }
+
+    fn in_flight_grants<'a>(&'a mut self, group_id: &'a str) -> TxFuture<'a, u64> {
+        Box::pin(async move {
+            let q = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM rollout_grants WHERE group_id = $1 AND state = 'in_flight'",
+            )
+            .bind(group_id);
+            count(&mut self.tx, q).await
+        })
+    }
+
+    fn machines_granted_since<'a>(
+        &'a mut self,
+        besides: GrantKey<'a>,
+        since: i64,
+    ) -> TxFuture<'a, u64> {
+        Box::pin(async move {
+            let q = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM rollout_grants WHERE group_id = $1 \
+                 AND NOT (machine_id = $2 AND app_id = $3 AND version = $4) \
+                 AND state <> 'deferred' AND granted_at > $5",
+            )
+            .bind(besides.group_id)
+            .bind(besides.machine_id)
+            .bind(besides.app_id)
+            .bind(besides.version)
+            .bind(since);
+            count(&mut self.tx, q).await
+        })
+    }
+
+    fn new_machine_grants_of_network<'a>(
+        &'a mut self,
+        network: &'a str,
+        besides: GrantKey<'a>,
+        since: i64,
+    ) -> TxFuture<'a, u64> {
+        Box::pin(async move {
+            // The limit spans groups, so the group's lock does not serialise it: the network's
+            // lock does (taken after the group's, held until the grant is committed).
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('platte-net:' || $1, 0))")
+                .bind(network)
+                .execute(&mut *self.tx)
+                .await
+                .map_err(db("lock the network's new machines"))?;
+            let q = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM rollout_grants WHERE network = $1 AND new_machine = 1 \
+                 AND NOT (machine_id = $2 AND app_id = $3 AND group_id = $4 AND version = $5) \
+                 AND state <> 'deferred' AND (state = 'in_flight' OR granted_at > $6)",
+            )
+            .bind(network)
+            .bind(besides.machine_id)
+            .bind(besides.app_id)
+            .bind(besides.group_id)
+            .bind(besides.version)
+            .bind(since);
+            count(&mut self.tx, q).await
+        })
+    }
+
+    fn recorded_new_machine<'a>(&'a mut self, key: GrantKey<'a>) -> TxFuture<'a, Option<bool>> {
+        Box::pin(async move {
+            let recorded: Option<i64> = sqlx::query_scalar(
+                "SELECT new_machine FROM rollout_grants WHERE machine_id = $1 AND app_id = $2 \
+                 AND group_id = $3 AND version = $4",
+            )
+            .bind(key.machine_id)
+            .bind(key.app_id)
+            .bind(key.group_id)
+            .bind(key.version)
+            .fetch_optional(&mut *self.tx)
+            .await
+            .map_err(db("read rollout grant"))?;
+            Ok(recorded.map(|n| n != 0))
+        })
+    }
+
+    fn rollout_start<'a>(
+        &'a mut self,
+        group_id: &'a str,
+        version: &'a str,
+    ) -> TxFuture<'a, Option<i64>> {
+        Box::pin(async move {
+            sqlx::query_scalar(
+                "SELECT started_at FROM rollout_starts WHERE group_id = $1 AND version = $2",
+            )
+            .bind(group_id)
+            .bind(version)
+            .fetch_optional(&mut *self.tx)
+            .await
+            .map_err(db("read rollout start"))
+        })
+    }
+
+    fn record_rollout_start<'a>(
+        &'a mut self,
+        group_id: &'a str,
+        version: &'a str,
+        at: i64,
+    ) -> TxFuture<'a, ()> {
+        Box::pin(async move {
+            sqlx::query(
+                "INSERT INTO rollout_starts (group_id, version, started_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (group_id, version) DO NOTHING",
+            )
+            .bind(group_id)
+            .bind(version)
+            .bind(at)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(db("record rollout start"))?;
+            Ok(())
+        })
+    }
+
+    fn instance_created_at<'a>(
+        &'a mut self,
+        machine_id: &'a str,
+        app_id: &'a str,
+    ) -> TxFuture<'a, Option<i64>> {
+        Box::pin(async move {
+            sqlx::query_scalar(
+                "SELECT created_at FROM instances WHERE machine_id = $1 AND app_id = $2",
+            )
+            .bind(machine_id)
+            .bind(app_id)
+            .fetch_optional(&mut *self.tx)
+            .await
+            .map_err(db("read instance first contact"))
+        })
+    }
+
+    fn supersede_other_grants<'a>(
+        &'a mut self,
+        machine_id: &'a str,
+        app_id: &'a str,
+        version: &'a str,
+        now: i64,
+    ) -> TxFuture<'a, ()> {
+        Box::pin(async move {
+            // The grants may be of other groups (the machine moved): their tallies change too,
+            // so their groups are locked first, as a report does.
+            sqlx::query(
+                "SELECT id FROM groups_ WHERE id IN (SELECT group_id FROM rollout_grants \
+                 WHERE machine_id = $1 AND app_id = $2 AND version <> $3 \
+                 AND state IN ('in_flight', 'installed')) ORDER BY id FOR UPDATE",
+            )
+            .bind(machine_id)
+            .bind(app_id)
+            .bind(version)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(db("lock the groups of rollout grants"))?;
+            sqlx::query(
+                "UPDATE rollout_grants SET state = 'superseded', settled_at = $1 \
+                 WHERE machine_id = $2 AND app_id = $3 AND version <> $4 \
+                 AND state IN ('in_flight', 'installed')",
+            )
+            .bind(now)
+            .bind(machine_id)
+            .bind(app_id)
+            .bind(version)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(db("supersede rollout grant"))?;
+            Ok(())
+        })
+    }
+
+    fn upsert_grant<'a>(&'a mut self, g: NewGrant<'a>) -> TxFuture<'a, ()> {
+        Box::pin(async move {
+            sqlx::query(
+                "INSERT INTO rollout_grants (group_id, app_id, machine_id, version, state, \
+                 canary, granted_at, progress_at, network, new_machine) \
+                 VALUES ($1, $2, $3, $4, 'in_flight', $5, $6, $6, $7, $8) \
+                 ON CONFLICT (machine_id, app_id, group_id, version) DO UPDATE \
+                 SET state = 'in_flight', canary = excluded.canary, \
+                 granted_at = excluded.granted_at, progress_at = excluded.progress_at, \
+                 settled_at = NULL, network = excluded.network",
+            )
+            .bind(g.key.group_id)
+            .bind(g.key.app_id)
+            .bind(g.key.machine_id)
+            .bind(g.key.version)
+            .bind(i64::from(g.canary))
+            .bind(g.at)
+            .bind(g.network)
+            .bind(i64::from(g.new_machine))
+            .execute(&mut *self.tx)
+            .await
+            .map_err(db("grant rollout"))?;
+            Ok(())
+        })
+    }
+
+    fn settle_grants<'a>(
+        &'a mut self,
+        machine_id: &'a str,
+        app_id: &'a str,
+        settlement: Settlement<'a>,
+        now: i64,
+    ) -> TxFuture<'a, Vec<RolloutKey>> {
+        Box::pin(settle_grants(
+            &mut self.tx,
+            machine_id,
+            app_id,
+            settlement,
+            now,
+        ))
+    }
+
+    fn add_activity<'a>(&'a mut self, act: &'a NewActivity, at: i64) -> TxFuture<'a, ()> {
+        Box::pin(add_activity(&mut self.tx, act, at))
+    }
+}
+
+/// Of check-ins naming one machine and application more than once, the newest of each (a
+/// statement may change a row once), in key order: neighbouring rows share pages, and
+/// concurrent batches lock their rows in the same order.
+fn newest_in_key_order(rows: &[CheckIn]) -> Vec<&CheckIn> {
+    let mut newest: Vec<&CheckIn> = Vec::with_capacity(rows.len());
+    let mut seen = HashMap::new();
+    for c in rows {
+        match seen.get(&(&c.machine_id, &c.app_id)) {
+            Some(&i) => {
+                let kept: &mut &CheckIn = &mut newest[i];
+                if c.at >= kept.at {
+                    *kept = c;
+                }
+            }
+            None => {
+                seen.insert((&c.machine_id, &c.app_id), newest.len());
+                newest.push(c);
+            }
+        }
+    }
+    newest.sort_unstable_by(|a, b| (&a.machine_id, &a.app_id).cmp(&(&b.machine_id, &b.app_id)));
+    newest
+}
+
+async fn check_in(conn: &mut PgConnection, rows: &[CheckIn]) -> Result<(), StoreError> {
+    for chunk in newest_in_key_order(rows).chunks(CHECK_INS_PER_STATEMENT) {
+        let text = |f: fn(&CheckIn) -> &str| chunk.iter().map(|c| f(c)).collect::<Vec<&str>>();
+        sqlx::query(CHECK_IN)
+            .bind(text(|c| &c.machine_id))
+            .bind(text(|c| &c.app_id))
+            .bind(text(|c| &c.alias))
+            .bind(text(|c| &c.ip))
+            .bind(text(|c| &c.version))
+            .bind(
+                chunk
+                    .iter()
+                    .map(|c| c.group_id.as_deref())
+                    .collect::<Vec<Option<&str>>>(),
+            )
+            .bind(text(|c| &c.track))
+            .bind(text(|c| &c.oem))
+            .bind(text(|c| &c.oem_version))
+            .bind(text(|c| &c.board))
+            .bind(text(|c| &c.boot_id))
+            .bind(chunk.iter().map(|c| c.at).collect::<Vec<i64>>())
+            .bind(
+                chunk
+                    .iter()
+                    .map(|c| c.first_seen.min(c.at))
+                    .collect::<Vec<i64>>(),
+            )
+            .execute(&mut *conn)
+            .await
+            .map_err(db("write check-ins"))?;
+    }
+    Ok(())
+}
+
+async fn record_change(
+    conn: &mut PgConnection,
+    machine_id: &str,
+    app_id: &str,
+    version: &str,
+    at: i64,
+    change: &InstanceChange,
+) -> Result<(), StoreError> {
+    for e in &change.events {
+        sqlx::query(
+            "INSERT INTO events (machine_id, app_id, event_type, event_result, error_code, \
+             previous_version, version, at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(machine_id)
+        .bind(app_id)
+        .bind(e.event_type)
+        .bind(e.event_result)
+        .bind(e.error_code)
+        .bind(&e.previous_version)
+        .bind(version)
+        .bind(at)
+        .execute(&mut *conn)
+        .await
+        .map_err(db("insert event"))?;
+    }
+    if let Some(s) = &change.status_change {
+        sqlx::query(
+            "INSERT INTO instance_status_history (machine_id, app_id, status, version, detail, \
+             error_code, at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(machine_id)
+        .bind(app_id)
+        .bind(s.status.as_str())
+        .bind(&s.version)
+        .bind(&s.detail)
+        .bind(s.error_code)
+        .bind(s.at)
+        .execute(&mut *conn)
+        .await
+        .map_err(db("insert status history"))?;
+    }
+    for a in &change.activity {
+        add_activity(conn, a, at).await?;
+    }
+    Ok(())
+}
+
+impl InstanceTx for PgTx {
+    fn instance<'a>(
+        &'a mut self,
+        machine_id: &'a str,
+        app_id: &'a str,
+    ) -> TxFuture<'a, Option<Instance>> {
+        Box::pin(async move {
+            let row: Option<PgRow> =
+                sqlx::query("SELECT * FROM instances WHERE machine_id = $1 AND app_id = $2")
+                    .bind(machine_id)
+                    .bind(app_id)
+                    .fetch_optional(&mut *self.tx)
+                    .await
+                    .map_err(db("read instance"))?;
+            row.as_ref().map(instance_of).transpose()
+        })
+    }
+
+    fn check_in<'a>(&'a mut self, rows: &'a [CheckIn]) -> TxFuture<'a, ()> {
+        Box::pin(check_in(&mut self.tx, rows))
+    }
+
+    fn set_status<'a>(
+        &'a mut self,
+        machine_id: &'a str,
+        app_id: &'a str,
+        s: &'a StatusColumns,
+    ) -> TxFuture<'a, ()> {
+        Box::pin(async move {
+            sqlx::query(
+                "UPDATE instances SET status = $1, status_detail = $2, error_code = $3, \
+                 status_at = $4, granted_version = $5, granted_at = $6 \
+                 WHERE machine_id = $7 AND app_id = $8",
+            )
+            .bind(s.status.as_str())
+            .bind(&s.status_detail)
+            .bind(s.error_code)
+            .bind(s.status_at)
+            .bind(&s.granted_version)
+            .bind(s.granted_at)
+            .bind(machine_id)
+            .bind(app_id)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(db("set instance status"))?;
+            Ok(())
+        })
+    }
+
+    fn record_change<'a>(
+        &'a mut self,
+        machine_id: &'a str,
+        app_id: &'a str,
+        version: &'a str,
+        at: i64,
+        change: &'a InstanceChange,
+    ) -> TxFuture<'a, ()> {
+        Box::pin(record_change(
+            &mut self.tx,
+            machine_id,
+            app_id,
+            version,
+            at,
+            change,
+        ))
+    }
+}
+
+/// A refusal as `refused_versions` holds it.
+fn refusal_of_row(r: &PgRow) -> Result<RefusedVersion, StoreError> {
+    Ok(RefusedVersion {
+        machine_id: get(r, REFUSED, "machine_id")?,
+        app_id: get(r, REFUSED, "app_id")?,
+        version: get(r, REFUSED, "version")?,
+        reason: refusal_reason(&get::<String, _>(r, REFUSED, "reason")?)?,
+        error_code: get(r, REFUSED, "error_code")?,
+        at: get(r, REFUSED, "at")?,
+    })
+}
+
+impl RolloutStore for PgStore {
+    fn try_grant<'a>(&'a self, req: &'a GrantRequest) -> StoreFuture<'a, GrantOutcome> {
+        let req = Arc::new(req.clone());
+        Box::pin(transact(self, Urgency::Answer, move |tx| {
+            let req = Arc::clone(&req);
+            Box::pin(async move { grants::try_grant(tx, &req).await })
+        }))
+    }
+
+    fn record_progress<'a>(
+        &'a self,
+        report: &'a ProgressReport,
+    ) -> StoreFuture<'a, Vec<HaltedRollout>> {
+        let report = Arc::new(report.clone());
+        Box::pin(transact(self, Urgency::Answer, move |tx| {
+            let report = Arc::clone(&report);
+            Box::pin(async move { grants::record_progress(tx, &report).await })
+        }))
+    }
+
+    fn grant_stats<'a>(
+        &'a self,
+        group_id: &'a str,
+        version: &'a str,
+        now: i64,
+    ) -> StoreFuture<'a, GrantStats> {
+        let key = Arc::new((group_id.to_owned(), version.to_owned()));
+        Box::pin(transact(self, Urgency::Answer, move |tx| {
+            let key = Arc::clone(&key);
+            Box::pin(async move { grants::grant_stats(tx, &key.0, &key.1, now).await })
+        }))
+    }
+
+    fn refused_versions<'a>(
+        &'a self,
+        machine_id: &'a str,
+        app_id: Option<&'a str>,
+    ) -> StoreFuture<'a, Vec<RefusedVersion>> {
+        Box::pin(async move {
+            let rows = sqlx::query(
+                "SELECT machine_id, app_id, version, reason, error_code, at \
+                 FROM refused_versions WHERE machine_id = $1 \
+                 AND ($2::TEXT IS NULL OR app_id = $2) \
+                 ORDER BY at, app_id COLLATE \"C\", version COLLATE \"C\"",
+            )
+            .bind(machine_id)
+            .bind(app_id)
+            .fetch_all(self.pool())
+            .await
+            .map_err(db("read refused versions"))?;
+            rows.iter().map(refusal_of_row).collect()
+        })
+    }
+
+    fn clear_refusals<'a>(
+        &'a self,
+        machine_id: &'a str,
+        app_id: Option<&'a str>,
+        version: Option<&'a str>,
+        act: &'a NewActivity,
+        now: i64,
+    ) -> StoreFuture<'a, Vec<RefusedVersion>> {
+        Box::pin(async move {
+            const OP: &str = "clear refused versions";
+            let mut tx = self.begin(OP).await?;
+            // Deleting returns what it deleted: a refusal cleared by two replicas at once is
+            // reported by one of them.
+            let rows = sqlx::query(
+                "DELETE FROM refused_versions WHERE machine_id = $1 \
+                 AND ($2::TEXT IS NULL OR app_id = $2) AND ($3::TEXT IS NULL OR version = $3) \
+                 RETURNING machine_id, app_id, version, reason, error_code, at",
+            )
+            .bind(machine_id)
+            .bind(app_id)
+            .bind(version)
+            .fetch_all(&mut *tx.tx)
+            .await
+            .map_err(db(OP))?;
+            let mut cleared = rows
+                .iter()
+                .map(refusal_of_row)
+                .collect::<Result<Vec<_>, _>>()?;
+            // Oldest first, as listed (text in byte order, as SQLite and `COLLATE "C"` compare).
+            cleared
+                .sort_by(|a, b| (a.at, &a.app_id, &a.version).cmp(&(b.at, &b.app_id, &b.version)));
+            if !cleared.is_empty() {
+                add_activity(&mut tx.tx, act, now).await?;
+            }
+            tx.commit(OP).await?;
+            Ok(cleared)
+        })
+    }
+
+    fn set_machine_alias<'a>(
+        &'a self,
+        machine_id: &'a str,
+        alias: Option<&'a str>,
+        act: &'a NewActivity,
+        now: i64,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let mut tx = self.begin("set machine alias").await?;
+            if let Some(alias) = alias {
+                let holder: Option<String> = sqlx::query_scalar(
+                    "SELECT machine_id FROM machine_aliases WHERE alias = $1 \
+                     AND machine_id <> $2",
+                )
+                .bind(alias)
+                .bind(machine_id)
+                .fetch_optional(&mut *tx.tx)
+                .await
+                .map_err(db("read machine aliases"))?;
+                if let Some(other) = holder {
+                    return Err(StoreError::Conflict(format!(
+                        "alias {alias:?} is already assigned to machine {other}"
+                    )));
+                }
+                // Another replica assigning the alias at the same time makes this a uniqueness
+                // violation: a conflict too.
+                sqlx::query(
+                    "INSERT INTO machine_aliases (machine_id, alias, set_at) \
+                     VALUES ($1, $2, $3) ON CONFLICT (machine_id) DO UPDATE \
+                     SET alias = excluded.alias, set_at = excluded.set_at",
+                )
+                .bind(machine_id)
+                .bind(alias)
+                .bind(now)
+                .execute(&mut *tx.tx)
+                .await
+                .map_err(db("set machine alias"))?;
+            } else {
+                sqlx::query("DELETE FROM machine_aliases WHERE machine_id = $1")
+                    .bind(machine_id)
+                    .execute(&mut *tx.tx)
+                    .await
+                    .map_err(db("remove machine alias"))?;
+            }
+            add_activity(&mut tx.tx, act, now).await?;
+            tx.commit("set machine alias").await?;
+            Ok(())
+        })
+    }
+}

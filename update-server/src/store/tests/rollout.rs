@@ -1,0 +1,674 @@
+//! Rollout grants ([`crate::store::RolloutStore`] and the grant rules over
+//! [`crate::rollout::grants::GrantTx`]): one grant per machine and version, the tallies the
+//! triggers keep, refusals, timeouts, the rate limit and auto-halt's weighing of new machines;
+//! and, on PostgreSQL, limits that stay exact while several replicas grant at once.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+
+use crate::model::{App, Group, NewActivity};
+use crate::rollout::{HoldReason, RateLimit};
+use crate::store::rollout::{
+    GrantOutcome, GrantRequest, GrantState, GrantStats, HaltedRollout, ProgressReport,
+    RefusalReason, RefusedVersion,
+};
+use crate::store::testkit::{TestStores, both_stores, pg};
+use crate::store::tx::{Urgency, transact};
+use crate::store::{PgStore, RolloutStore, StoreError};
+
+const APP: &str = "app";
+const GROUP: &str = "g";
+const NETWORK: &str = "192.0.2.0/24";
+
+fn act() -> NewActivity {
+    NewActivity {
+        kind: "test".into(),
+        severity: "info",
+        ..Default::default()
+    }
+}
+
+/// Application `app`.
+async fn add_app(kit: &TestStores) {
+    let app = App {
+        id: APP.into(),
+        name: "OS".into(),
+        description: String::new(),
+        created_at: 0,
+    };
+    kit.store.insert_app(&app, &act()).await.unwrap();
+}
+
+/// Group `id` of `app` (on track `id`) whose policy is the JSON `policy`.
+async fn add_group(kit: &TestStores, id: &str, policy: &str) {
+    let group = Group {
+        id: id.into(),
+        app_id: APP.into(),
+        name: id.into(),
+        track: id.into(),
+        channel_id: None,
+        description: String::new(),
+        policy: serde_json::from_str(policy).unwrap(),
+        created_at: 0,
+    };
+    kit.store.insert_group(&group, &act()).await.unwrap();
+}
+
+/// Application `app` and its group `g` whose policy is `policy`.
+async fn setup(kit: &TestStores, policy: &str) {
+    add_app(kit).await;
+    add_group(kit, GROUP, policy).await;
+}
+
+/// A grant request of `version` in `group` for a machine the server first saw at `first_seen`.
+fn request(group: &str, machine: &str, version: &str, first_seen: i64, now: i64) -> GrantRequest {
+    GrantRequest {
+        group_id: group.into(),
+        app_id: APP.into(),
+        machine_id: machine.into(),
+        version: version.into(),
+        canary: false,
+        first_seen,
+        network: NETWORK.into(),
+        new_machine_limit: None,
+        now,
+    }
+}
+
+async fn grant(kit: &TestStores, machine: &str, version: &str, now: i64) -> GrantOutcome {
+    // Known long before any rollout: established.
+    let req = request(GROUP, machine, version, -1_000_000, now);
+    kit.rollouts.try_grant(&req).await.unwrap()
+}
+
+/// A grant of 2.0.0 in `group` of a machine the server first saw at `first_seen`.
+async fn grant_seen(
+    kit: &TestStores,
+    group: &str,
+    machine: &str,
+    first_seen: i64,
+    now: i64,
+) -> GrantOutcome {
+    let req = request(group, machine, "2.0.0", first_seen, now);
+    kit.rollouts.try_grant(&req).await.unwrap()
+}
+
+async fn report(
+    kit: &TestStores,
+    machine: &str,
+    state: GrantState,
+    running: &str,
+    refuse: Option<(&str, RefusalReason)>,
+    now: i64,
+) -> Vec<HaltedRollout> {
+    kit.rollouts
+        .record_progress(&ProgressReport {
+            machine_id: machine.into(),
+            app_id: APP.into(),
+            state: Some(state),
+            running_version: running.into(),
+            refuse: refuse.map(|(version, reason)| RefusedVersion {
+                machine_id: machine.into(),
+                app_id: APP.into(),
+                version: version.into(),
+                reason,
+                error_code: None,
+                at: now,
+            }),
+            now,
+        })
+        .await
+        .unwrap()
+}
+
+async fn stats_of(kit: &TestStores, group: &str, version: &str) -> GrantStats {
+    kit.rollouts
+        .grant_stats(group, version, 1_000_000)
+        .await
+        .unwrap()
+}
+
+async fn stats(kit: &TestStores, version: &str) -> GrantStats {
+    stats_of(kit, GROUP, version).await
+}
+
+/// Grant counts: (state, new to the rollout, machines), sorted.
+type Counts = Vec<(String, bool, u64)>;
+
+fn sorted_counts(rows: Vec<(String, i64, i64)>) -> Counts {
+    let mut out: Counts = rows
+        .into_iter()
+        .map(|(st, new, n)| (st, new != 0, u64::try_from(n).unwrap()))
+        .collect();
+    out.sort();
+    out
+}
+
+/// The grant counts as `rollout_grants` holds them (what the tallies must equal).
+async fn counted(kit: &TestStores, version: &str, since: i64) -> Counts {
+    // `$n` parameters: both databases number them so.
+    const SELECT: &str = "SELECT state, new_machine, COUNT(*) FROM rollout_grants WHERE \
+                          group_id = $1 AND version = $2 AND granted_at > $3 \
+                          GROUP BY state, new_machine";
+    let rows: Vec<(String, i64, i64)> = if let Some(s) = kit.sqlite() {
+        sqlx::query_as(SELECT)
+            .bind(GROUP)
+            .bind(version)
+            .bind(since)
+            .fetch_all(s.pool())
+            .await
+            .unwrap()
+    } else {
+        sqlx::query_as(SELECT)
+            .bind(GROUP)
+            .bind(version)
+            .bind(since)
+            .fetch_all(kit.postgres().unwrap().pool())
+            .await
+            .unwrap()
+    };
+    sorted_counts(rows)
+}
+
+/// The grant counts the store reads (from the tallies) inside a write transaction.
+async fn tallied(kit: &TestStores, version: &str, since: i64) -> Counts {
+    let version = version.to_owned();
+    let counts = transact(kit.writer.as_ref(), Urgency::Answer, move |tx| {
+        let version = version.clone();
+        Box::pin(async move { tx.grant_counts(GROUP, &version, since).await })
+    })
+    .await
+    .unwrap();
+    let mut out: Counts = counts
+        .into_iter()
+        .map(|c| (c.state.as_str().to_owned(), c.new_machine, c.machines))
+        .collect();
+    out.sort();
+    out
+}
+
+fn is_held(o: &GrantOutcome, why: HoldReason) -> bool {
+    matches!(o, GrantOutcome::Held { reason, .. } if *reason == why)
+}
+
+async fn the_tallies_equal_a_count_of_the_grants_through_every_change(kit: &mut TestStores) {
+    setup(kit, "{}").await;
+    for m in 0..12 {
+        let v = if m % 4 == 0 { "3.0.0" } else { "2.0.0" };
+        grant(kit, &format!("m{m}"), v, 10 + m as i64).await;
+    }
+    for m in 0..3 {
+        let new_machine = request(GROUP, &format!("n{m}"), "2.0.0", 50, 60);
+        kit.rollouts.try_grant(&new_machine).await.unwrap();
+    }
+    for m in 1..4 {
+        report(
+            kit,
+            &format!("m{m}"),
+            GrantState::Installed,
+            "1.0.0",
+            None,
+            30,
+        )
+        .await;
+    }
+    report(kit, "m1", GrantState::Complete, "2.0.0", None, 31).await;
+    report(kit, "m2", GrantState::Failed, "1.0.0", None, 32).await;
+    report(kit, "n1", GrantState::Failed, "1.0.0", None, 61).await;
+    // A failed machine granted again reopens its row (state and grant time move).
+    grant(kit, "m2", "2.0.0", 70).await;
+    // Offered a newer version, the older grant is superseded.
+    grant(kit, "m5", "3.0.0", 71).await;
+    // Retention deletes settled rows behind the rules' back.
+    kit.exec("DELETE FROM rollout_grants WHERE machine_id = 'm1'")
+        .await;
+    for version in ["2.0.0", "3.0.0"] {
+        for since in [i64::MIN, 0, 15, 31, 60, 70, 100] {
+            assert_eq!(
+                tallied(kit, version, since).await,
+                counted(kit, version, since).await,
+                "{version} since {since}"
+            );
+        }
+    }
+    assert!(!counted(kit, "2.0.0", i64::MIN).await.is_empty());
+}
+
+async fn a_machine_failing_a_version_again_and_again_is_one_attempt_and_one_failure(
+    kit: &mut TestStores,
+) {
+    setup(
+        kit,
+        r#"{"auto_halt": {"max_failure_rate": 0.5, "min_attempts": 3}}"#,
+    )
+    .await;
+    for t in 0..5 {
+        assert_eq!(
+            grant(kit, "m", "2.0.0", t * 10).await,
+            GrantOutcome::Granted
+        );
+        let halts = report(kit, "m", GrantState::Failed, "1.0.0", None, t * 10 + 1).await;
+        assert!(halts.is_empty(), "one machine never reaches min_attempts 3");
+    }
+    let st = stats(kit, "2.0.0").await;
+    assert_eq!((st.attempts, st.failed, st.in_flight), (1, 1, 0), "{st:?}");
+    // Granted again, it holds one slot; then it succeeds: complete, no longer failed.
+    assert_eq!(grant(kit, "m", "2.0.0", 100).await, GrantOutcome::Granted);
+    let st = stats(kit, "2.0.0").await;
+    assert_eq!((st.attempts, st.failed, st.in_flight), (1, 0, 1), "{st:?}");
+    report(kit, "m", GrantState::Installed, "1.0.0", None, 101).await;
+    report(kit, "m", GrantState::Complete, "2.0.0", None, 102).await;
+    let st = stats(kit, "2.0.0").await;
+    assert_eq!((st.attempts, st.failed, st.complete), (1, 0, 1), "{st:?}");
+}
+
+async fn a_rollback_fails_a_completed_grant_and_can_halt(kit: &mut TestStores) {
+    setup(
+        kit,
+        r#"{"auto_halt": {"max_failure_rate": 0.4, "min_attempts": 2}}"#,
+    )
+    .await;
+    for m in ["a", "b"] {
+        assert_eq!(grant(kit, m, "2.0.0", 1).await, GrantOutcome::Granted);
+        report(kit, m, GrantState::Installed, "1.0.0", None, 2).await;
+        report(kit, m, GrantState::Complete, "2.0.0", None, 3).await;
+    }
+    assert_eq!(stats(kit, "2.0.0").await.complete, 2);
+    let rb = Some(("2.0.0", RefusalReason::RolledBack));
+    let halts = report(kit, "a", GrantState::Failed, "1.0.0", rb, 4).await;
+    let st = stats(kit, "2.0.0").await;
+    assert_eq!((st.complete, st.failed, st.attempts), (1, 1, 2), "{st:?}");
+    assert_eq!(halts.len(), 1, "1 of 2 failed (50 % > 40 %)");
+    assert_eq!(
+        (halts[0].group_id.as_str(), halts[0].version.as_str()),
+        (GROUP, "2.0.0")
+    );
+    assert!(
+        halts[0].reason.starts_with("1 of 2 machines"),
+        "{}",
+        halts[0].reason
+    );
+    // A late 3/2 of the refused version does not turn the failure back into a completion.
+    report(kit, "a", GrantState::Complete, "2.0.0", None, 5).await;
+    assert_eq!(stats(kit, "2.0.0").await.failed, 1);
+}
+
+async fn machines_new_to_the_rollout_weigh_new_machine_weight_for_auto_halt(kit: &mut TestStores) {
+    add_app(kit).await;
+    // Counted as established (weight 1), the fourth invented failure halts: 4 of 5. Each weight
+    // has a group of its own, and machines of their own.
+    for (group, weight, halts_at) in [("g-default", None, None), ("g-one", Some(1.0), Some(3))] {
+        let policy = serde_json::json!({"auto_halt": {"max_failure_rate": 0.2, "min_attempts": 5,
+            "new_machine_weight": weight}});
+        add_group(kit, group, &policy.to_string()).await;
+        // Known before the rollout; its grant at 100 starts the rollout.
+        assert_eq!(
+            grant_seen(kit, group, &format!("{group}-est"), 0, 100).await,
+            GrantOutcome::Granted
+        );
+        let mut halted = None;
+        for i in 0..5 {
+            let m = format!("{group}-new-{i}");
+            // First seen at 100 (the rollout's start): new, and stays new when reopened.
+            assert_eq!(
+                grant_seen(kit, group, &m, 100, 101).await,
+                GrantOutcome::Granted
+            );
+            if !report(kit, &m, GrantState::Failed, "1.0.0", None, 102)
+                .await
+                .is_empty()
+            {
+                halted = Some(i);
+                break;
+            }
+        }
+        assert_eq!(halted, halts_at, "weight {weight:?}");
+        if weight.is_some() {
+            continue;
+        }
+        // 1 + 5 × 0.1 attempts, 5 × 0.1 failures: below min_attempts 5.
+        let st = stats_of(kit, group, "2.0.0").await;
+        assert_eq!((st.new_attempts, st.new_failed), (5, 5), "{st:?}");
+        assert_eq!(st.weighted(0.1), (1.5, 0.5));
+        // Re-granted later (its first contact now long past), it is still new here.
+        assert_eq!(
+            grant_seen(kit, group, &format!("{group}-new-0"), 100, 5000).await,
+            GrantOutcome::Granted
+        );
+        assert_eq!(stats_of(kit, group, "2.0.0").await.new_attempts, 5);
+    }
+}
+
+async fn a_timed_out_grant_completes_when_the_machine_gets_there(kit: &mut TestStores) {
+    setup(kit, r#"{"update_timeout_secs": 60}"#).await;
+    assert_eq!(grant(kit, "slow", "2.0.0", 0).await, GrantOutcome::Granted);
+    let st = kit.rollouts.grant_stats(GROUP, "2.0.0", 100).await.unwrap();
+    assert_eq!(st.timed_out, 1, "{st:?}");
+    report(kit, "slow", GrantState::Installed, "1.0.0", None, 110).await;
+    report(kit, "slow", GrantState::Complete, "2.0.0", None, 120).await;
+    let st = stats(kit, "2.0.0").await;
+    assert_eq!(
+        (st.timed_out, st.complete, st.attempts),
+        (0, 1, 1),
+        "{st:?}"
+    );
+}
+
+async fn a_regrant_counts_once_against_the_rate_limit(kit: &mut TestStores) {
+    setup(kit, r#"{"rate_limit": {"count": 2, "period_secs": 3600}}"#).await;
+    assert_eq!(grant(kit, "a", "2.0.0", 0).await, GrantOutcome::Granted);
+    assert_eq!(grant(kit, "b", "2.0.0", 100).await, GrantOutcome::Granted);
+    report(kit, "a", GrantState::Failed, "1.0.0", None, 150).await;
+    // `a` is already one of the two machines of the window: its re-grant adds none...
+    assert_eq!(grant(kit, "a", "2.0.0", 200).await, GrantOutcome::Granted);
+    let st = stats(kit, "2.0.0").await;
+    assert_eq!((st.attempts, st.in_flight), (2, 2), "{st:?}");
+    // ...a third machine is still held...
+    let is_rate = |o: &GrantOutcome| is_held(o, HoldReason::Rate);
+    assert!(is_rate(&grant(kit, "c", "2.0.0", 300).await));
+    // ...and the re-grant counts from its own time: at 3650 `a` (re-granted at 200) and `b`
+    // (granted at 100) are both in the last hour; at 3710 only `a` is.
+    assert!(is_rate(&grant(kit, "c", "2.0.0", 3650).await));
+    assert_eq!(grant(kit, "c", "2.0.0", 3710).await, GrantOutcome::Granted);
+}
+
+async fn a_refusal_holds_the_version_for_that_machine_only(kit: &mut TestStores) {
+    setup(kit, "{}").await;
+    assert_eq!(grant(kit, "x", "2.0.0", 0).await, GrantOutcome::Granted);
+    let deny = Some(("2.0.0", RefusalReason::DenyListed));
+    report(kit, "x", GrantState::Failed, "1.0.0", deny, 1).await;
+    let held = grant(kit, "x", "2.0.0", 2).await;
+    assert!(is_held(&held, HoldReason::DenyListed), "{held:?}");
+    assert_eq!(grant(kit, "y", "2.0.0", 3).await, GrantOutcome::Granted);
+    assert_eq!(grant(kit, "x", "2.1.0", 4).await, GrantOutcome::Granted);
+    let refused = kit.rollouts.refused_versions("x", Some(APP)).await.unwrap();
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0].reason, RefusalReason::DenyListed);
+}
+
+async fn refusals_are_listed_and_cleared_and_an_alias_names_one_machine(kit: &mut TestStores) {
+    setup(kit, "{}").await;
+    let activity = async |kit: &TestStores| {
+        kit.store
+            .list_activity(None, None, 100)
+            .await
+            .unwrap()
+            .len()
+    };
+    report(
+        kit,
+        "x",
+        GrantState::Failed,
+        "1.0.0",
+        Some(("2.1.0", RefusalReason::RolledBack)),
+        2,
+    )
+    .await;
+    report(
+        kit,
+        "x",
+        GrantState::Failed,
+        "1.0.0",
+        Some(("2.0.0", RefusalReason::DenyListed)),
+        1,
+    )
+    .await;
+    let refused = kit.rollouts.refused_versions("x", None).await.unwrap();
+    let versions: Vec<_> = refused.iter().map(|r| (r.version.as_str(), r.at)).collect();
+    assert_eq!(versions, [("2.0.0", 1), ("2.1.0", 2)], "oldest first");
+    assert!(
+        kit.rollouts
+            .refused_versions("x", Some("other"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // One version cleared: offered again; the other still held.
+    let before = activity(kit).await;
+    let cleared = kit
+        .rollouts
+        .clear_refusals("x", Some(APP), Some("2.0.0"), &act(), 3)
+        .await
+        .unwrap();
+    assert_eq!(cleared.len(), 1);
+    assert_eq!(
+        (cleared[0].version.as_str(), cleared[0].reason),
+        ("2.0.0", RefusalReason::DenyListed)
+    );
+    assert_eq!(activity(kit).await, before + 1);
+    assert_eq!(grant(kit, "x", "2.0.0", 4).await, GrantOutcome::Granted);
+    assert!(is_held(
+        &grant(kit, "x", "2.1.0", 5).await,
+        HoldReason::RolledBack
+    ));
+    // Nothing left to clear of that version: nothing cleared, nothing written.
+    let cleared = kit
+        .rollouts
+        .clear_refusals("x", None, Some("2.0.0"), &act(), 6)
+        .await
+        .unwrap();
+    assert!(cleared.is_empty());
+    assert_eq!(activity(kit).await, before + 1);
+    let cleared = kit
+        .rollouts
+        .clear_refusals("x", None, None, &act(), 7)
+        .await
+        .unwrap();
+    assert_eq!(cleared.len(), 1);
+    assert!(
+        kit.rollouts
+            .refused_versions("x", None)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // An alias names one machine: taken, it is a conflict; set again or moved, it follows.
+    kit.rollouts
+        .set_machine_alias("x", Some("web-1"), &act(), 8)
+        .await
+        .unwrap();
+    kit.rollouts
+        .set_machine_alias("x", Some("web-1"), &act(), 9)
+        .await
+        .unwrap();
+    let taken = kit
+        .rollouts
+        .set_machine_alias("y", Some("web-1"), &act(), 10)
+        .await;
+    assert!(matches!(taken, Err(StoreError::Conflict(_))), "{taken:?}");
+    kit.rollouts
+        .set_machine_alias("x", None, &act(), 11)
+        .await
+        .unwrap();
+    kit.rollouts
+        .set_machine_alias("y", Some("web-1"), &act(), 12)
+        .await
+        .unwrap();
+    let aliases = kit.store.load_catalogue().await.unwrap().machine_aliases;
+    assert_eq!(
+        aliases.into_iter().collect::<Vec<_>>(),
+        [("y".to_owned(), "web-1".to_owned())]
+    );
+}
+
+both_stores!(
+    the_tallies_equal_a_count_of_the_grants_through_every_change,
+    a_machine_failing_a_version_again_and_again_is_one_attempt_and_one_failure,
+    a_rollback_fails_a_completed_grant_and_can_halt,
+    machines_new_to_the_rollout_weigh_new_machine_weight_for_auto_halt,
+    a_timed_out_grant_completes_when_the_machine_gets_there,
+    a_regrant_counts_once_against_the_rate_limit,
+    a_refusal_holds_the_version_for_that_machine_only,
+    refusals_are_listed_and_cleared_and_an_alias_names_one_machine,
+);
+
+/// A second replica: another [`PgStore`] (a pool of its own) on the kit's database.
+async fn replica(kit: &TestStores) -> PgStore {
+    let pool = kit.postgres().unwrap().pool();
+    let name: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    let server = std::env::var(pg::URL_ENV).unwrap_or_else(|_| pg::DEFAULT_URL.to_owned());
+    let mut url = url::Url::parse(&server).unwrap();
+    url.set_path(&format!("/{name}"));
+    PgStore::open(url.as_str()).await.unwrap()
+}
+
+/// Runs every request at once, alternating between the kit's store and `other` (two replicas);
+/// returns the outcomes in request order.
+async fn grant_at_once(
+    kit: &TestStores,
+    other: &PgStore,
+    requests: Vec<GrantRequest>,
+) -> Vec<GrantOutcome> {
+    let replicas: [Arc<dyn RolloutStore>; 2] = [kit.rollouts.clone(), Arc::new(other.clone())];
+    let attempts = requests.into_iter().enumerate().map(|(i, req)| {
+        let store = Arc::clone(&replicas[i % replicas.len()]);
+        tokio::spawn(async move { store.try_grant(&req).await.unwrap() })
+    });
+    futures_util::future::join_all(attempts)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_granting_at_once_grant_exactly_the_concurrency_limit() {
+    let Some(mut kit) = TestStores::postgres().await else {
+        return;
+    };
+    setup(&kit, r#"{"concurrency_limit": 5}"#).await;
+    let other = replica(&kit).await;
+    let requests = (0..64)
+        .map(|m| request(GROUP, &format!("m{m}"), "2.0.0", -1_000_000, 10))
+        .collect();
+    let outcomes = grant_at_once(&kit, &other, requests).await;
+    let granted = outcomes
+        .iter()
+        .filter(|o| **o == GrantOutcome::Granted)
+        .count();
+    assert_eq!(granted, 5, "{outcomes:?}");
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| *o == GrantOutcome::Granted || is_held(o, HoldReason::Concurrency)),
+        "{outcomes:?}"
+    );
+    assert_eq!(
+        kit.query_i64("SELECT COUNT(*) FROM rollout_grants WHERE state = 'in_flight'")
+            .await,
+        5
+    );
+    let st = stats(&kit, "2.0.0").await;
+    assert_eq!((st.attempts, st.in_flight), (5, 5), "{st:?}");
+    other.close().await;
+    kit.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_granting_at_once_keep_the_new_machine_limit_of_a_network_across_groups() {
+    let Some(mut kit) = TestStores::postgres().await else {
+        return;
+    };
+    add_app(&kit).await;
+    for group in ["g-a", "g-b"] {
+        add_group(&kit, group, r#"{"concurrency_limit": 100}"#).await;
+    }
+    let other = replica(&kit).await;
+    // Machines first seen now, each the first of its rollout or after its start: all new.
+    let requests = (0..32)
+        .map(|m| {
+            let group = if m % 2 == 0 { "g-a" } else { "g-b" };
+            let mut req = request(group, &format!("new-{m}"), "2.0.0", 10, 10);
+            req.new_machine_limit = Some(RateLimit {
+                count: 3,
+                period_secs: 3600,
+            });
+            req
+        })
+        .collect();
+    let outcomes = grant_at_once(&kit, &other, requests).await;
+    let granted = outcomes
+        .iter()
+        .filter(|o| **o == GrantOutcome::Granted)
+        .count();
+    assert_eq!(granted, 3, "{outcomes:?}");
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| *o == GrantOutcome::Granted || is_held(o, HoldReason::NewMachineRate)),
+        "{outcomes:?}"
+    );
+    other.close().await;
+    kit.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_granting_and_settling_at_once_keep_the_tallies_exact() {
+    let Some(mut kit) = TestStores::postgres().await else {
+        return;
+    };
+    setup(
+        &kit,
+        r#"{"concurrency_limit": 8, "auto_halt": {"max_failure_rate": 0.9, "min_attempts": 1000}}"#,
+    )
+    .await;
+    let other = replica(&kit).await;
+    let replicas: [Arc<dyn RolloutStore>; 2] = [kit.rollouts.clone(), Arc::new(other.clone())];
+    // Each machine tries until it is granted, then installs, then completes or fails: grants
+    // and reports of the group interleave on both replicas.
+    let machines = (0..24).map(|m| {
+        let store = Arc::clone(&replicas[m % replicas.len()]);
+        tokio::spawn(async move {
+            let machine = format!("m{m}");
+            let mut now = 10;
+            while store
+                .try_grant(&request(GROUP, &machine, "2.0.0", -1_000_000, now))
+                .await
+                .unwrap()
+                != GrantOutcome::Granted
+            {
+                now += 1;
+                tokio::task::yield_now().await;
+            }
+            let progress = |state, running: &str| ProgressReport {
+                machine_id: machine.clone(),
+                app_id: APP.into(),
+                state: Some(state),
+                running_version: running.into(),
+                refuse: None,
+                now,
+            };
+            store
+                .record_progress(&progress(GrantState::Installed, "1.0.0"))
+                .await
+                .unwrap();
+            let (last, running) = if m % 3 == 0 {
+                (GrantState::Failed, "1.0.0")
+            } else {
+                (GrantState::Complete, "2.0.0")
+            };
+            store
+                .record_progress(&progress(last, running))
+                .await
+                .unwrap();
+        })
+    });
+    for done in futures_util::future::join_all(machines).await {
+        done.unwrap();
+    }
+    let st = stats(&kit, "2.0.0").await;
+    assert_eq!(
+        (st.attempts, st.failed, st.complete, st.in_flight),
+        (24, 8, 16, 0),
+        "{st:?}"
+    );
+    assert_eq!(
+        tallied(&kit, "2.0.0", i64::MIN).await,
+        counted(&kit, "2.0.0", i64::MIN).await
+    );
+    other.close().await;
+    kit.close().await;
+}
