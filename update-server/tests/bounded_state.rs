@@ -1,14 +1,18 @@
 //! What one client can make the server keep (metric series, stored event rows, in-memory and
 //! stored instances), replayed against a server over loopback HTTP; and the checks on the way in
-//! (`Content-Type` of Omaha posts, the `Bearer` scheme in any case).
+//! (`Content-Type` of Omaha posts, the `Bearer` scheme in any case). Each test runs on SQLite and
+//! on PostgreSQL.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use update_server::config::Settings;
 use update_server::server::{RunningServer, start};
 
 mod common;
+mod support {
+    pub mod db;
+}
+use support::db::TestDb;
 
 const APP: &str = "e96281a6-d1af-4bde-9a0a-97b76e56dc57";
 
@@ -21,11 +25,9 @@ struct Env {
 
 impl Env {
     /// A server knowing one app (no groups or packages: events and pings are all that matter).
-    async fn new() -> Self {
+    async fn new(db: &TestDb) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let server = start(Settings::for_tests(&dir.path().join("data")))
-            .await
-            .unwrap();
+        let server = start(db.settings(&dir.path().join("data"))).await.unwrap();
         let base = format!("http://{}", server.addr);
         let env = Self {
             _dir: dir,
@@ -114,9 +116,8 @@ fn value(text: &str, name: &str, labels: &str) -> f64 {
         .map_or(0.0, |v| v.parse().unwrap())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn distinct_event_kinds_add_neither_series_nor_unbounded_rows() {
-    let env = Env::new().await;
+async fn distinct_event_kinds_add_neither_series_nor_unbounded_rows(db: TestDb) {
+    let env = Env::new(&db).await;
     let before = env.metrics().await;
     // The attack: 10 bodies of two `<app>`s with 64 events each (the parser's limit per app),
     // every one a distinct (eventtype, eventresult) pair nobody names: 1280 series and 1280
@@ -204,10 +205,10 @@ async fn distinct_event_kinds_add_neither_series_nor_unbounded_rows() {
     assert_eq!(env.event_rows("other-machine").await, 1);
     env.server.shutdown().await.unwrap();
 }
+both_databases!(distinct_event_kinds_add_neither_series_nor_unbounded_rows);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unknown_error_codes_and_invented_versions_stay_out_of_labels() {
-    let env = Env::new().await;
+async fn unknown_error_codes_and_invented_versions_stay_out_of_labels(db: TestDb) {
+    let env = Env::new(&db).await;
     // 40 machines on 40 invented versions, each failing with its own unknown error code.
     for i in 0..40 {
         let body = format!(
@@ -249,10 +250,10 @@ async fn unknown_error_codes_and_invented_versions_stay_out_of_labels() {
     );
     env.server.shutdown().await.unwrap();
 }
+both_databases!(unknown_error_codes_and_invented_versions_stay_out_of_labels);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn long_or_odd_identities_are_refused_and_not_stored() {
-    let env = Env::new().await;
+async fn long_or_odd_identities_are_refused_and_not_stored(db: TestDb) {
+    let env = Env::new(&db).await;
     let long_id = "f".repeat(4096);
     for (machine, attribute) in [
         (long_id.as_str(), "machineid"),
@@ -284,10 +285,10 @@ async fn long_or_odd_identities_are_refused_and_not_stored() {
     assert_eq!(env.instance_count().await, 1);
     env.server.shutdown().await.unwrap();
 }
+both_databases!(long_or_odd_identities_are_refused_and_not_stored);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn omaha_posts_need_an_xml_content_type_or_none() {
-    let env = Env::new().await;
+async fn omaha_posts_need_an_xml_content_type_or_none(db: TestDb) {
+    let env = Env::new(&db).await;
     let body = request("ct", "1.0.0", "");
     let post = |ct: Option<&'static str>| {
         let mut r = env
@@ -322,10 +323,10 @@ async fn omaha_posts_need_an_xml_content_type_or_none() {
     }
     env.server.shutdown().await.unwrap();
 }
+both_databases!(omaha_posts_need_an_xml_content_type_or_none);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_bearer_scheme_is_matched_in_any_case() {
-    let env = Env::new().await;
+async fn the_bearer_scheme_is_matched_in_any_case(db: TestDb) {
+    let env = Env::new(&db).await;
     let token = env.server.admin_token.clone();
     for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
         let r = env
@@ -347,10 +348,10 @@ async fn the_bearer_scheme_is_matched_in_any_case() {
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     env.server.shutdown().await.unwrap();
 }
+both_databases!(the_bearer_scheme_is_matched_in_any_case);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fleetlock_releases_in_invented_groups_add_no_series() {
-    let env = Env::new().await;
+async fn fleetlock_releases_in_invented_groups_add_no_series(db: TestDb) {
+    let env = Env::new(&db).await;
     for i in 0..50 {
         let r = env
             .http
@@ -368,3 +369,4 @@ async fn fleetlock_releases_in_invented_groups_add_no_series() {
     assert!(!text.contains("invented-"), "{text}");
     env.server.shutdown().await.unwrap();
 }
+both_databases!(fleetlock_releases_in_invented_groups_add_no_series);

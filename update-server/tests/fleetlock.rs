@@ -1,5 +1,6 @@
-//! FleetLock server over real HTTP on loopback: wire format, semaphore semantics, concurrency,
-//! two servers sharing one database, persistence, and the admin API with its tokens.
+//! FleetLock server over real HTTP on loopback, each test on SQLite and on PostgreSQL: wire
+//! format, semaphore semantics, concurrency, two servers sharing one database, persistence, and
+//! the admin API with its tokens.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::path::Path;
@@ -7,11 +8,14 @@ use std::path::Path;
 use futures_util::future::join_all;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use update_server::config::Settings;
 use update_server::server::{RunningServer, start};
 
 mod common;
+mod support {
+    pub mod db;
+}
 use common::api as admin;
+use support::db::TestDb;
 
 const PRE: &str = "fleetlock/v1/pre-reboot";
 const STEADY: &str = "fleetlock/v1/steady-state";
@@ -44,14 +48,15 @@ async fn lock(
     (st, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
-async fn server(data: &Path) -> RunningServer {
-    start(Settings::for_tests(data)).await.unwrap()
+/// A server on `db` with data directory `data` (servers given the same `db` and `data` share
+/// their database).
+async fn server(db: &TestDb, data: &Path) -> RunningServer {
+    start(db.settings(data)).await.unwrap()
 }
 
-#[tokio::test]
-async fn wire_format_reentrancy_and_idempotent_release() {
+async fn wire_format_reentrancy_and_idempotent_release(db: TestDb) {
     let dir = tempfile::tempdir().unwrap();
-    let s = server(&dir.path().join("data")).await;
+    let s = server(&db, &dir.path().join("data")).await;
     let b = base(&s);
     let http = reqwest::Client::new();
 
@@ -157,10 +162,12 @@ async fn wire_format_reentrancy_and_idempotent_release() {
     );
     s.shutdown().await.unwrap();
 }
+both_databases!(wire_format_reentrancy_and_idempotent_release);
 
-async fn race(slots: u32, n: usize) -> (usize, Vec<String>) {
+/// `n` machines race for the `slots` of group `race` on a new server on `db`.
+async fn race(db: &TestDb, slots: u32, n: usize) -> (usize, Vec<String>) {
     let dir = tempfile::tempdir().unwrap();
-    let s = server(&dir.path().join("data")).await;
+    let s = server(db, &dir.path().join("data")).await;
     let b = base(&s);
     let http = reqwest::Client::new();
     if slots != 1 {
@@ -207,22 +214,21 @@ async fn race(slots: u32, n: usize) -> (usize, Vec<String>) {
     (ok, holders)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_pre_reboots_get_exactly_the_slots() {
-    let (ok, holders) = race(1, 16).await;
+async fn concurrent_pre_reboots_get_exactly_the_slots(db: TestDb) {
+    let (ok, holders) = race(&db, 1, 16).await;
     assert_eq!(ok, 1);
     assert_eq!(holders.len(), 1);
-    let (ok, holders) = race(2, 16).await;
+    let (ok, holders) = race(&db.another().await, 2, 16).await;
     assert_eq!(ok, 2);
     assert_eq!(holders.len(), 2);
 }
+both_databases!(concurrent_pre_reboots_get_exactly_the_slots);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_servers_share_the_semaphore_and_it_survives_restart() {
+async fn two_servers_share_the_semaphore_and_it_survives_restart(db: TestDb) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let a = server(&data).await;
-    let b = server(&data).await;
+    let a = server(&db, &data).await;
+    let b = server(&db, &data).await;
     let (ba, bb) = (base(&a), base(&b));
     let http = reqwest::Client::new();
 
@@ -259,7 +265,7 @@ async fn two_servers_share_the_semaphore_and_it_survives_restart() {
     b.shutdown().await.unwrap();
 
     // After a restart the holder is still there.
-    let c = server(&data).await;
+    let c = server(&db, &data).await;
     let bc = base(&c);
     let (st, _) = lock(&http, &bc, PRE, "other", "default").await;
     assert_eq!(st, StatusCode::CONFLICT);
@@ -275,11 +281,11 @@ async fn two_servers_share_the_semaphore_and_it_survives_restart() {
     assert_eq!(v[0]["holders"][0]["id"], "late");
     c.shutdown().await.unwrap();
 }
+both_databases!(two_servers_share_the_semaphore_and_it_survives_restart);
 
-#[tokio::test]
-async fn admin_list_set_release_with_auth() {
+async fn admin_list_set_release_with_auth(db: TestDb) {
     let dir = tempfile::tempdir().unwrap();
-    let s = server(&dir.path().join("data")).await;
+    let s = server(&db, &dir.path().join("data")).await;
     let b = base(&s);
     let http = reqwest::Client::new();
     let (adm, ro) = (s.admin_token.clone(), s.read_only_token.clone());
@@ -411,11 +417,11 @@ async fn admin_list_set_release_with_auth() {
     assert!(ids.contains(&"m2") && ids.contains(&"m3"), "{ids:?}");
     s.shutdown().await.unwrap();
 }
+both_databases!(admin_list_set_release_with_auth);
 
-#[tokio::test]
-async fn shared_secret_and_disabling() {
+async fn shared_secret_and_disabling(db: TestDb) {
     let dir = tempfile::tempdir().unwrap();
-    let mut settings = Settings::for_tests(&dir.path().join("data"));
+    let mut settings = db.settings(&dir.path().join("data"));
     settings.fleetlock.token = Some("fleetlock-secret-0123456789".into());
     let s = start(settings.clone()).await.unwrap();
     let b = base(&s);
@@ -458,3 +464,4 @@ async fn shared_secret_and_disabling() {
     assert_eq!(v[0]["holders"][0]["id"], "m1");
     s.shutdown().await.unwrap();
 }
+both_databases!(shared_secret_and_disabling);

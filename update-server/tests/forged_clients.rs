@@ -2,7 +2,8 @@
 //! client can do"), over real HTTP with an injected clock: a claimed alias does not make a
 //! machine a canary (an operator-assigned one does); invented machine ids reporting failures do
 //! not halt a rollout (established machines failing do); invented ids from one network cannot
-//! fill a concurrency limit (an established machine is still granted).
+//! fill a concurrency limit (an established machine is still granted). Each test runs on SQLite
+//! and on PostgreSQL.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::sync::Arc;
@@ -11,11 +12,14 @@ use clap::Parser as _;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use update_server::clock::ManualClock;
-use update_server::config::Settings;
 use update_server::rollout::RolloutEngine;
 use update_server::server::{RunningServer, start_with};
 
 mod common;
+mod support {
+    pub mod db;
+}
+use support::db::TestDb;
 
 const APP: &str = "e96281a6-d1af-4bde-9a0a-97b76e56dc57";
 const T0: i64 = 1_700_000_000;
@@ -31,12 +35,12 @@ struct Env {
 
 impl Env {
     /// One server, app, package 2.0.0 on channel `stable`, group `stable` with `policy`.
-    async fn new(policy: Value) -> Self {
+    async fn new(db: &TestDb, policy: Value) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let key = common::trusted_key(dir.path(), "release");
         let body = common::signed_payload(&key, APP, "2.0.0", &common::image(50_000));
         let clock = ManualClock::new(T0);
-        let mut s = Settings::for_tests(&dir.path().join("data"));
+        let mut s = db.settings(&dir.path().join("data"));
         s.trusted_keys = Some(dir.path().join("keys"));
         s.proxy_header = Some(PROXY_HEADER.into());
         let c: Arc<dyn update_server::clock::Clock> = clock.clone();
@@ -162,11 +166,14 @@ impl Env {
 
 const NET_A: &str = "198.51.100.7";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_claimed_alias_is_no_canary_but_an_operator_assigned_one_is() {
+async fn a_claimed_alias_is_no_canary_but_an_operator_assigned_one_is(db: TestDb) {
     // Before: `canaries` matched the alias a client reports, so any client claiming
     // machinealias="build-01" bypassed the percentage.
-    let env = Env::new(json!({"percentage": 0, "canaries": ["build-01", "by-id-1"]})).await;
+    let env = Env::new(
+        &db,
+        json!({"percentage": 0, "canaries": ["build-01", "by-id-1"]}),
+    )
+    .await;
     assert!(
         !env.check_as("forged-1", "build-01", NET_A).await,
         "a reported alias bypassed the percentage"
@@ -275,10 +282,14 @@ async fn a_claimed_alias_is_no_canary_but_an_operator_assigned_one_is() {
     let act = env.api("GET", "/activity", Value::Null).await;
     assert!(act.to_string().contains("instance_alias_set"), "{act}");
 }
+both_databases!(a_claimed_alias_is_no_canary_but_an_operator_assigned_one_is);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn invented_ids_reporting_failures_do_not_halt_but_established_machines_do() {
-    let env = Env::new(json!({"auto_halt": {"max_failure_rate": 0.2, "min_attempts": 5}})).await;
+async fn invented_ids_reporting_failures_do_not_halt_but_established_machines_do(db: TestDb) {
+    let env = Env::new(
+        &db,
+        json!({"auto_halt": {"max_failure_rate": 0.2, "min_attempts": 5}}),
+    )
+    .await;
     // The fleet the server knew before the rollout.
     for i in 0..6 {
         env.register(&format!("est-{i}"), NET_A).await;
@@ -319,10 +330,10 @@ async fn invented_ids_reporting_failures_do_not_halt_but_established_machines_do
     assert!(reason.contains("new to the rollout"), "{st}");
     assert!(!env.check("est-0-late", NET_A).await, "halted");
 }
+both_databases!(invented_ids_reporting_failures_do_not_halt_but_established_machines_do);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn invented_ids_from_one_network_cannot_fill_a_concurrency_limit() {
-    let env = Env::new(json!({"concurrency_limit": 3})).await;
+async fn invented_ids_from_one_network_cannot_fill_a_concurrency_limit(db: TestDb) {
+    let env = Env::new(&db, json!({"concurrency_limit": 3})).await;
     env.register("real", NET_A).await;
     env.clock.advance(60);
 
@@ -373,3 +384,4 @@ async fn invented_ids_from_one_network_cannot_fill_a_concurrency_limit() {
     }
     assert!(env.check("invented-2", "198.51.100.22").await);
 }
+both_databases!(invented_ids_from_one_network_cannot_fill_a_concurrency_limit);

@@ -1,6 +1,7 @@
 //! Machine credentials over real HTTP: trust on first use, groups that require a credential,
 //! key mismatches, stale and replayed signatures, operator enrollment, and unsigned
-//! update_engine hosts in groups that do not require one. Time is a manual clock.
+//! update_engine hosts in groups that do not require one. Time is a manual clock; each test runs
+//! on SQLite and on PostgreSQL.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::sync::Arc;
@@ -18,6 +19,10 @@ use update_server::rollout::RolloutEngine;
 use update_server::server::{RunningServer, start_with};
 
 mod common;
+mod support {
+    pub mod db;
+}
+use support::db::TestDb;
 
 const APP: &str = "e96281a6-d1af-4bde-9a0a-97b76e56dc57";
 const T0: i64 = 1_765_000_000;
@@ -34,11 +39,11 @@ struct Env {
 impl Env {
     /// A server (settings adjusted by `tweak`) with version 2.0.0 on channel `stable`, followed
     /// by group `secure` (credential required) and group `open` (the default: optional).
-    async fn new(tweak: impl FnOnce(&mut Settings)) -> Self {
+    async fn new(db: &TestDb, tweak: impl FnOnce(&mut Settings)) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let key = common::trusted_key(dir.path(), "release");
         let payload = common::signed_payload(&key, APP, "2.0.0", &common::image(50_000));
-        let mut s = Settings::for_tests(&dir.path().join("data"));
+        let mut s = db.settings(&dir.path().join("data"));
         s.trusted_keys = Some(dir.path().join("keys"));
         tweak(&mut s);
         let clock = ManualClock::new(T0);
@@ -205,9 +210,8 @@ fn update_status(xml: &str) -> String {
         .to_owned()
 }
 
-#[tokio::test]
-async fn first_use_binds_the_key_and_a_required_group_ignores_everyone_else() {
-    let env = Env::new(|_| {}).await;
+async fn first_use_binds_the_key_and_a_required_group_ignores_everyone_else(db: TestDb) {
+    let env = Env::new(&db, |_| {}).await;
     let agent = SigningKey::from_bytes(&[1; 32]);
 
     // The agent's first signed check binds its key and gets the update.
@@ -302,10 +306,10 @@ async fn first_use_binds_the_key_and_a_required_group_ignores_everyone_else() {
         "{text}"
     );
 }
+both_databases!(first_use_binds_the_key_and_a_required_group_ignores_everyone_else);
 
-#[tokio::test]
-async fn bad_stale_and_replayed_signatures_authenticate_nothing() {
-    let env = Env::new(|_| {}).await;
+async fn bad_stale_and_replayed_signatures_authenticate_nothing(db: TestDb) {
+    let env = Env::new(&db, |_| {}).await;
     let agent = SigningKey::from_bytes(&[1; 32]);
     let body = check(M, "secure");
     let ignored = |status: Option<String>, want: &str, xml: &str| {
@@ -366,10 +370,10 @@ async fn bad_stale_and_replayed_signatures_authenticate_nothing() {
     let (_, status, _) = env.post_raw(&check(other, "open"), &[]).await;
     assert_eq!(status, None);
 }
+both_databases!(bad_stale_and_replayed_signatures_authenticate_nothing);
 
-#[tokio::test]
-async fn operators_enroll_and_forget_keys_when_first_use_is_off() {
-    let env = Env::new(|s| s.machine_credentials.trust_on_first_use = false).await;
+async fn operators_enroll_and_forget_keys_when_first_use_is_off(db: TestDb) {
+    let env = Env::new(&db, |s| s.machine_credentials.trust_on_first_use = false).await;
     let agent = SigningKey::from_bytes(&[1; 32]);
     let path = format!("/instances/{M}/credential");
 
@@ -426,10 +430,10 @@ async fn operators_enroll_and_forget_keys_when_first_use_is_off() {
     assert!(kinds.contains(&"machine_credential_enrolled"), "{kinds:?}");
     assert!(kinds.contains(&"machine_credential_forgotten"), "{kinds:?}");
 }
+both_databases!(operators_enroll_and_forget_keys_when_first_use_is_off);
 
-#[tokio::test]
-async fn unsigned_update_engine_hosts_keep_working_in_optional_groups() {
-    let env = Env::new(|_| {}).await;
+async fn unsigned_update_engine_hosts_keep_working_in_optional_groups(db: TestDb) {
+    let env = Env::new(&db, |_| {}).await;
     let other = "fedcba9876543210fedcba9876543210";
     let (st, xml) = env.post(&check(other, "open"), None).await;
     assert_eq!(st, StatusCode::OK, "{xml}");
@@ -458,3 +462,4 @@ async fn unsigned_update_engine_hosts_keep_working_in_optional_groups() {
         .await;
     assert_eq!(g["policy"]["machine_credential"], "required", "{g}");
 }
+both_databases!(unsigned_update_engine_hosts_keep_working_in_optional_groups);

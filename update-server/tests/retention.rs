@@ -1,9 +1,10 @@
-//! Retention over real HTTP with a manual clock: old events, history and activity go and recent
-//! ones stay; a forgotten instance disappears with its refusals and grants; a machine with a
-//! grant in flight is kept; the rollout counts of the current target survive a prune; a dry run
-//! deletes nothing and counts the same rows; a prune bigger than a batch takes several; the
-//! background pruner runs at start; a prune while another server process holds the retention
-//! lease is refused (409) until the lease expires; `update-server prune` and its access rules.
+//! Retention over real HTTP with a manual clock, each test on SQLite and on PostgreSQL: old
+//! events, history and activity go and recent ones stay; a forgotten instance disappears with its
+//! refusals and grants; a machine with a grant in flight is kept; the rollout counts of the
+//! current target survive a prune; a dry run deletes nothing and counts the same rows; a prune
+//! bigger than a batch takes several; the background pruner runs at start; a prune while another
+//! server process holds the retention lease is refused (409) until the lease expires (on
+//! PostgreSQL: until its session ends); `update-server prune` and its access rules.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::collections::BTreeMap;
@@ -15,11 +16,18 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use update_server::clock::ManualClock;
 use update_server::config::Settings;
+use update_server::retention::LEASE;
 use update_server::retention::RetentionSettings;
 use update_server::rollout::RolloutEngine;
 use update_server::server::{RunningServer, start_with};
+use update_server::store::Stores;
+use update_server::store::retention::LeaseOutcome;
 
 mod common;
+mod support {
+    pub mod db;
+}
+use support::db::TestDb;
 
 const APP: &str = "e96281a6-d1af-4bde-9a0a-97b76e56dc57";
 const T0: i64 = 1_700_000_000;
@@ -32,6 +40,8 @@ struct Env {
     http: reqwest::Client,
     /// Package id by version.
     packages: BTreeMap<String, Value>,
+    /// The test's database (last: dropped after the server).
+    db: TestDb,
 }
 
 /// Retention for tests: no background pruner unless asked, the rest as given.
@@ -55,9 +65,9 @@ fn retention(
 }
 
 impl Env {
-    /// A server with `retention`, an app with packages 1.5.0 and 2.0.0, channel `stable` at
-    /// `channel_version`, and group `stable` following it.
-    async fn new(retention: RetentionSettings, channel_version: &str) -> Self {
+    /// A server on `db` with `retention`, an app with packages 1.5.0 and 2.0.0, channel `stable`
+    /// at `channel_version`, and group `stable` following it.
+    async fn new(db: TestDb, retention: RetentionSettings, channel_version: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let key = common::trusted_key(dir.path(), "release");
         let mut env = Self {
@@ -66,6 +76,7 @@ impl Env {
             http: reqwest::Client::new(),
             dir,
             packages: BTreeMap::new(),
+            db,
         };
         env.start(retention).await;
         env.api("POST", "/apps", json!({"id": APP, "name": "OS"}))
@@ -92,8 +103,13 @@ impl Env {
         env
     }
 
+    /// The settings of the test's servers (before their retention).
+    fn settings(&self) -> Settings {
+        self.db.settings(&self.dir.path().join("data"))
+    }
+
     async fn start(&mut self, retention: RetentionSettings) {
-        let mut s = Settings::for_tests(&self.dir.path().join("data"));
+        let mut s = self.settings();
         s.trusted_keys = Some(self.dir.path().join("keys"));
         s.retention = retention;
         let clock: Arc<dyn update_server::clock::Clock> = self.clock.clone();
@@ -235,9 +251,8 @@ fn metric(text: &str, prefix: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn old_rows_go_recent_ones_stay_and_a_dry_run_deletes_nothing() {
-    let env = Env::new(retention(90, 90, 30, 90, 0), "2.0.0").await;
+async fn old_rows_go_recent_ones_stay_and_a_dry_run_deletes_nothing(db: TestDb) {
+    let env = Env::new(db, retention(90, 90, 30, 90, 0), "2.0.0").await;
     // `a` fails once (an activity entry), then updates; `b` updates; all at T0.
     assert!(env.check("a", "1.0.0").await);
     let err = r#"<event eventtype="3" eventresult="0" errorcode="9"></event>"#;
@@ -329,6 +344,7 @@ async fn old_rows_go_recent_ones_stay_and_a_dry_run_deletes_nothing() {
     );
     assert!(metric(&m, "platte_retention_last_run_duration_seconds").is_some());
 }
+both_databases!(old_rows_go_recent_ones_stay_and_a_dry_run_deletes_nothing);
 
 /// Installs 2.0.0, then reports that it fell back from it (3/0, code 44).
 async fn rolled_back_from_2_0_0(env: &Env, machine: &str) {
@@ -344,9 +360,8 @@ async fn rolled_back_from_2_0_0(env: &Env, machine: &str) {
     env.event(machine, "1.0.0", &e).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_forgotten_instance_disappears_with_its_refusals_and_grants() {
-    let env = Env::new(retention(90, 90, 365, 90, 7), "1.5.0").await;
+async fn a_forgotten_instance_disappears_with_its_refusals_and_grants(db: TestDb) {
+    let env = Env::new(db, retention(90, 90, 365, 90, 7), "1.5.0").await;
     // `gone` updated to 1.5.0 once, then rolled back from 2.0.0; `stays` updated to 2.0.0.
     env.update("gone", "1.5.0").await;
     let stable = format!("/apps/{APP}/channels/stable");
@@ -413,10 +428,10 @@ async fn a_forgotten_instance_disappears_with_its_refusals_and_grants() {
     assert!(env.check("gone", "1.0.0").await);
     assert_eq!(env.machines().await, ["gone", "stays"]);
 }
+both_databases!(a_forgotten_instance_disappears_with_its_refusals_and_grants);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_machine_with_a_grant_in_flight_is_kept_however_old() {
-    let env = Env::new(retention(1, 1, 1, 1, 7), "2.0.0").await;
+async fn a_machine_with_a_grant_in_flight_is_kept_however_old(db: TestDb) {
+    let env = Env::new(db, retention(1, 1, 1, 1, 7), "2.0.0").await;
     assert!(
         env.check("busy", "1.0.0").await,
         "granted 2.0.0, never heard of again"
@@ -440,10 +455,10 @@ async fn a_machine_with_a_grant_in_flight_is_kept_however_old() {
     );
     assert_eq!(env.prune(false).await["total"], 0);
 }
+both_databases!(a_machine_with_a_grant_in_flight_is_kept_however_old);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_rollout_counts_of_the_current_target_survive_an_aggressive_prune() {
-    let env = Env::new(retention(1, 1, 1, 1, 7), "2.0.0").await;
+async fn the_rollout_counts_of_the_current_target_survive_an_aggressive_prune(db: TestDb) {
+    let env = Env::new(db, retention(1, 1, 1, 1, 7), "2.0.0").await;
     env.update("complete", "2.0.0").await;
     assert!(env.check("in-flight", "1.0.0").await);
     assert!(env.check("installed", "1.0.0").await);
@@ -476,12 +491,12 @@ async fn the_rollout_counts_of_the_current_target_survive_an_aggressive_prune() 
     assert_eq!(after["grants"], before, "{after}");
     assert_eq!(after["machines"], 1);
 }
+both_databases!(the_rollout_counts_of_the_current_target_survive_an_aggressive_prune);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_prune_of_more_rows_than_a_batch_takes_several_transactions() {
+async fn a_prune_of_more_rows_than_a_batch_takes_several_transactions(db: TestDb) {
     let mut r = retention(1, 1, 1, 1, 0);
     r.batch_size = 100;
-    let env = Env::new(r, "2.0.0").await;
+    let env = Env::new(db, r, "2.0.0").await;
     for i in 0..40 {
         env.update(&format!("m{i:02}"), "2.0.0").await;
     }
@@ -502,10 +517,10 @@ async fn a_prune_of_more_rows_than_a_batch_takes_several_transactions() {
     assert!(env.events_of("m00").await.is_empty());
     assert_eq!(env.status().await["grants"]["complete"], 40);
 }
+both_databases!(a_prune_of_more_rows_than_a_batch_takes_several_transactions);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_background_pruner_runs_at_start() {
-    let mut env = Env::new(retention(90, 90, 365, 90, 0), "2.0.0").await;
+async fn the_background_pruner_runs_at_start(db: TestDb) {
+    let mut env = Env::new(db, retention(90, 90, 365, 90, 0), "2.0.0").await;
     env.update("a", "2.0.0").await;
     env.clock.advance(100 * DAY);
     let mut r = retention(90, 90, 365, 90, 0);
@@ -526,44 +541,55 @@ async fn the_background_pruner_runs_at_start() {
     // A clean shutdown with the background pruner running.
     env.server.take().unwrap().shutdown().await.unwrap();
 }
+both_databases!(the_background_pruner_runs_at_start);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_prune_while_another_server_process_prunes_is_refused_until_its_lease_expires() {
-    let env = Env::new(retention(90, 90, 365, 90, 0), "2.0.0").await;
+async fn a_prune_while_another_server_process_prunes_is_refused_until_its_lease_expires(
+    db: TestDb,
+) {
+    let env = Env::new(db, retention(90, 90, 365, 90, 0), "2.0.0").await;
     env.update("a", "2.0.0").await;
     env.clock.advance(100 * DAY);
-    // Another server process on the same database is in the middle of a pass.
-    let db = env.dir.path().join("data").join("platte.sqlite");
-    let other = sqlx::SqlitePool::connect(&format!("sqlite:{}", db.display()))
+    // Another server process on the same database is in the middle of a pass: its stores (opened
+    // here) hold the retention lease.
+    let database = env.settings().database;
+    let mut other = Stores::open(&database).await.unwrap();
+    let now = T0 + 100 * DAY;
+    let holder = "replica-2/4242/0/cafe";
+    let taken = other
+        .retention
+        .take_lease(LEASE, holder, now, now + 600)
         .await
         .unwrap();
-    let until = T0 + 100 * DAY + 600;
-    sqlx::query("INSERT INTO job_leases (name, holder, expires_at) VALUES ('retention', ?, ?)")
-        .bind("replica-2/4242/0/cafe")
-        .bind(until)
-        .execute(&other)
-        .await
-        .unwrap();
+    assert_eq!(taken, LeaseOutcome::Taken);
     let (st, v) = env.try_api("POST", "/maintenance/prune", Value::Null).await;
     assert_eq!(st, StatusCode::CONFLICT, "{v}");
-    assert!(v.to_string().contains("replica-2/4242/0/cafe"), "{v}");
+    assert!(v.to_string().contains(holder), "{v}");
     assert_eq!(env.events_of("a").await.len(), 4, "nothing was deleted");
     // A dry run needs no lease.
     assert_eq!(env.prune(true).await["rows"]["events"], 4);
-    // The other process stopped without giving the lease back: once it expired, this one prunes.
+    // The other process stopped without giving the lease back (its connections end; on
+    // PostgreSQL that ends the lease's session): once it expired, this one prunes.
+    other.close().await;
     env.clock.advance(601);
     assert_eq!(env.prune(false).await["rows"]["events"], 4);
     assert!(env.events_of("a").await.is_empty());
-    let left: Vec<String> = sqlx::query_scalar("SELECT holder FROM job_leases")
-        .fetch_all(&other)
+    // The lease was given back: yet another process takes it at once (this one's would not
+    // have expired yet).
+    let mut probe = Stores::open(&database).await.unwrap();
+    let now = now + 601;
+    let taken = probe
+        .retention
+        .take_lease(LEASE, "probe", now, now + 60)
         .await
         .unwrap();
-    assert!(left.is_empty(), "the lease was given back: {left:?}");
+    assert_eq!(taken, LeaseOutcome::Taken, "the lease was given back");
+    probe.retention.release_lease(LEASE, "probe").await.unwrap();
+    probe.close().await;
 }
+both_databases!(a_prune_while_another_server_process_prunes_is_refused_until_its_lease_expires);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn prune_needs_the_admin_token_and_the_cli_drives_it() {
-    let env = Env::new(retention(90, 90, 365, 90, 0), "2.0.0").await;
+async fn prune_needs_the_admin_token_and_the_cli_drives_it(db: TestDb) {
+    let env = Env::new(db, retention(90, 90, 365, 90, 0), "2.0.0").await;
     let url = format!("{}/api/v1/maintenance/prune?dry_run=true", env.base());
     let r = env.http.post(&url).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
@@ -596,3 +622,4 @@ async fn prune_needs_the_admin_token_and_the_cli_drives_it() {
         "the CLI's prune deleted"
     );
 }
+both_databases!(prune_needs_the_admin_token_and_the_cli_drives_it);

@@ -1,6 +1,7 @@
-//! Staged rollouts over real HTTP: atomic limits under concurrent checks (also with two server
-//! processes' worth of state sharing one SQLite file), release on install and on timeout, rate
-//! windows, auto-halt and resume, and the downgrade marker.
+//! Staged rollouts over real HTTP, each on SQLite and on PostgreSQL: atomic limits under
+//! concurrent checks (also with two servers sharing one database: one SQLite file, or one
+//! PostgreSQL database), release on install and on timeout, rate windows, auto-halt and resume,
+//! and the downgrade marker.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::collections::BTreeMap;
@@ -11,11 +12,14 @@ use clap::Parser as _;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use update_server::clock::ManualClock;
-use update_server::config::Settings;
 use update_server::rollout::RolloutEngine;
 use update_server::server::{RunningServer, start_with};
 
 mod common;
+mod support {
+    pub mod db;
+}
+use support::db::TestDb;
 
 const APP: &str = "e96281a6-d1af-4bde-9a0a-97b76e56dc57";
 const T0: i64 = 1_700_000_000;
@@ -36,12 +40,14 @@ struct Env {
     http: reqwest::Client,
     /// Package id by version.
     packages: BTreeMap<String, Value>,
+    /// The database every server of the test uses (last: dropped after the servers).
+    db: TestDb,
 }
 
 impl Env {
-    /// One server, app, packages 1.5.0, 2.0.0 and 2.1.0, channel `stable` at `channel_version`,
-    /// group `stable` with `policy`.
-    async fn new(policy: Value, channel_version: &str) -> Self {
+    /// One server on `db`, app, packages 1.5.0, 2.0.0 and 2.1.0, channel `stable` at
+    /// `channel_version`, group `stable` with `policy`.
+    async fn new(db: TestDb, policy: Value, channel_version: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let pays: Vec<(String, Vec<u8>)> = VERSIONS
             .iter()
@@ -54,6 +60,7 @@ impl Env {
             http: reqwest::Client::new(),
             dir,
             packages: BTreeMap::new(),
+            db,
         };
         env.start_server().await;
         env.api(0, "POST", "/apps", json!({"id": APP, "name": "OS"}))
@@ -94,8 +101,10 @@ impl Env {
         .await;
     }
 
+    /// Starts another server on the test's database (on SQLite: the same file, in the same data
+    /// directory).
     async fn start_server(&mut self) {
-        let mut s = Settings::for_tests(&self.dir.path().join("data"));
+        let mut s = self.db.settings(&self.dir.path().join("data"));
         s.trusted_keys = Some(self.dir.path().join("keys"));
         let clock: Arc<dyn update_server::clock::Clock> = self.clock.clone();
         self.servers
@@ -205,10 +214,9 @@ async fn concurrent_checks(env: &Env, prefix: &str, n: usize) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrency_limit_is_exact_across_two_servers_and_released_on_install() {
-    let mut env = Env::new(json!({"concurrency_limit": 5}), "2.0.0").await;
-    env.start_server().await; // a second server on the same database file
+async fn concurrency_limit_is_exact_across_two_servers_and_released_on_install(db: TestDb) {
+    let mut env = Env::new(db, json!({"concurrency_limit": 5}), "2.0.0").await;
+    env.start_server().await; // a second server on the same database
     register(&env, "m", 64).await;
     register(&env, "n", 64).await;
     let granted = concurrent_checks(&env, "m", 64).await;
@@ -233,13 +241,13 @@ async fn concurrency_limit_is_exact_across_two_servers_and_released_on_install()
         s.shutdown().await.unwrap();
     }
 }
+both_databases!(concurrency_limit_is_exact_across_two_servers_and_released_on_install);
 
 /// One request that reports a rollback and asks for an update: its events are settled before
 /// the update is decided, in the same transaction, so the version it rolled back from is held
 /// (`rolled_back`), never granted again and failed right after.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn events_are_settled_before_the_check_in_the_same_request() {
-    let env = Env::new(json!({}), "2.0.0").await;
+async fn events_are_settled_before_the_check_in_the_same_request(db: TestDb) {
+    let env = Env::new(db, json!({}), "2.0.0").await;
     assert!(env.check(0, "rb").await);
     let x = env
         .omaha(
@@ -261,14 +269,14 @@ async fn events_are_settled_before_the_check_in_the_same_request() {
         s.shutdown().await.unwrap();
     }
 }
+both_databases!(events_are_settled_before_the_check_in_the_same_request);
 
 /// Two servers on one database hold no state the other could contradict: a catalogue change made
 /// through one is served by the other within a second (the database's catalogue generation), and
 /// a status one server wrote is what the other answers from and never overwritten by the other's
 /// check-ins (column-wise writes, no in-memory rows).
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn two_servers_share_every_state_through_the_database() {
-    let mut env = Env::new(json!({}), "2.0.0").await;
+async fn two_servers_share_every_state_through_the_database(db: TestDb) {
+    let mut env = Env::new(db, json!({}), "2.0.0").await;
     env.start_server().await;
 
     // A machine is granted by server 0 and installs the update (staged, awaiting its reboot).
@@ -341,10 +349,11 @@ async fn two_servers_share_every_state_through_the_database() {
         s.shutdown().await.unwrap();
     }
 }
+both_databases!(two_servers_share_every_state_through_the_database);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rate_window_and_timeout_release() {
+async fn rate_window_and_timeout_release(db: TestDb) {
     let env = Env::new(
+        db,
         json!({"rate_limit": {"count": 2, "period_secs": 3600}, "concurrency_limit": 2,
                "update_timeout_secs": 600}),
         "2.0.0",
@@ -380,10 +389,11 @@ async fn rate_window_and_timeout_release() {
     );
     assert_eq!(st["grants"]["in_flight"], 1);
 }
+both_databases!(rate_window_and_timeout_release);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn auto_halt_trips_then_resume_is_explicit() {
+async fn auto_halt_trips_then_resume_is_explicit(db: TestDb) {
     let env = Env::new(
+        db,
         json!({"auto_halt": {"max_failure_rate": 0.25, "min_attempts": 8}}),
         "2.0.0",
     )
@@ -420,10 +430,10 @@ async fn auto_halt_trips_then_resume_is_explicit() {
     assert!(env.status().await["halted"].is_null());
     assert!(env.check(0, "late-2").await);
 }
+both_databases!(auto_halt_trips_then_resume_is_explicit);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn downgrade_needs_allow_and_is_marked() {
-    let env = Env::new(json!({}), "1.5.0").await;
+async fn downgrade_needs_allow_and_is_marked(db: TestDb) {
+    let env = Env::new(db, json!({}), "1.5.0").await;
     let newer = |m: &'static str| {
         let env = &env;
         async move {
@@ -443,10 +453,10 @@ async fn downgrade_needs_allow_and_is_marked() {
     assert!(x.contains(r#"_rollback="true""#), "{x}");
     assert!(x.contains(r#"version="1.5.0""#), "{x}");
 }
+both_databases!(downgrade_needs_allow_and_is_marked);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn percentage_preview_and_invalid_policy() {
-    let env = Env::new(json!({"percentage": 0, "canaries": ["c-1"]}), "2.0.0").await;
+async fn percentage_preview_and_invalid_policy(db: TestDb) {
+    let env = Env::new(db, json!({"percentage": 0, "canaries": ["c-1"]}), "2.0.0").await;
     for i in 0..200 {
         env.check(0, &format!("p{i}")).await;
     }
@@ -494,6 +504,7 @@ async fn percentage_preview_and_invalid_policy() {
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     assert!(r.text().await.unwrap().contains("percentage"));
 }
+both_databases!(percentage_preview_and_invalid_policy);
 
 /// Error code 44 (rolled back) with update_engine's non-production-server flag, as the agent
 /// reports it after falling back from a failed boot.
@@ -546,9 +557,8 @@ async fn instance_app(env: &Env, machine: &str) -> Value {
         .clone()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rolled_back_version_is_refused_for_that_machine_until_an_operator_clears_it() {
-    let mut env = Env::new(json!({}), "2.0.0").await;
+async fn a_rolled_back_version_is_refused_for_that_machine_until_an_operator_clears_it(db: TestDb) {
+    let mut env = Env::new(db, json!({}), "2.0.0").await;
     install(&env, "rb").await;
     rolled_back(&env, "rb", "2.0.0").await;
 
@@ -669,10 +679,10 @@ async fn a_rolled_back_version_is_refused_for_that_machine_until_an_operator_cle
     let act = env.api(0, "GET", "/activity", Value::Null).await;
     assert!(act.to_string().contains("instance_retry"), "{act}");
 }
+both_databases!(a_rolled_back_version_is_refused_for_that_machine_until_an_operator_clears_it);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_newer_version_is_offered_after_a_rollback() {
-    let env = Env::new(json!({}), "2.0.0").await;
+async fn a_newer_version_is_offered_after_a_rollback(db: TestDb) {
+    let env = Env::new(db, json!({}), "2.0.0").await;
     install(&env, "rb").await;
     // No `previousversion` (as a client other than the agent may send it): the granted version
     // is the one refused.
@@ -693,10 +703,11 @@ async fn a_newer_version_is_offered_after_a_rollback() {
     assert_eq!(a["refused_versions"].as_array().unwrap().len(), 1, "{a}");
     assert_eq!(a["refused_versions"][0]["version"], "2.0.0");
 }
+both_databases!(a_newer_version_is_offered_after_a_rollback);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_deferred_grant_frees_its_slot_is_no_failure_and_is_granted_again() {
+async fn a_deferred_grant_frees_its_slot_is_no_failure_and_is_granted_again(db: TestDb) {
     let env = Env::new(
+        db,
         json!({"concurrency_limit": 1, "update_timeout_secs": 600,
                "auto_halt": {"max_failure_rate": 0.1, "min_attempts": 1}}),
         "2.0.0",
@@ -749,6 +760,7 @@ async fn a_deferred_grant_frees_its_slot_is_no_failure_and_is_granted_again() {
         "concurrency"
     );
 }
+both_databases!(a_deferred_grant_frees_its_slot_is_no_failure_and_is_granted_again);
 
 /// An error event (3/0) with `code`, from a machine still on 1.0.0.
 async fn failed_with(env: &Env, machine: &str, code: u32) {
@@ -775,11 +787,11 @@ async fn rebooted_into_2_0_0(env: &Env, machine: &str) {
 /// update_engine's non-production-server flag, set on every error code sent to this server.
 const NON_PRODUCTION: u32 = 1 << 28;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_host_failing_a_version_again_and_again_is_one_attempt_and_one_failure() {
+async fn one_host_failing_a_version_again_and_again_is_one_attempt_and_one_failure(db: TestDb) {
     // Before: every re-grant was a new attempt and every answer a new failure, so one host
     // reached `min_attempts` by itself and halted the rollout.
     let env = Env::new(
+        db,
         json!({"auto_halt": {"max_failure_rate": 0.5, "min_attempts": 3}}),
         "2.0.0",
     )
@@ -806,10 +818,12 @@ async fn one_host_failing_a_version_again_and_again_is_one_attempt_and_one_failu
     assert_eq!(st["grants"]["failed"], 0, "{st}");
     assert_eq!(st["failure_rate"], 0.0);
 }
+both_databases!(one_host_failing_a_version_again_and_again_is_one_attempt_and_one_failure);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_host_that_deny_listed_a_version_is_not_offered_it_until_an_operator_clears_it() {
-    let env = Env::new(json!({}), "2.0.0").await;
+async fn a_host_that_deny_listed_a_version_is_not_offered_it_until_an_operator_clears_it(
+    db: TestDb,
+) {
+    let env = Env::new(db, json!({}), "2.0.0").await;
     // The agent answers an offer of a deny-listed build with 3/0 and code 35.
     assert_eq!(check_version(&env, "dl").await.as_deref(), Some("2.0.0"));
     failed_with(&env, "dl", 35 | NON_PRODUCTION).await;
@@ -860,10 +874,11 @@ async fn a_host_that_deny_listed_a_version_is_not_offered_it_until_an_operator_c
     assert_eq!(st["grants"]["failed"], 1, "health: {st}");
     assert_eq!(st["grants"]["in_flight"], 2, "dl again, link again: {st}");
 }
+both_databases!(a_host_that_deny_listed_a_version_is_not_offered_it_until_an_operator_clears_it);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_rollback_reported_after_the_grant_completed_is_a_failure_and_can_halt() {
+async fn a_rollback_reported_after_the_grant_completed_is_a_failure_and_can_halt(db: TestDb) {
     let env = Env::new(
+        db,
         json!({"auto_halt": {"max_failure_rate": 0.4, "min_attempts": 2}}),
         "2.0.0",
     )
@@ -889,3 +904,4 @@ async fn a_rollback_reported_after_the_grant_completed_is_a_failure_and_can_halt
         "rolled_back"
     );
 }
+both_databases!(a_rollback_reported_after_the_grant_completed_is_a_failure_and_can_halt);

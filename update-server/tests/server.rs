@@ -1,4 +1,5 @@
-//! Integration tests over real HTTP on loopback against a running server.
+//! Integration tests over real HTTP on loopback against a running server, each on SQLite and
+//! on PostgreSQL.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::path::Path;
@@ -7,8 +8,13 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use update_server::config::Settings;
 use update_server::server::{RunningServer, start};
+use update_server::store::Stores;
 
 mod common;
+mod support {
+    pub mod db;
+}
+use support::db::TestDb;
 
 const FLATCAR: &str = "e96281a6-d1af-4bde-9a0a-97b76e56dc57";
 const SAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/testdata/omaha");
@@ -34,15 +40,15 @@ fn signed_payload(key: &payloads::SigningKey, app: &str, version: &str) -> Vec<u
 }
 
 impl Env {
-    async fn new() -> Self {
-        Self::with(|_| {}).await
+    async fn new(db: &TestDb) -> Self {
+        Self::with(db, |_| {}).await
     }
 
-    /// A server whose settings `tweak` adjusted.
-    async fn with(tweak: impl FnOnce(&mut Settings)) -> Self {
+    /// A server on `db` whose settings `tweak` adjusted.
+    async fn with(db: &TestDb, tweak: impl FnOnce(&mut Settings)) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let (payload, key) = build_payload(dir.path(), FLATCAR, "3510.2.0");
-        let mut s = Settings::for_tests(&dir.path().join("data"));
+        let mut s = db.settings(&dir.path().join("data"));
         s.trusted_keys = Some(dir.path().join("keys"));
         s.proxy_header = Some("x-forwarded-for".into());
         tweak(&mut s);
@@ -166,9 +172,8 @@ async fn instance(env: &Env, machine: &str) -> Value {
     v["apps"][0].clone()
 }
 
-#[tokio::test]
-async fn full_event_sequence_moves_instance_through_states() {
-    let env = Env::new().await;
+async fn full_event_sequence_moves_instance_through_states(db: TestDb) {
+    let env = Env::new(&db).await;
     let pkg = env.seed().await;
     let m = "0123456789abcdef0123456789abcdef";
     let check = r#"<ping active="1"></ping><updatecheck></updatecheck><event eventtype="3" eventresult="2" previousversion=""></event>"#;
@@ -301,10 +306,10 @@ async fn full_event_sequence_moves_instance_through_states() {
     assert!(metrics.contains("status=\"error\"} 1"), "{metrics}");
     env.server.shutdown().await.unwrap();
 }
+both_databases!(full_event_sequence_moves_instance_through_states);
 
-#[tokio::test]
-async fn every_update_engine_sample_gets_a_well_formed_answer() {
-    let env = Env::new().await;
+async fn every_update_engine_sample_gets_a_well_formed_answer(db: TestDb) {
+    let env = Env::new(&db).await;
     env.seed().await;
     let mut seen = 0;
     for entry in std::fs::read_dir(SAMPLES).unwrap() {
@@ -362,10 +367,10 @@ async fn every_update_engine_sample_gets_a_well_formed_answer() {
     assert_eq!(i["instance"]["track"], "alpha");
     env.server.shutdown().await.unwrap();
 }
+both_databases!(every_update_engine_sample_gets_a_well_formed_answer);
 
-#[tokio::test]
-async fn multi_app_and_unknown_app_are_answered_independently() {
-    let env = Env::new().await;
+async fn multi_app_and_unknown_app_are_answered_independently(db: TestDb) {
+    let env = Env::new(&db).await;
     env.seed().await;
     let xml = format!(
         r#"<request protocol="3.0"><app appid="{FLATCAR}" version="3374.2.5" track="stable" machineid="m-multi" board="amd64-usr"><ping active="1"/><updatecheck/></app><app appid="{{11111111-2222-3333-4444-555555555555}}" version="1.0.0" track="stable" machineid="m-multi"><updatecheck/></app><app appid="{FLATCAR}" version="3374.2.5" track="nosuchgroup" machineid="m-multi2"><updatecheck/></app></request>"#
@@ -385,6 +390,7 @@ async fn multi_app_and_unknown_app_are_answered_independently() {
     );
     env.server.shutdown().await.unwrap();
 }
+both_databases!(multi_app_and_unknown_app_are_answered_independently);
 
 /// The `<updatecheck>` of the first app of an answer.
 fn updatecheck(xml: &str) -> omaha::UpdateCheckResponse {
@@ -392,9 +398,8 @@ fn updatecheck(xml: &str) -> omaha::UpdateCheckResponse {
     r.apps[0].updatecheck.clone().unwrap()
 }
 
-#[tokio::test]
-async fn staged_machine_is_offered_a_newer_release_never_the_same_one() {
-    let env = Env::new().await;
+async fn staged_machine_is_offered_a_newer_release_never_the_same_one(db: TestDb) {
+    let env = Env::new(&db).await;
     env.seed().await;
     let m = "5eed0000000000000000000000000001";
     let check = r#"<ping active="1"></ping><updatecheck></updatecheck>"#;
@@ -470,26 +475,46 @@ async fn staged_machine_is_offered_a_newer_release_never_the_same_one() {
     let rebooted = r#"<ping active="1"></ping><updatecheck></updatecheck><event eventtype="3" eventresult="2" previousversion="3374.2.5"></event>"#;
     env.omaha(check_xml(m, "3510.3.0", rebooted)).await;
     assert_eq!(instance(&env, m).await["instance"]["status"], "complete");
+    let (st, g) = env.api(reqwest::Method::GET, &group, None).await;
+    assert_eq!(st, StatusCode::OK, "{g}");
+    let group_id = g["id"].as_str().unwrap().to_owned();
     env.server.shutdown().await.unwrap();
-    let db = env._dir.path().join("data/platte.sqlite");
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", db.display()))
+    // In the database (the only machine, so the group's counts are its grants): one grant per
+    // version, the 3510.2.0 one superseded, the 3510.3.0 one complete.
+    let mut stores = Stores::open(&db.settings(&env._dir.path().join("data")).database)
         .await
         .unwrap();
-    let rows: Vec<(String, String)> = sqlx::query_as(
-        "SELECT version, state FROM rollout_grants WHERE machine_id = ? ORDER BY id",
-    )
-    .bind(m)
-    .fetch_all(&pool)
-    .await
-    .unwrap();
-    let rows: Vec<(&str, &str)> = rows.iter().map(|(v, s)| (v.as_str(), s.as_str())).collect();
-    assert_eq!(rows, [("3510.2.0", "superseded"), ("3510.3.0", "complete")]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let mut grants = vec![];
+    for v in ["3510.2.0", "3510.3.0"] {
+        let n = stores
+            .rollouts
+            .grant_stats(&group_id, v, now)
+            .await
+            .unwrap();
+        grants.push((
+            v,
+            n.attempts,
+            n.superseded,
+            n.complete,
+            n.in_flight + n.installed,
+        ));
+    }
+    stores.close().await;
+    assert_eq!(
+        grants,
+        [("3510.2.0", 1, 1, 0, 0), ("3510.3.0", 1, 0, 1, 0)],
+        "(version, attempts, superseded, complete, open)"
+    );
 }
+both_databases!(staged_machine_is_offered_a_newer_release_never_the_same_one);
 
-#[tokio::test]
-async fn poll_interval_and_download_mirrors_are_sent_when_configured() {
+async fn poll_interval_and_download_mirrors_are_sent_when_configured(db: TestDb) {
     // Not configured: no PollInterval, one URL (the server's).
-    let env = Env::new().await;
+    let env = Env::new(&db).await;
     env.seed().await;
     let check = "<updatecheck></updatecheck>";
     let (_, xml) = env.omaha(check_xml("m-plain", "3374.2.5", check)).await;
@@ -499,7 +524,9 @@ async fn poll_interval_and_download_mirrors_are_sent_when_configured() {
     assert_eq!(uc.urls.len(), 1);
     env.server.shutdown().await.unwrap();
 
-    let env = Env::with(|s| {
+    // A server of its own, on a database of its own.
+    let other = db.another().await;
+    let env = Env::with(&other, |s| {
         s.omaha.poll_interval_secs = Some(2700);
         s.omaha.download_mirrors = vec![
             "https://cdn.example/platte".into(),
@@ -541,10 +568,10 @@ async fn poll_interval_and_download_mirrors_are_sent_when_configured() {
     );
     env.server.shutdown().await.unwrap();
 }
+both_databases!(poll_interval_and_download_mirrors_are_sent_when_configured);
 
-#[tokio::test]
-async fn paused_group_answers_noupdate_and_keeps_reason() {
-    let env = Env::new().await;
+async fn paused_group_answers_noupdate_and_keeps_reason(db: TestDb) {
+    let env = Env::new(&db).await;
     env.seed().await;
     let (st, _) = env
         .api(
@@ -578,10 +605,10 @@ async fn paused_group_answers_noupdate_and_keeps_reason() {
     );
     env.server.shutdown().await.unwrap();
 }
+both_databases!(paused_group_answers_noupdate_and_keeps_reason);
 
-#[tokio::test]
-async fn hostile_bodies_get_400_and_server_keeps_serving() {
-    let env = Env::new().await;
+async fn hostile_bodies_get_400_and_server_keeps_serving(db: TestDb) {
+    let env = Env::new(&db).await;
     env.seed().await;
     let big = format!(
         "<request protocol=\"3.0\">{}</request>",
@@ -606,10 +633,10 @@ async fn hostile_bodies_get_400_and_server_keeps_serving() {
     assert_eq!(st, StatusCode::OK);
     env.server.shutdown().await.unwrap();
 }
+both_databases!(hostile_bodies_get_400_and_server_keeps_serving);
 
-#[tokio::test]
-async fn auth_failures() {
-    let env = Env::new().await;
+async fn auth_failures(db: TestDb) {
+    let env = Env::new(&db).await;
     let url = format!("{}/api/v1/apps", env.base);
     let r = env.http.get(&url).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
@@ -647,10 +674,10 @@ async fn auth_failures() {
     assert_eq!(v["error"]["code"], "not_found");
     env.server.shutdown().await.unwrap();
 }
+both_databases!(auth_failures);
 
-#[tokio::test]
-async fn publish_refuses_bad_payloads_and_downloads_support_ranges() {
-    let env = Env::new().await;
+async fn publish_refuses_bad_payloads_and_downloads_support_ranges(db: TestDb) {
+    let env = Env::new(&db).await;
     let pkg = env.seed().await;
     let publish = |body: Vec<u8>| {
         env.http
@@ -749,12 +776,12 @@ async fn publish_refuses_bad_payloads_and_downloads_support_ranges() {
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     env.server.shutdown().await.unwrap();
 }
+both_databases!(publish_refuses_bad_payloads_and_downloads_support_ranges);
 
-#[tokio::test]
-async fn instances_filter_delete_and_survive_restart() {
+async fn instances_filter_delete_and_survive_restart(db: TestDb) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let mut s = Settings::for_tests(&data);
+    let mut s = db.settings(&data);
     s.flush_interval = std::time::Duration::from_secs(60);
     let server = start(s.clone()).await.unwrap();
     let base = format!("http://{}", server.addr);
@@ -839,10 +866,10 @@ async fn instances_filter_delete_and_survive_restart() {
     assert_eq!(ready.status(), StatusCode::OK);
     server.shutdown().await.unwrap();
 }
+both_databases!(instances_filter_delete_and_survive_restart);
 
-#[tokio::test]
-async fn committed_openapi_matches_the_server() {
-    let env = Env::new().await;
+async fn committed_openapi_matches_the_server(db: TestDb) {
+    let env = Env::new(&db).await;
     let served: Value = env
         .http
         .get(format!("{}/api/v1/openapi.json", env.base))
@@ -863,3 +890,4 @@ async fn committed_openapi_matches_the_server() {
     assert_eq!(update_server::openapi::document(), served);
     env.server.shutdown().await.unwrap();
 }
+both_databases!(committed_openapi_matches_the_server);
