@@ -512,19 +512,26 @@ pub async fn get_group(
     Ok(Json(find_group(&cat, &a.id, &g)?))
 }
 
-/// Updates a group (name, track, channel, policy).
+/// Updates a group (name, track, channel, policy). A policy changed by someone else between
+/// this server's read and its write (an auto-halt, another replica) is answered 409: read the
+/// group again and retry.
 #[utoipa::path(patch, path = "/api/v1/apps/{app}/groups/{group}", tag = "groups",
     params(("app" = String, Path), ("group" = String, Path)), request_body = UpdateGroup,
-    responses((status = 200, body = Group), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Group), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)))]
 pub async fn update_group(
     State(st): State<AppState>,
     Path((app, key)): Path<(String, String)>,
     Json(b): Json<UpdateGroup>,
 ) -> ApiResult<Group> {
     let _g = st.admin_lock.lock().await;
+    // The group as committed: another process (or an auto-halt) may have changed it since this
+    // process's snapshot; a change racing this one is refused by the store.
+    reload(&st).await?;
     let cat = st.service.catalogue.get();
     let a = find_app(&cat, &app)?;
     let mut g = find_group(&cat, &a.id, &key)?;
+    let seen = g.policy.clone();
     if let Some(n) = b.name {
         check_text("name", &n, 100)?;
         g.name = n;
@@ -551,6 +558,7 @@ pub async fn update_group(
     st.store
         .update_group(
             &g,
+            &seen,
             &activity(
                 "group_updated",
                 Some(&a.id),

@@ -13,6 +13,7 @@ use crate::error::{ApiError, ErrorBody};
 use crate::model::{Group, normalize_arch};
 use crate::rollout::RolloutSpec;
 use crate::rollout::status::{Preview, RolloutStatus, preview as preview_of, summarize};
+use crate::store::StoreError;
 
 type ApiResult<T> = Result<Json<T>, ApiError>;
 
@@ -106,44 +107,59 @@ pub async fn preview(
     )))
 }
 
+/// Times a pause or resume is tried again when the group changed under it (an auto-halt
+/// committed between the read and the write).
+const STATE_ATTEMPTS: usize = 3;
+
 async fn set_state(st: &AppState, app: &str, key: &str, pause: bool) -> ApiResult<Group> {
     let _g = st.admin_lock.lock().await;
     let cat = st.service.catalogue.get();
     let a = find_app(&cat, app)?;
-    // Re-read from the store: another replica may have halted the rollout meanwhile.
-    reload(st).await?;
-    let cat = st.service.catalogue.get();
-    let mut g = find_group(&cat, &a.id, key)?;
-    let mut spec = spec_of(&g)?;
-    let (kind, msg) = if pause {
-        g.policy.paused = true;
-        (
-            "rollout_paused",
-            format!("rollout of group {} paused", g.name),
-        )
-    } else {
-        let was = spec.halted.take();
-        if was.is_some() {
-            spec.halt_counted_since = Some(now(st));
+    let mut attempt = 1;
+    loop {
+        // Re-read from the store: another replica may have halted the rollout meanwhile.
+        reload(st).await?;
+        let cat = st.service.catalogue.get();
+        let mut g = find_group(&cat, &a.id, key)?;
+        let seen = g.policy.clone();
+        let mut spec = spec_of(&g)?;
+        let (kind, msg) = if pause {
+            g.policy.paused = true;
+            (
+                "rollout_paused",
+                format!("rollout of group {} paused", g.name),
+            )
+        } else {
+            let was = spec.halted.take();
+            if was.is_some() {
+                spec.halt_counted_since = Some(now(st));
+            }
+            g.policy.paused = false;
+            let note = was.map_or(String::new(), |h| format!(" (was halted: {})", h.reason));
+            (
+                "rollout_resumed",
+                format!("rollout of group {} resumed{note}", g.name),
+            )
+        };
+        spec.store_into(&mut g.policy)
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        match st
+            .store
+            .update_group(&g, &seen, &activity(kind, Some(&a.id), msg))
+            .await
+        {
+            Err(StoreError::Conflict(_)) if attempt < STATE_ATTEMPTS => attempt += 1,
+            Err(e) => return Err(e.into()),
+            Ok(()) => {
+                reload(st).await?;
+                st.service
+                    .rollouts
+                    .metrics
+                    .set_halted(&a.id, &g.id, spec.halted.is_some());
+                return Ok(Json(g));
+            }
         }
-        g.policy.paused = false;
-        let note = was.map_or(String::new(), |h| format!(" (was halted: {})", h.reason));
-        (
-            "rollout_resumed",
-            format!("rollout of group {} resumed{note}", g.name),
-        )
-    };
-    spec.store_into(&mut g.policy)
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
-    st.store
-        .update_group(&g, &activity(kind, Some(&a.id), msg))
-        .await?;
-    reload(st).await?;
-    st.service
-        .rollouts
-        .metrics
-        .set_halted(&a.id, &g.id, spec.halted.is_some());
-    Ok(Json(g))
+    }
 }
 
 /// Pauses a group's rollout.

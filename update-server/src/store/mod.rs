@@ -30,7 +30,8 @@ pub use sqlite::{DirectPool, DirectTx, SqliteStore, SqliteWriter, WriterTask};
 
 use crate::lifecycle::InstanceStatus;
 use crate::model::{
-    Activity, App, Channel, EventRecord, Group, Instance, NewActivity, Package, StatusChange,
+    Activity, App, Channel, EventRecord, Group, GroupPolicy, Instance, NewActivity, Package,
+    StatusChange,
 };
 
 /// A boxed future returned by [`Store`] methods (keeps the trait usable as `dyn Store`).
@@ -111,6 +112,15 @@ pub struct InstanceCount {
     pub count: i64,
 }
 
+/// The conflict of a group update whose policy changed since the caller read it.
+pub(crate) fn group_changed(g: &Group) -> StoreError {
+    StoreError::Conflict(format!(
+        "group {} changed since it was read (another process, or its rollout halted itself): \
+         read it again and retry",
+        g.name
+    ))
+}
+
 /// Instance list filters (all optional, combined with AND).
 #[derive(Debug, Clone, Default)]
 pub struct InstanceFilter {
@@ -177,8 +187,15 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn delete_channel<'a>(&'a self, id: &'a str, act: &'a NewActivity) -> StoreFuture<'a, ()>;
     /// Inserts a group.
     fn insert_group<'a>(&'a self, g: &'a Group, act: &'a NewActivity) -> StoreFuture<'a, ()>;
-    /// Updates a group.
-    fn update_group<'a>(&'a self, g: &'a Group, act: &'a NewActivity) -> StoreFuture<'a, ()>;
+    /// Updates a group whose stored policy is still `seen` (the policy the caller read and
+    /// changed). A policy changed since, by an auto-halt or another process, is a
+    /// [`StoreError::Conflict`] and nothing is written: a halt is never overwritten unseen.
+    fn update_group<'a>(
+        &'a self,
+        g: &'a Group,
+        seen: &'a GroupPolicy,
+        act: &'a NewActivity,
+    ) -> StoreFuture<'a, ()>;
     /// Deletes a group.
     fn delete_group<'a>(&'a self, id: &'a str, act: &'a NewActivity) -> StoreFuture<'a, ()>;
     /// Inserts a package.

@@ -11,8 +11,8 @@ use sqlx::PgConnection;
 
 use super::{PgStore, add_activity, now};
 use crate::model::{
-    Activity, App, Channel, EventRecord, Group, Instance, NewActivity, Package, Severity,
-    StatusChange,
+    Activity, App, Channel, EventRecord, Group, GroupPolicy, Instance, NewActivity, Package,
+    Severity, StatusChange,
 };
 use crate::store::sqlx_shared::{db, get, instance_of, policy_json, policy_of, status_of, u64_of};
 use crate::store::{CatalogueData, InstanceCount, InstanceFilter, Store, StoreError, StoreFuture};
@@ -312,25 +312,44 @@ impl Store for PgStore {
         })
     }
 
-    fn update_group<'a>(&'a self, g: &'a Group, act: &'a NewActivity) -> StoreFuture<'a, ()> {
+    fn update_group<'a>(
+        &'a self,
+        g: &'a Group,
+        seen: &'a GroupPolicy,
+        act: &'a NewActivity,
+    ) -> StoreFuture<'a, ()> {
         Box::pin(async move {
+            const OP: &str = "update group";
             let policy = policy_json(g)?;
-            self.exec_one(
-                "update group",
-                format!("group {}", g.id),
+            let mut tx = self.begin(OP).await?;
+            // The group's lock, as a grant attempt (and so an auto-halt) takes it.
+            let stored: Option<String> =
+                sqlx::query_scalar("SELECT policy FROM groups_ WHERE id = $1 FOR UPDATE")
+                    .bind(&g.id)
+                    .fetch_optional(&mut *tx.tx)
+                    .await
+                    .map_err(db(OP))?;
+            let Some(stored) = stored else {
+                return Err(StoreError::NotFound(format!("group {}", g.id)));
+            };
+            if policy_of(&stored)? != *seen {
+                return Err(crate::store::group_changed(g));
+            }
+            sqlx::query(
                 "UPDATE groups_ SET name = $1, track = $2, channel_id = $3, description = $4, \
                  policy = $5 WHERE id = $6",
-                vec![
-                    Some(g.name.clone()),
-                    Some(g.track.clone()),
-                    g.channel_id.clone(),
-                    Some(g.description.clone()),
-                    Some(policy),
-                    Some(g.id.clone()),
-                ],
-                act,
             )
+            .bind(&g.name)
+            .bind(&g.track)
+            .bind(&g.channel_id)
+            .bind(&g.description)
+            .bind(policy)
+            .bind(&g.id)
+            .execute(&mut *tx.tx)
             .await
+            .map_err(db(OP))?;
+            add_activity(&mut tx.tx, act, now()).await?;
+            tx.commit(OP).await
         })
     }
 

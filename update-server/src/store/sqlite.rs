@@ -17,8 +17,8 @@ pub(crate) use super::sqlx_shared::db;
 use super::sqlx_shared::{get, instance_of, migrator, policy_json, policy_of, status_of, u64_of};
 use super::{CatalogueData, InstanceFilter, Store, StoreError, StoreFuture};
 use crate::model::{
-    Activity, App, Channel, EventRecord, Group, Instance, NewActivity, Package, Severity,
-    StatusChange,
+    Activity, App, Channel, EventRecord, Group, GroupPolicy, Instance, NewActivity, Package,
+    Severity, StatusChange,
 };
 
 const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -440,25 +440,43 @@ impl Store for SqliteStore {
         })
     }
 
-    fn update_group<'a>(&'a self, g: &'a Group, act: &'a NewActivity) -> StoreFuture<'a, ()> {
+    fn update_group<'a>(
+        &'a self,
+        g: &'a Group,
+        seen: &'a GroupPolicy,
+        act: &'a NewActivity,
+    ) -> StoreFuture<'a, ()> {
         Box::pin(async move {
+            const OP: &str = "update group";
             let policy = policy_json(g)?;
-            self.exec_one(
-                "update group",
-                format!("group {}", g.id),
+            let mut tx = self.begin_immediate(OP).await?;
+            let stored: Option<String> =
+                sqlx::query_scalar("SELECT policy FROM groups_ WHERE id = ?")
+                    .bind(&g.id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(db(OP))?;
+            let Some(stored) = stored else {
+                return Err(StoreError::NotFound(format!("group {}", g.id)));
+            };
+            if policy_of(&stored)? != *seen {
+                return Err(super::group_changed(g));
+            }
+            sqlx::query(
                 "UPDATE groups_ SET name = ?, track = ?, channel_id = ?, description = ?, \
                  policy = ? WHERE id = ?",
-                vec![
-                    Some(g.name.clone()),
-                    Some(g.track.clone()),
-                    g.channel_id.clone(),
-                    Some(g.description.clone()),
-                    Some(policy),
-                    Some(g.id.clone()),
-                ],
-                act,
             )
+            .bind(&g.name)
+            .bind(&g.track)
+            .bind(&g.channel_id)
+            .bind(&g.description)
+            .bind(policy)
+            .bind(&g.id)
+            .execute(&mut *tx)
             .await
+            .map_err(db(OP))?;
+            add_activity(&mut tx, act, now()).await?;
+            tx.commit().await.map_err(db(OP))
         })
     }
 

@@ -3,10 +3,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::model::{App, Channel, Group, GroupPolicy, NewActivity, Package};
 use crate::store::StoreError;
 use crate::store::testkit::{TestStores, both_stores};
+use crate::store::tx::{Urgency, transact};
 
 fn act() -> NewActivity {
     NewActivity {
@@ -141,7 +143,9 @@ async fn changes_to_missing_objects_are_not_found_and_references_are_kept(kit: &
     s.delete_package("p1", &act()).await.unwrap();
     let mut g = group(Some("c"));
     g.description = "moved".into();
-    s.update_group(&g, &act()).await.unwrap();
+    s.update_group(&g, &group(Some("c")).policy, &act())
+        .await
+        .unwrap();
     let data = s.load_catalogue().await.unwrap();
     assert_eq!(data.channels, vec![renamed]);
     assert_eq!(data.groups, vec![g]);
@@ -210,7 +214,50 @@ async fn the_activity_feed_pages_newest_first_by_application(kit: &mut TestStore
     assert_eq!(s.list_activity(None, None, 1).await.unwrap(), all[..1]);
 }
 
+/// A group update is made against the policy its caller read: a policy changed since (here by
+/// a rollout's transaction, as an auto-halt writes it) is refused, and the change it made kept.
+async fn a_group_update_never_overwrites_a_policy_changed_since_it_was_read(kit: &mut TestStores) {
+    let s = Arc::clone(&kit.store);
+    s.insert_app(&app("a"), &act()).await.unwrap();
+    let read = group(None);
+    s.insert_group(&read, &act()).await.unwrap();
+    let mut halted = read.policy.clone();
+    halted.paused = true;
+    let written = halted.clone();
+    transact(kit.writer.as_ref(), Urgency::Answer, move |tx| {
+        let policy = written.clone();
+        Box::pin(async move { tx.store_group_policy("g", &policy).await })
+    })
+    .await
+    .unwrap();
+
+    let mut edited = read.clone();
+    edited.description = "edited".into();
+    let r = s.update_group(&edited, &read.policy, &act()).await;
+    assert!(
+        matches!(&r, Err(StoreError::Conflict(m)) if m.contains("changed since it was read")),
+        "{r:?}"
+    );
+    let stored = &s.load_catalogue().await.unwrap().groups[0];
+    assert_eq!((stored.description.as_str(), &stored.policy), ("", &halted));
+
+    // Read again, the same edit goes through and keeps the other change.
+    let mut edited = stored.clone();
+    edited.description = "edited".into();
+    s.update_group(&edited, &stored.policy.clone(), &act())
+        .await
+        .unwrap();
+    assert_eq!(s.load_catalogue().await.unwrap().groups, vec![edited]);
+    let missing = Group {
+        id: "nope".into(),
+        ..read.clone()
+    };
+    let r = s.update_group(&missing, &read.policy, &act()).await;
+    assert!(matches!(r, Err(StoreError::NotFound(_))), "{r:?}");
+}
+
 both_stores!(
+    a_group_update_never_overwrites_a_policy_changed_since_it_was_read,
     catalogue_round_trip_and_referential_rules,
     changes_to_missing_objects_are_not_found_and_references_are_kept,
     the_catalogue_generation_moves_with_each_committed_change,

@@ -4,11 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-
 use crate::checkins::InstanceKey;
 use crate::store::retention::{AgedTable, Cutoffs, LeaseOutcome, PruneCounts, RetentionStore};
 use crate::store::testkit::{TestStores, both_stores};
-
 
 const DAY: i64 = 86_400;
 const NOW: i64 = 1_000 * DAY;
