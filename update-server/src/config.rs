@@ -600,6 +600,37 @@ mod tests {
     }
 
     #[test]
+    fn the_database_is_sqlite_in_the_data_dir_unless_named() {
+        use crate::store::Database;
+        let file: FileConfig = toml::from_str("data_dir = \"/srv/platte\"").unwrap();
+        let s = Settings::resolve(&ServeArgs::default(), &file).unwrap();
+        assert_eq!(
+            s.database,
+            Database::Sqlite(PathBuf::from("/srv/platte/platte.sqlite"))
+        );
+        let file: FileConfig =
+            toml::from_str("database = \"postgres://platte@db.example/platte\"").unwrap();
+        let s = Settings::resolve(&ServeArgs::default(), &file).unwrap();
+        assert_eq!(
+            s.database,
+            Database::Postgres("postgres://platte@db.example/platte".into())
+        );
+        // The command line (or its environment variable) wins over the file.
+        let args = ServeArgs {
+            database: Some("sqlite:/tmp/other.sqlite".into()),
+            ..Default::default()
+        };
+        let s = Settings::resolve(&args, &file).unwrap();
+        assert_eq!(s.database, Database::Sqlite("/tmp/other.sqlite".into()));
+        let args = ServeArgs {
+            database: Some("mysql://db".into()),
+            ..Default::default()
+        };
+        let err = Settings::resolve(&args, &file).unwrap_err();
+        assert!(err.to_string().contains("database"), "{err}");
+    }
+
+    #[test]
     fn omaha_table_poll_interval_and_mirrors() {
         let s = Settings::resolve(&ServeArgs::default(), &FileConfig::default()).unwrap();
         assert_eq!(s.omaha, OmahaSettings::default(), "nothing sent by default");
