@@ -9,7 +9,11 @@
 //!   images, `payload build`; [`world`]: a scenario's server, keys and directory.
 //! - [`gpt`]: GPT disk images without `sgdisk`; [`bootloader`]: gptprio's selection rule;
 //!   [`machine`]: a simulated host and its agent commands; [`proxy`]: a throttling, recording
-//!   TCP proxy for fault scenarios; [`omaha_wire`]: the `<app>`s of a recorded Omaha request.
+//!   TCP proxy for fault scenarios, and the round-robin forwarder in front of server replicas;
+//!   [`omaha_wire`]: the `<app>`s of a recorded Omaha request.
+//! - [`pg`]: throwaway PostgreSQL databases for a [`World`] in [`Mode::Replicas`] (two server
+//!   replicas sharing one database and data directory); [`in_both_modes!`] runs a scenario
+//!   against one server and against the replicas.
 //! - [`dbus`]: a private `dbus-daemon` per host, a logind stand-in recording reboots and a
 //!   systemd stand-in recording unit restarts (the agent daemon and `updatectl`);
 //!   [`extension`]: a runtime extension configured on a host; [`inject`]: `SIGKILL` at an
@@ -25,6 +29,7 @@ pub mod http;
 pub mod inject;
 pub mod machine;
 pub mod omaha_wire;
+pub mod pg;
 pub mod process;
 pub mod proxy;
 pub mod release;
@@ -33,4 +38,4 @@ pub mod world;
 
 pub use error::{Error, Result};
 pub use machine::{APP, DiskLayout, Machine, USR_A, USR_B};
-pub use world::{Release, World};
+pub use world::{Mode, Release, World};

@@ -2,10 +2,13 @@
 //! to the agent (so a download is still running when the server is killed), records the request
 //! lines and `Range` headers it forwards, and the whole requests with their bodies (what an
 //! agent sent, e.g. its Omaha XML), and cuts every connection when the upstream closes.
+//!
+//! With several upstreams ([`Proxy::round_robin`]) it is the load balancer in front of server
+//! replicas: each new client connection goes to the next upstream in turn.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -44,7 +47,12 @@ impl HttpRequest {
 
 #[derive(Debug, Default)]
 struct Shared {
-    upstream: Mutex<String>,
+    /// Where connections go, in turn (one entry: always there).
+    upstreams: Mutex<Vec<String>>,
+    /// How many connections were accepted (the next one goes to `upstreams[next % len]`).
+    next: AtomicUsize,
+    /// For each connection accepted, in order, the index of the upstream it went to.
+    routed: Mutex<Vec<usize>>,
     rate: AtomicU64,
     requests: Mutex<Vec<String>>,
     whole: Mutex<Vec<HttpRequest>>,
@@ -63,13 +71,19 @@ pub struct Proxy {
 impl Proxy {
     /// Listens on a free loopback port and forwards to `upstream` (`host:port`).
     pub fn start(upstream: &str) -> Result<Proxy> {
+        Self::round_robin(&[upstream])
+    }
+
+    /// Listens on a free loopback port and forwards each new connection to the next of
+    /// `upstreams` (`host:port`) in turn, starting with the first.
+    pub fn round_robin(upstreams: &[&str]) -> Result<Proxy> {
         let listener =
             TcpListener::bind("127.0.0.1:0").map_err(io("binding the proxy", "127.0.0.1:0"))?;
         let addr = listener
             .local_addr()
             .map_err(io("reading the proxy address", "127.0.0.1:0"))?;
         let shared = Arc::new(Shared {
-            upstream: Mutex::new(upstream.to_owned()),
+            upstreams: Mutex::new(upstreams.iter().map(|u| (*u).to_owned()).collect()),
             ..Shared::default()
         });
         let s = Arc::clone(&shared);
@@ -86,9 +100,21 @@ impl Proxy {
         self.addr
     }
 
-    /// Forwards new connections to `upstream` (`host:port`) from now on.
+    /// Forwards new connections to `upstream` (`host:port`) from now on (only there).
     pub fn set_upstream(&self, upstream: &str) {
-        upstream.clone_into(&mut lock(&self.shared.upstream));
+        self.set_upstreams(&[upstream]);
+    }
+
+    /// Forwards new connections to `upstreams` in turn from now on (none: new connections are
+    /// closed at once).
+    pub fn set_upstreams(&self, upstreams: &[&str]) {
+        *lock(&self.shared.upstreams) = upstreams.iter().map(|u| (*u).to_owned()).collect();
+    }
+
+    /// For each connection accepted so far, in order, the index of the upstream it was
+    /// forwarded to (with one upstream: all 0).
+    pub fn routed(&self) -> Vec<usize> {
+        lock(&self.shared.routed).clone()
     }
 
     /// Limits the bytes per second sent to clients (0: unlimited).
@@ -140,7 +166,18 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
             return;
         }
         let Ok(client) = conn else { continue };
-        let target = lock(&shared.upstream).clone();
+        let target = {
+            let upstreams = lock(&shared.upstreams);
+            let Some(i) = shared
+                .next
+                .fetch_add(1, Ordering::SeqCst)
+                .checked_rem(upstreams.len())
+            else {
+                continue;
+            };
+            lock(&shared.routed).push(i);
+            upstreams[i].clone()
+        };
         let Ok(server) = TcpStream::connect(&target) else {
             // Upstream down: the client sees its connection closed, as with a dead server.
             let _ = client.shutdown(Shutdown::Both);
@@ -306,6 +343,32 @@ GET /p HTTP/1.1\r\nRange: bytes=1-\r\n\r\nPOST /v1/update/ HTTP/1.1\r\nContent-L
             assert_eq!(got[0].method(), "POST");
             assert_eq!(got[1].path(), "/p");
         }
+    }
+
+    #[test]
+    fn connections_go_to_the_upstreams_in_turn() {
+        let upstream = |name: &'static [u8], conns: usize| {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = l.local_addr().unwrap().to_string();
+            std::thread::spawn(move || {
+                for c in l.incoming().take(conns) {
+                    let _ = c.unwrap().write_all(name);
+                }
+            });
+            addr
+        };
+        let (a, b) = (upstream(b"A", 2), upstream(b"B", 1));
+        let proxy = Proxy::round_robin(&[&a, &b]).unwrap();
+        let answers: Vec<String> = (0..3)
+            .map(|_| {
+                let mut c = TcpStream::connect(proxy.addr()).unwrap();
+                let mut got = String::new();
+                c.read_to_string(&mut got).unwrap();
+                got
+            })
+            .collect();
+        assert_eq!(answers, ["A", "B", "A"]);
+        assert_eq!(proxy.routed(), [0, 1, 0]);
     }
 
     #[test]

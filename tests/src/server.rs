@@ -45,11 +45,24 @@ impl Server {
         keys_dir: &Path,
         extra_args: &[&str],
     ) -> Result<Server> {
+        Self::start_logged(bins, dir, keys_dir, &dir.join("server.log"), extra_args)
+    }
+
+    /// As [`Server::start_with`], with its log in `log`: one of several replicas sharing the
+    /// data directory `dir/server-data` (and a database given in `extra_args`). The admin token
+    /// is the one the first replica generated there.
+    pub fn start_logged(
+        bins: &Binaries,
+        dir: &Path,
+        keys_dir: &Path,
+        log: &Path,
+        extra_args: &[&str],
+    ) -> Result<Server> {
         let mut s = Server {
             bins: bins.clone(),
             data_dir: dir.join("server-data"),
             keys_dir: keys_dir.to_path_buf(),
-            log: dir.join("server.log"),
+            log: log.to_path_buf(),
             addr: "127.0.0.1:0".into(),
             token: String::new(),
             proc: None,
@@ -333,6 +346,25 @@ impl Server {
             }
         }
         Ok(0.0)
+    }
+
+    /// The catalogue this process serves, as its admin API shows its in-memory copy: the apps,
+    /// each with its channels and groups (policies included), and the packages.
+    pub fn catalogue_view(&self) -> Result<Value> {
+        let apps = self.get("/apps")?;
+        let mut per_app = Vec::new();
+        for a in apps.as_array().into_iter().flatten() {
+            let id = enc(a["id"].as_str().unwrap_or_default());
+            per_app.push(serde_json::json!({
+                "app": a,
+                "channels": self.get(&format!("/apps/{id}/channels"))?,
+                "groups": self.get(&format!("/apps/{id}/groups"))?,
+            }));
+        }
+        Ok(serde_json::json!({
+            "apps": per_app,
+            "packages": self.get("/packages")?,
+        }))
     }
 
     /// The server's recorded events of `machine` (newest first).

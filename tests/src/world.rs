@@ -2,16 +2,68 @@
 //! server trusting it, and helpers for the operator's steps (app, channel, group, releases).
 //! Everything it started is stopped and every file removed when it is dropped, also when the
 //! test panics (`PLATTE_E2E_KEEP=1` keeps the directory and prints where it is).
+//!
+//! A world runs its server in one of two [`Mode`]s: a single `update-server serve` on SQLite, or
+//! [`REPLICAS`] replicas on one throwaway PostgreSQL database ([`crate::pg`]) sharing one data
+//! directory, with a round-robin TCP forwarder ([`Proxy::round_robin`]) in front, so each new
+//! agent connection goes to the next replica. [`in_both_modes!`](crate::in_both_modes) runs a
+//! scenario in both.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::bins::Binaries;
 use crate::error::{Error, Result, io};
 use crate::machine::{APP, DiskLayout, Machine, Site};
+use crate::pg::TestDatabase;
+use crate::process::poll_until;
+use crate::proxy::Proxy;
 use crate::release::{self, Publisher};
 use crate::server::Server;
+
+/// How many server replicas a world runs in [`Mode::Replicas`].
+pub const REPLICAS: usize = 2;
+
+/// How long the replicas may take to agree on a catalogue change ([`World::settle`]): they poll
+/// the generation every 250 ms besides being notified.
+const SETTLE_LIMIT: Duration = Duration::from_secs(10);
+
+/// How a world's update server runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// One `update-server serve` with its SQLite database in its data directory.
+    Single,
+    /// [`REPLICAS`] `update-server serve` processes on one throwaway PostgreSQL database, sharing
+    /// one data directory (package files, tokens), started one after the other. Agents (and the
+    /// download URLs the servers hand out) reach them through a round-robin forwarder: each new
+    /// connection goes to the next replica. The admin CLI and API go to replica 0
+    /// ([`World::server`]).
+    Replicas,
+}
+
+/// Generates, for each scenario function `NAME(mode: Mode)` named, a module `NAME` with the
+/// tests `single` ([`Mode::Single`]) and `replicas` ([`Mode::Replicas`]). The replica variant
+/// returns at once where no PostgreSQL answers (see [`crate::pg::available`]).
+#[macro_export]
+macro_rules! in_both_modes {
+    ($($name:ident),+ $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn single() {
+                super::$name($crate::Mode::Single)
+            }
+
+            #[test]
+            fn replicas() {
+                if $crate::pg::available() {
+                    super::$name($crate::Mode::Replicas)
+                }
+            }
+        }
+    )+};
+}
 
 /// A published release.
 #[derive(Debug, Clone)]
@@ -31,12 +83,22 @@ pub struct Release {
 /// Server, publisher and directory shared by a scenario's machines.
 #[derive(Debug)]
 pub struct World {
-    /// The update server (declared first: stopped before the directory goes).
+    /// The update server, replica 0 in [`Mode::Replicas`]: the admin CLI and API go here
+    /// (declared first: stopped before the directory goes).
     pub server: Server,
+    /// The further replicas (replica 1…; none in [`Mode::Single`]).
+    others: Vec<Server>,
+    /// The round-robin forwarder in front of the replicas ([`Mode::Replicas`]).
+    balancer: Option<Proxy>,
+    /// The replicas' database, dropped once they are stopped ([`Mode::Replicas`]).
+    database: Option<TestDatabase>,
     /// Workspace binaries.
     pub bins: Binaries,
     /// The release key pair.
     pub publisher: Publisher,
+    mode: Mode,
+    /// Base URL machines are configured with (`http://host:port`).
+    agent_base: String,
     omaha_url: String,
     /// Removes the directory when dropped (`None`: kept).
     _dir: Option<tempfile::TempDir>,
@@ -46,32 +108,93 @@ pub struct World {
 impl World {
     /// Builds (if needed) and finds the binaries, makes a key pair, starts a server.
     pub fn new() -> Result<World> {
-        Self::with_server_args(&[])
+        Self::start(Mode::Single)
     }
 
     /// As [`World::new`], with extra `update-server serve` arguments.
     pub fn with_server_args(args: &[&str]) -> Result<World> {
+        Self::start_with(Mode::Single, args)
+    }
+
+    /// As [`World::new`], with the server(s) run in `mode`.
+    pub fn start(mode: Mode) -> Result<World> {
+        Self::start_with(mode, &[])
+    }
+
+    /// As [`World::start`], with extra `update-server serve` arguments (for every replica).
+    pub fn start_with(mode: Mode, args: &[&str]) -> Result<World> {
         let bins = Binaries::get()?;
         let dir = tempfile::Builder::new()
             .prefix("platte-e2e-")
             .tempdir()
             .map_err(io("creating a temporary directory", std::env::temp_dir()))?;
         let path = dir.path().to_path_buf();
-        Self::in_dir(bins, path, Some(dir), args)
+        Self::in_dir_as(bins, path, Some(dir), mode, args)
     }
 
-    /// A world in an existing directory `path` (kept afterwards), e.g. the quickstart's.
+    /// A world with one server in an existing directory `path` (kept afterwards), e.g. the
+    /// quickstart's.
     pub fn in_dir(
         bins: Binaries,
         path: PathBuf,
         dir: Option<tempfile::TempDir>,
         args: &[&str],
     ) -> Result<World> {
+        Self::in_dir_as(bins, path, dir, Mode::Single, args)
+    }
+
+    fn in_dir_as(
+        bins: Binaries,
+        path: PathBuf,
+        dir: Option<tempfile::TempDir>,
+        mode: Mode,
+        args: &[&str],
+    ) -> Result<World> {
         let publisher = Publisher::keygen(&bins, &path.join("release-keys"))?;
         let trusted = path.join("server-trusted-keys");
         publisher.install_public(&trusted)?;
-        let server = Server::start_with(&bins, &path, &trusted, args)?;
-        let omaha_url = server.omaha_url();
+        let (server, others, balancer, database) = match mode {
+            Mode::Single => (
+                Server::start_with(&bins, &path, &trusted, args)?,
+                Vec::new(),
+                None,
+                None,
+            ),
+            Mode::Replicas => {
+                let database = TestDatabase::create()?;
+                // The forwarder first: its address is the replicas' public URL (unless the
+                // caller sets one, e.g. a proxy of its own in front of the forwarder).
+                let balancer = Proxy::round_robin(&[])?;
+                let public = format!("http://{}", balancer.addr());
+                let mut serve = vec!["--database", database.url()];
+                if !args.contains(&"--public-url") {
+                    serve.extend(["--public-url", &public]);
+                }
+                serve.extend_from_slice(args);
+                // One after the other: the first creates the schema and the tokens the others
+                // read from the shared data directory.
+                let mut replicas = Vec::with_capacity(REPLICAS);
+                for i in 0..REPLICAS {
+                    let log = match i {
+                        0 => path.join("server.log"),
+                        _ => path.join(format!("server-{i}.log")),
+                    };
+                    replicas.push(Server::start_logged(&bins, &path, &trusted, &log, &serve)?);
+                }
+                let addrs: Vec<&str> = replicas.iter().map(Server::addr).collect();
+                balancer.set_upstreams(&addrs);
+                let mut replicas = replicas.into_iter();
+                let first = replicas.next().ok_or_else(|| Error::Unexpected {
+                    what: "replica set",
+                    detail: "no replica started".into(),
+                })?;
+                (first, replicas.collect(), Some(balancer), Some(database))
+            }
+        };
+        let agent_base = match &balancer {
+            Some(b) => format!("http://{}", b.addr()),
+            None => server.url(),
+        };
         let mut dir = dir;
         if std::env::var("PLATTE_E2E_KEEP").is_ok_and(|v| v == "1")
             && let Some(d) = dir.take()
@@ -80,17 +203,126 @@ impl World {
         }
         Ok(World {
             server,
+            others,
+            balancer,
+            database,
             bins,
             publisher,
-            omaha_url,
+            mode,
+            omaha_url: format!("{agent_base}/v1/update/"),
+            agent_base,
             _dir: dir,
             path,
         })
     }
 
+    /// How the server runs.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// Every server process: [`World::server`] first, then the further replicas.
+    pub fn servers(&self) -> Vec<&Server> {
+        std::iter::once(&self.server).chain(&self.others).collect()
+    }
+
+    /// Server (replica) `i` of [`World::servers`], e.g. to kill and restart it.
+    ///
+    /// # Panics
+    /// When there is no server `i`.
+    pub fn server_mut(&mut self, i: usize) -> &mut Server {
+        match i {
+            0 => &mut self.server,
+            _ => &mut self.others[i - 1],
+        }
+    }
+
+    /// The index (in [`World::servers`]) of the server the newest agent connection went to: in
+    /// [`Mode::Replicas`] the replica the forwarder chose for it, else 0.
+    pub fn last_agent_server(&self) -> usize {
+        self.balancer
+            .as_ref()
+            .and_then(|b| b.routed().last().copied())
+            .unwrap_or(0)
+    }
+
+    /// How many agent connections the forwarder sent to each server of [`World::servers`] so far
+    /// ([`Mode::Replicas`]; empty with a single server, which is reached directly).
+    pub fn agent_connections(&self) -> Vec<usize> {
+        let Some(b) = &self.balancer else {
+            return Vec::new();
+        };
+        let mut per = vec![0; 1 + self.others.len()];
+        for i in b.routed() {
+            if let Some(n) = per.get_mut(i) {
+                *n += 1;
+            }
+        }
+        per
+    }
+
+    /// The base URL (`http://host:port`) machines created from now on are configured with: the
+    /// server, the replicas' forwarder, or what [`World::route_agents_via`] set.
+    pub fn agent_url(&self) -> &str {
+        &self.agent_base
+    }
+
+    /// `host:port` a proxy of the test's own in front of the server should forward to: the
+    /// server itself, or the replicas' forwarder.
+    pub fn upstream(&self) -> String {
+        match &self.balancer {
+            Some(b) => b.addr().to_string(),
+            None => self.server.addr().to_owned(),
+        }
+    }
+
+    /// The sum over every server process of one Prometheus series (see [`Server::metric`]):
+    /// each replica counts what it served.
+    pub fn metric(&self, series: &str) -> Result<f64> {
+        self.servers().iter().map(|s| s.metric(series)).sum()
+    }
+
+    /// With replicas: waits until every replica serves the catalogue replica 0 serves (apps,
+    /// channels, groups with their policies, packages, as the admin API shows each replica's
+    /// in-memory copy). A replica picks up a change made through another one (or a rollout
+    /// halted by another one) a moment later, on a notification from PostgreSQL or its periodic
+    /// poll of the catalogue generation; the process that made the change has reloaded before
+    /// answering, so agreement means every replica serves it. The world's own operator steps
+    /// call this after each change; a scenario changing the catalogue with
+    /// [`Server::cli`] directly calls it itself. Without replicas: nothing to wait for.
+    pub fn settle(&self) -> Result<()> {
+        if self.others.is_empty() {
+            return Ok(());
+        }
+        let views = || -> Vec<Result<Value, String>> {
+            self.servers()
+                .iter()
+                .map(|s| s.catalogue_view().map_err(|e| e.to_string()))
+                .collect()
+        };
+        poll_until(
+            "the replicas to serve the same catalogue",
+            SETTLE_LIMIT,
+            || {
+                let seen = views();
+                let first = seen.first()?.as_ref().ok()?;
+                seen.iter()
+                    .all(|v| v.as_ref().is_ok_and(|v| v == first))
+                    .then_some(())
+            },
+            || format!("the replicas' catalogues: {:?}", views()),
+        )
+    }
+
+    /// The name of the replicas' PostgreSQL database ([`Mode::Replicas`]).
+    pub fn database(&self) -> Option<&str> {
+        self.database.as_ref().map(TestDatabase::name)
+    }
+
     /// Makes machines created from now on talk to `base` (`http://host:port`, e.g. a
     /// [`crate::proxy::Proxy`] in front of the server) instead of the server itself.
     pub fn route_agents_via(&mut self, base: &str) {
+        base.clone_into(&mut self.agent_base);
         self.omaha_url = format!("{base}/v1/update/");
     }
 
@@ -127,7 +359,7 @@ impl World {
         self.server.cli(&["channel", "create", APP, "stable"])?;
         self.server
             .cli(&["group", "create", APP, "stable", "--channel", "stable"])?;
-        Ok(())
+        self.settle()
     }
 
     /// Builds a demo image of `len` bytes for `version`, signs it (`payload build`) and
@@ -149,7 +381,7 @@ impl World {
         self.server.cli(&["channel", "create", app, "stable"])?;
         self.server
             .cli(&["group", "create", app, "stable", "--channel", "stable"])?;
-        Ok(())
+        self.settle()
     }
 
     /// Builds a demo sysext image of `len` bytes for extension `name` `version`, signs it as a
@@ -183,6 +415,7 @@ impl World {
     fn publish_payload(&self, version: &str, image: Vec<u8>, payload: PathBuf) -> Result<Release> {
         let p = payload.display().to_string();
         let v = self.server.cli_json(&["package", "publish", &p])?;
+        self.settle()?;
         let field = |k: &str| -> Result<String> {
             v[k].as_str()
                 .map(str::to_owned)
@@ -209,7 +442,7 @@ impl World {
     pub fn point(&self, app: &str, release: &Release) -> Result<()> {
         self.server
             .cli(&["channel", "set", app, "stable", &release.package_id])?;
-        Ok(())
+        self.settle()
     }
 
     /// Replaces group `stable`'s rollout policy (`update-server rollout set`).
@@ -221,7 +454,7 @@ impl World {
     pub fn set_policy_of(&self, app: &str, policy: &Value) -> Result<()> {
         self.server
             .cli(&["rollout", "set", app, "stable", &policy.to_string()])?;
-        Ok(())
+        self.settle()
     }
 
     /// `update-server rollout status --json` of group `stable`.
@@ -229,15 +462,20 @@ impl World {
         self.rollout_status_of(APP)
     }
 
-    /// `update-server rollout status --json` of group `stable` of `app`.
+    /// `update-server rollout status --json` of group `stable` of `app` (with replicas, once
+    /// they agree: a halt one of them decided is seen by replica 0 too).
     pub fn rollout_status_of(&self, app: &str) -> Result<Value> {
+        self.settle()?;
         self.server.cli_json(&["rollout", "status", app, "stable"])
     }
 }
 
 impl Drop for World {
     fn drop(&mut self) {
-        // Stop the server before `dir` (a TempDir) removes its files.
+        // Stop the servers before `database` is dropped and `dir` (a TempDir) removes its files.
         let _ = self.server.kill();
+        for s in &mut self.others {
+            let _ = s.kill();
+        }
     }
 }

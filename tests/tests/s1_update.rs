@@ -1,13 +1,15 @@
 //! S1: one release end to end — publish v2 to `stable`, the agent stages it into slot B, the
 //! server shows it installed, the machine reboots into B, `mark-good` passes, the next check
-//! reports 3/2 and the server shows it complete.
+//! reports 3/2 and the server shows it complete. Run against one server and against two
+//! replicas on PostgreSQL (`publish_stage_reboot_mark_good_complete::{single,replicas}`).
 #![allow(clippy::unwrap_used)]
 
-use platte_e2e::{APP, DiskLayout, USR_A, USR_B, World, gpt};
+use platte_e2e::{APP, DiskLayout, Mode, USR_A, USR_B, World, gpt};
 
-#[test]
-fn publish_stage_reboot_mark_good_complete() {
-    let w = World::new().unwrap();
+platte_e2e::in_both_modes!(publish_stage_reboot_mark_good_complete);
+
+fn publish_stage_reboot_mark_good_complete(mode: Mode) {
+    let w = World::start(mode).unwrap();
     w.setup_app().unwrap();
     let mut m = w
         .machine("host-1", 1, DiskLayout::default(), "1.0.0")
@@ -86,5 +88,13 @@ fn publish_stage_reboot_mark_good_complete() {
     assert_eq!(m.boot().unwrap().label, "USR-B");
     if let Some(out) = gpt::sgdisk_verify(&m.disk).unwrap() {
         assert!(out.contains("No problems found"), "sgdisk -v: {out}");
+    }
+    // With replicas, the agent's runs (each with connections of its own) reached both of them.
+    if mode == Mode::Replicas {
+        let per = w.agent_connections();
+        assert!(
+            per.len() == 2 && per.iter().all(|&n| n > 0),
+            "agent connections per replica: {per:?}"
+        );
     }
 }

@@ -1,10 +1,11 @@
 //! S2: a staged rollout across 10 machines. At 30 % exactly the machines the server's rollout
-//! preview lists get the release; raising the rollout to 100 % updates the rest.
+//! preview lists get the release; raising the rollout to 100 % updates the rest. Run against one
+//! server and against two replicas on PostgreSQL.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeSet;
 
-use platte_e2e::{APP, DiskLayout, Machine, World};
+use platte_e2e::{APP, DiskLayout, Machine, Mode, World};
 use serde_json::json;
 
 fn preview(w: &World, percent: u32) -> BTreeSet<String> {
@@ -50,9 +51,10 @@ fn check_all(fleet: &[Machine]) -> BTreeSet<String> {
     staged
 }
 
-#[test]
-fn thirty_percent_then_everyone() {
-    let w = World::new().unwrap();
+platte_e2e::in_both_modes!(thirty_percent_then_everyone);
+
+fn thirty_percent_then_everyone(mode: Mode) {
+    let w = World::start(mode).unwrap();
     w.setup_app().unwrap();
     w.set_policy(&json!({"percentage": 0})).unwrap();
     let layout = DiskLayout {

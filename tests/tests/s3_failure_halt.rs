@@ -1,14 +1,16 @@
 //! S3: a release that fails to install on most machines (their USR-B partitions, from an older
 //! disk layout, are too small for it) halts the rollout by itself; no further machine is granted
-//! it, including those that could have installed it.
+//! it, including those that could have installed it. Run against one server and against two
+//! replicas on PostgreSQL.
 #![allow(clippy::unwrap_used)]
 
-use platte_e2e::{APP, DiskLayout, Machine, USR_B, World};
+use platte_e2e::{APP, DiskLayout, Machine, Mode, USR_B, World};
 use serde_json::json;
 
-#[test]
-fn failing_installs_halt_the_rollout() {
-    let w = World::new().unwrap();
+platte_e2e::in_both_modes!(failing_installs_halt_the_rollout);
+
+fn failing_installs_halt_the_rollout(mode: Mode) {
+    let w = World::start(mode).unwrap();
     w.setup_app().unwrap();
     w.set_policy(&json!({"auto_halt": {"max_failure_rate": 0.5, "min_attempts": 3}}))
         .unwrap();

@@ -2,14 +2,16 @@
 //! boot loader falls back to A on the next boot (gptprio: no tries left, not successful); the
 //! agent reports the rollback and deny-lists the version; the server records the version as
 //! refused for that machine and offers it no more. When an operator clears the server's refusal,
-//! the agent's deny list still keeps it from installing the version again.
+//! the agent's deny list still keeps it from installing the version again. Run against one server
+//! and against two replicas on PostgreSQL.
 #![allow(clippy::unwrap_used)]
 
-use platte_e2e::{APP, DiskLayout, USR_A, USR_B, World};
+use platte_e2e::{APP, DiskLayout, Mode, USR_A, USR_B, World};
 
-#[test]
-fn failed_health_check_falls_back_reports_and_deny_lists() {
-    let w = World::new().unwrap();
+platte_e2e::in_both_modes!(failed_health_check_falls_back_reports_and_deny_lists);
+
+fn failed_health_check_falls_back_reports_and_deny_lists(mode: Mode) {
+    let w = World::start(mode).unwrap();
     w.setup_app().unwrap();
     let mut m = w
         .machine("host-bad", 4, DiskLayout::default(), "1.0.0")

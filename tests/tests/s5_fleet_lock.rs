@@ -11,6 +11,11 @@
 //! The hosts set `reboot.lock_retry_secs = 1`, so a refused agent asks again after about a second
 //! (±10 % jitter) instead of the default minute, and the scenario takes seconds: each hand-over
 //! waits for a refused agent's next attempt.
+//!
+//! Run against one server and against two replicas on PostgreSQL. With replicas the agents'
+//! FleetLock base URL is the forwarder's too (each new connection of a daemon goes to the next
+//! replica), the slot is the database's, and the released-slot counter is the sum over the
+//! replicas (each counts the requests it served).
 #![allow(clippy::unwrap_used)]
 
 use std::time::{Duration, Instant};
@@ -19,7 +24,7 @@ use serde_json::Value;
 
 use platte_e2e::dbus::{self, Bus, Logind, RebootLog};
 use platte_e2e::process::Proc;
-use platte_e2e::{APP, DiskLayout, Machine, USR_A, USR_B, World};
+use platte_e2e::{APP, DiskLayout, Machine, Mode, USR_A, USR_B, World};
 
 /// The FleetLock group of the three hosts.
 const GROUP: &str = "workers";
@@ -175,12 +180,13 @@ group = "{GROUP}"
     )
 }
 
-#[test]
-fn one_slot_serialises_reboots_and_mark_good_releases_it() {
+platte_e2e::in_both_modes!(one_slot_serialises_reboots_and_mark_good_releases_it);
+
+fn one_slot_serialises_reboots_and_mark_good_releases_it(mode: Mode) {
     if !dbus::available() {
         return;
     }
-    let w = World::new().unwrap();
+    let w = World::start(mode).unwrap();
     w.setup_app().unwrap();
     w.server
         .cli(&["fleetlock", "set-slots", GROUP, "1"])
@@ -196,7 +202,7 @@ fn one_slot_serialises_reboots_and_mark_good_releases_it() {
         let m = w
             .machine(&name, 51 + i, DiskLayout::default(), "1.0.0")
             .unwrap();
-        m.write_dropin("50-reboot.toml", &reboot_config(&w.server.url()))
+        m.write_dropin("50-reboot.toml", &reboot_config(w.agent_url()))
             .unwrap();
         let bus = Bus::start(&w.path().join(&name).join("bus")).unwrap();
         let logind = Logind::start(&bus, &name, &reboots).unwrap();
@@ -289,7 +295,7 @@ fn one_slot_serialises_reboots_and_mark_good_releases_it() {
                 "{name} released the slot before mark-good"
             );
         }
-        let released_before = f.w.server.metric(RELEASED).unwrap();
+        let released_before = f.w.metric(RELEASED).unwrap();
 
         // mark-good passes: the daemon gives the slot back right away.
         let marked = Instant::now();
@@ -316,7 +322,7 @@ fn one_slot_serialises_reboots_and_mark_good_releases_it() {
             (!h.contains(&lock_id)).then_some(h)
         });
         assert_eq!(
-            f.w.server.metric(RELEASED).unwrap(),
+            f.w.metric(RELEASED).unwrap(),
             released_before + 1.0,
             "one steady-state released a held slot"
         );
@@ -343,7 +349,7 @@ fn one_slot_serialises_reboots_and_mark_good_releases_it() {
     assert_eq!(f.reboots.hosts(), order);
     assert!(f.reboots.calls().iter().all(|c| !c.interactive));
     assert!(f.check().is_empty(), "the slot is still held");
-    assert_eq!(f.w.server.metric(RELEASED).unwrap(), 3.0);
+    assert_eq!(f.w.metric(RELEASED).unwrap(), 3.0);
     for h in &mut f.hosts {
         let a = h.m.slot(USR_A).unwrap();
         assert!(a.successful && a.priority > 0, "{}: slot A {a:?}", h.m.name);

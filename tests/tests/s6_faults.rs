@@ -5,6 +5,12 @@
 //! next boot): the disk always keeps a valid GPT copy and a bootable slot holding a whole release,
 //! and the restarted agent repairs the copies where the kill left them disagreeing and finishes
 //! the install.
+//!
+//! Every scenario runs against one server and against two replicas on PostgreSQL. With replicas
+//! the kill takes down the replica serving the download (the one the forwarder sent the agent's
+//! connection to): the agent resumes from the other replica while it is down (the package files
+//! are in the shared data directory), then the killed replica is restarted. The tampered file is
+//! the one both replicas serve.
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
@@ -14,16 +20,32 @@ use platte_e2e::gpt::{self, Copies, Entry, Table};
 use platte_e2e::inject::{self, Write};
 use platte_e2e::process::poll_until;
 use platte_e2e::proxy::Proxy;
-use platte_e2e::{APP, DiskLayout, Machine, Release, USR_A, USR_B, World, release};
+use platte_e2e::{APP, DiskLayout, Machine, Mode, Release, USR_A, USR_B, World, release};
 
-#[test]
-fn server_killed_during_download_agent_resumes() {
+platte_e2e::in_both_modes!(
+    server_killed_during_download_agent_resumes,
+    tampered_payload_on_the_server_is_refused,
+    agent_killed_at_each_gpt_write_leaves_a_valid_copy_and_a_bootable_slot,
+    agent_restarted_after_a_kill_at_any_gpt_write_finishes_the_install,
+);
+
+/// The start offsets of the `Range` requests for package files among `requests` (proxy request
+/// lines).
+fn range_starts(requests: &[String]) -> Vec<u64> {
+    requests
+        .iter()
+        .filter(|r| r.starts_with("GET /packages/"))
+        .filter_map(|r| r.split("bytes=").nth(1)?.split('-').next()?.parse().ok())
+        .collect()
+}
+
+fn server_killed_during_download_agent_resumes(mode: Mode) {
     // Agents and download URLs go through a proxy that can slow the download down, so the
-    // server can be killed while it is running.
+    // server can be killed while it is running (with replicas: in front of their forwarder).
     let proxy = Proxy::start("127.0.0.1:9").unwrap();
     let public = format!("http://{}", proxy.addr());
-    let mut w = World::with_server_args(&["--public-url", &public]).unwrap();
-    proxy.set_upstream(w.server.addr());
+    let mut w = World::start_with(mode, &["--public-url", &public]).unwrap();
+    proxy.set_upstream(&w.upstream());
     w.route_agents_via(&public);
     w.setup_app().unwrap();
     let m = w
@@ -36,7 +58,9 @@ fn server_killed_during_download_agent_resumes() {
 
     proxy.set_rate(512 << 10);
     let mut agent = m.spawn(&["run", "--once"]).unwrap();
-    // Wait until a checkpoint with data behind it is persisted, then kill the server.
+    // Wait until a checkpoint with data behind it is persisted, then kill the server (with
+    // replicas: the one serving the download, which the forwarder sent the agent's newest
+    // connection to; the other one stays up).
     let offset = poll_until(
         "a download checkpoint",
         Duration::from_secs(30),
@@ -47,25 +71,45 @@ fn server_killed_during_download_agent_resumes() {
         || format!("state: {}\nagent log:\n{}", m.state_file(), m.log()),
     )
     .unwrap();
-    w.server.kill().unwrap();
+    let victim = w.last_agent_server();
+    let seen_before_kill = proxy.requests().len();
+    let routed_before_kill = w.agent_connections();
+    w.server_mut(victim).kill().unwrap();
     proxy.cut();
     assert!(
         agent.try_status().unwrap().is_none(),
         "the agent gave up at once"
     );
-    w.server.restart().unwrap();
+    if w.mode() == Mode::Replicas {
+        // The agent's next connection goes to the other replica, which serves the rest of the
+        // package from the shared data directory while the killed one is still down.
+        poll_until(
+            "the download to resume from the surviving replica",
+            Duration::from_secs(30),
+            || {
+                range_starts(&proxy.requests()[seen_before_kill..])
+                    .into_iter()
+                    .any(|from| from >= offset)
+                    .then_some(())
+            },
+            || format!("requests: {:?}\nagent log:\n{}", proxy.requests(), m.log()),
+        )
+        .unwrap();
+        let routed = w.agent_connections();
+        assert!(
+            (0..routed.len()).any(|i| i != victim && routed[i] > routed_before_kill[i]),
+            "no connection since the kill went to a surviving replica: {routed_before_kill:?} \
+             then {routed:?} (replica {victim} killed)"
+        );
+    }
+    w.server_mut(victim).restart().unwrap();
     proxy.set_rate(0);
 
     let st = agent.wait(Duration::from_secs(60)).unwrap();
     assert_eq!(st.code(), Some(2), "agent log:\n{}", m.log());
     assert_eq!(m.slot_bytes(USR_B, v2.image.len()).unwrap(), v2.image);
     // The download continued from the checkpoint (at or after the offset seen before the kill).
-    let ranged: Vec<u64> = proxy
-        .requests()
-        .iter()
-        .filter(|r| r.starts_with("GET /packages/"))
-        .filter_map(|r| r.split("bytes=").nth(1)?.split('-').next()?.parse().ok())
-        .collect();
+    let ranged = range_starts(&proxy.requests());
     assert!(
         ranged.iter().any(|&from| from >= offset),
         "no resumed Range request from >= {offset}: {:?}",
@@ -78,9 +122,8 @@ fn server_killed_during_download_agent_resumes() {
         .unwrap();
 }
 
-#[test]
-fn tampered_payload_on_the_server_is_refused() {
-    let w = World::new().unwrap();
+fn tampered_payload_on_the_server_is_refused(mode: Mode) {
+    let w = World::start(mode).unwrap();
     w.setup_app().unwrap();
     let mut m = w
         .machine("host-2", 62, DiskLayout::default(), "1.0.0")
@@ -181,8 +224,8 @@ fn is_gpt_write(disk_len: u64, w: &Write) -> bool {
         .any(|&(start, end)| w.offset >= start && w.offset + w.len <= end)
 }
 
-fn gpt_kills() -> GptKills {
-    let w = World::new().unwrap();
+fn gpt_kills(mode: Mode) -> GptKills {
+    let w = World::start(mode).unwrap();
     w.setup_app().unwrap();
     // 1 MiB: four payload chunks, so the thread that writes them makes fewer writes than the
     // GPT writer has made before the second table change (strace counts writes per thread).
@@ -268,12 +311,11 @@ fn kill_at(g: &GptKills, p: &KillPoint, seed: u64) -> (Machine, String) {
     (m, what)
 }
 
-#[test]
-fn agent_killed_at_each_gpt_write_leaves_a_valid_copy_and_a_bootable_slot() {
+fn agent_killed_at_each_gpt_write_leaves_a_valid_copy_and_a_bootable_slot(mode: Mode) {
     if !inject::available() {
         return;
     }
-    let g = gpt_kills();
+    let g = gpt_kills(mode);
     let v1 = release::os_image("1.0.0", 1 << 20);
     let mut torn = Vec::new();
     for p in &g.points {
@@ -344,12 +386,11 @@ fn agent_killed_at_each_gpt_write_leaves_a_valid_copy_and_a_bootable_slot() {
 /// Whatever write the kill interrupted, the restarted agent first rewrites the copy a boot loader
 /// does not use from the one it does (a warning names it), then finishes the install: both copies
 /// valid and equal, B the next boot with 2.0.0.
-#[test]
-fn agent_restarted_after_a_kill_at_any_gpt_write_finishes_the_install() {
+fn agent_restarted_after_a_kill_at_any_gpt_write_finishes_the_install(mode: Mode) {
     if !inject::available() {
         return;
     }
-    let g = gpt_kills();
+    let g = gpt_kills(mode);
     let mut failed = Vec::new();
     for p in &g.points {
         let (mut m, what) = kill_at(&g, p, 200 + p.k as u64);

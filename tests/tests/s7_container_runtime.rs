@@ -15,6 +15,9 @@
 //!   the OS app is unaffected.
 //!
 //! Every wait polls a condition with a deadline; nothing sleeps for a fixed time.
+//!
+//! Both run against one server and against two replicas on PostgreSQL (the recording proxy then
+//! forwards to the replicas' round-robin forwarder).
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
@@ -26,7 +29,7 @@ use platte_e2e::extension::HostExtension;
 use platte_e2e::omaha_wire::{WireApp, request_apps};
 use platte_e2e::process::{Proc, poll_until, tail};
 use platte_e2e::proxy::Proxy;
-use platte_e2e::{APP, DiskLayout, Machine, Release, USR_B, World};
+use platte_e2e::{APP, DiskLayout, Machine, Mode, Release, USR_B, World};
 
 /// The containerd extension's app id (docs/container-runtime.md's example).
 const EXT_APP: &str = "5e8a1c7d-2f4b-4c6e-9a1d-3b7c9e2f4a60";
@@ -60,12 +63,12 @@ struct Scenario {
 impl Scenario {
     /// A server with both apps, a proxy in front of it for agents and downloads, and host
     /// `host-1` on OS 1.0.0 with containerd configured (reboot strategy `immediate`); the
-    /// daemon is not started.
-    fn new(seed: u64) -> Scenario {
+    /// daemon is not started. The server runs in `mode`.
+    fn new(mode: Mode, seed: u64) -> Scenario {
         let proxy = Proxy::start("127.0.0.1:9").unwrap();
         let public = format!("http://{}", proxy.addr());
-        let mut w = World::with_server_args(&["--public-url", &public]).unwrap();
-        proxy.set_upstream(w.server.addr());
+        let mut w = World::start_with(mode, &["--public-url", &public]).unwrap();
+        proxy.set_upstream(&w.upstream());
         w.route_agents_via(&public);
         w.setup_app().unwrap();
         w.setup_extension_app(EXT_APP, EXT).unwrap();
@@ -275,12 +278,16 @@ fn results(restarts: &[UnitRestart]) -> Vec<(&str, &str, &str)> {
         .collect()
 }
 
-#[test]
-fn os_and_runtime_roll_out_independently() {
+platte_e2e::in_both_modes!(
+    os_and_runtime_roll_out_independently,
+    failed_runtime_restart_rolls_back,
+);
+
+fn os_and_runtime_roll_out_independently(mode: Mode) {
     if !dbus::available() || !dbus::running_as_root() {
         return;
     }
-    let mut s = Scenario::new(71);
+    let mut s = Scenario::new(mode, 71);
     let v2 = s.w.publish("2.0.0", 1 << 20).unwrap();
     let c10 = s.release_runtime("1.0", "1.* 2.*");
 
@@ -422,12 +429,11 @@ fn os_and_runtime_roll_out_independently() {
     s.stop_daemon();
 }
 
-#[test]
-fn failed_runtime_restart_rolls_back() {
+fn failed_runtime_restart_rolls_back(mode: Mode) {
     if !dbus::available() || !dbus::running_as_root() {
         return;
     }
-    let mut s = Scenario::new(72);
+    let mut s = Scenario::new(mode, 72);
     s.release_runtime("1.0", "1.*");
     s.start_daemon();
     s.wait_runtime("1.0", |st| st == "active");
