@@ -10,6 +10,7 @@ mod postgres;
 pub mod retention;
 pub mod rollout;
 mod sqlite;
+pub mod sqlx_rows;
 pub mod sqlx_shared;
 #[cfg(test)]
 pub mod testkit;

@@ -41,7 +41,7 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Transaction};
 
-use super::sqlx_shared::{db, migrator};
+use super::sqlx_shared::{self as shared, db, migrator};
 use super::tx::{Transactor, TxJob, Urgency};
 use super::{StoreError, StoreFuture};
 use crate::model::NewActivity;
@@ -129,10 +129,6 @@ impl PgTx {
     }
 }
 
-/// An activity entry.
-const INSERT_ACTIVITY: &str = "INSERT INTO activity (at, kind, severity, app_id, group_id, \
-     machine_id, version, message) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
-
 /// Appends `a` to the activity feed at `at` (an entry without a kind records nothing).
 pub(crate) async fn add_activity(
     conn: &mut sqlx::PgConnection,
@@ -142,24 +138,11 @@ pub(crate) async fn add_activity(
     if a.kind.is_empty() {
         return Ok(());
     }
-    sqlx::query(INSERT_ACTIVITY)
-        .bind(at)
-        .bind(&a.kind)
-        .bind(a.severity)
-        .bind(&a.app_id)
-        .bind(&a.group_id)
-        .bind(&a.machine_id)
-        .bind(&a.version)
-        .bind(&a.message)
+    shared::bind_activity(sqlx::query(shared::INSERT_ACTIVITY), a, at)
         .execute(conn)
         .await
         .map_err(db("insert activity"))?;
     Ok(())
-}
-
-/// The wall clock, in Unix seconds (as SQLite's store stamps admin writes).
-pub(crate) fn now() -> i64 {
-    crate::clock::Clock::now(&crate::clock::SystemClock)
 }
 
 /// Runs of a job after the first, when PostgreSQL aborted its transaction to break a deadlock or

@@ -3,32 +3,12 @@
 //! meets another one's uncommitted row waits for it, so concurrent first requests (from any
 //! replica) bind exactly one key, and the read, a statement of its own, sees the winner's.
 
-use sqlx::postgres::PgRow;
-
 use super::{PgStore, add_activity};
 use crate::model::NewActivity;
-use crate::store::credential::{CredentialSource, CredentialStore, MachineCredential};
-use crate::store::sqlx_shared::{db, get};
-use crate::store::{StoreError, StoreFuture};
-
-const TABLE: &str = "machine_credentials";
-
-fn credential_of(row: &PgRow) -> Result<MachineCredential, StoreError> {
-    let source: String = get(row, TABLE, "source")?;
-    Ok(MachineCredential {
-        machine_id: get(row, TABLE, "machine_id")?,
-        public_key: get(row, TABLE, "public_key")?,
-        source: CredentialSource::parse(&source).ok_or_else(|| StoreError::Corrupt {
-            table: TABLE,
-            column: "source",
-            detail: format!("unknown source {source:?}"),
-        })?,
-        created_at: get(row, TABLE, "created_at")?,
-    })
-}
-
-const SELECT: &str = "SELECT machine_id, public_key, source, created_at \
-     FROM machine_credentials WHERE machine_id = $1";
+use crate::store::StoreFuture;
+use crate::store::credential::{CredentialStore, MachineCredential};
+use crate::store::sqlx_rows::credential_of;
+use crate::store::sqlx_shared::{self as shared, db};
 
 impl CredentialStore for PgStore {
     fn machine_credential<'a>(
@@ -36,7 +16,7 @@ impl CredentialStore for PgStore {
         machine_id: &'a str,
     ) -> StoreFuture<'a, Option<MachineCredential>> {
         Box::pin(async move {
-            let row = sqlx::query(SELECT)
+            let row = sqlx::query(shared::SELECT_CREDENTIAL)
                 .bind(machine_id)
                 .fetch_optional(&self.pool)
                 .await
@@ -56,21 +36,15 @@ impl CredentialStore for PgStore {
                 .begin()
                 .await
                 .map_err(db("begin machine credential binding"))?;
-            let done = sqlx::query(
-                "INSERT INTO machine_credentials (machine_id, public_key, source, created_at) \
-                 VALUES ($1, $2, $3, $4) ON CONFLICT (machine_id) DO NOTHING",
-            )
-            .bind(&cred.machine_id)
-            .bind(&cred.public_key)
-            .bind(cred.source.as_str())
-            .bind(cred.created_at)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("bind machine credential"))?;
+            let done =
+                shared::bind_credential(sqlx::query(shared::INSERT_CREDENTIAL_UNLESS_BOUND), cred)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db("bind machine credential"))?;
             if done.rows_affected() > 0 {
                 add_activity(&mut tx, act, cred.created_at).await?;
             }
-            let row = sqlx::query(SELECT)
+            let row = sqlx::query(shared::SELECT_CREDENTIAL)
                 .bind(&cred.machine_id)
                 .fetch_one(&mut *tx)
                 .await
@@ -94,19 +68,10 @@ impl CredentialStore for PgStore {
                 .begin()
                 .await
                 .map_err(db("begin machine credential enrollment"))?;
-            sqlx::query(
-                "INSERT INTO machine_credentials (machine_id, public_key, source, created_at) \
-                 VALUES ($1, $2, $3, $4) ON CONFLICT (machine_id) DO UPDATE SET \
-                 public_key = excluded.public_key, source = excluded.source, \
-                 created_at = excluded.created_at",
-            )
-            .bind(&cred.machine_id)
-            .bind(&cred.public_key)
-            .bind(cred.source.as_str())
-            .bind(cred.created_at)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("enroll machine credential"))?;
+            shared::bind_credential(sqlx::query(shared::UPSERT_CREDENTIAL), cred)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("enroll machine credential"))?;
             add_activity(&mut tx, act, cred.created_at).await?;
             tx.commit()
                 .await
@@ -126,7 +91,7 @@ impl CredentialStore for PgStore {
                 .begin()
                 .await
                 .map_err(db("begin forgetting machine credential"))?;
-            let done = sqlx::query("DELETE FROM machine_credentials WHERE machine_id = $1")
+            let done = sqlx::query(shared::DELETE_CREDENTIAL)
                 .bind(machine_id)
                 .execute(&mut *tx)
                 .await

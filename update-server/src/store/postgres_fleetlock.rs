@@ -8,40 +8,18 @@
 //! so two replicas cannot both create the last group allowed. Locks are always taken in that
 //! order (group, then global), so they never deadlock.
 
-use std::collections::BTreeMap;
-
 use sqlx::{PgConnection, Postgres, Transaction};
 
 use super::{PgStore, add_activity};
 use crate::model::NewActivity;
-use crate::store::fleetlock::{
-    AcquireOutcome, Acquired, FleetLockStore, LockGroup, LockHolder, Released,
-};
-use crate::store::sqlx_shared::{db, get};
+use crate::store::fleetlock::{AcquireOutcome, Acquired, FleetLockStore, LockGroup, Released};
+use crate::store::sqlx_rows::{holder_count_of, lock_groups_of, slots_of};
+use crate::store::sqlx_shared::{self as shared, db};
 use crate::store::{StoreError, StoreFuture};
-
-const GROUPS: &str = "fleetlock_groups";
-const HOLDERS: &str = "fleetlock_holders";
 
 /// The first key of the semaphore's advisory locks: ASCII `PLFL`, apart from the other
 /// advisory locks of the schema.
 const FLEETLOCK_LOCKS: i32 = 0x504C_464C;
-
-fn count_of(v: i64) -> Result<u32, StoreError> {
-    u32::try_from(v).map_err(|_| StoreError::Corrupt {
-        table: HOLDERS,
-        column: "count",
-        detail: format!("count {v} out of range"),
-    })
-}
-
-fn slots_of(v: i64) -> Result<u32, StoreError> {
-    u32::try_from(v).map_err(|_| StoreError::Corrupt {
-        table: GROUPS,
-        column: "slots",
-        detail: format!("slot count {v} out of range"),
-    })
-}
 
 /// Waits for, and takes until the end of the transaction, the lock of `group`.
 async fn lock_group(conn: &mut PgConnection, group: &str) -> Result<(), StoreError> {
@@ -62,22 +40,19 @@ async fn unconfigured_groups_held(tx: &mut Transaction<'_, Postgres>) -> Result<
         .execute(&mut **tx)
         .await
         .map_err(db("lock fleetlock groups"))?;
-    sqlx::query_scalar(
-        "SELECT COUNT(DISTINCT group_name) FROM fleetlock_holders \
-         WHERE group_name NOT IN (SELECT name FROM fleetlock_groups)",
-    )
-    .fetch_one(&mut **tx)
-    .await
-    .map_err(db("count fleetlock groups"))
+    sqlx::query_scalar(shared::COUNT_UNCONFIGURED_LOCK_GROUPS)
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(db("count fleetlock groups"))
 }
 
 async fn holders_in(tx: &mut Transaction<'_, Postgres>, group: &str) -> Result<u32, StoreError> {
-    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM fleetlock_holders WHERE group_name = $1")
+    let n: i64 = sqlx::query_scalar(shared::COUNT_LOCK_HOLDERS)
         .bind(group)
         .fetch_one(&mut **tx)
         .await
         .map_err(db("count fleetlock holders"))?;
-    count_of(n)
+    holder_count_of(n)
 }
 
 impl FleetLockStore for PgStore {
@@ -96,25 +71,22 @@ impl FleetLockStore for PgStore {
                 .await
                 .map_err(db("begin fleetlock acquire"))?;
             lock_group(&mut tx, group).await?;
-            let slots: Option<i64> =
-                sqlx::query_scalar("SELECT slots FROM fleetlock_groups WHERE name = $1")
-                    .bind(group)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(db("read fleetlock slots"))?;
+            let slots: Option<i64> = sqlx::query_scalar(shared::SELECT_LOCK_SLOTS)
+                .bind(group)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db("read fleetlock slots"))?;
             let configured = slots.is_some();
             let slots = match slots {
                 Some(s) => slots_of(s)?,
                 None => default_slots,
             };
-            let held: Option<i32> = sqlx::query_scalar(
-                "SELECT 1 FROM fleetlock_holders WHERE group_name = $1 AND holder_id = $2",
-            )
-            .bind(group)
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db("read fleetlock holder"))?;
+            let held: Option<i32> = sqlx::query_scalar(shared::SELECT_LOCK_HOLDER)
+                .bind(group)
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db("read fleetlock holder"))?;
             let holders = holders_in(&mut tx, group).await?;
             let outcome = if held.is_some() {
                 AcquireOutcome::AlreadyHeld
@@ -126,16 +98,13 @@ impl FleetLockStore for PgStore {
             } else if holders >= slots {
                 AcquireOutcome::Full
             } else {
-                sqlx::query(
-                    "INSERT INTO fleetlock_holders (group_name, holder_id, since) \
-                     VALUES ($1, $2, $3)",
-                )
-                .bind(group)
-                .bind(id)
-                .bind(at)
-                .execute(&mut *tx)
-                .await
-                .map_err(db("insert fleetlock holder"))?;
+                sqlx::query(shared::INSERT_LOCK_HOLDER)
+                    .bind(group)
+                    .bind(id)
+                    .bind(at)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db("insert fleetlock holder"))?;
                 AcquireOutcome::Granted
             };
             tx.commit().await.map_err(db("commit fleetlock acquire"))?;
@@ -166,14 +135,12 @@ impl FleetLockStore for PgStore {
                 .await
                 .map_err(db("begin fleetlock release"))?;
             lock_group(&mut tx, group).await?;
-            let done = sqlx::query(
-                "DELETE FROM fleetlock_holders WHERE group_name = $1 AND holder_id = $2",
-            )
-            .bind(group)
-            .bind(id)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("delete fleetlock holder"))?;
+            let done = sqlx::query(shared::DELETE_LOCK_HOLDER)
+                .bind(group)
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("delete fleetlock holder"))?;
             let was_held = done.rows_affected() > 0;
             if was_held && let Some(a) = act {
                 add_activity(&mut tx, a, at).await?;
@@ -192,50 +159,19 @@ impl FleetLockStore for PgStore {
                 .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                 .await
                 .map_err(db("begin fleetlock list"))?;
-            let mut groups: BTreeMap<String, LockGroup> = BTreeMap::new();
-            for r in sqlx::query("SELECT name, slots FROM fleetlock_groups")
+            let groups = sqlx::query(shared::SELECT_LOCK_GROUPS)
                 .fetch_all(&mut *tx)
                 .await
-                .map_err(db("list fleetlock groups"))?
-            {
-                let name: String = get(&r, GROUPS, "name")?;
-                let slots = slots_of(get(&r, GROUPS, "slots")?)?;
-                groups.insert(
-                    name.clone(),
-                    LockGroup {
-                        group: name,
-                        slots,
-                        configured: true,
-                        holders: Vec::new(),
-                    },
-                );
-            }
-            for r in sqlx::query(
+                .map_err(db("list fleetlock groups"))?;
+            let holders = sqlx::query(
                 "SELECT group_name, holder_id, since FROM fleetlock_holders \
-                 ORDER BY since, holder_id",
+                 ORDER BY since, holder_id COLLATE \"C\"",
             )
             .fetch_all(&mut *tx)
             .await
-            .map_err(db("list fleetlock holders"))?
-            {
-                let name: String = get(&r, HOLDERS, "group_name")?;
-                let holder = LockHolder {
-                    id: get(&r, HOLDERS, "holder_id")?,
-                    since: get(&r, HOLDERS, "since")?,
-                };
-                groups
-                    .entry(name.clone())
-                    .or_insert_with(|| LockGroup {
-                        group: name,
-                        slots: default_slots,
-                        configured: false,
-                        holders: Vec::new(),
-                    })
-                    .holders
-                    .push(holder);
-            }
+            .map_err(db("list fleetlock holders"))?;
             tx.commit().await.map_err(db("end fleetlock list"))?;
-            Ok(groups.into_values().collect())
+            lock_groups_of(&groups, &holders, default_slots)
         })
     }
 
@@ -253,17 +189,13 @@ impl FleetLockStore for PgStore {
                 .await
                 .map_err(db("begin fleetlock set slots"))?;
             lock_group(&mut tx, group).await?;
-            sqlx::query(
-                "INSERT INTO fleetlock_groups (name, slots, updated_at) VALUES ($1, $2, $3) \
-                 ON CONFLICT (name) DO UPDATE SET slots = excluded.slots, \
-                 updated_at = excluded.updated_at",
-            )
-            .bind(group)
-            .bind(i64::from(slots))
-            .bind(at)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("set fleetlock slots"))?;
+            sqlx::query(shared::UPSERT_LOCK_SLOTS)
+                .bind(group)
+                .bind(i64::from(slots))
+                .bind(at)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("set fleetlock slots"))?;
             add_activity(&mut tx, act, at).await?;
             tx.commit()
                 .await

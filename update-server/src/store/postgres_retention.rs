@@ -54,12 +54,13 @@ use sqlx::{Arguments as _, Encode, Postgres, Transaction, Type};
 
 use super::PgStore;
 use crate::checkins::InstanceKey;
-use crate::retention::protection::{self, GroupFacts, Protection, RolloutFacts};
+use crate::retention::protection::{self, Protection, RolloutFacts};
 use crate::store::retention::{
     AgedTable, Batch, Cursor, Cutoffs, ForgetOutcome, LeaseOutcome, PruneCounts, RetentionStore,
     StaleInstance,
 };
-use crate::store::sqlx_shared::db;
+use crate::store::sqlx_rows::{rollout_facts_of, stale_instance_of};
+use crate::store::sqlx_shared::{self as shared, aged_time_column, db, encode_error};
 use crate::store::{StoreError, StoreFuture};
 
 type Tx = Transaction<'static, Postgres>;
@@ -74,35 +75,15 @@ async fn rollout_facts(tx: &mut Tx, lock: bool) -> Result<RolloutFacts, StoreErr
             .await
             .map_err(db("lock the catalogue"))?;
     }
-    let mut facts = RolloutFacts::default();
-    let rows: Vec<(String, String)> = sqlx::query_as(
-        "SELECT cp.channel_id, p.version FROM channel_packages cp \
-         JOIN packages p ON p.id = cp.package_id",
-    )
-    .fetch_all(&mut **tx)
-    .await
-    .map_err(db("read channel targets"))?;
-    for (channel, version) in rows {
-        facts
-            .channel_versions
-            .entry(channel)
-            .or_default()
-            .push(version);
-    }
-    let groups: Vec<(String, Option<String>, String)> =
-        sqlx::query_as("SELECT id, channel_id, policy FROM groups_")
-            .fetch_all(&mut **tx)
-            .await
-            .map_err(db("read group policies"))?;
-    facts.groups = groups
-        .into_iter()
-        .map(|(id, channel, policy)| GroupFacts {
-            id,
-            channel,
-            policy,
-        })
-        .collect();
-    Ok(facts)
+    let targets = sqlx::query_as(shared::SELECT_CHANNEL_TARGETS)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(db("read channel targets"))?;
+    let groups = sqlx::query_as(shared::SELECT_GROUP_FACTS)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(db("read group policies"))?;
+    Ok(rollout_facts_of(targets, groups))
 }
 
 /// The protection of every group, read in `tx` (locking the catalogue with `lock`).
@@ -134,19 +115,15 @@ impl Cond {
     where
         T: Encode<'static, Postgres> + Type<Postgres> + 'static,
     {
-        self.args.add(v).map_err(encode_error)?;
+        self.args.add(v).map_err(encode_error(BIND_OP))?;
         self.args
             .format_placeholder(&mut self.sql)
-            .map_err(|e| encode_error(Box::new(e)))
+            .map_err(|e| encode_error(BIND_OP)(Box::new(e)))
     }
 }
 
-fn encode_error(e: sqlx::error::BoxDynError) -> StoreError {
-    StoreError::Database {
-        op: "bind retention query",
-        source: sqlx::Error::Encode(e),
-    }
-}
+/// The operation a value that could not be bound is reported in.
+const BIND_OP: &str = "bind retention query";
 
 /// Appends the condition under which a grant of group `group` may go when its machine is
 /// forgotten: not in flight, outside the group's rate-limit window, of a version no rollout
@@ -181,17 +158,10 @@ fn aged_grant(c: &mut Cond, cutoff: i64) -> Result<(), StoreError> {
     c.bind(cutoff)?;
     c.push(" AND COALESCE(settled_at, progress_at) < ");
     c.bind(cutoff)?;
-    c.push(
-        " AND (state <> 'installed' OR NOT EXISTS (SELECT 1 FROM instances i \
-         WHERE i.machine_id = rollout_grants.machine_id AND i.app_id = rollout_grants.app_id))",
-    );
+    c.push(" AND ");
+    c.push(shared::NOT_INSTALLED_BY_A_KNOWN_MACHINE);
     Ok(())
 }
-
-/// Status history entries that are not their instance's newest one.
-const NOT_NEWEST: &str = "id < (SELECT MAX(h2.id) FROM instance_status_history h2 \
-     WHERE h2.machine_id = instance_status_history.machine_id \
-     AND h2.app_id = instance_status_history.app_id)";
 
 /// Appends the condition selecting the rows of an aged table (other than grants) older than
 /// `cutoff`.
@@ -200,7 +170,7 @@ fn aged_rows(c: &mut Cond, table: AgedTable, cutoff: i64) -> Result<(), StoreErr
     c.bind(cutoff)?;
     if table == AgedTable::History {
         c.push(" AND ");
-        c.push(NOT_NEWEST);
+        c.push(shared::NOT_NEWEST_STATUS);
     }
     Ok(())
 }
@@ -232,14 +202,6 @@ fn aged_condition(
     Ok(Some(c))
 }
 
-/// The column an aged pass walks, with the row id, in order.
-fn time_column(table: AgedTable) -> &'static str {
-    match table {
-        AgedTable::Grants => "granted_at",
-        AgedTable::Events | AgedTable::History | AgedTable::Activity => "at",
-    }
-}
-
 /// Counts (with `dry_run`) or deletes the rows of `table` matching `c`.
 async fn count_or_delete(
     tx: &mut Tx,
@@ -265,15 +227,6 @@ async fn count_or_delete(
     }
 }
 
-/// Stale instances without a grant in flight, after a cursor, oldest first (binds: cutoff,
-/// cursor time, machine and app, limit).
-const STALE_INSTANCES: &str = "SELECT machine_id, app_id, last_check_at FROM instances \
-     WHERE last_check_at < $1 AND (last_check_at, machine_id, app_id) > ($2, $3, $4) \
-     AND NOT EXISTS (SELECT 1 FROM rollout_grants g \
-     WHERE g.machine_id = instances.machine_id AND g.app_id = instances.app_id \
-     AND g.state = 'in_flight') \
-     ORDER BY last_check_at, machine_id, app_id LIMIT $5";
-
 /// The condition on one instance's rows (`machine_id`, `app_id`).
 fn of_instance(key: &InstanceKey) -> Result<Cond, StoreError> {
     let mut c = Cond::default();
@@ -297,10 +250,8 @@ async fn forget_one(
     let mut c = of_instance(key)?;
     c.push(" AND last_check_at < ");
     c.bind(forget)?;
-    c.push(
-        " AND NOT EXISTS (SELECT 1 FROM rollout_grants g WHERE g.machine_id = instances.machine_id \
-         AND g.app_id = instances.app_id AND g.state = 'in_flight')",
-    );
+    c.push(" AND ");
+    c.push(shared::NO_GRANT_IN_FLIGHT);
     n.instances = count_or_delete(tx, "instances", c, dry_run).await?;
     if n.instances == 0 {
         return Ok(None);
@@ -324,14 +275,12 @@ async fn forget_one(
     c.push(" AND at < ");
     c.bind(forget)?;
     n.refused_versions = count_or_delete(tx, "refused_versions", c, dry_run).await?;
-    let groups: Vec<String> = sqlx::query_scalar(
-        "SELECT DISTINCT group_id FROM rollout_grants WHERE machine_id = $1 AND app_id = $2",
-    )
-    .bind(&key.0)
-    .bind(&key.1)
-    .fetch_all(&mut **tx)
-    .await
-    .map_err(db("read grants of a forgotten instance"))?;
+    let groups: Vec<String> = sqlx::query_scalar(shared::SELECT_GRANT_GROUPS_OF_INSTANCE)
+        .bind(&key.0)
+        .bind(&key.1)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(db("read grants of a forgotten instance"))?;
     for group in groups {
         let mut c = of_instance(key)?;
         c.push(" AND ");
@@ -425,7 +374,7 @@ impl RetentionStore for PgStore {
                 tx.commit().await.map_err(db("prune rows"))?;
                 return Ok(Batch::default());
             };
-            let (name, time) = (table.table(), time_column(table));
+            let (name, time) = (table.table(), aged_time_column(table));
             if dry_run {
                 let rows = count_or_delete(&mut tx, name, cond, true).await?;
                 tx.commit().await.map_err(db("count prunable rows"))?;
@@ -475,7 +424,7 @@ impl RetentionStore for PgStore {
 
     fn grant_groups(&self) -> StoreFuture<'_, Vec<String>> {
         Box::pin(async move {
-            sqlx::query_scalar("SELECT DISTINCT group_id FROM rollout_grants ORDER BY group_id")
+            sqlx::query_scalar(shared::SELECT_GRANT_GROUPS)
                 .fetch_all(&self.pool)
                 .await
                 .map_err(db("list groups with grants"))
@@ -489,25 +438,18 @@ impl RetentionStore for PgStore {
         limit: u32,
     ) -> StoreFuture<'a, Vec<StaleInstance>> {
         Box::pin(async move {
-            let (t, m, a) = after.map_or((i64::MIN, "", ""), |s| {
-                (s.last_check_at, s.key.0.as_str(), s.key.1.as_str())
-            });
-            let rows: Vec<(String, String, i64)> = sqlx::query_as(STALE_INSTANCES)
-                .bind(before)
-                .bind(t)
-                .bind(m)
-                .bind(a)
-                .bind(i64::from(limit))
-                .fetch_all(&self.pool)
-                .await
-                .map_err(db("list stale instances"))?;
-            Ok(rows
-                .into_iter()
-                .map(|(machine, app, last_check_at)| StaleInstance {
-                    key: (machine, app),
-                    last_check_at,
-                })
-                .collect())
+            shared::bind_stale_instances(
+                sqlx::query(shared::SELECT_STALE_INSTANCES),
+                before,
+                after,
+                limit,
+            )
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("list stale instances"))?
+            .iter()
+            .map(stale_instance_of)
+            .collect()
         })
     }
 

@@ -45,12 +45,12 @@ use crate::store::rollout::{
     GrantOutcome, GrantRequest, GrantState, GrantStats, HaltedRollout, ProgressReport,
     RefusalReason, RefusedVersion, RolloutStore,
 };
-use crate::store::sqlx_shared::{db, get, instance_of, policy_of, u64_of};
+use crate::store::sqlx_rows::{instance_of, policy_of, refusal_reason, refused_version_of, u64_of};
+use crate::store::sqlx_shared::{self as shared, db, get};
 use crate::store::tx::{TxFuture, Urgency, transact};
 use crate::store::{InstanceChange, StoreError, StoreFuture};
 
 const GRANTS: &str = "rollout_grants";
-const REFUSED: &str = "refused_versions";
 
 /// Check-ins per statement: a batch of the check path ([`crate::checkins::BATCH`]) is one
 /// statement; a larger one is split.
@@ -88,14 +88,6 @@ fn corrupt_policy(detail: String) -> StoreError {
         column: "policy",
         detail,
     }
-}
-
-fn refusal_reason(r: &str) -> Result<RefusalReason, StoreError> {
-    RefusalReason::parse(r).ok_or_else(|| StoreError::Corrupt {
-        table: REFUSED,
-        column: "reason",
-        detail: format!("unknown reason {r:?}"),
-    })
 }
 
 fn grant_state(s: &str) -> Result<GrantState, StoreError> {
@@ -814,18 +806,6 @@ impl InstanceTx for PgTx {
     }
 }
 
-/// A refusal as `refused_versions` holds it.
-fn refusal_of_row(r: &PgRow) -> Result<RefusedVersion, StoreError> {
-    Ok(RefusedVersion {
-        machine_id: get(r, REFUSED, "machine_id")?,
-        app_id: get(r, REFUSED, "app_id")?,
-        version: get(r, REFUSED, "version")?,
-        reason: refusal_reason(&get::<String, _>(r, REFUSED, "reason")?)?,
-        error_code: get(r, REFUSED, "error_code")?,
-        at: get(r, REFUSED, "at")?,
-    })
-}
-
 impl RolloutStore for PgStore {
     fn try_grant<'a>(&'a self, req: &'a GrantRequest) -> StoreFuture<'a, GrantOutcome> {
         let req = Arc::new(req.clone());
@@ -876,7 +856,7 @@ impl RolloutStore for PgStore {
             .fetch_all(self.pool())
             .await
             .map_err(db("read refused versions"))?;
-            rows.iter().map(refusal_of_row).collect()
+            rows.iter().map(refused_version_of).collect()
         })
     }
 
@@ -906,7 +886,7 @@ impl RolloutStore for PgStore {
             .map_err(db(OP))?;
             let mut cleared = rows
                 .iter()
-                .map(refusal_of_row)
+                .map(refused_version_of)
                 .collect::<Result<Vec<_>, _>>()?;
             // Oldest first, as listed (text in byte order, as SQLite and `COLLATE "C"` compare).
             cleared
@@ -929,15 +909,12 @@ impl RolloutStore for PgStore {
         Box::pin(async move {
             let mut tx = self.begin("set machine alias").await?;
             if let Some(alias) = alias {
-                let holder: Option<String> = sqlx::query_scalar(
-                    "SELECT machine_id FROM machine_aliases WHERE alias = $1 \
-                     AND machine_id <> $2",
-                )
-                .bind(alias)
-                .bind(machine_id)
-                .fetch_optional(&mut *tx.tx)
-                .await
-                .map_err(db("read machine aliases"))?;
+                let holder: Option<String> = sqlx::query_scalar(shared::SELECT_ALIAS_HOLDER)
+                    .bind(alias)
+                    .bind(machine_id)
+                    .fetch_optional(&mut *tx.tx)
+                    .await
+                    .map_err(db("read machine aliases"))?;
                 if let Some(other) = holder {
                     return Err(StoreError::Conflict(format!(
                         "alias {alias:?} is already assigned to machine {other}"
@@ -945,19 +922,15 @@ impl RolloutStore for PgStore {
                 }
                 // Another replica assigning the alias at the same time makes this a uniqueness
                 // violation: a conflict too.
-                sqlx::query(
-                    "INSERT INTO machine_aliases (machine_id, alias, set_at) \
-                     VALUES ($1, $2, $3) ON CONFLICT (machine_id) DO UPDATE \
-                     SET alias = excluded.alias, set_at = excluded.set_at",
-                )
-                .bind(machine_id)
-                .bind(alias)
-                .bind(now)
-                .execute(&mut *tx.tx)
-                .await
-                .map_err(db("set machine alias"))?;
+                sqlx::query(shared::UPSERT_MACHINE_ALIAS)
+                    .bind(machine_id)
+                    .bind(alias)
+                    .bind(now)
+                    .execute(&mut *tx.tx)
+                    .await
+                    .map_err(db("set machine alias"))?;
             } else {
-                sqlx::query("DELETE FROM machine_aliases WHERE machine_id = $1")
+                sqlx::query(shared::DELETE_MACHINE_ALIAS)
                     .bind(machine_id)
                     .execute(&mut *tx.tx)
                     .await

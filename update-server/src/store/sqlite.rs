@@ -3,7 +3,6 @@
 //! migrations and the admin operations go through sqlx; the check path (the instance read on
 //! every check, and the group-commit writer) uses direct connections ([`DirectPool`]).
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -13,12 +12,17 @@ use sqlx::sqlite::{
 };
 use sqlx::{Sqlite, Transaction};
 
+// `status_of` is the direct connections' too (`sqlite_direct.rs`).
+use super::sqlx_rows::{
+    CatalogueRows, InstanceCountRow, activity_of, event_of, instance_count_of, instance_of,
+    instance_page_of, policy_json, policy_of, status_change_of, status_of,
+};
 pub(crate) use super::sqlx_shared::db;
-use super::sqlx_shared::{get, instance_of, migrator, policy_json, policy_of, status_of, u64_of};
+use super::sqlx_shared::{self as shared, RowChange, get, migrator, now};
 use super::{CatalogueData, InstanceFilter, Store, StoreError, StoreFuture};
 use crate::model::{
     Activity, App, Channel, EventRecord, Group, GroupPolicy, Instance, NewActivity, Package,
-    Severity, StatusChange,
+    StatusChange,
 };
 
 const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -136,8 +140,8 @@ impl SqliteStore {
     }
 }
 
-/// An activity entry, as both drivers write it (sqlx here, the direct connections in
-/// `sqlite_rollout.rs`).
+/// An activity entry, as the direct connections write it (`sqlite_rollout.rs`; sqlx binds the
+/// shared [`shared::INSERT_ACTIVITY`]).
 const INSERT_ACTIVITY: &str = "INSERT INTO activity (at, kind, severity, app_id, group_id, \
      machine_id, version, message) VALUES (?, ?, ?, ?, ?, ?, ?, ?)";
 
@@ -149,36 +153,24 @@ async fn add_activity(
     if a.kind.is_empty() {
         return Ok(());
     }
-    sqlx::query(INSERT_ACTIVITY)
-        .bind(at)
-        .bind(&a.kind)
-        .bind(a.severity)
-        .bind(&a.app_id)
-        .bind(&a.group_id)
-        .bind(&a.machine_id)
-        .bind(&a.version)
-        .bind(&a.message)
+    shared::bind_activity(sqlx::query(shared::INSERT_ACTIVITY), a, at)
         .execute(&mut *conn)
         .await
         .map_err(db("insert activity"))?;
     Ok(())
 }
 
-fn now() -> i64 {
-    crate::clock::Clock::now(&crate::clock::SystemClock)
-}
-
 async fn set_channel_packages(
     tx: &mut Transaction<'_, Sqlite>,
     c: &Channel,
 ) -> Result<(), StoreError> {
-    sqlx::query("DELETE FROM channel_packages WHERE channel_id = ?")
+    sqlx::query(shared::DELETE_CHANNEL_PACKAGES)
         .bind(&c.id)
         .execute(&mut **tx)
         .await
         .map_err(db("update channel packages"))?;
     for (arch, pkg) in &c.packages {
-        sqlx::query("INSERT INTO channel_packages (channel_id, arch, package_id) VALUES (?, ?, ?)")
+        sqlx::query(shared::INSERT_CHANNEL_PACKAGE)
             .bind(&c.id)
             .bind(arch)
             .bind(pkg)
@@ -207,14 +199,14 @@ impl SqliteStore {
             .map_err(db(op))
     }
 
-    async fn exec_one(
-        &self,
-        op: &'static str,
-        what: String,
-        sql: &'static str,
-        binds: Vec<Option<String>>,
-        act: &NewActivity,
-    ) -> Result<(), StoreError> {
+    /// Runs `change` and records `act`, in one transaction.
+    async fn exec_one(&self, change: RowChange, act: &NewActivity) -> Result<(), StoreError> {
+        let RowChange {
+            op,
+            what,
+            sql,
+            binds,
+        } = change;
         let mut tx = self.begin(op).await?;
         let mut q = sqlx::query(sql);
         for b in binds {
@@ -242,103 +234,52 @@ impl Store for SqliteStore {
 
     fn load_catalogue(&self) -> StoreFuture<'_, CatalogueData> {
         Box::pin(async move {
-            let mut out = CatalogueData::default();
-            for r in sqlx::query("SELECT * FROM apps ORDER BY id")
-                .fetch_all(&self.pool)
-                .await
-                .map_err(db("load apps"))?
-            {
-                out.apps.push(App {
-                    id: get(&r, "apps", "id")?,
-                    name: get(&r, "apps", "name")?,
-                    description: get(&r, "apps", "description")?,
-                    created_at: get(&r, "apps", "created_at")?,
-                });
+            // One snapshot: a change committed between two of these reads (by another process)
+            // would give a catalogue that does not fit together.
+            let mut tx = self.pool.begin().await.map_err(db("load catalogue"))?;
+            let tx = &mut *tx;
+            async fn all(
+                conn: &mut sqlx::SqliteConnection,
+                sql: &'static str,
+                op: &'static str,
+            ) -> Result<Vec<sqlx::sqlite::SqliteRow>, StoreError> {
+                sqlx::query(sql).fetch_all(conn).await.map_err(db(op))
             }
-            for r in sqlx::query("SELECT * FROM packages ORDER BY created_at, id")
-                .fetch_all(&self.pool)
-                .await
-                .map_err(db("load packages"))?
-            {
-                const T: &str = "packages";
-                out.packages.push(Package {
-                    id: get(&r, T, "id")?,
-                    app_id: get(&r, T, "app_id")?,
-                    version: get(&r, T, "version")?,
-                    arch: get(&r, T, "arch")?,
-                    kind: get(&r, T, "kind")?,
-                    filename: get(&r, T, "filename")?,
-                    size: u64_of(get(&r, T, "size")?, T, "size")?,
-                    sha1_base64: get(&r, T, "sha1_base64")?,
-                    sha256_hex: get(&r, T, "sha256_hex")?,
-                    external_url: get(&r, T, "external_url")?,
-                    created_at: get(&r, T, "created_at")?,
-                });
-            }
-            let mut pointers: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
-            for r in sqlx::query("SELECT * FROM channel_packages")
-                .fetch_all(&self.pool)
-                .await
-                .map_err(db("load channel packages"))?
-            {
-                const T: &str = "channel_packages";
-                pointers
-                    .entry(get(&r, T, "channel_id")?)
-                    .or_default()
-                    .insert(get(&r, T, "arch")?, get(&r, T, "package_id")?);
-            }
-            for r in sqlx::query("SELECT * FROM channels ORDER BY app_id, name")
-                .fetch_all(&self.pool)
-                .await
-                .map_err(db("load channels"))?
-            {
-                const T: &str = "channels";
-                let id: String = get(&r, T, "id")?;
-                out.channels.push(Channel {
-                    packages: pointers.remove(&id).unwrap_or_default(),
-                    id,
-                    app_id: get(&r, T, "app_id")?,
-                    name: get(&r, T, "name")?,
-                    created_at: get(&r, T, "created_at")?,
-                });
-            }
-            for r in sqlx::query("SELECT * FROM groups_ ORDER BY app_id, name")
-                .fetch_all(&self.pool)
-                .await
-                .map_err(db("load groups"))?
-            {
-                const T: &str = "groups_";
-                let policy: String = get(&r, T, "policy")?;
-                let policy = policy_of(&policy)?;
-                out.groups.push(Group {
-                    id: get(&r, T, "id")?,
-                    app_id: get(&r, T, "app_id")?,
-                    name: get(&r, T, "name")?,
-                    track: get(&r, T, "track")?,
-                    channel_id: get(&r, T, "channel_id")?,
-                    description: get(&r, T, "description")?,
-                    policy,
-                    created_at: get(&r, T, "created_at")?,
-                });
-            }
-            let aliases: Vec<(String, String)> =
-                sqlx::query_as("SELECT machine_id, alias FROM machine_aliases")
-                    .fetch_all(&self.pool)
+            let rows = CatalogueRows {
+                apps: all(tx, "SELECT * FROM apps ORDER BY id", "load apps").await?,
+                packages: all(
+                    tx,
+                    "SELECT * FROM packages ORDER BY created_at, id",
+                    "load packages",
+                )
+                .await?,
+                channel_packages: all(tx, shared::SELECT_CHANNEL_PACKAGES, "load channel packages")
+                    .await?,
+                channels: all(
+                    tx,
+                    "SELECT * FROM channels ORDER BY app_id, name",
+                    "load channels",
+                )
+                .await?,
+                groups: all(
+                    tx,
+                    "SELECT * FROM groups_ ORDER BY app_id, name",
+                    "load groups",
+                )
+                .await?,
+                machine_aliases: sqlx::query_as(shared::SELECT_MACHINE_ALIASES)
+                    .fetch_all(&mut *tx)
                     .await
-                    .map_err(db("load machine aliases"))?;
-            out.machine_aliases = aliases.into_iter().collect();
-            Ok(out)
+                    .map_err(db("load machine aliases"))?,
+            };
+            rows.decode()
         })
     }
 
     fn insert_app<'a>(&'a self, app: &'a App, act: &'a NewActivity) -> StoreFuture<'a, ()> {
         Box::pin(async move {
             let mut tx = self.begin("insert app").await?;
-            sqlx::query("INSERT INTO apps (id, name, description, created_at) VALUES (?, ?, ?, ?)")
-                .bind(&app.id)
-                .bind(&app.name)
-                .bind(&app.description)
-                .bind(app.created_at)
+            shared::bind_app(sqlx::query(shared::INSERT_APP), app)
                 .execute(&mut *tx)
                 .await
                 .map_err(db("insert app"))?;
@@ -348,37 +289,17 @@ impl Store for SqliteStore {
     }
 
     fn update_app<'a>(&'a self, app: &'a App, act: &'a NewActivity) -> StoreFuture<'a, ()> {
-        Box::pin(self.exec_one(
-            "update app",
-            format!("application {}", app.id),
-            "UPDATE apps SET name = ?, description = ? WHERE id = ?",
-            vec![
-                Some(app.name.clone()),
-                Some(app.description.clone()),
-                Some(app.id.clone()),
-            ],
-            act,
-        ))
+        Box::pin(self.exec_one(RowChange::update_app(app), act))
     }
 
     fn delete_app<'a>(&'a self, id: &'a str, act: &'a NewActivity) -> StoreFuture<'a, ()> {
-        Box::pin(self.exec_one(
-            "delete app",
-            format!("application {id}"),
-            "DELETE FROM apps WHERE id = ?",
-            vec![Some(id.to_owned())],
-            act,
-        ))
+        Box::pin(self.exec_one(RowChange::delete_app(id), act))
     }
 
     fn insert_channel<'a>(&'a self, c: &'a Channel, act: &'a NewActivity) -> StoreFuture<'a, ()> {
         Box::pin(async move {
             let mut tx = self.begin("insert channel").await?;
-            sqlx::query("INSERT INTO channels (id, app_id, name, created_at) VALUES (?, ?, ?, ?)")
-                .bind(&c.id)
-                .bind(&c.app_id)
-                .bind(&c.name)
-                .bind(c.created_at)
+            shared::bind_channel(sqlx::query(shared::INSERT_CHANNEL), c)
                 .execute(&mut *tx)
                 .await
                 .map_err(db("insert channel"))?;
@@ -391,7 +312,7 @@ impl Store for SqliteStore {
     fn update_channel<'a>(&'a self, c: &'a Channel, act: &'a NewActivity) -> StoreFuture<'a, ()> {
         Box::pin(async move {
             let mut tx = self.begin("update channel").await?;
-            let res = sqlx::query("UPDATE channels SET name = ? WHERE id = ?")
+            let res = sqlx::query(shared::UPDATE_CHANNEL)
                 .bind(&c.name)
                 .bind(&c.id)
                 .execute(&mut *tx)
@@ -407,34 +328,17 @@ impl Store for SqliteStore {
     }
 
     fn delete_channel<'a>(&'a self, id: &'a str, act: &'a NewActivity) -> StoreFuture<'a, ()> {
-        Box::pin(self.exec_one(
-            "delete channel",
-            format!("channel {id}"),
-            "DELETE FROM channels WHERE id = ?",
-            vec![Some(id.to_owned())],
-            act,
-        ))
+        Box::pin(self.exec_one(RowChange::delete_channel(id), act))
     }
 
     fn insert_group<'a>(&'a self, g: &'a Group, act: &'a NewActivity) -> StoreFuture<'a, ()> {
         Box::pin(async move {
             let policy = policy_json(g)?;
             let mut tx = self.begin("insert group").await?;
-            sqlx::query(
-                "INSERT INTO groups_ (id, app_id, name, track, channel_id, description, policy, \
-                 created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(&g.id)
-            .bind(&g.app_id)
-            .bind(&g.name)
-            .bind(&g.track)
-            .bind(&g.channel_id)
-            .bind(&g.description)
-            .bind(policy)
-            .bind(g.created_at)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("insert group"))?;
+            shared::bind_group(sqlx::query(shared::INSERT_GROUP), g, &policy)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("insert group"))?;
             add_activity(&mut tx, act, g.created_at).await?;
             tx.commit().await.map_err(db("insert group"))
         })
@@ -462,32 +366,17 @@ impl Store for SqliteStore {
             if policy_of(&stored)? != *seen {
                 return Err(super::group_changed(g));
             }
-            sqlx::query(
-                "UPDATE groups_ SET name = ?, track = ?, channel_id = ?, description = ?, \
-                 policy = ? WHERE id = ?",
-            )
-            .bind(&g.name)
-            .bind(&g.track)
-            .bind(&g.channel_id)
-            .bind(&g.description)
-            .bind(policy)
-            .bind(&g.id)
-            .execute(&mut *tx)
-            .await
-            .map_err(db(OP))?;
+            shared::bind_group_update(sqlx::query(shared::UPDATE_GROUP), g, &policy)
+                .execute(&mut *tx)
+                .await
+                .map_err(db(OP))?;
             add_activity(&mut tx, act, now()).await?;
             tx.commit().await.map_err(db(OP))
         })
     }
 
     fn delete_group<'a>(&'a self, id: &'a str, act: &'a NewActivity) -> StoreFuture<'a, ()> {
-        Box::pin(self.exec_one(
-            "delete group",
-            format!("group {id}"),
-            "DELETE FROM groups_ WHERE id = ?",
-            vec![Some(id.to_owned())],
-            act,
-        ))
+        Box::pin(self.exec_one(RowChange::delete_group(id), act))
     }
 
     fn insert_package<'a>(&'a self, p: &'a Package, act: &'a NewActivity) -> StoreFuture<'a, ()> {
@@ -495,43 +384,22 @@ impl Store for SqliteStore {
             let size = i64::try_from(p.size)
                 .map_err(|_| StoreError::Conflict(format!("package size {} too large", p.size)))?;
             let mut tx = self.begin("insert package").await?;
-            sqlx::query(
-                "INSERT INTO packages (id, app_id, version, arch, kind, filename, size, \
-                 sha1_base64, sha256_hex, external_url, created_at) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(&p.id)
-            .bind(&p.app_id)
-            .bind(&p.version)
-            .bind(&p.arch)
-            .bind(&p.kind)
-            .bind(&p.filename)
-            .bind(size)
-            .bind(&p.sha1_base64)
-            .bind(&p.sha256_hex)
-            .bind(&p.external_url)
-            .bind(p.created_at)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("insert package"))?;
+            shared::bind_package(sqlx::query(shared::INSERT_PACKAGE), p, size)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("insert package"))?;
             add_activity(&mut tx, act, p.created_at).await?;
             tx.commit().await.map_err(db("insert package"))
         })
     }
 
     fn delete_package<'a>(&'a self, id: &'a str, act: &'a NewActivity) -> StoreFuture<'a, ()> {
-        Box::pin(self.exec_one(
-            "delete package",
-            format!("package {id}"),
-            "DELETE FROM packages WHERE id = ?",
-            vec![Some(id.to_owned())],
-            act,
-        ))
+        Box::pin(self.exec_one(RowChange::delete_package(id), act))
     }
 
     fn catalogue_generation(&self) -> StoreFuture<'_, i64> {
         Box::pin(async move {
-            sqlx::query_scalar("SELECT generation FROM catalogue_generation WHERE id = 1")
+            sqlx::query_scalar(shared::SELECT_CATALOGUE_GENERATION)
                 .fetch_one(&self.pool)
                 .await
                 .map_err(db("read catalogue generation"))
@@ -557,7 +425,7 @@ impl Store for SqliteStore {
         group_id: &'a str,
     ) -> StoreFuture<'a, Vec<Instance>> {
         Box::pin(async move {
-            sqlx::query("SELECT * FROM instances WHERE app_id = ? AND group_id = ?")
+            sqlx::query(shared::SELECT_GROUP_INSTANCES)
                 .bind(app_id)
                 .bind(group_id)
                 .fetch_all(&self.pool)
@@ -571,7 +439,7 @@ impl Store for SqliteStore {
 
     fn instance_counts(&self) -> StoreFuture<'_, Vec<super::InstanceCount>> {
         Box::pin(async move {
-            let rows: Vec<(String, Option<String>, String, String, i64)> = sqlx::query_as(
+            let rows: Vec<InstanceCountRow> = sqlx::query_as(
                 "SELECT app_id, group_id, version, status, COUNT(*) FROM instances \
                  GROUP BY app_id, group_id, version, status \
                  ORDER BY app_id, group_id, version, status",
@@ -579,17 +447,7 @@ impl Store for SqliteStore {
             .fetch_all(&self.pool)
             .await
             .map_err(db("count instances"))?;
-            rows.into_iter()
-                .map(|(app_id, group_id, version, status, count)| {
-                    Ok(super::InstanceCount {
-                        app_id,
-                        group_id,
-                        version,
-                        status: status_of(&status, "instances")?,
-                        count,
-                    })
-                })
-                .collect()
+            rows.into_iter().map(instance_count_of).collect()
         })
     }
 
@@ -651,11 +509,7 @@ impl Store for SqliteStore {
                 .fetch_all(&self.pool)
                 .await
                 .map_err(db("list instances"))?;
-            let list = rows
-                .iter()
-                .map(instance_of)
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok((list, u64_of(total, "instances", "count")?))
+            instance_page_of(&rows, total)
         })
     }
 
@@ -666,27 +520,15 @@ impl Store for SqliteStore {
         limit: u32,
     ) -> StoreFuture<'a, Vec<StatusChange>> {
         Box::pin(async move {
-            const T: &str = "instance_status_history";
-            let rows = sqlx::query(
-                "SELECT * FROM instance_status_history WHERE machine_id = ? AND app_id = ? \
-                 ORDER BY id DESC LIMIT ?",
-            )
-            .bind(machine_id)
-            .bind(app_id)
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db("instance history"))?;
-            rows.iter()
-                .map(|r| {
-                    Ok(StatusChange {
-                        status: status_of(&get::<String, _>(r, T, "status")?, T)?,
-                        version: get(r, T, "version")?,
-                        detail: get(r, T, "detail")?,
-                        error_code: get(r, T, "error_code")?,
-                        at: get(r, T, "at")?,
-                    })
-                })
+            sqlx::query(shared::SELECT_INSTANCE_HISTORY)
+                .bind(machine_id)
+                .bind(app_id)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db("instance history"))?
+                .iter()
+                .map(status_change_of)
                 .collect()
         })
     }
@@ -700,22 +542,17 @@ impl Store for SqliteStore {
         Box::pin(async move {
             let mut tx = self.begin("delete instance").await?;
             let mut n = 0;
-            for (table, counts) in [
-                ("instances", true),
-                ("instance_status_history", false),
-                ("events", false),
-                ("refused_versions", false),
-            ] {
-                let sql = match app_id {
-                    Some(_) => format!("DELETE FROM {table} WHERE machine_id = ? AND app_id = ?"),
-                    None => format!("DELETE FROM {table} WHERE machine_id = ?"),
-                };
-                let mut q = sqlx::query(&sql).bind(machine_id);
+            let deletes = match app_id {
+                Some(_) => shared::DELETE_INSTANCE_OF_APP,
+                None => shared::DELETE_INSTANCE,
+            };
+            for (i, sql) in deletes.into_iter().enumerate() {
+                let mut q = sqlx::query(sql).bind(machine_id);
                 if let Some(a) = app_id {
                     q = q.bind(a);
                 }
                 let res = q.execute(&mut *tx).await.map_err(db("delete instance"))?;
-                if counts {
+                if i == 0 {
                     n = res.rows_affected();
                 }
             }
@@ -736,7 +573,6 @@ impl Store for SqliteStore {
         limit: u32,
     ) -> StoreFuture<'a, Vec<EventRecord>> {
         Box::pin(async move {
-            const T: &str = "events";
             let rows = sqlx::query(
                 "SELECT * FROM events WHERE (? IS NULL OR machine_id = ?) \
                  AND (? IS NULL OR app_id = ?) AND (? IS NULL OR id < ?) ORDER BY id DESC LIMIT ?",
@@ -751,21 +587,7 @@ impl Store for SqliteStore {
             .fetch_all(&self.pool)
             .await
             .map_err(db("list events"))?;
-            rows.iter()
-                .map(|r| {
-                    Ok(EventRecord {
-                        id: get(r, T, "id")?,
-                        machine_id: get(r, T, "machine_id")?,
-                        app_id: get(r, T, "app_id")?,
-                        event_type: get(r, T, "event_type")?,
-                        event_result: get(r, T, "event_result")?,
-                        error_code: get(r, T, "error_code")?,
-                        previous_version: get(r, T, "previous_version")?,
-                        version: get(r, T, "version")?,
-                        at: get(r, T, "at")?,
-                    })
-                })
-                .collect()
+            rows.iter().map(event_of).collect()
         })
     }
 
@@ -776,7 +598,6 @@ impl Store for SqliteStore {
         limit: u32,
     ) -> StoreFuture<'a, Vec<Activity>> {
         Box::pin(async move {
-            const T: &str = "activity";
             let rows = sqlx::query(
                 "SELECT * FROM activity WHERE (? IS NULL OR app_id = ?) \
                  AND (? IS NULL OR id < ?) ORDER BY id DESC LIMIT ?",
@@ -789,21 +610,7 @@ impl Store for SqliteStore {
             .fetch_all(&self.pool)
             .await
             .map_err(db("list activity"))?;
-            rows.iter()
-                .map(|r| {
-                    Ok(Activity {
-                        id: get(r, T, "id")?,
-                        at: get(r, T, "at")?,
-                        kind: get(r, T, "kind")?,
-                        severity: Severity::parse(&get::<String, _>(r, T, "severity")?),
-                        app_id: get(r, T, "app_id")?,
-                        group_id: get(r, T, "group_id")?,
-                        machine_id: get(r, T, "machine_id")?,
-                        version: get(r, T, "version")?,
-                        message: get(r, T, "message")?,
-                    })
-                })
-                .collect()
+            rows.iter().map(activity_of).collect()
         })
     }
 }

@@ -2,30 +2,12 @@
 //! first-use binding is `INSERT … ON CONFLICT DO NOTHING` followed by a read in the same
 //! `BEGIN IMMEDIATE` transaction, so concurrent first requests bind exactly one key.
 
-use sqlx::sqlite::SqliteRow;
-
-use super::{SqliteStore, add_activity, db, get};
+use super::{SqliteStore, add_activity, db};
 use crate::model::NewActivity;
-use crate::store::credential::{CredentialSource, CredentialStore, MachineCredential};
-use crate::store::{StoreError, StoreFuture};
-
-const TABLE: &str = "machine_credentials";
-
-fn credential_of(row: &SqliteRow) -> Result<MachineCredential, StoreError> {
-    let source: String = get(row, TABLE, "source")?;
-    Ok(MachineCredential {
-        machine_id: get(row, TABLE, "machine_id")?,
-        public_key: get(row, TABLE, "public_key")?,
-        source: CredentialSource::parse(&source).ok_or_else(|| StoreError::Corrupt {
-            table: TABLE,
-            column: "source",
-            detail: format!("unknown source {source:?}"),
-        })?,
-        created_at: get(row, TABLE, "created_at")?,
-    })
-}
-
-const SELECT: &str = "SELECT machine_id, public_key, source, created_at FROM machine_credentials WHERE machine_id = ?";
+use crate::store::StoreFuture;
+use crate::store::credential::{CredentialStore, MachineCredential};
+use crate::store::sqlx_rows::credential_of;
+use crate::store::sqlx_shared as shared;
 
 impl CredentialStore for SqliteStore {
     fn machine_credential<'a>(
@@ -33,7 +15,7 @@ impl CredentialStore for SqliteStore {
         machine_id: &'a str,
     ) -> StoreFuture<'a, Option<MachineCredential>> {
         Box::pin(async move {
-            let row = sqlx::query(SELECT)
+            let row = sqlx::query(shared::SELECT_CREDENTIAL)
                 .bind(machine_id)
                 .fetch_optional(&self.pool)
                 .await
@@ -51,21 +33,15 @@ impl CredentialStore for SqliteStore {
             let mut tx = self
                 .begin_immediate("begin machine credential binding")
                 .await?;
-            let done = sqlx::query(
-                "INSERT INTO machine_credentials (machine_id, public_key, source, created_at) \
-                 VALUES (?, ?, ?, ?) ON CONFLICT (machine_id) DO NOTHING",
-            )
-            .bind(&cred.machine_id)
-            .bind(&cred.public_key)
-            .bind(cred.source.as_str())
-            .bind(cred.created_at)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("bind machine credential"))?;
+            let done =
+                shared::bind_credential(sqlx::query(shared::INSERT_CREDENTIAL_UNLESS_BOUND), cred)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db("bind machine credential"))?;
             if done.rows_affected() > 0 {
                 add_activity(&mut tx, act, cred.created_at).await?;
             }
-            let row = sqlx::query(SELECT)
+            let row = sqlx::query(shared::SELECT_CREDENTIAL)
                 .bind(&cred.machine_id)
                 .fetch_one(&mut *tx)
                 .await
@@ -87,19 +63,10 @@ impl CredentialStore for SqliteStore {
             let mut tx = self
                 .begin_immediate("begin machine credential enrollment")
                 .await?;
-            sqlx::query(
-                "INSERT INTO machine_credentials (machine_id, public_key, source, created_at) \
-                 VALUES (?, ?, ?, ?) ON CONFLICT (machine_id) DO UPDATE SET \
-                 public_key = excluded.public_key, source = excluded.source, \
-                 created_at = excluded.created_at",
-            )
-            .bind(&cred.machine_id)
-            .bind(&cred.public_key)
-            .bind(cred.source.as_str())
-            .bind(cred.created_at)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("enroll machine credential"))?;
+            shared::bind_credential(sqlx::query(shared::UPSERT_CREDENTIAL), cred)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("enroll machine credential"))?;
             add_activity(&mut tx, act, cred.created_at).await?;
             tx.commit()
                 .await
@@ -117,7 +84,7 @@ impl CredentialStore for SqliteStore {
             let mut tx = self
                 .begin_immediate("begin forgetting machine credential")
                 .await?;
-            let done = sqlx::query("DELETE FROM machine_credentials WHERE machine_id = ?")
+            let done = sqlx::query(shared::DELETE_CREDENTIAL)
                 .bind(machine_id)
                 .execute(&mut *tx)
                 .await

@@ -2,55 +2,30 @@
 //! takes the database write lock before reading the holder count, so concurrent requests (from
 //! this process or another server sharing the file) are serialised and never over-grant.
 
-use std::collections::BTreeMap;
-
 use sqlx::{Sqlite, Transaction};
 
-use super::{SqliteStore, add_activity, db, get};
+use super::{SqliteStore, add_activity, db};
 use crate::model::NewActivity;
-use crate::store::StoreError;
-use crate::store::StoreFuture;
-use crate::store::fleetlock::{
-    AcquireOutcome, Acquired, FleetLockStore, LockGroup, LockHolder, Released,
-};
-
-const GROUPS: &str = "fleetlock_groups";
-const HOLDERS: &str = "fleetlock_holders";
-
-fn count_of(v: i64) -> Result<u32, StoreError> {
-    u32::try_from(v).map_err(|_| StoreError::Corrupt {
-        table: HOLDERS,
-        column: "count",
-        detail: format!("count {v} out of range"),
-    })
-}
-
-fn slots_of(v: i64) -> Result<u32, StoreError> {
-    u32::try_from(v).map_err(|_| StoreError::Corrupt {
-        table: GROUPS,
-        column: "slots",
-        detail: format!("slot count {v} out of range"),
-    })
-}
+use crate::store::fleetlock::{AcquireOutcome, Acquired, FleetLockStore, LockGroup, Released};
+use crate::store::sqlx_rows::{holder_count_of, lock_groups_of, slots_of};
+use crate::store::sqlx_shared as shared;
+use crate::store::{StoreError, StoreFuture};
 
 /// Groups with holders whose slot count was never configured (those a client brought).
 async fn unconfigured_groups_held(tx: &mut Transaction<'_, Sqlite>) -> Result<i64, StoreError> {
-    sqlx::query_scalar(
-        "SELECT COUNT(DISTINCT group_name) FROM fleetlock_holders \
-         WHERE group_name NOT IN (SELECT name FROM fleetlock_groups)",
-    )
-    .fetch_one(&mut **tx)
-    .await
-    .map_err(db("count fleetlock groups"))
+    sqlx::query_scalar(shared::COUNT_UNCONFIGURED_LOCK_GROUPS)
+        .fetch_one(&mut **tx)
+        .await
+        .map_err(db("count fleetlock groups"))
 }
 
 async fn holders_in(tx: &mut Transaction<'_, Sqlite>, group: &str) -> Result<u32, StoreError> {
-    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM fleetlock_holders WHERE group_name = ?")
+    let n: i64 = sqlx::query_scalar(shared::COUNT_LOCK_HOLDERS)
         .bind(group)
         .fetch_one(&mut **tx)
         .await
         .map_err(db("count fleetlock holders"))?;
-    count_of(n)
+    holder_count_of(n)
 }
 
 impl FleetLockStore for SqliteStore {
@@ -64,25 +39,22 @@ impl FleetLockStore for SqliteStore {
     ) -> StoreFuture<'a, Acquired> {
         Box::pin(async move {
             let mut tx = self.begin_immediate("begin fleetlock acquire").await?;
-            let slots: Option<i64> =
-                sqlx::query_scalar("SELECT slots FROM fleetlock_groups WHERE name = ?")
-                    .bind(group)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(db("read fleetlock slots"))?;
+            let slots: Option<i64> = sqlx::query_scalar(shared::SELECT_LOCK_SLOTS)
+                .bind(group)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db("read fleetlock slots"))?;
             let configured = slots.is_some();
             let slots = match slots {
                 Some(s) => slots_of(s)?,
                 None => default_slots,
             };
-            let held: Option<i64> = sqlx::query_scalar(
-                "SELECT 1 FROM fleetlock_holders WHERE group_name = ? AND holder_id = ?",
-            )
-            .bind(group)
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db("read fleetlock holder"))?;
+            let held: Option<i64> = sqlx::query_scalar(shared::SELECT_LOCK_HOLDER)
+                .bind(group)
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db("read fleetlock holder"))?;
             let holders = holders_in(&mut tx, group).await?;
             let outcome = if held.is_some() {
                 AcquireOutcome::AlreadyHeld
@@ -94,15 +66,13 @@ impl FleetLockStore for SqliteStore {
             } else if holders >= slots {
                 AcquireOutcome::Full
             } else {
-                sqlx::query(
-                    "INSERT INTO fleetlock_holders (group_name, holder_id, since) VALUES (?, ?, ?)",
-                )
-                .bind(group)
-                .bind(id)
-                .bind(at)
-                .execute(&mut *tx)
-                .await
-                .map_err(db("insert fleetlock holder"))?;
+                sqlx::query(shared::INSERT_LOCK_HOLDER)
+                    .bind(group)
+                    .bind(id)
+                    .bind(at)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db("insert fleetlock holder"))?;
                 AcquireOutcome::Granted
             };
             tx.commit().await.map_err(db("commit fleetlock acquire"))?;
@@ -128,13 +98,12 @@ impl FleetLockStore for SqliteStore {
     ) -> StoreFuture<'a, Released> {
         Box::pin(async move {
             let mut tx = self.begin_immediate("begin fleetlock release").await?;
-            let done =
-                sqlx::query("DELETE FROM fleetlock_holders WHERE group_name = ? AND holder_id = ?")
-                    .bind(group)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db("delete fleetlock holder"))?;
+            let done = sqlx::query(shared::DELETE_LOCK_HOLDER)
+                .bind(group)
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("delete fleetlock holder"))?;
             let was_held = done.rows_affected() > 0;
             if was_held && let Some(a) = act {
                 add_activity(&mut tx, a, at).await?;
@@ -152,50 +121,19 @@ impl FleetLockStore for SqliteStore {
                 .begin()
                 .await
                 .map_err(db("begin fleetlock list"))?;
-            let mut groups: BTreeMap<String, LockGroup> = BTreeMap::new();
-            for r in sqlx::query("SELECT name, slots FROM fleetlock_groups")
+            let groups = sqlx::query(shared::SELECT_LOCK_GROUPS)
                 .fetch_all(&mut *tx)
                 .await
-                .map_err(db("list fleetlock groups"))?
-            {
-                let name: String = get(&r, GROUPS, "name")?;
-                let slots = slots_of(get(&r, GROUPS, "slots")?)?;
-                groups.insert(
-                    name.clone(),
-                    LockGroup {
-                        group: name,
-                        slots,
-                        configured: true,
-                        holders: Vec::new(),
-                    },
-                );
-            }
-            for r in sqlx::query(
+                .map_err(db("list fleetlock groups"))?;
+            let holders = sqlx::query(
                 "SELECT group_name, holder_id, since FROM fleetlock_holders \
                  ORDER BY since, holder_id",
             )
             .fetch_all(&mut *tx)
             .await
-            .map_err(db("list fleetlock holders"))?
-            {
-                let name: String = get(&r, HOLDERS, "group_name")?;
-                let holder = LockHolder {
-                    id: get(&r, HOLDERS, "holder_id")?,
-                    since: get(&r, HOLDERS, "since")?,
-                };
-                groups
-                    .entry(name.clone())
-                    .or_insert_with(|| LockGroup {
-                        group: name,
-                        slots: default_slots,
-                        configured: false,
-                        holders: Vec::new(),
-                    })
-                    .holders
-                    .push(holder);
-            }
+            .map_err(db("list fleetlock holders"))?;
             tx.commit().await.map_err(db("end fleetlock list"))?;
-            Ok(groups.into_values().collect())
+            lock_groups_of(&groups, &holders, default_slots)
         })
     }
 
@@ -208,17 +146,13 @@ impl FleetLockStore for SqliteStore {
     ) -> StoreFuture<'a, ()> {
         Box::pin(async move {
             let mut tx = self.begin_immediate("begin fleetlock set slots").await?;
-            sqlx::query(
-                "INSERT INTO fleetlock_groups (name, slots, updated_at) VALUES (?, ?, ?) \
-                 ON CONFLICT (name) DO UPDATE SET slots = excluded.slots, \
-                 updated_at = excluded.updated_at",
-            )
-            .bind(group)
-            .bind(i64::from(slots))
-            .bind(at)
-            .execute(&mut *tx)
-            .await
-            .map_err(db("set fleetlock slots"))?;
+            sqlx::query(shared::UPSERT_LOCK_SLOTS)
+                .bind(group)
+                .bind(i64::from(slots))
+                .bind(at)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("set fleetlock slots"))?;
             add_activity(&mut tx, act, at).await?;
             tx.commit()
                 .await

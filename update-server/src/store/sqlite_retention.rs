@@ -21,46 +21,28 @@ use sqlx::{Arguments as _, Sqlite, Transaction};
 
 use super::{SqliteStore, db};
 use crate::checkins::InstanceKey;
-use crate::retention::protection::{self, GroupFacts, Protection, RolloutFacts};
+use crate::retention::protection::{self, Protection, RolloutFacts};
 use crate::store::retention::{
     AgedTable, Batch, Cursor, Cutoffs, ForgetOutcome, LeaseOutcome, PruneCounts, RetentionStore,
     StaleInstance,
 };
+use crate::store::sqlx_rows::{rollout_facts_of, stale_instance_of};
+use crate::store::sqlx_shared::{self as shared, aged_time_column, encode_error};
 use crate::store::{StoreError, StoreFuture};
 
 type Tx = Transaction<'static, Sqlite>;
 
 /// What the protection rule ([`protection::protections`]) is computed from, read in `tx`.
 async fn rollout_facts(tx: &mut Tx) -> Result<RolloutFacts, StoreError> {
-    let mut facts = RolloutFacts::default();
-    let rows: Vec<(String, String)> = sqlx::query_as(
-        "SELECT cp.channel_id, p.version FROM channel_packages cp \
-         JOIN packages p ON p.id = cp.package_id",
-    )
-    .fetch_all(&mut **tx)
-    .await
-    .map_err(db("read channel targets"))?;
-    for (channel, version) in rows {
-        facts
-            .channel_versions
-            .entry(channel)
-            .or_default()
-            .push(version);
-    }
-    let groups: Vec<(String, Option<String>, String)> =
-        sqlx::query_as("SELECT id, channel_id, policy FROM groups_")
-            .fetch_all(&mut **tx)
-            .await
-            .map_err(db("read group policies"))?;
-    facts.groups = groups
-        .into_iter()
-        .map(|(id, channel, policy)| GroupFacts {
-            id,
-            channel,
-            policy,
-        })
-        .collect();
-    Ok(facts)
+    let targets = sqlx::query_as(shared::SELECT_CHANNEL_TARGETS)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(db("read channel targets"))?;
+    let groups = sqlx::query_as(shared::SELECT_GROUP_FACTS)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(db("read group policies"))?;
+    Ok(rollout_facts_of(targets, groups))
 }
 
 /// The protection of every group, read in `tx`.
@@ -80,19 +62,15 @@ impl Cond {
         self.sql.push_str(sql);
     }
     fn int(&mut self, v: i64) -> Result<(), StoreError> {
-        self.args.add(v).map_err(encode_error)
+        self.args.add(v).map_err(encode_error(BIND_OP))
     }
     fn text(&mut self, v: &str) -> Result<(), StoreError> {
-        self.args.add(v.to_owned()).map_err(encode_error)
+        self.args.add(v.to_owned()).map_err(encode_error(BIND_OP))
     }
 }
 
-fn encode_error(e: sqlx::error::BoxDynError) -> StoreError {
-    StoreError::Database {
-        op: "bind retention query",
-        source: sqlx::Error::Encode(e),
-    }
-}
+/// The operation a value that could not be bound is reported in.
+const BIND_OP: &str = "bind retention query";
 
 /// Appends the condition under which a grant of group `group` may go when its machine is
 /// forgotten: not in flight, outside the group's rate-limit window, of a version no rollout
@@ -132,18 +110,10 @@ fn aged_grant(c: &mut Cond, cutoff: i64, in_range: bool) -> Result<(), StoreErro
         c.push("granted_at < ? AND ");
         c.int(cutoff)?;
     }
-    c.push(
-        "COALESCE(settled_at, progress_at) < ? AND (state <> 'installed' \
-         OR NOT EXISTS (SELECT 1 FROM instances i WHERE i.machine_id = rollout_grants.machine_id \
-         AND i.app_id = rollout_grants.app_id))",
-    );
+    c.push("COALESCE(settled_at, progress_at) < ? AND ");
+    c.push(shared::NOT_INSTALLED_BY_A_KNOWN_MACHINE);
     c.int(cutoff)
 }
-
-/// Status history entries that are not their instance's newest one.
-const NOT_NEWEST: &str = "id < (SELECT MAX(h2.id) FROM instance_status_history h2 \
-     WHERE h2.machine_id = instance_status_history.machine_id \
-     AND h2.app_id = instance_status_history.app_id)";
 
 /// The condition selecting the rows of an aged table (other than grants) older than `cutoff`
 /// (with `in_range`, a batch's delete: only what is not about time).
@@ -157,7 +127,7 @@ fn aged_rows(table: AgedTable, cutoff: i64, in_range: bool) -> Result<Cond, Stor
     }
     if table == AgedTable::History {
         c.push(" AND ");
-        c.push(NOT_NEWEST);
+        c.push(shared::NOT_NEWEST_STATUS);
     }
     Ok(c)
 }
@@ -213,14 +183,6 @@ fn aged_condition(
     Ok(Some(c))
 }
 
-/// The column an aged pass walks, with the row id, in order (its index holds both).
-fn time_column(table: AgedTable) -> &'static str {
-    match table {
-        AgedTable::Grants => "granted_at",
-        AgedTable::Events | AgedTable::History | AgedTable::Activity => "at",
-    }
-}
-
 /// One batch's rows: at most `LIMIT ?` rows of `table` matching `cond` after the cursor, in
 /// (time, id) order (binds: the condition's, cursor time and id, limit).
 fn batch_select(table: &str, time: &str, cond: &str) -> String {
@@ -238,19 +200,13 @@ fn batch_delete(table: &str, time: &str, cond: &str) -> String {
     format!("DELETE FROM {table} WHERE {cond} AND ({time}, id) > (?, ?) AND ({time}, id) <= (?, ?)")
 }
 
-/// Stale instances without a grant in flight, after a cursor, oldest first (binds: cutoff,
-/// cursor time, machine and app, limit).
-const STALE_INSTANCES: &str = "SELECT machine_id, app_id, last_check_at FROM instances \
-     WHERE last_check_at < ? AND (last_check_at, machine_id, app_id) > (?, ?, ?) \
-     AND NOT EXISTS (SELECT 1 FROM rollout_grants g \
-     WHERE g.machine_id = instances.machine_id AND g.app_id = instances.app_id \
-     AND g.state = 'in_flight') \
-     ORDER BY last_check_at, machine_id, app_id LIMIT ?";
-
 /// The instance row condition of a forgettable instance (binds machine, app, cutoff).
-const FORGETTABLE_INSTANCE: &str = "machine_id = ? AND app_id = ? AND last_check_at < ? \
-     AND NOT EXISTS (SELECT 1 FROM rollout_grants g WHERE g.machine_id = instances.machine_id \
-     AND g.app_id = instances.app_id AND g.state = 'in_flight')";
+fn forgettable_instance() -> String {
+    format!(
+        "machine_id = ? AND app_id = ? AND last_check_at < ? AND {}",
+        shared::NO_GRANT_IN_FLIGHT
+    )
+}
 
 fn key_args(key: &InstanceKey, at: Option<i64>) -> Result<Cond, StoreError> {
     let mut c = Cond::default();
@@ -274,10 +230,13 @@ async fn forget_one(
     let mut n = PruneCounts::default();
     let args = key_args(key, Some(forget))?.args;
     n.instances = if dry_run {
-        let sql = format!("SELECT COUNT(*) FROM instances WHERE {FORGETTABLE_INSTANCE}");
+        let sql = format!(
+            "SELECT COUNT(*) FROM instances WHERE {}",
+            forgettable_instance()
+        );
         run_count(tx, &sql, args).await?
     } else {
-        let sql = format!("DELETE FROM instances WHERE {FORGETTABLE_INSTANCE}");
+        let sql = format!("DELETE FROM instances WHERE {}", forgettable_instance());
         run_delete(tx, &sql, args).await?
     };
     if n.instances == 0 {
@@ -295,7 +254,7 @@ async fn forget_one(
             if let Some(cut) = cutoffs.of(table) {
                 let aged = aged_rows(table, cut, false)?;
                 sql = format!("{sql} AND NOT ({})", aged.sql);
-                c.args.add(cut).map_err(encode_error)?;
+                c.args.add(cut).map_err(encode_error(BIND_OP))?;
             }
             *field = run_count(
                 tx,
@@ -324,14 +283,12 @@ async fn forget_one(
         )
         .await?
     };
-    let groups: Vec<String> = sqlx::query_scalar(
-        "SELECT DISTINCT group_id FROM rollout_grants WHERE machine_id = ? AND app_id = ?",
-    )
-    .bind(&key.0)
-    .bind(&key.1)
-    .fetch_all(&mut **tx)
-    .await
-    .map_err(db("read grants of a forgotten instance"))?;
+    let groups: Vec<String> = sqlx::query_scalar(shared::SELECT_GRANT_GROUPS_OF_INSTANCE)
+        .bind(&key.0)
+        .bind(&key.1)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(db("read grants of a forgotten instance"))?;
     for group in groups {
         let mut c = key_args(key, None)?;
         c.push("machine_id = ? AND app_id = ? AND ");
@@ -388,7 +345,7 @@ impl RetentionStore for SqliteStore {
                 tx.commit().await.map_err(db("prune rows"))?;
                 return Ok(Batch::default());
             };
-            let (name, time) = (table.table(), time_column(table));
+            let (name, time) = (table.table(), aged_time_column(table));
             if dry_run {
                 let sql = format!("SELECT COUNT(*) FROM {name} WHERE {}", c.sql);
                 let rows = run_count(&mut tx, &sql, c.args).await?;
@@ -434,7 +391,7 @@ impl RetentionStore for SqliteStore {
 
     fn grant_groups(&self) -> StoreFuture<'_, Vec<String>> {
         Box::pin(async move {
-            sqlx::query_scalar("SELECT DISTINCT group_id FROM rollout_grants ORDER BY group_id")
+            sqlx::query_scalar(shared::SELECT_GRANT_GROUPS)
                 .fetch_all(&self.pool)
                 .await
                 .map_err(db("list groups with grants"))
@@ -448,25 +405,18 @@ impl RetentionStore for SqliteStore {
         limit: u32,
     ) -> StoreFuture<'a, Vec<StaleInstance>> {
         Box::pin(async move {
-            let (t, m, a) = after.map_or((i64::MIN, "", ""), |s| {
-                (s.last_check_at, s.key.0.as_str(), s.key.1.as_str())
-            });
-            let rows: Vec<(String, String, i64)> = sqlx::query_as(STALE_INSTANCES)
-                .bind(before)
-                .bind(t)
-                .bind(m)
-                .bind(a)
-                .bind(i64::from(limit))
-                .fetch_all(&self.pool)
-                .await
-                .map_err(db("list stale instances"))?;
-            Ok(rows
-                .into_iter()
-                .map(|(machine, app, last_check_at)| StaleInstance {
-                    key: (machine, app),
-                    last_check_at,
-                })
-                .collect())
+            shared::bind_stale_instances(
+                sqlx::query(shared::SELECT_STALE_INSTANCES),
+                before,
+                after,
+                limit,
+            )
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("list stale instances"))?
+            .iter()
+            .map(stale_instance_of)
+            .collect()
         })
     }
 
@@ -621,7 +571,7 @@ mod tests {
         ] {
             let c = aged_rows(table, NOW, false).unwrap();
             let d = aged_rows(table, NOW, true).unwrap();
-            for (sql, args) in both(table.table(), time_column(table), &c, &d) {
+            for (sql, args) in both(table.table(), aged_time_column(table), &c, &d) {
                 assert_indexed(&plan(&s, &sql, args).await, index);
             }
         }
@@ -652,7 +602,7 @@ mod tests {
         c.text("m").unwrap();
         c.text("a").unwrap();
         c.int(10).unwrap();
-        let p = plan(&s, STALE_INSTANCES, c).await;
+        let p = plan(&s, shared::SELECT_STALE_INSTANCES, c).await;
         assert_indexed(&p, "instances_last_check");
     }
 }

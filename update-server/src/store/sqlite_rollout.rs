@@ -28,6 +28,8 @@ use crate::store::rollout::{
     GrantOutcome, GrantRequest, GrantState, GrantStats, HaltedRollout, ProgressReport,
     RefusalReason, RefusedVersion, RolloutStore,
 };
+use crate::store::sqlx_rows::{refusal_reason, refused_version_of};
+use crate::store::sqlx_shared as shared;
 use crate::store::tx::TxFuture;
 use crate::store::{StoreError, StoreFuture};
 
@@ -47,14 +49,6 @@ fn corrupt_policy(detail: String) -> StoreError {
 /// A stored count as a number of machines.
 fn machines(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
-}
-
-fn refusal_reason(r: &str) -> Result<RefusalReason, StoreError> {
-    RefusalReason::parse(r).ok_or_else(|| StoreError::Corrupt {
-        table: REFUSED,
-        column: "reason",
-        detail: format!("unknown reason {r:?}"),
-    })
 }
 
 impl GrantTx for DirectTx<'_> {
@@ -573,31 +567,13 @@ pub(crate) fn add_activity_direct(
     )
 }
 
-type RefusalRow = (String, String, String, String, Option<i64>, i64);
-
-fn refused_of(rows: Vec<RefusalRow>) -> Result<Vec<RefusedVersion>, StoreError> {
-    rows.into_iter()
-        .map(|(machine_id, app_id, version, reason, error_code, at)| {
-            let reason = refusal_reason(&reason)?;
-            Ok(RefusedVersion {
-                machine_id,
-                app_id,
-                version,
-                reason,
-                error_code,
-                at,
-            })
-        })
-        .collect()
-}
-
 async fn list_refused(
     tx: &mut Tx,
     machine_id: &str,
     app_id: Option<&str>,
     version: Option<&str>,
 ) -> Result<Vec<RefusedVersion>, StoreError> {
-    let rows: Vec<RefusalRow> = sqlx::query_as(
+    sqlx::query(
         "SELECT machine_id, app_id, version, reason, error_code, at FROM refused_versions \
          WHERE machine_id = ? AND (? IS NULL OR app_id = ?) AND (? IS NULL OR version = ?) \
          ORDER BY at, app_id, version",
@@ -609,8 +585,10 @@ async fn list_refused(
     .bind(version)
     .fetch_all(&mut **tx)
     .await
-    .map_err(db("read refused versions"))?;
-    refused_of(rows)
+    .map_err(db("read refused versions"))?
+    .iter()
+    .map(refused_version_of)
+    .collect()
 }
 
 impl RolloutStore for SqliteStore {
@@ -701,32 +679,26 @@ impl RolloutStore for SqliteStore {
         Box::pin(async move {
             let mut tx = self.begin_immediate("set machine alias").await?;
             if let Some(alias) = alias {
-                let holder: Option<String> = sqlx::query_scalar(
-                    "SELECT machine_id FROM machine_aliases WHERE alias = ? AND machine_id <> ?",
-                )
-                .bind(alias)
-                .bind(machine_id)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(db("read machine aliases"))?;
+                let holder: Option<String> = sqlx::query_scalar(shared::SELECT_ALIAS_HOLDER)
+                    .bind(alias)
+                    .bind(machine_id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(db("read machine aliases"))?;
                 if let Some(other) = holder {
                     return Err(StoreError::Conflict(format!(
                         "alias {alias:?} is already assigned to machine {other}"
                     )));
                 }
-                sqlx::query(
-                    "INSERT INTO machine_aliases (machine_id, alias, set_at) VALUES (?, ?, ?) \
-                     ON CONFLICT (machine_id) DO UPDATE SET alias = excluded.alias, \
-                     set_at = excluded.set_at",
-                )
-                .bind(machine_id)
-                .bind(alias)
-                .bind(now)
-                .execute(&mut *tx)
-                .await
-                .map_err(db("set machine alias"))?;
+                sqlx::query(shared::UPSERT_MACHINE_ALIAS)
+                    .bind(machine_id)
+                    .bind(alias)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db("set machine alias"))?;
             } else {
-                sqlx::query("DELETE FROM machine_aliases WHERE machine_id = ?")
+                sqlx::query(shared::DELETE_MACHINE_ALIAS)
                     .bind(machine_id)
                     .execute(&mut *tx)
                     .await

@@ -1,15 +1,26 @@
-//! What both sqlx databases (SQLite and PostgreSQL) share: embedded migrations, errors mapped to [`StoreError`]
-//! (constraint violations become conflicts), and rows decoded once for both: each column is fetched by name and a value that does not decode is reported as corrupt data
-//! naming its table and column.
+//! What both sqlx databases (SQLite and PostgreSQL) share: embedded migrations, errors mapped
+//! to [`StoreError`] (constraint violations become conflicts), columns fetched by name from
+//! either database's rows ([`PortableRow`]; the decoders of whole rows are in
+//! [`super::sqlx_rows`]), values bound to either database's queries ([`PortableQuery`]), and
+//! the statements both run alike, each with its binder where it binds a model's fields.
+//!
+//! The shared statements number their parameters (`$1` … `$N`), which PostgreSQL requires and
+//! sqlx's SQLite driver maps by number. A statement whose dialects differ (row locks, `ILIKE`,
+//! collations, casts, `RETURNING`, `BEGIN IMMEDIATE`, advisory locks) stays with its store. The
+//! check path's direct SQLite connections (rusqlite) would bind `$N` in the order the names
+//! first appear, not by number: they use none of these.
 
 use std::borrow::Cow;
 
+use sqlx::error::BoxDynError;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::{ColumnIndex, Decode, Row, Type};
+use sqlx::query::Query;
+use sqlx::{ColumnIndex, Database, Decode, Encode, Row, Type};
 
 use super::StoreError;
-use crate::lifecycle::InstanceStatus;
-use crate::model::{Group, GroupPolicy, Instance};
+use super::credential::MachineCredential;
+use super::retention::{AgedTable, StaleInstance};
+use crate::model::{App, Channel, Group, NewActivity, Package};
 
 /// A row of a database whose driver decodes the column types Platte stores (text, 64-bit
 /// integers, either possibly null).
@@ -79,68 +90,6 @@ pub fn get<'r, T, R: RowGet<'r, T>>(
     })
 }
 
-/// A stored count or size, which is never negative.
-pub fn u64_of(v: i64, table: &'static str, column: &'static str) -> Result<u64, StoreError> {
-    u64::try_from(v).map_err(|_| StoreError::Corrupt {
-        table,
-        column,
-        detail: format!("negative {v}"),
-    })
-}
-
-/// A stored instance status.
-pub fn status_of(s: &str, table: &'static str) -> Result<InstanceStatus, StoreError> {
-    InstanceStatus::parse(s).ok_or_else(|| StoreError::Corrupt {
-        table,
-        column: "status",
-        detail: format!("unknown status {s:?}"),
-    })
-}
-
-/// A group's stored policy.
-pub fn policy_of(json: &str) -> Result<GroupPolicy, StoreError> {
-    serde_json::from_str(json).map_err(|e| StoreError::Corrupt {
-        table: "groups_",
-        column: "policy",
-        detail: e.to_string(),
-    })
-}
-
-/// A group's policy, as stored.
-pub fn policy_json(g: &Group) -> Result<String, StoreError> {
-    serde_json::to_string(&g.policy).map_err(|e| StoreError::Corrupt {
-        table: "groups_",
-        column: "policy",
-        detail: e.to_string(),
-    })
-}
-
-/// A row of `instances` (selected with `*`).
-pub fn instance_of<R: PortableRow>(r: &R) -> Result<Instance, StoreError> {
-    const T: &str = "instances";
-    Ok(Instance {
-        machine_id: get(r, T, "machine_id")?,
-        app_id: get(r, T, "app_id")?,
-        alias: get(r, T, "alias")?,
-        ip: get(r, T, "ip")?,
-        version: get(r, T, "version")?,
-        group_id: get(r, T, "group_id")?,
-        track: get(r, T, "track")?,
-        oem: get(r, T, "oem")?,
-        oem_version: get(r, T, "oem_version")?,
-        board: get(r, T, "board")?,
-        boot_id: get(r, T, "boot_id")?,
-        last_check_at: get(r, T, "last_check_at")?,
-        granted_version: get(r, T, "granted_version")?,
-        granted_at: get(r, T, "granted_at")?,
-        status: status_of(&get::<String, _>(r, T, "status")?, T)?,
-        status_detail: get(r, T, "status_detail")?,
-        error_code: get(r, T, "error_code")?,
-        status_at: get(r, T, "status_at")?,
-        created_at: get(r, T, "created_at")?,
-    })
-}
-
 /// A migrator applying `migrations` (version, description, SQL), in order.
 pub fn migrator(migrations: &'static [(i64, &'static str, &'static str)]) -> Migrator {
     Migrator {
@@ -161,3 +110,403 @@ pub fn migrator(migrations: &'static [(i64, &'static str, &'static str)]) -> Mig
         ..Migrator::DEFAULT
     }
 }
+
+/// The wall clock, in Unix seconds (what admin writes are stamped with).
+pub fn now() -> i64 {
+    crate::clock::Clock::now(&crate::clock::SystemClock)
+}
+
+/// Maps a value that could not be encoded for a query of operation `op` to a [`StoreError`].
+pub fn encode_error(op: &'static str) -> impl FnOnce(BoxDynError) -> StoreError {
+    move |e| StoreError::Database {
+        op,
+        source: sqlx::Error::Encode(e),
+    }
+}
+
+/// A query of either database to which the values Platte stores bind (text and 64-bit
+/// integers): the binders of the shared statements are written against it.
+pub trait PortableQuery<'q>: Sized {
+    /// Binds a text value.
+    fn bind_text(self, v: &'q str) -> Self;
+    /// Binds a text value or NULL.
+    fn bind_opt_text(self, v: Option<&'q str>) -> Self;
+    /// Binds an integer.
+    fn bind_int(self, v: i64) -> Self;
+}
+
+impl<'q, DB> PortableQuery<'q> for Query<'q, DB, <DB as Database>::Arguments<'q>>
+where
+    DB: Database,
+    &'q str: Encode<'q, DB> + Type<DB>,
+    Option<&'q str>: Encode<'q, DB> + Type<DB>,
+    i64: Encode<'q, DB> + Type<DB>,
+{
+    fn bind_text(self, v: &'q str) -> Self {
+        self.bind(v)
+    }
+
+    fn bind_opt_text(self, v: Option<&'q str>) -> Self {
+        self.bind(v)
+    }
+
+    fn bind_int(self, v: i64) -> Self {
+        self.bind(v)
+    }
+}
+
+/// An activity entry (bound by [`bind_activity`]).
+pub const INSERT_ACTIVITY: &str = "INSERT INTO activity (at, kind, severity, app_id, group_id, \
+     machine_id, version, message) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+
+/// Binds activity entry `a`, made at `at`, to [`INSERT_ACTIVITY`].
+pub fn bind_activity<'q, Q: PortableQuery<'q>>(q: Q, a: &'q NewActivity, at: i64) -> Q {
+    q.bind_int(at)
+        .bind_text(&a.kind)
+        .bind_text(a.severity)
+        .bind_opt_text(a.app_id.as_deref())
+        .bind_opt_text(a.group_id.as_deref())
+        .bind_opt_text(a.machine_id.as_deref())
+        .bind_opt_text(a.version.as_deref())
+        .bind_text(&a.message)
+}
+
+/// The package pointers of every channel.
+pub const SELECT_CHANNEL_PACKAGES: &str = "SELECT * FROM channel_packages";
+
+/// Every machine's alias (machine id, alias).
+pub const SELECT_MACHINE_ALIASES: &str = "SELECT machine_id, alias FROM machine_aliases";
+
+/// An application (bound by [`bind_app`]).
+pub const INSERT_APP: &str =
+    "INSERT INTO apps (id, name, description, created_at) VALUES ($1, $2, $3, $4)";
+
+/// Binds application `app` to [`INSERT_APP`].
+pub fn bind_app<'q, Q: PortableQuery<'q>>(q: Q, app: &'q App) -> Q {
+    q.bind_text(&app.id)
+        .bind_text(&app.name)
+        .bind_text(&app.description)
+        .bind_int(app.created_at)
+}
+
+/// A statement that changes one catalogue row, run (with its activity entry, in one
+/// transaction) by each store's `exec_one`: when it changes no row, what it names is
+/// [`StoreError::NotFound`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowChange {
+    /// The operation, as errors name it.
+    pub op: &'static str,
+    /// What was not found when no row changed.
+    pub what: String,
+    /// The statement.
+    pub sql: &'static str,
+    /// Its text parameters, `$1` first.
+    pub binds: Vec<String>,
+}
+
+impl RowChange {
+    /// Renames application `app` and replaces its description.
+    pub fn update_app(app: &App) -> Self {
+        Self {
+            op: "update app",
+            what: format!("application {}", app.id),
+            sql: "UPDATE apps SET name = $1, description = $2 WHERE id = $3",
+            binds: vec![app.name.clone(), app.description.clone(), app.id.clone()],
+        }
+    }
+
+    /// Deletes application `id`.
+    pub fn delete_app(id: &str) -> Self {
+        Self::delete(
+            "delete app",
+            format!("application {id}"),
+            "DELETE FROM apps WHERE id = $1",
+            id,
+        )
+    }
+
+    /// Deletes channel `id`.
+    pub fn delete_channel(id: &str) -> Self {
+        Self::delete(
+            "delete channel",
+            format!("channel {id}"),
+            "DELETE FROM channels WHERE id = $1",
+            id,
+        )
+    }
+
+    /// Deletes group `id`.
+    pub fn delete_group(id: &str) -> Self {
+        Self::delete(
+            "delete group",
+            format!("group {id}"),
+            "DELETE FROM groups_ WHERE id = $1",
+            id,
+        )
+    }
+
+    /// Deletes package `id`.
+    pub fn delete_package(id: &str) -> Self {
+        Self::delete(
+            "delete package",
+            format!("package {id}"),
+            "DELETE FROM packages WHERE id = $1",
+            id,
+        )
+    }
+
+    /// Deletes the row `id` by `sql` (`$1` id).
+    fn delete(op: &'static str, what: String, sql: &'static str, id: &str) -> Self {
+        Self {
+            op,
+            what,
+            sql,
+            binds: vec![id.to_owned()],
+        }
+    }
+}
+
+/// A channel, without its package pointers (bound by [`bind_channel`]).
+pub const INSERT_CHANNEL: &str =
+    "INSERT INTO channels (id, app_id, name, created_at) VALUES ($1, $2, $3, $4)";
+
+/// Binds channel `c` to [`INSERT_CHANNEL`].
+pub fn bind_channel<'q, Q: PortableQuery<'q>>(q: Q, c: &'q Channel) -> Q {
+    q.bind_text(&c.id)
+        .bind_text(&c.app_id)
+        .bind_text(&c.name)
+        .bind_int(c.created_at)
+}
+
+/// Renames a channel (`$1` name, `$2` id).
+pub const UPDATE_CHANNEL: &str = "UPDATE channels SET name = $1 WHERE id = $2";
+
+/// Removes a channel's package pointers (`$1` channel id).
+pub const DELETE_CHANNEL_PACKAGES: &str = "DELETE FROM channel_packages WHERE channel_id = $1";
+
+/// Points a channel at a package for an architecture (`$1` channel id, `$2` architecture, `$3`
+/// package id).
+pub const INSERT_CHANNEL_PACKAGE: &str =
+    "INSERT INTO channel_packages (channel_id, arch, package_id) VALUES ($1, $2, $3)";
+
+/// A group (bound by [`bind_group`]).
+pub const INSERT_GROUP: &str = "INSERT INTO groups_ (id, app_id, name, track, channel_id, \
+     description, policy, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+
+/// Binds group `g`, with its policy as stored (`policy`), to [`INSERT_GROUP`].
+pub fn bind_group<'q, Q: PortableQuery<'q>>(q: Q, g: &'q Group, policy: &'q str) -> Q {
+    q.bind_text(&g.id)
+        .bind_text(&g.app_id)
+        .bind_text(&g.name)
+        .bind_text(&g.track)
+        .bind_opt_text(g.channel_id.as_deref())
+        .bind_text(&g.description)
+        .bind_text(policy)
+        .bind_int(g.created_at)
+}
+
+/// Replaces a group's fields but its application and creation time (bound by
+/// [`bind_group_update`]).
+pub const UPDATE_GROUP: &str = "UPDATE groups_ SET name = $1, track = $2, channel_id = $3, \
+     description = $4, policy = $5 WHERE id = $6";
+
+/// Binds group `g`, with its policy as stored (`policy`), to [`UPDATE_GROUP`].
+pub fn bind_group_update<'q, Q: PortableQuery<'q>>(q: Q, g: &'q Group, policy: &'q str) -> Q {
+    q.bind_text(&g.name)
+        .bind_text(&g.track)
+        .bind_opt_text(g.channel_id.as_deref())
+        .bind_text(&g.description)
+        .bind_text(policy)
+        .bind_text(&g.id)
+}
+
+/// A package (bound by [`bind_package`]).
+pub const INSERT_PACKAGE: &str = "INSERT INTO packages (id, app_id, version, arch, kind, \
+     filename, size, sha1_base64, sha256_hex, external_url, created_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
+
+/// Binds package `p`, with its size as stored (`size`), to [`INSERT_PACKAGE`].
+pub fn bind_package<'q, Q: PortableQuery<'q>>(q: Q, p: &'q Package, size: i64) -> Q {
+    q.bind_text(&p.id)
+        .bind_text(&p.app_id)
+        .bind_text(&p.version)
+        .bind_text(&p.arch)
+        .bind_text(&p.kind)
+        .bind_text(&p.filename)
+        .bind_int(size)
+        .bind_text(&p.sha1_base64)
+        .bind_text(&p.sha256_hex)
+        .bind_opt_text(p.external_url.as_deref())
+        .bind_int(p.created_at)
+}
+
+/// The catalogue's generation.
+pub const SELECT_CATALOGUE_GENERATION: &str =
+    "SELECT generation FROM catalogue_generation WHERE id = 1";
+
+/// Every instance of a group (`$1` application, `$2` group).
+pub const SELECT_GROUP_INSTANCES: &str =
+    "SELECT * FROM instances WHERE app_id = $1 AND group_id = $2";
+
+/// An instance's status history, newest first (`$1` machine, `$2` application, `$3` limit).
+pub const SELECT_INSTANCE_HISTORY: &str = "SELECT * FROM instance_status_history \
+     WHERE machine_id = $1 AND app_id = $2 ORDER BY id DESC LIMIT $3";
+
+/// Deletes a machine's rows of one application (`$1` machine, `$2` application): its instance
+/// row first (whose count tells whether there was one), then its history, events and refusals.
+pub const DELETE_INSTANCE_OF_APP: [&str; 4] = [
+    "DELETE FROM instances WHERE machine_id = $1 AND app_id = $2",
+    "DELETE FROM instance_status_history WHERE machine_id = $1 AND app_id = $2",
+    "DELETE FROM events WHERE machine_id = $1 AND app_id = $2",
+    "DELETE FROM refused_versions WHERE machine_id = $1 AND app_id = $2",
+];
+
+/// Deletes a machine's rows of every application (`$1` machine), in the order of
+/// [`DELETE_INSTANCE_OF_APP`].
+pub const DELETE_INSTANCE: [&str; 4] = [
+    "DELETE FROM instances WHERE machine_id = $1",
+    "DELETE FROM instance_status_history WHERE machine_id = $1",
+    "DELETE FROM events WHERE machine_id = $1",
+    "DELETE FROM refused_versions WHERE machine_id = $1",
+];
+
+/// The key bound to a machine id (`$1`), decoded by [`super::sqlx_rows::credential_of`].
+pub const SELECT_CREDENTIAL: &str = "SELECT machine_id, public_key, source, created_at \
+     FROM machine_credentials WHERE machine_id = $1";
+
+/// Binds a key to a machine id that has none (bound by [`bind_credential`]).
+pub const INSERT_CREDENTIAL_UNLESS_BOUND: &str = "INSERT INTO machine_credentials \
+     (machine_id, public_key, source, created_at) VALUES ($1, $2, $3, $4) \
+     ON CONFLICT (machine_id) DO NOTHING";
+
+/// Binds a key to a machine id, replacing any it had (bound by [`bind_credential`]).
+pub const UPSERT_CREDENTIAL: &str = "INSERT INTO machine_credentials \
+     (machine_id, public_key, source, created_at) VALUES ($1, $2, $3, $4) \
+     ON CONFLICT (machine_id) DO UPDATE SET public_key = excluded.public_key, \
+     source = excluded.source, created_at = excluded.created_at";
+
+/// Binds credential `cred` to [`INSERT_CREDENTIAL_UNLESS_BOUND`] or [`UPSERT_CREDENTIAL`].
+pub fn bind_credential<'q, Q: PortableQuery<'q>>(q: Q, cred: &'q MachineCredential) -> Q {
+    q.bind_text(&cred.machine_id)
+        .bind_text(&cred.public_key)
+        .bind_text(cred.source.as_str())
+        .bind_int(cred.created_at)
+}
+
+/// Removes a machine id's key (`$1` machine id).
+pub const DELETE_CREDENTIAL: &str = "DELETE FROM machine_credentials WHERE machine_id = $1";
+
+/// A FleetLock group's configured slot count (`$1` group).
+pub const SELECT_LOCK_SLOTS: &str = "SELECT slots FROM fleetlock_groups WHERE name = $1";
+
+/// Whether a client holds a slot of a FleetLock group (`$1` group, `$2` client id): a row of
+/// `1` if so.
+pub const SELECT_LOCK_HOLDER: &str =
+    "SELECT 1 FROM fleetlock_holders WHERE group_name = $1 AND holder_id = $2";
+
+/// The holders of a FleetLock group (`$1` group).
+pub const COUNT_LOCK_HOLDERS: &str = "SELECT COUNT(*) FROM fleetlock_holders WHERE group_name = $1";
+
+/// The FleetLock groups with holders whose slot count was never configured (those clients
+/// brought).
+pub const COUNT_UNCONFIGURED_LOCK_GROUPS: &str = "SELECT COUNT(DISTINCT group_name) \
+     FROM fleetlock_holders WHERE group_name NOT IN (SELECT name FROM fleetlock_groups)";
+
+/// A client takes a slot of a FleetLock group (`$1` group, `$2` client id, `$3` time).
+pub const INSERT_LOCK_HOLDER: &str =
+    "INSERT INTO fleetlock_holders (group_name, holder_id, since) VALUES ($1, $2, $3)";
+
+/// A client gives its slot of a FleetLock group back (`$1` group, `$2` client id).
+pub const DELETE_LOCK_HOLDER: &str =
+    "DELETE FROM fleetlock_holders WHERE group_name = $1 AND holder_id = $2";
+
+/// The configured FleetLock groups (`name`, `slots`).
+pub const SELECT_LOCK_GROUPS: &str = "SELECT name, slots FROM fleetlock_groups";
+
+/// Configures a FleetLock group's slot count (`$1` group, `$2` slots, `$3` time).
+pub const UPSERT_LOCK_SLOTS: &str = "INSERT INTO fleetlock_groups (name, slots, updated_at) \
+     VALUES ($1, $2, $3) ON CONFLICT (name) DO UPDATE SET slots = excluded.slots, \
+     updated_at = excluded.updated_at";
+
+/// The version of every package a channel points at (channel id, version), for the rollout
+/// protection rule ([`super::sqlx_rows::rollout_facts_of`]).
+pub const SELECT_CHANNEL_TARGETS: &str = "SELECT cp.channel_id, p.version \
+     FROM channel_packages cp JOIN packages p ON p.id = cp.package_id";
+
+/// Every group's id, channel and policy as stored, for the rollout protection rule
+/// ([`super::sqlx_rows::rollout_facts_of`]).
+pub const SELECT_GROUP_FACTS: &str = "SELECT id, channel_id, policy FROM groups_";
+
+/// The condition on `instances` rows that hold no grant in flight.
+pub const NO_GRANT_IN_FLIGHT: &str = "NOT EXISTS (SELECT 1 FROM rollout_grants g \
+     WHERE g.machine_id = instances.machine_id AND g.app_id = instances.app_id \
+     AND g.state = 'in_flight')";
+
+/// The condition on `rollout_grants` rows that are not `installed` by a machine the server
+/// still knows (one with an instance row).
+pub const NOT_INSTALLED_BY_A_KNOWN_MACHINE: &str = "(state <> 'installed' OR NOT EXISTS \
+     (SELECT 1 FROM instances i WHERE i.machine_id = rollout_grants.machine_id \
+     AND i.app_id = rollout_grants.app_id))";
+
+/// The condition on `instance_status_history` rows that are not their instance's newest one.
+pub const NOT_NEWEST_STATUS: &str = "id < (SELECT MAX(h2.id) FROM instance_status_history h2 \
+     WHERE h2.machine_id = instance_status_history.machine_id \
+     AND h2.app_id = instance_status_history.app_id)";
+
+/// The column an aged pass over `table` walks, with the row id, in order (its index holds
+/// both).
+pub fn aged_time_column(table: AgedTable) -> &'static str {
+    match table {
+        AgedTable::Grants => "granted_at",
+        AgedTable::Events | AgedTable::History | AgedTable::Activity => "at",
+    }
+}
+
+/// The groups that have grants, in the database's text order (bound to nothing).
+pub const SELECT_GRANT_GROUPS: &str =
+    "SELECT DISTINCT group_id FROM rollout_grants ORDER BY group_id";
+
+/// Stale instances without a grant in flight, after a cursor, oldest first (bound by
+/// [`bind_stale_instances`], decoded by [`super::sqlx_rows::stale_instance_of`]). The walk is in
+/// the database's text order (on SQLite byte-wise), through the index `instances_last_check`.
+pub const SELECT_STALE_INSTANCES: &str = "SELECT machine_id, app_id, last_check_at \
+     FROM instances WHERE last_check_at < $1 \
+     AND (last_check_at, machine_id, app_id) > ($2, $3, $4) \
+     AND NOT EXISTS (SELECT 1 FROM rollout_grants g \
+     WHERE g.machine_id = instances.machine_id AND g.app_id = instances.app_id \
+     AND g.state = 'in_flight') \
+     ORDER BY last_check_at, machine_id, app_id LIMIT $5";
+
+/// Binds the cutoff `before`, the cursor (the last instance of the previous page, `after`; from
+/// the start without one) and the page size to [`SELECT_STALE_INSTANCES`].
+pub fn bind_stale_instances<'q, Q: PortableQuery<'q>>(
+    q: Q,
+    before: i64,
+    after: Option<&'q StaleInstance>,
+    limit: u32,
+) -> Q {
+    let (at, machine, app) = after.map_or((i64::MIN, "", ""), |s| {
+        (s.last_check_at, s.key.0.as_str(), s.key.1.as_str())
+    });
+    q.bind_int(before)
+        .bind_int(at)
+        .bind_text(machine)
+        .bind_text(app)
+        .bind_int(i64::from(limit))
+}
+
+/// The groups of an instance's grants (`$1` machine, `$2` application).
+pub const SELECT_GRANT_GROUPS_OF_INSTANCE: &str =
+    "SELECT DISTINCT group_id FROM rollout_grants WHERE machine_id = $1 AND app_id = $2";
+
+/// The machine other than `$2` that has alias `$1`, if any.
+pub const SELECT_ALIAS_HOLDER: &str =
+    "SELECT machine_id FROM machine_aliases WHERE alias = $1 AND machine_id <> $2";
+
+/// Sets a machine's alias (`$1` machine, `$2` alias, `$3` time).
+pub const UPSERT_MACHINE_ALIAS: &str = "INSERT INTO machine_aliases (machine_id, alias, set_at) \
+     VALUES ($1, $2, $3) ON CONFLICT (machine_id) DO UPDATE SET alias = excluded.alias, \
+     set_at = excluded.set_at";
+
+/// Removes a machine's alias (`$1` machine).
+pub const DELETE_MACHINE_ALIAS: &str = "DELETE FROM machine_aliases WHERE machine_id = $1";
