@@ -47,6 +47,7 @@ pub fn available() -> bool {
             conn.close().await
         });
         if let Err(e) = &outcome {
+            let admin = shown(&admin);
             // Straight to the terminal: the test harness captures only the print macros.
             if !required() {
                 let _ = writeln!(
@@ -62,9 +63,21 @@ pub fn available() -> bool {
     match seen {
         Ok(()) => true,
         Err(e) if required() => {
+            let admin = shown(&admin);
             panic!("{REQUIRE_ENV}=1 but PostgreSQL at {admin} cannot be reached: {e}")
         }
         Err(_) => false,
+    }
+}
+
+/// `url` with its password (if any) masked, for messages.
+fn shown(url: &str) -> String {
+    match url.split_once('@') {
+        Some((credentials, host)) if credentials.matches(':').count() > 1 => {
+            let user = credentials.rsplit_once(':').map_or(credentials, |(u, _)| u);
+            format!("{user}:***@{host}")
+        }
+        _ => url.to_owned(),
     }
 }
 
@@ -145,7 +158,7 @@ impl TestDatabase {
         })
         .map_err(|detail| Error::Unexpected {
             what: "PostgreSQL test database",
-            detail: format!("creating {name} on {admin}: {detail}"),
+            detail: format!("creating {name} on {}: {detail}", shown(&admin)),
         })?;
         Ok(TestDatabase {
             url: with_database(&admin, &name),

@@ -166,7 +166,13 @@ impl World {
                 // caller sets one, e.g. a proxy of its own in front of the forwarder).
                 let balancer = Proxy::round_robin(&[])?;
                 let public = format!("http://{}", balancer.addr());
-                let mut serve = vec!["--database", database.url()];
+                // Scenarios side by side stay well under the database's 100 connections.
+                let mut serve = vec![
+                    "--database",
+                    database.url(),
+                    "--database-max-connections",
+                    "8",
+                ];
                 if !args.contains(&"--public-url") {
                     serve.extend(["--public-url", &public]);
                 }

@@ -47,6 +47,11 @@ pub struct ServeArgs {
     /// visible to local users on the command line: prefer the environment or the config file.
     #[arg(long, env = "UPDATE_SERVER_DATABASE", hide_env_values = true)]
     pub database: Option<String>,
+    /// Most connections this process opens to PostgreSQL (2..=1000) [default: 16]. Every replica
+    /// opens up to this many, plus one for catalogue notifications and one while it prunes:
+    /// keep replicas × (this + 2) under the server's `max_connections`.
+    #[arg(long, env = "UPDATE_SERVER_DATABASE_MAX_CONNECTIONS")]
+    pub database_max_connections: Option<u32>,
     /// Base URL clients reach this server at, for download URLs [default: http://LISTEN].
     #[arg(long, env = "UPDATE_SERVER_PUBLIC_URL")]
     pub public_url: Option<String>,
@@ -249,6 +254,8 @@ pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     /// See [`ServeArgs::database`].
     pub database: Option<String>,
+    /// See [`ServeArgs::database_max_connections`].
+    pub database_max_connections: Option<u32>,
     /// See [`ServeArgs::public_url`].
     pub public_url: Option<String>,
     /// See [`ServeArgs::admin_token`].
@@ -321,6 +328,8 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// The database holding the server's state.
     pub database: crate::store::Database,
+    /// Most connections to PostgreSQL.
+    pub database_max_connections: u32,
     /// Public base URL without trailing slash (`None`: derived from the bound address).
     pub public_url: Option<String>,
     /// Explicit admin token.
@@ -412,10 +421,21 @@ impl Settings {
             key: "database",
             reason,
         })?;
+        let database_max_connections = args
+            .database_max_connections
+            .or(file.database_max_connections)
+            .unwrap_or(crate::store::postgres::DEFAULT_POOL_SIZE);
+        if !(2..=1000).contains(&database_max_connections) {
+            return Err(ConfigError::Invalid {
+                key: "database_max_connections",
+                reason: format!("{database_max_connections} is outside 2..=1000"),
+            });
+        }
         Ok(Self {
             listen,
             data_dir,
             database,
+            database_max_connections,
             public_url: public_url.map(|u| u.trim_end_matches('/').to_owned()),
             admin_token: non_empty(
                 "admin_token",
@@ -539,6 +559,7 @@ fn unreachable_defaults() -> Settings {
         database: crate::store::Database::Sqlite(
             Path::new(DEFAULT_DATA_DIR).join(crate::store::open::SQLITE_FILE),
         ),
+        database_max_connections: crate::store::postgres::DEFAULT_POOL_SIZE,
         public_url: None,
         admin_token: None,
         read_only_token: None,

@@ -58,7 +58,7 @@ pub async fn start_with(
     let dir = &settings.data_dir;
     std::fs::create_dir_all(dir)
         .with_context(|| format!("creating data directory {}", dir.display()))?;
-    let mut stores = Stores::open(&settings.database)
+    let mut stores = Stores::open_sized(&settings.database, settings.database_max_connections)
         .await
         .with_context(|| format!("opening the database {}", settings.database))?;
     tracing::info!(database = %settings.database, "database open");
@@ -183,16 +183,7 @@ pub async fn start_with(
     // auto-halt) are picked up through the database's catalogue generation.
     // On PostgreSQL a notification from the schema's trigger announces a change at once; the
     // generation stays the truth (a missed notification is caught by the next poll).
-    let mut catalogue_notices = match stores.postgres() {
-        Some(pg) => match pg.catalogue_listener().await {
-            Ok(l) => Some(l),
-            Err(e) => {
-                tracing::warn!(error = %e, "listening for catalogue changes failed; polling only");
-                None
-            }
-        },
-        None => None,
-    };
+    let notices_source = stores.postgres().cloned();
     let refresher = {
         let cache = Arc::clone(&cache);
         let store = Arc::clone(&store);
@@ -200,15 +191,11 @@ pub async fn start_with(
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(crate::catalogue::REFRESH_INTERVAL);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut notices = CatalogueNotices::new(notices_source);
             loop {
                 tokio::select! {
-                    _ = tick.tick() => {}
-                    notice = next_notice(&mut catalogue_notices) => {
-                        if let Err(e) = notice {
-                            tracing::warn!(error = %e, "catalogue notifications lost; polling only");
-                            catalogue_notices = None;
-                        }
-                    }
+                    _ = tick.tick() => notices.reconnect_if_due().await,
+                    () = notices.next() => {}
                     _ = rx.changed() => break,
                 }
                 if let Err(e) = cache.refresh_if_changed(store.as_ref()).await {
@@ -271,11 +258,56 @@ pub async fn start_with(
     })
 }
 
-/// The next catalogue notification; never, without a listener.
-async fn next_notice(listener: &mut Option<sqlx::postgres::PgListener>) -> Result<(), sqlx::Error> {
-    match listener {
-        Some(l) => l.recv().await.map(drop),
-        None => std::future::pending().await,
+/// How long the refresher waits before listening again after its notification connection failed
+/// (the catalogue generation is polled meanwhile).
+const RELISTEN_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The catalogue notifications of a PostgreSQL database (none on SQLite): a listener that is
+/// set up again, at most every [`RELISTEN_AFTER`], after its connection failed (a database
+/// restart ends it for good).
+struct CatalogueNotices {
+    store: Option<crate::store::PgStore>,
+    listener: Option<sqlx::postgres::PgListener>,
+    next_attempt: tokio::time::Instant,
+}
+
+impl CatalogueNotices {
+    fn new(store: Option<crate::store::PgStore>) -> Self {
+        Self {
+            store,
+            listener: None,
+            next_attempt: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Listens again if there is no listener and the last attempt was long enough ago.
+    async fn reconnect_if_due(&mut self) {
+        let Some(store) = &self.store else {
+            return;
+        };
+        if self.listener.is_some() || tokio::time::Instant::now() < self.next_attempt {
+            return;
+        }
+        match store.catalogue_listener().await {
+            Ok(l) => self.listener = Some(l),
+            Err(e) => {
+                self.next_attempt = tokio::time::Instant::now() + RELISTEN_AFTER;
+                tracing::warn!(error = %e, "listening for catalogue changes failed; polling meanwhile");
+            }
+        }
+    }
+
+    /// The next notification (or the end of the listener, which is then dropped); never
+    /// without a listener.
+    async fn next(&mut self) {
+        let Some(l) = &mut self.listener else {
+            return std::future::pending().await;
+        };
+        if let Err(e) = l.recv().await {
+            tracing::warn!(error = %e, "catalogue notifications lost; polling until listening again");
+            self.listener = None;
+            self.next_attempt = tokio::time::Instant::now() + RELISTEN_AFTER;
+        }
     }
 }
 

@@ -34,6 +34,8 @@ struct Fleet {
     replicas: Vec<Server>,
     http: reqwest::Client,
     token: String,
+    /// The publisher key the replicas trust.
+    key: payloads::SigningKey,
     _dir: tempfile::TempDir,
     _db: TestDb,
 }
@@ -54,7 +56,13 @@ impl Fleet {
             ("UPDATE_SERVER_TRUSTED_KEYS", keys.display().to_string()),
             // Every test machine is new and comes from 127.0.0.1: the per-network limit on
             // new machines (tested in tests/rollout.rs) would hold all but two of them.
-            ("UPDATE_SERVER_NEW_MACHINE_GRANTS_PER_NETWORK", "0".to_owned()),
+            (
+                "UPDATE_SERVER_NEW_MACHINE_GRANTS_PER_NETWORK",
+                "0".to_owned(),
+            ),
+            // Three replicas per test, and tests side by side, stay well under the database's
+            // 100 connections.
+            ("UPDATE_SERVER_DATABASE_MAX_CONNECTIONS", "8".to_owned()),
         ];
         // One at a time: the first creates the schema and the tokens the others read.
         let replicas: Vec<Server> = (0..3)
@@ -65,23 +73,15 @@ impl Fleet {
             replicas,
             http: reqwest::Client::new(),
             token,
+            key,
             _dir: dir,
             _db: db,
         };
         fleet
             .api(0, "POST", "/apps", json!({"id": APP, "name": "OS"}))
             .await;
-        let payload = common::signed_payload(&key, APP, "2.0.0", &common::image(20_000));
-        let (st, pkg) = common::publish(
-            &fleet.http,
-            &fleet.replicas[0].base,
-            &fleet.token,
-            "update.payload",
-            payload,
-        )
-        .await;
-        assert_eq!(st, StatusCode::CREATED, "{pkg}");
-        let ch = json!({"name": "stable", "packages": {"amd64": pkg["id"]}});
+        let pkg = fleet.publish("2.0.0").await;
+        let ch = json!({"name": "stable", "packages": {"amd64": pkg}});
         fleet
             .api(0, "POST", &format!("/apps/{APP}/channels"), ch)
             .await;
@@ -135,9 +135,30 @@ impl Fleet {
         }
     }
 
+    /// Publishes `version` through replica 0; returns the package id.
+    async fn publish(&self, version: &str) -> Value {
+        let payload = common::signed_payload(&self.key, APP, version, &common::image(20_000));
+        let (st, pkg) = common::publish(
+            &self.http,
+            &self.replicas[0].base,
+            &self.token,
+            "update.payload",
+            payload,
+        )
+        .await;
+        assert_eq!(st, StatusCode::CREATED, "{pkg}");
+        pkg["id"].clone()
+    }
+
     /// An update check of `machine` through replica `r`; `None` when the replica cannot be
     /// reached (killed), else whether it offered the update.
     async fn check(&self, r: usize, machine: &str) -> Option<bool> {
+        let text = self.answer(r, machine).await?;
+        Some(text.contains(r#"<updatecheck status="ok""#))
+    }
+
+    /// The answer to an update check of `machine` through replica `r` (`None`: unreachable).
+    async fn answer(&self, r: usize, machine: &str) -> Option<String> {
         let xml = format!(
             r#"<?xml version="1.0" encoding="UTF-8"?>
 <request protocol="3.0" version="update_engine-0.4.10" ismachine="1">
@@ -154,8 +175,7 @@ impl Fleet {
             .await
             .ok()?;
         assert_eq!(resp.status(), StatusCode::OK, "replica {r}");
-        let text = resp.text().await.ok()?;
-        Some(text.contains(r#"<updatecheck status="ok""#))
+        resp.text().await.ok()
     }
 
     async fn rollout(&self, r: usize) -> Value {
@@ -269,6 +289,39 @@ async fn a_pause_through_one_replica_is_served_by_the_others_within_a_second() {
     let elapsed = paused_at.elapsed();
     assert!(elapsed < Duration::from_secs(1), "{elapsed:?}");
     assert_eq!(fleet.rollout(2).await["paused"], true);
+}
+
+/// A channel moved through replica 0 is served by replicas 1 and 2 within a second: nothing but
+/// their catalogue snapshot (refreshed by the database's notification) says what the channel
+/// points at.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_channel_moved_through_one_replica_is_served_by_the_others_within_a_second() {
+    let Some(fleet) = Fleet::new(json!({})).await else {
+        return;
+    };
+    let newer = fleet.publish("2.1.0").await;
+    let moved = json!({"packages": {"amd64": newer}});
+    fleet
+        .api(0, "PATCH", &format!("/apps/{APP}/channels/stable"), moved)
+        .await;
+    let moved_at = Instant::now();
+    for r in [1, 2] {
+        let mut i = 0;
+        // A new machine each time: a granted one would be re-served its grant.
+        loop {
+            let x = fleet.answer(r, &format!("probe-{r}-{i}")).await.unwrap();
+            assert!(x.contains(r#"<updatecheck status="ok""#), "{x}");
+            if x.contains(r#"version="2.1.0""#) {
+                break;
+            }
+            assert!(
+                moved_at.elapsed() < Duration::from_secs(1),
+                "replica {r} still serves 2.0.0 a second after the channel moved"
+            );
+            i += 1;
+            tokio::task::yield_now().await;
+        }
+    }
 }
 
 /// Under load from 90 machines, replica 2 is killed with SIGKILL while requests are in flight:

@@ -420,6 +420,19 @@ async fn auto_halt_trips_then_resume_is_explicit(db: TestDb) {
     assert!(metrics.contains("platte_rollout_halts_total{"), "{metrics}");
     assert!(metrics.contains("reason=\"halted\""));
 
+    // A new policy (as `rollout set` sends one, without `halted`) keeps the halt: only a resume
+    // clears it.
+    env.api(
+        0,
+        "PATCH",
+        &format!("/apps/{APP}/groups/stable"),
+        json!({"policy": {"auto_halt": {"max_failure_rate": 0.5, "min_attempts": 8}}}),
+    )
+    .await;
+    let st = env.status().await;
+    assert_eq!(st["halted"]["reason"].as_str(), Some(reason), "{st}");
+    assert!(!env.check(0, "late-2").await);
+
     env.api(
         0,
         "POST",

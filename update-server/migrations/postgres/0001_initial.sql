@@ -1,5 +1,6 @@
 -- Platte update server on PostgreSQL: the schema SQLite reaches through its migrations 0001–0010
--- (update-server/migrations/), in one step. Same tables, columns and indexes; every integer is
+-- (update-server/migrations/), in one step, except `job_leases` (retention holds a session
+-- advisory lock here instead). Same tables, columns and indexes; every integer is
 -- BIGINT, ids are identity columns, and the triggers are PL/pgSQL functions. Later changes get
 -- their own numbered files here, beside the SQLite ones.
 
@@ -187,12 +188,6 @@ CREATE TABLE machine_credentials (
     created_at  BIGINT NOT NULL
 );
 
-CREATE TABLE job_leases (
-    name        TEXT PRIMARY KEY,
-    holder      TEXT NOT NULL,
-    expires_at  BIGINT NOT NULL
-);
-
 -- The catalogue generation (SQLite 0009): every change to what the catalogue snapshot is built
 -- from moves it, whichever process made it, and a notification on channel
 -- `platte_catalogue` tells the listening replicas at once (the generation stays the truth: a
@@ -206,6 +201,7 @@ INSERT INTO catalogue_generation (id, generation) VALUES (1, 1);
 CREATE FUNCTION platte_bump_catalogue_generation() RETURNS trigger AS $$
 BEGIN
     UPDATE catalogue_generation SET generation = generation + 1;
+    -- The channel every replica listens on (CATALOGUE_CHANNEL in src/store/postgres.rs).
     PERFORM pg_notify('platte_catalogue', '');
     RETURN NULL;
 END;

@@ -531,7 +531,7 @@ pub async fn update_group(
     let cat = st.service.catalogue.get();
     let a = find_app(&cat, &app)?;
     let mut g = find_group(&cat, &a.id, &key)?;
-    let seen = g.policy.clone();
+    let seen = g.clone();
     if let Some(n) = b.name {
         check_text("name", &n, 100)?;
         g.name = n;
@@ -550,7 +550,19 @@ pub async fn update_group(
     if let Some(d) = b.description {
         g.description = d;
     }
-    if let Some(p) = b.policy {
+    if let Some(mut p) = b.policy {
+        // `halted` is set by auto-halt and cleared only by a resume, `halt_counted_since` is set
+        // by a resume (docs/rollouts.md): a new policy keeps both as they are stored.
+        for key in ["halted", "halt_counted_since"] {
+            match g.policy.extra.get(key) {
+                Some(v) => {
+                    p.extra.insert(key.to_owned(), v.clone());
+                }
+                None => {
+                    p.extra.remove(key);
+                }
+            }
+        }
         crate::rollout::RolloutSpec::parse_valid(&p)
             .map_err(|e| ApiError::BadRequest(e.to_string()))?;
         g.policy = p;

@@ -134,7 +134,9 @@ pub fn read_token_file(file: &Path) -> std::io::Result<String> {
 /// Writes `token` to `file` atomically: a new file of mode 0600 in the same directory, synced,
 /// renamed over `file`, and the directory synced. Whatever mode an older file had, the result
 /// is 0600.
-fn write_token_file(file: &Path, token: &str) -> std::io::Result<()> {
+/// Writes `token` to `file` atomically. Unless `replace`, a file another process created
+/// meanwhile (a replica starting on the same data directory) is kept: then `false`.
+fn write_token_file(file: &Path, token: &str, replace: bool) -> std::io::Result<bool> {
     let dir = match file.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -151,10 +153,18 @@ fn write_token_file(file: &Path, token: &str) -> std::io::Result<()> {
             .set_permissions(std::fs::Permissions::from_mode(0o600))?;
     }
     tmp.as_file().sync_all()?;
-    tmp.persist(file).map_err(|e| e.error)?;
+    if replace {
+        tmp.persist(file).map_err(|e| e.error)?;
+    } else {
+        match tmp.persist_noclobber(file) {
+            Ok(_) => {}
+            Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
+            Err(e) => return Err(e.error),
+        }
+    }
     #[cfg(unix)]
     std::fs::File::open(dir)?.sync_all()?;
-    Ok(())
+    Ok(true)
 }
 
 /// Returns `explicit`, else the token in `file`, else a new one written to `file` (mode 0600,
@@ -165,18 +175,22 @@ pub fn load_or_create(explicit: Option<&str>, file: &Path) -> std::io::Result<(S
     if let Some(t) = explicit {
         return Ok((t.trim().to_owned(), false));
     }
-    match std::fs::read_to_string(file) {
+    let replace = match std::fs::read_to_string(file) {
         Ok(t) if t.trim().len() >= MIN_TOKEN_LEN => {
             warn_if_loose(file);
             return Ok((t.trim().to_owned(), false));
         }
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Ok(_) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
         Err(e) => return Err(e),
-    }
+    };
     let token = generate_token();
-    write_token_file(file, &token)?;
-    Ok((token, true))
+    if write_token_file(file, &token, replace)? {
+        return Ok((token, true));
+    }
+    // Another process sharing the data directory created it first: use its token.
+    let t = std::fs::read_to_string(file)?;
+    Ok((t.trim().to_owned(), false))
 }
 
 /// Middleware: requires a valid token; writes need the admin one.
@@ -210,6 +224,23 @@ mod tests {
         assert_eq!(t.check("reader-token-0123456789"), Some(Access::ReadOnly));
         assert_eq!(t.check("admin-token-012345678"), None);
         assert_eq!(t.check(""), None);
+    }
+
+    /// Two replicas starting on one shared data directory end up with one token: a file
+    /// created by the other between the read and the write is kept, never replaced.
+    #[test]
+    fn a_token_file_created_meanwhile_by_another_process_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("admin-token");
+        let first = "token-of-replica-one-0123456789";
+        assert!(write_token_file(&f, first, false).unwrap());
+        assert!(!write_token_file(&f, "token-of-replica-two-0123456789", false).unwrap());
+        assert_eq!(std::fs::read_to_string(&f).unwrap().trim(), first);
+        assert_eq!(load_or_create(None, &f).unwrap(), (first.to_owned(), false));
+        // A file too short to hold a token is replaced.
+        std::fs::write(&f, "short").unwrap();
+        let (t, created) = load_or_create(None, &f).unwrap();
+        assert!(created && t != "short");
     }
 
     #[test]

@@ -121,7 +121,7 @@ async fn set_state(st: &AppState, app: &str, key: &str, pause: bool) -> ApiResul
         reload(st).await?;
         let cat = st.service.catalogue.get();
         let mut g = find_group(&cat, &a.id, key)?;
-        let seen = g.policy.clone();
+        let seen = g.clone();
         let mut spec = spec_of(&g)?;
         let (kind, msg) = if pause {
             g.policy.paused = true;

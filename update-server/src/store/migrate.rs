@@ -98,6 +98,12 @@ async fn copy(source: &SqliteStore, target: &PgStore) -> Result<MigrationReport,
         }
     }
     let mut tx = target.pool().begin().await.map_err(db("begin the copy"))?;
+    // One read transaction on the source: every table as of one moment.
+    let mut src = source
+        .pool()
+        .begin()
+        .await
+        .map_err(db("begin reading the source"))?;
     let mut report = MigrationReport::default();
     for (table, key) in TABLES {
         let columns = target_columns(&mut tx, table).await?;
@@ -107,7 +113,7 @@ async fn copy(source: &SqliteStore, target: &PgStore) -> Result<MigrationReport,
             .collect::<Vec<_>>()
             .join(", ");
         let select = format!("SELECT {list} FROM {table} ORDER BY {key}");
-        let mut rows = sqlx::query(&select).fetch(source.pool());
+        let mut rows = sqlx::query(&select).fetch(&mut *src);
         let mut batch: Vec<Vec<Value>> = Vec::with_capacity(ROWS_PER_INSERT);
         let mut copied = 0u64;
         while let Some(row) = rows.try_next().await.map_err(db("read the source"))? {
@@ -135,16 +141,31 @@ async fn copy(source: &SqliteStore, target: &PgStore) -> Result<MigrationReport,
         report.tables.push((table, copied));
     }
     for table in IDENTITY_TABLES {
+        // SQLite's AUTOINCREMENT never reuses an id, not even one of a deleted newest row: the
+        // sequence continues after the larger of the last id issued and the last id copied.
+        let issued: Option<i64> =
+            sqlx::query_scalar("SELECT seq FROM sqlite_sequence WHERE name = $1")
+                .bind(table)
+                .fetch_optional(&mut *src)
+                .await
+                .map_err(db("read the source's id sequences"))?;
+        let copied: Option<i64> = sqlx::query_scalar(&format!("SELECT MAX(id) FROM {table}"))
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db("continue the id sequences"))?;
+        let last = issued.unwrap_or(0).max(copied.unwrap_or(0));
+        // `setval(…, n, true)`: the next id is n + 1; an empty history starts at 1.
         sqlx::query(&format!(
-            "SELECT setval(pg_get_serial_sequence('{table}', 'id'), \
-             GREATEST((SELECT MAX(id) FROM {table}), 1))"
+            "SELECT setval(pg_get_serial_sequence('{table}', 'id'), $1, $2)"
         ))
+        .bind(last.max(1))
+        .bind(last > 0)
         .execute(&mut *tx)
         .await
         .map_err(db("continue the id sequences"))?;
     }
     let generation: i64 = sqlx::query_scalar("SELECT generation FROM catalogue_generation")
-        .fetch_one(source.pool())
+        .fetch_one(&mut *src)
         .await
         .map_err(db("read the catalogue generation"))?;
     sqlx::query("UPDATE catalogue_generation SET generation = GREATEST(generation, $1 + 1)")
@@ -303,7 +324,9 @@ mod tests {
         INSERT INTO events (machine_id, app_id, event_type, event_result, error_code,
             previous_version, version, at) VALUES ('m2', 'app', 3, 0, 44, '0.9', '1.0.0', 21);
         INSERT INTO activity (at, kind, severity, app_id, group_id, machine_id, version, message)
-            VALUES (14, 'group_created', 'info', 'app', 'g1', NULL, NULL, 'group Stable');
+            VALUES (14, 'group_created', 'info', 'app', 'g1', NULL, NULL, 'group Stable'),
+            (15, 'gone', 'info', NULL, NULL, NULL, NULL, 'deleted since');
+        DELETE FROM activity WHERE kind = 'gone';
         INSERT INTO fleetlock_groups VALUES ('workers', 2, 22);
         INSERT INTO fleetlock_holders VALUES ('workers', 'm1', 23);
         INSERT INTO rollout_grants (group_id, app_id, machine_id, version, state, canary,
@@ -347,6 +370,15 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(id, 2);
+        // SQLite issued activity id 2 to a row deleted since: it is not issued again.
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO activity (at, kind, severity, message) \
+             VALUES (31, 'test', 'info', 'after the move') RETURNING id",
+        )
+        .fetch_one(target.pool())
+        .await
+        .unwrap();
+        assert_eq!(id, 3);
         target.close().await;
 
         let e = sqlite_to_postgres(&file, &pg.url).await.unwrap_err();

@@ -6,7 +6,7 @@ pub mod fleetlock;
 pub mod instances;
 pub mod migrate;
 pub mod open;
-mod postgres;
+pub mod postgres;
 pub mod retention;
 pub mod rollout;
 mod sqlite;
@@ -31,8 +31,7 @@ pub use sqlite::{DirectPool, DirectTx, SqliteStore, SqliteWriter, WriterTask};
 
 use crate::lifecycle::InstanceStatus;
 use crate::model::{
-    Activity, App, Channel, EventRecord, Group, GroupPolicy, Instance, NewActivity, Package,
-    StatusChange,
+    Activity, App, Channel, EventRecord, Group, Instance, NewActivity, Package, StatusChange,
 };
 
 /// A boxed future returned by [`Store`] methods (keeps the trait usable as `dyn Store`).
@@ -188,13 +187,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn delete_channel<'a>(&'a self, id: &'a str, act: &'a NewActivity) -> StoreFuture<'a, ()>;
     /// Inserts a group.
     fn insert_group<'a>(&'a self, g: &'a Group, act: &'a NewActivity) -> StoreFuture<'a, ()>;
-    /// Updates a group whose stored policy is still `seen` (the policy the caller read and
-    /// changed). A policy changed since, by an auto-halt or another process, is a
-    /// [`StoreError::Conflict`] and nothing is written: a halt is never overwritten unseen.
+    /// Updates a group whose stored row is still `seen` (the group the caller read and
+    /// changed). A group changed since, by an auto-halt or another process, is a
+    /// [`StoreError::Conflict`] and nothing is written: no change is overwritten unseen.
     fn update_group<'a>(
         &'a self,
         g: &'a Group,
-        seen: &'a GroupPolicy,
+        seen: &'a Group,
         act: &'a NewActivity,
     ) -> StoreFuture<'a, ()>;
     /// Deletes a group.

@@ -66,11 +66,23 @@ impl fmt::Display for Database {
         match self {
             Self::Sqlite(p) => write!(f, "sqlite:{}", p.display()),
             Self::Postgres(url) => match url::Url::parse(url) {
-                Ok(mut u) if u.password().is_some() => {
-                    let _ = u.set_password(Some("***"));
+                Ok(mut u) => {
+                    if u.password().is_some() {
+                        let _ = u.set_password(Some("***"));
+                    }
+                    // A password may also come as a query parameter.
+                    if u.query_pairs().any(|(k, _)| k == "password") {
+                        let pairs: Vec<(String, String)> = u
+                            .query_pairs()
+                            .map(|(k, v)| {
+                                let v = if k == "password" { "***".into() } else { v };
+                                (k.into_owned(), v.into_owned())
+                            })
+                            .collect();
+                        u.query_pairs_mut().clear().extend_pairs(pairs);
+                    }
                     write!(f, "{u}")
                 }
-                Ok(u) => write!(f, "{u}"),
                 Err(_) => f.write_str("postgres://(unparsable URL)"),
             },
         }
@@ -113,6 +125,11 @@ impl fmt::Debug for Stores {
 impl Stores {
     /// Opens `db` (creating an SQLite file, applying migrations) and starts its writer.
     pub async fn open(db: &Database) -> Result<Self, StoreError> {
+        Self::open_sized(db, super::postgres::DEFAULT_POOL_SIZE).await
+    }
+
+    /// As [`Stores::open`], with at most `pool_size` connections to PostgreSQL.
+    pub async fn open_sized(db: &Database, pool_size: u32) -> Result<Self, StoreError> {
         match db {
             Database::Sqlite(path) => {
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -136,7 +153,7 @@ impl Stores {
                 })
             }
             Database::Postgres(url) => {
-                let store = PgStore::open(url).await?;
+                let store = PgStore::open_sized(url, pool_size).await?;
                 Ok(Self {
                     store: Arc::new(store.clone()),
                     rollouts: Arc::new(store.clone()),
@@ -213,6 +230,12 @@ mod tests {
         let shown = Database::Postgres("postgres://u:secret@db/platte".into()).to_string();
         assert!(
             !shown.contains("secret") && shown.contains("***"),
+            "{shown}"
+        );
+        let url = "postgres://u@db/platte?sslmode=require&password=secret";
+        let shown = Database::Postgres(url.into()).to_string();
+        assert!(
+            !shown.contains("secret") && shown.contains("sslmode=require"),
             "{shown}"
         );
     }

@@ -5,7 +5,8 @@
 //! - a grant attempt locks its group's row (`SELECT … FOR UPDATE` in
 //!   [`crate::rollout::grants::GrantTx::group_policy`]), so grants of one group are decided one
 //!   at a time while other groups go on in parallel; a grant report (event) locks the groups of
-//!   the machine's grants before it changes them, in the same order, so the two never deadlock;
+//!   the machine's grants (in id order) before it changes them, so a report and a grant of one
+//!   group take their locks in the same order;
 //! - the per-network limit on new machines takes a transaction advisory lock on the network
 //!   (after the group's lock);
 //! - the FleetLock semaphore takes a transaction advisory lock on the group (and one more for
@@ -16,9 +17,16 @@
 //! SQLite's. Catalogue changes move the same generation counter and also notify channel
 //! [`CATALOGUE_CHANNEL`], which every replica listens on.
 //!
-//! A rare cycle between two groups' locks (a check that settles a grant in one group and is
-//! granted in another, while another check does the reverse) is broken by PostgreSQL, which
-//! aborts one transaction; the [`Transactor`] runs that job again (at most [`RETRIES`] times).
+//! A transaction that needs a second group (a check that settles a grant in one group and is
+//! granted in another, a grant superseding one in another group, a halt, whose policy write
+//! also takes the catalogue generation's row) can form a rare cycle with another. PostgreSQL
+//! breaks it by aborting one transaction (`40P01`); the [`Transactor`] runs a check's job again
+//! (at most [`RETRIES`] times), and an admin call or a retention batch that loses fails and is
+//! retried by its caller (the operator, the next pruning pass).
+//!
+//! Every connection starts with [`SESSION_SETTINGS`]: READ COMMITTED whatever the database's
+//! default (the locks above rely on it), and timeouts that end the transactions and locks of a
+//! replica whose host vanished.
 //!
 //! There is no group commit in the process: PostgreSQL commits concurrent transactions of many
 //! connections with shared WAL flushes itself, so each [`Transactor`] job is one transaction.
@@ -49,9 +57,28 @@ use crate::model::NewActivity;
 /// The notification channel a catalogue change is announced on (by the schema's trigger).
 pub const CATALOGUE_CHANNEL: &str = "platte_catalogue";
 
-/// Connections per server process: the check path's transactions, admin calls and the
-/// background jobs share them.
-const POOL_SIZE: u32 = 16;
+/// Connections per server process by default: the check path's transactions, admin calls and
+/// the background jobs share them (plus one for catalogue notifications and one per held lease).
+pub const DEFAULT_POOL_SIZE: u32 = 16;
+
+/// Settings every connection starts with, whatever the database or role defaults to:
+/// - READ COMMITTED: each statement sees what was committed before it, so a count taken after a
+///   lock includes the transaction that held it (under REPEATABLE READ the snapshot would be
+///   older than the lock, and limits would be exceeded);
+/// - a transaction left open by a client that vanished (a replica's host lost mid-request)
+///   is ended after 30 s, releasing the group locks it held;
+/// - a lock wait longer than 20 s fails the request instead of holding its connection;
+/// - dead peers are detected by TCP keepalives within about a minute (the session advisory lock
+///   of a lost replica's retention pass is released with its session).
+const SESSION_SETTINGS: [(&str, &str); 6] = [
+    // A space in a startup option is escaped with a backslash.
+    ("default_transaction_isolation", "read\\ committed"),
+    ("idle_in_transaction_session_timeout", "30s"),
+    ("lock_timeout", "20s"),
+    ("tcp_keepalives_idle", "30"),
+    ("tcp_keepalives_interval", "10"),
+    ("tcp_keepalives_count", "3"),
+];
 
 const MIGRATIONS: &[(i64, &str, &str)] = &[(
     1,
@@ -74,11 +101,19 @@ pub struct PgTx {
 }
 
 impl PgStore {
-    /// Connects to the database at `url` (`postgres://…`) and applies migrations.
+    /// Connects to the database at `url` (`postgres://…`) with [`DEFAULT_POOL_SIZE`]
+    /// connections at most, and applies migrations.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
-        let opts = PgConnectOptions::from_str(url).map_err(db("parse the database URL"))?;
+        Self::open_sized(url, DEFAULT_POOL_SIZE).await
+    }
+
+    /// As [`PgStore::open`], with at most `pool_size` connections.
+    pub async fn open_sized(url: &str, pool_size: u32) -> Result<Self, StoreError> {
+        let opts = PgConnectOptions::from_str(url)
+            .map_err(db("parse the database URL"))?
+            .options(SESSION_SETTINGS);
         let pool = PgPoolOptions::new()
-            .max_connections(POOL_SIZE)
+            .max_connections(pool_size.max(2))
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(opts)
             .await

@@ -10,12 +10,11 @@ use sqlx::PgConnection;
 
 use super::{PgStore, add_activity};
 use crate::model::{
-    Activity, App, Channel, EventRecord, Group, GroupPolicy, Instance, NewActivity, Package,
-    StatusChange,
+    Activity, App, Channel, EventRecord, Group, Instance, NewActivity, Package, StatusChange,
 };
 use crate::store::sqlx_rows::{
-    CatalogueRows, InstanceCountRow, activity_of, event_of, instance_count_of, instance_of,
-    instance_page_of, policy_json, policy_of, status_change_of,
+    CatalogueRows, InstanceCountRow, activity_of, event_of, group_of, instance_count_of,
+    instance_of, instance_page_of, policy_json, status_change_of,
 };
 use crate::store::sqlx_shared::{self as shared, RowChange, db, get, now};
 use crate::store::{CatalogueData, InstanceCount, InstanceFilter, Store, StoreError, StoreFuture};
@@ -64,7 +63,8 @@ impl PgStore {
 
 /// Appends the conditions of `f` to a `WHERE` clause, their values to `binds` (numbered from
 /// `$1`). The search matches a substring of the machine id, alias or address, ignoring case
-/// as SQLite's `LIKE` does; `%` and `_` in it are dropped, and no escape character applies.
+/// (`ILIKE`: for every letter, where SQLite's `LIKE` folds ASCII only); `%` and `_` in it are
+/// dropped, and no escape character applies.
 fn instance_conditions(f: &InstanceFilter, binds: &mut Vec<String>) -> String {
     let mut cond = String::from(" WHERE TRUE");
     let equal = [
@@ -227,7 +227,7 @@ impl Store for PgStore {
     fn update_group<'a>(
         &'a self,
         g: &'a Group,
-        seen: &'a GroupPolicy,
+        seen: &'a Group,
         act: &'a NewActivity,
     ) -> StoreFuture<'a, ()> {
         Box::pin(async move {
@@ -235,16 +235,15 @@ impl Store for PgStore {
             let policy = policy_json(g)?;
             let mut tx = self.begin(OP).await?;
             // The group's lock, as a grant attempt (and so an auto-halt) takes it.
-            let stored: Option<String> =
-                sqlx::query_scalar("SELECT policy FROM groups_ WHERE id = $1 FOR UPDATE")
-                    .bind(&g.id)
-                    .fetch_optional(&mut *tx.tx)
-                    .await
-                    .map_err(db(OP))?;
+            let stored = sqlx::query("SELECT * FROM groups_ WHERE id = $1 FOR UPDATE")
+                .bind(&g.id)
+                .fetch_optional(&mut *tx.tx)
+                .await
+                .map_err(db(OP))?;
             let Some(stored) = stored else {
                 return Err(StoreError::NotFound(format!("group {}", g.id)));
             };
-            if policy_of(&stored)? != *seen {
+            if group_of(&stored)? != *seen {
                 return Err(crate::store::group_changed(g));
             }
             shared::bind_group_update(sqlx::query(shared::UPDATE_GROUP), g, &policy)

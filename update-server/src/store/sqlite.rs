@@ -14,15 +14,14 @@ use sqlx::{Sqlite, Transaction};
 
 // `status_of` is the direct connections' too (`sqlite_direct.rs`).
 use super::sqlx_rows::{
-    CatalogueRows, InstanceCountRow, activity_of, event_of, instance_count_of, instance_of,
-    instance_page_of, policy_json, policy_of, status_change_of, status_of,
+    CatalogueRows, InstanceCountRow, activity_of, event_of, group_of, instance_count_of,
+    instance_of, instance_page_of, policy_json, status_change_of, status_of,
 };
 pub(crate) use super::sqlx_shared::db;
 use super::sqlx_shared::{self as shared, RowChange, get, migrator, now};
 use super::{CatalogueData, InstanceFilter, Store, StoreError, StoreFuture};
 use crate::model::{
-    Activity, App, Channel, EventRecord, Group, GroupPolicy, Instance, NewActivity, Package,
-    StatusChange,
+    Activity, App, Channel, EventRecord, Group, Instance, NewActivity, Package, StatusChange,
 };
 
 const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -347,24 +346,23 @@ impl Store for SqliteStore {
     fn update_group<'a>(
         &'a self,
         g: &'a Group,
-        seen: &'a GroupPolicy,
+        seen: &'a Group,
         act: &'a NewActivity,
     ) -> StoreFuture<'a, ()> {
         Box::pin(async move {
             const OP: &str = "update group";
             let policy = policy_json(g)?;
             let mut tx = self.begin_immediate(OP).await?;
-            let stored: Option<String> =
-                sqlx::query_scalar("SELECT policy FROM groups_ WHERE id = ?")
-                    .bind(&g.id)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(db(OP))?;
+            let stored = sqlx::query("SELECT * FROM groups_ WHERE id = ?")
+                .bind(&g.id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db(OP))?;
             let Some(stored) = stored else {
                 return Err(StoreError::NotFound(format!("group {}", g.id)));
             };
-            if policy_of(&stored)? != *seen {
-                return Err(super::group_changed(g));
+            if group_of(&stored)? != *seen {
+                return Err(crate::store::group_changed(g));
             }
             shared::bind_group_update(sqlx::query(shared::UPDATE_GROUP), g, &policy)
                 .execute(&mut *tx)

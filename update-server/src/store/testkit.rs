@@ -65,6 +65,11 @@ impl TestStores {
         })
     }
 
+    /// The database the stores are on.
+    pub fn database(&self) -> &Database {
+        &self.database
+    }
+
     /// Closes the stores and opens them again on the same database (a server restart).
     pub async fn reopen(&mut self) {
         self.stores.close().await;

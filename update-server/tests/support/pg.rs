@@ -32,6 +32,19 @@ pub struct TestDatabase {
     admin_url: String,
 }
 
+/// `url` without its password, for messages.
+fn shown(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            u.to_string()
+        }
+        Err(_) => "(unparsable URL)".to_owned(),
+    }
+}
+
 fn admin_url() -> String {
     std::env::var(URL_ENV).unwrap_or_else(|_| DEFAULT_URL.to_owned())
 }
@@ -51,6 +64,7 @@ impl TestDatabase {
         let mut conn = match sqlx::PgConnection::connect(&admin).await {
             Ok(c) => c,
             Err(e) => {
+                let admin = shown(&admin);
                 if std::env::var(REQUIRE_ENV).is_ok_and(|v| v == "1") {
                     panic!("{REQUIRE_ENV}=1 but PostgreSQL at {admin} cannot be reached: {e}");
                 }

@@ -143,9 +143,7 @@ async fn changes_to_missing_objects_are_not_found_and_references_are_kept(kit: &
     s.delete_package("p1", &act()).await.unwrap();
     let mut g = group(Some("c"));
     g.description = "moved".into();
-    s.update_group(&g, &group(Some("c")).policy, &act())
-        .await
-        .unwrap();
+    s.update_group(&g, &group(Some("c")), &act()).await.unwrap();
     let data = s.load_catalogue().await.unwrap();
     assert_eq!(data.channels, vec![renamed]);
     assert_eq!(data.groups, vec![g]);
@@ -214,9 +212,10 @@ async fn the_activity_feed_pages_newest_first_by_application(kit: &mut TestStore
     assert_eq!(s.list_activity(None, None, 1).await.unwrap(), all[..1]);
 }
 
-/// A group update is made against the policy its caller read: a policy changed since (here by
-/// a rollout's transaction, as an auto-halt writes it) is refused, and the change it made kept.
-async fn a_group_update_never_overwrites_a_policy_changed_since_it_was_read(kit: &mut TestStores) {
+/// A group update is made against the group its caller read: a group changed since (its policy
+/// by a rollout's transaction, as an auto-halt writes it; its name by another process) is
+/// refused, and the change it made kept.
+async fn a_group_update_never_overwrites_a_change_made_since_it_was_read(kit: &mut TestStores) {
     let s = Arc::clone(&kit.store);
     s.insert_app(&app("a"), &act()).await.unwrap();
     let read = group(None);
@@ -233,31 +232,38 @@ async fn a_group_update_never_overwrites_a_policy_changed_since_it_was_read(kit:
 
     let mut edited = read.clone();
     edited.description = "edited".into();
-    let r = s.update_group(&edited, &read.policy, &act()).await;
+    let r = s.update_group(&edited, &read, &act()).await;
     assert!(
         matches!(&r, Err(StoreError::Conflict(m)) if m.contains("changed since it was read")),
         "{r:?}"
     );
-    let stored = &s.load_catalogue().await.unwrap().groups[0];
+    let stored = s.load_catalogue().await.unwrap().groups[0].clone();
     assert_eq!((stored.description.as_str(), &stored.policy), ("", &halted));
 
-    // Read again, the same edit goes through and keeps the other change.
+    // Another process renames it: an edit based on the earlier read is refused too.
+    let mut renamed = stored.clone();
+    renamed.name = "Renamed".into();
+    s.update_group(&renamed, &stored, &act()).await.unwrap();
     let mut edited = stored.clone();
     edited.description = "edited".into();
-    s.update_group(&edited, &stored.policy.clone(), &act())
-        .await
-        .unwrap();
+    let r = s.update_group(&edited, &stored, &act()).await;
+    assert!(matches!(r, Err(StoreError::Conflict(_))), "{r:?}");
+
+    // Read again, the same edit goes through and keeps the other changes.
+    let mut edited = renamed.clone();
+    edited.description = "edited".into();
+    s.update_group(&edited, &renamed, &act()).await.unwrap();
     assert_eq!(s.load_catalogue().await.unwrap().groups, vec![edited]);
     let missing = Group {
         id: "nope".into(),
         ..read.clone()
     };
-    let r = s.update_group(&missing, &read.policy, &act()).await;
+    let r = s.update_group(&missing, &read, &act()).await;
     assert!(matches!(r, Err(StoreError::NotFound(_))), "{r:?}");
 }
 
 both_stores!(
-    a_group_update_never_overwrites_a_policy_changed_since_it_was_read,
+    a_group_update_never_overwrites_a_change_made_since_it_was_read,
     catalogue_round_trip_and_referential_rules,
     changes_to_missing_objects_are_not_found_and_references_are_kept,
     the_catalogue_generation_moves_with_each_committed_change,

@@ -1,6 +1,7 @@
 //! The FleetLock semaphore ([`crate::store::FleetLockStore`]) on both databases.
 
 use crate::model::NewActivity;
+use crate::store::Database;
 use crate::store::fleetlock::{AcquireOutcome, LockHolder, Released};
 use crate::store::testkit::{TestStores, both_stores};
 
@@ -135,3 +136,34 @@ async fn racing_acquires_never_over_grant(kit: &mut TestStores) {
 }
 
 both_stores!(racing_acquires_never_over_grant);
+
+/// The stores set READ COMMITTED on every connection: on a database whose default is
+/// REPEATABLE READ (where a count taken after waiting for a lock misses the commit of the
+/// transaction that held it) the semaphore stays exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_semaphore_stays_exact_when_the_database_defaults_to_repeatable_read() {
+    use sqlx::Connection as _;
+    let Some(mut kit) = TestStores::postgres().await else {
+        return;
+    };
+    kit.exec(
+        "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET default_transaction_isolation = \
+         ''repeatable read''', current_database()); END $$",
+    )
+    .await;
+    kit.reopen().await;
+    let Database::Postgres(url) = kit.database().clone() else {
+        unreachable!("a PostgreSQL kit");
+    };
+    let mut plain = sqlx::PgConnection::connect(&url).await.unwrap();
+    let default: String = sqlx::query_scalar("SHOW default_transaction_isolation")
+        .fetch_one(&mut plain)
+        .await
+        .unwrap();
+    assert_eq!(default, "repeatable read");
+    assert_eq!(
+        kit.strings("SHOW default_transaction_isolation").await,
+        ["read committed"]
+    );
+    racing_acquires_never_over_grant(&mut kit).await;
+}

@@ -8,11 +8,12 @@ use std::sync::Arc;
 
 use crate::model::{App, Group, NewActivity};
 use crate::rollout::{HoldReason, RateLimit};
+use crate::store::Database;
 use crate::store::rollout::{
     GrantOutcome, GrantRequest, GrantState, GrantStats, HaltedRollout, ProgressReport,
     RefusalReason, RefusedVersion,
 };
-use crate::store::testkit::{TestStores, both_stores, pg};
+use crate::store::testkit::{TestStores, both_stores};
 use crate::store::tx::{Urgency, transact};
 use crate::store::{PgStore, RolloutStore, StoreError};
 
@@ -504,15 +505,10 @@ both_stores!(
 
 /// A second replica: another [`PgStore`] (a pool of its own) on the kit's database.
 async fn replica(kit: &TestStores) -> PgStore {
-    let pool = kit.postgres().unwrap().pool();
-    let name: String = sqlx::query_scalar("SELECT current_database()")
-        .fetch_one(pool)
-        .await
-        .unwrap();
-    let server = std::env::var(pg::URL_ENV).unwrap_or_else(|_| pg::DEFAULT_URL.to_owned());
-    let mut url = url::Url::parse(&server).unwrap();
-    url.set_path(&format!("/{name}"));
-    PgStore::open(url.as_str()).await.unwrap()
+    let Database::Postgres(url) = kit.database() else {
+        unreachable!("a PostgreSQL kit");
+    };
+    PgStore::open(url).await.unwrap()
 }
 
 /// Runs every request at once, alternating between the kit's store and `other` (two replicas);
