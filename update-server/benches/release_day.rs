@@ -1,8 +1,12 @@
 //! Bench binary `release_day`: the real `update-server` binary, in its own process, with a large
 //! registered fleet (default 1,000,000 machines), under load from separate `wrk` processes
 //! (issue 17, item 4). It talks to the server only from outside: the admin HTTP API for the
-//! catalogue, the SQLite file for the fleet (bulk-inserted while the server is stopped) and for
-//! durability polls (read-only), `/proc` for memory, and HTTP for the load.
+//! catalogue, the database for the fleet (bulk-inserted while the server is stopped) and for
+//! durability polls (read-only), `/proc` for memory, and HTTP for the load. The database is the
+//! server's default SQLite file in a temporary data directory, or with `BENCH_DATABASE` a
+//! throwaway PostgreSQL database the bench creates (`platte_bench_<pid>`, byte-wise collation,
+//! vacuumed and analysed after the fleet insert) and drops at the end, also when it fails or is
+//! interrupted (Ctrl-C).
 //!
 //! Scenarios, each `BENCH_SECS` seconds (`wrk -t2 -c32` unless stated):
 //! 1. the constant route `GET /healthz` (the ceiling);
@@ -24,11 +28,16 @@
 //! ```sh
 //! cargo bench -p update-server --bench release_day
 //! BENCH_MACHINES=200000 BENCH_SECS=5 cargo bench -p update-server --bench release_day
+//! BENCH_DATABASE=postgres://postgres@127.0.0.1:5432/test BENCH_MACHINES=200000 \
+//!     cargo bench -p update-server --bench release_day
 //! ```
 //!
 //! Knobs (environment): `BENCH_MACHINES` (registered fleet, 1,000,000), `BENCH_SECS` (seconds
 //! per scenario, 10), `BENCH_POLICY` (the group's policy as JSON, `{"percentage": 100}`; e.g.
-//! `{"percentage": 100, "auto_halt": {"max_failure_rate": 0.05, "min_attempts": 100}}`).
+//! `{"percentage": 100, "auto_halt": {"max_failure_rate": 0.05, "min_attempts": 100}}`),
+//! `BENCH_DATABASE` (unset: SQLite; `postgres://USER@HOST/DB`: a PostgreSQL server, reached
+//! through database `DB`, on which the bench creates its own database; the user must be allowed
+//! to create databases, and to run `CHECKPOINT` or the bench warns).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::collections::HashMap;
@@ -40,6 +49,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
 use sqlx::Connection as _;
+use sqlx::postgres::PgConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteSynchronous};
 
 /// Flatcar's application id.
@@ -197,6 +207,8 @@ struct Memory {
 struct ServerLog {
     problems: usize,
     samples: Vec<String>,
+    /// The first lines of its output, whatever they say (why it exited, if it did at start).
+    head: Vec<String>,
 }
 
 /// A running `update-server serve`; killed on drop if still running.
@@ -207,14 +219,24 @@ struct Server {
 }
 
 impl Server {
-    /// Starts `bin serve` on an ephemeral loopback port over `data` and waits until it printed
-    /// its address (within [`START_CAP`]) and answers `/healthz` (within 30 s).
-    async fn start(bin: &str, data: &Path, keys: &Path, http: &reqwest::Client) -> Result<Self> {
+    /// Starts `bin serve` on an ephemeral loopback port over `data` (and `db`) and waits until it
+    /// printed its address (within [`START_CAP`]) and answers `/healthz` (within 30 s).
+    async fn start(
+        bin: &str,
+        data: &Path,
+        db: &Database,
+        keys: &Path,
+        http: &reqwest::Client,
+    ) -> Result<Self> {
         let mut cmd = Command::new(bin);
         for (k, _) in std::env::vars_os() {
             if k.to_string_lossy().starts_with("UPDATE_SERVER_") {
                 cmd.env_remove(k);
             }
+        }
+        if let Database::Postgres(url) = db {
+            // From the environment rather than `--database`: a password stays out of `ps`.
+            cmd.env("UPDATE_SERVER_DATABASE", url);
         }
         cmd.arg("serve")
             .arg("--listen")
@@ -240,6 +262,12 @@ impl Server {
             let tx = tx.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    {
+                        let mut l = log.lock().unwrap();
+                        if l.head.len() < 8 {
+                            l.head.push(line.clone());
+                        }
+                    }
                     if let Some(a) = line.split("update-server listening on http://").nth(1) {
                         let _ = tx.send(a.trim().to_owned());
                     } else if line.contains("WARN") || line.contains("ERROR") {
@@ -255,7 +283,14 @@ impl Server {
         drop(tx);
         let addr = match rx.recv_timeout(START_CAP) {
             Ok(a) => a,
-            Err(_) => {
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                let st = child.wait()?;
+                bail!(
+                    "update-server exited ({st}) before printing its address; its output began:\n    {}",
+                    log.lock().unwrap().head.join("\n    ")
+                );
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                 let _ = child.kill();
                 let _ = child.wait();
                 bail!(
@@ -466,38 +501,267 @@ SELECT printf('m-%08d', i), ?3, '',
     '', NULL, ?6, ?6
 FROM seq";
 
+/// The PostgreSQL spelling of [`INSERT_FLEET`]: the same rows, from `generate_series`, in one
+/// statement (its own transaction) per [`INSERT_BATCH`] rows. The `repeat` pads like SQLite's
+/// `printf('m-%08d', i)`, and `||` turns the numbers into the same text.
+const INSERT_FLEET_PG: &str = "
+INSERT INTO instances (machine_id, app_id, alias, ip, version, group_id, track, oem,
+    oem_version, board, boot_id, last_check_at, granted_version, granted_at, status,
+    status_detail, error_code, status_at, created_at)
+SELECT 'm-' || repeat('0', 8 - length(i::text)) || i, $3, '',
+    '10.' || (i / 65536 % 256) || '.' || (i / 256 % 256) || '.' || (i % 256),
+    '2.0.0', $4, 'stable', 'qemu', '', 'amd64-usr', '', $5 - 60 - (i % 3540),
+    CASE WHEN i % 10 = 0 THEN NULL ELSE '2.0.0' END,
+    CASE WHEN i % 10 = 0 THEN NULL ELSE $6 END,
+    CASE WHEN i % 10 = 0 THEN 'idle' ELSE 'complete' END,
+    '', NULL, $6, $6
+FROM generate_series($1::BIGINT, $2::BIGINT - 1) AS i";
+
 /// Bulk-inserts `machines` registered instances into the (stopped) server's database.
-async fn insert_fleet(db: &Path, machines: u64, group_id: &str) -> Result<()> {
-    let opts = SqliteConnectOptions::new()
-        .filename(db)
-        .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Off);
-    let mut conn = SqliteConnection::connect_with(&opts)
-        .await
-        .with_context(|| format!("opening {}", db.display()))?;
+async fn insert_fleet(db: &Database, machines: u64, group_id: &str) -> Result<()> {
+    let mut conn = DbConn::open(db, Access::BulkInsert).await?;
     let now = unix_now();
     let mut lo = 0;
     while lo < machines {
         let hi = (lo + INSERT_BATCH).min(machines);
-        let mut tx = conn.begin().await?;
-        sqlx::query(INSERT_FLEET)
-            .bind(i64::try_from(lo)?)
-            .bind(i64::try_from(hi)?)
-            .bind(APP)
-            .bind(group_id)
-            .bind(now)
-            .bind(now - 7 * 86_400)
-            .execute(&mut *tx)
+        conn.insert_fleet_batch(lo, hi, group_id, now)
             .await
             .context("inserting the fleet")?;
-        tx.commit().await?;
         lo = hi;
     }
-    sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.settle().await?;
+    conn.close().await
+}
+
+// ---------------------------------------------------------------------------------------------
+// The database: SQLite or PostgreSQL
+
+/// The database the server runs on.
+enum Database {
+    /// The server's default: this file in its data directory.
+    Sqlite(PathBuf),
+    /// A PostgreSQL database (the bench's [`Scratch`] one), by URL.
+    Postgres(String),
+}
+
+/// What the bench opens a connection for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// The fleet insert, with the server stopped: durability is not needed.
+    BulkInsert,
+    /// The durability polls, while the server writes.
+    ReadOnly,
+}
+
+/// One connection of the bench's own to the server's database.
+enum DbConn {
+    Sqlite(SqliteConnection),
+    Postgres(PgConnection),
+}
+
+impl DbConn {
+    async fn open(db: &Database, access: Access) -> Result<Self> {
+        match db {
+            Database::Sqlite(path) => {
+                let opts = SqliteConnectOptions::new().filename(path);
+                let (opts, what) = match access {
+                    // WAL lets it read while the server writes.
+                    Access::ReadOnly => (opts.read_only(true), " read-only"),
+                    Access::BulkInsert => (
+                        opts.journal_mode(SqliteJournalMode::Wal)
+                            .synchronous(SqliteSynchronous::Off),
+                        "",
+                    ),
+                };
+                let conn = SqliteConnection::connect_with(&opts)
+                    .await
+                    .with_context(|| format!("opening {}{what}", path.display()))?;
+                Ok(Self::Sqlite(conn))
+            }
+            Database::Postgres(url) => {
+                let mut conn = PgConnection::connect(url)
+                    .await
+                    .context("connecting to the bench's PostgreSQL database")?;
+                let session = match access {
+                    Access::ReadOnly => "SET default_transaction_read_only = on",
+                    Access::BulkInsert => "SET synchronous_commit = off",
+                };
+                sqlx::raw_sql(session).execute(&mut conn).await?;
+                Ok(Self::Postgres(conn))
+            }
+        }
+    }
+
+    /// Inserts registered machines `lo..hi` ([`INSERT_FLEET`]) in one transaction.
+    async fn insert_fleet_batch(&mut self, lo: u64, hi: u64, group: &str, now: i64) -> Result<()> {
+        let (lo, hi) = (i64::try_from(lo)?, i64::try_from(hi)?);
+        let created = now - 7 * 86_400;
+        match self {
+            Self::Sqlite(conn) => {
+                let mut tx = conn.begin().await?;
+                sqlx::query(INSERT_FLEET)
+                    .bind(lo)
+                    .bind(hi)
+                    .bind(APP)
+                    .bind(group)
+                    .bind(now)
+                    .bind(created)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+            }
+            Self::Postgres(conn) => {
+                sqlx::query(INSERT_FLEET_PG)
+                    .bind(lo)
+                    .bind(hi)
+                    .bind(APP)
+                    .bind(group)
+                    .bind(now)
+                    .bind(created)
+                    .execute(conn)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Leaves the database as a long-running server would find it after the bulk insert: SQLite's
+    /// WAL checkpointed and truncated; PostgreSQL's table vacuumed and analysed (the planner's
+    /// statistics and visibility map, which autovacuum would otherwise bring up to date in the
+    /// middle of a scenario) and checkpointed.
+    async fn settle(&mut self) -> Result<()> {
+        match self {
+            Self::Sqlite(conn) => {
+                sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                    .execute(conn)
+                    .await?;
+            }
+            Self::Postgres(conn) => {
+                sqlx::raw_sql("VACUUM (ANALYZE) instances")
+                    .execute(&mut *conn)
+                    .await
+                    .context("vacuuming the fleet")?;
+                if let Err(e) = sqlx::raw_sql("CHECKPOINT").execute(conn).await {
+                    eprintln!(
+                        "release_day: warning: CHECKPOINT after the fleet insert failed ({e}); \
+                         a checkpoint may run during the scenarios"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Rows with `lo <= machine_id < hi` checked at or after `since` ([`COUNT_CHECKED`]).
+    async fn count_checked(&mut self, range: &(String, String), since: i64) -> Result<u64> {
+        let count: i64 = match self {
+            Self::Sqlite(conn) => {
+                sqlx::query_scalar(COUNT_CHECKED)
+                    .bind(&range.0)
+                    .bind(&range.1)
+                    .bind(since)
+                    .fetch_one(conn)
+                    .await?
+            }
+            Self::Postgres(conn) => {
+                sqlx::query_scalar(COUNT_CHECKED_PG)
+                    .bind(&range.0)
+                    .bind(&range.1)
+                    .bind(since)
+                    .fetch_one(conn)
+                    .await?
+            }
+        };
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
+    async fn close(self) -> Result<()> {
+        match self {
+            Self::Sqlite(conn) => conn.close().await?,
+            Self::Postgres(conn) => conn.close().await?,
+        }
+        Ok(())
+    }
+}
+
+/// The throwaway PostgreSQL database of a `BENCH_DATABASE` run.
+struct Scratch {
+    /// `BENCH_DATABASE`: where to create and drop it from.
+    server: String,
+    name: String,
+    /// The database's URL (`BENCH_DATABASE` with the database name replaced).
+    url: String,
+    /// Server version and `synchronous_commit`, for the report.
+    describe: String,
+}
+
+impl Scratch {
+    /// Creates `platte_bench_<pid>` (dropping a leftover of that name first), with byte-wise
+    /// collation so that the polls' machine-id ranges mean what they do on SQLite.
+    async fn create(server: &str) -> Result<Self> {
+        let mut url = url::Url::parse(server).context("BENCH_DATABASE is not a URL")?;
+        let name = format!("platte_bench_{}", std::process::id());
+        let mut conn = PgConnection::connect(server)
+            .await
+            .context("connecting to BENCH_DATABASE")?;
+        sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+            .execute(&mut conn)
+            .await?;
+        sqlx::raw_sql(&format!(
+            "CREATE DATABASE \"{name}\" TEMPLATE template0 ENCODING 'UTF8' LOCALE 'C'"
+        ))
         .execute(&mut conn)
-        .await?;
-    conn.close().await?;
-    Ok(())
+        .await
+        .with_context(|| format!("creating database {name}"))?;
+        conn.close().await?;
+        url.set_path(&format!("/{name}"));
+        let mut scratch = Self {
+            server: server.to_owned(),
+            name,
+            url: url.into(),
+            describe: String::new(),
+        };
+        match scratch.settings().await {
+            Ok(d) => scratch.describe = d,
+            Err(e) => {
+                scratch.drop_database().await?;
+                return Err(e);
+            }
+        }
+        Ok(scratch)
+    }
+
+    /// `PostgreSQL <version>, synchronous_commit=<setting>`, as the server's sessions see them.
+    async fn settings(&self) -> Result<String> {
+        let mut conn = PgConnection::connect(&self.url)
+            .await
+            .with_context(|| format!("connecting to database {}", self.name))?;
+        let version: String = sqlx::query_scalar("SHOW server_version")
+            .fetch_one(&mut conn)
+            .await?;
+        let sync: String = sqlx::query_scalar("SHOW synchronous_commit")
+            .fetch_one(&mut conn)
+            .await?;
+        conn.close().await?;
+        let version = version.split_whitespace().next().unwrap_or("").to_owned();
+        Ok(format!("PostgreSQL {version}, synchronous_commit={sync}"))
+    }
+
+    /// Drops the database, ending any session still on it.
+    async fn drop_database(&self) -> Result<()> {
+        let mut conn = PgConnection::connect(&self.server)
+            .await
+            .context("connecting to BENCH_DATABASE")?;
+        sqlx::raw_sql(&format!(
+            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+            self.name
+        ))
+        .execute(&mut conn)
+        .await
+        .with_context(|| format!("dropping database {}", self.name))?;
+        conn.close().await?;
+        Ok(())
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -632,6 +896,9 @@ enum Lag {
 /// Rows of `instances` with `lo <= machine_id < hi` and `last_check_at >= since`.
 const COUNT_CHECKED: &str = "SELECT COUNT(*) FROM instances
     WHERE machine_id >= ?1 AND machine_id < ?2 AND last_check_at >= ?3";
+/// [`COUNT_CHECKED`] on PostgreSQL.
+const COUNT_CHECKED_PG: &str = "SELECT COUNT(*) FROM instances
+    WHERE machine_id >= $1 AND machine_id < $2 AND last_check_at >= $3";
 
 /// What the database must come to hold: at least `target` rows of `instances` with
 /// `lo <= machine_id < hi` checked at or after `since` ([`COUNT_CHECKED`]).
@@ -645,7 +912,7 @@ struct Probe {
 /// Polls the database every [`LAG_POLL`], all probes in each round, until each reaches its
 /// target (at most [`LAG_CAP`]); the clock runs from `load_end` (when the load stopped).
 async fn wait_durable(
-    db: &mut SqliteConnection,
+    db: &mut DbConn,
     probes: Vec<Probe>,
     load_end: Instant,
 ) -> Result<Vec<LagRow>> {
@@ -655,14 +922,10 @@ async fn wait_durable(
             if lag.is_some() {
                 continue;
             }
-            let count: i64 = sqlx::query_scalar(COUNT_CHECKED)
-                .bind(&p.range.0)
-                .bind(&p.range.1)
-                .bind(p.since)
-                .fetch_one(&mut *db)
+            let count = db
+                .count_checked(&p.range, p.since)
                 .await
                 .context("polling the database")?;
-            let count = u64::try_from(count).unwrap_or(0);
             if count >= p.target {
                 *lag = Some(Lag::Reached {
                     after: load_end.elapsed(),
@@ -720,6 +983,8 @@ struct LagRow {
 struct Report {
     machines: u64,
     secs: u64,
+    /// The database the server ran on: `SQLite` or `PostgreSQL <version>, synchronous_commit=…`.
+    database: String,
     insert_time: Duration,
     start_time: Duration,
     memory_start: Option<Memory>,
@@ -749,7 +1014,7 @@ struct Bench<'a> {
     scripts: &'a Scripts,
     secs: u64,
     span: u64,
-    db: SqliteConnection,
+    db: DbConn,
 }
 
 impl Bench<'_> {
@@ -882,22 +1147,21 @@ impl Bench<'_> {
     }
 }
 
-/// Opens the server's database read-only (WAL lets it read while the server writes).
-async fn open_read_only(db: &Path) -> Result<SqliteConnection> {
-    let opts = SqliteConnectOptions::new().filename(db).read_only(true);
-    SqliteConnection::connect_with(&opts)
-        .await
-        .with_context(|| format!("opening {} read-only", db.display()))
-}
-
-/// Set-up, the four scenarios and the shutdown; returns what was measured.
-async fn run(machines: u64, secs: u64) -> Result<Report> {
+/// Set-up, the four scenarios and the shutdown, on SQLite or (given) the scratch PostgreSQL
+/// database; returns what was measured.
+async fn run(machines: u64, secs: u64, postgres: Option<&Scratch>) -> Result<Report> {
     require_wrk()?;
     let bin = env!("CARGO_BIN_EXE_update-server");
     let work = tempfile::tempdir()?;
     let data = work.path().join("data");
     let keys = work.path().join("keys");
-    let db_path = data.join("platte.sqlite");
+    let (db, database) = match postgres {
+        None => (
+            Database::Sqlite(data.join("platte.sqlite")),
+            "SQLite".into(),
+        ),
+        Some(s) => (Database::Postgres(s.url.clone()), s.describe.clone()),
+    };
     let scripts = write_scripts(work.path())?;
     let key = trusted_key(&keys)?;
     let http = reqwest::Client::builder()
@@ -906,11 +1170,15 @@ async fn run(machines: u64, secs: u64) -> Result<Report> {
     let mut report = Report {
         machines,
         secs,
+        database,
         ..Default::default()
     };
 
-    println!("release_day: {machines} registered machines, {secs} s per scenario");
-    let server = Server::start(bin, &data, &keys, &http).await?;
+    println!(
+        "release_day: {machines} registered machines, {secs} s per scenario, on {}",
+        report.database
+    );
+    let server = Server::start(bin, &data, &db, &keys, &http).await?;
     let token = std::fs::read_to_string(data.join("admin-token"))
         .context("reading the admin token the server wrote")?;
     let group_id = create_catalogue(&http, &server, token.trim(), &key).await?;
@@ -919,7 +1187,7 @@ async fn run(machines: u64, secs: u64) -> Result<Report> {
     println!("catalogue created (group {group_id}); server stopped");
 
     let t = Instant::now();
-    insert_fleet(&db_path, machines, &group_id).await?;
+    insert_fleet(&db, machines, &group_id).await?;
     report.insert_time = t.elapsed();
     println!(
         "inserted {machines} instances in {:.1?}",
@@ -927,7 +1195,7 @@ async fn run(machines: u64, secs: u64) -> Result<Report> {
     );
 
     let t = Instant::now();
-    let server = Server::start(bin, &data, &keys, &http).await?;
+    let server = Server::start(bin, &data, &db, &keys, &http).await?;
     report.start_time = t.elapsed();
     report.memory_start = Some(server.memory()?);
     println!(
@@ -941,7 +1209,7 @@ async fn run(machines: u64, secs: u64) -> Result<Report> {
         scripts: &scripts,
         secs,
         span: CHECKING_MACHINES.min(machines),
-        db: open_read_only(&db_path).await?,
+        db: DbConn::open(&db, Access::ReadOnly).await?,
     };
     let loaded = scenarios(&mut bench, &mut report).await;
     report.memory_after = server.memory().ok();
@@ -1044,8 +1312,8 @@ fn print_report(report: &Report) -> Vec<String> {
     let ratio = |rps: f64| ceiling.map_or(f64::NAN, |c| rps / c);
     println!();
     println!(
-        "== release_day: {} registered machines, {} s per scenario, wrk 2 threads in all",
-        report.machines, report.secs
+        "== release_day on {}: {} registered machines, {} s per scenario, wrk 2 threads in all",
+        report.database, report.machines, report.secs
     );
     println!(
         "{:<30} {:>5} {:>9} {:>10} {:>10} {:>10} {:>6}   answers (ok/noupdate/other/non-200/socket errors)",
@@ -1071,7 +1339,12 @@ fn print_report(report: &Report) -> Vec<String> {
     }
     println!();
     println!(
-        "fleet insert (SQLite, bench process): {:.1?}",
+        "fleet insert ({}, bench process): {:.1?}",
+        report
+            .database
+            .split_whitespace()
+            .next()
+            .unwrap_or_default(),
         report.insert_time
     );
     println!(
@@ -1205,6 +1478,34 @@ fn print_goals(report: &Report, ratio: impl Fn(f64) -> f64) {
     }
 }
 
+/// [`run`] on a scratch database created on `server` and dropped afterwards, whether the run
+/// succeeded, failed, panicked or was interrupted (Ctrl-C).
+fn run_on_postgres(
+    rt: &tokio::runtime::Runtime,
+    server: &str,
+    machines: u64,
+    secs: u64,
+) -> Result<Report> {
+    let scratch = rt.block_on(Scratch::create(server))?;
+    println!("release_day: created database {}", scratch.name);
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        rt.block_on(async {
+            tokio::select! {
+                r = run(machines, secs, Some(&scratch)) => r,
+                _ = tokio::signal::ctrl_c() => bail!("interrupted"),
+            }
+        })
+    }));
+    match rt.block_on(scratch.drop_database()) {
+        Ok(()) => println!("release_day: dropped database {}", scratch.name),
+        Err(e) => eprintln!(
+            "release_day: could not drop database {} (drop it by hand): {e:#}",
+            scratch.name
+        ),
+    }
+    outcome.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
 fn main() -> ExitCode {
     let machines = match knob("BENCH_MACHINES", 1_000_000).and_then(|m| {
         ensure!(m > 0, "BENCH_MACHINES must be at least 1");
@@ -1223,11 +1524,24 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let postgres = match std::env::var("BENCH_DATABASE") {
+        Ok(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => Some(url),
+        Ok(url) if url.trim().is_empty() => None,
+        Ok(_) => {
+            eprintln!("release_day: BENCH_DATABASE must be a postgres:// URL");
+            return ExitCode::FAILURE;
+        }
+        Err(_) => None,
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let report = match rt.block_on(run(machines, secs)) {
+    let outcome = match postgres {
+        None => rt.block_on(run(machines, secs, None)),
+        Some(server) => run_on_postgres(&rt, &server, machines, secs),
+    };
+    let report = match outcome {
         Ok(r) => r,
         Err(e) => {
             eprintln!("release_day: FAILED: {e:#}");
