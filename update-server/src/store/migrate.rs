@@ -242,7 +242,7 @@ mod tests {
                 .fetch_all(s.pool())
                 .await
                 .unwrap();
-            out.push((table.to_string(), rows.iter().map(render_sqlite).collect()));
+            out.push((table.to_string(), rows.iter().map(render).collect()));
         }
         out
     }
@@ -257,32 +257,20 @@ mod tests {
                 .fetch_all(p.pool())
                 .await
                 .unwrap();
-            out.push((table.to_string(), rows.iter().map(render_pg).collect()));
+            out.push((table.to_string(), rows.iter().map(render).collect()));
         }
         out
     }
 
-    fn render_sqlite(r: &sqlx::sqlite::SqliteRow) -> String {
-        use sqlx::{Column as _, Row as _};
-        r.columns()
-            .iter()
-            .map(|c| {
-                let i: Result<Option<i64>, _> = r.try_get(c.ordinal());
-                match i {
-                    Ok(v) => format!("{}={v:?}", c.name()),
-                    Err(_) => format!(
-                        "{}={:?}",
-                        c.name(),
-                        r.try_get::<Option<String>, _>(c.ordinal()).unwrap()
-                    ),
-                }
-            })
-            .collect::<Vec<_>>()
-            .join(" ")
-    }
-
-    fn render_pg(r: &sqlx::postgres::PgRow) -> String {
-        use sqlx::{Column as _, Row as _};
+    /// A row as `column=value` pairs, alike for both databases (integers as such, else text).
+    fn render<R>(r: &R) -> String
+    where
+        R: sqlx::Row,
+        usize: sqlx::ColumnIndex<R>,
+        for<'v> Option<i64>: sqlx::Decode<'v, R::Database> + sqlx::Type<R::Database>,
+        for<'v> Option<String>: sqlx::Decode<'v, R::Database> + sqlx::Type<R::Database>,
+    {
+        use sqlx::Column as _;
         r.columns()
             .iter()
             .map(|c| {
