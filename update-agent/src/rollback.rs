@@ -1,8 +1,9 @@
 //! Rollback detection after a reboot: a pure function of the persisted install record and what
-//! is running now, plus how its outcome updates the state.
+//! is running now, plus what its outcome records besides the update flow (which leaves
+//! `staged` on it: `Rebooted` in [`crate::agent::flow`]).
 
 use crate::boot::SlotId;
-use crate::state::{AgentState, InstalledUpdate, PendingReport, Phase};
+use crate::state::{AgentState, InstalledUpdate, PendingReport};
 
 /// What is observed about the running system.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,9 +63,12 @@ pub fn detect(installed: Option<&InstalledUpdate>, now: &BootObservation<'_>) ->
 }
 
 impl AgentState {
-    /// Records `outcome`: clears the install record and staged update, remembers the previous
-    /// version on success, and deny-lists a rolled back version. Returns whether anything changed.
-    pub fn apply_outcome(&mut self, outcome: &Outcome) -> bool {
+    /// Records what `outcome` means besides the update flow: on success the previous version,
+    /// on a rollback the version on the deny list; either way the report for the next check.
+    /// Returns whether the machine rebooted since the update was staged (anything but
+    /// [`Outcome::NoChange`]): the flow then takes `Rebooted`, which forgets the staged update
+    /// and its install record.
+    pub fn record_outcome(&mut self, outcome: &Outcome) -> bool {
         match outcome {
             Outcome::NoChange => false,
             Outcome::UpdatedOk {
@@ -74,7 +78,6 @@ impl AgentState {
                 self.pending_report = Some(PendingReport::Rebooted {
                     previous_version: previous_version.clone(),
                 });
-                self.clear_install();
                 true
             }
             Outcome::RolledBack { version } => {
@@ -82,24 +85,17 @@ impl AgentState {
                 self.pending_report = Some(PendingReport::RolledBack {
                     version: version.clone(),
                 });
-                self.clear_install();
                 true
             }
         }
-    }
-
-    fn clear_install(&mut self) {
-        self.installed_before_reboot = None;
-        self.staged = None;
-        self.checkpoint = None;
-        self.phase = Phase::Idle;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::StagedUpdate;
+    use crate::agent::flow::{Event, SlotRecord, UpdateFlow};
+    use crate::state::{Phase, StagedUpdate};
 
     fn installed() -> InstalledUpdate {
         InstalledUpdate {
@@ -143,6 +139,17 @@ mod tests {
         assert_eq!(detect(Some(&i), &obs("boot-2", SlotId::B, "4001.0.0")), rb);
     }
 
+    /// What the agent does at start with an outcome: records it, and moves the flow.
+    fn apply_outcome(s: &mut AgentState, outcome: &Outcome) -> bool {
+        let mut flow = UpdateFlow::at_rest(SlotRecord::from_state(s).unwrap());
+        let rebooted = s.record_outcome(outcome);
+        if rebooted {
+            flow.on(Event::Rebooted).unwrap();
+            flow.record().write_to(s);
+        }
+        rebooted
+    }
+
     #[test]
     fn applying_outcomes_updates_state() {
         let mut s = AgentState {
@@ -155,21 +162,27 @@ mod tests {
             ..AgentState::default()
         };
         let before = s.clone();
-        assert!(!s.apply_outcome(&Outcome::NoChange));
+        assert!(!apply_outcome(&mut s, &Outcome::NoChange));
         assert_eq!(s, before);
 
         let mut ok = s.clone();
-        assert!(ok.apply_outcome(&detect(
-            s.installed_before_reboot.as_ref(),
-            &obs("boot-2", SlotId::B, "4000.0.0")
-        )));
+        assert!(apply_outcome(
+            &mut ok,
+            &detect(
+                s.installed_before_reboot.as_ref(),
+                &obs("boot-2", SlotId::B, "4000.0.0")
+            )
+        ));
         assert_eq!(ok.previous_version.as_deref(), Some("3999.0.0"));
         assert!(ok.deny_list.is_empty() && ok.installed_before_reboot.is_none());
         assert_eq!(ok.phase, Phase::Idle);
 
-        assert!(s.apply_outcome(&Outcome::RolledBack {
-            version: "4000.0.0".into()
-        }));
+        assert!(apply_outcome(
+            &mut s,
+            &Outcome::RolledBack {
+                version: "4000.0.0".into()
+            }
+        ));
         assert!(s.deny_list.contains("4000.0.0"));
         assert!(s.installed_before_reboot.is_none() && s.staged.is_none());
         assert_eq!(s.phase, Phase::Idle);

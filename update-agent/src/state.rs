@@ -77,6 +77,12 @@ pub struct LastError {
 }
 
 /// Everything the agent persists. Unknown fields (from a newer agent) are ignored on load.
+///
+/// `phase`, `staged`, `checkpoint` and `installed_before_reboot` are the update flow's record of
+/// the inactive slot in the file's layout: the agent writes them only from its
+/// [`UpdateFlow`](crate::agent::UpdateFlow), through
+/// [`SlotRecord::write_to`](crate::agent::SlotRecord::write_to), and reads them back with
+/// [`SlotRecord::from_state`](crate::agent::SlotRecord::from_state).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct AgentState {

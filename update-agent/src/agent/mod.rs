@@ -1,10 +1,12 @@
-//! The agent: the state machine ([`machine`]) driven by the check-in loop. [`Agent::run_once`]
-//! runs one full cycle (report, check, install); [`Agent::run`] is the daemon loop timed by the
-//! [`Scheduler`]. [`AgentHandle`] lets other tasks (the D-Bus service, the reboot driver) watch
-//! the status, the staged version and [`AgentInfo`], ask for a check now, and send the few
-//! commands that change the agent's state between cycles ([`AgentHandle::reset`],
-//! [`AgentHandle::clear_deny_list`]). [`daemon`] wires the agent, the reboot driver, the D-Bus
-//! service and sd_notify together for `update-agent run`.
+//! The agent: the update flow ([`flow`], one state machine) driven by the check-in loop.
+//! [`Agent::run_once`] runs one full cycle (report, check, install); [`Agent::run`] is the daemon
+//! loop timed by the [`Scheduler`]. The loop feeds the flow its events, performs its actions, and
+//! saves and publishes what is derived from it: the update record of `state.json`, the
+//! [`Status`] and the staged version. [`AgentHandle`] lets other tasks (the D-Bus service, the
+//! reboot driver) watch the status, the staged version and [`AgentInfo`], ask for a check now,
+//! and send the few commands that change the agent's state between cycles
+//! ([`AgentHandle::reset`], [`AgentHandle::clear_deny_list`]). [`daemon`] wires the agent, the
+//! reboot driver, the D-Bus service and sd_notify together for `update-agent run`.
 //!
 //! Runtime extensions ([`crate::extensions`], wired in `runtime.rs`) ride along: their apps are in
 //! every OS check request, builds for a newly staged OS are fetched at once, and while they are
@@ -12,7 +14,7 @@
 //! ([`AgentHandle::rebootable`]).
 
 pub mod daemon;
-pub mod machine;
+pub mod flow;
 pub mod notify;
 mod report;
 mod runtime;
@@ -21,9 +23,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use omaha::{ErrorCode, EventRequest};
+use serde::Deserialize as _;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
-pub use machine::{Action, Event, Machine, Status};
+pub use flow::{Action, Event, RefusedEvent, SlotRecord, Status, UpdateFlow};
 use report::Reporter;
 use runtime::RebootGate;
 
@@ -36,10 +39,7 @@ use crate::omaha_client::{self, CheckError, OmahaClient, reported};
 use crate::reboot::sentinel::{self, SentinelError};
 use crate::rollback::{self, BootObservation, Outcome};
 use crate::scheduler::{CheckResult, OsRng, Scheduler};
-use crate::state::{
-    AgentState, InstalledUpdate, LastError, PendingReport, Phase, StagedUpdate, StateError,
-    StateStore,
-};
+use crate::state::{AgentState, InstalledUpdate, LastError, PendingReport, StateError, StateStore};
 
 /// What one cycle did.
 #[derive(Debug)]
@@ -224,7 +224,7 @@ impl Command {
     }
 }
 
-/// Where the machine's status and staged version are published.
+/// Where the flow's status and staged version are published.
 #[derive(Debug)]
 struct Publisher {
     status: watch::Sender<Status>,
@@ -243,19 +243,21 @@ fn replace_if_changed<T: PartialEq>(slot: &mut T, value: T) -> bool {
 }
 
 impl Publisher {
-    fn new(staged: Option<String>, status: Status, gate: RebootGate) -> Self {
+    fn new(flow: &UpdateFlow, gate: RebootGate) -> Self {
+        let staged = flow.staged_version().map(str::to_owned);
         let rebootable = gate.rebootable(staged.as_deref());
         Self {
-            status: watch::channel(status).0,
+            status: watch::channel(flow.status()).0,
             staged: watch::channel(staged).0,
             rebootable: watch::channel(rebootable).0,
             gate: watch::channel(gate).0,
         }
     }
 
-    fn publish(&self, m: &Machine) {
-        self.status.send_replace(m.status().clone());
-        let staged = m.staged().map(str::to_owned);
+    /// Publishes what is derived from `flow`: its status and its staged version.
+    fn publish(&self, flow: &UpdateFlow) {
+        self.status.send_replace(flow.status());
+        let staged = flow.staged_version().map(str::to_owned);
         let rebootable = self.gate.borrow().rebootable(staged.as_deref());
         self.staged
             .send_if_modified(|s| replace_if_changed(s, staged));
@@ -264,9 +266,9 @@ impl Publisher {
     }
 
     /// Sets what the runtime extensions allow and publishes again.
-    fn set_gate(&self, gate: RebootGate, m: &Machine) {
+    fn set_gate(&self, gate: RebootGate, flow: &UpdateFlow) {
         self.gate.send_replace(gate);
-        self.publish(m);
+        self.publish(flow);
     }
 }
 
@@ -275,7 +277,8 @@ impl Publisher {
 pub struct AgentHandle {
     /// The current status.
     pub status: watch::Receiver<Status>,
-    /// The staged version (`None`: nothing staged; also while a check runs over a staged one).
+    /// The staged version ([`UpdateFlow::staged_version`]; `None`: nothing staged, or a new
+    /// download is overwriting it). It stays while a check runs over a staged update.
     pub staged: watch::Receiver<Option<String>>,
     /// The staged version the reboot driver may reboot into: [`Self::staged`], except while
     /// runtime extensions are not ready for it (then `None`; [`AgentInfo::extensions_wait`]
@@ -334,10 +337,13 @@ pub struct Agent {
     identity: Identity,
     backend: Box<dyn BootBackend>,
     store: StateStore,
+    /// What `state.json` holds besides the update record, which is written from `flow` on
+    /// every save ([`save_state`]).
     state: AgentState,
     http: reqwest::Client,
     omaha: OmahaClient,
-    machine: Machine,
+    /// The update flow: the one state machine of the update.
+    flow: UpdateFlow,
     publisher: Publisher,
     info: watch::Sender<AgentInfo>,
     check_now: Arc<Notify>,
@@ -368,6 +374,25 @@ fn unix_now() -> u64 {
     payloads::unix_now()
 }
 
+/// Saves `state` with the update record of `flow`: the one way the agent writes `state.json`.
+fn save_state(
+    flow: &UpdateFlow,
+    state: &mut AgentState,
+    store: &StateStore,
+) -> Result<(), StateError> {
+    flow.record().write_to(state);
+    store.save(state)
+}
+
+/// Applies `event` to `flow`, logging a refusal (the flow then stays where it was and nothing
+/// is to be done).
+fn apply(flow: &mut UpdateFlow, event: Event) -> Action {
+    flow.on(event).unwrap_or_else(|refused| {
+        tracing::error!(error = %refused, "update flow: event refused");
+        Action::None
+    })
+}
+
 impl Agent {
     /// Sets the agent up: loads the state, and after a reboot detects whether the staged update
     /// booted or rolled back (a rollback deny-lists the version; both are reported on the next
@@ -390,9 +415,14 @@ impl Agent {
             omaha = omaha.with_machine_key(Arc::new(key));
         }
         let mut state = store.load()?.state;
+        let record = SlotRecord::from_state(&state).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, file = %store.path().display(), "ignoring the update record of the state file");
+            SlotRecord::Empty
+        });
+        let mut flow = UpdateFlow::at_rest(record);
         let booted = backend.booted_slot()?;
         let outcome = rollback::detect(
-            state.installed_before_reboot.as_ref(),
+            flow.installed(),
             &BootObservation {
                 boot_id: &identity.boot_id,
                 booted_slot: booted,
@@ -411,20 +441,12 @@ impl Agent {
                 tracing::error!(version = %version, running = %identity.os_version, slot = %booted, "update rolled back; version deny-listed");
             }
         }
-        if state.apply_outcome(&outcome) {
-            store.save(&state)?;
+        if state.record_outcome(&outcome) {
+            apply(&mut flow, Event::Rebooted);
+            save_state(&flow, &mut state, &store)?;
         }
-        let staged = match (&state.phase, &state.staged) {
-            (Phase::Staged, Some(s)) => Some(s.version.clone()),
-            _ => None,
-        };
-        let machine = Machine::new(staged.clone());
         let extensions = runtime::open(&settings, &identity, &http, &omaha);
-        let publisher = Publisher::new(
-            staged,
-            machine.status().clone(),
-            RebootGate::initial(extensions.as_ref()),
-        );
+        let publisher = Publisher::new(&flow, RebootGate::initial(extensions.as_ref()));
         let info = watch::channel(AgentInfo {
             current_version: identity.os_version.clone(),
             booted_slot: Some(booted),
@@ -440,7 +462,7 @@ impl Agent {
             state,
             http,
             omaha,
-            machine,
+            flow,
             publisher,
             info,
             check_now: Arc::new(Notify::new()),
@@ -534,24 +556,28 @@ impl Agent {
 
     /// See [`AgentHandle::reset`].
     fn reset(&mut self) -> Result<(), CommandError> {
-        if let Some(st) = self.state.staged.clone() {
+        let record = self.flow.record();
+        let mut reset = self.flow.clone();
+        if let Err(refused) = reset.on(Event::Reset) {
+            tracing::warn!(error = %refused, "reset refused");
+            return Err(CommandError::Busy);
+        }
+        if let Some(st) = record.update() {
             let target = self.backend.target_slot().map_err(CommandError::Boot)?;
             if target.slot() == st.slot {
                 self.backend
                     .mark_unbootable(&target)
                     .map_err(CommandError::Boot)?;
-                tracing::info!(version = %st.version, slot = %st.slot, phase = ?self.state.phase, "reset: staged slot made unbootable");
+                tracing::info!(version = %st.version, slot = %st.slot, phase = ?record.phase(), "reset: staged slot made unbootable");
             } else {
                 tracing::warn!(version = %st.version, slot = %st.slot, "reset: the recorded slot is not the inactive one; left alone");
             }
         }
-        self.state.phase = Phase::Idle;
-        self.state.staged = None;
-        self.state.checkpoint = None;
-        self.state.installed_before_reboot = None;
+        self.flow = reset;
         self.state.last_error = None;
-        self.store.save(&self.state)?;
-        self.on(Event::Reset);
+        let saved = self.save();
+        self.publisher.publish(&self.flow);
+        saved?;
         self.sync_extensions();
         self.info.send_modify(|i| i.offer = None);
         tracing::info!("reset: nothing staged, last error cleared");
@@ -586,9 +612,15 @@ impl Agent {
         self.repair = true;
     }
 
-    /// The persisted state.
+    /// The persisted state, as last saved (its update record is written from [`Agent::flow`]).
     pub fn state(&self) -> &AgentState {
         &self.state
+    }
+
+    /// The update flow: where the agent is in the update, and what `state.json`, the D-Bus API
+    /// and the reboot driver are shown of it.
+    pub fn flow(&self) -> &UpdateFlow {
+        &self.flow
     }
 
     /// The staged version the reboot may go ahead with, as [`AgentHandle::rebootable`] carries
@@ -609,10 +641,16 @@ impl Agent {
         )
     }
 
-    fn on(&mut self, ev: Event) -> Action {
-        let a = self.machine.on(ev);
-        self.publisher.publish(&self.machine);
-        a
+    /// Applies `event` to the flow and publishes the result.
+    fn on(&mut self, event: Event) -> Action {
+        let action = apply(&mut self.flow, event);
+        self.publisher.publish(&self.flow);
+        action
+    }
+
+    /// Saves the state with the flow's update record.
+    fn save(&mut self) -> Result<(), StateError> {
+        save_state(&self.flow, &mut self.state, &self.store)
     }
 
     fn record_error(&mut self, code: ErrorCode, message: String) -> Result<(), StateError> {
@@ -621,7 +659,7 @@ impl Agent {
             message,
             at_unix: unix_now(),
         });
-        self.store.save(&self.state)
+        self.save()
     }
 
     /// Sends one event, logging (not failing) when the server cannot be reached.
@@ -658,7 +696,7 @@ impl Agent {
             ev.previousversion = Some(version);
             if self.send_event(ev).await {
                 self.state.pending_report = None;
-                if let Err(e) = self.store.save(&self.state) {
+                if let Err(e) = self.save() {
                     tracing::error!(error = %e, "cannot save state");
                 }
             }
@@ -669,7 +707,7 @@ impl Agent {
         };
         // Runtime extensions are asked for in the same request, with the staged OS version as
         // their context while an OS update waits for its reboot.
-        let target_os = self.machine.staged().map(str::to_owned);
+        let target_os = self.flow.staged_version().map(str::to_owned);
         self.on(Event::CheckStarted);
         tracing::info!(version = %self.identity.os_version, app = %self.identity.app_id, server = %self.omaha.url(), "checking for an update");
         let req = omaha_client::check_request_with(
@@ -711,7 +749,7 @@ impl Agent {
             .send_modify(|i| i.last_check_unix = Some(unix_now()));
         if previous.is_some() {
             self.state.pending_report = None;
-            if let Err(e) = self.store.save(&self.state) {
+            if let Err(e) = self.save() {
                 tracing::error!(error = %e, "cannot save state");
             }
         }
@@ -759,11 +797,11 @@ impl Agent {
     }
 
     async fn install(&mut self, offer: &omaha_client::Offer) -> CycleOutcome {
-        let resume: Option<ResumeRecord> = self
-            .state
-            .checkpoint
-            .clone()
-            .and_then(|v| serde_json::from_value(v).ok());
+        let resume = self
+            .flow
+            .record()
+            .checkpoint()
+            .and_then(|v| ResumeRecord::deserialize(v).ok());
         let deny_list = self.state.deny_list.clone();
         let result = {
             let installer = Installer {
@@ -778,7 +816,7 @@ impl Agent {
                 identity: &self.identity,
                 store: &self.store,
                 state: &mut self.state,
-                machine: &mut self.machine,
+                flow: &mut self.flow,
                 publisher: &self.publisher,
                 version: &offer.version,
                 last_progress_log: Instant::now(),
@@ -789,23 +827,19 @@ impl Agent {
         };
         match result {
             Ok(done) => {
-                self.state.phase = Phase::Staged;
-                self.state.staged = Some(StagedUpdate {
-                    version: done.version.clone(),
-                    slot: done.slot,
-                });
-                self.state.checkpoint = None;
-                self.state.last_error = None;
-                self.state.installed_before_reboot = Some(InstalledUpdate {
+                let installed = InstalledUpdate {
                     version: done.version.clone(),
                     slot: done.slot,
                     from_version: self.identity.os_version.clone(),
                     boot_id: self.identity.boot_id.clone(),
-                });
-                if let Err(e) = self.store.save(&self.state) {
+                };
+                // Saved before the status says `staged`, so whoever sees it finds it on disk.
+                apply(&mut self.flow, Event::SlotActivated { installed });
+                self.state.last_error = None;
+                if let Err(e) = self.save() {
                     tracing::error!(error = %e, "cannot save state");
                 }
-                self.on(Event::SlotActivated);
+                self.publisher.publish(&self.flow);
                 self.send_event(EventRequest::update_installed()).await;
                 tracing::info!(version = %done.version, slot = %done.slot, downloaded = done.downloaded, resumed = done.resumed, discarded = done.discarded, "update staged; reboot to activate it");
                 CycleOutcome::Installed(done)
@@ -825,19 +859,12 @@ impl Agent {
             Err(e) => {
                 tracing::error!(error = %e, version = %offer.version, "install failed");
                 let code = e.code();
+                // The flow keeps what survives: a staged update the download had not begun to
+                // overwrite, or a checkpoint that resumes this version's download next time.
                 self.on(Event::InstallFailed {
                     code: code.to_u32(),
                     message: e.to_string(),
                 });
-                if self.machine.staged().is_none() {
-                    // The inactive slot was (partly) overwritten: nothing is staged any more;
-                    // a kept checkpoint resumes this version's download next time.
-                    self.state.installed_before_reboot = None;
-                    if self.state.checkpoint.is_none() {
-                        self.state.staged = None;
-                        self.state.phase = Phase::Idle;
-                    }
-                }
                 if let Err(se) = self.record_error(code, e.to_string()) {
                     tracing::error!(error = %se, "cannot save state");
                 }

@@ -1,16 +1,17 @@
-//! The agent's [`Observer`] of an install: persists checkpoints into the state, moves the state
-//! machine, and reports the 13/1 and 14/1 events to the server.
+//! The agent's [`Observer`] of an install: feeds the install's steps, progress and checkpoints
+//! to the update flow, saves the state when the flow's record changes, and reports the 13/1 and
+//! 14/1 events to the server.
 
 use std::time::{Duration, Instant};
 
 use omaha::EventRequest;
 
-use super::Publisher;
-use super::machine::{Event, Machine};
+use super::flow::{Event, UpdateFlow};
+use super::{Publisher, apply, save_state};
 use crate::identity::Identity;
 use crate::install::{Observer, ResumeRecord, Step};
 use crate::omaha_client::{self, OmahaClient};
-use crate::state::{AgentState, Phase, StagedUpdate, StateError, StateStore};
+use crate::state::{AgentState, StagedUpdate, StateError, StateStore};
 
 /// Reports an install's steps.
 pub(super) struct Reporter<'a> {
@@ -18,16 +19,16 @@ pub(super) struct Reporter<'a> {
     pub identity: &'a Identity,
     pub store: &'a StateStore,
     pub state: &'a mut AgentState,
-    pub machine: &'a mut Machine,
+    pub flow: &'a mut UpdateFlow,
     pub publisher: &'a Publisher,
     pub version: &'a str,
     pub last_progress_log: Instant,
 }
 
 impl Reporter<'_> {
-    fn on(&mut self, ev: Event) {
-        self.machine.on(ev);
-        self.publisher.publish(self.machine);
+    fn on(&mut self, event: Event) {
+        apply(self.flow, event);
+        self.publisher.publish(self.flow);
     }
 
     async fn send(&self, ev: EventRequest) {
@@ -65,23 +66,26 @@ impl Observer for Reporter<'_> {
     fn save_resume(&mut self, record: Option<&ResumeRecord>) -> Result<(), StateError> {
         match record {
             Some(r) => {
-                self.state.phase = Phase::Installing;
-                self.state.staged = Some(StagedUpdate {
-                    version: r.version.clone(),
-                    slot: r.slot,
-                });
-                self.state.installed_before_reboot = None;
-                self.state.checkpoint = serde_json::to_value(r).ok();
+                apply(
+                    self.flow,
+                    Event::CheckpointSaved {
+                        update: StagedUpdate {
+                            version: r.version.clone(),
+                            slot: r.slot,
+                        },
+                        checkpoint: serde_json::to_value(r).ok(),
+                    },
+                );
             }
             None => {
-                if self.state.checkpoint.is_none() && self.state.phase != Phase::Staged {
+                // Nothing to write when there was no checkpoint to drop.
+                let before = self.flow.record();
+                apply(self.flow, Event::CheckpointDropped);
+                if self.flow.record() == before {
                     return Ok(());
                 }
-                self.state.checkpoint = None;
-                self.state.installed_before_reboot = None;
-                self.state.phase = Phase::Installing;
             }
         }
-        self.store.save(self.state)
+        save_state(self.flow, self.state, self.store)
     }
 }

@@ -151,7 +151,7 @@ impl Agent {
         let Some(ext) = &self.extensions else {
             return;
         };
-        let target = self.machine.staged().map(str::to_owned);
+        let target = self.flow.staged_version().map(str::to_owned);
         let status = ext.status(target.as_deref());
         let (gate, wait) = match (&target, ext.any_enabled()) {
             (_, false) => (RebootGate::Open, String::new()),
@@ -173,7 +173,7 @@ impl Agent {
                 None => {}
             }
         }
-        self.publisher.set_gate(gate, &self.machine);
+        self.publisher.set_gate(gate, &self.flow);
         self.info.send_if_modified(|i| {
             let a = super::replace_if_changed(&mut i.extensions, status);
             let b = super::replace_if_changed(&mut i.extensions_wait, wait);

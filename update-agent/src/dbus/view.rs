@@ -1,6 +1,8 @@
 //! What the D-Bus API shows, computed without I/O: the agent's status, its [`AgentInfo`] and the
 //! reboot driver's [`RebootView`] become one [`Snapshot`] — the `org.platte.Update1` properties
 //! and update_engine's `GetStatus` tuple — and a [`Throttle`] decides which changes are signalled.
+//! The status's names and progress come from the update flow ([`Status::property_name`],
+//! [`Status::update_engine_name`], [`Status::progress`]); this module only assembles them.
 //!
 //! Progress is throttled like update_engine does it: a change of progress alone is signalled once
 //! it moved by 1 % (or after 1 s on `org.platte.Update1`, 10 s on the compatibility interface);
@@ -100,25 +102,6 @@ pub struct Snapshot {
     pub compat: CompatStatus,
 }
 
-fn version_of(s: &Status) -> Option<&str> {
-    match s {
-        Status::UpdateAvailable { version }
-        | Status::Downloading { version, .. }
-        | Status::Finalizing { version }
-        | Status::Staged { version } => Some(version),
-        Status::Idle | Status::Checking | Status::Error { .. } => None,
-    }
-}
-
-/// Download fraction of `received` out of `total` (0 when the size is unknown).
-fn fraction(received: u64, total: u64) -> f64 {
-    if total == 0 {
-        0.0
-    } else {
-        (received as f64 / total as f64).clamp(0.0, 1.0)
-    }
-}
-
 impl Snapshot {
     /// The snapshot for this agent status, info, staged version, reboot view and strategy name.
     pub fn new(
@@ -128,22 +111,8 @@ impl Snapshot {
         reboot: &RebootView,
         strategy: &str,
     ) -> Self {
-        let (name, progress) = match status {
-            Status::Idle => ("idle", 0.0),
-            Status::Checking => ("checking", 0.0),
-            Status::UpdateAvailable { .. } => ("update_available", 0.0),
-            Status::Downloading {
-                received, total, ..
-            } if *total > 0 && received >= total => ("verifying", 1.0),
-            Status::Downloading {
-                received, total, ..
-            } => ("downloading", fraction(*received, *total)),
-            Status::Finalizing { .. } => ("finalizing", 1.0),
-            Status::Staged { .. } if reboot.rebooting => ("rebooting", 1.0),
-            Status::Staged { .. } => ("staged", 1.0),
-            Status::Error { .. } => ("error", 0.0),
-        };
-        let new_version = version_of(status).or(staged).unwrap_or("").to_owned();
+        let name = status.property_name(reboot.rebooting);
+        let new_version = status.version().or(staged).unwrap_or("").to_owned();
         let new_size = match (status, &info.offer) {
             (Status::Downloading { total, .. }, _) if *total > 0 => *total,
             (_, Some((v, size))) if !new_version.is_empty() && *v == new_version => *size,
@@ -167,7 +136,7 @@ impl Snapshot {
             .map_or(0, |t| i64::try_from(t).unwrap_or(i64::MAX));
         let props = Properties {
             status: name.to_owned(),
-            progress,
+            progress: status.progress(),
             current_version: info.current_version.clone(),
             new_version: new_version.clone(),
             new_size,
@@ -185,17 +154,10 @@ impl Snapshot {
             reboot_wait,
             extensions: info.extensions.iter().map(|e| e.to_dbus()).collect(),
         };
-        // update_engine: progress only while downloading (reset once the download completes);
-        // "0.0.0" and 0 when there is no new version.
-        let compat_progress = match status {
-            Status::Downloading {
-                received, total, ..
-            } => fraction(*received, *total),
-            _ => 0.0,
-        };
+        // update_engine: "0.0.0" and 0 when there is no new version.
         let compat = (
             last_check_time,
-            compat_progress,
+            status.update_engine_progress(),
             // Tools that reboot on update_engine's NEED_REBOOT (locksmith, the Flatcar update
             // operator) must not while runtime extensions hold the update: not final yet.
             match status {
