@@ -30,6 +30,8 @@
 //! BENCH_MACHINES=200000 BENCH_SECS=5 cargo bench -p update-server --bench release_day
 //! BENCH_DATABASE=postgres://postgres@127.0.0.1:5432/test BENCH_MACHINES=200000 \
 //!     cargo bench -p update-server --bench release_day
+//! BENCH_DATABASE=postgres://postgres@127.0.0.1:5432/test BENCH_COMPARE=1 \
+//!     cargo bench -p update-server --bench release_day
 //! ```
 //!
 //! Knobs (environment): `BENCH_MACHINES` (registered fleet, 1,000,000), `BENCH_SECS` (seconds
@@ -37,7 +39,12 @@
 //! `{"percentage": 100, "auto_halt": {"max_failure_rate": 0.05, "min_attempts": 100}}`),
 //! `BENCH_DATABASE` (unset: SQLite; `postgres://USER@HOST/DB`: a PostgreSQL server, reached
 //! through database `DB`, on which the bench creates its own database; the user must be allowed
-//! to create databases, and to run `CHECKPOINT` or the bench warns).
+//! to create databases, and to run `CHECKPOINT` or the bench warns), `BENCH_REPLICAS` (with
+//! `BENCH_DATABASE`: this many server processes on the one database, 1; every load is spread
+//! over them, one `wrk` process per replica with one thread each, and their rates summed),
+//! `BENCH_COMPARE=1` (with `BENCH_DATABASE`: three runs one after the other — SQLite,
+//! PostgreSQL with one replica, PostgreSQL with `BENCH_REPLICAS` or 3 — and a side-by-side
+//! table of them, each with its own fresh fleet).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::collections::HashMap;
@@ -883,6 +890,45 @@ fn finish(child: Child) -> Result<WrkResult> {
     })
 }
 
+/// Starts every load; on a failure, those started are waited for.
+fn spawn_all(loads: &[Load<'_>], secs: u64) -> Result<Vec<Child>> {
+    let mut children = Vec::with_capacity(loads.len());
+    for load in loads {
+        match load.spawn(secs) {
+            Ok(c) => children.push(c),
+            Err(e) => {
+                for c in children {
+                    let _ = finish(c);
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok(children)
+}
+
+/// Waits for every load; sums their counts and rates, and keeps the slowest percentiles (those
+/// of separate processes cannot be merged).
+fn finish_all(children: Vec<Child>) -> Result<WrkResult> {
+    let results: Vec<Result<WrkResult>> = children.into_iter().map(finish).collect();
+    let mut sum = WrkResult::default();
+    for r in results {
+        let r = r?;
+        sum.requests += r.requests;
+        sum.rps += r.rps;
+        sum.p50 = sum.p50.max(r.p50);
+        sum.p99 = sum.p99.max(r.p99);
+        sum.max = sum.max.max(r.max);
+        sum.ok += r.ok;
+        sum.noupdate += r.noupdate;
+        sum.other += r.other;
+        sum.non200 += r.non200;
+        sum.distinct += r.distinct;
+        sum.socket_errors += r.socket_errors;
+    }
+    Ok(sum)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Durability lag
 
@@ -1010,7 +1056,8 @@ fn new_range(tag: &str) -> (String, String) {
 }
 
 struct Bench<'a> {
-    base: String,
+    /// One base URL per server replica; each load is spread over them.
+    bases: Vec<String>,
     scripts: &'a Scripts,
     secs: u64,
     span: u64,
@@ -1018,39 +1065,85 @@ struct Bench<'a> {
 }
 
 impl Bench<'_> {
-    fn healthz(&self, connections: u32) -> Load<'_> {
-        Load {
-            threads: connections.min(2),
-            connections,
-            script: &self.scripts.healthz,
-            url: format!("{}/healthz", self.base),
-            args: vec![],
+    /// `connections` spread over the replicas as evenly as can be: (replica, its share), shares
+    /// of none left out. Each replica's share is one `wrk` process; with several, each runs one
+    /// thread (two cores in all).
+    fn spread(&self, connections: u32) -> Vec<(usize, u32)> {
+        let n = u32::try_from(self.bases.len()).unwrap_or(1).max(1);
+        (0..n)
+            .map(|i| (i as usize, connections / n + u32::from(i < connections % n)))
+            .filter(|&(_, c)| c > 0)
+            .collect()
+    }
+
+    fn threads(&self, wanted: u32, connections: u32) -> u32 {
+        if self.bases.len() > 1 {
+            1
+        } else {
+            wanted.min(connections)
         }
     }
 
-    fn noupdate(&self, threads: u32, connections: u32) -> Load<'_> {
-        Load {
-            threads,
-            connections,
-            script: &self.scripts.noupdate,
-            url: format!("{}/v1/update/", self.base),
-            args: vec![threads.to_string(), self.span.to_string(), "0".into()],
-        }
+    fn healthz(&self, connections: u32) -> Vec<Load<'_>> {
+        self.spread(connections)
+            .into_iter()
+            .map(|(i, c)| Load {
+                threads: self.threads(2, c),
+                connections: c,
+                script: &self.scripts.healthz,
+                url: format!("{}/healthz", self.bases[i]),
+                args: vec![],
+            })
+            .collect()
     }
 
-    fn grants(&self, threads: u32, connections: u32, tag: &str) -> Load<'_> {
-        Load {
-            threads,
-            connections,
-            script: &self.scripts.grants,
-            url: format!("{}/v1/update/", self.base),
-            args: vec![tag.to_owned()],
-        }
+    fn noupdate(&self, threads: u32, connections: u32) -> Vec<Load<'_>> {
+        let parts = self.spread(connections);
+        let n = parts.len() as u64;
+        parts
+            .into_iter()
+            .map(|(i, c)| {
+                let threads = self.threads(threads, c);
+                // Each replica's share checks in from its own slice of the machines.
+                let first = self.span * i as u64 / n.max(1);
+                Load {
+                    threads,
+                    connections: c,
+                    script: &self.scripts.noupdate,
+                    url: format!("{}/v1/update/", self.bases[i]),
+                    args: vec![
+                        threads.to_string(),
+                        self.span.to_string(),
+                        first.to_string(),
+                    ],
+                }
+            })
+            .collect()
     }
 
-    /// Runs one load alone for the scenario's duration.
-    fn run(&self, load: &Load<'_>) -> Result<WrkResult> {
-        finish(load.spawn(self.secs)?)
+    fn grants(&self, threads: u32, connections: u32, tag: &str) -> Vec<Load<'_>> {
+        let several = self.bases.len() > 1;
+        self.spread(connections)
+            .into_iter()
+            .map(|(i, c)| Load {
+                threads: self.threads(threads, c),
+                connections: c,
+                script: &self.scripts.grants,
+                url: format!("{}/v1/update/", self.bases[i]),
+                // Machine ids `new-<tag>-r<i>-…` stay within the tag's range.
+                args: vec![if several {
+                    format!("{tag}-r{i}")
+                } else {
+                    tag.to_owned()
+                }],
+            })
+            .collect()
+    }
+
+    /// Runs loads at once for the scenario's duration; their results summed (the percentiles:
+    /// the slowest process's).
+    fn run(&self, loads: &[Load<'_>]) -> Result<WrkResult> {
+        finish_all(spawn_all(loads, self.secs)?)
     }
 
     /// Scenario 2: `noupdate` checks; then the lag until their check-ins are durable.
@@ -1102,16 +1195,16 @@ impl Bench<'_> {
     /// Scenario 4: grants while the fleet checks in, two `wrk` processes at once.
     async fn grants_during_checkins(&mut self, report: &mut Report) -> Result<()> {
         let since = unix_now();
-        let checks = self.noupdate(1, 16).spawn(self.secs)?;
-        let grants = match self.grants(1, 16, "mix").spawn(self.secs) {
+        let checks = spawn_all(&self.noupdate(1, 16), self.secs)?;
+        let grants = match spawn_all(&self.grants(1, 16, "mix"), self.secs) {
             Ok(g) => g,
             Err(e) => {
-                let _ = finish(checks);
+                let _ = finish_all(checks);
                 return Err(e);
             }
         };
-        let checks = finish(checks);
-        let grants = finish(grants)?;
+        let checks = finish_all(checks);
+        let grants = finish_all(grants)?;
         let checks = checks?;
         let end = Instant::now();
         let probes = vec![
@@ -1148,8 +1241,13 @@ impl Bench<'_> {
 }
 
 /// Set-up, the four scenarios and the shutdown, on SQLite or (given) the scratch PostgreSQL
-/// database; returns what was measured.
-async fn run(machines: u64, secs: u64, postgres: Option<&Scratch>) -> Result<Report> {
+/// database with `replicas` server processes; returns what was measured.
+async fn run(
+    machines: u64,
+    secs: u64,
+    postgres: Option<&Scratch>,
+    replicas: usize,
+) -> Result<Report> {
     require_wrk()?;
     let bin = env!("CARGO_BIN_EXE_update-server");
     let work = tempfile::tempdir()?;
@@ -1159,6 +1257,10 @@ async fn run(machines: u64, secs: u64, postgres: Option<&Scratch>) -> Result<Rep
         None => (
             Database::Sqlite(data.join("platte.sqlite")),
             "SQLite".into(),
+        ),
+        Some(s) if replicas > 1 => (
+            Database::Postgres(s.url.clone()),
+            format!("{}, {replicas} replicas", s.describe),
         ),
         Some(s) => (Database::Postgres(s.url.clone()), s.describe.clone()),
     };
@@ -1195,32 +1297,50 @@ async fn run(machines: u64, secs: u64, postgres: Option<&Scratch>) -> Result<Rep
     );
 
     let t = Instant::now();
-    let server = Server::start(bin, &data, &db, &keys, &http).await?;
+    // Replicas share the data directory (its package files and admin token) and the database.
+    let mut servers = Vec::with_capacity(replicas);
+    for _ in 0..replicas.max(1) {
+        servers.push(Server::start(bin, &data, &db, &keys, &http).await?);
+    }
     report.start_time = t.elapsed();
-    report.memory_start = Some(server.memory()?);
+    report.memory_start = Some(servers[0].memory()?);
     println!(
-        "server restarted with the fleet in {:.1?}; pid {}",
+        "{} restarted with the fleet in {:.1?}; pids {:?}",
+        if servers.len() > 1 {
+            "servers"
+        } else {
+            "server"
+        },
         report.start_time,
-        server.pid()
+        servers.iter().map(Server::pid).collect::<Vec<_>>()
     );
 
     let mut bench = Bench {
-        base: server.base.clone(),
+        bases: servers.iter().map(|s| s.base.clone()).collect(),
         scripts: &scripts,
         secs,
         span: CHECKING_MACHINES.min(machines),
         db: DbConn::open(&db, Access::ReadOnly).await?,
     };
     let loaded = scenarios(&mut bench, &mut report).await;
-    report.memory_after = server.memory().ok();
-    {
+    report.memory_after = servers[0].memory().ok();
+    for server in &servers {
         let log = server.log.lock().unwrap();
-        report.server_problems = log.problems;
-        report.server_samples = log.samples.clone();
+        report.server_problems += log.problems;
+        report.server_samples.extend(
+            log.samples
+                .iter()
+                .take(8 - report.server_samples.len().min(8))
+                .cloned(),
+        );
     }
-    let (st, stop_time) = server.stop()?;
-    report.stop_status = Some(st);
-    report.stop_time = stop_time;
+    for server in servers {
+        let (st, stop_time) = server.stop()?;
+        report.stop_time = report.stop_time.max(stop_time);
+        if report.stop_status.is_none_or(|s| s.success()) {
+            report.stop_status = Some(st);
+        }
+    }
     if let Err(e) = loaded {
         report.error = Some(format!("{e:#}"));
     }
@@ -1230,7 +1350,7 @@ async fn run(machines: u64, secs: u64, postgres: Option<&Scratch>) -> Result<Rep
 /// Scenarios 1 to 4, in order.
 async fn scenarios(bench: &mut Bench<'_>, report: &mut Report) -> Result<()> {
     // Warm-up of the constant route (not reported).
-    finish(bench.healthz(32).spawn(2)?)?;
+    finish_all(spawn_all(&bench.healthz(32), 2)?)?;
     println!("running scenario 1 (constant route)");
     let result = bench.run(&bench.healthz(32))?;
     report.rows.push(Row {
@@ -1485,13 +1605,14 @@ fn run_on_postgres(
     server: &str,
     machines: u64,
     secs: u64,
+    replicas: usize,
 ) -> Result<Report> {
     let scratch = rt.block_on(Scratch::create(server))?;
     println!("release_day: created database {}", scratch.name);
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         rt.block_on(async {
             tokio::select! {
-                r = run(machines, secs, Some(&scratch)) => r,
+                r = run(machines, secs, Some(&scratch), replicas) => r,
                 _ = tokio::signal::ctrl_c() => bail!("interrupted"),
             }
         })
@@ -1533,22 +1654,50 @@ fn main() -> ExitCode {
         }
         Err(_) => None,
     };
+    let replicas = match knob("BENCH_REPLICAS", 1) {
+        Ok(n @ 1..=8) => n as usize,
+        Ok(_) | Err(_) => {
+            eprintln!("release_day: BENCH_REPLICAS must be a number from 1 to 8");
+            return ExitCode::FAILURE;
+        }
+    };
+    let compare = std::env::var("BENCH_COMPARE").is_ok_and(|v| v == "1");
+    if (replicas > 1 || compare) && postgres.is_none() {
+        eprintln!("release_day: BENCH_REPLICAS and BENCH_COMPARE need BENCH_DATABASE (PostgreSQL)");
+        return ExitCode::FAILURE;
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let outcome = match postgres {
-        None => rt.block_on(run(machines, secs, None)),
-        Some(server) => run_on_postgres(&rt, &server, machines, secs),
+    // The runs: SQLite, or PostgreSQL with `replicas`; or, to compare, SQLite, PostgreSQL with
+    // one replica and with several (`BENCH_REPLICAS`, else 3), one after the other.
+    let runs: Vec<Option<usize>> = match (compare, &postgres) {
+        (true, _) => vec![None, Some(1), Some(if replicas > 1 { replicas } else { 3 })],
+        (false, Some(_)) => vec![Some(replicas)],
+        (false, None) => vec![None],
     };
-    let report = match outcome {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("release_day: FAILED: {e:#}");
-            return ExitCode::FAILURE;
+    let mut reports = Vec::new();
+    let mut fails = Vec::new();
+    for run_on in runs {
+        let outcome = match (run_on, &postgres) {
+            (Some(n), Some(server)) => run_on_postgres(&rt, server, machines, secs, n),
+            _ => rt.block_on(run(machines, secs, None, 1)),
+        };
+        match outcome {
+            Ok(r) => {
+                fails.extend(print_report(&r));
+                reports.push(r);
+            }
+            Err(e) => {
+                eprintln!("release_day: FAILED: {e:#}");
+                return ExitCode::FAILURE;
+            }
         }
-    };
-    let fails = print_report(&report);
+    }
+    if let [sqlite, one, several] = reports.as_slice() {
+        print_comparison(sqlite, one, several);
+    }
     if fails.is_empty() {
         ExitCode::SUCCESS
     } else {
@@ -1558,4 +1707,50 @@ fn main() -> ExitCode {
         }
         ExitCode::FAILURE
     }
+}
+
+/// The three runs of `BENCH_COMPARE` side by side: each scenario's rate on SQLite, on PostgreSQL
+/// with one replica and with several, with the ratios the issue sets goals for.
+fn print_comparison(sqlite: &Report, one: &Report, several: &Report) {
+    let rate = |r: &Report, row: &Row| {
+        r.rows
+            .iter()
+            .find(|x| x.name == row.name && x.connections == row.connections)
+            .map(|x| (x.result.rps, x.result.p99))
+    };
+    println!();
+    println!(
+        "== side by side, {} registered machines, {} s per scenario (req/s, p99)",
+        sqlite.machines, sqlite.secs
+    );
+    println!(
+        "{:<30} {:>5} {:>18} {:>18} {:>8} {:>18} {:>8}",
+        "scenario", "conns", "SQLite", "PostgreSQL x1", "x1/SQL", "PostgreSQL xN", "xN/x1"
+    );
+    let cell = |v: Option<(f64, Duration)>| {
+        v.map_or("-".to_owned(), |(rps, p99)| {
+            format!("{rps:.0} ({})", ms(p99))
+        })
+    };
+    let ratio = |a: Option<(f64, Duration)>, b: Option<(f64, Duration)>| match (a, b) {
+        (Some((a, _)), Some((b, _))) if b > 0.0 => format!("{:.2}", a / b),
+        _ => "-".to_owned(),
+    };
+    for row in &sqlite.rows {
+        let (s, o, n) = (rate(sqlite, row), rate(one, row), rate(several, row));
+        println!(
+            "{:<30} {:>5} {:>18} {:>18} {:>8} {:>18} {:>8}",
+            row.name,
+            row.connections,
+            cell(s),
+            cell(o),
+            ratio(o, s),
+            cell(n),
+            ratio(n, o)
+        );
+    }
+    println!("({})", several.database);
+    println!(
+        "goals (issue 19): PostgreSQL grants >= 0.5x SQLite's; several replicas >= 0.8x one's"
+    );
 }

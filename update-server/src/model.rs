@@ -65,7 +65,7 @@ pub struct Channel {
 
 /// Rollout policy of a group. Stored as one JSON document so the policy engine (issue 5) can add
 /// fields without a schema migration; unknown fields are kept verbatim.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct GroupPolicy {
     /// Rollout paused: checks are answered `noupdate` (reason `paused`).
     #[serde(default)]

@@ -516,7 +516,7 @@ impl UpdateService {
                 let (machine_id, app_id) = &*key;
                 let stored = tx.instance(machine_id, app_id).await?;
                 let mut plan = svc.plan(&cat, &req, app_id, stored, &keep, first_seen, now);
-                svc.commit(tx, &mut plan, now).await?;
+                svc.commit(tx, &mut plan, &cat, now).await?;
                 Ok(plan)
             })
         })
@@ -531,6 +531,7 @@ impl UpdateService {
         &self,
         tx: &mut dyn StoreTx,
         plan: &mut Plan,
+        cat: &Catalogue,
         now: i64,
     ) -> Result<(), StoreError> {
         tx.check_in(std::slice::from_ref(&plan.check_in)).await?;
@@ -563,6 +564,7 @@ impl UpdateService {
                     network: network_of(&plan.row.ip),
                     new_machine_limit: self.rollouts.new_machines.per_network,
                     now,
+                    expected_policy: cat.group(&g.group_id).map(|grp| grp.policy.clone()),
                 },
             )
             .await?;

@@ -32,6 +32,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::model::{GroupPolicy, NewActivity};
+use crate::rollout::prefetch::{GrantContext, GrantPrefetch, Prefetched};
 use crate::rollout::{AutoHalt, Halt, HoldReason, RateLimit, RolloutSpec};
 use crate::store::StoreError;
 use crate::store::tx::TxFuture;
@@ -222,6 +223,11 @@ pub struct GrantRequest {
     pub new_machine_limit: Option<RateLimit>,
     /// Now (Unix seconds).
     pub now: i64,
+    /// The policy the caller expects the group to have (the catalogue's): a store that can
+    /// prefetches the counts it needs as it takes the group's lock, and uses them when the
+    /// locked policy is this one ([`super::prefetch`]). `None`: nothing is prefetched but the
+    /// machine's own facts. The decision is the same either way.
+    pub expected_policy: Option<GroupPolicy>,
 }
 
 /// A rollout that halted itself while a machine's report was settled.
@@ -524,6 +530,16 @@ pub trait GrantTx: Send {
     ) -> TxFuture<'a, Vec<RolloutKey>>;
     /// Appends an entry to the activity feed.
     fn add_activity<'a>(&'a mut self, act: &'a NewActivity, at: i64) -> TxFuture<'a, ()>;
+    /// Takes the group's lock for a grant attempt and reads, at once, what the attempt will
+    /// read ([`super::prefetch`]); `None` (the default): the store answers each read as it
+    /// comes, and takes the lock at [`GrantTx::group_policy`].
+    fn prefetch_grant<'a>(
+        &'a mut self,
+        plan: &'a GrantPrefetch<'a>,
+    ) -> TxFuture<'a, Option<GrantContext>> {
+        let _ = plan;
+        Box::pin(std::future::ready(Ok(None)))
+    }
 }
 
 /// A group's policy with its rollout spec decoded.
@@ -551,7 +567,7 @@ fn decode_policy(row: Option<GroupPolicyRow>) -> Result<Option<Policy>, StoreErr
 }
 
 /// `now` minus `secs`, saturating.
-fn before(now: i64, secs: u64) -> i64 {
+pub(crate) fn before(now: i64, secs: u64) -> i64 {
     now.saturating_sub(i64::try_from(secs).unwrap_or(i64::MAX))
 }
 
@@ -710,6 +726,18 @@ async fn is_new_machine(tx: &mut dyn GrantTx, r: &GrantRequest) -> Result<bool, 
 /// module documentation gives, and writes the grant when it is made. Run it inside the store's
 /// write transaction.
 pub async fn try_grant(
+    tx: &mut dyn GrantTx,
+    req: &GrantRequest,
+) -> Result<GrantOutcome, StoreError> {
+    let plan = GrantPrefetch::plan(req, req.expected_policy.as_ref());
+    match tx.prefetch_grant(&plan).await? {
+        Some(ctx) => decide_grant(&mut Prefetched::new(tx, plan, ctx), req).await,
+        None => decide_grant(tx, req).await,
+    }
+}
+
+/// The rules of [`try_grant`], each read asked of `tx` as it comes.
+async fn decide_grant(
     tx: &mut dyn GrantTx,
     req: &GrantRequest,
 ) -> Result<GrantOutcome, StoreError> {

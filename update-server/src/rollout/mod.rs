@@ -21,6 +21,7 @@ pub mod engine;
 pub mod grants;
 pub mod metrics;
 pub mod newcomers;
+pub mod prefetch;
 pub mod ramp;
 pub mod spec;
 pub mod status;

@@ -35,6 +35,8 @@
 mod admin;
 #[path = "postgres_credential.rs"]
 mod credential;
+#[path = "postgres_deferred.rs"]
+mod deferred;
 #[path = "postgres_fleetlock.rs"]
 mod fleetlock;
 #[path = "postgres_retention.rs"]
@@ -43,11 +45,14 @@ mod retention;
 mod rollout;
 
 use std::any::Any;
+use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::{Postgres, Transaction};
+use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
 
 use super::sqlx_shared::{self as shared, db, migrator};
 use super::tx::{Transactor, TxJob, Urgency};
@@ -80,24 +85,67 @@ const SESSION_SETTINGS: [(&str, &str); 6] = [
     ("tcp_keepalives_count", "3"),
 ];
 
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "initial",
-    include_str!("../../migrations/postgres/0001_initial.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "initial",
+        include_str!("../../migrations/postgres/0001_initial.sql"),
+    ),
+    (
+        2,
+        "grant_context",
+        include_str!("../../migrations/postgres/0002_grant_context.sql"),
+    ),
+];
 
 /// PostgreSQL-backed stores (every store trait, and the [`Transactor`] of the check path).
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
-    leases: std::sync::Arc<retention::Leases>,
+    leases: Arc<retention::Leases>,
+    turns: Arc<GroupTurns>,
 }
 
 /// A write transaction on PostgreSQL: the domain code's operations
 /// ([`crate::store::tx::StoreTx`]) run through it.
 #[derive(Debug)]
 pub struct PgTx {
+    /// The transaction. A statement run on it directly must [`PgTx::flush`] first if the
+    /// transaction may hold writes back (the check path's do: use [`PgTx::conn`]).
     pub(crate) tx: Transaction<'static, Postgres>,
+    /// Writes held back, sent with the next statement or before the commit.
+    deferred: deferred::Deferred,
+    turns: Arc<GroupTurns>,
+    /// This process's turn on the group being granted, held until the transaction ends.
+    turn: Option<OwnedMutexGuard<()>>,
+    /// The transaction may hold a group's row lock (it must not wait for a turn then).
+    locked_groups: bool,
+}
+
+/// Turns on each group's grant attempts within this process: a grant attempt waits for its
+/// group's turn here before it queues on the group's row lock, so one connection per replica
+/// waits on the lock, not every one (each commit would wake them all). A transaction that may
+/// already hold a group's row lock (it settled or superseded grants, or stored a policy) goes to
+/// the row lock directly: it never waits for a turn while holding a lock, so turns and row locks
+/// cannot wait on each other in a cycle.
+#[derive(Debug, Default)]
+struct GroupTurns {
+    groups: std::sync::Mutex<HashMap<String, Arc<AsyncMutex<()>>>>,
+}
+
+impl GroupTurns {
+    /// Waits for the group's turn. (The map holds one entry per group ever granted in this
+    /// process: groups are an operator's, few.)
+    async fn take(&self, group_id: &str) -> OwnedMutexGuard<()> {
+        let turn = {
+            let mut groups = self
+                .groups
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            Arc::clone(groups.entry(group_id.to_owned()).or_default())
+        };
+        turn.lock_owned().await
+    }
 }
 
 impl PgStore {
@@ -122,6 +170,7 @@ impl PgStore {
         Ok(Self {
             pool,
             leases: Default::default(),
+            turns: Default::default(),
         })
     }
 
@@ -153,14 +202,59 @@ impl PgStore {
     pub(crate) async fn begin(&self, op: &'static str) -> Result<PgTx, StoreError> {
         Ok(PgTx {
             tx: self.pool.begin().await.map_err(db(op))?,
+            deferred: Default::default(),
+            turns: Arc::clone(&self.turns),
+            turn: None,
+            locked_groups: false,
         })
     }
 }
 
 impl PgTx {
-    /// Commits.
-    pub(crate) async fn commit(self, op: &'static str) -> Result<(), StoreError> {
+    /// Before a grant attempt locks `group_id`'s row: waits for this process's turn on the
+    /// group, unless the transaction may hold a group lock already ([`GroupTurns`]).
+    pub(crate) async fn take_turn(&mut self, group_id: &str) {
+        if !self.locked_groups && self.turn.is_none() {
+            self.turn = Some(self.turns.take(group_id).await);
+        }
+        self.locked_groups = true;
+    }
+
+    /// Notes that the transaction may now hold a group's row lock.
+    pub(crate) fn locking_groups(&mut self) {
+        self.locked_groups = true;
+    }
+
+    /// The grant attempt is decided (the grant written, or the check moved on to the instance's
+    /// own writes): the next attempt of this process may queue on the group's row lock now, and
+    /// is woken by PostgreSQL the moment this transaction commits.
+    pub(crate) fn pass_turn(&mut self) {
+        self.turn = None;
+    }
+
+    /// Sends the writes held back, then commits.
+    pub(crate) async fn commit(mut self, op: &'static str) -> Result<(), StoreError> {
+        self.flush().await?;
         self.tx.commit().await.map_err(db(op))
+    }
+
+    /// Sends the writes held back ([`deferred`]), if any.
+    pub(crate) async fn flush(&mut self) -> Result<(), StoreError> {
+        if self.deferred.is_empty() {
+            return Ok(());
+        }
+        self.deferred.send(&mut self.tx).await
+    }
+
+    /// The connection, the writes held back sent: for any statement but a held write.
+    pub(crate) async fn conn(&mut self) -> Result<&mut sqlx::PgConnection, StoreError> {
+        self.flush().await?;
+        Ok(&mut *self.tx)
+    }
+
+    /// Holds a write back until the next statement or the commit.
+    pub(crate) fn defer(&mut self, sql: &str) -> deferred::DeferredPart<'_> {
+        self.deferred.push(sql)
     }
 }
 

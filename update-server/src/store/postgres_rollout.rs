@@ -40,6 +40,7 @@ use crate::model::{GroupPolicy, Instance, NewActivity};
 use crate::rollout::grants::{
     self, GrantCount, GrantKey, GrantTx, GroupPolicyRow, NewGrant, RolloutKey, Settlement,
 };
+use crate::rollout::prefetch::{GrantContext, GrantPrefetch, PrefetchedCounts};
 use crate::store::instances::{CheckIn, InstanceTx, StatusColumns};
 use crate::store::rollout::{
     GrantOutcome, GrantRequest, GrantState, GrantStats, HaltedRollout, ProgressReport,
@@ -279,19 +280,26 @@ async fn read_group_policy(
 impl GrantTx for PgTx {
     fn group_policy<'a>(&'a mut self, group_id: &'a str) -> TxFuture<'a, Option<GroupPolicyRow>> {
         // The lock that makes the group's limits exact: held until this transaction ends.
-        Box::pin(read_group_policy(
-            &mut self.tx,
-            "SELECT app_id, policy FROM groups_ WHERE id = $1 FOR UPDATE",
-            group_id,
-        ))
+        Box::pin(async move {
+            self.take_turn(group_id).await;
+            read_group_policy(
+                self.conn().await?,
+                "SELECT app_id, policy FROM groups_ WHERE id = $1 FOR UPDATE",
+                group_id,
+            )
+            .await
+        })
     }
 
     fn gate_policy<'a>(&'a mut self, group_id: &'a str) -> TxFuture<'a, Option<GroupPolicyRow>> {
-        Box::pin(read_group_policy(
-            &mut self.tx,
-            "SELECT app_id, policy FROM groups_ WHERE id = $1",
-            group_id,
-        ))
+        Box::pin(async move {
+            read_group_policy(
+                self.conn().await?,
+                "SELECT app_id, policy FROM groups_ WHERE id = $1",
+                group_id,
+            )
+            .await
+        })
     }
 
     fn store_group_policy<'a>(
@@ -301,10 +309,11 @@ impl GrantTx for PgTx {
     ) -> TxFuture<'a, ()> {
         Box::pin(async move {
             let json = serde_json::to_string(policy).map_err(|e| corrupt_policy(e.to_string()))?;
+            self.locking_groups();
             sqlx::query("UPDATE groups_ SET policy = $1 WHERE id = $2")
                 .bind(json)
                 .bind(group_id)
-                .execute(&mut *self.tx)
+                .execute(self.conn().await?)
                 .await
                 .map_err(db("store group policy"))?;
             Ok(())
@@ -325,7 +334,7 @@ impl GrantTx for PgTx {
             .bind(machine_id)
             .bind(app_id)
             .bind(version)
-            .fetch_optional(&mut *self.tx)
+            .fetch_optional(self.conn().await?)
             .await
             .map_err(db("read refused versions"))?;
             reason.as_deref().map(refusal_reason).transpose()
@@ -345,7 +354,7 @@ impl GrantTx for PgTx {
             .bind(r.reason.as_str())
             .bind(r.error_code)
             .bind(r.at)
-            .execute(&mut *self.tx)
+            .execute(self.conn().await?)
             .await
             .map_err(db("record refused version"))?;
             Ok(())
@@ -366,7 +375,7 @@ impl GrantTx for PgTx {
             .bind(machine_id)
             .bind(app_id)
             .bind(version)
-            .fetch_one(&mut *self.tx)
+            .fetch_one(self.conn().await?)
             .await
             .map_err(db("read rollout grants"))
         })
@@ -386,7 +395,7 @@ impl GrantTx for PgTx {
             .bind(now)
             .bind(group_id)
             .bind(cutoff)
-            .execute(&mut *self.tx)
+            .execute(self.conn().await?)
             .await
             .map_err(db("expire rollout grants"))?;
             Ok(())
@@ -399,7 +408,7 @@ impl GrantTx for PgTx {
         version: &'a str,
         since: i64,
     ) -> TxFuture<'a, Vec<GrantCount>> {
-        Box::pin(grant_counts(&mut self.tx, group_id, version, since))
+        Box::pin(async move { grant_counts(self.conn().await?, group_id, version, since).await })
     }
 
     fn completed_grants<'a>(
@@ -414,7 +423,7 @@ impl GrantTx for PgTx {
             )
             .bind(group_id)
             .bind(version);
-            count(&mut self.tx, q).await
+            count(self.conn().await?, q).await
         })
     }
 
@@ -424,7 +433,7 @@ impl GrantTx for PgTx {
                 "SELECT COUNT(*) FROM rollout_grants WHERE group_id = $1 AND state = 'in_flight'",
             )
             .bind(group_id);
-            count(&mut self.tx, q).await
+            count(self.conn().await?, q).await
         })
     }
 
@@ -444,7 +453,7 @@ impl GrantTx for PgTx {
             .bind(besides.app_id)
             .bind(besides.version)
             .bind(since);
-            count(&mut self.tx, q).await
+            count(self.conn().await?, q).await
         })
     }
 
@@ -459,7 +468,7 @@ impl GrantTx for PgTx {
             // lock does (taken after the group's, held until the grant is committed).
             sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('platte-net:' || $1, 0))")
                 .bind(network)
-                .execute(&mut *self.tx)
+                .execute(self.conn().await?)
                 .await
                 .map_err(db("lock the network's new machines"))?;
             let q = sqlx::query_scalar(
@@ -473,7 +482,7 @@ impl GrantTx for PgTx {
             .bind(besides.group_id)
             .bind(besides.version)
             .bind(since);
-            count(&mut self.tx, q).await
+            count(self.conn().await?, q).await
         })
     }
 
@@ -487,7 +496,7 @@ impl GrantTx for PgTx {
             .bind(key.app_id)
             .bind(key.group_id)
             .bind(key.version)
-            .fetch_optional(&mut *self.tx)
+            .fetch_optional(self.conn().await?)
             .await
             .map_err(db("read rollout grant"))?;
             Ok(recorded.map(|n| n != 0))
@@ -505,7 +514,7 @@ impl GrantTx for PgTx {
             )
             .bind(group_id)
             .bind(version)
-            .fetch_optional(&mut *self.tx)
+            .fetch_optional(self.conn().await?)
             .await
             .map_err(db("read rollout start"))
         })
@@ -525,7 +534,7 @@ impl GrantTx for PgTx {
             .bind(group_id)
             .bind(version)
             .bind(at)
-            .execute(&mut *self.tx)
+            .execute(self.conn().await?)
             .await
             .map_err(db("record rollout start"))?;
             Ok(())
@@ -543,7 +552,7 @@ impl GrantTx for PgTx {
             )
             .bind(machine_id)
             .bind(app_id)
-            .fetch_optional(&mut *self.tx)
+            .fetch_optional(self.conn().await?)
             .await
             .map_err(db("read instance first contact"))
         })
@@ -559,6 +568,7 @@ impl GrantTx for PgTx {
         Box::pin(async move {
             // The grants may be of other groups (the machine moved): their tallies change too,
             // so their groups are locked first, as a report does.
+            self.locking_groups();
             sqlx::query(
                 "SELECT id FROM groups_ WHERE id IN (SELECT group_id FROM rollout_grants \
                  WHERE machine_id = $1 AND app_id = $2 AND version <> $3 \
@@ -567,7 +577,7 @@ impl GrantTx for PgTx {
             .bind(machine_id)
             .bind(app_id)
             .bind(version)
-            .execute(&mut *self.tx)
+            .execute(self.conn().await?)
             .await
             .map_err(db("lock the groups of rollout grants"))?;
             sqlx::query(
@@ -579,7 +589,7 @@ impl GrantTx for PgTx {
             .bind(machine_id)
             .bind(app_id)
             .bind(version)
-            .execute(&mut *self.tx)
+            .execute(self.conn().await?)
             .await
             .map_err(db("supersede rollout grant"))?;
             Ok(())
@@ -587,8 +597,10 @@ impl GrantTx for PgTx {
     }
 
     fn upsert_grant<'a>(&'a mut self, g: NewGrant<'a>) -> TxFuture<'a, ()> {
-        Box::pin(async move {
-            sqlx::query(
+        // Held back: sent with the check's last writes (the instance's status and history),
+        // under the group's lock, just before the commit.
+        let held = self
+            .defer(
                 "INSERT INTO rollout_grants (group_id, app_id, machine_id, version, state, \
                  canary, granted_at, progress_at, network, new_machine) \
                  VALUES ($1, $2, $3, $4, 'in_flight', $5, $6, $6, $7, $8) \
@@ -605,11 +617,9 @@ impl GrantTx for PgTx {
             .bind(g.at)
             .bind(g.network)
             .bind(i64::from(g.new_machine))
-            .execute(&mut *self.tx)
-            .await
-            .map_err(db("grant rollout"))?;
-            Ok(())
-        })
+            .done();
+        self.pass_turn();
+        Box::pin(std::future::ready(held))
     }
 
     fn settle_grants<'a>(
@@ -619,18 +629,124 @@ impl GrantTx for PgTx {
         settlement: Settlement<'a>,
         now: i64,
     ) -> TxFuture<'a, Vec<RolloutKey>> {
-        Box::pin(settle_grants(
-            &mut self.tx,
-            machine_id,
-            app_id,
-            settlement,
-            now,
-        ))
+        self.locking_groups();
+        Box::pin(async move {
+            settle_grants(self.conn().await?, machine_id, app_id, settlement, now).await
+        })
     }
 
     fn add_activity<'a>(&'a mut self, act: &'a NewActivity, at: i64) -> TxFuture<'a, ()> {
-        Box::pin(add_activity(&mut self.tx, act, at))
+        Box::pin(async move { add_activity(self.conn().await?, act, at).await })
     }
+
+    fn prefetch_grant<'a>(
+        &'a mut self,
+        plan: &'a GrantPrefetch<'a>,
+    ) -> TxFuture<'a, Option<GrantContext>> {
+        Box::pin(async move {
+            self.take_turn(plan.key.group_id).await;
+            prefetch_grant(self.conn().await?, plan).await.map(Some)
+        })
+    }
+}
+
+/// Locks the group and reads what a grant attempt will, in one call of the schema's
+/// `platte_grant_context` (migration 0002).
+async fn prefetch_grant(
+    conn: &mut PgConnection,
+    plan: &GrantPrefetch<'_>,
+) -> Result<GrantContext, StoreError> {
+    const CTX: &str = "platte_grant_context";
+    let expected = plan
+        .expected_policy
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(|e| corrupt_policy(e.to_string()))?;
+    let k = &plan.key;
+    let row = sqlx::query(
+        "SELECT * FROM platte_grant_context($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+    )
+    .bind(k.group_id)
+    .bind(k.machine_id)
+    .bind(k.app_id)
+    .bind(k.version)
+    .bind(plan.now)
+    .bind(expected)
+    .bind(plan.expire_before)
+    .bind(plan.count_in_flight)
+    .bind(plan.granted_after)
+    .bind(plan.halt_counted_after)
+    .bind(plan.gate_group.as_deref())
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(db("lock the group and read the grant's context"))?;
+    // No row: no such group.
+    let Some(r) = row else {
+        return Ok(GrantContext::default());
+    };
+    let count = |column: &'static str| -> Result<Option<u64>, StoreError> {
+        get::<Option<i64>, _>(&r, CTX, column)?
+            .map(|n| u64_of(n, CTX, column))
+            .transpose()
+    };
+    let group_row = |app: Option<String>, policy: Option<String>| match (app, policy) {
+        (Some(app_id), Some(json)) => Ok(Some(GroupPolicyRow {
+            app_id,
+            policy: policy_of(&json)?,
+        })),
+        _ => Ok::<_, StoreError>(None),
+    };
+    let group = group_row(get(&r, CTX, "ctx_app_id")?, get(&r, CTX, "ctx_policy")?)?;
+    let refusal: Option<String> = get(&r, CTX, "ctx_refusal")?;
+    let counts = if get::<Option<bool>, _>(&r, CTX, "ctx_planned")? == Some(true) {
+        let halt_counts = match get::<Option<Vec<String>>, _>(&r, CTX, "ctx_halt_states")? {
+            None => None,
+            Some(states) => {
+                let new: Vec<i64> = get(&r, CTX, "ctx_halt_new_machines")?;
+                let machines: Vec<i64> = get(&r, CTX, "ctx_halt_machines")?;
+                let rows = states.iter().zip(new).zip(machines);
+                Some(
+                    rows.map(|((state, new_machine), n)| {
+                        Ok(GrantCount {
+                            state: grant_state(state)?,
+                            new_machine: new_machine != 0,
+                            machines: u64_of(n, CTX, "ctx_halt_machines")?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, StoreError>>()?,
+                )
+            }
+        };
+        let gate = match &plan.gate_group {
+            None => None,
+            Some(_) => Some((
+                group_row(
+                    get(&r, CTX, "ctx_gate_app_id")?,
+                    get(&r, CTX, "ctx_gate_policy")?,
+                )?,
+                count("ctx_gate_completed")?.unwrap_or(0),
+            )),
+        };
+        Some(PrefetchedCounts {
+            in_flight: count("ctx_in_flight")?,
+            granted_after: count("ctx_granted_after")?,
+            halt_counts,
+            gate,
+        })
+    } else {
+        None
+    };
+    Ok(GrantContext {
+        group,
+        refusal: refusal.as_deref().map(refusal_reason).transpose()?,
+        in_flight_here: get::<Option<bool>, _>(&r, CTX, "ctx_in_flight_here")? == Some(true),
+        recorded_new_machine: get::<Option<i64>, _>(&r, CTX, "ctx_recorded_new_machine")?
+            .map(|n| n != 0),
+        instance_created_at: get(&r, CTX, "ctx_instance_created_at")?,
+        rollout_start: get(&r, CTX, "ctx_rollout_start")?,
+        other_open_grants: get::<Option<bool>, _>(&r, CTX, "ctx_other_open_grants")? != Some(false),
+        counts,
+    })
 }
 
 /// Of check-ins naming one machine and application more than once, the newest of each (a
@@ -691,8 +807,9 @@ async fn check_in(conn: &mut PgConnection, rows: &[CheckIn]) -> Result<(), Store
     Ok(())
 }
 
-async fn record_change(
-    conn: &mut PgConnection,
+/// Holds back the events, status history and activity of a check ([`PgTx::defer`]).
+fn defer_change(
+    tx: &mut PgTx,
     machine_id: &str,
     app_id: &str,
     version: &str,
@@ -700,7 +817,7 @@ async fn record_change(
     change: &InstanceChange,
 ) -> Result<(), StoreError> {
     for e in &change.events {
-        sqlx::query(
+        tx.defer(
             "INSERT INTO events (machine_id, app_id, event_type, event_result, error_code, \
              previous_version, version, at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
@@ -712,12 +829,10 @@ async fn record_change(
         .bind(&e.previous_version)
         .bind(version)
         .bind(at)
-        .execute(&mut *conn)
-        .await
-        .map_err(db("insert event"))?;
+        .done()?;
     }
     if let Some(s) = &change.status_change {
-        sqlx::query(
+        tx.defer(
             "INSERT INTO instance_status_history (machine_id, app_id, status, version, detail, \
              error_code, at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
@@ -728,12 +843,12 @@ async fn record_change(
         .bind(&s.detail)
         .bind(s.error_code)
         .bind(s.at)
-        .execute(&mut *conn)
-        .await
-        .map_err(db("insert status history"))?;
+        .done()?;
     }
     for a in &change.activity {
-        add_activity(conn, a, at).await?;
+        if !a.kind.is_empty() {
+            shared::bind_activity(tx.defer(shared::INSERT_ACTIVITY), a, at).done()?;
+        }
     }
     Ok(())
 }
@@ -749,7 +864,7 @@ impl InstanceTx for PgTx {
                 sqlx::query("SELECT * FROM instances WHERE machine_id = $1 AND app_id = $2")
                     .bind(machine_id)
                     .bind(app_id)
-                    .fetch_optional(&mut *self.tx)
+                    .fetch_optional(self.conn().await?)
                     .await
                     .map_err(db("read instance"))?;
             row.as_ref().map(instance_of).transpose()
@@ -757,7 +872,7 @@ impl InstanceTx for PgTx {
     }
 
     fn check_in<'a>(&'a mut self, rows: &'a [CheckIn]) -> TxFuture<'a, ()> {
-        Box::pin(check_in(&mut self.tx, rows))
+        Box::pin(async move { check_in(self.conn().await?, rows).await })
     }
 
     fn set_status<'a>(
@@ -766,8 +881,10 @@ impl InstanceTx for PgTx {
         app_id: &'a str,
         s: &'a StatusColumns,
     ) -> TxFuture<'a, ()> {
-        Box::pin(async move {
-            sqlx::query(
+        // Held back: sent with the commit, in one statement with the grant and the history.
+        self.pass_turn();
+        let held = self
+            .defer(
                 "UPDATE instances SET status = $1, status_detail = $2, error_code = $3, \
                  status_at = $4, granted_version = $5, granted_at = $6 \
                  WHERE machine_id = $7 AND app_id = $8",
@@ -780,11 +897,8 @@ impl InstanceTx for PgTx {
             .bind(s.granted_at)
             .bind(machine_id)
             .bind(app_id)
-            .execute(&mut *self.tx)
-            .await
-            .map_err(db("set instance status"))?;
-            Ok(())
-        })
+            .done();
+        Box::pin(std::future::ready(held))
     }
 
     fn record_change<'a>(
@@ -795,14 +909,10 @@ impl InstanceTx for PgTx {
         at: i64,
         change: &'a InstanceChange,
     ) -> TxFuture<'a, ()> {
-        Box::pin(record_change(
-            &mut self.tx,
-            machine_id,
-            app_id,
-            version,
-            at,
-            change,
-        ))
+        // Held back: sent with the commit, in one statement with the status and the grant.
+        self.pass_turn();
+        let held = defer_change(self, machine_id, app_id, version, at, change);
+        Box::pin(std::future::ready(held))
     }
 }
 

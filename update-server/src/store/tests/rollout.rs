@@ -4,9 +4,11 @@
 //! and, on PostgreSQL, limits that stay exact while several replicas grant at once.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::model::{App, Group, NewActivity};
+use crate::model::{App, Group, GroupPolicy, NewActivity};
+use crate::rollout::prefetch::GrantPrefetch;
 use crate::rollout::{HoldReason, RateLimit};
 use crate::store::Database;
 use crate::store::rollout::{
@@ -73,12 +75,27 @@ fn request(group: &str, machine: &str, version: &str, first_seen: i64, now: i64)
         network: NETWORK.into(),
         new_machine_limit: None,
         now,
+        expected_policy: None,
     }
+}
+
+/// The stored policy of every group, as the server's catalogue has it.
+async fn stored_policies(kit: &TestStores) -> HashMap<String, GroupPolicy> {
+    let data = kit.store.load_catalogue().await.unwrap();
+    data.groups.into_iter().map(|g| (g.id, g.policy)).collect()
+}
+
+/// `req`, expecting its group's stored policy (as the check path does, from the catalogue): on
+/// PostgreSQL the counts are then prefetched with the group's lock.
+async fn expecting_stored_policy(kit: &TestStores, mut req: GrantRequest) -> GrantRequest {
+    req.expected_policy = stored_policies(kit).await.remove(&req.group_id);
+    req
 }
 
 async fn grant(kit: &TestStores, machine: &str, version: &str, now: i64) -> GrantOutcome {
     // Known long before any rollout: established.
     let req = request(GROUP, machine, version, -1_000_000, now);
+    let req = expecting_stored_policy(kit, req).await;
     kit.rollouts.try_grant(&req).await.unwrap()
 }
 
@@ -91,6 +108,7 @@ async fn grant_seen(
     now: i64,
 ) -> GrantOutcome {
     let req = request(group, machine, "2.0.0", first_seen, now);
+    let req = expecting_stored_policy(kit, req).await;
     kit.rollouts.try_grant(&req).await.unwrap()
 }
 
@@ -492,6 +510,109 @@ async fn refusals_are_listed_and_cleared_and_an_alias_names_one_machine(kit: &mu
     );
 }
 
+/// A grant attempt that expects an older policy than the stored one (the catalogue not yet
+/// reloaded) is decided by the stored one: in particular the expected, shorter timeout is not
+/// applied.
+async fn a_stale_expected_policy_decides_as_the_stored_one(kit: &mut TestStores) {
+    setup(
+        kit,
+        r#"{"concurrency_limit": 1, "update_timeout_secs": 1000}"#,
+    )
+    .await;
+    assert_eq!(grant(kit, "m1", "2.0.0", 0).await, GrantOutcome::Granted);
+    let stale =
+        serde_json::from_str(r#"{"concurrency_limit": 1, "update_timeout_secs": 100}"#).unwrap();
+    let req = GrantRequest {
+        expected_policy: Some(stale),
+        ..request(GROUP, "m2", "2.0.0", -1_000_000, 500)
+    };
+    let outcome = kit.rollouts.try_grant(&req).await.unwrap();
+    assert!(is_held(&outcome, HoldReason::Concurrency), "{outcome:?}");
+    let in_flight = "SELECT COUNT(*) FROM rollout_grants WHERE state = 'in_flight'";
+    assert_eq!(kit.query_i64(in_flight).await, 1);
+    // Past the stored timeout, the expected policy being the stored one.
+    assert_eq!(grant(kit, "m2", "2.0.0", 1001).await, GrantOutcome::Granted);
+    let timed_out = "SELECT COUNT(*) FROM rollout_grants WHERE state = 'timed_out'";
+    assert_eq!(
+        (
+            kit.query_i64(in_flight).await,
+            kit.query_i64(timed_out).await
+        ),
+        (1, 1)
+    );
+}
+
+/// The same grant attempts and reports, in two groups with one policy (every limit, a timeout,
+/// auto-halt and a gate), decide alike whether the attempts expect the stored policy (their
+/// counts prefetched with the lock, on PostgreSQL) or not (each count asked as the rules come
+/// to it).
+async fn prefetched_and_asked_reads_decide_alike(kit: &mut TestStores) {
+    add_app(kit).await;
+    add_group(kit, "gate", "{}").await;
+    let policy = r#"{"concurrency_limit": 2, "rate_limit": {"count": 5, "period_secs": 40},
+        "update_timeout_secs": 30, "gate": {"group": "gate", "min_complete": 1},
+        "auto_halt": {"max_failure_rate": 0.5, "min_attempts": 8}}"#;
+    for group in ["asked", "prefetched"] {
+        add_group(kit, group, policy).await;
+    }
+    // The gate opens at 20.
+    let opener = expecting_stored_policy(kit, request("gate", "c", "2.0.0", -1_000_000, 20)).await;
+    assert_eq!(
+        kit.rollouts.try_grant(&opener).await.unwrap(),
+        GrantOutcome::Granted
+    );
+    let policies = stored_policies(kit).await;
+    let mut decided: HashMap<&str, Vec<String>> = HashMap::new();
+    for now in (0..240).step_by(5) {
+        if now == 25 {
+            report(kit, "c", GrantState::Complete, "2.0.0", None, now).await;
+        }
+        for group in ["asked", "prefetched"] {
+            let machine = format!("{group}-m{}", now % 45);
+            let mut req = request(group, &machine, "2.0.0", -1_000_000, now);
+            if group == "prefetched" {
+                req.expected_policy = policies.get(group).cloned();
+            }
+            let outcome = kit.rollouts.try_grant(&req).await.unwrap();
+            decided
+                .entry(group)
+                .or_default()
+                .push(format!("{now} {outcome:?}"));
+            if outcome == GrantOutcome::Granted {
+                // A third fail, a third install (and then complete or time out), a third stay in
+                // flight (and time out, or are granted again).
+                match now % 15 {
+                    0 => report(kit, &machine, GrantState::Failed, "1.0.0", None, now + 1).await,
+                    5 => report(kit, &machine, GrantState::Installed, "1.0.0", None, now + 1).await,
+                    _ => Vec::new(),
+                };
+            }
+        }
+    }
+    for group in ["asked", "prefetched"] {
+        let st = stats_of(kit, group, "2.0.0").await;
+        decided.entry(group).or_default().push(format!("{st:?}"));
+    }
+    assert_eq!(decided["asked"], decided["prefetched"]);
+    // Every rule had its say.
+    for rule in [
+        "Granted",
+        "Gate",
+        "Concurrency",
+        "Rate",
+        "Halted",
+        "timed_out: 0",
+    ] {
+        let hit = decided["asked"].iter().any(|d| d.contains(rule));
+        assert_eq!(
+            hit,
+            rule != "timed_out: 0",
+            "{rule}: {:?}",
+            decided["asked"]
+        );
+    }
+}
+
 both_stores!(
     the_tallies_equal_a_count_of_the_grants_through_every_change,
     a_machine_failing_a_version_again_and_again_is_one_attempt_and_one_failure,
@@ -501,6 +622,8 @@ both_stores!(
     a_regrant_counts_once_against_the_rate_limit,
     a_refusal_holds_the_version_for_that_machine_only,
     refusals_are_listed_and_cleared_and_an_alias_names_one_machine,
+    a_stale_expected_policy_decides_as_the_stored_one,
+    prefetched_and_asked_reads_decide_alike,
 );
 
 /// A second replica: another [`PgStore`] (a pool of its own) on the kit's database.
@@ -512,14 +635,19 @@ async fn replica(kit: &TestStores) -> PgStore {
 }
 
 /// Runs every request at once, alternating between the kit's store and `other` (two replicas);
-/// returns the outcomes in request order.
+/// returns the outcomes in request order. Every other request expects its group's stored policy
+/// (its counts prefetched with the lock), the others ask each count as the rules come to it.
 async fn grant_at_once(
     kit: &TestStores,
     other: &PgStore,
     requests: Vec<GrantRequest>,
 ) -> Vec<GrantOutcome> {
     let replicas: [Arc<dyn RolloutStore>; 2] = [kit.rollouts.clone(), Arc::new(other.clone())];
-    let attempts = requests.into_iter().enumerate().map(|(i, req)| {
+    let policies = stored_policies(kit).await;
+    let attempts = requests.into_iter().enumerate().map(|(i, mut req)| {
+        if i % 4 < 2 {
+            req.expected_policy = policies.get(&req.group_id).cloned();
+        }
         let store = Arc::clone(&replicas[i % replicas.len()]);
         tokio::spawn(async move { store.try_grant(&req).await.unwrap() })
     });
@@ -613,19 +741,21 @@ async fn replicas_granting_and_settling_at_once_keep_the_tallies_exact() {
     .await;
     let other = replica(&kit).await;
     let replicas: [Arc<dyn RolloutStore>; 2] = [kit.rollouts.clone(), Arc::new(other.clone())];
+    let policy = stored_policies(&kit).await.remove(GROUP);
     // Each machine tries until it is granted, then installs, then completes or fails: grants
-    // and reports of the group interleave on both replicas.
+    // and reports of the group interleave on both replicas. Half of the machines' grant
+    // attempts have their counts prefetched with the lock.
     let machines = (0..24).map(|m| {
         let store = Arc::clone(&replicas[m % replicas.len()]);
+        let expected = policy.clone().filter(|_| m % 4 < 2);
         tokio::spawn(async move {
             let machine = format!("m{m}");
             let mut now = 10;
-            while store
-                .try_grant(&request(GROUP, &machine, "2.0.0", -1_000_000, now))
-                .await
-                .unwrap()
-                != GrantOutcome::Granted
-            {
+            let attempt = |now| GrantRequest {
+                expected_policy: expected.clone(),
+                ..request(GROUP, &machine, "2.0.0", -1_000_000, now)
+            };
+            while store.try_grant(&attempt(now)).await.unwrap() != GrantOutcome::Granted {
                 now += 1;
                 tokio::task::yield_now().await;
             }
@@ -666,5 +796,64 @@ async fn replicas_granting_and_settling_at_once_keep_the_tallies_exact() {
         counted(&kit, "2.0.0", i64::MIN).await
     );
     other.close().await;
+    kit.close().await;
+}
+
+/// On PostgreSQL the expected policy's counts come back with the lock, equal to the counts the
+/// rules would ask for one by one; a policy that is not the stored one gets none.
+#[tokio::test]
+async fn the_grant_context_holds_the_planned_counts_when_the_policy_is_the_expected_one() {
+    let Some(mut kit) = TestStores::postgres().await else {
+        return;
+    };
+    setup(
+        &kit,
+        r#"{"concurrency_limit": 5, "rate_limit": {"count": 9, "period_secs": 100},
+            "update_timeout_secs": 50, "auto_halt": {"max_failure_rate": 0.5, "min_attempts": 9}}"#,
+    )
+    .await;
+    for (m, now) in [("a", 0), ("b", 40), ("c", 45)] {
+        assert_eq!(grant(&kit, m, "2.0.0", now).await, GrantOutcome::Granted);
+    }
+    report(&kit, "c", GrantState::Failed, "1.0.0", None, 46).await;
+    let stored = stored_policies(&kit).await.remove(GROUP);
+    let stale: GroupPolicy = serde_json::from_str(r#"{"concurrency_limit": 5}"#).unwrap();
+    let context = |expected: Option<GroupPolicy>| {
+        let req = GrantRequest {
+            expected_policy: expected,
+            ..request(GROUP, "d", "2.0.0", -1_000_000, 60)
+        };
+        transact(kit.writer.as_ref(), Urgency::Answer, move |tx| {
+            let req = req.clone();
+            Box::pin(async move {
+                let plan = GrantPrefetch::plan(&req, req.expected_policy.as_ref());
+                tx.prefetch_grant(&plan).await
+            })
+        })
+    };
+    let ctx = context(stored)
+        .await
+        .unwrap()
+        .expect("PostgreSQL prefetches");
+    let counts = ctx.counts.expect("the stored policy was expected");
+    // "a" timed out (no progress since 0, cutoff 10); "b" is in flight; "c" failed.
+    assert_eq!(counts.in_flight, Some(1));
+    assert_eq!(counts.granted_after, Some(3));
+    let mut halt: Vec<_> = counts
+        .halt_counts
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.state.as_str(), c.machines))
+        .collect();
+    halt.sort();
+    assert_eq!(halt, [("failed", 1), ("in_flight", 1), ("timed_out", 1)]);
+    assert_eq!(ctx.rollout_start, Some(0));
+    assert!(!ctx.in_flight_here && !ctx.other_open_grants);
+    let ctx = context(Some(stale))
+        .await
+        .unwrap()
+        .expect("PostgreSQL prefetches");
+    assert_eq!(ctx.counts, None);
+    assert!(ctx.group.is_some());
     kit.close().await;
 }
