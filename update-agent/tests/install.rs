@@ -9,7 +9,7 @@
 mod common;
 mod support;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{assert_verified, attrs, gptprio};
 use support::{IMAGE_LEN, MACHINE, World, event_triples, image};
@@ -452,6 +452,52 @@ fn newer_release_supersedes_a_staged_one() {
     assert_eq!(w.proxy.with(|f| f.download_bytes), downloaded + payload3);
     let last = w.proxy.with(|f| f.omaha_responses.last().cloned().unwrap());
     assert!(last.contains(r#"status="noupdate""#), "{last}");
+}
+
+/// An agent killed after it made the staged update's slot unbootable for a newer release, but
+/// before its first checkpoint, restarts with an unfinished install of the newer release: its
+/// state never names a staged update whose slot no longer boots (a reboot would fall back and
+/// report the staged version as rolled back).
+#[test]
+fn killed_after_the_target_is_claimed_the_agent_restarts_with_an_unfinished_install() {
+    let w = World::new("1.0.0");
+    w.seed("2.0.0", &image(2));
+    assert_eq!(w.once(), 2, "agent log:\n{}", w.agent_log());
+    assert_eq!(w.state()["phase"], "staged");
+    let img3 = image(3);
+    w.release("2.1.0", &img3);
+    // The download of 2.1.0 stalls after its first bytes, long before a checkpoint.
+    w.proxy.with(|f| {
+        f.stall_at = Some(64);
+        f.stalled = false;
+    });
+    let mut child = w.spawn(true);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !w.proxy.with(|f| f.stalled) {
+        assert!(
+            Instant::now() < deadline,
+            "the download never stalled; agent log:\n{}",
+            w.agent_log()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(attrs(&w.img, 2) >> 48 & 0xff, 0, "target unbootable");
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let st = w.state();
+    assert_eq!(st["phase"], "installing", "{st}");
+    assert_eq!(st["staged"]["version"], "2.1.0", "{st}");
+    assert!(st["checkpoint"].is_null(), "{st}");
+    assert!(st["installed_before_reboot"].is_null(), "{st}");
+    // Restarted without the fault: 2.1.0 installs and is staged; nothing is deny-listed.
+    w.proxy.with(|f| f.stall_at = None);
+    assert_eq!(w.once(), 2, "agent log:\n{}", w.agent_log());
+    let st = w.state();
+    assert_eq!(st["phase"], "staged", "{st}");
+    assert_eq!(st["staged"]["version"], "2.1.0", "{st}");
+    assert_eq!(st["deny_list"], serde_json::json!([]), "{st}");
+    assert_eq!(w.read_part(2, IMAGE_LEN), img3);
+    assert_eq!(attrs(&w.img, 2), gptprio(2, 1, false));
 }
 
 #[test]

@@ -22,6 +22,7 @@
 //!  Checking ──NoUpdate, Refused, Offered(the staged version)──▶ Idle / Interrupted / Staged
 //!  Checking ──CheckFailed──▶ Failed
 //!  Checking ──Offered(another version): Install──▶ UpdateAvailable ──Refused──▶ (back to rest)
+//!  UpdateAvailable ⟲ TargetClaimed (saved before the slot is touched)
 //!  UpdateAvailable ──DownloadStarted──▶ Downloading ⟲ Progress, CheckpointSaved, CheckpointDropped
 //!  Downloading ──DownloadVerified──▶ Finalizing ──SlotActivated──▶ Staged
 //!  UpdateAvailable / Downloading / Finalizing ──InstallFailed──▶ Failed
@@ -271,6 +272,14 @@ pub enum Event {
         /// Message.
         message: String,
     },
+    /// The installer is about to make the target slot unbootable and overwrite it with
+    /// `update`: from now on the slot holds an unfinished install of it, whatever it held
+    /// before (a staged update included). Persisted before the slot is touched, so an agent
+    /// killed next never believes the slot still holds what it held.
+    TargetClaimed {
+        /// The version about to be written, and its slot.
+        update: StagedUpdate,
+    },
     /// The target slot is marked unbootable and the download starts.
     DownloadStarted,
     /// Download progress.
@@ -340,6 +349,7 @@ impl Event {
             Event::Offered(_) => "offered",
             Event::Refused => "refused",
             Event::CheckFailed { .. } => "check_failed",
+            Event::TargetClaimed { .. } => "target_claimed",
             Event::DownloadStarted => "download_started",
             Event::Progress { .. } => "progress",
             Event::CheckpointSaved { .. } => "checkpoint_saved",
@@ -432,6 +442,23 @@ impl UpdateFlow {
                 },
                 Action::None,
             ),
+            (F::UpdateAvailable { version, record }, Event::TargetClaimed { update }) => {
+                let record = match record {
+                    // Resuming the same install: its checkpoint stays.
+                    SlotRecord::Installing {
+                        update: held,
+                        checkpoint,
+                    } if held == update => SlotRecord::Installing {
+                        update: held,
+                        checkpoint,
+                    },
+                    _ => SlotRecord::Installing {
+                        update,
+                        checkpoint: None,
+                    },
+                };
+                (F::UpdateAvailable { version, record }, Action::None)
+            }
             (F::UpdateAvailable { version, record }, Event::DownloadStarted) => (
                 F::Downloading {
                     version,

@@ -318,6 +318,49 @@ fn a_failed_check_keeps_the_record() {
 }
 
 #[test]
+fn claiming_the_target_records_an_unfinished_install_of_the_offered_version() {
+    // Over a staged update, an unfinished install, or nothing: the slot now holds an
+    // unfinished install of the offer, with nothing to resume.
+    for before in [
+        staged("2.0.0"),
+        installing("2.0.5", Some(256)),
+        SlotRecord::Empty,
+    ] {
+        let mut flow = UpdateFlow::UpdateAvailable {
+            version: "2.1.0".into(),
+            record: before.clone(),
+        };
+        run(
+            &mut flow,
+            [Event::TargetClaimed {
+                update: update("2.1.0"),
+            }],
+        );
+        assert_eq!(
+            flow,
+            UpdateFlow::UpdateAvailable {
+                version: "2.1.0".into(),
+                record: installing("2.1.0", None),
+            },
+            "claimed over {before:?}"
+        );
+        assert_eq!(flow.staged_version(), None);
+    }
+    // Resuming the same install keeps its checkpoint.
+    let mut flow = UpdateFlow::UpdateAvailable {
+        version: "2.1.0".into(),
+        record: installing("2.1.0", Some(256)),
+    };
+    run(
+        &mut flow,
+        [Event::TargetClaimed {
+            update: update("2.1.0"),
+        }],
+    );
+    assert_eq!(flow.record(), installing("2.1.0", Some(256)));
+}
+
+#[test]
 fn the_download_keeps_the_record_until_the_first_checkpoint() {
     let mut flow = UpdateFlow::UpdateAvailable {
         version: "2.1.0".into(),
@@ -926,6 +969,9 @@ fn sample_events() -> Vec<Event> {
         Event::Offered("2.1.0".into()),
         Event::Refused,
         check_failed(2),
+        Event::TargetClaimed {
+            update: update("2.1.0"),
+        },
         Event::DownloadStarted,
         Event::Progress {
             received: 700,

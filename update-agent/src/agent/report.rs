@@ -8,6 +8,7 @@ use omaha::EventRequest;
 
 use super::flow::{Event, UpdateFlow};
 use super::{Publisher, apply, save_state};
+use crate::boot::SlotId;
 use crate::identity::Identity;
 use crate::install::{Observer, ResumeRecord, Step};
 use crate::omaha_client::{self, OmahaClient};
@@ -85,6 +86,23 @@ impl Observer for Reporter<'_> {
                     return Ok(());
                 }
             }
+        }
+        save_state(self.flow, self.state, self.store)
+    }
+
+    fn claim_target(&mut self, version: &str, slot: SlotId) -> Result<(), StateError> {
+        let before = self.flow.record();
+        apply(
+            self.flow,
+            Event::TargetClaimed {
+                update: StagedUpdate {
+                    version: version.to_owned(),
+                    slot,
+                },
+            },
+        );
+        if self.flow.record() == before {
+            return Ok(());
         }
         save_state(self.flow, self.state, self.store)
     }

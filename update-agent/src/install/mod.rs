@@ -3,7 +3,10 @@
 //!
 //! 1. [`Installer::check_compatibility`]: version policy (no downgrade unless marked and
 //!    allowed, not deny-listed) and trusted keys present (fail closed).
-//! 2. [`Installer::mark_target_unbootable`]: the inactive slot gets priority 0, tries 0.
+//! 2. [`Installer::mark_target_unbootable`]: the inactive slot gets priority 0, tries 0 —
+//!    after the observer persisted that the slot now holds an unfinished install of the
+//!    offered version ([`Observer::claim_target`]), so a state file never names a staged
+//!    update whose slot no longer boots.
 //! 3. [`Installer::stream_payload`]: the payload is streamed from its URL through the
 //!    `payloads` applier into the inactive slot's byte range, in bounded memory; its signed
 //!    prefix is verified (trusted key, app id, arch, board, version, slot size) before data is
@@ -87,6 +90,10 @@ pub trait Observer {
     fn progress(&mut self, received: u64, total: u64);
     /// Persists the resume record (`None` clears it).
     fn save_resume(&mut self, record: Option<&ResumeRecord>) -> Result<(), StateError>;
+    /// Persists that the target `slot` is about to be overwritten with `version` (an unfinished
+    /// install of it, keeping a resume record of the same install): called before the slot is
+    /// made unbootable, so nothing persisted claims the slot still holds what it held.
+    fn claim_target(&mut self, version: &str, slot: SlotId) -> Result<(), StateError>;
 }
 
 /// The result of an install.
@@ -140,6 +147,7 @@ impl Installer<'_> {
     ) -> Result<Installed, InstallError> {
         let trust = self.check_compatibility(offer, deny_list)?;
         let target = self.backend.target_slot()?;
+        obs.claim_target(&offer.version, target.slot())?;
         self.mark_target_unbootable(&target)?;
         obs.step(Step::DownloadStarted).await;
         let streamed = self
