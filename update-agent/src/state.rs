@@ -178,6 +178,10 @@ pub enum StateError {
     /// The state could not be serialised.
     #[error("cannot serialise state: {0}")]
     Serialise(#[from] serde_json::Error),
+    /// The update flow refused the change to record (a bug: the install's steps came out of
+    /// order); nothing was saved.
+    #[error("the update flow refused to record the install's step: {0}")]
+    Refused(String),
 }
 
 impl From<WriteError> for StateError {

@@ -22,7 +22,8 @@
 //!  Checking ──NoUpdate, Refused, Offered(the staged version)──▶ Idle / Interrupted / Staged
 //!  Checking ──CheckFailed──▶ Failed
 //!  Checking ──Offered(another version): Install──▶ UpdateAvailable ──Refused──▶ (back to rest)
-//!  UpdateAvailable ⟲ TargetClaimed (saved before the slot is touched)
+//!  UpdateAvailable ⟲ TargetClaimed (saved before the slot is touched), TargetReleased (the
+//!                    slot could not be made unbootable: the record from before the claim)
 //!  UpdateAvailable ──DownloadStarted──▶ Downloading ⟲ Progress, CheckpointSaved, CheckpointDropped
 //!  Downloading ──DownloadVerified──▶ Finalizing ──SlotActivated──▶ Staged
 //!  UpdateAvailable / Downloading / Finalizing ──InstallFailed──▶ Failed
@@ -280,6 +281,12 @@ pub enum Event {
         /// The version about to be written, and its slot.
         update: StagedUpdate,
     },
+    /// The claimed slot could not be made unbootable: it was not touched, and holds what
+    /// `record` says (the record from before the claim).
+    TargetReleased {
+        /// The record before the claim.
+        record: SlotRecord,
+    },
     /// The target slot is marked unbootable and the download starts.
     DownloadStarted,
     /// Download progress.
@@ -350,6 +357,7 @@ impl Event {
             Event::Refused => "refused",
             Event::CheckFailed { .. } => "check_failed",
             Event::TargetClaimed { .. } => "target_claimed",
+            Event::TargetReleased { .. } => "target_released",
             Event::DownloadStarted => "download_started",
             Event::Progress { .. } => "progress",
             Event::CheckpointSaved { .. } => "checkpoint_saved",
@@ -457,6 +465,9 @@ impl UpdateFlow {
                         checkpoint: None,
                     },
                 };
+                (F::UpdateAvailable { version, record }, Action::None)
+            }
+            (F::UpdateAvailable { version, .. }, Event::TargetReleased { record }) => {
                 (F::UpdateAvailable { version, record }, Action::None)
             }
             (F::UpdateAvailable { version, record }, Event::DownloadStarted) => (

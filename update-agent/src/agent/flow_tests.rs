@@ -361,6 +361,29 @@ fn claiming_the_target_records_an_unfinished_install_of_the_offered_version() {
 }
 
 #[test]
+fn a_slot_that_could_not_be_made_unbootable_keeps_its_staged_update() {
+    let mut flow = UpdateFlow::UpdateAvailable {
+        version: "2.1.0".into(),
+        record: staged("2.0.0"),
+    };
+    run(
+        &mut flow,
+        [
+            Event::TargetClaimed {
+                update: update("2.1.0"),
+            },
+            Event::TargetReleased {
+                record: staged("2.0.0"),
+            },
+            failed(7),
+        ],
+    );
+    // The install failed before the download: the staged update stands, still to boot next.
+    assert_eq!(flow.record(), staged("2.0.0"));
+    assert_eq!(flow.staged_version(), Some("2.0.0"));
+}
+
+#[test]
 fn the_download_keeps_the_record_until_the_first_checkpoint() {
     let mut flow = UpdateFlow::UpdateAvailable {
         version: "2.1.0".into(),
@@ -971,6 +994,9 @@ fn sample_events() -> Vec<Event> {
         check_failed(2),
         Event::TargetClaimed {
             update: update("2.1.0"),
+        },
+        Event::TargetReleased {
+            record: staged("2.0.0"),
         },
         Event::DownloadStarted,
         Event::Progress {

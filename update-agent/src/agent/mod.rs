@@ -820,6 +820,7 @@ impl Agent {
                 publisher: &self.publisher,
                 version: &offer.version,
                 last_progress_log: Instant::now(),
+                claimed_over: None,
             };
             installer
                 .install(offer, &deny_list, resume, &mut reporter)

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use omaha::EventRequest;
 
-use super::flow::{Event, UpdateFlow};
+use super::flow::{Event, SlotRecord, UpdateFlow};
 use super::{Publisher, apply, save_state};
 use crate::boot::SlotId;
 use crate::identity::Identity;
@@ -24,6 +24,8 @@ pub(super) struct Reporter<'a> {
     pub publisher: &'a Publisher,
     pub version: &'a str,
     pub last_progress_log: Instant,
+    /// The record from before [`Observer::claim_target`], until the slot is made unbootable.
+    pub claimed_over: Option<SlotRecord>,
 }
 
 impl Reporter<'_> {
@@ -92,18 +94,36 @@ impl Observer for Reporter<'_> {
 
     fn claim_target(&mut self, version: &str, slot: SlotId) -> Result<(), StateError> {
         let before = self.flow.record();
-        apply(
-            self.flow,
-            Event::TargetClaimed {
-                update: StagedUpdate {
-                    version: version.to_owned(),
-                    slot,
-                },
+        let claim = Event::TargetClaimed {
+            update: StagedUpdate {
+                version: version.to_owned(),
+                slot,
             },
-        );
-        if self.flow.record() == before {
-            return Ok(());
+        };
+        // Saved before it is taken: a claim that did not reach the disk is no claim.
+        let mut claimed = self.flow.clone();
+        claimed
+            .on(claim)
+            .map_err(|refused| StateError::Refused(refused.to_string()))?;
+        if claimed.record() != before {
+            save_state(&claimed, self.state, self.store)?;
         }
-        save_state(self.flow, self.state, self.store)
+        *self.flow = claimed;
+        self.claimed_over = Some(before);
+        self.publisher.publish(self.flow);
+        Ok(())
+    }
+
+    fn release_target(&mut self) -> Result<(), StateError> {
+        let Some(record) = self.claimed_over.take() else {
+            return Ok(());
+        };
+        let changed = self.flow.record() != record;
+        apply(self.flow, Event::TargetReleased { record });
+        self.publisher.publish(self.flow);
+        if changed {
+            save_state(self.flow, self.state, self.store)?;
+        }
+        Ok(())
     }
 }

@@ -94,6 +94,9 @@ pub trait Observer {
     /// install of it, keeping a resume record of the same install): called before the slot is
     /// made unbootable, so nothing persisted claims the slot still holds what it held.
     fn claim_target(&mut self, version: &str, slot: SlotId) -> Result<(), StateError>;
+    /// The claimed slot could not be made unbootable, so it was not touched: persists again
+    /// what it held before [`Observer::claim_target`].
+    fn release_target(&mut self) -> Result<(), StateError>;
 }
 
 /// The result of an install.
@@ -148,7 +151,13 @@ impl Installer<'_> {
         let trust = self.check_compatibility(offer, deny_list)?;
         let target = self.backend.target_slot()?;
         obs.claim_target(&offer.version, target.slot())?;
-        self.mark_target_unbootable(&target)?;
+        if let Err(e) = self.mark_target_unbootable(&target) {
+            // Untouched: the slot still holds (and may still boot) what it held before.
+            if let Err(released) = obs.release_target() {
+                tracing::error!(error = %released, "could not record that the slot was left as it was");
+            }
+            return Err(e);
+        }
         obs.step(Step::DownloadStarted).await;
         let streamed = self
             .stream_payload(offer, &trust, &target, resume, obs)

@@ -2,8 +2,9 @@
 -- group's row is locked first, and each statement after the lock sees what was committed before
 -- it (READ COMMITTED), as the attempt's own statements would. The counts, and the timeout applied
 -- before them, are planned by the server from the policy it expects; they are taken only when
--- the locked policy is that one (compared as JSON), else left NULL and asked one by one.
--- Nothing is decided here: the rules stay in the server.
+-- the locked policy is that one (the same text: the server writes every policy it stores, and
+-- reads it back the same), else left NULL and asked one by one. Nothing is decided here: the
+-- rules stay in the server.
 CREATE FUNCTION platte_grant_context(
     p_group TEXT, p_machine TEXT, p_app TEXT, p_version TEXT, p_now BIGINT,
     p_expected_policy TEXT, p_expire_before BIGINT, p_count_in_flight BOOLEAN,
@@ -37,12 +38,12 @@ BEGIN
     SELECT s.started_at INTO ctx_rollout_start FROM rollout_starts s
     WHERE s.group_id = p_group AND s.version = p_version;
 
-    ctx_planned := p_expected_policy IS NOT NULL
-        AND ctx_policy::jsonb = p_expected_policy::jsonb;
+    ctx_planned := p_expected_policy IS NOT NULL AND ctx_policy = p_expected_policy;
     IF ctx_planned THEN
-        -- The machine's own grant is spared: the rules time grants out only when it is not in
-        -- flight (one that is is answered before any timeout).
-        IF p_expire_before IS NOT NULL THEN
+        -- Grants time out only where the rules would come to it: not for a machine that refuses
+        -- the version or already holds an in-flight grant of it (both answered before any
+        -- timeout), and never the machine's own grant.
+        IF p_expire_before IS NOT NULL AND ctx_refusal IS NULL AND NOT ctx_in_flight_here THEN
             UPDATE rollout_grants g SET state = 'timed_out', settled_at = p_now
             WHERE g.group_id = p_group AND g.state = 'in_flight'
             AND g.progress_at < p_expire_before

@@ -133,10 +133,16 @@ struct GroupTurns {
     groups: std::sync::Mutex<HashMap<String, Arc<AsyncMutex<()>>>>,
 }
 
+/// The longest wait for a group's turn. The waiting session is idle in its transaction
+/// meanwhile, so this stays well below `idle_in_transaction_session_timeout` (30 s); past it the
+/// attempt queues on the row lock without a turn (bounded by `lock_timeout`, 20 s), as it would
+/// without turns.
+const TURN_WAIT: Duration = Duration::from_secs(10);
+
 impl GroupTurns {
-    /// Waits for the group's turn. (The map holds one entry per group ever granted in this
-    /// process: groups are an operator's, few.)
-    async fn take(&self, group_id: &str) -> OwnedMutexGuard<()> {
+    /// Waits for the group's turn (at most [`TURN_WAIT`]; `None` past it). (The map holds one
+    /// entry per group ever granted in this process: groups are an operator's, few.)
+    async fn take(&self, group_id: &str) -> Option<OwnedMutexGuard<()>> {
         let turn = {
             let mut groups = self
                 .groups
@@ -144,7 +150,9 @@ impl GroupTurns {
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             Arc::clone(groups.entry(group_id.to_owned()).or_default())
         };
-        turn.lock_owned().await
+        tokio::time::timeout(TURN_WAIT, turn.lock_owned())
+            .await
+            .ok()
     }
 }
 
@@ -215,7 +223,7 @@ impl PgTx {
     /// group, unless the transaction may hold a group lock already ([`GroupTurns`]).
     pub(crate) async fn take_turn(&mut self, group_id: &str) {
         if !self.locked_groups && self.turn.is_none() {
-            self.turn = Some(self.turns.take(group_id).await);
+            self.turn = self.turns.take(group_id).await;
         }
         self.locked_groups = true;
     }

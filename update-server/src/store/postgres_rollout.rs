@@ -807,7 +807,25 @@ async fn check_in(conn: &mut PgConnection, rows: &[CheckIn]) -> Result<(), Store
     Ok(())
 }
 
-/// Holds back the events, status history and activity of a check ([`PgTx::defer`]).
+/// `INSERT INTO {into} VALUES` with `rows` tuples of `columns` parameters each, numbered from
+/// `$1` row by row: one statement inserts rows in the order given (their ids follow it).
+fn insert_rows(into: &str, columns: usize, rows: usize) -> String {
+    let mut sql = format!("INSERT INTO {into} VALUES ");
+    for r in 0..rows {
+        sql.push_str(if r == 0 { "(" } else { ", (" });
+        for c in 0..columns {
+            if c > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("${}", r * columns + c + 1));
+        }
+        sql.push(')');
+    }
+    sql
+}
+
+/// Holds back the events, status history and activity of a check ([`PgTx::defer`]): one
+/// statement part per table, its rows in order.
 fn defer_change(
     tx: &mut PgTx,
     machine_id: &str,
@@ -816,20 +834,26 @@ fn defer_change(
     at: i64,
     change: &InstanceChange,
 ) -> Result<(), StoreError> {
-    for e in &change.events {
-        tx.defer(
-            "INSERT INTO events (machine_id, app_id, event_type, event_result, error_code, \
-             previous_version, version, at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(machine_id)
-        .bind(app_id)
-        .bind(e.event_type)
-        .bind(e.event_result)
-        .bind(e.error_code)
-        .bind(&e.previous_version)
-        .bind(version)
-        .bind(at)
-        .done()?;
+    if !change.events.is_empty() {
+        let sql = insert_rows(
+            "events (machine_id, app_id, event_type, event_result, error_code, \
+             previous_version, version, at)",
+            8,
+            change.events.len(),
+        );
+        let mut part = tx.defer(&sql);
+        for e in &change.events {
+            part = part
+                .bind(machine_id)
+                .bind(app_id)
+                .bind(e.event_type)
+                .bind(e.event_result)
+                .bind(e.error_code)
+                .bind(&e.previous_version)
+                .bind(version)
+                .bind(at);
+        }
+        part.done()?;
     }
     if let Some(s) = &change.status_change {
         tx.defer(
@@ -845,10 +869,22 @@ fn defer_change(
         .bind(s.at)
         .done()?;
     }
-    for a in &change.activity {
-        if !a.kind.is_empty() {
-            shared::bind_activity(tx.defer(shared::INSERT_ACTIVITY), a, at).done()?;
+    let activity: Vec<&NewActivity> = change
+        .activity
+        .iter()
+        .filter(|a| !a.kind.is_empty())
+        .collect();
+    if !activity.is_empty() {
+        let sql = insert_rows(
+            "activity (at, kind, severity, app_id, group_id, machine_id, version, message)",
+            8,
+            activity.len(),
+        );
+        let mut part = tx.defer(&sql);
+        for a in activity {
+            part = shared::bind_activity(part, a, at);
         }
+        part.done()?;
     }
     Ok(())
 }

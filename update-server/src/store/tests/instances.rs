@@ -341,8 +341,49 @@ async fn instance_lists_filter_search_count_and_order_alike(kit: &mut TestStores
     assert_eq!(deleted.len(), 1, "one entry per deletion");
 }
 
+/// A check's events and activity entries are stored in the order they came (their ids follow
+/// it), with the status and history written in the same transaction.
+async fn a_checks_events_and_activity_keep_their_order(kit: &mut TestStores) {
+    let c = check_in(5, "1.0.0", "10.0.0.1");
+    let event = |event_type, event_result| NewEvent {
+        event_type,
+        event_result,
+        error_code: None,
+        previous_version: String::new(),
+    };
+    let entry = |message: &str| NewActivity {
+        kind: "test".into(),
+        severity: "info",
+        message: message.into(),
+        ..Default::default()
+    };
+    let change = InstanceChange {
+        status_change: None,
+        events: vec![event(13, 1), event(14, 1), event(3, 1), event(800, 1)],
+        activity: vec![entry("first"), entry("second"), entry("third")],
+    };
+    write(kit, move |tx| {
+        let (c, change) = (c.clone(), change.clone());
+        Box::pin(async move {
+            tx.check_in(&[c]).await?;
+            tx.record_change("m1", "a", "1.0.0", 6, &change).await
+        })
+    })
+    .await
+    .unwrap();
+    let events = kit
+        .strings("SELECT CAST(event_type AS TEXT) FROM events ORDER BY id")
+        .await;
+    assert_eq!(events, ["13", "14", "3", "800"]);
+    let activity = kit
+        .strings("SELECT message FROM activity WHERE kind = 'test' ORDER BY id")
+        .await;
+    assert_eq!(activity, ["first", "second", "third"]);
+}
+
 both_stores!(
     instances_persist_and_delete_with_history,
+    a_checks_events_and_activity_keep_their_order,
     a_check_in_writes_only_its_columns_and_never_goes_back_in_time,
     a_failing_job_rolls_back_alone_and_the_batch_commits,
     instance_lists_filter_search_count_and_order_alike,

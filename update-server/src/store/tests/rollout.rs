@@ -613,6 +613,29 @@ async fn prefetched_and_asked_reads_decide_alike(kit: &mut TestStores) {
     }
 }
 
+/// Timeouts are applied only where the rules come to them: a machine that already holds an
+/// in-flight grant is answered without timing out anyone's, whether its attempt's reads were
+/// prefetched or asked one by one.
+async fn a_machine_already_in_flight_times_out_nobody(kit: &mut TestStores) {
+    setup(kit, r#"{"update_timeout_secs": 600}"#).await;
+    assert_eq!(grant(kit, "a", "2.0.0", 100).await, GrantOutcome::Granted);
+    assert_eq!(grant(kit, "b", "2.0.0", 150).await, GrantOutcome::Granted);
+    // At 800 "a" is past its timeout, and so is "b": "b" asks again and is answered as it is.
+    assert_eq!(grant(kit, "b", "2.0.0", 800).await, GrantOutcome::Granted);
+    let in_flight = "SELECT COUNT(*) FROM rollout_grants WHERE state = 'in_flight'";
+    assert_eq!(kit.query_i64(in_flight).await, 2);
+    // A new machine's attempt applies the timeout.
+    assert_eq!(grant(kit, "c", "2.0.0", 800).await, GrantOutcome::Granted);
+    let timed_out = "SELECT COUNT(*) FROM rollout_grants WHERE state = 'timed_out'";
+    assert_eq!(
+        (
+            kit.query_i64(in_flight).await,
+            kit.query_i64(timed_out).await
+        ),
+        (1, 2)
+    );
+}
+
 both_stores!(
     the_tallies_equal_a_count_of_the_grants_through_every_change,
     a_machine_failing_a_version_again_and_again_is_one_attempt_and_one_failure,
@@ -624,6 +647,7 @@ both_stores!(
     refusals_are_listed_and_cleared_and_an_alias_names_one_machine,
     a_stale_expected_policy_decides_as_the_stored_one,
     prefetched_and_asked_reads_decide_alike,
+    a_machine_already_in_flight_times_out_nobody,
 );
 
 /// A second replica: another [`PgStore`] (a pool of its own) on the kit's database.
