@@ -12,9 +12,12 @@
 //! - [`Applier`]: the push-style streaming applier with resumable [`Checkpoint`]s (what the agent
 //!   drives); [`apply_from_reader`]: the same from any reader.
 //! - [`keys`]: key generation, PEM files, key ids and the [`TrustStore`].
+//! - [`crau`]: the header of update_engine's own payload format (Flatcar, ChromeOS), which a
+//!   server serves as it is.
 
 pub mod apply;
 pub mod build;
+pub mod crau;
 mod digest;
 pub mod format;
 pub mod keys;
