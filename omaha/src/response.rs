@@ -472,6 +472,16 @@ pub struct Action {
     pub max_failure_count_per_url: Option<u32>,
     /// `IsDeltaPayload="true"`.
     pub is_delta_payload: bool,
+    /// `ChromeOSVersion`: the version of the image the payload installs.
+    pub chromeos_version: Option<String>,
+    /// `MetadataSize`: the size of an update_engine payload's metadata (header and manifest).
+    pub metadata_size: Option<u64>,
+    /// `MetadataSignatureRsa`: the vendor's signature of that metadata, base64.
+    pub metadata_signature_rsa: Option<String>,
+    /// `needsadmin` (`"false"` in every known answer).
+    pub needs_admin: Option<bool>,
+    /// `deadline` (update_engine: `now` installs at once).
+    pub deadline: Option<String>,
 }
 
 impl Action {
@@ -485,6 +495,11 @@ impl Action {
             disable_payload_backoff: false,
             max_failure_count_per_url: None,
             is_delta_payload: false,
+            chromeos_version: None,
+            metadata_size: None,
+            metadata_signature_rsa: None,
+            needs_admin: None,
+            deadline: None,
         }
     }
 

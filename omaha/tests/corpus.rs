@@ -364,6 +364,9 @@ fn check(name: &str) -> bool {
             assert!(!m.packages[0].required);
             let post = m.postinstall().unwrap();
             assert!(post.disable_payload_backoff);
+            assert_eq!(post.needs_admin, Some(false));
+            assert_eq!(post.metadata_size, Some(190));
+            assert_eq!(post.metadata_signature_rsa.as_deref(), Some("ixi6Oebo"));
             // This document uses hex where real traffic uses base64: decoding says so.
             assert!(post.sha256_digest().is_err());
         }
@@ -420,6 +423,13 @@ fn check(name: &str) -> bool {
                 Some("DIAVxoI+8NpsudUawOA5U92VHlaxQBS3ejN4EPM6T2A=")
             );
             assert!(!post.is_delta_payload);
+            assert_eq!(post.chromeos_version.as_deref(), Some("3095.0.0"));
+            assert_eq!(post.metadata_size, Some(58_315));
+            assert!(
+                post.metadata_signature_rsa
+                    .as_deref()
+                    .is_some_and(|s| s.starts_with("xXrO/LahHlKk") && s.ends_with("Q2VUxtcAGw=="))
+            );
         }
         "update_engine-unittest-response-ok.xml" => {
             let r = response(name);

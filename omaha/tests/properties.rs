@@ -199,7 +199,7 @@ fn package() -> impl Strategy<Value = Package> {
 }
 
 fn action() -> impl Strategy<Value = Action> {
-    (
+    let common = (
         text(),
         opt_text(),
         opt_text(),
@@ -207,9 +207,17 @@ fn action() -> impl Strategy<Value = Action> {
         any::<bool>(),
         proptest::option::of(any::<u32>()),
         any::<bool>(),
-    )
-        .prop_map(
-            |(
+    );
+    let update_engine = (
+        opt_text(),
+        proptest::option::of(any::<u64>()),
+        opt_text(),
+        proptest::option::of(any::<bool>()),
+        opt_text(),
+    );
+    (common, update_engine).prop_map(
+        |(
+            (
                 event,
                 run,
                 arguments,
@@ -217,16 +225,23 @@ fn action() -> impl Strategy<Value = Action> {
                 disable_payload_backoff,
                 max_failure_count_per_url,
                 is_delta_payload,
-            )| Action {
-                event: ActionEvent::from_wire(&event),
-                run,
-                arguments,
-                sha256,
-                disable_payload_backoff,
-                max_failure_count_per_url,
-                is_delta_payload,
-            },
-        )
+            ),
+            (chromeos_version, metadata_size, metadata_signature_rsa, needs_admin, deadline),
+        )| Action {
+            event: ActionEvent::from_wire(&event),
+            run,
+            arguments,
+            sha256,
+            disable_payload_backoff,
+            max_failure_count_per_url,
+            is_delta_payload,
+            chromeos_version,
+            metadata_size,
+            metadata_signature_rsa,
+            needs_admin,
+            deadline,
+        },
+    )
 }
 
 fn manifest() -> impl Strategy<Value = Manifest> {

@@ -168,7 +168,10 @@ mod tests {
         );
         assert_eq!(
             parse_header(&header(2, 10, None), 100),
-            Err(CrauError::Short { len: 20, needed: 24 })
+            Err(CrauError::Short {
+                len: 20,
+                needed: 24
+            })
         );
         let mut platte = header(1, 10, None);
         platte[..4].copy_from_slice(b"PLTE");

@@ -29,6 +29,7 @@ pub(crate) const SCHEMA: Schema = Schema {
 
 const I64: &str = "a signed integer";
 const U32: &str = "an unsigned 32-bit integer";
+const U64: &str = "an unsigned 64-bit integer";
 
 /// Builds a [`Response`] from its `<response>` element.
 pub(crate) fn response(root: &Element) -> Result<Response, ParseError> {
@@ -126,5 +127,10 @@ fn action(el: &Element) -> Result<Action, ParseError> {
         disable_payload_backoff: boolean(el, "DisablePayloadBackoff")?.unwrap_or(false),
         max_failure_count_per_url: number(el, "MaxFailureCountPerUrl", U32)?,
         is_delta_payload: boolean(el, "IsDeltaPayload")?.unwrap_or(false),
+        chromeos_version: string(el, "ChromeOSVersion"),
+        metadata_size: number(el, "MetadataSize", U64)?,
+        metadata_signature_rsa: string(el, "MetadataSignatureRsa"),
+        needs_admin: boolean(el, "needsadmin")?,
+        deadline: string(el, "deadline"),
     })
 }

@@ -126,6 +126,17 @@ fn write_action(out: &mut String, action: &Action) {
         )
         .num_opt("MaxFailureCountPerUrl", action.max_failure_count_per_url)
         .attr_opt("IsDeltaPayload", action.is_delta_payload.then_some("true"))
+        .attr_opt("ChromeOSVersion", action.chromeos_version.as_deref())
+        .num_opt("MetadataSize", action.metadata_size)
+        .attr_opt(
+            "MetadataSignatureRsa",
+            action.metadata_signature_rsa.as_deref(),
+        )
+        .attr_opt(
+            "needsadmin",
+            action.needs_admin.map(|n| if n { "true" } else { "false" }),
+        )
+        .attr_opt("deadline", action.deadline.as_deref())
         .finish_empty();
     out.push('\n');
 }
