@@ -9,9 +9,9 @@
 
 use libfuzzer_sys::fuzz_target;
 use maintenance_window::Timestamp;
-use update_server::http::admin::{
-    CreateApp, CreateChannel, CreateGroup, UpdateApp, UpdateChannel, UpdateGroup,
-};
+use update_server::fleet::apps::{CreateApp, UpdateApp};
+use update_server::fleet::channels::{CreateChannel, UpdateChannel};
+use update_server::fleet::groups::{CreateGroup, UpdateGroup};
 use update_server::model::GroupPolicy;
 use update_server::rollout::RolloutSpec;
 use update_server::rollout::ramp::{effective_percent, next_step};

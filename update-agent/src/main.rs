@@ -1,4 +1,7 @@
-//! `update-agent`: the Platte host agent's command line.
+//! `update-agent`: the Platte host agent's command line. Logs go to standard error
+//! ([`logging`]).
+
+mod logging;
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -250,13 +253,7 @@ async fn shutdown_signal() {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    logging::init();
     let cli = Cli::parse();
     match run(&cli) {
         Ok(code) => code,

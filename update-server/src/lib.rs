@@ -2,11 +2,15 @@
 //! model (apps, channels, groups, packages, instances), content-addressed package hosting, the
 //! admin REST API and its CLI, and metrics.
 //!
-//! Map: [`server`] starts everything; [`http`] holds the routes; [`service`] answers update
-//! checks from the in-memory [`catalogue`] and [`fleet`]; [`lifecycle`] is the instance state
-//! machine; [`policy`] is the rollout hook; [`store`] is the database behind a trait;
-//! [`bounds`] limits what one client can make the server keep; [`retention`] prunes old rows; [`blobs`] stores payload files; [`cli`] is the operator client; [`simulate`] is the fleet
-//! simulator; [`stdout`] prints for the command line without panicking on a closed pipe.
+//! Map: [`server`] starts everything; [`http`] holds the routes and handlers (the only module
+//! that knows axum); [`service`] answers update checks from the cached [`catalogue`] and the
+//! store; [`fleet`] holds the operator's operations on the fleet model (what the admin API
+//! calls); [`lifecycle`] is the instance state machine; [`rollout`] the staged-rollout rules;
+//! [`credential`] machine credentials; [`fleetlock`] the reboot semaphore; [`store`] is the
+//! database behind traits; [`bounds`] limits what one client can make the server keep;
+//! [`retention`] prunes old rows; [`blobs`] stores payload files; [`cli`] is the operator
+//! client; [`simulate`] is the fleet simulator; [`stdout`] prints for the command line without
+//! panicking on a closed pipe.
 
 pub mod blobs;
 pub mod bounds;
@@ -16,14 +20,13 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod credential;
-pub mod error;
+pub mod fleet;
 pub mod fleetlock;
 pub mod http;
 pub mod lifecycle;
 pub mod metrics;
 pub mod model;
 pub mod openapi;
-pub mod policy;
 pub mod retention;
 pub mod rollout;
 pub mod server;

@@ -2,7 +2,9 @@
 //!
 //! Standard output goes through [`update_server::outln!`]: a reader that closes it early
 //! (`update-server app list | head -1`) changes nothing, the rest is discarded; another write
-//! error makes the exit status 1.
+//! error makes the exit status 1. Logs go to standard error ([`logging`]).
+
+mod logging;
 
 use anyhow::Context as _;
 use clap::Parser as _;
@@ -30,12 +32,7 @@ fn run() -> anyhow::Result<()> {
         }
         Command::MigrateStore { from, to } => rt.block_on(migrate_store(&from, &to)),
         Command::Serve(args) => {
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env()
-                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-                )
-                .init();
+            logging::init();
             let settings = Settings::from_args(&args).context("reading configuration")?;
             rt.block_on(serve(settings))
         }

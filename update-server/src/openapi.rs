@@ -4,8 +4,10 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::fleetlock::http as fleetlock;
-use crate::http::{admin, credential, maintenance, rollout};
+use crate::http::admin::{
+    apps, channels, credentials, feed, fleetlock, groups, instances, maintenance, packages,
+    rollouts,
+};
 
 struct BearerAuth;
 
@@ -26,24 +28,25 @@ impl Modify for BearerAuth {
     security(("bearer" = [])),
     modifiers(&BearerAuth),
     paths(
-        admin::list_apps, admin::create_app, admin::get_app, admin::update_app, admin::delete_app,
-        admin::list_channels, admin::create_channel, admin::get_channel, admin::update_channel,
-        admin::delete_channel,
-        admin::list_groups, admin::create_group, admin::get_group, admin::update_group,
-        admin::delete_group,
-        rollout::status, rollout::preview, rollout::pause, rollout::resume,
-        admin::list_packages, admin::get_package, admin::publish_package, admin::delete_package,
-        admin::list_instances, admin::get_instance, admin::update_instance,
-        admin::delete_instance,
-        admin::retry_instance,
-        credential::get_credential, credential::enroll_credential,
-        credential::forget_credential,
-        admin::list_events, admin::list_activity,
+        apps::list_apps, apps::create_app, apps::get_app, apps::update_app, apps::delete_app,
+        channels::list_channels, channels::create_channel, channels::get_channel,
+        channels::update_channel, channels::delete_channel,
+        groups::list_groups, groups::create_group, groups::get_group, groups::update_group,
+        groups::delete_group,
+        rollouts::status, rollouts::preview, rollouts::pause, rollouts::resume,
+        packages::list_packages, packages::get_package, packages::publish_package,
+        packages::delete_package,
+        instances::list_instances, instances::get_instance, instances::update_instance,
+        instances::delete_instance,
+        instances::retry_instance,
+        credentials::get_credential, credentials::enroll_credential,
+        credentials::forget_credential,
+        feed::list_events, feed::list_activity,
         maintenance::prune,
         fleetlock::list_groups, fleetlock::get_group, fleetlock::set_slots,
         fleetlock::release_holder,
     ),
-    components(schemas(crate::error::ErrorBody, crate::error::ErrorDetail))
+    components(schemas(crate::http::error::ErrorBody, crate::http::error::ErrorDetail))
 )]
 pub struct ApiDoc;
 

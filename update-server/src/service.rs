@@ -25,11 +25,11 @@ use crate::config::OmahaSettings;
 use crate::lifecycle::{ClientEvent, InstanceStatus, transition};
 use crate::metrics::{ErrorLabels, Metrics, OutcomeLabels, error_code_label};
 use crate::model::{Instance, NewActivity, Package, StatusChange, normalize_appid, normalize_arch};
-use crate::policy::{PolicyContext, PolicyDecision, RolloutPolicy};
 use crate::rollout::Rollouts;
 use crate::rollout::engine::{HoldReason, Verdict, evaluate, is_canary};
 use crate::rollout::grants;
 use crate::rollout::newcomers::network_of;
+use crate::rollout::policy::{PolicyContext, PolicyDecision, RolloutPolicy};
 use crate::rollout::target::{TargetChoice, choose};
 use crate::store::instances::{CheckIn, StatusColumns};
 use crate::store::rollout::{

@@ -2,18 +2,18 @@
 //! and the Platte agent over the FleetLock protocol (`/fleetlock/v1/pre-reboot`,
 //! `/fleetlock/v1/steady-state`) and driven by operators through the admin API.
 //!
-//! Map: [`protocol`] is the wire format; [`http`] holds the handlers; [`config`] the settings;
-//! [`metrics`] the metric families; the semaphore itself lives in the database behind
-//! [`crate::store::FleetLockStore`], so every replica sharing the database shares the slots.
+//! Map: [`protocol`] is the wire format; [`config`] the settings; [`metrics`] the metric
+//! families; [`FleetLock`] the operations, both the clients' and the operators'. The semaphore
+//! itself lives in the database behind [`crate::store::FleetLockStore`], so every replica
+//! sharing the database shares the slots. The HTTP handlers are in `http/fleetlock.rs` (the
+//! protocol) and `http/admin/fleetlock.rs` (the admin routes).
 
 pub mod config;
-pub mod http;
 pub mod metrics;
 pub mod protocol;
 
 use std::sync::Arc;
 
-use axum::http::{HeaderMap, header};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -21,6 +21,7 @@ pub use config::FleetLockSettings;
 pub use protocol::{ClientParams, FleetLockError};
 
 use crate::clock::Clock;
+use crate::fleet::FleetError;
 use crate::metrics::Metrics;
 use crate::model::NewActivity;
 use crate::store::fleetlock::{AcquireOutcome, LockGroup};
@@ -43,6 +44,18 @@ impl std::fmt::Debug for FleetLock {
             .field("token", &self.token.is_some())
             .field("default_slots", &self.settings.default_slots)
             .finish_non_exhaustive()
+    }
+}
+
+/// Checks a group name an operator gave.
+fn check_group(group: &str) -> Result<(), FleetError> {
+    if protocol::valid_group(group) {
+        Ok(())
+    } else {
+        Err(FleetError::Invalid(format!(
+            "invalid FleetLock group {:?}: it must match ^[a-zA-Z0-9.-]+$",
+            group.chars().take(64).collect::<String>()
+        )))
     }
 }
 
@@ -72,16 +85,13 @@ impl FleetLock {
         &self.settings
     }
 
-    /// Checks the shared secret (`Authorization: Bearer`), if one is configured; constant time.
-    pub fn check_token(&self, headers: &HeaderMap) -> Result<(), FleetLockError> {
+    /// Checks the shared secret a client presented (the credentials of its `Authorization:
+    /// Bearer` header, if any) against the one configured, if any; constant time.
+    pub fn check_token(&self, presented: Option<&str>) -> Result<(), FleetLockError> {
         let Some(want) = &self.token else {
             return Ok(());
         };
-        let presented = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(crate::http::auth::bearer_token)
-            .ok_or(FleetLockError::Unauthorized)?;
+        let presented = presented.ok_or(FleetLockError::Unauthorized)?;
         if bool::from(digest(presented).ct_eq(want)) {
             Ok(())
         } else {
@@ -176,7 +186,8 @@ impl FleetLock {
     }
 
     /// One group; an unknown group has the default slots and no holders.
-    pub async fn group(&self, name: &str) -> Result<LockGroup, StoreError> {
+    pub async fn group(&self, name: &str) -> Result<LockGroup, FleetError> {
+        check_group(name)?;
         Ok(self
             .groups()
             .await?
@@ -190,8 +201,16 @@ impl FleetLock {
             }))
     }
 
-    /// Sets a group's slot count (recorded in the activity feed).
-    pub async fn set_slots(&self, group: &str, slots: u32) -> Result<LockGroup, StoreError> {
+    /// Sets a group's slot count, at most [`config::MAX_SLOTS`] (recorded in the activity
+    /// feed).
+    pub async fn set_slots(&self, group: &str, slots: u32) -> Result<LockGroup, FleetError> {
+        check_group(group)?;
+        if slots > config::MAX_SLOTS {
+            return Err(FleetError::Invalid(format!(
+                "slots {slots} is above {}",
+                config::MAX_SLOTS
+            )));
+        }
         let act = NewActivity {
             kind: "fleetlock_slots_set".to_owned(),
             severity: "info",
@@ -205,8 +224,10 @@ impl FleetLock {
         self.group(group).await
     }
 
-    /// Releases a holder by force (recorded in the activity feed). Returns whether it held one.
-    pub async fn force_release(&self, group: &str, id: &str) -> Result<bool, StoreError> {
+    /// Releases a holder by force (recorded in the activity feed); [`FleetError::NotFound`] if
+    /// `id` holds no slot of the group.
+    pub async fn force_release(&self, group: &str, id: &str) -> Result<(), FleetError> {
+        check_group(group)?;
         let act = NewActivity {
             kind: "fleetlock_force_released".to_owned(),
             severity: "warning",
@@ -221,7 +242,11 @@ impl FleetLock {
         self.metrics.group(group, r.holders, None);
         if r.was_held {
             tracing::warn!(group, id, "fleetlock slot force-released");
+            Ok(())
+        } else {
+            Err(FleetError::NotFound(format!(
+                "FleetLock holder {id} in group {group}"
+            )))
         }
-        Ok(r.was_held)
     }
 }

@@ -2,9 +2,7 @@
 //! `{"client_params":{"id","group"}}` body, and errors as `{"kind","value"}` JSON with a small,
 //! fixed set of kinds (clients use `kind` as a metric label).
 
-use axum::Json;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use hyper::{HeaderMap, StatusCode};
 use serde::{Deserialize, Serialize};
 
 /// Name of the header every FleetLock request must carry with the value `true`.
@@ -95,27 +93,13 @@ impl FleetLockError {
     }
 }
 
-/// The error body.
+/// The error body (the admin API's handlers write it, `crate::http::fleetlock`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
     /// Error type identifier (small, fixed set).
     pub kind: String,
     /// Human description.
     pub value: String,
-}
-
-impl IntoResponse for FleetLockError {
-    fn into_response(self) -> Response {
-        let (status, kind) = self.parts();
-        if status.is_server_error() {
-            tracing::error!(error = %self, "fleetlock request failed");
-        }
-        let body = ErrorBody {
-            kind: kind.to_owned(),
-            value: self.to_string(),
-        };
-        (status, Json(body)).into_response()
-    }
 }
 
 /// Checks the `fleet-lock-protocol: true` header (value compared case-insensitively).

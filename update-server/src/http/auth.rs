@@ -14,7 +14,7 @@ use rand_core::RngCore;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::error::ApiError;
+use super::error::ApiError;
 
 /// The two tokens.
 #[derive(Clone)]

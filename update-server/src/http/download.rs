@@ -12,8 +12,8 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
 
 use super::AppState;
+use super::error::ApiError;
 use crate::blobs::is_sha256_hex;
-use crate::error::ApiError;
 
 /// A parsed single byte range (inclusive).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,28 +1,35 @@
-//! The HTTP surface: router, shared state and the request-metrics layer.
+//! The HTTP surface, the only part of the server that knows axum: router, shared state, the
+//! request-metrics layer, and one handler module per endpoint family. Handlers parse a request,
+//! call a domain operation and serialise its answer.
+//!
+//! Map: [`admin`] is the admin REST API (one file per resource, over [`crate::fleet`]);
+//! [`omaha`] the update-check endpoint; [`fleetlock`] the FleetLock protocol endpoints;
+//! [`download`] package hosting; [`ops`] health, readiness, metrics and the OpenAPI document;
+//! [`error`] maps domain errors to statuses; [`auth`] the admin tokens; [`listener`],
+//! [`connections`] and [`body_deadline`] the hardened accept loop and its limits.
 
 pub mod admin;
 pub mod auth;
 pub mod body_deadline;
 pub mod connections;
-pub mod credential;
 pub mod download;
+pub mod error;
+pub mod fleetlock;
 pub mod listener;
-pub mod maintenance;
 pub mod omaha;
 pub mod ops;
-pub mod rollout;
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
 
 use crate::blobs::BlobStore;
-use crate::fleetlock::http as fleetlock;
+use crate::fleet::Fleet;
 use crate::metrics::{EndpointLabels, HttpLabels, Metrics};
 use crate::service::UpdateService;
 use crate::store::Store;
@@ -54,6 +61,21 @@ pub struct AppState {
     pub credentials: Arc<crate::credential::Credentials>,
 }
 
+impl AppState {
+    /// The fleet model's operations over this state's stores (what every admin handler calls).
+    pub fn fleet(&self) -> Fleet {
+        Fleet {
+            store: Arc::clone(&self.store),
+            service: Arc::clone(&self.service),
+            blobs: Arc::clone(&self.blobs),
+            trust: self.trust.clone(),
+            max_package_size: self.max_package_size,
+            credentials: Arc::clone(&self.credentials),
+            write_lock: Arc::clone(&self.admin_lock),
+        }
+    }
+}
+
 /// Builds the router. `body_time`: time a client has to send the whole body of an Omaha or
 /// FleetLock request (see [`body_deadline`]).
 pub fn router(
@@ -61,83 +83,7 @@ pub fn router(
     tokens: Arc<auth::Tokens>,
     body_time: std::time::Duration,
 ) -> Router {
-    let api = Router::new()
-        .route("/apps", get(admin::list_apps).post(admin::create_app))
-        .route(
-            "/apps/{app}",
-            get(admin::get_app)
-                .patch(admin::update_app)
-                .delete(admin::delete_app),
-        )
-        .route(
-            "/apps/{app}/channels",
-            get(admin::list_channels).post(admin::create_channel),
-        )
-        .route(
-            "/apps/{app}/channels/{channel}",
-            get(admin::get_channel)
-                .patch(admin::update_channel)
-                .delete(admin::delete_channel),
-        )
-        .route(
-            "/apps/{app}/groups",
-            get(admin::list_groups).post(admin::create_group),
-        )
-        .route("/apps/{app}/groups/{group}/rollout", get(rollout::status))
-        .route(
-            "/apps/{app}/groups/{group}/rollout/preview",
-            get(rollout::preview),
-        )
-        .route(
-            "/apps/{app}/groups/{group}/rollout/pause",
-            post(rollout::pause),
-        )
-        .route(
-            "/apps/{app}/groups/{group}/rollout/resume",
-            post(rollout::resume),
-        )
-        .route(
-            "/apps/{app}/groups/{group}",
-            get(admin::get_group)
-                .patch(admin::update_group)
-                .delete(admin::delete_group),
-        )
-        .route(
-            "/packages",
-            get(admin::list_packages)
-                .post(admin::publish_package)
-                .layer(DefaultBodyLimit::disable()),
-        )
-        .route(
-            "/packages/{id}",
-            get(admin::get_package).delete(admin::delete_package),
-        )
-        .route("/instances", get(admin::list_instances))
-        .route(
-            "/instances/{machine}",
-            get(admin::get_instance)
-                .patch(admin::update_instance)
-                .delete(admin::delete_instance),
-        )
-        .route("/instances/{machine}/retry", post(admin::retry_instance))
-        .route(
-            "/instances/{machine}/credential",
-            get(credential::get_credential)
-                .put(credential::enroll_credential)
-                .delete(credential::forget_credential),
-        )
-        .route("/events", get(admin::list_events))
-        .route("/activity", get(admin::list_activity))
-        .route("/maintenance/prune", post(maintenance::prune))
-        .route("/fleetlock/groups", get(fleetlock::list_groups))
-        .route(
-            "/fleetlock/groups/{group}",
-            get(fleetlock::get_group).patch(fleetlock::set_slots),
-        )
-        .route(
-            "/fleetlock/groups/{group}/holders/{id}",
-            axum::routing::delete(fleetlock::release_holder),
-        )
+    let api = admin::routes()
         .route_layer(middleware::from_fn_with_state(tokens, auth::require_token))
         .route("/openapi.json", get(ops::openapi));
     // Unauthenticated, small bounded bodies: the whole body within a deadline.

@@ -6,7 +6,7 @@ use maintenance_window::Timestamp;
 use super::bucket::in_percentage;
 use super::ramp::effective_percent;
 use super::spec::RolloutSpec;
-use crate::policy::{PolicyContext, PolicyDecision, RolloutPolicy};
+use crate::rollout::policy::{PolicyContext, PolicyDecision, RolloutPolicy};
 
 /// Why a machine is held back (answered `noupdate`, recorded on the instance, counted).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -1,5 +1,6 @@
 //! Staged rollouts: the per-group policy ([`spec`]), the stable machine bucket ([`bucket`]), ramps
-//! ([`ramp`]), the pure policy evaluation ([`engine`]), the choice of the version to serve
+//! ([`ramp`]), the hook the update-check path calls ([`policy`]), the pure policy evaluation
+//! ([`engine`]), the choice of the version to serve
 //! (floors, block list, downgrades: [`target`]) and what an operator sees ([`status`]).
 //!
 //! Evaluation is split in two: everything that needs no shared state (pause, halt, windows,
@@ -21,6 +22,7 @@ pub mod engine;
 pub mod grants;
 pub mod metrics;
 pub mod newcomers;
+pub mod policy;
 pub mod prefetch;
 pub mod ramp;
 pub mod spec;

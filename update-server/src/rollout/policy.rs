@@ -3,8 +3,8 @@
 //! `noupdate` and its reason is kept on the server. The staged-rollout engine
 //! ([`crate::rollout::RolloutEngine`]) is the implementation the server runs.
 
+use super::{HoldReason, RolloutSpec};
 use crate::model::{App, Channel, Group, Instance, Package};
-use crate::rollout::{HoldReason, RolloutSpec};
 
 /// What a policy decides for one check.
 #[derive(Debug, Clone, PartialEq, Eq)]

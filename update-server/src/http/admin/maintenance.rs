@@ -1,13 +1,14 @@
-//! Maintenance routes of the admin API: `POST /maintenance/prune` runs the retention pruner now
-//! (or, with `dry_run=true`, counts what it would delete). Admin token only (a POST).
+//! `/api/v1/maintenance/prune`: runs the retention pruner now (or, with `dry_run=true`, counts
+//! what it would delete); the operation is [`crate::retention::Pruner::run`]. Admin token only
+//! (a POST).
 
 use axum::Json;
 use axum::extract::{Query, State};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
-use super::AppState;
-use crate::error::{ApiError, ErrorBody};
+use crate::http::AppState;
+use crate::http::error::{ApiError, ErrorBody};
 use crate::retention::PruneReport;
 
 /// Query of `POST /maintenance/prune`.

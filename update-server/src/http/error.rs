@@ -1,4 +1,5 @@
-//! The admin API's error type and its JSON form: `{"error":{"code":"not_found","message":"..."}}`.
+//! The admin API's error type (an HTTP status and a stable code for each domain error) and its
+//! JSON form: `{"error":{"code":"not_found","message":"..."}}`.
 
 use axum::Json;
 use axum::http::StatusCode;
@@ -6,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::fleet::FleetError;
 use crate::store::StoreError;
 
 /// An API error: an HTTP status, a stable code and a message.
@@ -79,6 +81,20 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound(what) => Self::NotFound(what),
             StoreError::Conflict(what) => Self::Conflict(what),
             other => Self::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<FleetError> for ApiError {
+    fn from(e: FleetError) -> Self {
+        match e {
+            FleetError::Invalid(m) => Self::BadRequest(m),
+            FleetError::NotFound(what) => Self::NotFound(what),
+            FleetError::Conflict(m) => Self::Conflict(m),
+            FleetError::TooLarge(m) => Self::TooLarge(m),
+            FleetError::Unverifiable(m) => Self::Unverifiable(m),
+            FleetError::Unavailable(m) => Self::Unavailable(m),
+            FleetError::Internal(m) => Self::Internal(m),
         }
     }
 }

@@ -1,0 +1,188 @@
+//! Groups: the machines of an application that share a track, follow one channel and roll out
+//! under one policy. A policy is validated as a [`RolloutSpec`] before it is stored; the fields
+//! only the server sets (`halted` by auto-halt, `halt_counted_since` by a resume) survive a
+//! policy replaced by an operator.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::{
+    Fleet, FleetError, FleetResult, activity, check_text, find_app, find_channel, find_group,
+    new_id,
+};
+use crate::model::{Group, GroupPolicy};
+use crate::rollout::RolloutSpec;
+
+/// Longest group name or track, bytes.
+const MAX_NAME: usize = 100;
+/// Policy fields the server sets and a replaced policy keeps as stored (docs/rollouts.md).
+const SERVER_POLICY_FIELDS: [&str; 2] = ["halted", "halt_counted_since"];
+
+/// Body of `POST /apps/{app}/groups`.
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+pub struct CreateGroup {
+    /// Human name.
+    pub name: String,
+    /// Omaha track clients send [default: the name].
+    pub track: Option<String>,
+    /// Channel (id or name) to follow.
+    pub channel: Option<String>,
+    /// Free text.
+    #[serde(default)]
+    pub description: String,
+    /// Rollout policy.
+    #[serde(default)]
+    pub policy: GroupPolicy,
+}
+
+/// Body of `PATCH /apps/{app}/groups/{group}`.
+#[derive(Debug, Default, Deserialize, Serialize, ToSchema)]
+pub struct UpdateGroup {
+    /// New name.
+    pub name: Option<String>,
+    /// New track.
+    pub track: Option<String>,
+    /// Channel (id or name); empty string detaches.
+    pub channel: Option<String>,
+    /// New description.
+    pub description: Option<String>,
+    /// Replacement policy.
+    pub policy: Option<GroupPolicy>,
+}
+
+/// Checks that a policy is a valid rollout spec.
+fn check_policy(policy: &GroupPolicy) -> FleetResult<()> {
+    RolloutSpec::parse_valid(policy)
+        .map(|_| ())
+        .map_err(|e| FleetError::Invalid(e.to_string()))
+}
+
+impl Fleet {
+    /// The groups of the application `app` names.
+    pub fn list_groups(&self, app: &str) -> FleetResult<Vec<Group>> {
+        let cat = self.catalogue();
+        let a = find_app(&cat, app)?;
+        Ok(cat
+            .data()
+            .groups
+            .iter()
+            .filter(|g| g.app_id == a.id)
+            .cloned()
+            .collect())
+    }
+
+    /// The group `group` (id, track or name) of the application `app` names.
+    pub fn group(&self, app: &str, group: &str) -> FleetResult<Group> {
+        let cat = self.catalogue();
+        let a = find_app(&cat, app)?;
+        find_group(&cat, &a.id, group)
+    }
+
+    /// Creates a group.
+    pub async fn create_group(&self, app: &str, input: CreateGroup) -> FleetResult<Group> {
+        check_text("name", &input.name, MAX_NAME)?;
+        check_policy(&input.policy)?;
+        let track = input.track.unwrap_or_else(|| input.name.clone());
+        check_text("track", &track, MAX_NAME)?;
+        let _writing = self.write_lock.lock().await;
+        let cat = self.catalogue();
+        let a = find_app(&cat, app)?;
+        let channel_id = match input.channel.as_deref().filter(|c| !c.is_empty()) {
+            Some(c) => Some(find_channel(&cat, &a.id, c)?.id),
+            None => None,
+        };
+        let g = Group {
+            id: new_id(),
+            app_id: a.id.clone(),
+            name: input.name,
+            track,
+            channel_id,
+            description: input.description,
+            policy: input.policy,
+            created_at: self.now(),
+        };
+        let act = activity(
+            "group_created",
+            Some(&a.id),
+            format!("group {} created", g.name),
+        );
+        self.store.insert_group(&g, &act).await?;
+        self.reload().await?;
+        Ok(g)
+    }
+
+    /// Updates a group (name, track, channel, description, policy). A group changed by someone
+    /// else between this read and the write (an auto-halt, another replica) is refused with
+    /// [`FleetError::Conflict`]: read it again and retry.
+    pub async fn update_group(
+        &self,
+        app: &str,
+        group: &str,
+        input: UpdateGroup,
+    ) -> FleetResult<Group> {
+        let _writing = self.write_lock.lock().await;
+        // The group as committed: another process (or an auto-halt) may have changed it since
+        // this process's snapshot; a change racing this one is refused by the store.
+        self.reload().await?;
+        let cat = self.catalogue();
+        let a = find_app(&cat, app)?;
+        let mut g = find_group(&cat, &a.id, group)?;
+        let seen = g.clone();
+        if let Some(n) = input.name {
+            check_text("name", &n, MAX_NAME)?;
+            g.name = n;
+        }
+        if let Some(t) = input.track {
+            check_text("track", &t, MAX_NAME)?;
+            g.track = t;
+        }
+        if let Some(c) = input.channel {
+            g.channel_id = if c.is_empty() {
+                None
+            } else {
+                Some(find_channel(&cat, &a.id, &c)?.id)
+            };
+        }
+        if let Some(d) = input.description {
+            g.description = d;
+        }
+        if let Some(mut p) = input.policy {
+            for key in SERVER_POLICY_FIELDS {
+                match g.policy.extra.get(key) {
+                    Some(v) => {
+                        p.extra.insert(key.to_owned(), v.clone());
+                    }
+                    None => {
+                        p.extra.remove(key);
+                    }
+                }
+            }
+            check_policy(&p)?;
+            g.policy = p;
+        }
+        let act = activity(
+            "group_updated",
+            Some(&a.id),
+            format!("group {} updated", g.name),
+        );
+        self.store.update_group(&g, &seen, &act).await?;
+        self.reload().await?;
+        Ok(g)
+    }
+
+    /// Deletes a group.
+    pub async fn delete_group(&self, app: &str, group: &str) -> FleetResult<()> {
+        let _writing = self.write_lock.lock().await;
+        let cat = self.catalogue();
+        let a = find_app(&cat, app)?;
+        let g = find_group(&cat, &a.id, group)?;
+        let act = activity(
+            "group_deleted",
+            Some(&a.id),
+            format!("group {} deleted", g.name),
+        );
+        self.store.delete_group(&g.id, &act).await?;
+        self.reload().await?;
+        Ok(())
+    }
+}
