@@ -276,6 +276,8 @@ mod tests {
             sha256_hex: format!("sha-{id}"),
             external_url: None,
             created_at: 0,
+            format: crate::model::PackageFormat::Platte,
+            metadata_size: None,
         };
         CatalogueData {
             apps: vec![App {

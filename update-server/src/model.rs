@@ -46,6 +46,84 @@ pub struct Package {
     pub external_url: Option<String>,
     /// Creation time.
     pub created_at: i64,
+    /// The payload's format: which clients can apply it [default: `platte`].
+    #[serde(default)]
+    pub format: PackageFormat,
+    /// For an `update_engine` payload: the size of its metadata (header and manifest), sent
+    /// to update_engine as `MetadataSize`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata_size: Option<u64>,
+}
+
+/// The format of a package's file, which decides which clients can apply it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PackageFormat {
+    /// Platte's signed payload (`docs/payload-format.md`), verified on publish against the
+    /// trusted publisher keys; applied by Platte's agent.
+    #[default]
+    Platte,
+    /// update_engine's own payload ("CrAU"), as Flatcar and ChromeOS publish it, signed with the
+    /// OS vendor's key, which the host checks; served byte for byte; applied by update_engine.
+    UpdateEngine,
+}
+
+impl PackageFormat {
+    /// The stored and wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PackageFormat::Platte => "platte",
+            PackageFormat::UpdateEngine => "update_engine",
+        }
+    }
+
+    /// The format named `s` (as stored).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "platte" => Some(PackageFormat::Platte),
+            "update_engine" => Some(PackageFormat::UpdateEngine),
+            _ => None,
+        }
+    }
+}
+
+/// Which payload formats the client of an Omaha request can apply, told from the request's
+/// `version` (docs/protocol.md, "Who is asking"): Platte's agent sends `platte-agent-<version>`,
+/// update_engine (Flatcar, ChromeOS) `update_engine-<version>`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ClientKind {
+    /// Platte's agent: applies Platte payloads only.
+    PlatteAgent,
+    /// update_engine: applies its own (CrAU) payloads.
+    UpdateEngine,
+    /// Any other client: nothing is assumed of it.
+    #[default]
+    Other,
+}
+
+impl ClientKind {
+    /// The client named by a request's `version` attribute.
+    pub fn of(request_version: &str) -> Self {
+        let v = request_version.trim();
+        if v.starts_with("platte-agent") {
+            ClientKind::PlatteAgent
+        } else if v.starts_with("update_engine") {
+            ClientKind::UpdateEngine
+        } else {
+            ClientKind::Other
+        }
+    }
+
+    /// Whether the client can be offered a package of `format`. Platte's agent is never
+    /// offered an update_engine payload. An update_engine client is still offered a Platte
+    /// payload when that is what its channel holds (a channel holds one package per
+    /// architecture for now), as every client was before packages had a format.
+    pub fn can_apply(self, format: PackageFormat) -> bool {
+        !matches!(
+            (self, format),
+            (ClientKind::PlatteAgent, PackageFormat::UpdateEngine)
+        )
+    }
 }
 
 /// A channel: names the package each architecture should run.

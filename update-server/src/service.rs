@@ -24,7 +24,9 @@ use crate::clock::Clock;
 use crate::config::OmahaSettings;
 use crate::lifecycle::{ClientEvent, InstanceStatus, transition};
 use crate::metrics::{ErrorLabels, Metrics, OutcomeLabels, error_code_label};
-use crate::model::{Instance, NewActivity, Package, StatusChange, normalize_appid, normalize_arch};
+use crate::model::{
+    ClientKind, Instance, NewActivity, Package, StatusChange, normalize_appid, normalize_arch,
+};
 use crate::rollout::Rollouts;
 use crate::rollout::engine::{HoldReason, Verdict, evaluate, is_canary};
 use crate::rollout::grants;
@@ -86,6 +88,8 @@ pub struct AppCheckIn {
     pub ping: bool,
     /// An `<updatecheck>` was present.
     pub updatecheck: bool,
+    /// Who sent the request (the payload formats it can apply).
+    pub client: ClientKind,
 }
 
 /// Why there is no update.
@@ -949,6 +953,10 @@ impl UpdateService {
                 (find(&version).unwrap_or(target), rollback)
             }
         };
+        // Never offer what the client cannot apply: held before any rollout rule counts it.
+        if !req.client.can_apply(pkg.format) {
+            return no(NoUpdateReason::Hold(HoldReason::Format.as_str().to_owned()));
+        }
         let machine_id = instance.map_or("", |i| i.machine_id.as_str());
         // Canaries match the machine id or the alias an operator assigned, never the alias the
         // client reports.

@@ -282,10 +282,25 @@ pub enum PackageCmd {
         #[arg(long)]
         app: Option<String>,
     },
-    /// Upload a signed payload (verified by the server against its trusted keys).
+    /// Upload a payload: a Platte payload (verified by the server against its trusted keys),
+    /// or with `--format update_engine` a Flatcar/ChromeOS update_engine payload (served as
+    /// it is; give `--app`, `--version` and `--arch`).
     Publish {
         /// Payload file.
         file: PathBuf,
+        /// Payload format: `platte` (default) or `update_engine`.
+        #[arg(long, value_parser = ["platte", "update_engine"])]
+        format: Option<String>,
+        /// Application (update_engine payloads; for a Platte payload, the manifest must name it).
+        #[arg(long)]
+        app: Option<String>,
+        /// Version (update_engine payloads; for a Platte payload, the manifest must name it).
+        #[arg(long)]
+        version: Option<String>,
+        /// Architecture (update_engine payloads; for a Platte payload, the manifest must name
+        /// it).
+        #[arg(long)]
+        arch: Option<String>,
         /// Name clients download it as.
         #[arg(long)]
         filename: Option<String>,
@@ -444,13 +459,16 @@ fn apps_table(v: &Value) {
 
 fn packages_table(v: &Value) {
     print_table(
-        &["ID", "APP", "VERSION", "ARCH", "KIND", "SIZE", "FILE"],
+        &[
+            "ID", "APP", "VERSION", "ARCH", "FORMAT", "KIND", "SIZE", "FILE",
+        ],
         rows(v).iter().map(|p| {
             vec![
                 s(&p["id"]),
                 s(&p["app_id"]),
                 s(&p["version"]),
                 s(&p["arch"]),
+                s(&p["format"]),
                 s(&p["kind"]),
                 s(&p["size"]),
                 s(&p["filename"]),
@@ -619,13 +637,24 @@ pub async fn run_admin(cmd: Command) -> anyhow::Result<()> {
                 ),
                 PackageCmd::Publish {
                     file,
+                    format,
+                    app,
+                    version,
+                    arch,
                     filename,
                     external_url,
                 } => {
                     let f = tokio::fs::File::open(&file)
                         .await
                         .with_context(|| format!("opening {}", file.display()))?;
-                    let q = query(&[("filename", filename), ("external_url", external_url)]);
+                    let q = query(&[
+                        ("format", format),
+                        ("app", app),
+                        ("version", version),
+                        ("arch", arch),
+                        ("filename", filename),
+                        ("external_url", external_url),
+                    ]);
                     let v = c.upload(&format!("/packages{q}"), f).await?;
                     output(&conn, &v, packages_table)
                 }

@@ -14,6 +14,7 @@ const MAX_PAGE: u32 = 1000;
 
 /// Query of `GET /events`.
 #[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct EventQuery {
     /// Machine.
     pub machine: Option<String>,
@@ -27,6 +28,7 @@ pub struct EventQuery {
 
 /// Query of `GET /activity`.
 #[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ActivityQuery {
     /// Application.
     pub app: Option<String>,

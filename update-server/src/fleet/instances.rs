@@ -24,6 +24,7 @@ const HISTORY_SHOWN: u32 = 200;
 
 /// Query of `GET /instances`.
 #[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct InstanceQuery {
     /// Application.
     pub app: Option<String>,
@@ -78,6 +79,7 @@ pub struct InstanceDetail {
 
 /// Query of `DELETE /instances/{machine}`.
 #[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct DeleteInstanceQuery {
     /// Only this application's row.
     pub app: Option<String>,
@@ -85,6 +87,7 @@ pub struct DeleteInstanceQuery {
 
 /// Query of `POST /instances/{machine}/retry`.
 #[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct RetryQuery {
     /// Only this application [default: every application of the machine].
     pub app: Option<String>,

@@ -9,7 +9,7 @@ use utoipa::IntoParams;
 
 use super::{Fleet, FleetError, FleetResult, activity, new_id};
 use crate::blobs::BlobError;
-use crate::model::{Package, normalize_appid, normalize_arch};
+use crate::model::{Package, PackageFormat, normalize_appid, normalize_arch};
 use crate::version;
 
 /// Longest codebase URL of an externally hosted package, bytes.
@@ -19,24 +19,45 @@ const MAX_FILENAME: usize = 200;
 
 /// Query of `GET /packages`.
 #[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PackageQuery {
     /// Only this application's packages.
     pub app: Option<String>,
 }
 
-/// Query of `POST /packages` (the body is the signed payload).
+/// Query of `POST /packages` (the body is the payload).
 #[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PublishQuery {
-    /// File name clients download (default: `<app>-<version>-<arch>.payload`).
+    /// The payload's format [default: `platte`]. An `update_engine` payload (a CrAU file) is
+    /// checked to be one and served as it is; it names no app, version or arch, so `app`,
+    /// `version` and `arch` are required with it.
+    pub format: Option<PackageFormat>,
+    /// File name clients download (default: `<app>-<version>-<arch>.payload`, or `update.gz`
+    /// for an update_engine payload).
     pub filename: Option<String>,
     /// Host externally at this codebase URL (the file is verified, then not kept).
     pub external_url: Option<String>,
-    /// Refuse unless the manifest names this application.
+    /// Platte payload: refuse unless the manifest names this application. update_engine
+    /// payload: its application.
     pub app: Option<String>,
-    /// Refuse unless the manifest names this version.
+    /// Platte payload: refuse unless the manifest names this version. update_engine payload:
+    /// its version.
     pub version: Option<String>,
-    /// Refuse unless the manifest names this arch.
+    /// Platte payload: refuse unless the manifest names this arch. update_engine payload: its
+    /// arch.
     pub arch: Option<String>,
+}
+
+/// What a published file says about itself once checked.
+struct Checked {
+    app_id: String,
+    version: String,
+    arch: String,
+    kind: String,
+    metadata_size: Option<u64>,
+    /// How it was checked, for the activity feed.
+    provenance: String,
 }
 
 /// Whether `f` may be a download file name: 1..=200 bytes of letters, digits and `._-+`, not
@@ -75,6 +96,62 @@ fn check_publish_options(q: &PublishQuery) -> FleetResult<()> {
     Ok(())
 }
 
+/// The application, version and arch an update_engine payload is published as (its file
+/// names none of them): all three are required.
+fn named_release(q: &PublishQuery) -> FleetResult<(String, String, String)> {
+    let need = |what: &str, v: &Option<String>| {
+        v.as_deref()
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                FleetError::Invalid(format!(
+                    "an update_engine payload names no {what}: give `{what}`"
+                ))
+            })
+    };
+    Ok((
+        normalize_appid(&need("app", &q.app)?),
+        need("version", &q.version)?,
+        normalize_arch(&need("arch", &q.arch)?),
+    ))
+}
+
+/// Checks that the `size`-byte file at `path` is an update_engine payload: a CrAU header whose
+/// metadata fits in the file ([`payloads::crau::parse_header`]).
+async fn check_update_engine_payload(
+    path: std::path::PathBuf,
+    size: u64,
+    app_id: String,
+    version: String,
+    arch: String,
+) -> FleetResult<Checked> {
+    use tokio::io::AsyncReadExt as _;
+    let mut head = Vec::with_capacity(payloads::crau::MAX_HEADER_LEN);
+    tokio::fs::File::open(&path)
+        .await
+        .map_err(|e| FleetError::Internal(format!("reading upload: {e}")))?
+        .take(payloads::crau::MAX_HEADER_LEN as u64)
+        .read_to_end(&mut head)
+        .await
+        .map_err(|e| FleetError::Internal(format!("reading upload: {e}")))?;
+    let header = payloads::crau::parse_header(&head, size)
+        .map_err(|e| FleetError::Unverifiable(format!("payload rejected: {e}")))?;
+    Ok(Checked {
+        app_id,
+        version,
+        arch,
+        kind: "update_engine".to_owned(),
+        metadata_size: Some(header.metadata_len()),
+        provenance: format!(
+            "an update_engine payload (CrAU version {}, {} bytes of metadata; its signatures \
+             are checked by the hosts)",
+            header.version,
+            header.metadata_len()
+        ),
+    })
+}
+
 impl Fleet {
     /// The packages (of one application, or all).
     pub fn list_packages(&self, query: PackageQuery) -> Vec<Package> {
@@ -96,10 +173,16 @@ impl Fleet {
             .ok_or_else(|| FleetError::NotFound(format!("package {id}")))
     }
 
-    /// Publishes a signed payload read from `upload`: verifies its signatures against the
-    /// trusted publisher keys and its data against the manifest, reads app/version/arch/kind
-    /// from the manifest (refusing a mismatch with `query`), computes SHA-1 and SHA-256, and
-    /// stores it content-addressed (or records its external URL).
+    /// Publishes a payload read from `upload`, by format:
+    /// - a Platte payload: verifies its signatures against the trusted publisher keys and its
+    ///   data against the manifest, and reads app/version/arch/kind from the manifest
+    ///   (refusing a mismatch with `query`);
+    /// - an update_engine payload: checks its CrAU header (bounded; the metadata must fit in
+    ///   the file) and takes app/version/arch from `query` (its signatures are the OS
+    ///   vendor's, checked by the hosts).
+    ///
+    /// Either way it computes size, SHA-1 and SHA-256 from the bytes and stores the file
+    /// content-addressed (or records its external URL).
     pub async fn publish_package<S, E>(
         &self,
         query: PublishQuery,
@@ -109,10 +192,20 @@ impl Fleet {
         S: futures_util::Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
-        let trust = self.trust.clone().ok_or_else(|| {
-            FleetError::Unavailable("no trusted publisher keys configured (--trusted-keys)".into())
-        })?;
+        let format = query.format.unwrap_or_default();
+        let trust = match format {
+            PackageFormat::Platte => Some(self.trust.clone().ok_or_else(|| {
+                FleetError::Unavailable(
+                    "no trusted publisher keys configured (--trusted-keys)".into(),
+                )
+            })?),
+            PackageFormat::UpdateEngine => None,
+        };
         check_publish_options(&query)?;
+        let named = match format {
+            PackageFormat::Platte => None,
+            PackageFormat::UpdateEngine => Some(named_release(&query)?),
+        };
         let received = self
             .blobs
             .receive(upload, self.max_package_size)
@@ -123,6 +216,80 @@ impl Fleet {
                 other => FleetError::Internal(other.to_string()),
             })?;
         let path = received.path.to_path_buf();
+        let checked = match (trust, named) {
+            (Some(trust), _) => self.check_platte_payload(path, trust, &query).await?,
+            (None, Some((app_id, version, arch))) => {
+                check_update_engine_payload(path, received.size, app_id, version, arch).await?
+            }
+            (None, None) => {
+                return Err(FleetError::Internal(
+                    "a payload neither verified nor named".into(),
+                ));
+            }
+        };
+        let Checked {
+            app_id,
+            version,
+            arch,
+            kind,
+            metadata_size,
+            provenance,
+        } = checked;
+        if !version::is_valid(&version) {
+            return Err(FleetError::Unverifiable(format!(
+                "version {version:?} is not a release version"
+            )));
+        }
+        let _writing = self.write_lock.lock().await;
+        if self.catalogue().app(&app_id).is_none() {
+            return Err(FleetError::NotFound(format!(
+                "application {app_id} (named by the payload)"
+            )));
+        }
+        let default_filename = match format {
+            PackageFormat::Platte => format!("{app_id}-{version}-{arch}.payload"),
+            PackageFormat::UpdateEngine => "update.gz".to_owned(),
+        };
+        let pkg = Package {
+            id: new_id(),
+            app_id: app_id.clone(),
+            version: version.clone(),
+            arch: arch.clone(),
+            kind,
+            filename: query.filename.unwrap_or(default_filename),
+            size: received.size,
+            sha1_base64: base64::engine::general_purpose::STANDARD.encode(received.sha1),
+            sha256_hex: hex::encode(received.sha256),
+            external_url: query.external_url,
+            created_at: self.now(),
+            format,
+            metadata_size,
+        };
+        if pkg.external_url.is_none() {
+            self.blobs
+                .commit(received)
+                .map_err(|e| FleetError::Internal(e.to_string()))?;
+        }
+        let mut act = activity(
+            "package_published",
+            Some(&app_id),
+            format!("package {version} ({arch}) published, {provenance}"),
+        );
+        act.version = Some(version);
+        act.severity = "success";
+        self.store.insert_package(&pkg, &act).await?;
+        self.reload().await?;
+        Ok(pkg)
+    }
+
+    /// Verifies a Platte payload at `path` (signatures, manifest, data) and checks it names
+    /// what `query` expects.
+    async fn check_platte_payload(
+        &self,
+        path: std::path::PathBuf,
+        trust: std::sync::Arc<payloads::TrustStore>,
+        query: &PublishQuery,
+    ) -> FleetResult<Checked> {
         let now_s = u64::try_from(self.now()).unwrap_or(0);
         let info = tokio::task::spawn_blocking(move || {
             let f = std::fs::File::open(&path)?;
@@ -155,50 +322,14 @@ impl Fleet {
                 )));
             }
         }
-        if !version::is_valid(&version) {
-            return Err(FleetError::Unverifiable(format!(
-                "manifest version {version:?} is not a release version"
-            )));
-        }
-        let _writing = self.write_lock.lock().await;
-        if self.catalogue().app(&app_id).is_none() {
-            return Err(FleetError::NotFound(format!(
-                "application {app_id} (named by the payload manifest)"
-            )));
-        }
-        let pkg = Package {
-            id: new_id(),
-            app_id: app_id.clone(),
-            version: version.clone(),
-            arch: arch.clone(),
+        Ok(Checked {
+            app_id,
+            version,
+            arch,
             kind: kind_name(info.kind()).to_owned(),
-            filename: query
-                .filename
-                .unwrap_or_else(|| format!("{app_id}-{version}-{arch}.payload")),
-            size: received.size,
-            sha1_base64: base64::engine::general_purpose::STANDARD.encode(received.sha1),
-            sha256_hex: hex::encode(received.sha256),
-            external_url: query.external_url,
-            created_at: self.now(),
-        };
-        if pkg.external_url.is_none() {
-            self.blobs
-                .commit(received)
-                .map_err(|e| FleetError::Internal(e.to_string()))?;
-        }
-        let mut act = activity(
-            "package_published",
-            Some(&app_id),
-            format!(
-                "package {version} ({arch}) published, signed by {}",
-                hex::encode(info.signer.0)
-            ),
-        );
-        act.version = Some(version);
-        act.severity = "success";
-        self.store.insert_package(&pkg, &act).await?;
-        self.reload().await?;
-        Ok(pkg)
+            metadata_size: None,
+            provenance: format!("signed by {}", hex::encode(info.signer.0)),
+        })
     }
 
     /// Deletes a package no channel points at, and its file when no other hosted package

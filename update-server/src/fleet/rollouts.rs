@@ -21,6 +21,7 @@ const PREVIEW_MAX_LIMIT: usize = 10_000;
 
 /// Query of the preview.
 #[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PreviewQuery {
     /// Percentage to preview [default: the next ramp step, else the current percentage].
     pub percent: Option<f64>,

@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use omaha::{Action, AppResponse, DayStart, Manifest, Package, UpdateCheckResponse};
 
 use super::AppState;
+use crate::model::{ClientKind, PackageFormat};
 use crate::service::{AppAnswer, AppCheckIn, CheckAnswer, EventIn};
 
 /// Largest accepted Omaha body.
@@ -69,9 +70,15 @@ fn client_ip(headers: &HeaderMap, proxy_header: Option<&str>, peer: Option<Socke
 }
 
 /// Converts one parsed `<app>` into the service's input.
-pub fn check_in_of(app: &omaha::AppRequest, os_arch: Option<&str>, ip: String) -> AppCheckIn {
+pub fn check_in_of(
+    app: &omaha::AppRequest,
+    os_arch: Option<&str>,
+    ip: String,
+    client: ClientKind,
+) -> AppCheckIn {
     let s = |o: &Option<String>| o.clone().unwrap_or_default();
     AppCheckIn {
+        client,
         appid: app.appid.clone(),
         version: s(&app.version),
         track: s(&app.track),
@@ -125,9 +132,16 @@ pub fn updatecheck_of(
                 pkg = pkg.with_sha256(d);
             }
             let sha256 = digests.sha256.unwrap_or([0; 32]);
+            let mut action = Action::postinstall(&sha256).with_disable_payload_backoff(true);
+            if package.format == PackageFormat::UpdateEngine {
+                // What update_engine reads beside `sha256` (omaha_request_action.cc).
+                action.chromeos_version = Some(package.version.clone());
+                action.metadata_size = package.metadata_size;
+                action.needs_admin = Some(false);
+            }
             let manifest = Manifest::new(&package.version)
                 .with_package(pkg)
-                .with_action(Action::postinstall(&sha256).with_disable_payload_backoff(true));
+                .with_action(action);
             let mut urls = codebases.iter();
             let first = urls.next().map(String::as_str).unwrap_or_default();
             urls.fold(UpdateCheckResponse::ok(first, manifest), |uc, u| {
@@ -219,9 +233,10 @@ pub async fn update(
     let mut events_left = st.service.omaha.events_per_request;
     let ip = client_ip(&headers, st.proxy_header.as_deref(), Some(peer));
     let os_arch = req.os.as_ref().and_then(|o| o.arch.as_deref());
+    let client = ClientKind::of(req.version.as_deref().unwrap_or_default());
     let mut resp = omaha::Response::new("platte", DayStart::default());
     for app in &req.apps {
-        let mut input = check_in_of(app, os_arch, ip.clone());
+        let mut input = check_in_of(app, os_arch, ip.clone(), client);
         let applied = input.events.len().min(events_left);
         events_left -= applied;
         input.ignored_events = input.events.len() - applied;

@@ -37,11 +37,14 @@ pub enum HoldReason {
     /// (IPv4 /24, IPv6 /64) used up its grants to new machines for the window (server setting
     /// `new_machines`; only in groups with a concurrency or rate limit).
     NewMachineRate,
+    /// The channel's package is in a format the client cannot apply (an update_engine payload
+    /// and Platte's agent): offering it would fail on the host.
+    Format,
 }
 
 impl HoldReason {
     /// All reasons.
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 12] = [
         Self::Paused,
         Self::Halted,
         Self::Window,
@@ -53,6 +56,7 @@ impl HoldReason {
         Self::RolledBack,
         Self::DenyListed,
         Self::NewMachineRate,
+        Self::Format,
     ];
 
     /// Stable text form (instance status detail, metric label).
@@ -69,6 +73,7 @@ impl HoldReason {
             Self::RolledBack => "rolled_back",
             Self::DenyListed => "deny_listed",
             Self::NewMachineRate => "new_machine_rate",
+            Self::Format => "format",
         }
     }
 

@@ -292,8 +292,9 @@ mod tests {
     const FIXTURE: &str = "
         INSERT INTO apps VALUES ('app', 'OS', 'the OS', 10);
         INSERT INTO packages VALUES ('p1', 'app', '1.0.0', 'amd64', 'platte', 'u.payload', 5,
-            'sha1', 'ab', NULL, 11), ('p2', 'app', '2.0.0', 'amd64', 'platte', 'u.payload', 6,
-            'sha1b', 'cd', 'https://mirror.example/u', 12);
+            'sha1', 'ab', NULL, 11, 'platte', NULL), ('p2', 'app', '2.0.0', 'amd64',
+            'update_engine', 'update.gz', 6, 'sha1b', 'cd', 'https://mirror.example/u', 12,
+            'update_engine', 1020);
         INSERT INTO channels VALUES ('c1', 'app', 'stable', 13);
         INSERT INTO channel_packages VALUES ('c1', 'amd64', 'p2');
         INSERT INTO groups_ VALUES ('g1', 'app', 'Stable', 'stable', 'c1', '',

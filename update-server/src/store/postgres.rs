@@ -96,6 +96,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "grant_context",
         include_str!("../../migrations/postgres/0002_grant_context.sql"),
     ),
+    (
+        3,
+        "package_format",
+        include_str!("../../migrations/postgres/0003_package_format.sql"),
+    ),
 ];
 
 /// PostgreSQL-backed stores (every store trait, and the [`Transactor`] of the check path).

@@ -137,6 +137,10 @@ impl<'q> PortableQuery<'q> for DeferredPart<'_> {
     fn bind_int(self, v: i64) -> Self {
         self.bind(v)
     }
+
+    fn bind_opt_int(self, v: Option<i64>) -> Self {
+        self.bind(v)
+    }
 }
 
 #[cfg(test)]

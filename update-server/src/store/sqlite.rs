@@ -75,6 +75,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "grant_tallies",
         include_str!("../../migrations/0010_grant_tallies.sql"),
     ),
+    (
+        11,
+        "package_format",
+        include_str!("../../migrations/0011_package_format.sql"),
+    ),
 ];
 
 #[path = "sqlite_credential.rs"]

@@ -13,8 +13,8 @@ use super::sqlx_shared::{PortableRow, get};
 use super::{CatalogueData, InstanceCount, StoreError};
 use crate::lifecycle::InstanceStatus;
 use crate::model::{
-    Activity, App, Channel, EventRecord, Group, GroupPolicy, Instance, Package, Severity,
-    StatusChange,
+    Activity, App, Channel, EventRecord, Group, GroupPolicy, Instance, Package, PackageFormat,
+    Severity, StatusChange,
 };
 use crate::retention::protection::{GroupFacts, RolloutFacts};
 
@@ -116,6 +116,17 @@ pub fn package_of<R: PortableRow>(r: &R) -> Result<Package, StoreError> {
         sha256_hex: get(r, T, "sha256_hex")?,
         external_url: get(r, T, "external_url")?,
         created_at: get(r, T, "created_at")?,
+        format: {
+            let f: String = get(r, T, "format")?;
+            PackageFormat::parse(&f).ok_or_else(|| StoreError::Corrupt {
+                table: T,
+                column: "format",
+                detail: format!("unknown package format {f:?}"),
+            })?
+        },
+        metadata_size: get::<Option<i64>, _>(r, T, "metadata_size")?
+            .map(|m| u64_of(m, T, "metadata_size"))
+            .transpose()?,
     })
 }
 

@@ -133,6 +133,8 @@ pub trait PortableQuery<'q>: Sized {
     fn bind_opt_text(self, v: Option<&'q str>) -> Self;
     /// Binds an integer.
     fn bind_int(self, v: i64) -> Self;
+    /// Binds an integer or NULL.
+    fn bind_opt_int(self, v: Option<i64>) -> Self;
 }
 
 impl<'q, DB> PortableQuery<'q> for Query<'q, DB, <DB as Database>::Arguments<'q>>
@@ -141,8 +143,13 @@ where
     &'q str: Encode<'q, DB> + Type<DB>,
     Option<&'q str>: Encode<'q, DB> + Type<DB>,
     i64: Encode<'q, DB> + Type<DB>,
+    Option<i64>: Encode<'q, DB> + Type<DB>,
 {
     fn bind_text(self, v: &'q str) -> Self {
+        self.bind(v)
+    }
+
+    fn bind_opt_int(self, v: Option<i64>) -> Self {
         self.bind(v)
     }
 
@@ -322,8 +329,8 @@ pub fn bind_group_update<'q, Q: PortableQuery<'q>>(q: Q, g: &'q Group, policy: &
 
 /// A package (bound by [`bind_package`]).
 pub const INSERT_PACKAGE: &str = "INSERT INTO packages (id, app_id, version, arch, kind, \
-     filename, size, sha1_base64, sha256_hex, external_url, created_at) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
+     filename, size, sha1_base64, sha256_hex, external_url, created_at, format, metadata_size) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
 
 /// Binds package `p`, with its size as stored (`size`), to [`INSERT_PACKAGE`].
 pub fn bind_package<'q, Q: PortableQuery<'q>>(q: Q, p: &'q Package, size: i64) -> Q {
@@ -338,6 +345,8 @@ pub fn bind_package<'q, Q: PortableQuery<'q>>(q: Q, p: &'q Package, size: i64) -
         .bind_text(&p.sha256_hex)
         .bind_opt_text(p.external_url.as_deref())
         .bind_int(p.created_at)
+        .bind_text(p.format.as_str())
+        .bind_opt_int(p.metadata_size.and_then(|m| i64::try_from(m).ok()))
 }
 
 /// The catalogue's generation.

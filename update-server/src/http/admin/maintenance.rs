@@ -13,6 +13,7 @@ use crate::retention::PruneReport;
 
 /// Query of `POST /maintenance/prune`.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PruneQuery {
     /// Count what would be deleted, delete nothing [default: false].
     pub dry_run: Option<bool>,

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::model::{App, Channel, Group, GroupPolicy, NewActivity, Package};
+use crate::model::{App, Channel, Group, GroupPolicy, NewActivity, Package, PackageFormat};
 use crate::store::StoreError;
 use crate::store::testkit::{TestStores, both_stores};
 use crate::store::tx::{Urgency, transact};
@@ -40,6 +40,8 @@ fn pkg(id: &str, app: &str, v: &str) -> Package {
         sha256_hex: "y".into(),
         external_url: None,
         created_at: 2,
+        format: PackageFormat::UpdateEngine,
+        metadata_size: Some(1_020),
     }
 }
 

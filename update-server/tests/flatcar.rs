@@ -1,0 +1,317 @@
+//! update_engine's own payloads (issue 20): a CrAU file published with `format=update_engine` is
+//! served byte for byte, with the size, hashes and action attributes update_engine checks, to a
+//! client shaped exactly like a real update_engine request, through its whole event sequence;
+//! Platte's agent in the same group is held (`format`); a file that is not a CrAU payload, or
+//! one published without its app, version and arch, is refused with the reason. On SQLite and
+//! on PostgreSQL.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use base64::Engine as _;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sha2::Digest as _;
+use update_server::server::{RunningServer, start};
+
+mod common;
+mod support {
+    pub mod db;
+}
+use support::db::TestDb;
+
+const FLATCAR: &str = "e96281a6-d1af-4bde-9a0a-97b76e56dc57";
+const MANIFEST_LEN: u64 = 1_000;
+
+/// A CrAU payload as Flatcar publishes it (format version 1): header, a manifest of
+/// [`MANIFEST_LEN`] bytes, then data. Built from the documented layout; nothing checks its
+/// contents past the header here (the host checks the vendor's signatures).
+fn crau_file() -> Vec<u8> {
+    let mut f = b"CrAU".to_vec();
+    f.extend_from_slice(&1u64.to_be_bytes());
+    f.extend_from_slice(&MANIFEST_LEN.to_be_bytes());
+    f.extend((0..MANIFEST_LEN).map(|i| (i % 251) as u8));
+    f.extend((0..50_000u32).map(|i| (i.wrapping_mul(31) % 256) as u8));
+    f
+}
+
+struct Env {
+    _dir: tempfile::TempDir,
+    server: RunningServer,
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Env {
+    async fn new(db: &TestDb) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        // No trusted publisher keys: an update_engine payload needs none.
+        let s = db.settings(&dir.path().join("data"));
+        let server = start(s).await.unwrap();
+        let base = format!("http://{}", server.addr);
+        let env = Self {
+            _dir: dir,
+            server,
+            http: reqwest::Client::new(),
+            base,
+        };
+        let (st, v) = env
+            .api(
+                reqwest::Method::POST,
+                "/apps",
+                Some(json!({"id": FLATCAR, "name": "Flatcar"})),
+            )
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{v}");
+        env
+    }
+
+    async fn api(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        common::api(
+            &self.http,
+            &self.base,
+            &self.server.admin_token,
+            method,
+            path,
+            body,
+        )
+        .await
+    }
+
+    /// `POST /api/v1/packages?{query}` with `body`.
+    async fn publish(&self, query: &str, body: Vec<u8>) -> (StatusCode, Value) {
+        let r = self
+            .http
+            .post(format!("{}/api/v1/packages?{query}", self.base))
+            .bearer_auth(&self.server.admin_token)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let st = r.status();
+        let text = r.text().await.unwrap();
+        (
+            st,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    async fn omaha(&self, body: String) -> String {
+        let (st, xml) = common::omaha_post(&self.http, &self.base, body, &[]).await;
+        assert_eq!(st, StatusCode::OK, "{xml}");
+        xml
+    }
+
+    async fn instance(&self, machine: &str) -> Value {
+        let (st, v) = self
+            .api(reqwest::Method::GET, &format!("/instances/{machine}"), None)
+            .await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        v["apps"][0]["instance"].clone()
+    }
+}
+
+/// A request exactly as Flatcar's update_engine sends it (docs: `../shared/reference/
+/// flatcar-fleets.md`), with `body` inside `<app>`.
+fn update_engine(machine: &str, version: &str, body: &str) -> String {
+    format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?>
+<request protocol="3.0" version="update_engine-0.4.10" updaterversion="update_engine-0.4.10" installsource="ondemandupdate" ismachine="1">
+<os version="Chateau" platform="CoreOS" sp="{version}_x86_64"></os>
+<app appid="{{{FLATCAR}}}" version="{version}" track="stable" bootid="{{b-{machine}}}" oem="" oemversion="" alephversion="1.0.0" machineid="{machine}" machinealias="" lang="en-US" board="amd64-usr" hardware_class="" delta_okay="false" >{body}</app>
+</request>"#
+    )
+}
+
+/// The same check from Platte's agent.
+fn platte_agent(machine: &str, version: &str) -> String {
+    format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?>
+<request protocol="3.0" version="platte-agent-0.1.0" updaterversion="platte-agent-0.1.0" ismachine="1">
+<os platform="Platte" arch="x86_64"></os>
+<app appid="{{{FLATCAR}}}" version="{version}" track="stable" machineid="{machine}" board="amd64"><updatecheck></updatecheck></app>
+</request>"#
+    )
+}
+
+fn event(kind: u32, result: u32, previous: &str) -> String {
+    format!(
+        r#"<event eventtype="{kind}" eventresult="{result}" previousversion="{previous}"></event>"#
+    )
+}
+
+async fn an_update_engine_payload_is_served_as_it_is(db: TestDb) {
+    let env = Env::new(&db).await;
+    let file = crau_file();
+    let (st, pkg) = env
+        .publish(
+            &format!("format=update_engine&app={FLATCAR}&version=3510.2.0&arch=amd64"),
+            file.clone(),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{pkg}");
+    let sha256: [u8; 32] = sha2::Sha256::digest(&file).into();
+    let sha1: [u8; 20] = sha1::Sha1::digest(&file).into();
+    assert_eq!(pkg["format"], "update_engine");
+    assert_eq!(pkg["metadata_size"], 20 + MANIFEST_LEN);
+    assert_eq!(pkg["size"], file.len());
+    assert_eq!(pkg["sha256_hex"], hex::encode(sha256));
+    assert_eq!(pkg["filename"], "update.gz");
+    for (path, body) in [
+        (
+            format!("/apps/{FLATCAR}/channels"),
+            json!({"name": "stable", "packages": {"amd64": pkg["id"]}}),
+        ),
+        (
+            format!("/apps/{FLATCAR}/groups"),
+            json!({"name": "stable", "channel": "stable"}),
+        ),
+    ] {
+        let (st, v) = env.api(reqwest::Method::POST, &path, Some(body)).await;
+        assert_eq!(st, StatusCode::CREATED, "{v}");
+    }
+
+    // The check: every attribute update_engine reads.
+    let m = "0123456789abcdef0123456789abcdef";
+    let check = format!(
+        r#"<ping active="1"></ping><updatecheck></updatecheck>{}"#,
+        event(3, 2, "0.0.0.0")
+    );
+    let xml = env.omaha(update_engine(m, "1.0.0", &check)).await;
+    let resp = omaha::parse_response(xml.as_bytes()).unwrap();
+    let uc = resp.apps[0].updatecheck.as_ref().unwrap();
+    assert_eq!(uc.status.as_str(), "ok", "{xml}");
+    let man = uc.target_manifest().unwrap();
+    assert_eq!(man.version, "3510.2.0");
+    let p = &man.packages[0];
+    assert_eq!((p.name.as_str(), p.size), ("update.gz", file.len() as u64));
+    assert_eq!(p.sha1().unwrap(), Some(sha1));
+    let post = man.postinstall().unwrap();
+    assert_eq!(
+        post.sha256.as_deref(),
+        Some(
+            base64::engine::general_purpose::STANDARD
+                .encode(sha256)
+                .as_str()
+        )
+    );
+    assert_eq!(post.metadata_size, Some(20 + MANIFEST_LEN));
+    assert_eq!(post.chromeos_version.as_deref(), Some("3510.2.0"));
+    assert_eq!(post.needs_admin, Some(false));
+    assert!(post.disable_payload_backoff && !post.is_delta_payload);
+
+    // The download is the file, byte for byte.
+    let url = format!("{}{}", uc.urls[0], p.name);
+    let got = env.http.get(&url).send().await.unwrap();
+    assert_eq!(got.status(), StatusCode::OK, "{url}");
+    assert_eq!(got.bytes().await.unwrap().as_ref(), file.as_slice());
+
+    // 13/1, 14/1, 3/1, then the reboot into 3510.2.0 and its 3/2.
+    for (kind, result) in [(13, 1), (14, 1), (3, 1)] {
+        env.omaha(update_engine(m, "1.0.0", &event(kind, result, "")))
+            .await;
+    }
+    assert_eq!(env.instance(m).await["status"], "installed");
+    let done = format!(
+        "<ping active=\"1\"></ping><updatecheck></updatecheck>{}",
+        event(3, 2, "1.0.0")
+    );
+    let xml = env.omaha(update_engine(m, "3510.2.0", &done)).await;
+    assert!(xml.contains(r#"status="noupdate""#), "{xml}");
+    let inst = env.instance(m).await;
+    assert_eq!(inst["status"], "complete", "{inst}");
+    assert_eq!(inst["version"], "3510.2.0");
+    let (st, rollout) = env
+        .api(
+            reqwest::Method::GET,
+            &format!("/apps/{FLATCAR}/groups/stable/rollout"),
+            None,
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{rollout}");
+    assert!(rollout.to_string().contains(r#""complete":1"#), "{rollout}");
+
+    // Platte's agent cannot apply it: held, and recorded why.
+    let agent = "fedcba9876543210fedcba9876543210";
+    let xml = env.omaha(platte_agent(agent, "1.0.0")).await;
+    assert!(xml.contains(r#"status="noupdate""#), "{xml}");
+    let inst = env.instance(agent).await;
+    assert_eq!(
+        (&inst["status"], &inst["status_detail"]),
+        (&json!("on_hold"), &json!("format")),
+        "{inst}"
+    );
+    env.server.shutdown().await.unwrap();
+}
+
+async fn what_is_not_an_update_engine_payload_is_refused(db: TestDb) {
+    let env = Env::new(&db).await;
+    let named = format!("format=update_engine&app={FLATCAR}&version=3510.2.0&arch=amd64");
+    // A gzip file, as Flatcar names its payloads, but not a CrAU one.
+    let (st, v) = env
+        .publish(&named, b"\x1f\x8b\x08\x00 not a payload".to_vec())
+        .await;
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert!(v.to_string().contains("CrAU"), "{v}");
+    // A header announcing more metadata than the file holds.
+    let mut short = crau_file();
+    short.truncate(500);
+    let (st, v) = env.publish(&named, short).await;
+    assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert!(v.to_string().contains("does not fit"), "{v}");
+    // No version: a CrAU file names none.
+    let (st, v) = env
+        .publish(
+            &format!("format=update_engine&app={FLATCAR}&arch=amd64"),
+            crau_file(),
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{v}");
+    assert!(v.to_string().contains("names no version"), "{v}");
+    // Nothing was stored.
+    let (st, list) = env.api(reqwest::Method::GET, "/packages", None).await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(list.as_array().map(Vec::len), Some(0), "{list}");
+    env.server.shutdown().await.unwrap();
+}
+
+/// `update-server package publish FILE --format update_engine --app … --version … --arch …`.
+async fn the_cli_publishes_an_update_engine_payload(db: TestDb) {
+    let env = Env::new(&db).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("flatcar_production_update.gz");
+    std::fs::write(&file, crau_file()).unwrap();
+    let mut cli = std::process::Command::new(env!("CARGO_BIN_EXE_update-server"));
+    cli.args(["package", "publish"])
+        .arg(&file)
+        .args(["--format", "update_engine", "--app", FLATCAR])
+        .args(["--version", "3510.2.0", "--arch", "amd64", "--json"])
+        .env("UPDATE_SERVER_URL", &env.base)
+        .env("UPDATE_SERVER_TOKEN", &env.server.admin_token);
+    let out = tokio::task::spawn_blocking(move || cli.output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pkg: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        (&pkg["format"], &pkg["version"], &pkg["arch"]),
+        (&json!("update_engine"), &json!("3510.2.0"), &json!("amd64")),
+        "{pkg}"
+    );
+    env.server.shutdown().await.unwrap();
+}
+
+both_databases!(
+    an_update_engine_payload_is_served_as_it_is,
+    what_is_not_an_update_engine_payload_is_refused,
+    the_cli_publishes_an_update_engine_payload,
+);
