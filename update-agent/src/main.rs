@@ -1,7 +1,5 @@
 //! `update-agent`: the Platte host agent's command line. Logs go to standard error
-//! ([`logging`]).
-
-mod logging;
+//! ([`platte_logging`]).
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -253,7 +251,7 @@ async fn shutdown_signal() {
 }
 
 fn main() -> ExitCode {
-    logging::init();
+    platte_logging::init();
     let cli = Cli::parse();
     match run(&cli) {
         Ok(code) => code,

@@ -5,7 +5,8 @@
 //! Map: [`server`] starts everything; [`http`] holds the routes and handlers (the only module
 //! that knows axum); [`service`] answers update checks from the cached [`catalogue`] and the
 //! store; [`fleet`] holds the operator's operations on the fleet model (what the admin API
-//! calls); [`lifecycle`] is the instance state machine; [`rollout`] the staged-rollout rules;
+//! calls); [`dashboard`] renders the web dashboard's pages (served by [`http`] at `/`);
+//! [`lifecycle`] is the instance state machine; [`rollout`] the staged-rollout rules;
 //! [`credential`] machine credentials; [`fleetlock`] the reboot semaphore; [`store`] is the
 //! database behind traits; [`bounds`] limits what one client can make the server keep;
 //! [`retention`] prunes old rows; [`blobs`] stores payload files; [`cli`] is the operator
@@ -20,6 +21,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod credential;
+pub mod dashboard;
 pub mod fleet;
 pub mod fleetlock;
 pub mod http;

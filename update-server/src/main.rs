@@ -2,9 +2,7 @@
 //!
 //! Standard output goes through [`update_server::outln!`]: a reader that closes it early
 //! (`update-server app list | head -1`) changes nothing, the rest is discarded; another write
-//! error makes the exit status 1. Logs go to standard error ([`logging`]).
-
-mod logging;
+//! error makes the exit status 1. Logs go to standard error ([`platte_logging`]).
 
 use anyhow::Context as _;
 use clap::Parser as _;
@@ -32,7 +30,7 @@ fn run() -> anyhow::Result<()> {
         }
         Command::MigrateStore { from, to } => rt.block_on(migrate_store(&from, &to)),
         Command::Serve(args) => {
-            logging::init();
+            platte_logging::init();
             let settings = Settings::from_args(&args).context("reading configuration")?;
             rt.block_on(serve(settings))
         }

@@ -82,6 +82,16 @@ pub async fn start_with(
     let (read_only_token, _) = auth::load_or_create(settings.read_only_token.as_deref(), &ro_file)
         .with_context(|| format!("read-only token file {}", ro_file.display()))?;
     let tokens = Arc::new(auth::Tokens::new(&admin_token, &read_only_token));
+    // The dashboard's session key: a secret kept in the data directory (mode 0600, shared by
+    // replicas that share it), bound to the tokens in force.
+    let key_file = dir.join(crate::dashboard::session::KEY_FILE);
+    let (session_secret, _) = auth::load_or_create(None, &key_file)
+        .with_context(|| format!("dashboard session key file {}", key_file.display()))?;
+    let session_key = crate::dashboard::SessionKey::new(
+        session_secret.as_bytes(),
+        &admin_token,
+        &read_only_token,
+    );
 
     let trust = match &settings.trusted_keys {
         Some(p) => Some(Arc::new(payloads::TrustStore::load(p).with_context(
@@ -156,7 +166,12 @@ pub async fn start_with(
         pruner: Arc::clone(&pruner),
         credentials,
     };
-    let app = router(state.clone(), tokens, settings.http.timeouts.body_deadline);
+    let app = router(
+        state.clone(),
+        tokens,
+        session_key,
+        settings.http.timeouts.body_deadline,
+    );
 
     // Pending check-ins are written every interval, batch by batch.
     let flusher = {

@@ -101,11 +101,12 @@ impl Fleet {
             policy: input.policy,
             created_at: self.now(),
         };
-        let act = activity(
+        let mut act = activity(
             "group_created",
             Some(&a.id),
             format!("group {} created", g.name),
         );
+        act.group_id = Some(g.id.clone());
         self.store.insert_group(&g, &act).await?;
         self.reload().await?;
         Ok(g)
@@ -160,11 +161,12 @@ impl Fleet {
             check_policy(&p)?;
             g.policy = p;
         }
-        let act = activity(
+        let mut act = activity(
             "group_updated",
             Some(&a.id),
             format!("group {} updated", g.name),
         );
+        act.group_id = Some(g.id.clone());
         self.store.update_group(&g, &seen, &act).await?;
         self.reload().await?;
         Ok(g)
@@ -176,11 +178,12 @@ impl Fleet {
         let cat = self.catalogue();
         let a = find_app(&cat, app)?;
         let g = find_group(&cat, &a.id, group)?;
-        let act = activity(
+        let mut act = activity(
             "group_deleted",
             Some(&a.id),
             format!("group {} deleted", g.name),
         );
+        act.group_id = Some(g.id.clone());
         self.store.delete_group(&g.id, &act).await?;
         self.reload().await?;
         Ok(())

@@ -10,9 +10,10 @@
 //! the catalogue snapshot this process serves from.
 //!
 //! Map: [`apps`], [`channels`], [`groups`], [`rollouts`], [`packages`], [`instances`],
-//! [`credentials`], [`feed`]; one file per resource. The rules they apply live in their
-//! concern's module ([`crate::rollout`], [`crate::credential`], [`payloads`]); the FleetLock
-//! and retention operations are methods of [`crate::fleetlock::FleetLock`] and
+//! [`credentials`], [`feed`]; one file per resource; [`overview`] reads the whole fleet at a
+//! glance (the dashboard's first page) and a group's activity timeline. The rules they apply
+//! live in their concern's module ([`crate::rollout`], [`crate::credential`], [`payloads`]);
+//! the FleetLock and retention operations are methods of [`crate::fleetlock::FleetLock`] and
 //! [`crate::retention::Pruner`].
 
 pub mod apps;
@@ -21,6 +22,7 @@ pub mod credentials;
 pub mod feed;
 pub mod groups;
 pub mod instances;
+pub mod overview;
 pub mod packages;
 pub mod rollouts;
 

@@ -154,11 +154,9 @@ impl Fleet {
             };
             spec.store_into(&mut g.policy)
                 .map_err(|e| FleetError::Internal(e.to_string()))?;
-            match self
-                .store
-                .update_group(&g, &seen, &activity(kind, Some(&a.id), msg))
-                .await
-            {
+            let mut act = activity(kind, Some(&a.id), msg);
+            act.group_id = Some(g.id.clone());
+            match self.store.update_group(&g, &seen, &act).await {
                 Err(StoreError::Conflict(_)) if attempt < STATE_ATTEMPTS => attempt += 1,
                 Err(e) => return Err(e.into()),
                 Ok(()) => {

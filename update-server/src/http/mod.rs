@@ -5,6 +5,7 @@
 //! Map: [`admin`] is the admin REST API (one file per resource, over [`crate::fleet`]);
 //! [`omaha`] the update-check endpoint; [`fleetlock`] the FleetLock protocol endpoints;
 //! [`download`] package hosting; [`ops`] health, readiness, metrics and the OpenAPI document;
+//! [`dashboard`] the web dashboard at `/` and under `/ui/` (sessions, CSRF, security headers);
 //! [`error`] maps domain errors to statuses; [`auth`] the admin tokens; [`listener`],
 //! [`connections`] and [`body_deadline`] the hardened accept loop and its limits.
 
@@ -12,6 +13,7 @@ pub mod admin;
 pub mod auth;
 pub mod body_deadline;
 pub mod connections;
+pub mod dashboard;
 pub mod download;
 pub mod error;
 pub mod fleetlock;
@@ -76,13 +78,20 @@ impl AppState {
     }
 }
 
-/// Builds the router. `body_time`: time a client has to send the whole body of an Omaha or
-/// FleetLock request (see [`body_deadline`]).
+/// Builds the router. `session_key`: what the dashboard signs its sessions with;
+/// `body_time`: time a client has to send the whole body of an Omaha or FleetLock request
+/// (see [`body_deadline`]).
 pub fn router(
     state: AppState,
     tokens: Arc<auth::Tokens>,
+    session_key: crate::dashboard::SessionKey,
     body_time: std::time::Duration,
 ) -> Router {
+    let dashboard = dashboard::routes(Arc::new(dashboard::Dashboard {
+        app: state.clone(),
+        tokens: Arc::clone(&tokens),
+        key: session_key,
+    }));
     let api = admin::routes()
         .route_layer(middleware::from_fn_with_state(tokens, auth::require_token))
         .route("/openapi.json", get(ops::openapi));
@@ -107,6 +116,7 @@ pub fn router(
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
+        .merge(dashboard)
         .layer(middleware::from_fn_with_state(metrics, track_requests))
         .with_state(state)
 }

@@ -8,8 +8,7 @@
 //!   its sd-daemon(3) priority, `<3>` error, `<4>` warn, `<6>` info, `<7>` debug and trace, so
 //!   that `journalctl -p err` selects by level.
 //!
-//! The same small module is in both binaries (`update-server/src/logging.rs`,
-//! `update-agent/src/logging.rs`): they share no crate a logger belongs in.
+//! `update-server` and `update-agent` both call [`init`] first thing.
 
 use std::ffi::OsStr;
 use std::io::IsTerminal as _;
