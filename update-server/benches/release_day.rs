@@ -122,7 +122,7 @@ omaha_headers = { ["Content-Type"] = "text/xml" }
 
 function omaha(machine, version)
   return string.format([==[<?xml version="1.0" encoding="UTF-8"?>
-<request protocol="3.0" version="update_engine-0.4.10" updaterversion="update_engine-0.4.10" installsource="scheduler" ismachine="1">
+<request protocol="3.0" version="platte-agent-0.1.0" updaterversion="platte-agent-0.1.0" installsource="scheduler" ismachine="1">
 <os version="Chateau" platform="CoreOS" sp="%s_x86_64"></os>
 <app appid="{e96281a6-d1af-4bde-9a0a-97b76e56dc57}" version="%s" track="stable" bootid="{c0ffee00-0000-4000-8000-000000000000}" oem="qemu" machineid="%s" board="amd64-usr"><ping active="1"></ping><updatecheck></updatecheck></app>
 </request>]==], version, version, machine)

@@ -141,7 +141,7 @@ const LOAD_MACHINES: u64 = 200;
 fn check_xml(k: u64) -> String {
     format!(
         r#"<?xml version="1.0" encoding="UTF-8"?>
-<request protocol="3.0" version="update_engine-0.4.10" ismachine="1">
+<request protocol="3.0" version="platte-agent-0.1.0" ismachine="1">
 <os version="Chateau" platform="CoreOS" sp="3510.2.0_x86_64"></os>
 <app appid="{{{APP}}}" version="3510.2.0" track="stable" machineid="{}" board="amd64-usr"><ping r="1"></ping><event eventtype="13" eventresult="1"></event></app>
 </request>"#,

@@ -16,7 +16,7 @@ const CONCURRENCY: usize = 32;
 fn check_xml(i: usize) -> String {
     format!(
         r#"<?xml version="1.0" encoding="UTF-8"?>
-<request protocol="3.0" version="update_engine-0.4.10" updaterversion="update_engine-0.4.10" installsource="scheduler" ismachine="1">
+<request protocol="3.0" version="platte-agent-0.1.0" updaterversion="platte-agent-0.1.0" installsource="scheduler" ismachine="1">
 <os version="Chateau" platform="CoreOS" sp="3510.2.0_x86_64"></os>
 <app appid="{{{FLATCAR}}}" version="3510.2.0" track="stable" bootid="{{b}}" oem="qemu" machineid="machine-{i:08}" board="amd64-usr"><ping active="1"></ping><updatecheck></updatecheck><event eventtype="3" eventresult="2" previousversion=""></event></app>
 </request>"#

@@ -32,15 +32,18 @@ pub struct IdentityError {
 
 /// Whether `id` is made only of the characters an identity may hold: printable ASCII (no
 /// space, no control character) except ``/ \ ? # " ' ` < > &``, which have a meaning in URL
-/// paths or markup. The empty string is acceptable (an absent id).
+/// paths or markup, and is not `.` or `..` (path segments a browser or proxy resolves, whatever
+/// their encoding). The empty string is acceptable (an absent id).
 pub fn is_identity(id: &str) -> bool {
-    id.bytes().all(|b| {
-        b.is_ascii_graphic()
-            && !matches!(
-                b,
-                b'/' | b'\\' | b'?' | b'#' | b'"' | b'\'' | b'`' | b'<' | b'>' | b'&'
-            )
-    })
+    id != "."
+        && id != ".."
+        && id.bytes().all(|b| {
+            b.is_ascii_graphic()
+                && !matches!(
+                    b,
+                    b'/' | b'\\' | b'?' | b'#' | b'"' | b'\'' | b'`' | b'<' | b'>' | b'&'
+                )
+        })
 }
 
 /// Checks the identities of one `<app>`: machine id and boot id (lengths are bounded by the
@@ -164,7 +167,7 @@ mod tests {
             "a template placeholder is odd but harmless"
         );
         for bad in [
-            "a b", "a/b", "é", "a\tb", "<x>", "a\"b", "a?b", "a#b", "a\\b", "a&b",
+            "a b", "a/b", "é", "a\tb", "<x>", "a\"b", "a?b", "a#b", "a\\b", "a&b", ".", "..",
         ] {
             assert!(!is_identity(bad), "{bad:?}");
         }

@@ -114,15 +114,16 @@ impl ClientKind {
         }
     }
 
-    /// Whether the client can be offered a package of `format`. Platte's agent is never
-    /// offered an update_engine payload. An update_engine client is still offered a Platte
-    /// payload when that is what its channel holds (a channel holds one package per
-    /// architecture for now), as every client was before packages had a format.
+    /// Whether the client can be offered a package of `format`: Platte's agent applies only
+    /// Platte payloads, update_engine only its own (a Platte payload fails on its first bytes,
+    /// error 21, and would count as a failed attempt); a client of another kind is offered
+    /// either.
     pub fn can_apply(self, format: PackageFormat) -> bool {
-        !matches!(
-            (self, format),
-            (ClientKind::PlatteAgent, PackageFormat::UpdateEngine)
-        )
+        match self {
+            ClientKind::PlatteAgent => format == PackageFormat::Platte,
+            ClientKind::UpdateEngine => format == PackageFormat::UpdateEngine,
+            ClientKind::Other => true,
+        }
     }
 }
 

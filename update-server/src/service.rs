@@ -913,10 +913,18 @@ impl UpdateService {
         let Some(target) = cat.channel_package(channel, &arch) else {
             return no(NoUpdateReason::NoPackage);
         };
+        // The package of version `v` for this machine: of its arch before `all`, and only in a
+        // format the client can apply.
         let find = |v: &str| {
-            cat.data().packages.iter().find(|p| {
-                p.app_id == app_id && p.version == v && (p.arch == arch || p.arch == "all")
-            })
+            let of = |a: &str| {
+                cat.data().packages.iter().find(|p| {
+                    p.app_id == app_id
+                        && p.version == v
+                        && p.arch == a
+                        && req.client.can_apply(p.format)
+                })
+            };
+            of(&arch).or_else(|| of("all"))
         };
         let spec = cat.spec(&group.id);
         let mut staged = None;
@@ -925,10 +933,12 @@ impl UpdateService {
             && req.version != *granted
         {
             if inst.status.in_flight() {
-                // Re-serve the granted version without re-running the policy.
-                let pkg = find(granted).unwrap_or(target);
-                let rollback = version::compare(&req.version, granted).is_gt();
-                return (self.serve(cat, pkg, rollback), None);
+                // Re-serve the granted version without re-running the policy, as long as its
+                // package is there (and one the client can apply); else decide afresh.
+                if let Some(pkg) = find(granted) {
+                    let rollback = version::compare(&req.version, granted).is_gt();
+                    return (self.serve(cat, pkg, rollback), None);
+                }
             }
             if inst.status == InstanceStatus::Installed {
                 staged = Some(granted.as_str());

@@ -94,7 +94,7 @@ impl Env {
 /// An Omaha request for `machine` running `version` with `body` inside its `<app>`.
 fn request(machine: &str, version: &str, body: &str) -> String {
     format!(
-        r#"<request protocol="3.0" version="update_engine-0.4.10" ismachine="1"><app appid="{{{APP}}}" version="{version}" track="stable" machineid="{machine}" board="amd64-usr"><ping active="1"></ping>{body}</app></request>"#
+        r#"<request protocol="3.0" version="platte-agent-0.1.0" ismachine="1"><app appid="{{{APP}}}" version="{version}" track="stable" machineid="{machine}" board="amd64-usr"><ping active="1"></ping>{body}</app></request>"#
     )
 }
 

@@ -170,7 +170,7 @@ impl Env {
     async fn omaha(&self, machine: &str, alias: &str, version: &str, body: &str) -> String {
         let xml = format!(
             r#"<?xml version="1.0" encoding="UTF-8"?>
-<request protocol="3.0" version="update_engine-0.4.10" ismachine="1">
+<request protocol="3.0" version="platte-agent-0.1.0" ismachine="1">
 <os version="Chateau" platform="CoreOS" sp="1_x86_64"></os>
 <app appid="{{{APP}}}" version="{version}" track="stable" machineid="{machine}" machinealias="{alias}" board="amd64-usr">{body}</app>
 </request>"#

@@ -38,13 +38,16 @@ struct Env {
     server: RunningServer,
     http: reqwest::Client,
     base: String,
+    /// Signs Platte payloads the server trusts.
+    key: payloads::SigningKey,
 }
 
 impl Env {
     async fn new(db: &TestDb) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        // No trusted publisher keys: an update_engine payload needs none.
-        let s = db.settings(&dir.path().join("data"));
+        let key = common::trusted_key(dir.path(), "release");
+        let mut s = db.settings(&dir.path().join("data"));
+        s.trusted_keys = Some(dir.path().join("keys"));
         let server = start(s).await.unwrap();
         let base = format!("http://{}", server.addr);
         let env = Self {
@@ -52,6 +55,7 @@ impl Env {
             server,
             http: reqwest::Client::new(),
             base,
+            key,
         };
         let (st, v) = env
             .api(
@@ -207,6 +211,14 @@ async fn an_update_engine_payload_is_served_as_it_is(db: TestDb) {
     let url = format!("{}{}", uc.urls[0], p.name);
     let got = env.http.get(&url).send().await.unwrap();
     assert_eq!(got.status(), StatusCode::OK, "{url}");
+    // Served beside the dashboard: never rendered as a page.
+    for (name, value) in [
+        ("x-content-type-options", "nosniff"),
+        ("content-disposition", "attachment"),
+        ("content-security-policy", "sandbox"),
+    ] {
+        assert_eq!(got.headers()[name], value, "{name}");
+    }
     assert_eq!(got.bytes().await.unwrap().as_ref(), file.as_slice());
 
     // 13/1, 14/1, 3/1, then the reboot into 3510.2.0 and its 3/2.
@@ -310,7 +322,86 @@ async fn the_cli_publishes_an_update_engine_payload(db: TestDb) {
     env.server.shutdown().await.unwrap();
 }
 
+/// Points channel `stable` at package `id` (creating channel and group the first time).
+async fn point_stable_at(env: &Env, id: &Value, first: bool) {
+    if first {
+        for (path, body) in [
+            (
+                format!("/apps/{FLATCAR}/channels"),
+                json!({"name": "stable", "packages": {"amd64": id}}),
+            ),
+            (
+                format!("/apps/{FLATCAR}/groups"),
+                json!({"name": "stable", "channel": "stable"}),
+            ),
+        ] {
+            let (st, v) = env.api(reqwest::Method::POST, &path, Some(body)).await;
+            assert_eq!(st, StatusCode::CREATED, "{v}");
+        }
+    } else {
+        let (st, v) = env
+            .api(
+                reqwest::Method::PATCH,
+                &format!("/apps/{FLATCAR}/channels/stable"),
+                Some(json!({"packages": {"amd64": id}})),
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+    }
+}
+
+/// Each client is offered only a format it can apply: update_engine is held from a Platte
+/// payload and Platte's agent from an update_engine one (also when its granted package is gone
+/// and the channel moved on to the other format); a client of another kind gets either.
+async fn a_client_is_offered_only_a_format_it_can_apply(db: TestDb) {
+    let env = Env::new(&db).await;
+    let platte = common::signed_payload(&env.key, FLATCAR, "3510.2.0", &common::image(50_000));
+    let (st, platte) = env.publish("filename=p.payload", platte).await;
+    assert_eq!(st, StatusCode::CREATED, "{platte}");
+    point_stable_at(&env, &platte["id"], true).await;
+    let check = "<ping active=\"1\"></ping><updatecheck></updatecheck>";
+    let held = |inst: &Value| inst["status"] == "on_hold" && inst["status_detail"] == "format";
+
+    let flatcar = "0123456789abcdef0123456789abcdef";
+    let xml = env.omaha(update_engine(flatcar, "1.0.0", check)).await;
+    assert!(xml.contains(r#"status="noupdate""#), "{xml}");
+    assert!(held(&env.instance(flatcar).await));
+    let agent = "fedcba9876543210fedcba9876543210";
+    let xml = env.omaha(platte_agent(agent, "1.0.0")).await;
+    assert!(xml.contains(r#"status="ok""#), "{xml}");
+    let other = platte_agent("00112233445566778899aabbccddeeff", "1.0.0")
+        .replace("platte-agent-0.1.0", "some-other-client-1.0");
+    let xml = env.omaha(other).await;
+    assert!(xml.contains(r#"status="ok""#), "{xml}");
+
+    // The channel moves to an update_engine release and the Platte one is deleted while the
+    // agent is still downloading it: the agent is not re-served something else.
+    let (st, crau) = env
+        .publish(
+            &format!("format=update_engine&app={FLATCAR}&version=3510.3.0&arch=amd64"),
+            crau_file(),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{crau}");
+    point_stable_at(&env, &crau["id"], false).await;
+    let id = platte["id"].as_str().unwrap();
+    let (st, v) = env
+        .api(reqwest::Method::DELETE, &format!("/packages/{id}"), None)
+        .await;
+    assert!(st.is_success(), "{st} {v}");
+    let xml = env.omaha(platte_agent(agent, "1.0.0")).await;
+    assert!(xml.contains(r#"status="noupdate""#), "{xml}");
+    assert!(held(&env.instance(agent).await));
+    let xml = env.omaha(update_engine(flatcar, "1.0.0", check)).await;
+    assert!(
+        xml.contains(r#"status="ok""#) && xml.contains("3510.3.0"),
+        "{xml}"
+    );
+    env.server.shutdown().await.unwrap();
+}
+
 both_databases!(
+    a_client_is_offered_only_a_format_it_can_apply,
     an_update_engine_payload_is_served_as_it_is,
     what_is_not_an_update_engine_payload_is_refused,
     the_cli_publishes_an_update_engine_payload,

@@ -103,7 +103,7 @@ impl Env {
     async fn omaha(&self, machine: &str, alias: &str, ip: &str, body: &str) -> String {
         let xml = format!(
             r#"<?xml version="1.0" encoding="UTF-8"?>
-<request protocol="3.0" version="update_engine-0.4.10" ismachine="1">
+<request protocol="3.0" version="platte-agent-0.1.0" ismachine="1">
 <os version="Chateau" platform="CoreOS" sp="1.0.0_x86_64"></os>
 <app appid="{{{APP}}}" version="1.0.0" track="stable" machineid="{machine}" machinealias="{alias}" board="amd64-usr">{body}</app>
 </request>"#
@@ -255,7 +255,7 @@ async fn a_claimed_alias_is_no_canary_but_an_operator_assigned_one_is(db: TestDb
     // Nor can a client claim the alias as its machine id: that name is reserved.
     let xml = format!(
         r#"<?xml version="1.0" encoding="UTF-8"?>
-<request protocol="3.0" version="update_engine-0.4.10" ismachine="1">
+<request protocol="3.0" version="platte-agent-0.1.0" ismachine="1">
 <os version="Chateau" platform="CoreOS" sp="1.0.0_x86_64"></os>
 <app appid="{{{APP}}}" version="1.0.0" track="stable" machineid="build-01" board="amd64-usr"><updatecheck></updatecheck></app>
 </request>"#

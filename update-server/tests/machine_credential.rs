@@ -182,7 +182,7 @@ fn public(key: &SigningKey) -> String {
 fn request(machine: &str, track: &str, version: &str, inner: &str) -> String {
     format!(
         r#"<?xml version="1.0" encoding="UTF-8"?>
-<request protocol="3.0" version="update_engine-0.4.10" installsource="scheduler" ismachine="1">
+<request protocol="3.0" version="platte-agent-0.1.0" installsource="scheduler" ismachine="1">
 <os version="Chateau" platform="CoreOS" sp="{version}_x86_64"></os>
 <app appid="{{{APP}}}" version="{version}" track="{track}" machineid="{machine}" board="amd64-usr">{inner}</app>
 </request>"#

@@ -49,7 +49,7 @@ async fn view(http: &reqwest::Client, s: &Server) -> Vec<Value> {
 async fn check(http: &reqwest::Client, s: &Server, machine: &str) -> String {
     let xml = format!(
         r#"<?xml version="1.0" encoding="UTF-8"?>
-<request protocol="3.0" version="update_engine-0.4.10" ismachine="1">
+<request protocol="3.0" version="platte-agent-0.1.0" ismachine="1">
 <os version="Chateau" platform="CoreOS" sp="1.0.0_x86_64"></os>
 <app appid="{{{APP}}}" version="1.0.0" track="stable" machineid="{machine}" board="amd64-usr"><ping r="1"></ping><updatecheck></updatecheck></app>
 </request>"#
@@ -112,7 +112,7 @@ async fn an_installation_moved_to_postgres_answers_as_before() {
     }
     let progress = format!(
         r#"<?xml version="1.0" encoding="UTF-8"?>
-<request protocol="3.0" version="update_engine-0.4.10" ismachine="1">
+<request protocol="3.0" version="platte-agent-0.1.0" ismachine="1">
 <app appid="{{{APP}}}" version="1.0.0" track="stable" machineid="m-1"><event eventtype="13" eventresult="1"></event></app>
 </request>"#
     );

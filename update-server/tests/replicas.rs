@@ -161,7 +161,7 @@ impl Fleet {
     async fn answer(&self, r: usize, machine: &str) -> Option<String> {
         let xml = format!(
             r#"<?xml version="1.0" encoding="UTF-8"?>
-<request protocol="3.0" version="update_engine-0.4.10" ismachine="1">
+<request protocol="3.0" version="platte-agent-0.1.0" ismachine="1">
 <os version="Chateau" platform="CoreOS" sp="1.0.0_x86_64"></os>
 <app appid="{{{APP}}}" version="1.0.0" track="stable" machineid="{machine}" board="amd64-usr"><ping r="1"></ping><updatecheck></updatecheck></app>
 </request>"#

@@ -1,6 +1,8 @@
 //! The simulated machines' side of the wire: builds each [`Step`] as the Omaha XML update_engine
 //! sends (with the `omaha` crate), posts it to `/v1/update/`, and reads the answer back into an
-//! [`Answer`]. With downloads on, 14/1 is sent only after the payload was fetched and its size
+//! [`Answer`]. The requests name their client `platte-agent-sim`: the simulated release is a
+//! Platte payload, which the server offers only to Platte's agent (docs/protocol.md, "Who is
+//! asking"). With downloads on, 14/1 is sent only after the payload was fetched and its size
 //! and SHA-256 matched the offered manifest (else 3/0 with a download error is sent instead).
 
 use omaha::{AppRequest, DecodedErrorCode, ErrorCode, ErrorFlags, EventRequest, Os, Request};
@@ -84,7 +86,7 @@ impl Wire {
                 .with_updatecheck()
                 .with_event(EventRequest::rebooted(&self.from_version)),
         };
-        Request::new("update_engine-0.4.10")
+        Request::new("platte-agent-sim")
             .with_installsource("scheduler")
             .with_os(Os::new("CoreOS", "Chateau", format!("{version}_x86_64")))
             .with_app(app)
@@ -100,7 +102,7 @@ impl Wire {
         app.bootid = Some(format!("{{sim-boot-{id}}}"));
         app.oem = Some("qemu".into());
         app.board = Some("amd64-usr".into());
-        Request::new("update_engine-0.4.10")
+        Request::new("platte-agent-sim")
             .with_installsource("scheduler")
             .with_os(Os::new(
                 "CoreOS",

@@ -122,15 +122,17 @@ impl Dashboard {
         })
     }
 
-    /// Whether the request came over HTTPS, as the trusted proxy says (`X-Forwarded-Proto`,
-    /// believed only when the server is configured to trust a proxy header).
+    /// Whether the dashboard is reached over HTTPS: the server's public URL (`--public-url`)
+    /// is an `https://` one, or the trusted proxy says so (`X-Forwarded-Proto`, believed only
+    /// when the server is configured to trust a proxy header).
     fn is_https(&self, headers: &HeaderMap) -> bool {
-        self.app.proxy_header.is_some()
-            && headers
-                .get("x-forwarded-proto")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.rsplit(',').next())
-                .is_some_and(|p| p.trim().eq_ignore_ascii_case("https"))
+        self.app.service.public_url.starts_with("https://")
+            || self.app.proxy_header.is_some()
+                && headers
+                    .get("x-forwarded-proto")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.rsplit(',').next())
+                    .is_some_and(|p| p.trim().eq_ignore_ascii_case("https"))
     }
 
     /// Checks a form post: from this site, by a logged-in session, carrying that session's
