@@ -55,11 +55,17 @@ impl Page {
 
     /// The CSRF token of the page's first form.
     fn csrf(&self) -> String {
+        self.field("csrf")
+    }
+
+    /// The value of the page's first hidden field `name`.
+    fn field(&self, name: &str) -> String {
+        let mark = format!(r#"name="{name}" value=""#);
         let at = self
             .body
-            .find(r#"name="csrf" value=""#)
-            .unwrap_or_else(|| panic!("no CSRF field in {}", self.body));
-        let rest = &self.body[at + r#"name="csrf" value=""#.len()..];
+            .find(&mark)
+            .unwrap_or_else(|| panic!("no {name} field in {}", self.body));
+        let rest = &self.body[at + mark.len()..];
         rest[..rest.find('"').unwrap()].to_owned()
     }
 }
@@ -637,12 +643,16 @@ async fn pause_and_resume_change_the_group_as_the_admin_api_does(db: TestDb) {
     let home = env.get("/", Some(&cookie)).await;
     assert!(home.body.contains("class=\"banner paused\""));
 
-    // Resumed the same way.
+    // Resumed the same way, from the page's form.
     let p = env
         .post(
             &format!("{group}/resume"),
             Some(&cookie),
-            &[("csrf", &token), ("confirm", "yes")],
+            &[
+                ("csrf", &token),
+                ("confirm", "yes"),
+                ("shown", &page.field("shown")),
+            ],
         )
         .await;
     assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.body);
@@ -710,11 +720,33 @@ async fn a_halt_shows_its_reason_and_is_resumed_and_a_refusal_retried(db: TestDb
         "{}",
         page.body
     );
+    // A resume from a page shown before the halt is refused: it would clear a halt the
+    // operator never saw.
+    let stale = env
+        .post(
+            &format!("{group}/resume"),
+            Some(&cookie),
+            &[
+                ("csrf", &page.csrf()),
+                ("confirm", "yes"),
+                ("shown", "none"),
+            ],
+        )
+        .await;
+    assert_eq!(stale.status, StatusCode::CONFLICT, "{}", stale.body);
+    let still = env
+        .admin("GET", &format!("/apps/{APP}/groups/stable/rollout"), None)
+        .await;
+    assert!(!still["halted"].is_null(), "{still}");
     let p = env
         .post(
             &format!("{group}/resume"),
             Some(&cookie),
-            &[("csrf", &page.csrf()), ("confirm", "yes")],
+            &[
+                ("csrf", &page.csrf()),
+                ("confirm", "yes"),
+                ("shown", &page.field("shown")),
+            ],
         )
         .await;
     assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.body);

@@ -170,6 +170,7 @@ pub fn render(viewer: &Viewer, p: &GroupPage) -> Markup {
                     @if s.paused || s.halted.is_some() {
                         form #resume-form.action method="post" action={ (base) "/resume" } {
                             (csrf_field(viewer))
+                            input type="hidden" name="shown" value=(shown_halt_of(s.halted.as_ref()));
                             label {
                                 input #resume-confirm type="checkbox" name="confirm" value="yes" required;
                                 @if s.halted.is_some() {
@@ -274,4 +275,14 @@ pub fn timeline(entries: &[Activity]) -> Markup {
             }
         }
     }
+}
+
+/// The halt a page shows, as its resume form carries it: `halted@<time>` or `none`.
+pub fn shown_halt(policy: &crate::model::GroupPolicy) -> String {
+    let spec = crate::rollout::RolloutSpec::from_policy(policy).unwrap_or_default();
+    shown_halt_of(spec.halted.as_ref())
+}
+
+fn shown_halt_of(halted: Option<&crate::rollout::Halt>) -> String {
+    halted.map_or_else(|| "none".to_owned(), |h| format!("halted@{}", h.at))
 }

@@ -23,6 +23,9 @@ pub struct ConfirmForm {
     pub csrf: String,
     /// `yes` when the confirmation box is ticked.
     pub confirm: Option<String>,
+    /// The halt the page showed ([`group::shown_halt`]); a resume is refused when the group's
+    /// halt is no longer that one.
+    pub shown: Option<String>,
 }
 
 /// Fields of the retry form.
@@ -85,6 +88,24 @@ async fn set_paused(
         );
     }
     let fleet = d.app.fleet();
+    if !pause {
+        // Resuming clears a halt: only the one the operator saw.
+        let now = match fleet.group(&app, &key) {
+            Ok(g) => group::shown_halt(&g.policy),
+            Err(e) => return failed(Some(&v), e),
+        };
+        if f.shown.as_deref() != Some(now.as_str()) {
+            return html(
+                StatusCode::CONFLICT,
+                error_page(
+                    Some(&v),
+                    409,
+                    "The rollout changed since the page was shown (it halted, or a halt was \
+                     cleared); nothing was changed. Look at the group again before resuming.",
+                ),
+            );
+        }
+    }
     let done = if pause {
         fleet.pause_rollout(&app, &key).await
     } else {
