@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use super::{Fleet, FleetResult, find_app, find_group};
 use crate::lifecycle::InstanceStatus;
-use crate::model::{Activity, App, Channel, Group, normalize_arch};
+use crate::model::{Activity, App, Channel, Group};
 use crate::rollout::ramp::effective_percent;
 use crate::rollout::spec::{AutoHalt, Halt};
 use crate::store::rollout::GrantStats;
@@ -90,19 +90,6 @@ pub struct GroupOverview {
 type Counts = BTreeMap<String, (HashMap<InstanceStatus, u64>, BTreeMap<String, u64>)>;
 
 impl Fleet {
-    /// The version a group's channel names for its first architecture (else amd64), as the
-    /// rollout status reports it.
-    fn overview_target(&self, g: &Group) -> Option<String> {
-        let cat = self.catalogue();
-        let ch = cat.channel(g.channel_id.as_deref()?)?;
-        let arch = ch
-            .packages
-            .keys()
-            .next()
-            .map_or_else(|| "amd64".to_owned(), |a| normalize_arch(a));
-        cat.channel_package(ch, &arch).map(|p| p.version.clone())
-    }
-
     /// The whole fleet: applications → channels → groups, with each group's counts.
     pub async fn overview(&self) -> FleetResult<FleetOverview> {
         self.flush_checkins().await?;
@@ -180,7 +167,7 @@ impl Fleet {
         now: i64,
     ) -> FleetResult<GroupOverview> {
         let spec = self.catalogue().spec(&g.id).clone();
-        let target = self.overview_target(g);
+        let target = self.target_version(g);
         let grants = match &target {
             Some(v) => {
                 self.service

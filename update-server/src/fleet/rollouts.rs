@@ -36,7 +36,7 @@ fn spec_of(g: &Group) -> FleetResult<RolloutSpec> {
 
 impl Fleet {
     /// The version the group's channel points at (for its first architecture, else amd64).
-    fn target_version(&self, g: &Group) -> Option<String> {
+    pub(super) fn target_version(&self, g: &Group) -> Option<String> {
         let cat = self.catalogue();
         let ch = cat.channel(g.channel_id.as_deref()?)?;
         let arch = ch
