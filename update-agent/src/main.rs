@@ -19,7 +19,12 @@ use update_agent::{HostPaths, state};
 
 /// Platte host agent.
 #[derive(Debug, Parser)]
-#[command(name = "update-agent", version, about)]
+#[command(
+    name = "update-agent",
+    version,
+    about = "The Platte host agent: checks in with the update server, installs updates into the \
+             inactive A/B slot, and coordinates the reboot"
+)]
 struct Cli {
     /// Read drop-ins from these directories (lowest precedence first) instead of the defaults.
     #[arg(long = "config-dir", global = true, value_name = "DIR")]

@@ -39,7 +39,13 @@ pub mod exit {
 
 /// Control the Platte update agent.
 #[derive(Debug, Parser)]
-#[command(name = "updatectl", version, about, long_about = None)]
+#[command(
+    name = "updatectl",
+    version,
+    about = "Ask the local Platte agent to check for an update, show its status, reboot into a \
+             staged update or reset it (over D-Bus)",
+    long_about = None
+)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
