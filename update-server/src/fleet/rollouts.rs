@@ -66,7 +66,7 @@ impl Fleet {
             None => Default::default(),
         };
         self.flush_checkins().await?;
-        let rows = self.store.group_instances(&a.id, &g.id).await?;
+        let counts = self.store.group_instance_counts(&a.id, &g.id).await?;
         Ok(summarize(
             &a.id,
             &g.id,
@@ -74,7 +74,7 @@ impl Fleet {
             g.policy.paused,
             &spec,
             target,
-            &rows,
+            &counts,
             grants,
             t,
         ))

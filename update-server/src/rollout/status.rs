@@ -12,6 +12,7 @@ use super::engine::is_canary;
 use super::ramp::{effective_percent, next_step};
 use super::spec::{Halt, RolloutSpec};
 use crate::model::Instance;
+use crate::store::GroupInstanceCount;
 use crate::store::rollout::GrantStats;
 
 /// A group's rollout as seen now.
@@ -55,14 +56,14 @@ pub struct RolloutStatus {
 
 /// Counts a group's machines into a status (the caller fills the grant numbers).
 #[allow(clippy::too_many_arguments)]
-pub fn summarize<'a>(
+pub fn summarize(
     app_id: &str,
     group_id: &str,
     group_name: &str,
     paused: bool,
     spec: &RolloutSpec,
     target_version: Option<String>,
-    instances: impl IntoIterator<Item = &'a Instance>,
+    counts: &[GroupInstanceCount],
     grants: GrantStats,
     now: i64,
 ) -> RolloutStatus {
@@ -90,15 +91,16 @@ pub fn summarize<'a>(
         s.next_step_percent = Some(p);
     }
     let mut on_target = 0u64;
-    for i in instances {
-        s.machines += 1;
-        *s.by_status.entry(i.status.as_str().to_owned()).or_default() += 1;
-        *s.by_version.entry(i.version.clone()).or_default() += 1;
-        if i.status == crate::lifecycle::InstanceStatus::OnHold {
-            *s.on_hold.entry(i.status_detail.clone()).or_default() += 1;
+    for c in counts {
+        let n = c.count;
+        s.machines += n;
+        *s.by_status.entry(c.status.as_str().to_owned()).or_default() += n;
+        *s.by_version.entry(c.version.clone()).or_default() += n;
+        if c.status == crate::lifecycle::InstanceStatus::OnHold {
+            *s.on_hold.entry(c.hold_reason.clone()).or_default() += n;
         }
-        if s.target_version.as_deref() == Some(i.version.as_str()) {
-            on_target += 1;
+        if s.target_version.as_deref() == Some(c.version.as_str()) {
+            on_target += n;
         }
     }
     if s.machines > 0 {

@@ -112,6 +112,19 @@ pub struct InstanceCount {
     pub count: i64,
 }
 
+/// How many instances of one group run a version in a status (and, on hold, for which reason).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupInstanceCount {
+    /// Version.
+    pub version: String,
+    /// Status.
+    pub status: InstanceStatus,
+    /// The hold reason of instances on hold (`status_detail`); empty for the others.
+    pub hold_reason: String,
+    /// Instances.
+    pub count: u64,
+}
+
 /// The conflict of a group update whose policy changed since the caller read it.
 pub(crate) fn group_changed(g: &Group) -> StoreError {
     StoreError::Conflict(format!(
@@ -211,6 +224,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         machine_id: &'a str,
         app_id: &'a str,
     ) -> StoreFuture<'a, Option<Instance>>;
+    /// An application's group's instances counted by version, status and hold reason
+    /// (without reading them: what the rollout status shows).
+    fn group_instance_counts<'a>(
+        &'a self,
+        app_id: &'a str,
+        group_id: &'a str,
+    ) -> StoreFuture<'a, Vec<GroupInstanceCount>>;
     /// Every instance of an application's group.
     fn group_instances<'a>(
         &'a self,

@@ -13,8 +13,9 @@ use crate::model::{
     Activity, App, Channel, EventRecord, Group, Instance, NewActivity, Package, StatusChange,
 };
 use crate::store::sqlx_rows::{
-    CatalogueRows, InstanceCountRow, activity_of, event_of, group_of, instance_count_of,
-    instance_of, instance_page_of, policy_json, status_change_of,
+    CatalogueRows, GroupInstanceCountRow, InstanceCountRow, activity_of, event_of,
+    group_instance_count_of, group_of, instance_count_of, instance_of, instance_page_of,
+    policy_json, status_change_of,
 };
 use crate::store::sqlx_shared::{self as shared, RowChange, db, get, now};
 use crate::store::{CatalogueData, InstanceCount, InstanceFilter, Store, StoreError, StoreFuture};
@@ -301,6 +302,22 @@ impl Store for PgStore {
                 .as_ref()
                 .map(instance_of)
                 .transpose()
+        })
+    }
+
+    fn group_instance_counts<'a>(
+        &'a self,
+        app_id: &'a str,
+        group_id: &'a str,
+    ) -> StoreFuture<'a, Vec<crate::store::GroupInstanceCount>> {
+        Box::pin(async move {
+            let rows: Vec<GroupInstanceCountRow> = sqlx::query_as(shared::COUNT_GROUP_INSTANCES)
+                .bind(app_id)
+                .bind(group_id)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db("count group instances"))?;
+            rows.into_iter().map(group_instance_count_of).collect()
         })
     }
 

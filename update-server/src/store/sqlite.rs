@@ -14,8 +14,9 @@ use sqlx::{Sqlite, Transaction};
 
 // `status_of` is the direct connections' too (`sqlite_direct.rs`).
 use super::sqlx_rows::{
-    CatalogueRows, InstanceCountRow, activity_of, event_of, group_of, instance_count_of,
-    instance_of, instance_page_of, policy_json, status_change_of, status_of,
+    CatalogueRows, GroupInstanceCountRow, InstanceCountRow, activity_of, event_of,
+    group_instance_count_of, group_of, instance_count_of, instance_of, instance_page_of,
+    policy_json, status_change_of, status_of,
 };
 pub(crate) use super::sqlx_shared::db;
 use super::sqlx_shared::{self as shared, RowChange, get, migrator, now};
@@ -419,6 +420,22 @@ impl Store for SqliteStore {
         Box::pin(async move {
             self.direct
                 .with(|c| direct::read_instance(c, machine_id, app_id))
+        })
+    }
+
+    fn group_instance_counts<'a>(
+        &'a self,
+        app_id: &'a str,
+        group_id: &'a str,
+    ) -> StoreFuture<'a, Vec<crate::store::GroupInstanceCount>> {
+        Box::pin(async move {
+            let rows: Vec<GroupInstanceCountRow> = sqlx::query_as(shared::COUNT_GROUP_INSTANCES)
+                .bind(app_id)
+                .bind(group_id)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db("count group instances"))?;
+            rows.into_iter().map(group_instance_count_of).collect()
         })
     }
 

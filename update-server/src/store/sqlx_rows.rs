@@ -225,6 +225,21 @@ impl<R: PortableRow> CatalogueRows<R> {
 /// A row of the instance counts (application, group, version, status, count).
 pub type InstanceCountRow = (String, Option<String>, String, String, i64);
 
+/// A row of [`super::sqlx_shared::COUNT_GROUP_INSTANCES`].
+pub type GroupInstanceCountRow = (String, String, String, i64);
+
+/// One group instance count, from its row.
+pub fn group_instance_count_of(
+    (version, status, hold_reason, n): GroupInstanceCountRow,
+) -> Result<super::GroupInstanceCount, StoreError> {
+    Ok(super::GroupInstanceCount {
+        version,
+        status: status_of(&status, "instances")?,
+        hold_reason,
+        count: u64_of(n, "instances", "COUNT(*)")?,
+    })
+}
+
 /// One instance count, from its row.
 pub fn instance_count_of(
     (app_id, group_id, version, status, count): InstanceCountRow,

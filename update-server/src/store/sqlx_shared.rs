@@ -353,6 +353,13 @@ pub fn bind_package<'q, Q: PortableQuery<'q>>(q: Q, p: &'q Package, size: i64) -
 pub const SELECT_CATALOGUE_GENERATION: &str =
     "SELECT generation FROM catalogue_generation WHERE id = 1";
 
+/// A group's instances counted by version, status and hold reason (`$1` application, `$2`
+/// group), over the `(app_id, group_id)` index.
+pub const COUNT_GROUP_INSTANCES: &str = "SELECT version, status, \
+     CASE WHEN status = 'on_hold' THEN status_detail ELSE '' END AS hold_reason, \
+     COUNT(*) AS n FROM instances WHERE app_id = $1 AND group_id = $2 \
+     GROUP BY version, status, hold_reason";
+
 /// Every instance of a group (`$1` application, `$2` group).
 pub const SELECT_GROUP_INSTANCES: &str =
     "SELECT * FROM instances WHERE app_id = $1 AND group_id = $2";

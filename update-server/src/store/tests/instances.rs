@@ -381,8 +381,83 @@ async fn a_checks_events_and_activity_keep_their_order(kit: &mut TestStores) {
     assert_eq!(activity, ["first", "second", "third"]);
 }
 
+/// A group's instances are counted by version, status and hold reason, without reading them,
+/// and only the group's own.
+async fn a_groups_instances_are_counted_by_version_status_and_hold_reason(kit: &mut TestStores) {
+    let rows: Vec<(&str, &str, Option<&str>, InstanceStatus, &str)> = vec![
+        (
+            "m1",
+            "1.0.0",
+            Some("g"),
+            InstanceStatus::OnHold,
+            "percentage",
+        ),
+        (
+            "m2",
+            "1.0.0",
+            Some("g"),
+            InstanceStatus::OnHold,
+            "percentage",
+        ),
+        ("m3", "1.0.0", Some("g"), InstanceStatus::OnHold, "format"),
+        (
+            "m4",
+            "2.0.0",
+            Some("g"),
+            InstanceStatus::Complete,
+            "left over",
+        ),
+        ("m5", "1.0.0", Some("g"), InstanceStatus::Idle, ""),
+        (
+            "m6",
+            "1.0.0",
+            Some("other"),
+            InstanceStatus::OnHold,
+            "percentage",
+        ),
+        ("m7", "1.0.0", None, InstanceStatus::Idle, ""),
+    ];
+    for (machine, version, group, status, detail) in rows {
+        let mut c = check_in(5, version, "10.0.0.1");
+        c.machine_id = machine.into();
+        c.group_id = group.map(str::to_owned);
+        let mut i = c.new_row();
+        i.status = status;
+        i.status_detail = detail.into();
+        let columns = StatusColumns::of(&i);
+        write(kit, move |tx| {
+            let (c, columns) = (c.clone(), columns.clone());
+            Box::pin(async move {
+                tx.check_in(std::slice::from_ref(&c)).await?;
+                tx.set_status(&c.machine_id, &c.app_id, &columns).await
+            })
+        })
+        .await
+        .unwrap();
+    }
+    let mut counts: Vec<(String, &str, String, u64)> = kit
+        .store
+        .group_instance_counts("a", "g")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.version, c.status.as_str(), c.hold_reason, c.count))
+        .collect();
+    counts.sort();
+    assert_eq!(
+        counts,
+        [
+            ("1.0.0".to_owned(), "idle", String::new(), 1),
+            ("1.0.0".to_owned(), "on_hold", "format".to_owned(), 1),
+            ("1.0.0".to_owned(), "on_hold", "percentage".to_owned(), 2),
+            ("2.0.0".to_owned(), "complete", String::new(), 1),
+        ]
+    );
+}
+
 both_stores!(
     instances_persist_and_delete_with_history,
+    a_groups_instances_are_counted_by_version_status_and_hold_reason,
     a_checks_events_and_activity_keep_their_order,
     a_check_in_writes_only_its_columns_and_never_goes_back_in_time,
     a_failing_job_rolls_back_alone_and_the_batch_commits,
