@@ -72,11 +72,16 @@ impl Page {
 
 impl Env {
     async fn new(db: &TestDb) -> Self {
+        Self::with(db, |s| s.proxy_header = Some("x-forwarded-for".into())).await
+    }
+
+    /// A server on `db` whose settings `tweak` adjusted.
+    async fn with(db: &TestDb, tweak: impl FnOnce(&mut update_server::config::Settings)) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let key = common::trusted_key(dir.path(), "release");
         let mut s = db.settings(&dir.path().join("data"));
         s.trusted_keys = Some(dir.path().join("keys"));
-        s.proxy_header = Some("x-forwarded-for".into());
+        tweak(&mut s);
         let server = start(s).await.unwrap();
         let base = format!("http://{}", server.addr);
         let http = reqwest::Client::builder()
@@ -295,6 +300,39 @@ async fn login_takes_either_token_and_sets_a_strict_cookie(db: TestDb) {
     env.server.shutdown().await.unwrap();
 }
 both_databases!(login_takes_either_token_and_sets_a_strict_cookie);
+
+/// `Secure` comes from the server's own settings: an `https://` public URL, or a proxy it was
+/// told to trust saying HTTPS; a client's `X-Forwarded-Proto` alone changes nothing.
+/// Whether a login to `env` (with `X-Forwarded-Proto: forwarded`, if given) sets a `Secure`
+/// cookie.
+async fn secure_login(env: &Env, forwarded: Option<&str>) -> bool {
+    let mut r = env.http.post(format!("{}/ui/login", env.base));
+    if let Some(proto) = forwarded {
+        r = r.header("x-forwarded-proto", proto);
+    }
+    let p = env
+        .send(r.form(&[("token", env.server.admin_token.as_str())]))
+        .await;
+    assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.body);
+    p.set_cookies()[0].split("; ").any(|a| a == "Secure")
+}
+
+/// `Secure` comes from the server's own settings: an `https://` public URL, or a proxy it was
+/// told to trust saying HTTPS; a client's `X-Forwarded-Proto` alone changes nothing.
+async fn the_cookie_is_secure_only_as_the_settings_say(db: TestDb) {
+    // No trusted proxy: a client claiming HTTPS is not believed.
+    let plain = Env::with(&db, |_| {}).await;
+    assert!(!secure_login(&plain, Some("https")).await);
+    plain.server.shutdown().await.unwrap();
+    // Served as https:// by its public URL: always Secure.
+    let public = Env::with(&db, |s| {
+        s.public_url = Some("https://updates.example".into());
+    })
+    .await;
+    assert!(secure_login(&public, None).await);
+    public.server.shutdown().await.unwrap();
+}
+both_databases!(the_cookie_is_secure_only_as_the_settings_say);
 
 async fn pages_need_a_session_and_logout_clears_it(db: TestDb) {
     let env = Env::new(&db).await;
