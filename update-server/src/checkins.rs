@@ -19,8 +19,11 @@ use crate::store::tx::{Transactor, Urgency, transact};
 
 /// Default bound on pending machines (about 40 MB of check-ins).
 pub const DEFAULT_CAPACITY: usize = 100_000;
-/// Most check-ins written in one background transaction.
-pub const BATCH: usize = 500;
+/// Most check-ins written in one background transaction: large enough that a backlog drains
+/// in few commits whose rows share pages (2,000 halved the drain time of 500 in the release-day
+/// bench, and grants meanwhile went faster), small enough that a waiting write is held up by
+/// tens of milliseconds at most.
+pub const BATCH: usize = 2_000;
 const SHARDS: usize = 16;
 
 /// (machine id, app id).

@@ -55,7 +55,7 @@ const GRANTS: &str = "rollout_grants";
 
 /// Check-ins per statement: a batch of the check path ([`crate::checkins::BATCH`]) is one
 /// statement; a larger one is split.
-const CHECK_INS_PER_STATEMENT: usize = 500;
+const CHECK_INS_PER_STATEMENT: usize = crate::checkins::BATCH;
 
 /// Writes check-ins given as one array per column (`$1` … `$13`, element `i` of each is row `i`):
 /// creates missing rows (`idle`), else updates the check-in columns unless the stored row holds
