@@ -49,6 +49,15 @@ pub struct PublishQuery {
     pub arch: Option<String>,
 }
 
+/// How a file being published is checked, decided before it is received.
+enum PayloadCheck {
+    /// A Platte payload: verified against these trusted publisher keys.
+    Verify(std::sync::Arc<payloads::TrustStore>),
+    /// An update_engine payload: its CrAU header checked; published as this application,
+    /// version and arch.
+    Named((String, String, String)),
+}
+
 /// What a published file says about itself once checked.
 struct Checked {
     app_id: String,
@@ -202,9 +211,9 @@ impl Fleet {
             PackageFormat::UpdateEngine => None,
         };
         check_publish_options(&query)?;
-        let named = match format {
-            PackageFormat::Platte => None,
-            PackageFormat::UpdateEngine => Some(named_release(&query)?),
+        let check = match trust {
+            Some(trust) => PayloadCheck::Verify(trust),
+            None => PayloadCheck::Named(named_release(&query)?),
         };
         let received = self
             .blobs
@@ -216,15 +225,10 @@ impl Fleet {
                 other => FleetError::Internal(other.to_string()),
             })?;
         let path = received.path.to_path_buf();
-        let checked = match (trust, named) {
-            (Some(trust), _) => self.check_platte_payload(path, trust, &query).await?,
-            (None, Some((app_id, version, arch))) => {
+        let checked = match check {
+            PayloadCheck::Verify(trust) => self.check_platte_payload(path, trust, &query).await?,
+            PayloadCheck::Named((app_id, version, arch)) => {
                 check_update_engine_payload(path, received.size, app_id, version, arch).await?
-            }
-            (None, None) => {
-                return Err(FleetError::Internal(
-                    "a payload neither verified nor named".into(),
-                ));
             }
         };
         let Checked {
