@@ -78,6 +78,14 @@ pub enum Error {
         /// What was seen instead (log tail, last state).
         detail: String,
     },
+    /// The browser (Chromium through chromedriver) failed or did not show what was expected.
+    #[error("browser, {what}: {detail}")]
+    Browser {
+        /// What was being done.
+        what: String,
+        /// The WebDriver error, or what the page showed instead.
+        detail: String,
+    },
     /// A disk image is not a valid GPT disk, or a request about it cannot be met.
     #[error("disk image {path}: {reason}")]
     Disk {

@@ -76,6 +76,28 @@ impl Http {
         })
     }
 
+    /// POSTs `body` as `content_type` (an Omaha request, for one), without a token.
+    pub fn post_text(&self, url: &str, content_type: &str, body: String) -> Result<Answer> {
+        self.rt.block_on(async {
+            let err = |source| Error::Http {
+                method: "POST".into(),
+                url: url.to_owned(),
+                source,
+            };
+            let resp = self
+                .client
+                .post(url)
+                .header(reqwest::header::CONTENT_TYPE, content_type)
+                .body(body)
+                .send()
+                .await
+                .map_err(err)?;
+            let status = resp.status().as_u16();
+            let body = resp.text().await.map_err(err)?;
+            Ok(Answer { status, body })
+        })
+    }
+
     /// GET `url`; `Ok(None)` when the connection itself fails (server not up).
     pub fn probe(&self, url: &str) -> Option<u16> {
         self.request(reqwest::Method::GET, url, None, None)

@@ -14,6 +14,7 @@
 //! - [`pg`]: throwaway PostgreSQL databases for a [`World`] in [`Mode::Replicas`] (two server
 //!   replicas sharing one database and data directory); [`in_both_modes!`] runs a scenario
 //!   against one server and against the replicas.
+//! - [`browser`]: headless Chromium through chromedriver, for the dashboard scenario.
 //! - [`dbus`]: a private `dbus-daemon` per host, a logind stand-in recording reboots and a
 //!   systemd stand-in recording unit restarts (the agent daemon and `updatectl`);
 //!   [`extension`]: a runtime extension configured on a host; [`inject`]: `SIGKILL` at an
@@ -21,6 +22,7 @@
 
 pub mod bins;
 pub mod bootloader;
+pub mod browser;
 pub mod dbus;
 pub mod error;
 pub mod extension;

@@ -36,5 +36,6 @@ pub mod service;
 pub mod simulate;
 pub mod stdout;
 pub mod store;
+pub mod version_history;
 /// Version ordering (`omaha::version`), the same the agent uses.
 pub use omaha::version;

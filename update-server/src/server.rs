@@ -133,6 +133,8 @@ pub async fn start_with(
         Arc::clone(&clock),
         crate::credential::CredentialMetrics::register(&metrics),
     ));
+    let sampler =
+        crate::version_history::VersionSampler::new(Arc::clone(&store), Arc::clone(&clock));
     let service = Arc::new(UpdateService {
         catalogue: Arc::clone(&cache),
         store: Arc::clone(&store),
@@ -222,6 +224,8 @@ pub async fn start_with(
 
     // At start, then every interval; it stops after its current batch at shutdown.
     let pruning = pruner.spawn();
+    // The version-over-time chart's samples: at start, then every sampling interval.
+    let sampling = sampler.spawn(rx.clone());
 
     let http = settings.http;
     let conn_metrics = Arc::clone(&state.metrics);
@@ -236,6 +240,7 @@ pub async fn start_with(
         if let Some(p) = pruning {
             let _ = p.await;
         }
+        let _ = sampling.await;
         // Pending check-ins: a failed batch is put back, so a retry writes it; what still
         // fails is reported (and lost: only those machines' last contact is older).
         let mut written = 0;

@@ -5,10 +5,12 @@
 //! in `http/dashboard/`, the only part that knows HTTP.
 //!
 //! Map: [`session`] the signed session cookie and its CSRF token; [`assets`] the embedded
-//! stylesheet and script; [`format`] shared formatting (times, percentages, statuses);
+//! stylesheet and script; [`chart`] the version-over-time chart (SVG); [`format`] shared
+//! formatting (times, percentages, statuses);
 //! [`pages`] one module per page. docs/dashboard.md describes what it shows and its security.
 
 pub mod assets;
+pub mod chart;
 pub mod format;
 pub mod pages;
 pub mod session;

@@ -52,9 +52,12 @@ pub struct UpdateGroup {
 
 /// Checks that a policy is a valid rollout spec.
 fn check_policy(policy: &GroupPolicy) -> FleetResult<()> {
-    RolloutSpec::parse_valid(policy)
-        .map(|_| ())
-        .map_err(|e| FleetError::Invalid(e.to_string()))
+    valid_spec(policy).map(|_| ())
+}
+
+/// The rollout spec of a policy, validated as a stored policy is.
+pub(super) fn valid_spec(policy: &GroupPolicy) -> FleetResult<RolloutSpec> {
+    RolloutSpec::parse_valid(policy).map_err(|e| FleetError::Invalid(e.to_string()))
 }
 
 impl Fleet {
@@ -121,6 +124,19 @@ impl Fleet {
         group: &str,
         input: UpdateGroup,
     ) -> FleetResult<Group> {
+        self.update_group_if(app, group, input, |_| true).await
+    }
+
+    /// As [`Fleet::update_group`], only if `unchanged` holds for the group as committed (read
+    /// under the write lock): a caller that showed the group to an operator refuses, with
+    /// [`FleetError::Conflict`], to overwrite a change made since (a pause, another save).
+    pub async fn update_group_if(
+        &self,
+        app: &str,
+        group: &str,
+        input: UpdateGroup,
+        unchanged: impl FnOnce(&Group) -> bool,
+    ) -> FleetResult<Group> {
         let _writing = self.write_lock.lock().await;
         // The group as committed: another process (or an auto-halt) may have changed it since
         // this process's snapshot; a change racing this one is refused by the store.
@@ -128,6 +144,12 @@ impl Fleet {
         let cat = self.catalogue();
         let a = find_app(&cat, app)?;
         let mut g = find_group(&cat, &a.id, group)?;
+        if !unchanged(&g) {
+            return Err(FleetError::Conflict(format!(
+                "group {} changed since it was shown: read it again",
+                g.name
+            )));
+        }
         let seen = g.clone();
         if let Some(n) = input.name {
             check_text("name", &n, MAX_NAME)?;

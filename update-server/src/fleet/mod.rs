@@ -9,7 +9,7 @@
 //! through the store (durable before it returns) under the admin write lock and then reloads
 //! the catalogue snapshot this process serves from.
 //!
-//! Map: [`apps`], [`channels`], [`groups`], [`rollouts`], [`packages`], [`instances`],
+//! Map: [`apps`], [`channels`], [`groups`], [`rollouts`], [`history`], [`packages`], [`instances`],
 //! [`credentials`], [`feed`]; one file per resource; [`overview`] reads the whole fleet at a
 //! glance (the dashboard's first page) and a group's activity timeline. The rules they apply
 //! live in their concern's module ([`crate::rollout`], [`crate::credential`], [`payloads`]);
@@ -20,7 +20,9 @@ pub mod apps;
 pub mod channels;
 pub mod credentials;
 pub mod feed;
+pub mod fleetlock;
 pub mod groups;
+pub mod history;
 pub mod instances;
 pub mod overview;
 pub mod packages;

@@ -84,10 +84,27 @@ pub struct GroupOverview {
     pub failure_rate: f64,
     /// The auto-halt threshold, when the policy sets one.
     pub auto_halt: Option<AutoHalt>,
+    /// Machines that checked in during the last [`CHECKIN_RATE_WINDOW_SECS`], per minute.
+    pub checkins_per_minute: f64,
 }
 
-/// Per group id: machines by status, and machines by version.
-type Counts = BTreeMap<String, (HashMap<InstanceStatus, u64>, BTreeMap<String, u64>)>;
+/// The window over which the overview's check-in rate is taken (seconds). A machine counts
+/// once in it, however often it checked in (the rate is of machines, not of requests).
+pub const CHECKIN_RATE_WINDOW_SECS: i64 = 300;
+
+/// One group's counts.
+#[derive(Debug, Clone, Default)]
+struct GroupCounts {
+    /// Machines by status.
+    statuses: HashMap<InstanceStatus, u64>,
+    /// Machines by version.
+    versions: BTreeMap<String, u64>,
+    /// Machines that checked in within the rate window.
+    checked_in: u64,
+}
+
+/// Per group id, its counts.
+type Counts = BTreeMap<String, GroupCounts>;
 
 impl Fleet {
     /// The whole fleet: applications → channels → groups, with each group's counts.
@@ -97,13 +114,15 @@ impl Fleet {
         let now = self.now();
         let mut counts: Counts = BTreeMap::new();
         let mut ungrouped: BTreeMap<String, u64> = BTreeMap::new();
-        for c in self.store.instance_counts().await? {
+        let since = now.saturating_sub(CHECKIN_RATE_WINDOW_SECS);
+        for c in self.store.instance_counts(since).await? {
             let n = u64::try_from(c.count).unwrap_or(0);
             match c.group_id {
                 Some(g) => {
                     let e = counts.entry(g).or_default();
-                    *e.0.entry(c.status).or_default() += n;
-                    *e.1.entry(c.version).or_default() += n;
+                    *e.statuses.entry(c.status).or_default() += n;
+                    *e.versions.entry(c.version).or_default() += n;
+                    e.checked_in += u64::try_from(c.checked_in).unwrap_or(0);
                 }
                 None => *ungrouped.entry(c.app_id).or_default() += n,
             }
@@ -178,7 +197,11 @@ impl Fleet {
             }
             None => GrantStats::default(),
         };
-        let (statuses, versions) = counts.get(&g.id).cloned().unwrap_or_default();
+        let GroupCounts {
+            statuses,
+            versions,
+            checked_in,
+        } = counts.get(&g.id).cloned().unwrap_or_default();
         let machines = statuses.values().sum();
         let on_target = target
             .as_ref()
@@ -199,6 +222,7 @@ impl Fleet {
             failure_rate: grants.failure_rate(),
             grants,
             auto_halt: spec.auto_halt,
+            checkins_per_minute: checked_in as f64 * 60.0 / CHECKIN_RATE_WINDOW_SECS as f64,
         })
     }
 

@@ -2,13 +2,15 @@
 //! publisher keys and its data against its manifest before anything is stored; app, version,
 //! arch and kind come from the signed manifest), listing, and deleting one no channel points at.
 
+use std::collections::BTreeMap;
+
 use base64::Engine as _;
 use hyper::body::Bytes;
 use serde::Deserialize;
 use utoipa::IntoParams;
 
 use super::{Fleet, FleetError, FleetResult, activity, new_id};
-use crate::blobs::BlobError;
+use crate::blobs::{BlobError, is_sha256_hex};
 use crate::model::{Package, PackageFormat, normalize_appid, normalize_arch};
 use crate::version;
 
@@ -47,6 +49,16 @@ pub struct PublishQuery {
     /// Platte payload: refuse unless the manifest names this arch. update_engine payload: its
     /// arch.
     pub arch: Option<String>,
+}
+
+/// A signature on a hosted Platte payload, as the file's signature block names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackageSignature {
+    /// The signing key's id (16 hex digits, as `payload keygen` and the `package_published`
+    /// activity entry show it).
+    pub key_id: String,
+    /// Whether the key is among the trusted publisher keys now.
+    pub trusted: bool,
 }
 
 /// How a file being published is checked, decided before it is received.
@@ -333,6 +345,62 @@ impl Fleet {
             kind: kind_name(info.kind()).to_owned(),
             metadata_size: None,
             provenance: format!("signed by {}", hex::encode(info.signer.0)),
+        })
+    }
+
+    /// The signatures on the Platte payloads among `packages` that this server hosts, by
+    /// package id, in payload order, read from each file's signature block (the payload was
+    /// verified in full when it was published; this reads, it does not verify again).
+    /// update_engine payloads, externally hosted ones and files that cannot be read (logged)
+    /// are left out.
+    pub async fn package_signatures(
+        &self,
+        packages: &[Package],
+    ) -> BTreeMap<String, Vec<PackageSignature>> {
+        let files: Vec<(String, std::path::PathBuf)> = packages
+            .iter()
+            .filter(|p| {
+                p.format == PackageFormat::Platte
+                    && p.external_url.is_none()
+                    && is_sha256_hex(&p.sha256_hex)
+            })
+            .map(|p| (p.id.clone(), self.blobs.path_of(&p.sha256_hex)))
+            .collect();
+        if files.is_empty() {
+            return BTreeMap::new();
+        }
+        let trust = self.trust.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            let mut found = BTreeMap::new();
+            for (id, path) in files {
+                let prefix = std::fs::File::open(&path)
+                    .map_err(payloads::format::ReadPrefixError::Io)
+                    .and_then(|f| payloads::read_prefix(&mut std::io::BufReader::new(f)));
+                match prefix {
+                    Ok((prefix, _)) => {
+                        let signatures = prefix
+                            .signatures
+                            .iter()
+                            .map(|s| PackageSignature {
+                                key_id: s.key_id().to_string(),
+                                trusted: trust
+                                    .as_ref()
+                                    .is_some_and(|t| t.get(&s.public_key).is_some()),
+                            })
+                            .collect();
+                        found.insert(id, signatures);
+                    }
+                    Err(e) => {
+                        tracing::warn!(package = %id, path = %path.display(), error = %e, "cannot read a package's signatures");
+                    }
+                }
+            }
+            found
+        })
+        .await;
+        read.unwrap_or_else(|e| {
+            tracing::error!(error = %e, "reading package signatures failed");
+            BTreeMap::new()
         })
     }
 

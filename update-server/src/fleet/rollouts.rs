@@ -1,14 +1,18 @@
 //! A group's rollout as an operator sees and steers it: its status, a preview of which machines
-//! a percentage (or the next ramp step) would add, and pause / resume (a resume also clears an
+//! a percentage (or the next ramp step) would add, a preview of a candidate policy (what it would
+//! make eligible now and later, before it is saved), and pause / resume (a resume also clears an
 //! auto-halt). The rules are [`crate::rollout`]'s; this file reads and writes the group.
 
 use serde::Deserialize;
 use utoipa::IntoParams;
 
+use super::groups::valid_spec;
 use super::{Fleet, FleetError, FleetResult, activity, find_app, find_group};
-use crate::model::{Group, normalize_arch};
+use crate::model::{Group, GroupPolicy, normalize_arch};
 use crate::rollout::RolloutSpec;
-use crate::rollout::status::{Preview, RolloutStatus, preview, summarize};
+use crate::rollout::status::{
+    PolicyPreview, Preview, RolloutStatus, policy_preview, preview, summarize,
+};
 use crate::store::StoreError;
 
 /// Times a pause or resume is tried again when the group changed under it (an auto-halt
@@ -109,6 +113,41 @@ impl Fleet {
                 .unwrap_or(PREVIEW_DEFAULT_LIMIT)
                 .min(PREVIEW_MAX_LIMIT),
             self.now(),
+        ))
+    }
+
+    /// What the `candidate` policy would make eligible among the group's machines at `at` and
+    /// `horizon_secs` later, next to the stored policy, without saving anything; lists at most
+    /// `limit` machines of each kind. The candidate is validated as a policy to be stored is
+    /// ([`FleetError::Invalid`]); the counts are the engine's rules
+    /// ([`crate::rollout::status::policy_preview`]).
+    pub async fn preview_policy(
+        &self,
+        app: &str,
+        group: &str,
+        candidate: &GroupPolicy,
+        at: i64,
+        horizon_secs: i64,
+        limit: usize,
+    ) -> FleetResult<PolicyPreview> {
+        let spec = valid_spec(candidate)?;
+        let cat = self.catalogue();
+        let a = find_app(&cat, app)?;
+        let g = find_group(&cat, &a.id, group)?;
+        let stored = spec_of(&g)?;
+        let target = self.target_version(&g);
+        self.flush_checkins().await?;
+        let rows = self.store.group_instances(&a.id, &g.id).await?;
+        Ok(policy_preview(
+            &a.id,
+            &spec,
+            &stored,
+            &cat.data().machine_aliases,
+            target.as_deref(),
+            &rows,
+            at,
+            at.saturating_add(horizon_secs.max(0)),
+            limit.min(PREVIEW_MAX_LIMIT),
         ))
     }
 

@@ -34,6 +34,10 @@ const TABLES: &[(&str, &str)] = &[
     ("refused_versions", "machine_id, app_id, version"),
     ("rollout_starts", "group_id, version"),
     ("machine_credentials", "machine_id"),
+    (
+        "group_version_samples",
+        "app_id, group_id, at, other_versions, version",
+    ),
 ];
 
 /// Tables whose ids PostgreSQL generates: their sequences continue after the copied ids.
@@ -325,6 +329,8 @@ mod tests {
         INSERT INTO refused_versions VALUES ('m2', 'app', '2.0.0', 'rolled_back', 44, 21);
         INSERT INTO rollout_starts VALUES ('g1', '2.0.0', 18);
         INSERT INTO machine_credentials VALUES ('m1', 'key', 'enrolled', 24);
+        INSERT INTO group_version_samples VALUES ('app', 'g1', 600, '1.0.0', 0, 2),
+            ('app', 'g1', 600, '', 1, 3);
     ";
 
     #[tokio::test]

@@ -110,6 +110,25 @@ pub struct InstanceCount {
     pub status: InstanceStatus,
     /// Instances.
     pub count: i64,
+    /// Of these, the instances whose last check-in is at or after the `checked_in_since` asked
+    /// for.
+    pub checked_in: i64,
+}
+
+/// How many machines of a group ran a version at a sampled instant (the dashboard's
+/// version-over-time chart; see [`crate::version_history`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionSample {
+    /// Application.
+    pub app_id: String,
+    /// Group.
+    pub group_id: String,
+    /// The instant (Unix seconds, a multiple of the sampling interval).
+    pub at: i64,
+    /// The version; `None`: every version beyond the group's most common ones, summed.
+    pub version: Option<String>,
+    /// Machines.
+    pub machines: u64,
 }
 
 /// How many instances of one group run a version in a status (and, on hold, for which reason).
@@ -237,8 +256,27 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         app_id: &'a str,
         group_id: &'a str,
     ) -> StoreFuture<'a, Vec<Instance>>;
-    /// Instances counted by application, group, version and status.
-    fn instance_counts(&self) -> StoreFuture<'_, Vec<InstanceCount>>;
+    /// Instances counted by application, group, version and status, and how many of each last
+    /// checked in at or after `checked_in_since` (one scan of the table).
+    fn instance_counts(&self, checked_in_since: i64) -> StoreFuture<'_, Vec<InstanceCount>>;
+    /// Records one sample of machines per version and group (rows that share one `at`, a
+    /// group's rows together): each group's rows unless that group's instant is already
+    /// recorded (by another replica, or before a restart), and deletes the samples from before
+    /// `prune_before`. Returns the version rows written.
+    fn record_version_samples<'a>(
+        &'a self,
+        rows: &'a [VersionSample],
+        prune_before: i64,
+    ) -> StoreFuture<'a, u64>;
+    /// A group's samples from `since` on whose instant is a multiple of `step` seconds,
+    /// ordered by instant.
+    fn version_samples<'a>(
+        &'a self,
+        app_id: &'a str,
+        group_id: &'a str,
+        since: i64,
+        step: i64,
+    ) -> StoreFuture<'a, Vec<VersionSample>>;
     /// Lists instances matching a filter, with the total count.
     fn list_instances<'a>(&'a self, f: &'a InstanceFilter)
     -> StoreFuture<'a, (Vec<Instance>, u64)>;

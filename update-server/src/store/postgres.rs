@@ -101,6 +101,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "package_format",
         include_str!("../../migrations/postgres/0003_package_format.sql"),
     ),
+    (
+        4,
+        "version_samples",
+        include_str!("../../migrations/postgres/0004_version_samples.sql"),
+    ),
 ];
 
 /// PostgreSQL-backed stores (every store trait, and the [`Transactor`] of the check path).

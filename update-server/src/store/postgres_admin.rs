@@ -13,9 +13,9 @@ use crate::model::{
     Activity, App, Channel, EventRecord, Group, Instance, NewActivity, Package, StatusChange,
 };
 use crate::store::sqlx_rows::{
-    CatalogueRows, GroupInstanceCountRow, InstanceCountRow, activity_of, event_of,
-    group_instance_count_of, group_of, instance_count_of, instance_of, instance_page_of,
-    policy_json, status_change_of,
+    CatalogueRows, GroupInstanceCountRow, InstanceCountRow, VersionSampleRow, activity_of,
+    event_of, group_instance_count_of, group_of, instance_count_of, instance_of, instance_page_of,
+    policy_json, status_change_of, version_sample_of,
 };
 use crate::store::sqlx_shared::{self as shared, RowChange, db, get, now};
 use crate::store::{CatalogueData, InstanceCount, InstanceFilter, Store, StoreError, StoreFuture};
@@ -321,6 +321,73 @@ impl Store for PgStore {
         })
     }
 
+    fn record_version_samples<'a>(
+        &'a self,
+        rows: &'a [crate::store::VersionSample],
+        prune_before: i64,
+    ) -> StoreFuture<'a, u64> {
+        Box::pin(async move {
+            let mut tx = self
+                .pool
+                .begin()
+                .await
+                .map_err(db("record version samples"))?;
+            let mut written = 0;
+            // Group by group, in the rows' order (by application and group, the same in every
+            // replica, so two replicas' claims never wait on each other in a cycle).
+            for (first, members, total) in shared::version_sample_groups(rows) {
+                let claimed = sqlx::query(shared::CLAIM_VERSION_SAMPLE)
+                    .bind(&first.app_id)
+                    .bind(&first.group_id)
+                    .bind(first.at)
+                    .bind(total)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db("record version samples"))?
+                    .rows_affected();
+                if claimed == 0 {
+                    continue;
+                }
+                for r in members {
+                    let q =
+                        shared::bind_version_sample(sqlx::query(shared::INSERT_VERSION_SAMPLE), r);
+                    written += q
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db("record version samples"))?
+                        .rows_affected();
+                }
+            }
+            sqlx::query(shared::DELETE_VERSION_SAMPLES_BEFORE)
+                .bind(prune_before)
+                .execute(&mut *tx)
+                .await
+                .map_err(db("prune version samples"))?;
+            tx.commit().await.map_err(db("record version samples"))?;
+            Ok(written)
+        })
+    }
+
+    fn version_samples<'a>(
+        &'a self,
+        app_id: &'a str,
+        group_id: &'a str,
+        since: i64,
+        step: i64,
+    ) -> StoreFuture<'a, Vec<crate::store::VersionSample>> {
+        Box::pin(async move {
+            let rows: Vec<VersionSampleRow> = sqlx::query_as(shared::SELECT_VERSION_SAMPLES)
+                .bind(app_id)
+                .bind(group_id)
+                .bind(since)
+                .bind(step.max(1))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db("read version samples"))?;
+            rows.into_iter().map(version_sample_of).collect()
+        })
+    }
+
     fn group_instances<'a>(
         &'a self,
         app_id: &'a str,
@@ -341,14 +408,16 @@ impl Store for PgStore {
 
     /// In the order SQLite's grouping yields them: by application, group (none first),
     /// version and status.
-    fn instance_counts(&self) -> StoreFuture<'_, Vec<InstanceCount>> {
+    fn instance_counts(&self, checked_in_since: i64) -> StoreFuture<'_, Vec<InstanceCount>> {
         Box::pin(async move {
             let rows: Vec<InstanceCountRow> = sqlx::query_as(
-                "SELECT app_id, group_id, version, status, COUNT(*) FROM instances \
+                "SELECT app_id, group_id, version, status, COUNT(*), \
+                 COALESCE(SUM(CASE WHEN last_check_at >= $1 THEN 1 ELSE 0 END), 0) FROM instances \
                  GROUP BY app_id, group_id, version, status \
                  ORDER BY app_id COLLATE \"C\", group_id COLLATE \"C\" NULLS FIRST, \
                  version COLLATE \"C\", status COLLATE \"C\"",
             )
+            .bind(checked_in_since)
             .fetch_all(&self.pool)
             .await
             .map_err(db("count instances"))?;

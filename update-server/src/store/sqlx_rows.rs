@@ -223,10 +223,26 @@ impl<R: PortableRow> CatalogueRows<R> {
 }
 
 /// A row of the instance counts (application, group, version, status, count).
-pub type InstanceCountRow = (String, Option<String>, String, String, i64);
+pub type InstanceCountRow = (String, Option<String>, String, String, i64, i64);
 
 /// A row of [`super::sqlx_shared::COUNT_GROUP_INSTANCES`].
 pub type GroupInstanceCountRow = (String, String, String, i64);
+
+/// The columns of a version sample row (see [`version_sample_of`]).
+pub type VersionSampleRow = (String, String, i64, String, i64, i64);
+
+/// One version sample, from its row.
+pub fn version_sample_of(
+    (app_id, group_id, at, version, other_versions, machines): VersionSampleRow,
+) -> Result<super::VersionSample, StoreError> {
+    Ok(super::VersionSample {
+        app_id,
+        group_id,
+        at,
+        version: (other_versions == 0).then_some(version),
+        machines: u64_of(machines, "group_version_samples", "machines")?,
+    })
+}
 
 /// One group instance count, from its row.
 pub fn group_instance_count_of(
@@ -242,7 +258,7 @@ pub fn group_instance_count_of(
 
 /// One instance count, from its row.
 pub fn instance_count_of(
-    (app_id, group_id, version, status, count): InstanceCountRow,
+    (app_id, group_id, version, status, count, checked_in): InstanceCountRow,
 ) -> Result<InstanceCount, StoreError> {
     Ok(InstanceCount {
         app_id,
@@ -250,6 +266,7 @@ pub fn instance_count_of(
         version,
         status: status_of(&status, "instances")?,
         count,
+        checked_in,
     })
 }
 

@@ -526,3 +526,53 @@ pub const UPSERT_MACHINE_ALIAS: &str = "INSERT INTO machine_aliases (machine_id,
 
 /// Removes a machine's alias (`$1` machine).
 pub const DELETE_MACHINE_ALIAS: &str = "DELETE FROM machine_aliases WHERE machine_id = $1";
+
+/// A version sample row (bound by [`bind_version_sample`]); a row already there is kept.
+pub const INSERT_VERSION_SAMPLE: &str = "INSERT INTO group_version_samples \
+     (app_id, group_id, at, version, other_versions, machines) VALUES ($1, $2, $3, $4, $5, $6) \
+     ON CONFLICT DO NOTHING";
+
+/// Deletes the version samples before `$1`.
+pub const DELETE_VERSION_SAMPLES_BEFORE: &str = "DELETE FROM group_version_samples WHERE at < $1";
+
+/// A group's version samples (`$1` app, `$2` group) from `$3` on, one instant in `$4` seconds
+/// (without the totals that claim each instant).
+pub const SELECT_VERSION_SAMPLES: &str = "SELECT app_id, group_id, at, version, other_versions, \
+     machines FROM group_version_samples WHERE app_id = $1 AND group_id = $2 AND at >= $3 \
+     AND at % $4 = 0 AND other_versions < 2 ORDER BY at";
+
+/// The total of a group's sample (`$1` app, `$2` group, `$3` instant, `$4` machines): written
+/// first, it claims the group's instant; a sample already claimed (by another replica, or
+/// before a restart) is left as it is.
+pub const CLAIM_VERSION_SAMPLE: &str = "INSERT INTO group_version_samples \
+     (app_id, group_id, at, version, other_versions, machines) VALUES ($1, $2, $3, '', 2, $4) \
+     ON CONFLICT DO NOTHING";
+
+/// The rows of `rows` by group (app, group), in their order, with each group's total.
+pub fn version_sample_groups(
+    rows: &[super::VersionSample],
+) -> Vec<(&super::VersionSample, Vec<&super::VersionSample>, i64)> {
+    let mut out: Vec<(&super::VersionSample, Vec<&super::VersionSample>, i64)> = Vec::new();
+    for r in rows {
+        match out.last_mut() {
+            Some((first, members, total))
+                if first.app_id == r.app_id && first.group_id == r.group_id && first.at == r.at =>
+            {
+                members.push(r);
+                *total = total.saturating_add(i64::try_from(r.machines).unwrap_or(i64::MAX));
+            }
+            _ => out.push((r, vec![r], i64::try_from(r.machines).unwrap_or(i64::MAX))),
+        }
+    }
+    out
+}
+
+/// Binds version sample `v` to [`INSERT_VERSION_SAMPLE`].
+pub fn bind_version_sample<'q, Q: PortableQuery<'q>>(q: Q, v: &'q super::VersionSample) -> Q {
+    q.bind_text(&v.app_id)
+        .bind_text(&v.group_id)
+        .bind_int(v.at)
+        .bind_text(v.version.as_deref().unwrap_or(""))
+        .bind_int(i64::from(v.version.is_none()))
+        .bind_int(i64::try_from(v.machines).unwrap_or(i64::MAX))
+}

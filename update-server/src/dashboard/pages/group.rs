@@ -11,6 +11,7 @@ use crate::dashboard::format::{maybe_time, path_segment, percent, share, status_
 use crate::lifecycle::InstanceStatus;
 use crate::model::{Activity, App, Group};
 use crate::rollout::status::RolloutStatus;
+use crate::version_history::Range;
 
 /// Seconds between reloads of a group page.
 const REFRESH_SECS: u32 = 15;
@@ -23,6 +24,8 @@ pub enum GroupNotice {
     Paused,
     /// The rollout was resumed (a halt cleared with it).
     Resumed,
+    /// The policy was saved in the policy editor.
+    PolicySaved,
 }
 
 impl GroupNotice {
@@ -31,6 +34,7 @@ impl GroupNotice {
         match s {
             "paused" => Some(Self::Paused),
             "resumed" => Some(Self::Resumed),
+            "policy" => Some(Self::PolicySaved),
             _ => None,
         }
     }
@@ -51,6 +55,36 @@ pub struct GroupPage {
     pub activity: Vec<Activity>,
     /// What was just done.
     pub notice: Option<GroupNotice>,
+    /// The range of the version-over-time chart.
+    pub chart_range: Range,
+}
+
+/// The version-over-time chart (an SVG image drawn by the server, see
+/// [`crate::dashboard::chart`]) with its range links.
+fn version_chart(base: &str, range: Range) -> Markup {
+    let label = |r: Range| match r {
+        Range::Day => "24 hours",
+        Range::Week => "7 days",
+        Range::Month => "30 days",
+        Range::Quarter => "90 days",
+    };
+    html! {
+        section.card #versions-over-time {
+            h2 { "Versions over time" }
+            p.ranges {
+                @for r in Range::ALL {
+                    a id={ "range-" (r.name()) } href={ (base) "?range=" (r.name()) }
+                        aria-current=[(r == range).then_some("page")] { (label(r)) }
+                    " "
+                }
+            }
+            img #version-chart src={ (base) "/versions.svg?range=" (range.name()) }
+                width="760" height="260"
+                alt={ "Stacked chart of the group's machines by version over the last "
+                      (label(range)) "; today's counts are in the table Machines by version." };
+            p.sub { "Sampled every 10 minutes; the last point is now." }
+        }
+    }
 }
 
 /// The URL of a group's page.
@@ -83,6 +117,7 @@ pub fn render(viewer: &Viewer, p: &GroupPage) -> Markup {
             @match p.notice {
                 Some(GroupNotice::Paused) => div.banner.notice #notice { "The rollout was paused." },
                 Some(GroupNotice::Resumed) => div.banner.notice #notice { "The rollout was resumed." },
+                Some(GroupNotice::PolicySaved) => div.banner.notice #notice { "The policy was saved." },
                 None => {},
             }
             div #banners { (banners(s.paused, s.halted.as_ref())) }
@@ -106,6 +141,13 @@ pub fn render(viewer: &Viewer, p: &GroupPage) -> Markup {
                         }
                     }
                     (policy_summary(s))
+                    p.policy-link {
+                        @if viewer.may_write() {
+                            a #edit-policy href=(super::policy::href(&p.app.id, &p.group.id)) { "Edit policy" }
+                        } @else {
+                            a #view-policy href=(super::policy::href(&p.app.id, &p.group.id)) { "View policy" }
+                        }
+                    }
                 }
                 section.card #grants {
                     h2 { "Grants of " (s.target_version.as_deref().unwrap_or("the target")) }
@@ -164,6 +206,7 @@ pub fn render(viewer: &Viewer, p: &GroupPage) -> Markup {
                     }
                 }
             }
+            (version_chart(&base, p.chart_range))
             @if viewer.may_write() {
                 section.card #actions {
                     h2 { "Steer" }

@@ -1,13 +1,15 @@
 //! A machine's page: every application it runs (current row, refused versions with a retry
-//! button, status history) and the events it reported, with error codes decoded.
+//! button, status history), the FleetLock slot it holds (with a release button), and the
+//! events it reported, with error codes decoded.
 
 use maud::{Markup, html};
 
 use super::instances::{app_name, group_name, href};
-use super::{PageOptions, Section, csrf_field, layout};
+use super::{PageOptions, Section, csrf_field, fleetlock, layout};
 use crate::catalogue::Catalogue;
 use crate::dashboard::Viewer;
 use crate::dashboard::format::{error_code, maybe_time, status_tag, time};
+use crate::fleet::fleetlock::MachineSlot;
 use crate::fleet::instances::{InstanceDetail, InstanceWithHistory};
 use crate::model::EventRecord;
 
@@ -16,20 +18,27 @@ use crate::model::EventRecord;
 pub enum InstanceNotice {
     /// Refusals were cleared.
     Retried,
+    /// Its FleetLock slot was released.
+    Released,
 }
 
 impl InstanceNotice {
     /// The notice a `done=` query value names.
     pub fn parse(s: &str) -> Option<Self> {
-        (s == "retried").then_some(Self::Retried)
+        match s {
+            "retried" => Some(Self::Retried),
+            "released" => Some(Self::Released),
+            _ => None,
+        }
     }
 }
 
-/// The machine's page.
+/// The machine's page (`slots`: the FleetLock slots it holds).
 pub fn render(
     viewer: &Viewer,
     cat: &Catalogue,
     d: &InstanceDetail,
+    slots: &[MachineSlot],
     events: &[EventRecord],
     notice: Option<InstanceNotice>,
 ) -> Markup {
@@ -41,14 +50,19 @@ pub fn render(
         html! {
             p.sub { a href="/ui/instances" { "Instances" } }
             h1 { "Machine " span.mono #machine-id { (d.machine_id) } }
-            @if notice == Some(InstanceNotice::Retried) {
-                div.banner.notice #notice {
+            @match notice {
+                Some(InstanceNotice::Retried) => div.banner.notice #notice {
                     "The refusal was cleared: the machine may be offered the version again at its next check."
-                }
+                },
+                Some(InstanceNotice::Released) => div.banner.notice #notice {
+                    "The FleetLock slot was released: another machine of the group may take it."
+                },
+                None => {},
             }
             dl.facts {
                 dt { "Operator alias" } dd #operator-alias { (d.operator_alias.as_deref().unwrap_or("none")) }
             }
+            (lock_slots(viewer, &d.machine_id, slots))
             @for a in &d.apps { (app_section(viewer, cat, &d.machine_id, a)) }
             section #events {
                 h2 { "Events" }
@@ -73,6 +87,34 @@ pub fn render(
             }
         },
     )
+}
+
+/// The FleetLock slots the machine holds, each with a release button for the admin role.
+fn lock_slots(viewer: &Viewer, machine: &str, slots: &[MachineSlot]) -> Markup {
+    html! {
+        @if !slots.is_empty() {
+            section.card #fleetlock {
+                h2 { "FleetLock" }
+                ul.lock-slots {
+                    @for s in slots {
+                        li.fleetlock-slot id={ "fleetlock-slot-" (s.group) } data-group=(s.group) data-holder=(s.holder_id) {
+                            p {
+                                "FleetLock: holds a slot in group "
+                                a href={ (fleetlock::PATH) "#lock-group-" (s.group) } { (s.group) }
+                                " since " (time(s.since))
+                                @if s.holder_id != machine {
+                                    " " span.sub { "(as FleetLock id " span.mono { (s.holder_id) } ")" }
+                                }
+                            }
+                            @if viewer.may_write() {
+                                (fleetlock::release_form(viewer, &s.group, &s.holder_id, &s.group, Some(machine)))
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn app_section(viewer: &Viewer, cat: &Catalogue, machine: &str, a: &InstanceWithHistory) -> Markup {

@@ -4,11 +4,15 @@
 //! script or style (the Content-Security-Policy forbids both). Key elements carry ids, so
 //! that browser tests can find them.
 
+pub mod activity;
+pub mod fleetlock;
 pub mod group;
 pub mod instance;
 pub mod instances;
 pub mod login;
 pub mod overview;
+pub mod packages;
+pub mod policy;
 
 use maud::{DOCTYPE, Markup, html};
 
@@ -24,6 +28,12 @@ pub enum Section {
     Fleet,
     /// Instance list and instance pages.
     Instances,
+    /// Package list and publishing.
+    Packages,
+    /// FleetLock groups and holders.
+    FleetLock,
+    /// The activity feed.
+    Activity,
 }
 
 /// Options of a page's `<body>`.
@@ -60,6 +70,9 @@ pub fn layout(
                         nav {
                             a #nav-fleet href="/" aria-current=[(section == Section::Fleet).then_some("page")] { "Fleet" }
                             a #nav-instances href="/ui/instances" aria-current=[(section == Section::Instances).then_some("page")] { "Instances" }
+                            a #nav-packages href="/ui/packages" aria-current=[(section == Section::Packages).then_some("page")] { "Packages" }
+                            a #nav-fleetlock href="/ui/fleetlock" aria-current=[(section == Section::FleetLock).then_some("page")] { "FleetLock" }
+                            a #nav-activity href="/ui/activity" aria-current=[(section == Section::Activity).then_some("page")] { "Activity" }
                         }
                         span #role { @if v.may_write() { "admin" } @else { "read-only" } }
                         form #logout-form method="post" action="/ui/logout" {
@@ -79,6 +92,9 @@ fn section_name(s: Section) -> &'static str {
         Section::Login => "login",
         Section::Fleet => "fleet",
         Section::Instances => "instances",
+        Section::Packages => "packages",
+        Section::FleetLock => "fleetlock",
+        Section::Activity => "activity",
     }
 }
 

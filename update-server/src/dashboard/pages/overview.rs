@@ -31,15 +31,20 @@ pub fn render(viewer: &Viewer, o: &FleetOverview) -> Markup {
                     code { "update-server app create APPID NAME" } " or the admin API."
                 }
             }
-            @for a in &o.apps { (app(a)) }
+            @for a in &o.apps { (app(a, viewer.may_write())) }
         },
     )
 }
 
-fn app(a: &AppOverview) -> Markup {
+fn app(a: &AppOverview, may_write: bool) -> Markup {
     html! {
         section.app id={ "app-" (a.app.id) } {
             h2 { (a.app.name) " " span.sub.mono { (a.app.id) } }
+            @if may_write {
+                p.app-actions {
+                    a.new-group id={ "new-group-" (a.app.id) } href=(super::policy::new_group_href(&a.app.id)) { "New group" }
+                }
+            }
             @if a.channels.is_empty() && a.unassigned.is_empty() {
                 p.empty { "No channels or groups yet." }
             }
@@ -93,6 +98,9 @@ pub fn group_card(app_id: &str, g: &GroupOverview) -> Markup {
                 }
                 dt { "Rollout" } dd.percent { (percent(g.effective_percent)) }
                 dt { "Failure rate" } dd.failure-rate { (failure_rate(g.failure_rate, &g.grants, g.auto_halt.as_ref())) }
+                dt { "Check-ins" } dd.checkins title="machines that checked in during the last 5 minutes, per minute" {
+                    (format!("{:.1}", g.checkins_per_minute)) " / min"
+                }
             }
             (status_bar(&g.by_status))
             ul.counts {

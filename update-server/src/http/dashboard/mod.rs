@@ -4,12 +4,19 @@
 //! API, so they are validated and recorded in the activity feed alike.
 //!
 //! Map: [`login`] log in and out; [`pages`] the pages (GET); [`actions`] the forms (POST);
-//! [`assets`] the embedded stylesheet and script.
+//! [`assets`] the embedded stylesheet and script; [`policy`] the policy editor and new groups;
+//! [`packages`] the package list and publishing; [`fleetlock`] the FleetLock page;
+//! [`activity`] the audit feed; [`chart`] the version-over-time chart.
 
 pub mod actions;
+pub mod activity;
 pub mod assets;
+pub mod chart;
+pub mod fleetlock;
 pub mod login;
+pub mod packages;
 pub mod pages;
+pub mod policy;
 
 use std::sync::Arc;
 
@@ -68,7 +75,12 @@ pub fn routes(dashboard: Dash) -> Router<AppState> {
         .route("/ui/instances/{machine}", get(pages::instance))
         .route("/ui/instances/{machine}/retry", post(actions::retry))
         .route("/ui/static/{name}", get(assets::serve))
+        .merge(policy::routes())
+        .merge(fleetlock::routes())
+        .merge(activity::routes())
+        .merge(chart::routes())
         .layer(DefaultBodyLimit::max(FORM_LIMIT))
+        .merge(packages::routes())
         .layer(middleware::from_fn(security_headers))
         .with_state(dashboard)
 }
@@ -133,6 +145,30 @@ impl Dashboard {
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.rsplit(',').next())
                     .is_some_and(|p| p.trim().eq_ignore_ascii_case("https"))
+    }
+
+    /// What [`Self::authorize_post`] checks without the CSRF token, from the headers alone
+    /// (for an upload, before its body is read): from this site, by a logged-in admin session.
+    fn authorize_upload(&self, headers: &HeaderMap) -> Result<Viewer, Refused> {
+        if cross_site(headers) {
+            return Err(Refused(
+                None,
+                "Forms are only accepted from this dashboard's own pages.",
+            ));
+        }
+        let Some(viewer) = self.viewer(headers) else {
+            return Err(Refused(
+                None,
+                "Log in first: the session is missing or has expired.",
+            ));
+        };
+        if !viewer.may_write() {
+            return Err(Refused(
+                Some(viewer),
+                "You are logged in with the read-only token: it may not change anything.",
+            ));
+        }
+        Ok(viewer)
     }
 
     /// Checks a form post: from this site, by a logged-in session, carrying that session's

@@ -11,6 +11,7 @@ use crate::dashboard::pages::{group, instance, instances, overview};
 use crate::fleet::feed::EventQuery;
 use crate::fleet::instances::InstanceQuery;
 use crate::fleet::{FleetError, find_app, find_group};
+use crate::version_history::Range;
 
 /// Activity entries a group page shows.
 const TIMELINE_ENTRIES: usize = 50;
@@ -44,15 +45,36 @@ pub async fn overview(State(d): State<Dash>, headers: HeaderMap) -> Response {
     }
 }
 
-/// `GET /ui/apps/{app}/groups/{group}`: a group's rollout, controls and timeline.
+/// Query of the group page.
+#[derive(Debug, Default, Deserialize)]
+pub struct GroupQuery {
+    /// What was just done (`paused`, `resumed`, `policy`).
+    pub done: Option<String>,
+    /// The chart's range (`24h`, `7d`, `30d`, `90d`; default `24h`).
+    pub range: Option<String>,
+}
+
+/// `GET /ui/apps/{app}/groups/{group}`: a group's rollout, controls, chart and timeline.
 pub async fn group(
     State(d): State<Dash>,
     headers: HeaderMap,
     Path((app, key)): Path<(String, String)>,
-    Query(q): Query<DoneQuery>,
+    Query(q): Query<GroupQuery>,
 ) -> Response {
     let Some(v) = d.viewer(&headers) else {
         return to_login();
+    };
+    let chart_range = match q.range.as_deref().filter(|r| !r.is_empty()) {
+        None => Range::default(),
+        Some(r) => match Range::parse(r) {
+            Some(r) => r,
+            None => {
+                let e = FleetError::Invalid(format!(
+                    "unknown chart range {r:?}: use 24h, 7d, 30d or 90d"
+                ));
+                return failed(Some(&v), e);
+            }
+        },
     };
     let fleet = d.app.fleet();
     let read = async {
@@ -73,6 +95,7 @@ pub async fn group(
             status,
             activity,
             notice: q.done.as_deref().and_then(group::GroupNotice::parse),
+            chart_range,
         })
     };
     match read.await {
@@ -135,7 +158,8 @@ pub async fn instances(
     }
 }
 
-/// `GET /ui/instances/{machine}`: a machine's applications, history, refusals and events.
+/// `GET /ui/instances/{machine}`: a machine's applications, history, refusals, FleetLock slot
+/// and events.
 pub async fn instance(
     State(d): State<Dash>,
     headers: HeaderMap,
@@ -148,6 +172,7 @@ pub async fn instance(
     let fleet = d.app.fleet();
     let read = async {
         let detail = fleet.instance(&machine).await?;
+        let slots = fleet.lock_slots_of(&d.app.fleetlock, &machine).await?;
         let events = fleet
             .list_events(EventQuery {
                 machine: Some(machine.clone()),
@@ -155,13 +180,14 @@ pub async fn instance(
                 ..Default::default()
             })
             .await?;
-        Ok::<_, FleetError>((detail, events))
+        Ok::<_, FleetError>((detail, slots, events))
     };
     match read.await {
-        Ok((detail, events)) => page(instance::render(
+        Ok((detail, slots, events)) => page(instance::render(
             &v,
             &fleet.catalogue(),
             &detail,
+            &slots,
             &events,
             q.done.as_deref().and_then(instance::InstanceNotice::parse),
         )),

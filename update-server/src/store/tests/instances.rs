@@ -10,7 +10,7 @@ use crate::model::{NewActivity, StatusChange};
 use crate::store::instances::{CheckIn, StatusColumns};
 use crate::store::testkit::{TestStores, both_stores};
 use crate::store::tx::{StoreTx, TxFuture, Urgency, transact};
-use crate::store::{InstanceChange, InstanceFilter, NewEvent, StoreError};
+use crate::store::{InstanceChange, InstanceFilter, NewEvent, StoreError, VersionSample};
 
 fn act() -> NewActivity {
     NewActivity {
@@ -285,8 +285,9 @@ async fn instance_lists_filter_search_count_and_order_alike(kit: &mut TestStores
         .collect();
     assert_eq!((second, second_page.1), (vec!["m-a", "m-b"], 4));
 
-    let counted: Vec<(String, Option<String>, i64)> = s
-        .instance_counts()
+    // Checked in since 15: all but m-d (at 10).
+    let counted: Vec<(String, Option<String>, i64, i64)> = s
+        .instance_counts(15)
         .await
         .unwrap()
         .into_iter()
@@ -295,15 +296,15 @@ async fn instance_lists_filter_search_count_and_order_alike(kit: &mut TestStores
                 (c.version.as_str(), c.status),
                 ("1.0.0", InstanceStatus::Idle)
             );
-            (c.app_id, c.group_id, c.count)
+            (c.app_id, c.group_id, c.count, c.checked_in)
         })
         .collect();
     assert_eq!(
         counted,
         [
-            ("a".to_owned(), None, 1),
-            ("a".to_owned(), Some("g".to_owned()), 2),
-            ("b".to_owned(), Some("g".to_owned()), 1),
+            ("a".to_owned(), None, 1, 1),
+            ("a".to_owned(), Some("g".to_owned()), 2, 2),
+            ("b".to_owned(), Some("g".to_owned()), 1, 0),
         ]
     );
     let mut in_group: Vec<String> = s
@@ -455,7 +456,75 @@ async fn a_groups_instances_are_counted_by_version_status_and_hold_reason(kit: &
     );
 }
 
+fn sample(group: &str, at: i64, version: Option<&str>, machines: u64) -> VersionSample {
+    VersionSample {
+        app_id: "a".into(),
+        group_id: group.into(),
+        at,
+        version: version.map(str::to_owned),
+        machines,
+    }
+}
+
+async fn version_samples_are_written_once_read_by_step_and_pruned(kit: &mut TestStores) {
+    let store = &kit.store;
+    let first = [
+        sample("g", 600, Some("1.0"), 7),
+        sample("g", 600, None, 2),
+        sample("h", 600, Some("1.0"), 1),
+    ];
+    assert_eq!(store.record_version_samples(&first, 0).await.unwrap(), 3);
+    // The same instant again (another replica that counted differently, a restart): the first
+    // set stays whole, nothing is added to it.
+    let again = [
+        sample("g", 600, Some("1.0"), 99),
+        sample("g", 600, Some("1.1"), 1),
+    ];
+    assert_eq!(store.record_version_samples(&again, 0).await.unwrap(), 0);
+    let second = [
+        sample("g", 1200, Some("1.0"), 5),
+        sample("g", 1200, Some("1.1"), 4),
+    ];
+    assert_eq!(store.record_version_samples(&second, 0).await.unwrap(), 2);
+    let mut read = store.version_samples("a", "g", 0, 600).await.unwrap();
+    read.sort_by(|a, b| (a.at, &a.version).cmp(&(b.at, &b.version)));
+    assert_eq!(
+        read,
+        [
+            sample("g", 600, None, 2),
+            sample("g", 600, Some("1.0"), 7),
+            sample("g", 1200, Some("1.0"), 5),
+            sample("g", 1200, Some("1.1"), 4),
+        ]
+    );
+    // A coarser step reads only its instants; `since` bounds the range.
+    let coarse = store.version_samples("a", "g", 0, 1200).await.unwrap();
+    assert!(coarse.iter().all(|s| s.at == 1200), "{coarse:?}");
+    assert_eq!(coarse.len(), 2);
+    assert_eq!(
+        store
+            .version_samples("a", "g", 601, 600)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    // Writing the next sample deletes those before the cutoff.
+    let third = [sample("g", 1800, Some("1.1"), 9)];
+    assert_eq!(store.record_version_samples(&third, 1000).await.unwrap(), 1);
+    let left = store.version_samples("a", "g", 0, 600).await.unwrap();
+    assert_eq!(left.first().map(|s| s.at), Some(1200));
+    assert!(
+        store
+            .version_samples("a", "h", 0, 600)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
 both_stores!(
+    version_samples_are_written_once_read_by_step_and_pruned,
     instances_persist_and_delete_with_history,
     a_groups_instances_are_counted_by_version_status_and_hold_reason,
     a_checks_events_and_activity_keep_their_order,

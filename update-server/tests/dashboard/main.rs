@@ -10,10 +10,18 @@ use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
 use update_server::server::{RunningServer, start};
 
+#[path = "../common/mod.rs"]
 mod common;
+#[path = "../support/db.rs"]
+pub mod support_db;
 mod support {
-    pub mod db;
+    pub use super::support_db as db;
 }
+// One module per part of the dashboard (each its own owner); they share `Env` and `Page`.
+mod activity;
+mod chart;
+mod packages;
+mod policy;
 use support::db::TestDb;
 
 const APP: &str = "e96281a6-d1af-4bde-9a0a-97b76e56dc57";
