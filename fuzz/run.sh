@@ -90,6 +90,6 @@ for t in "${targets[@]}"; do
 done
 for t in "${failed[@]}"; do cat "$logs/$t.failed"; done
 if [ ${#failed[@]} -gt 0 ]; then
-  printf '\nFUZZING FOUND CRASHES in: %s (inputs in fuzz/artifacts/; docs/testing.md, "Fuzzing")\n' "${failed[*]}"
+  printf '\nFUZZING FOUND CRASHES in: %s (inputs in fuzz/artifacts/; docs/development/testing.md, "Fuzzing")\n' "${failed[*]}"
   exit 1
 fi

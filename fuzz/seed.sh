@@ -2,7 +2,7 @@
 # Assembles the fuzz corpora in fuzz/corpus/<target>/ from what the repository and shared/
 # already hold, without committing copies: the captured Omaha messages in
 # ../shared/testdata/omaha/ (PLATTE_SHARED overrides the shared/ directory), the code blocks of
-# docs/*.md (TOML drop-ins, JSON bodies, XML), the vendor defaults drop-in, and the small
+# docs/*/*.md (TOML drop-ins, JSON bodies, XML), the vendor defaults drop-in, and the small
 # generated seeds in fuzz/seeds/<target>/. Files are named by their SHA-1 as libFuzzer names its
 # own, so running it again adds nothing twice and keeps what the fuzzer found.
 # usage: fuzz/seed.sh
@@ -25,11 +25,11 @@ add_bytes() { # add_bytes TARGET: stdin becomes one corpus file
   [ -s "$tmp" ] && add "$1" "$tmp"
   rm -f "$tmp"
 }
-blocks() { # blocks LANG: each ```LANG block of docs/*.md, NUL-separated
+blocks() { # blocks LANG: each ```LANG block of docs/*/*.md, NUL-separated
   awk -v lang="$1" '
     $0 == "```" lang { inblock = 1; next }
     inblock && /^```/ { inblock = 0; printf "%c", 0; next }
-    inblock { print }' "$repo"/docs/*.md
+    inblock { print }' "$repo"/docs/*/*.md
 }
 
 for t in omaha_request omaha_response payload_prefix agent_config fleetlock_body admin_json version_order crau_header; do

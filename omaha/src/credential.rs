@@ -1,7 +1,7 @@
 //! The `Platte-Machine-Signature` HTTP header of a Platte agent's Omaha request: its text form
 //! (parsed with hard limits, written canonically) and the exact bytes a machine key signs. No
 //! keys, clocks or hashing here: the agent signs and the server verifies (both with ed25519);
-//! both hash the body with SHA-256 and pass the digest in. See `docs/protocol.md`.
+//! both hash the body with SHA-256 and pass the digest in. See `docs/development/protocol.md`.
 //!
 //! ```text
 //! Platte-Machine-Signature: v=1; key=<base64 public key>; ts=<unix seconds>; sig=<base64 signature>

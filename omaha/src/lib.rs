@@ -10,7 +10,7 @@
 //!
 //! Parsing enforces [`Limits`] while tokenising, rejects DOCTYPE/entity declarations, invalid
 //! UTF-8 and truncated input, skips unknown elements and attributes, and never panics. The dialect
-//! is described in `docs/protocol.md`.
+//! is described in `docs/development/protocol.md`.
 //!
 //! ```
 //! use omaha::{parse_request, AppResponse, Manifest, Package, Action, Response, DayStart,

@@ -4,7 +4,7 @@
 //! (the *prefix*) are bounded in size and say everything needed to decide whether to trust the
 //! payload before its first data byte arrives; the data is a sequence of operations (REPLACE,
 //! REPLACE_ZSTD, ZERO), each checked against its signed SHA-256 before it is written. The format
-//! is specified byte by byte in `docs/payload-format.md`.
+//! is specified byte by byte in `docs/development/payload-format.md`.
 //!
 //! - [`build`]: build and sign a payload from an image; [`sign`]: add a signature.
 //! - [`Prefix::verify`], [`read_prefix`]: read and verify a payload's prefix without its data

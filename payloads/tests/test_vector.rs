@@ -1,4 +1,4 @@
-//! The test vector of `docs/payload-format.md` (appendix): a hand-assembled payload with one
+//! The test vector of `docs/development/payload-format.md` (appendix): a hand-assembled payload with one
 //! operation of each kind, signed with the key whose seed is 32 bytes of 0x01. The exact bytes
 //! are pinned here so the format cannot drift from the spec unnoticed.
 #![allow(clippy::unwrap_used)]

@@ -1,5 +1,5 @@
 //! A runtime extension on a simulated host, set up as an administrator would
-//! (docs/container-runtime.md, "Agent configuration"): a directory for the `NAME.raw` link and
+//! (docs/usage/container-runtime.md, "Agent configuration"): a directory for the `NAME.raw` link and
 //! one for the images, a refresh command and a health command, and the `[extensions.NAME]`
 //! drop-in naming them, the extension's app id and the units to restart.
 //!

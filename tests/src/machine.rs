@@ -467,7 +467,7 @@ stall_timeout_secs = 10
 pub const FLEETLOCK_APP_ID: &str = "a0c3f1d2e4b5468797a8b9cadbecfd0e";
 
 /// The FleetLock client id of a host with `/etc/machine-id` = `machine_id`, computed from the
-/// documented rule (docs/agent.md, "FleetLock"), independently of the agent's code: systemd's
+/// documented rule (docs/usage/agent.md, "FleetLock"), independently of the agent's code: systemd's
 /// `sd_id128_get_machine_app_specific` — HMAC-SHA256 keyed with the 16 machine-id bytes over
 /// the 16 app-id bytes, truncated to 16 bytes, marked as a UUID v4 — in 32 lowercase hex digits.
 pub fn fleetlock_id(machine_id: &str) -> Result<String> {

@@ -381,7 +381,7 @@ impl World {
     }
 
     /// Operator setup of a runtime extension's own app through the admin CLI: app `app` named
-    /// `name`, channel `stable`, group `stable` following it (see docs/container-runtime.md).
+    /// `name`, channel `stable`, group `stable` following it (see docs/usage/container-runtime.md).
     pub fn setup_extension_app(&self, app: &str, name: &str) -> Result<()> {
         self.server.cli(&["app", "create", app, name])?;
         self.server.cli(&["channel", "create", app, "stable"])?;

@@ -1,4 +1,4 @@
-//! S7: the container runtime across server and agent (docs/container-runtime.md). The server has
+//! S7: the container runtime across server and agent (docs/usage/container-runtime.md). The server has
 //! two apps, the OS and a `containerd` runtime extension, each with its own channel and group.
 //! One host runs the agent daemon on its own bus with the logind and systemd stand-ins; its
 //! `[extensions.containerd]` drop-in names a recording refresh command, a health command and
@@ -31,13 +31,13 @@ use platte_e2e::process::{Proc, poll_until, tail};
 use platte_e2e::proxy::Proxy;
 use platte_e2e::{APP, DiskLayout, Machine, Mode, Release, USR_B, World};
 
-/// The containerd extension's app id (docs/container-runtime.md's example).
+/// The containerd extension's app id (docs/usage/container-runtime.md's example).
 const EXT_APP: &str = "5e8a1c7d-2f4b-4c6e-9a1d-3b7c9e2f4a60";
 /// The extension's name.
 const EXT: &str = "containerd";
 /// The unit the agent restarts after switching the extension.
 const UNIT: &str = "containerd.service";
-/// The error code of a failed unit restart (docs/container-runtime.md).
+/// The error code of a failed unit restart (docs/usage/container-runtime.md).
 const RESTART_FAILED: i64 = 3112;
 /// The error code of a deny-listed offer.
 const DENY_LISTED: i64 = 35;

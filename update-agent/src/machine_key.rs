@@ -1,5 +1,5 @@
 //! The machine credential: a per-host ed25519 key that signs every Omaha request in the
-//! `Platte-Machine-Signature` header (format in [`omaha::credential`] and `docs/protocol.md`),
+//! `Platte-Machine-Signature` header (format in [`omaha::credential`] and `docs/development/protocol.md`),
 //! so the server can tell this host's requests from anyone else claiming its machine id.
 //!
 //! The key is created at the first run in the state directory as `machine-key` (PKCS#8 PEM,

@@ -1,6 +1,6 @@
 //! The shipped units' sandboxing cannot regress silently: `systemd-analyze security --offline`
 //! rates every unit, alone (the GPT backend) and with its `systemd/systemd-boot/` drop-in, and
-//! the exposure must stay at or below the score recorded here and in docs/operations.md ("Unit
+//! the exposure must stay at or below the score recorded here and in docs/usage/operations.md ("Unit
 //! hardening"). Lower a score here when a unit is hardened further; raising one needs a reason
 //! in that table. The drop-in configuration must also pass `systemd-analyze verify`.
 #![allow(clippy::unwrap_used)]
@@ -33,7 +33,7 @@ fn unsupported() -> Option<String> {
 }
 
 /// A fake root with the shipped units (and, with `dropins`, the systemd-boot drop-ins where
-/// install-platte.sh and docs/operations.md put them) and stub executables for verify.
+/// install-platte.sh and docs/usage/operations.md put them) and stub executables for verify.
 fn fake_root(dropins: bool) -> tempfile::TempDir {
     let root = tempfile::tempdir().unwrap();
     for (dir, name) in [
@@ -131,7 +131,7 @@ fn unit_exposure_does_not_regress() {
                 let worst: Vec<&str> = text.lines().filter(|l| l.starts_with('✗')).collect();
                 failures.push(format!(
                     "{unit}{what}: exposure {score:.1}, more than the {max:.1} recorded in \
-                     docs/operations.md; exposed:\n{}",
+                     docs/usage/operations.md; exposed:\n{}",
                     worst.join("\n")
                 ));
             }

@@ -8,7 +8,7 @@
 //! Then each page is fetched `BENCH_REQUESTS` times (default 30, after 3 warm-ups), one at a
 //! time over loopback, and the median, 95th percentile and slowest time are printed next to
 //! `/healthz` (the constant route: the HTTP stack's floor) measured in the same run, with the
-//! ratio. Figures: docs/dashboard.md, *Performance*.
+//! ratio. Figures: docs/usage/dashboard.md, *Performance*.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::time::{Duration, Instant};

@@ -10,7 +10,7 @@
 //! `PRUNE_BATCH=N` sets the batch size (default: the server's default), `PRUNE_FILL=random`
 //! writes the rows in random time order (the worst case for deletes), `PRUNE_FORGET=0` leaves
 //! forgetting off, and `RUST_LOG=update_server::retention=debug` logs every batch with the time
-//! it held the write lock. Figures: `docs/operations.md`, *Capacity and retention*.
+//! it held the write lock. Figures: `docs/usage/operations.md`, *Capacity and retention*.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::sync::Arc;

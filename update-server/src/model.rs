@@ -59,7 +59,7 @@ pub struct Package {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PackageFormat {
-    /// Platte's signed payload (`docs/payload-format.md`), verified on publish against the
+    /// Platte's signed payload (`docs/development/payload-format.md`), verified on publish against the
     /// trusted publisher keys; applied by Platte's agent.
     #[default]
     Platte,
@@ -88,7 +88,7 @@ impl PackageFormat {
 }
 
 /// Which payload formats the client of an Omaha request can apply, told from the request's
-/// `version` (docs/protocol.md, "Who is asking"): Platte's agent sends `platte-agent-<version>`,
+/// `version` (docs/development/protocol.md, "Who is asking"): Platte's agent sends `platte-agent-<version>`,
 /// update_engine (Flatcar, ChromeOS) `update_engine-<version>`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum ClientKind {

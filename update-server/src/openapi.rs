@@ -1,5 +1,5 @@
 //! The OpenAPI document of the admin API (generated with utoipa, committed as
-//! `docs/openapi.json` and checked by a test).
+//! `docs/usage/openapi.json` and checked by a test).
 
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};

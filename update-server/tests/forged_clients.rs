@@ -1,4 +1,4 @@
-//! What forged Omaha clients can no longer steer (docs/rollouts.md, "What an unauthenticated
+//! What forged Omaha clients can no longer steer (docs/usage/rollouts.md, "What an unauthenticated
 //! client can do"), over real HTTP with an injected clock: a claimed alias does not make a
 //! machine a canary (an operator-assigned one does); invented machine ids reporting failures do
 //! not halt a rollout (established machines failing do); invented ids from one network cannot

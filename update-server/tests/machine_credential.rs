@@ -164,7 +164,7 @@ impl Env {
     }
 }
 
-/// The header value of `body` signed by `key` at `ts`, exactly as docs/protocol.md describes.
+/// The header value of `body` signed by `key` at `ts`, exactly as docs/development/protocol.md describes.
 fn sign(key: &SigningKey, ts: i64, body: &[u8]) -> String {
     let digest: [u8; 32] = Sha256::digest(body).into();
     MachineSignature {

@@ -424,7 +424,7 @@ async fn a_forgotten_instance_disappears_with_its_refusals_and_grants(db: TestDb
             .any(|l| l.starts_with("platte_instances{") && l.contains("status=\"error\"")),
         "{m}"
     );
-    // Back again, it is a new machine: its refusal went with it (docs/server.md, Retention).
+    // Back again, it is a new machine: its refusal went with it (docs/usage/server.md, Retention).
     assert!(env.check("gone", "1.0.0").await);
     assert_eq!(env.machines().await, ["gone", "stays"]);
 }

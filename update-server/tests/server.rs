@@ -886,13 +886,17 @@ async fn committed_openapi_matches_the_server(db: TestDb) {
         .json()
         .await
         .unwrap();
-    let committed =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/openapi.json"))
-            .expect("docs/openapi.json missing: run `update-server openapi > docs/openapi.json`");
+    let committed = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../docs/usage/openapi.json"
+    ))
+    .expect(
+        "docs/usage/openapi.json missing: run `update-server openapi > docs/usage/openapi.json`",
+    );
     let committed: Value = serde_json::from_str(&committed).unwrap();
     assert_eq!(
         served, committed,
-        "docs/openapi.json is stale: run `cargo run -p update-server -- openapi > docs/openapi.json`"
+        "docs/usage/openapi.json is stale: run `cargo run -p update-server -- openapi > docs/usage/openapi.json`"
     );
     assert_eq!(update_server::openapi::document(), served);
     env.server.shutdown().await.unwrap();

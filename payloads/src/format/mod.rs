@@ -1,6 +1,6 @@
 //! The payload wire format: constants and limits, the header, the canonical manifest encoding, the
 //! signature block and the assembled prefix (everything before the first data byte).
-//! `docs/payload-format.md` specifies it byte by byte; this module is the reference decoder.
+//! `docs/development/payload-format.md` specifies it byte by byte; this module is the reference decoder.
 
 mod header;
 mod manifest;

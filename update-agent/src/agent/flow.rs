@@ -14,7 +14,7 @@
 //!   [`Status::property_name`] and [`Status::update_engine_name`];
 //! - the staged version the reboot driver follows: [`UpdateFlow::staged_version`].
 //!
-//! The diagram and the full transition table are in `docs/agent-states.md`; a unit test renders
+//! The diagram and the full transition table are in `docs/development/agent-states.md`; a unit test renders
 //! the tables from this code and checks that the document shows them.
 //!
 //! ```text
@@ -348,7 +348,7 @@ pub struct RefusedEvent {
 }
 
 impl Event {
-    /// The event's name in logs and in `docs/agent-states.md`.
+    /// The event's name in logs and in `docs/development/agent-states.md`.
     pub fn name(&self) -> &'static str {
         match self {
             Event::CheckStarted => "check_started",
@@ -384,7 +384,7 @@ impl UpdateFlow {
         }
     }
 
-    /// The state's name in logs and in `docs/agent-states.md`.
+    /// The state's name in logs and in `docs/development/agent-states.md`.
     pub fn name(&self) -> &'static str {
         match self {
             UpdateFlow::Idle => "idle",

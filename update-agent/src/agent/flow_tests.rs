@@ -1,5 +1,5 @@
 //! Unit tests of the update flow: every transition, every refusal, the persisted record and the
-//! tables of `docs/agent-states.md`, all without I/O (but the one test that loads an old state
+//! tables of `docs/development/agent-states.md`, all without I/O (but the one test that loads an old state
 //! file through the state store).
 #![allow(clippy::unwrap_used)]
 
@@ -937,7 +937,7 @@ fn records_no_agent_writes_are_refused_by_name() {
     );
 }
 
-// The tables of docs/agent-states.md, rendered from the flow.
+// The tables of docs/development/agent-states.md, rendered from the flow.
 
 const STATE_NAMES: [&str; 8] = [
     "idle",
@@ -1094,14 +1094,14 @@ fn state_table() -> String {
 
 #[test]
 fn docs_agent_states_md_shows_the_tables_of_this_code() {
-    let doc = include_str!("../../../docs/agent-states.md");
+    let doc = include_str!("../../../docs/development/agent-states.md");
     for (what, table) in [
         ("state table", state_table()),
         ("transition table", transition_table()),
     ] {
         assert!(
             doc.contains(&table),
-            "docs/agent-states.md does not show this {what}; paste it there:\n\n{table}"
+            "docs/development/agent-states.md does not show this {what}; paste it there:\n\n{table}"
         );
     }
     assert_eq!(

@@ -46,7 +46,7 @@ const MAX_ENTRY_BYTES: u64 = 64 * 1024;
 /// Most symlinks followed when resolving a path inside a slot.
 const MAX_SYMLINKS: usize = 40;
 
-/// How the backend is configured (`[boot.systemd_boot]`, see `docs/agent.md`).
+/// How the backend is configured (`[boot.systemd_boot]`, see `docs/usage/agent.md`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SdbootConfig {
     /// ESP mount point.
@@ -322,7 +322,7 @@ pub trait SlotFiles: std::fmt::Debug + Send + Sync {
 
 /// Mounts the target partition (`/dev/disk/by-partuuid/<uuid>`) read-only with `mount(8)`
 /// under a private directory, and unmounts it afterwards. Needs root and the `@mount` system
-/// calls (see `docs/agent.md` for the unit drop-in).
+/// calls (see `docs/usage/agent.md` for the unit drop-in).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountSlotFiles {
     /// The device directory (`/dev`).

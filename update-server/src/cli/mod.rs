@@ -138,7 +138,7 @@ pub enum Command {
         #[command(subcommand)]
         cmd: rollout::RolloutCmd,
     },
-    /// Simulate a fleet of machines going through a staged rollout (see docs/rollouts.md).
+    /// Simulate a fleet of machines going through a staged rollout (see docs/usage/rollouts.md).
     Simulate(Box<crate::simulate::SimulateArgs>),
     /// Prune old rows now with the server's retention settings (events, status history,
     /// activity, settled grants; instances not seen for the configured period).

@@ -44,7 +44,7 @@ pub enum RolloutCmd {
         /// Group id, track or name.
         group: String,
     },
-    /// Replace the rollout policy with a JSON document (see docs/rollouts.md); `paused` and
+    /// Replace the rollout policy with a JSON document (see docs/usage/rollouts.md); `paused` and
     /// `machine_credential` are kept unless given.
     Set {
         /// appid.

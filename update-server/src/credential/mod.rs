@@ -1,6 +1,6 @@
 //! Machine credentials: Omaha has no client authentication, so anyone can claim any machine id.
 //! A Platte agent signs each Omaha request with a per-host ed25519 key in the
-//! `Platte-Machine-Signature` header (format in [`omaha::credential`] and `docs/protocol.md`).
+//! `Platte-Machine-Signature` header (format in [`omaha::credential`] and `docs/development/protocol.md`).
 //! The server verifies the signature and the timestamp ([`verify`]), and binds one key to each
 //! machine id, by the operator (enrollment) or by the first valid signed request (trust on first
 //! use, if the server allows it). A request whose signature is valid and whose key is the one
@@ -477,7 +477,7 @@ mod tests {
 
     #[test]
     fn the_documented_test_vector_verifies() {
-        // docs/protocol.md, "Machine credential".
+        // docs/development/protocol.md, "Machine credential".
         let h = headers(
             "v=1; key=iojj3XQJ8ZX9UtstPLpdcspnCb8dlBIb83SIAbQPb1w=; ts=1765000000; \
              sig=ItHobPL6HR4va6vpH9izVsSNeadV7RrQT4172BqZ40xQ49vbs8URzDCkebex2mnJpmWVNG0UvfJyIkqLMw8+Cg==",

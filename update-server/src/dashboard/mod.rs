@@ -7,7 +7,7 @@
 //! Map: [`session`] the signed session cookie and its CSRF token; [`assets`] the embedded
 //! stylesheet and script; [`chart`] the version-over-time chart (SVG); [`format`] shared
 //! formatting (times, percentages, statuses);
-//! [`pages`] one module per page. docs/dashboard.md describes what it shows and its security.
+//! [`pages`] one module per page. docs/usage/dashboard.md describes what it shows and its security.
 
 pub mod assets;
 pub mod chart;

@@ -15,7 +15,7 @@ use crate::rollout::RolloutSpec;
 
 /// Longest group name or track, bytes.
 const MAX_NAME: usize = 100;
-/// Policy fields the server sets and a replaced policy keeps as stored (docs/rollouts.md).
+/// Policy fields the server sets and a replaced policy keeps as stored (docs/usage/rollouts.md).
 const SERVER_POLICY_FIELDS: [&str; 2] = ["halted", "halt_counted_since"];
 
 /// Body of `POST /apps/{app}/groups`.

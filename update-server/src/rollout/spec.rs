@@ -1,5 +1,5 @@
 //! The rollout policy of a group, as stored in the group's policy JSON (next to `paused`). Every
-//! part is optional; absent parts impose nothing. See `docs/rollouts.md` for the fields.
+//! part is optional; absent parts impose nothing. See `docs/usage/rollouts.md` for the fields.
 
 use maintenance_window::Window;
 use serde::{Deserialize, Serialize};

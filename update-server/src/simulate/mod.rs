@@ -6,7 +6,7 @@
 //! machines and their action queue), [`random`] (seeded, order-independent draws), [`wire`]
 //! (Omaha requests and answers), [`driver`] (ticks, bounded concurrency, sampling, stopping),
 //! [`sample`], [`csv`] and [`chart`] (outputs), [`report`] (summary and the agreement check
-//! against the server's own rollout status). See `docs/rollouts.md`, "Fleet simulator".
+//! against the server's own rollout status). See `docs/usage/rollouts.md`, "Fleet simulator".
 
 pub mod chart;
 pub mod csv;

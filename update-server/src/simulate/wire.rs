@@ -1,7 +1,7 @@
 //! The simulated machines' side of the wire: builds each [`Step`] as the Omaha XML update_engine
 //! sends (with the `omaha` crate), posts it to `/v1/update/`, and reads the answer back into an
 //! [`Answer`]. The requests name their client `platte-agent-sim`: the simulated release is a
-//! Platte payload, which the server offers only to Platte's agent (docs/protocol.md, "Who is
+//! Platte payload, which the server offers only to Platte's agent (docs/development/protocol.md, "Who is
 //! asking"). With downloads on, 14/1 is sent only after the payload was fetched and its size
 //! and SHA-256 matched the offered manifest (else 3/0 with a download error is sent instead).
 

@@ -5,7 +5,7 @@
 //! What is not copied: grant tallies (the target's triggers count them again from the grants as
 //! they arrive) and job leases (held only while a server runs). The catalogue generation moves
 //! past the source's, so replicas reload what they serve. Package files are not in the
-//! database: the replicas' data directory keeps them (see docs/operations.md).
+//! database: the replicas' data directory keeps them (see docs/usage/operations.md).
 
 use std::path::Path;
 

@@ -3,7 +3,7 @@
 //! so check-ins wait at most one batch behind a prune.
 //!
 //! What is never deleted, whatever the settings (the rules are in the SQL of the implementation
-//! and documented in `docs/server.md`, *Retention*):
+//! and documented in `docs/usage/server.md`, *Retention*):
 //! - an instance's row and its newest status history entry, unless the instance is forgotten;
 //! - an instance with an `in_flight` grant (it holds a concurrency slot): it is never forgotten;
 //! - `in_flight` grants, and `installed` grants of a machine the server still knows;
