@@ -3,7 +3,7 @@
 //!
 //! Builds the catalogue over the admin API (app, channel `stable` pointing at a published 2.0.0,
 //! four groups following it), stops the server, fills its SQLite file with 100,000 machines
-//! (spread over the groups, versions and statuses), 1,000,000 events, 200,000 status history
+//! (spread over the groups, versions and statuses, each last seen within the hour), 1,000,000 events, 200,000 status history
 //! entries, 20,000 activity entries and 90 days of version samples, starts it again and logs in.
 //! Then each page is fetched `BENCH_REQUESTS` times (default 30, after 3 warm-ups), one at a
 //! time over loopback, and the median, 95th percentile and slowest time are printed next to
@@ -162,7 +162,8 @@ async fn fill(db: &std::path::Path, groups: &[String], now: i64) {
     for i in 0..MACHINES {
         let (version, status, detail) = state(i);
         let group = &groups[(i % groups.len() as u64) as usize];
-        let last = now - i64::try_from(mix(i ^ 0x11) % 86_400).unwrap();
+        // Machines check in about hourly: the last contacts spread over the last hour.
+        let last = now - i64::try_from(mix(i ^ 0x11) % 3_600).unwrap();
         sqlx::query(
             "INSERT INTO instances (machine_id, app_id, alias, ip, version, group_id, track, \
              board, last_check_at, status, status_detail, status_at, created_at) \
@@ -422,5 +423,9 @@ fn main() {
             );
         }
         server.shutdown().await.unwrap();
+        // `BENCH_KEEP=1`: keep the database for a look at its query plans.
+        if std::env::var("BENCH_KEEP").is_ok_and(|v| v == "1") {
+            println!("kept {}", dir.keep().display());
+        }
     });
 }

@@ -228,7 +228,7 @@ impl VersionSampler {
     /// already); returns the rows written.
     pub async fn sample(&self) -> Result<u64, StoreError> {
         let now = self.clock.now();
-        let counts = self.store.instance_counts(i64::MAX).await?;
+        let counts = self.store.instance_counts().await?;
         let rows = fold(sample_instant(now), &counts);
         self.store
             .record_version_samples(&rows, now.saturating_sub(KEEP_SECS))
@@ -268,7 +268,6 @@ mod tests {
             version: version.into(),
             status: InstanceStatus::Complete,
             count: n,
-            checked_in: 0,
         }
     }
 

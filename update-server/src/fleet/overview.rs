@@ -114,17 +114,21 @@ impl Fleet {
         let now = self.now();
         let mut counts: Counts = BTreeMap::new();
         let mut ungrouped: BTreeMap<String, u64> = BTreeMap::new();
-        let since = now.saturating_sub(CHECKIN_RATE_WINDOW_SECS);
-        for c in self.store.instance_counts(since).await? {
+        for c in self.store.instance_counts().await? {
             let n = u64::try_from(c.count).unwrap_or(0);
             match c.group_id {
                 Some(g) => {
                     let e = counts.entry(g).or_default();
                     *e.statuses.entry(c.status).or_default() += n;
                     *e.versions.entry(c.version).or_default() += n;
-                    e.checked_in += u64::try_from(c.checked_in).unwrap_or(0);
                 }
                 None => *ungrouped.entry(c.app_id).or_default() += n,
+            }
+        }
+        let since = now.saturating_sub(CHECKIN_RATE_WINDOW_SECS);
+        for (_, group, n) in self.store.checked_in_counts(since).await? {
+            if let Some(g) = group {
+                counts.entry(g).or_default().checked_in += n;
             }
         }
         let data = cat.data();

@@ -56,7 +56,7 @@ fn labelled_versions(counts: &[InstanceCount]) -> HashMap<String, HashSet<String
 pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
     let cat = st.service.catalogue.get();
     let counted = match st.service.checkins.flush().await {
-        Ok(_) => st.store.instance_counts(i64::MAX).await,
+        Ok(_) => st.store.instance_counts().await,
         Err(e) => Err(e),
     };
     match counted {

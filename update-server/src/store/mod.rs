@@ -110,9 +110,6 @@ pub struct InstanceCount {
     pub status: InstanceStatus,
     /// Instances.
     pub count: i64,
-    /// Of these, the instances whose last check-in is at or after the `checked_in_since` asked
-    /// for.
-    pub checked_in: i64,
 }
 
 /// How many machines of a group ran a version at a sampled instant (the dashboard's
@@ -256,9 +253,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         app_id: &'a str,
         group_id: &'a str,
     ) -> StoreFuture<'a, Vec<Instance>>;
-    /// Instances counted by application, group, version and status, and how many of each last
-    /// checked in at or after `checked_in_since` (one scan of the table).
-    fn instance_counts(&self, checked_in_since: i64) -> StoreFuture<'_, Vec<InstanceCount>>;
+    /// Instances counted by application, group, version and status (a scan of the covering
+    /// index `instances_group_counts`, not of the table).
+    fn instance_counts(&self) -> StoreFuture<'_, Vec<InstanceCount>>;
+    /// Instances that last checked in at or after `since`, counted by application and group
+    /// (`None`: no group), found through the `instances_last_check` index.
+    fn checked_in_counts(&self, since: i64) -> StoreFuture<'_, Vec<(String, Option<String>, u64)>>;
     /// Records one sample of machines per version and group (rows that share one `at`, a
     /// group's rows together): each group's rows unless that group's instant is already
     /// recorded (by another replica, or before a restart), and deletes the samples from before

@@ -106,6 +106,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "version_samples",
         include_str!("../../migrations/postgres/0004_version_samples.sql"),
     ),
+    (
+        5,
+        "group_counts_index",
+        include_str!("../../migrations/postgres/0005_group_counts_index.sql"),
+    ),
 ];
 
 /// PostgreSQL-backed stores (every store trait, and the [`Transactor`] of the check path).

@@ -408,20 +408,32 @@ impl Store for PgStore {
 
     /// In the order SQLite's grouping yields them: by application, group (none first),
     /// version and status.
-    fn instance_counts(&self, checked_in_since: i64) -> StoreFuture<'_, Vec<InstanceCount>> {
+    fn instance_counts(&self) -> StoreFuture<'_, Vec<InstanceCount>> {
         Box::pin(async move {
             let rows: Vec<InstanceCountRow> = sqlx::query_as(
-                "SELECT app_id, group_id, version, status, COUNT(*), \
-                 COALESCE(SUM(CASE WHEN last_check_at >= $1 THEN 1 ELSE 0 END), 0) FROM instances \
+                "SELECT app_id, group_id, version, status, COUNT(*) FROM instances \
                  GROUP BY app_id, group_id, version, status \
                  ORDER BY app_id COLLATE \"C\", group_id COLLATE \"C\" NULLS FIRST, \
                  version COLLATE \"C\", status COLLATE \"C\"",
             )
-            .bind(checked_in_since)
             .fetch_all(&self.pool)
             .await
             .map_err(db("count instances"))?;
             rows.into_iter().map(instance_count_of).collect()
+        })
+    }
+
+    fn checked_in_counts(&self, since: i64) -> StoreFuture<'_, Vec<(String, Option<String>, u64)>> {
+        Box::pin(async move {
+            let rows: Vec<(String, Option<String>, i64)> = sqlx::query_as(shared::COUNT_CHECKED_IN)
+                .bind(since)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db("count recent check-ins"))?;
+            Ok(rows
+                .into_iter()
+                .map(|(a, g, n)| (a, g, u64::try_from(n).unwrap_or(0)))
+                .collect())
         })
     }
 
@@ -527,18 +539,25 @@ impl Store for PgStore {
         limit: u32,
     ) -> StoreFuture<'a, Vec<EventRecord>> {
         Box::pin(async move {
-            let rows = sqlx::query(
-                "SELECT * FROM events WHERE ($1::text IS NULL OR machine_id = $1) \
+            // A machine's events through the `events_instance` index (a condition that may be
+            // void would let a generic plan scan every event instead).
+            let sql = if machine_id.is_some() {
+                "SELECT * FROM events WHERE machine_id = $1 \
                  AND ($2::text IS NULL OR app_id = $2) AND ($3::bigint IS NULL OR id < $3) \
-                 ORDER BY id DESC LIMIT $4",
-            )
-            .bind(machine_id)
-            .bind(app_id)
-            .bind(before_id)
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db("list events"))?;
+                 ORDER BY id DESC LIMIT $4"
+            } else {
+                "SELECT * FROM events WHERE $1::text IS NULL \
+                 AND ($2::text IS NULL OR app_id = $2) AND ($3::bigint IS NULL OR id < $3) \
+                 ORDER BY id DESC LIMIT $4"
+            };
+            let rows = sqlx::query(sql)
+                .bind(machine_id)
+                .bind(app_id)
+                .bind(before_id)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db("list events"))?;
             rows.iter().map(event_of).collect()
         })
     }

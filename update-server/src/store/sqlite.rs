@@ -86,6 +86,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "version_samples",
         include_str!("../../migrations/0012_version_samples.sql"),
     ),
+    (
+        13,
+        "group_counts_index",
+        include_str!("../../migrations/0013_group_counts_index.sql"),
+    ),
 ];
 
 #[path = "sqlite_credential.rs"]
@@ -525,19 +530,37 @@ impl Store for SqliteStore {
         })
     }
 
-    fn instance_counts(&self, checked_in_since: i64) -> StoreFuture<'_, Vec<super::InstanceCount>> {
+    fn instance_counts(&self) -> StoreFuture<'_, Vec<super::InstanceCount>> {
         Box::pin(async move {
             let rows: Vec<InstanceCountRow> = sqlx::query_as(
-                "SELECT app_id, group_id, version, status, COUNT(*), \
-                 COALESCE(SUM(CASE WHEN last_check_at >= $1 THEN 1 ELSE 0 END), 0) FROM instances \
+                "SELECT app_id, group_id, version, status, COUNT(*) FROM instances \
                  GROUP BY app_id, group_id, version, status \
                  ORDER BY app_id, group_id, version, status",
             )
-            .bind(checked_in_since)
             .fetch_all(&self.pool)
             .await
             .map_err(db("count instances"))?;
             rows.into_iter().map(instance_count_of).collect()
+        })
+    }
+
+    fn checked_in_counts(&self, since: i64) -> StoreFuture<'_, Vec<(String, Option<String>, u64)>> {
+        Box::pin(async move {
+            // Through the last-check index: without statistics SQLite would rather scan the
+            // whole table in the covering index's order (to group without sorting).
+            let rows: Vec<(String, Option<String>, i64)> = sqlx::query_as(
+                "SELECT app_id, group_id, COUNT(*) FROM instances \
+                 INDEXED BY instances_last_check WHERE last_check_at >= $1 \
+                 GROUP BY app_id, group_id",
+            )
+            .bind(since)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db("count recent check-ins"))?;
+            Ok(rows
+                .into_iter()
+                .map(|(a, g, n)| (a, g, u64::try_from(n).unwrap_or(0)))
+                .collect())
         })
     }
 
@@ -663,20 +686,29 @@ impl Store for SqliteStore {
         limit: u32,
     ) -> StoreFuture<'a, Vec<EventRecord>> {
         Box::pin(async move {
-            let rows = sqlx::query(
-                "SELECT * FROM events WHERE (? IS NULL OR machine_id = ?) \
-                 AND (? IS NULL OR app_id = ?) AND (? IS NULL OR id < ?) ORDER BY id DESC LIMIT ?",
-            )
-            .bind(machine_id)
-            .bind(machine_id)
-            .bind(app_id)
-            .bind(app_id)
-            .bind(before_id)
-            .bind(before_id)
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db("list events"))?;
+            // A machine's events through the `events_instance` index (a condition that may be
+            // void, `? IS NULL OR machine_id = ?`, would scan every event instead).
+            let q = match machine_id {
+                Some(m) => sqlx::query(
+                    "SELECT * FROM events WHERE machine_id = ? \
+                     AND (? IS NULL OR app_id = ?) AND (? IS NULL OR id < ?) \
+                     ORDER BY id DESC LIMIT ?",
+                )
+                .bind(m),
+                None => sqlx::query(
+                    "SELECT * FROM events WHERE (? IS NULL OR app_id = ?) \
+                     AND (? IS NULL OR id < ?) ORDER BY id DESC LIMIT ?",
+                ),
+            };
+            let rows = q
+                .bind(app_id)
+                .bind(app_id)
+                .bind(before_id)
+                .bind(before_id)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db("list events"))?;
             rows.iter().map(event_of).collect()
         })
     }

@@ -223,7 +223,7 @@ impl<R: PortableRow> CatalogueRows<R> {
 }
 
 /// A row of the instance counts (application, group, version, status, count).
-pub type InstanceCountRow = (String, Option<String>, String, String, i64, i64);
+pub type InstanceCountRow = (String, Option<String>, String, String, i64);
 
 /// A row of [`super::sqlx_shared::COUNT_GROUP_INSTANCES`].
 pub type GroupInstanceCountRow = (String, String, String, i64);
@@ -258,7 +258,7 @@ pub fn group_instance_count_of(
 
 /// One instance count, from its row.
 pub fn instance_count_of(
-    (app_id, group_id, version, status, count, checked_in): InstanceCountRow,
+    (app_id, group_id, version, status, count): InstanceCountRow,
 ) -> Result<InstanceCount, StoreError> {
     Ok(InstanceCount {
         app_id,
@@ -266,7 +266,6 @@ pub fn instance_count_of(
         version,
         status: status_of(&status, "instances")?,
         count,
-        checked_in,
     })
 }
 

@@ -576,3 +576,8 @@ pub fn bind_version_sample<'q, Q: PortableQuery<'q>>(q: Q, v: &'q super::Version
         .bind_int(i64::from(v.version.is_none()))
         .bind_int(i64::try_from(v.machines).unwrap_or(i64::MAX))
 }
+
+/// Instances that last checked in at or after `$1`, by application and group (PostgreSQL; the
+/// SQLite store names the index to use).
+pub const COUNT_CHECKED_IN: &str = "SELECT app_id, group_id, COUNT(*) FROM instances \
+     WHERE last_check_at >= $1 GROUP BY app_id, group_id";
