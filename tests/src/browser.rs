@@ -198,6 +198,22 @@ impl Browser {
         self.rt.block_on(e.click()).map_err(browser_error(css))
     }
 
+    /// Clicks the submit button (or link) `css` and waits until the browser has left the page
+    /// (the old page's root element is gone: WebDriver calls it stale) and the next one has
+    /// loaded. A click alone may return before the form's answer replaced the page.
+    pub fn submit(&self, css: &str) -> Result<()> {
+        let e = self.find(css)?;
+        let root = self.find("html")?;
+        self.rt.block_on(e.click()).map_err(browser_error(css))?;
+        poll_until(
+            "the next page",
+            WAIT,
+            || self.rt.block_on(root.tag_name()).is_err().then_some(()),
+            || format!("still on the page of {css}"),
+        )?;
+        self.find("body").map(|_| ())
+    }
+
     /// Replaces the value of the input `css` with `text`.
     pub fn fill(&self, css: &str, text: &str) -> Result<()> {
         let e = self.find(css)?;

@@ -145,7 +145,7 @@ fn an_operator_runs_a_rollout_from_the_dashboard_in_a_real_browser() {
     b.goto(&format!("{base}/")).unwrap();
     b.find("#login-form").unwrap();
     b.fill("#token", w.server.token()).unwrap();
-    b.click("#login-form button[type=submit]").unwrap();
+    b.submit("#login-form button[type=submit]").unwrap();
     b.find(&format!("#app-{APP}")).unwrap();
     assert_eq!(b.text("#role").unwrap(), "admin");
 
@@ -155,10 +155,10 @@ fn an_operator_runs_a_rollout_from_the_dashboard_in_a_real_browser() {
         .get(&format!("/apps/{APP}/channels/stable"))
         .unwrap();
     let channel_id = channel["id"].as_str().unwrap().to_owned();
-    b.click(&format!("#new-group-{APP}")).unwrap();
+    b.submit(&format!("#new-group-{APP}")).unwrap();
     b.fill("#group-name", "canary").unwrap();
     b.select("#group-channel", &channel_id).unwrap();
-    b.click("#create-group").unwrap();
+    b.submit("#create-group").unwrap();
     b.find("#policy-form").unwrap();
     let groups = w.server.get(&format!("/apps/{APP}/groups")).unwrap();
     assert!(
@@ -176,7 +176,7 @@ fn an_operator_runs_a_rollout_from_the_dashboard_in_a_real_browser() {
     w.publisher.build(APP, "2.0.0", &img, &payload).unwrap();
     b.goto(&format!("{base}/ui/packages")).unwrap();
     b.choose_file("#publish-file", &payload).unwrap();
-    b.click("#publish-submit").unwrap();
+    b.submit("#publish-submit").unwrap();
     b.find("#notice").unwrap();
     let packages = w.server.get("/packages").unwrap();
     let pkg: Value = platte_e2e::server::items(&packages)
@@ -187,7 +187,7 @@ fn an_operator_runs_a_rollout_from_the_dashboard_in_a_real_browser() {
     b.select(&format!("#point-channel-{pkg_id}"), &channel_id)
         .unwrap();
     b.click(&format!("#point-confirm-{pkg_id}")).unwrap();
-    b.click(&format!("#point-{pkg_id}")).unwrap();
+    b.submit(&format!("#point-{pkg_id}")).unwrap();
     b.find("#notice").unwrap();
     let channel = w
         .server
@@ -199,9 +199,9 @@ fn an_operator_runs_a_rollout_from_the_dashboard_in_a_real_browser() {
     // Set 25 % in the policy editor and preview it before saving.
     let group_page = format!("{base}/ui/apps/{APP}/groups/stable");
     b.goto(&group_page).unwrap();
-    b.click("#edit-policy").unwrap();
+    b.submit("#edit-policy").unwrap();
     b.fill("#policy-percentage", "25").unwrap();
-    b.click("#preview-button").unwrap();
+    b.submit("#preview-button").unwrap();
     let now: u64 = b.text("#preview-now").unwrap().trim().parse().unwrap();
     let api = w
         .server
@@ -216,7 +216,7 @@ fn an_operator_runs_a_rollout_from_the_dashboard_in_a_real_browser() {
     );
     assert!(now > 0 && now < FLEET as u64, "{now}");
     b.screenshot("policy-preview").unwrap();
-    b.click("#save-button").unwrap();
+    b.submit("#save-button").unwrap();
     b.find("#notice").unwrap();
     let policy = w.server.get(&format!("/apps/{APP}/groups/stable")).unwrap();
     assert_eq!(policy["policy"]["percentage"], json!(25.0), "{policy}");
@@ -245,7 +245,7 @@ fn an_operator_runs_a_rollout_from_the_dashboard_in_a_real_browser() {
 
     // Pause (with its confirmation): a machine checking in now is held.
     b.click("#pause-confirm").unwrap();
-    b.click("#pause").unwrap();
+    b.submit("#pause").unwrap();
     assert!(
         b.text("#banners")
             .unwrap()
@@ -260,7 +260,7 @@ fn an_operator_runs_a_rollout_from_the_dashboard_in_a_real_browser() {
 
     // Resume, then an auto-halt: a machine rolls back from 2.0.0 and the rollout halts itself.
     b.click("#resume-confirm").unwrap();
-    b.click("#resume").unwrap();
+    b.submit("#resume").unwrap();
     w.set_policy(&json!({
         "percentage": 25,
         "auto_halt": {"max_failure_rate": 0.01, "min_attempts": 1, "new_machine_weight": 1}
@@ -280,7 +280,7 @@ fn an_operator_runs_a_rollout_from_the_dashboard_in_a_real_browser() {
     b.goto(&format!("{base}/ui/instances/{victim}")).unwrap();
     b.find("form.retry").unwrap();
     b.screenshot("instance").unwrap();
-    b.click("form.retry button[type=submit]").unwrap();
+    b.submit("form.retry button[type=submit]").unwrap();
     b.find("#notice").unwrap();
     assert!(!b.has("form.retry").unwrap(), "the refusal is gone");
 
@@ -295,11 +295,11 @@ fn an_operator_runs_a_rollout_from_the_dashboard_in_a_real_browser() {
     b.screenshot("overview").unwrap();
 
     // The read-only login shows no control anywhere.
-    b.click("#logout").unwrap();
+    b.submit("#logout").unwrap();
     b.find("#login-form").unwrap();
     let read_only = std::fs::read_to_string(w.server.data_dir().join("read-only-token")).unwrap();
     b.fill("#token", read_only.trim()).unwrap();
-    b.click("#login-form button[type=submit]").unwrap();
+    b.submit("#login-form button[type=submit]").unwrap();
     assert_eq!(b.text("#role").unwrap(), "read-only");
     b.goto(&group_page).unwrap();
     for control in ["#pause", "#resume", "#edit-policy"] {

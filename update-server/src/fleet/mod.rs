@@ -9,12 +9,13 @@
 //! through the store (durable before it returns) under the admin write lock and then reloads
 //! the catalogue snapshot this process serves from.
 //!
-//! Map: [`apps`], [`channels`], [`groups`], [`rollouts`], [`history`], [`packages`], [`instances`],
+//! Map: [`apps`], [`channels`], [`groups`], [`rollouts`], [`packages`], [`instances`],
 //! [`credentials`], [`feed`]; one file per resource; [`overview`] reads the whole fleet at a
-//! glance (the dashboard's first page) and a group's activity timeline. The rules they apply
-//! live in their concern's module ([`crate::rollout`], [`crate::credential`], [`payloads`]);
-//! the FleetLock and retention operations are methods of [`crate::fleetlock::FleetLock`] and
-//! [`crate::retention::Pruner`].
+//! glance (the dashboard's first page) and a group's activity timeline, [`history`] a group's
+//! versions over time, [`fleetlock`] the FleetLock holders tied to their machines. The rules they
+//! apply live in their concern's module ([`crate::rollout`], [`crate::credential`],
+//! [`payloads`]); the FleetLock and retention operations are methods of
+//! [`crate::fleetlock::FleetLock`] and [`crate::retention::Pruner`].
 
 pub mod apps;
 pub mod channels;

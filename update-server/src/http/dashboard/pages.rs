@@ -30,7 +30,7 @@ fn to_login() -> Response {
 /// Query of a page that may show a notice after a form.
 #[derive(Debug, Default, Deserialize)]
 pub struct DoneQuery {
-    /// What was just done (`paused`, `resumed`, `retried`).
+    /// What was just done (`retried`, `released`).
     pub done: Option<String>,
 }
 
