@@ -8,16 +8,16 @@
 //! ([`AgentHandle::reset`], [`AgentHandle::clear_deny_list`]). [`daemon`] wires the agent, the
 //! reboot driver, the D-Bus service and sd_notify together for `update-agent run`.
 //!
-//! Runtime extensions ([`crate::extensions`], wired in `runtime.rs`) ride along: their apps are in
-//! every OS check request, builds for a newly staged OS are fetched at once, and while they are
-//! not ready the staged OS update is withheld from the reboot driver
+//! Runtime extensions ([`crate::extensions`], wired in `runtime_extensions.rs`) ride along: their
+//! apps are in every OS check request, builds for a newly staged OS are fetched at once, and while
+//! they are not ready the staged OS update is withheld from the reboot driver
 //! ([`AgentHandle::rebootable`]).
 
 pub mod daemon;
 pub mod flow;
 pub mod notify;
 mod report;
-mod runtime;
+mod runtime_extensions;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,7 +28,7 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 pub use flow::{Action, Event, RefusedEvent, SlotRecord, Status, UpdateFlow};
 use report::Reporter;
-use runtime::RebootGate;
+use runtime_extensions::RebootGate;
 
 use crate::boot::{BootBackend, BootError, SlotId};
 use crate::config::Settings;
@@ -445,7 +445,7 @@ impl Agent {
             apply(&mut flow, Event::Rebooted);
             save_state(&flow, &mut state, &store)?;
         }
-        let extensions = runtime::open(&settings, &identity, &http, &omaha);
+        let extensions = runtime_extensions::open(&settings, &identity, &http, &omaha);
         let publisher = Publisher::new(&flow, RebootGate::initial(extensions.as_ref()));
         let info = watch::channel(AgentInfo {
             current_version: identity.os_version.clone(),

@@ -8,9 +8,10 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use super::gpt::{self, Entry, GptTable, Guid};
-use super::slots::{SlotPartitions, disk_from_settings, open_disk};
+use super::slots::{SlotPartitions, disk_from_config, open_disk};
 use super::{
-    BootBackend, BootError, SlotBootState, SlotId, SlotSpec, SlotStatus, SlotWriter, TargetSlot,
+    BootBackend, BootError, SlotBootState, SlotId, SlotSpec, SlotStatus, SlotWriter, SlotsConfig,
+    TargetSlot,
 };
 
 /// Partition type GUID GRUB's `gptprio.next` considers: CoreOS/Flatcar `/usr`.
@@ -144,15 +145,15 @@ impl GptprioBackend {
         self
     }
 
-    /// Builds the backend from settings, finding the disk from slot A's link when unset.
-    pub fn from_settings(
-        boot: &crate::config::BootSettings,
+    /// Builds the backend from its configuration, finding the disk from slot A's link when unset.
+    pub fn from_config(
+        slots: &SlotsConfig,
         paths: &crate::paths::HostPaths,
     ) -> Result<Self, BootError> {
-        let disk = disk_from_settings(boot, paths)?;
-        Ok(Self::new(disk, boot.slot_a.clone(), boot.slot_b.clone())
+        let disk = disk_from_config(slots, paths)?;
+        Ok(Self::new(disk, slots.slot_a.clone(), slots.slot_b.clone())
             .with_cmdline_path(paths.kernel_cmdline.clone())
-            .with_booted_override(boot.booted_slot))
+            .with_booted_override(slots.booted_slot))
     }
 
     /// The disk this backend manages.

@@ -3,6 +3,10 @@
 //! partitions, the write target and its re-check, the slot descriptions) is shared in the
 //! private `slots` module.
 //!
+//! Each backend is built from its own configuration ([`SlotsConfig`], plus [`SdbootConfig`] for
+//! systemd-boot, together a [`BackendConfig`]); the agent's configuration builds these, this
+//! module does not read it.
+//!
 //! The booted slot can never be a write target: the only way to get a [`TargetSlot`] (and from
 //! it a [`SlotWriter`]) is [`BootBackend::target_slot`], which returns the slot that is *not*
 //! booted, and fails when the booted slot is unknown.
@@ -21,7 +25,7 @@ use std::str::FromStr;
 
 pub use gpt::Guid;
 pub use gptprio::{GptprioBackend, Selection, gptprio_select, gptprio_select_type};
-pub use sdboot::SdbootBackend;
+pub use sdboot::{SdbootBackend, SdbootConfig};
 pub use writer::SlotWriter;
 
 /// One of the two slots.
@@ -342,17 +346,38 @@ pub trait BootBackend {
     fn open_target(&self, target: &TargetSlot) -> Result<SlotWriter, BootError>;
 }
 
-/// The backend `boot.backend` selects, built from settings (see each backend's `from_settings`).
+/// Where a backend finds its two slots and which one is booted: what every backend is built with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotsConfig {
+    /// Disk holding the slots; `None` means found from slot A's `/dev/disk/by-*` link.
+    pub disk: Option<PathBuf>,
+    /// How to find slot A.
+    pub slot_a: SlotSpec,
+    /// How to find slot B.
+    pub slot_b: SlotSpec,
+    /// Booted slot override (`None`: the backend finds out).
+    pub booted_slot: Option<SlotId>,
+}
+
+/// Which backend to build, with its configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendConfig {
+    /// [`GptprioBackend`]: the slots only.
+    Gptprio(SlotsConfig),
+    /// [`SdbootBackend`]: the slots and the ESP side (`[boot.systemd_boot]`).
+    SystemdBoot(SlotsConfig, SdbootConfig),
+}
+
+/// The backend `boot.backend` selects, built from the settings (the agent's `[boot]` settings
+/// convert into a [`BackendConfig`]; see each backend's `from_config`).
 pub fn from_settings(
-    boot: &crate::config::BootSettings,
+    config: impl Into<BackendConfig>,
     paths: &crate::paths::HostPaths,
 ) -> Result<Box<dyn BootBackend + Send + Sync>, BootError> {
-    Ok(match boot.backend {
-        crate::config::BootBackendKind::Gptprio => {
-            Box::new(GptprioBackend::from_settings(boot, paths)?)
-        }
-        crate::config::BootBackendKind::SystemdBoot => {
-            Box::new(SdbootBackend::from_settings(boot, paths)?)
+    Ok(match config.into() {
+        BackendConfig::Gptprio(slots) => Box::new(GptprioBackend::from_config(&slots, paths)?),
+        BackendConfig::SystemdBoot(slots, sd) => {
+            Box::new(SdbootBackend::from_config(&slots, sd, paths)?)
         }
     })
 }

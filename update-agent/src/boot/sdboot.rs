@@ -19,9 +19,10 @@ use std::io::{self, Read, Write};
 use std::path::{Component, Path, PathBuf};
 use std::process::Command;
 
-use super::slots::{SlotPartitions, disk_from_settings, open_disk};
+use super::slots::{SlotPartitions, disk_from_config, open_disk};
 use super::{
-    BootBackend, BootError, SlotBootState, SlotId, SlotSpec, SlotStatus, SlotWriter, TargetSlot,
+    BootBackend, BootError, SlotBootState, SlotId, SlotSpec, SlotStatus, SlotWriter, SlotsConfig,
+    TargetSlot,
 };
 use crate::atomic_file::{self, WriteError};
 
@@ -528,24 +529,23 @@ impl SdbootBackend {
         self
     }
 
-    /// Builds the backend from settings, finding the disk from slot A's link when unset.
-    pub fn from_settings(
-        boot: &crate::config::BootSettings,
+    /// Builds the backend from its configuration (the slots and `config`), finding the disk from
+    /// slot A's link when unset.
+    pub fn from_config(
+        slots: &SlotsConfig,
+        config: SdbootConfig,
         paths: &crate::paths::HostPaths,
     ) -> Result<Self, BootError> {
-        let disk = disk_from_settings(boot, paths)?;
-        Ok(Self::new(
-            disk,
-            boot.slot_a.clone(),
-            boot.slot_b.clone(),
-            boot.systemd_boot.clone(),
+        let disk = disk_from_config(slots, paths)?;
+        Ok(
+            Self::new(disk, slots.slot_a.clone(), slots.slot_b.clone(), config)
+                .with_cmdline_path(paths.kernel_cmdline.clone())
+                .with_booted_override(slots.booted_slot)
+                .with_slot_files(Box::new(MountSlotFiles {
+                    dev_dir: paths.dev_dir.clone(),
+                    mount_base: PathBuf::from("/run/platte"),
+                })),
         )
-        .with_cmdline_path(paths.kernel_cmdline.clone())
-        .with_booted_override(boot.booted_slot)
-        .with_slot_files(Box::new(MountSlotFiles {
-            dev_dir: paths.dev_dir.clone(),
-            mount_base: PathBuf::from("/run/platte"),
-        })))
     }
 
     /// The disk this backend manages.

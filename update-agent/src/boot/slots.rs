@@ -9,18 +9,18 @@ use std::path::{Path, PathBuf};
 
 use super::cmdline::{self, PartRef};
 use super::gpt::{Entry, GptTable};
-use super::{BootError, SlotBootState, SlotId, SlotSpec, SlotStatus, TargetSlot};
-use crate::config::BootSettings;
+use super::{BootError, SlotBootState, SlotId, SlotSpec, SlotStatus, SlotsConfig, TargetSlot};
 use crate::paths::HostPaths;
 
-/// The disk holding the slots: `boot.disk`, else found from slot A's `/dev/disk/by-*` link.
-pub(crate) fn disk_from_settings(
-    boot: &BootSettings,
+/// The disk holding the slots: `slots.disk` (`boot.disk`), else found from slot A's
+/// `/dev/disk/by-*` link.
+pub(crate) fn disk_from_config(
+    slots: &SlotsConfig,
     paths: &HostPaths,
 ) -> Result<PathBuf, BootError> {
-    match &boot.disk {
+    match &slots.disk {
         Some(d) => Ok(d.clone()),
-        None => super::disk::discover_disk(&boot.slot_a, paths),
+        None => super::disk::discover_disk(&slots.slot_a, paths),
     }
 }
 

@@ -32,7 +32,7 @@ pub struct Fragment {
     /// `[dbus]`: the D-Bus API.
     pub dbus: Option<DbusFragment>,
     /// `[extensions]`: runtime extensions (global keys and `[extensions.NAME]` tables).
-    pub extensions: Option<crate::extensions::ExtensionsFragment>,
+    pub extensions: Option<super::extensions::ExtensionsFragment>,
 }
 
 /// `[dbus]` section.

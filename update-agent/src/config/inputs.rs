@@ -104,7 +104,7 @@ pub struct Inputs {
     pub dbus_enabled: Option<Sourced<bool>>,
     pub dbus_update_engine_compat: Option<Sourced<bool>>,
     /// `[extensions]`, merged per extension name and field.
-    pub extensions: crate::extensions::ExtensionsInputs,
+    pub extensions: super::extensions::ExtensionsInputs,
 }
 
 /// Overwrites `dst` when `src` is set (by the drop-in `file`): a later file's key replaces an
@@ -405,7 +405,7 @@ mod tests {
         let s = crate::config::Settings::from_inputs(&i).unwrap().extensions;
         assert_eq!(
             s,
-            crate::extensions::ExtensionsSettings {
+            crate::config::extensions::ExtensionsSettings {
                 extensions: s.extensions.clone(),
                 ..Default::default()
             }

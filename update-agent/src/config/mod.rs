@@ -1,6 +1,6 @@
 //! Agent configuration in three stages: fragments (one TOML file) → inputs (merged) → settings
 //! (validated with the shared validators in `validate`). `[extensions]` follows the same stages
-//! in [`crate::extensions::config`], with the same merge and validators.
+//! in [`extensions`], with the same merge and validators.
 //!
 //! Precedence, highest first: drop-ins in `/run/platte/agent.d/`, `/etc/platte/agent.d/`,
 //! `/usr/lib/platte/agent.d/` (by file name, lexical order, later name wins per key; a same-named
@@ -8,6 +8,7 @@
 //! legacy `/etc/flatcar/update.conf`, then `/usr/share/flatcar/update.conf`, then defaults.
 
 pub mod dropins;
+pub mod extensions;
 pub mod fragments;
 pub mod inputs;
 pub mod legacy;

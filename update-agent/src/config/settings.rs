@@ -8,7 +8,7 @@ use url::Url;
 use super::ConfigError;
 use super::inputs::Inputs;
 use super::validate::{absolute, count, invalid, is_token, parse_url, secs, token};
-use crate::boot::{Guid, SlotId, SlotSpec};
+use crate::boot::{BackendConfig, Guid, SdbootConfig, SlotId, SlotSpec, SlotsConfig};
 
 /// Platte's default Omaha application id for the OS image (not Flatcar's, so a Platte server can
 /// tell the two apart; set `updates.app_id` to Flatcar's `e96281a6-d1af-4bde-9a0a-97b76e56dc57`
@@ -49,7 +49,7 @@ pub struct Settings {
     /// The D-Bus API.
     pub dbus: DbusSettings,
     /// Runtime extensions (`[extensions]`).
-    pub extensions: crate::extensions::ExtensionsSettings,
+    pub extensions: super::extensions::ExtensionsSettings,
 }
 
 /// `[dbus]` settings.
@@ -143,7 +143,35 @@ pub struct BootSettings {
     /// Booted slot override.
     pub booted_slot: Option<SlotId>,
     /// `[boot.systemd_boot]` (used by the `systemd-boot` backend).
-    pub systemd_boot: crate::boot::sdboot::SdbootConfig,
+    pub systemd_boot: SdbootConfig,
+}
+
+impl BootSettings {
+    /// Where the slots are, as every boot backend takes it.
+    pub fn slots(&self) -> SlotsConfig {
+        SlotsConfig {
+            disk: self.disk.clone(),
+            slot_a: self.slot_a.clone(),
+            slot_b: self.slot_b.clone(),
+            booted_slot: self.booted_slot,
+        }
+    }
+
+    /// The configuration of the backend `backend` selects.
+    pub fn backend_config(&self) -> BackendConfig {
+        match self.backend {
+            BootBackendKind::Gptprio => BackendConfig::Gptprio(self.slots()),
+            BootBackendKind::SystemdBoot => {
+                BackendConfig::SystemdBoot(self.slots(), self.systemd_boot.clone())
+            }
+        }
+    }
+}
+
+impl From<&BootSettings> for BackendConfig {
+    fn from(boot: &BootSettings) -> Self {
+        boot.backend_config()
+    }
 }
 
 /// One configured health command.
@@ -276,7 +304,7 @@ impl Settings {
                 enabled: i.dbus_enabled.as_ref().is_none_or(|s| s.value),
                 update_engine_compat: i.dbus_update_engine_compat.as_ref().is_none_or(|s| s.value),
             },
-            extensions: crate::extensions::ExtensionsSettings::from_inputs(&i.extensions)?,
+            extensions: super::extensions::ExtensionsSettings::from_inputs(&i.extensions)?,
         })
     }
 }
@@ -664,8 +692,8 @@ fn boot(i: &Inputs) -> Result<BootSettings, ConfigError> {
 }
 
 /// `[boot.systemd_boot]`: validated, with defaults (`crate::boot::sdboot`'s constants).
-fn systemd_boot(i: &Inputs) -> Result<crate::boot::sdboot::SdbootConfig, ConfigError> {
-    use crate::boot::sdboot::{self, SdbootConfig};
+fn systemd_boot(i: &Inputs) -> Result<SdbootConfig, ConfigError> {
+    use crate::boot::sdboot;
     let entry_name = match &i.boot_sd_entry_name {
         None => sdboot::DEFAULT_ENTRY_NAME.to_owned(),
         Some(s) if !sdboot::valid_entry_name(&s.value) => {

@@ -1,5 +1,5 @@
 //! The validators every section's settings are built with (`[updates]` … `[dbus]` in
-//! [`super::settings`], `[extensions]` in [`crate::extensions::config`]): each takes the key's
+//! [`super::settings`], `[extensions]` in [`super::extensions`]): each takes the key's
 //! dotted name and its merged [`Sourced`] input, applies the default when it is unset, and
 //! fails with a [`ConfigError::Invalid`] naming the key, the file that set it and what is allowed.
 

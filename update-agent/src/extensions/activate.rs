@@ -12,10 +12,10 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::config::{ExtensionSettings, ExtensionsSettings};
 use super::error::ExtensionError;
 use super::images::switch_link;
 use super::systemd::{Systemd, SystemdError};
+use crate::config::extensions::{ExtensionSettings, ExtensionsSettings};
 use crate::health::{self, CommandResult};
 
 /// What activation needs.

@@ -1,7 +1,7 @@
 //! Runtime extensions (systemd-sysext images such as `containerd` or `docker`), each its own
 //! Omaha application with its own version, group, channel and rollout.
 //!
-//! - [`config`]: `[extensions]` settings; [`state`]: `extensions.json` (atomic);
+//! - [`crate::config::extensions`]: `[extensions]` settings; [`state`]: `extensions.json` (atomic);
 //!   [`compat`]: `os.versions` of the signed manifest; [`download`](mod@download): the verified download to
 //!   `NAME-VERSION.raw`; [`images`]: image files and the `NAME.raw` link;
 //!   [`activate`]: link switch → refresh → unit restarts → health, and rollback;
@@ -27,7 +27,6 @@
 
 pub mod activate;
 pub mod compat;
-pub mod config;
 pub mod download;
 pub mod error;
 pub mod images;
@@ -41,7 +40,9 @@ use std::path::PathBuf;
 
 use omaha::{AppRequest, EventRequest, Response};
 
-pub use config::{ExtensionSettings, ExtensionsFragment, ExtensionsInputs, ExtensionsSettings};
+pub use crate::config::extensions::{
+    ExtensionSettings, ExtensionsFragment, ExtensionsInputs, ExtensionsSettings,
+};
 pub use error::{ExtensionError, codes};
 pub use status::{ExtensionOutcome, ExtensionState, ExtensionStatus, Outcome, Readiness};
 pub use systemd::{Systemd, SystemdError};
@@ -283,7 +284,7 @@ impl Extensions {
         rec: &ExtensionRecord,
         offer: &Offer,
     ) -> Result<(), ExtensionError> {
-        if !config::valid_version(&offer.version) {
+        if !crate::config::extensions::valid_version(&offer.version) {
             return Err(ExtensionError::BadVersion(offer.version.clone()));
         }
         if rec.deny_list.contains(&offer.version) {
