@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-use super::{Dash, failed, html, see_other};
+use super::{Dash, failed, form_fields, html, see_other};
 use crate::dashboard::pages::{error_page, group, instances};
 use crate::fleet::instances::RetryQuery;
 
@@ -40,11 +40,6 @@ pub struct RetryForm {
     pub version: Option<String>,
 }
 
-/// The fields of a form, or the defaults (no CSRF token, so refused) when the body is not one.
-fn fields<T: Default>(form: Result<Form<T>, FormRejection>) -> T {
-    form.map(|Form(f)| f).unwrap_or_default()
-}
-
 /// `POST /ui/apps/{app}/groups/{group}/pause`.
 pub async fn pause(
     State(d): State<Dash>,
@@ -52,7 +47,7 @@ pub async fn pause(
     Path((app, key)): Path<(String, String)>,
     form: Result<Form<ConfirmForm>, FormRejection>,
 ) -> Response {
-    set_paused(d, headers, app, key, fields(form), true).await
+    set_paused(d, headers, app, key, form_fields(form), true).await
 }
 
 /// `POST /ui/apps/{app}/groups/{group}/resume` (also clears an auto-halt).
@@ -62,7 +57,7 @@ pub async fn resume(
     Path((app, key)): Path<(String, String)>,
     form: Result<Form<ConfirmForm>, FormRejection>,
 ) -> Response {
-    set_paused(d, headers, app, key, fields(form), false).await
+    set_paused(d, headers, app, key, form_fields(form), false).await
 }
 
 async fn set_paused(
@@ -73,20 +68,15 @@ async fn set_paused(
     f: ConfirmForm,
     pause: bool,
 ) -> Response {
-    let v = match d.authorize_post(&headers, &f.csrf, true) {
+    let v = match d.authorize_confirmed(
+        &headers,
+        &f.csrf,
+        f.confirm.as_deref(),
+        "change the rollout",
+    ) {
         Ok(v) => v,
-        Err(refused) => return refused.into_response(),
+        Err(not) => return not.into_response(),
     };
-    if f.confirm.as_deref() != Some("yes") {
-        return html(
-            StatusCode::BAD_REQUEST,
-            error_page(
-                Some(&v),
-                400,
-                "Tick the confirmation box to change the rollout; nothing was changed.",
-            ),
-        );
-    }
     let fleet = d.app.fleet();
     if !pause {
         // Resuming clears a halt: only the one the operator saw.
@@ -128,7 +118,7 @@ pub async fn retry(
     Path(machine): Path<String>,
     form: Result<Form<RetryForm>, FormRejection>,
 ) -> Response {
-    let f = fields(form);
+    let f = form_fields(form);
     let v = match d.authorize_post(&headers, &f.csrf, true) {
         Ok(v) => v,
         Err(refused) => return refused.into_response(),

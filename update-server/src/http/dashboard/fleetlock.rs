@@ -8,15 +8,15 @@
 use axum::Router;
 use axum::extract::rejection::FormRejection;
 use axum::extract::{Form, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 
 use super::pages::DoneQuery;
-use super::{Dash, failed, html, page, see_other};
+use super::{Dash, failed, form_fields, page, see_other};
 use crate::dashboard::pages::fleetlock::{self, LockNotice, LockPage};
-use crate::dashboard::pages::{error_page, instances};
+use crate::dashboard::pages::instances;
 
 /// This part's routes.
 pub fn routes() -> Router<Dash> {
@@ -70,21 +70,12 @@ pub async fn release(
     Path((group, id)): Path<(String, String)>,
     form: Result<Form<ReleaseForm>, FormRejection>,
 ) -> Response {
-    let f = form.map(|Form(f)| f).unwrap_or_default();
-    let v = match d.authorize_post(&headers, &f.csrf, true) {
+    let f = form_fields(form);
+    let v = match d.authorize_confirmed(&headers, &f.csrf, f.confirm.as_deref(), "release the slot")
+    {
         Ok(v) => v,
-        Err(refused) => return refused.into_response(),
+        Err(not) => return not.into_response(),
     };
-    if f.confirm.as_deref() != Some("yes") {
-        return html(
-            StatusCode::BAD_REQUEST,
-            error_page(
-                Some(&v),
-                400,
-                "Tick the confirmation box to release the slot; nothing was changed.",
-            ),
-        );
-    }
     match d.app.fleetlock.force_release(&group, &id).await {
         Ok(()) => {
             tracing::info!(%group, %id, "fleetlock slot released from the dashboard");

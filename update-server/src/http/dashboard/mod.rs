@@ -21,7 +21,8 @@ pub mod policy;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request};
+use axum::extract::rejection::FormRejection;
+use axum::extract::{DefaultBodyLimit, Form, Request};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -85,6 +86,36 @@ pub fn routes(dashboard: Dash) -> Router<AppState> {
         .with_state(dashboard)
 }
 
+/// Why a form with a confirmation box is not acted on ([`Dashboard::authorize_confirmed`]).
+#[derive(Debug)]
+pub enum NotActed {
+    /// Refused by [`Dashboard::authorize_post`] (403).
+    Refused(Refused),
+    /// The confirmation box was not ticked (400): who sent it, and what the form does.
+    Unconfirmed(Viewer, String),
+}
+
+impl IntoResponse for NotActed {
+    fn into_response(self) -> Response {
+        match self {
+            Self::Refused(r) => r.into_response(),
+            Self::Unconfirmed(v, what) => html(
+                StatusCode::BAD_REQUEST,
+                error_page(
+                    Some(&v),
+                    400,
+                    &format!("Tick the confirmation box to {what}; nothing was changed."),
+                ),
+            ),
+        }
+    }
+}
+
+/// The fields of a form, or the defaults (no CSRF token, so refused) when the body is not one.
+fn form_fields<T: Default>(form: Result<Form<T>, FormRejection>) -> T {
+    form.map(|Form(f)| f).unwrap_or_default()
+}
+
 /// Middleware: the security headers of every dashboard answer; pages are not cached (they
 /// carry the session's CSRF token).
 async fn security_headers(req: Request, next: Next) -> Response {
@@ -145,6 +176,25 @@ impl Dashboard {
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.rsplit(',').next())
                     .is_some_and(|p| p.trim().eq_ignore_ascii_case("https"))
+    }
+
+    /// Checks a post of a form with a confirmation box: [`Self::authorize_post`] for the admin
+    /// role (a 403 page), then the box ticked (`confirm` is `yes`; else a 400 page saying that
+    /// nothing was changed, `what` naming what the form does).
+    fn authorize_confirmed(
+        &self,
+        headers: &HeaderMap,
+        csrf: &str,
+        confirm: Option<&str>,
+        what: &str,
+    ) -> Result<Viewer, NotActed> {
+        let v = self
+            .authorize_post(headers, csrf, true)
+            .map_err(NotActed::Refused)?;
+        if confirm != Some("yes") {
+            return Err(NotActed::Unconfirmed(v, what.to_owned()));
+        }
+        Ok(v)
     }
 
     /// What [`Self::authorize_post`] checks without the CSRF token, from the headers alone

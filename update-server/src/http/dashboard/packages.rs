@@ -30,7 +30,7 @@ use axum::routing::{get, post};
 use futures_util::StreamExt as _;
 use serde::Deserialize;
 
-use super::{Dash, FORM_LIMIT, Refused, failed, html, page, see_other};
+use super::{Dash, FORM_LIMIT, failed, form_fields, html, page, see_other};
 use crate::dashboard::Viewer;
 use crate::dashboard::pages::error_page;
 use crate::dashboard::pages::packages::{self as view, Filters, PackagesNotice, PackagesPage};
@@ -312,49 +312,6 @@ pub struct PackageForm {
     pub channel: Option<String>,
 }
 
-/// The fields of a form, or the defaults (no CSRF token, so refused) when the body is not one.
-fn fields(form: Result<Form<PackageForm>, FormRejection>) -> PackageForm {
-    form.map(|Form(f)| f).unwrap_or_default()
-}
-
-/// Why a small form is not acted on.
-#[derive(Debug)]
-pub enum NotActed {
-    /// Refused by [`Dashboard::authorize_post`](super::Dashboard) (403).
-    Refused(Refused),
-    /// The confirmation box was not ticked (400): who sent it, and what it would have done.
-    Unconfirmed(Viewer, &'static str),
-}
-
-impl IntoResponse for NotActed {
-    fn into_response(self) -> Response {
-        match self {
-            Self::Refused(r) => r.into_response(),
-            Self::Unconfirmed(v, what) => not_accepted(
-                &v,
-                &format!("Tick the confirmation box to {what}; nothing was changed."),
-            ),
-        }
-    }
-}
-
-/// The form's sender if it may write and ticked the confirmation box (`what`: what the form
-/// does, for the refusal).
-fn confirmed(
-    d: &Dash,
-    headers: &HeaderMap,
-    f: &PackageForm,
-    what: &'static str,
-) -> Result<Viewer, NotActed> {
-    let v = d
-        .authorize_post(headers, &f.csrf, true)
-        .map_err(NotActed::Refused)?;
-    if f.confirm.as_deref() != Some("yes") {
-        return Err(NotActed::Unconfirmed(v, what));
-    }
-    Ok(v)
-}
-
 /// `POST /ui/packages/{id}/delete`: deletes a package no channel points at, as
 /// `DELETE /api/v1/packages/{id}` does.
 pub async fn delete(
@@ -363,8 +320,13 @@ pub async fn delete(
     Path(id): Path<String>,
     form: Result<Form<PackageForm>, FormRejection>,
 ) -> Response {
-    let f = fields(form);
-    let v = match confirmed(&d, &headers, &f, "delete the package") {
+    let f = form_fields(form);
+    let v = match d.authorize_confirmed(
+        &headers,
+        &f.csrf,
+        f.confirm.as_deref(),
+        "delete the package",
+    ) {
         Ok(v) => v,
         Err(not) => return not.into_response(),
     };
@@ -386,8 +348,13 @@ pub async fn point(
     Path(id): Path<String>,
     form: Result<Form<PackageForm>, FormRejection>,
 ) -> Response {
-    let f = fields(form);
-    let v = match confirmed(&d, &headers, &f, "point the channel at the package") {
+    let f = form_fields(form);
+    let v = match d.authorize_confirmed(
+        &headers,
+        &f.csrf,
+        f.confirm.as_deref(),
+        "point the channel at the package",
+    ) {
         Ok(v) => v,
         Err(not) => return not.into_response(),
     };

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use super::pages::DoneQuery;
-use super::{Dash, failed, html, refuse, see_other};
+use super::{Dash, failed, form_fields, html, refuse, see_other};
 use crate::dashboard::Viewer;
 use crate::dashboard::pages::group;
 use crate::dashboard::pages::policy::{
@@ -128,7 +128,7 @@ pub async fn submit(
     Path((app, key)): Path<(String, String)>,
     form: Result<Form<PolicyForm>, FormRejection>,
 ) -> Response {
-    let f = form.map(|Form(f)| f).unwrap_or_default();
+    let f = form_fields(form);
     let save = f.action != "preview";
     let v = match d.authorize_post(&headers, &f.csrf, save) {
         Ok(v) => v,
@@ -305,7 +305,7 @@ pub async fn create_group(
     Path(app): Path<String>,
     form: Result<Form<NewGroupForm>, FormRejection>,
 ) -> Response {
-    let f = form.map(|Form(f)| f).unwrap_or_default();
+    let f = form_fields(form);
     let v = match d.authorize_post(&headers, &f.csrf, true) {
         Ok(v) => v,
         Err(refused) => return refused.into_response(),
