@@ -149,9 +149,8 @@ impl Env {
         .await;
     }
 
-    /// Publishes `version` and points channel `stable` at it.
-    async fn release(&self, version: &str) {
-        let payload = common::signed_payload(&self.key, APP, version, &common::image(50_000));
+    /// Publishes `payload` through the admin API (must succeed).
+    async fn publish_api(&self, payload: Vec<u8>) -> Value {
         let (st, pkg) = common::publish(
             &self.http,
             &self.base,
@@ -161,6 +160,13 @@ impl Env {
         )
         .await;
         assert_eq!(st, StatusCode::CREATED, "{pkg}");
+        pkg
+    }
+
+    /// Publishes `version` and points channel `stable` at it.
+    async fn release(&self, version: &str) {
+        let payload = common::signed_payload(&self.key, APP, version, &common::image(50_000));
+        let pkg = self.publish_api(payload).await;
         self.admin(
             "PATCH",
             &format!("/apps/{APP}/channels/stable"),

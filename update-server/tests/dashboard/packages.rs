@@ -90,20 +90,6 @@ impl super::Env {
             .clone()
     }
 
-    /// Publishes `payload` through the admin API (must succeed).
-    async fn publish_api(&self, payload: Vec<u8>) -> Value {
-        let (st, pkg) = common::publish(
-            &self.http,
-            &self.base,
-            &self.server.admin_token,
-            "update.payload",
-            payload,
-        )
-        .await;
-        assert_eq!(st, StatusCode::CREATED, "{pkg}");
-        pkg
-    }
-
     /// Every file in the package store (temporary files included).
     fn stored_files(&self) -> Vec<std::path::PathBuf> {
         fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
