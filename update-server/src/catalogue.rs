@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use crate::model::{App, Channel, Group, Package};
+use crate::model::{App, Channel, Group, Package, PackageFile, PackageFormat};
 use crate::rollout::RolloutSpec;
 use crate::store::{CatalogueData, Store, StoreError};
 
@@ -21,15 +21,24 @@ pub struct PackageDigests {
 }
 
 impl PackageDigests {
-    /// Decodes the stored forms of `p`.
+    /// Decodes the stored forms of `p`'s payload.
     pub fn of(p: &Package) -> Self {
+        Self::decode(&p.sha1_base64, &p.sha256_hex)
+    }
+
+    /// Decodes the stored forms of an extra file's digests.
+    pub fn of_file(f: &PackageFile) -> Self {
+        Self::decode(&f.sha1_base64, &f.sha256_hex)
+    }
+
+    fn decode(sha1_base64: &str, sha256_hex: &str) -> Self {
         use base64::Engine as _;
         Self {
             sha1: base64::engine::general_purpose::STANDARD
-                .decode(&p.sha1_base64)
+                .decode(sha1_base64)
                 .ok()
                 .and_then(|v| <[u8; 20]>::try_from(v.as_slice()).ok()),
-            sha256: hex::decode(&p.sha256_hex)
+            sha256: hex::decode(sha256_hex)
                 .ok()
                 .and_then(|v| <[u8; 32]>::try_from(v.as_slice()).ok()),
         }
@@ -123,6 +132,25 @@ impl Catalogue {
             .and_then(|id| self.packages.get(id))
     }
 
+    /// Whether a hosted package or a hosted package's extra file other than `except` (a
+    /// package id) has the content `sha256_hex`: its file in the store is still in use.
+    pub fn hosted_content_in_use(&self, sha256_hex: &str, except: &str) -> bool {
+        self.data
+            .packages
+            .iter()
+            .filter(|p| p.external_url.is_none() && p.id != except)
+            .any(|p| {
+                p.sha256_hex == sha256_hex || p.files.iter().any(|f| f.sha256_hex == sha256_hex)
+            })
+    }
+
+    /// The extra file `name` of the hosted package whose payload has SHA-256 `sha256_hex`
+    /// (extra files are served under their package's codebase).
+    pub fn hosted_extra_file(&self, sha256_hex: &str, name: &str) -> Option<&PackageFile> {
+        self.hosted_package_by_sha256(sha256_hex)
+            .and_then(|p| p.files.iter().find(|f| f.name == name))
+    }
+
     /// A channel by id.
     pub fn channel(&self, id: &str) -> Option<&Channel> {
         self.channels.get(id)
@@ -172,13 +200,21 @@ impl Catalogue {
             .or_else(|| self.groups.get(track.trim()).filter(|g| g.app_id == app_id))
     }
 
-    /// The package a channel points at for `arch` (falling back to an `all` pointer).
-    pub fn channel_package(&self, channel: &Channel, arch: &str) -> Option<&Package> {
-        channel
-            .packages
-            .get(arch)
-            .or_else(|| channel.packages.get("all"))
-            .and_then(|id| self.packages.get(id))
+    /// The package a channel points at for `arch` (falling back to an `all` pointer) in the
+    /// first of `formats` it has a pointer for.
+    pub fn channel_package(
+        &self,
+        channel: &Channel,
+        arch: &str,
+        formats: &[PackageFormat],
+    ) -> Option<&Package> {
+        formats.iter().find_map(|f| {
+            let pointers = channel.pointers(*f);
+            pointers
+                .get(arch)
+                .or_else(|| pointers.get("all"))
+                .and_then(|id| self.packages.get(id))
+        })
     }
 
     /// Channel names pointing at a package (to refuse deleting a package in use).
@@ -186,7 +222,7 @@ impl Catalogue {
         self.data
             .channels
             .iter()
-            .filter(|c| c.packages.values().any(|p| p == package_id))
+            .filter(|c| c.points_at(package_id))
             .collect()
     }
 }
@@ -278,6 +314,12 @@ mod tests {
             created_at: 0,
             format: crate::model::PackageFormat::Platte,
             metadata_size: None,
+            metadata_signature_rsa: None,
+            deadline: None,
+            is_delta: false,
+            disable_payload_backoff: true,
+            needs_admin: false,
+            files: Vec::new(),
         };
         CatalogueData {
             apps: vec![App {
@@ -285,6 +327,7 @@ mod tests {
                 name: "A".into(),
                 description: String::new(),
                 created_at: 0,
+                completes_on: Default::default(),
             }],
             packages: vec![pkg("p-amd", "amd64"), pkg("p-all", "all")],
             channels: vec![Channel {
@@ -295,6 +338,7 @@ mod tests {
                     ("amd64".into(), "p-amd".into()),
                     ("all".into(), "p-all".into()),
                 ]),
+                update_engine_packages: BTreeMap::new(),
                 created_at: 0,
             }],
             groups: vec![Group {
@@ -339,8 +383,18 @@ mod tests {
     fn arch_pointer_with_all_fallback() {
         let c = Catalogue::build(data());
         let ch = c.channel("c").unwrap();
-        assert_eq!(c.channel_package(ch, "amd64").unwrap().id, "p-amd");
-        assert_eq!(c.channel_package(ch, "arm64").unwrap().id, "p-all");
+        assert_eq!(
+            c.channel_package(ch, "amd64", &PackageFormat::ALL)
+                .unwrap()
+                .id,
+            "p-amd"
+        );
+        assert_eq!(
+            c.channel_package(ch, "arm64", &PackageFormat::ALL)
+                .unwrap()
+                .id,
+            "p-all"
+        );
         assert_eq!(c.channels_using("p-amd").len(), 1);
         assert_eq!(c.hosted_package_by_sha256("sha-p-all").unwrap().id, "p-all");
     }

@@ -20,6 +20,8 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::model::CompletesOn;
+
 /// Lifecycle status of an instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -109,13 +111,25 @@ pub const EVENT_INSTALLED: u32 = 800;
 /// Event result: the update was deferred (by policy or backoff) or declined by the machine.
 pub const RESULT_DEFERRED: u32 = 9;
 
-/// The status an event moves an instance to, or `None` when it changes nothing.
-pub fn transition(current: InstanceStatus, event: &ClientEvent) -> Option<InstanceStatus> {
+/// The status an event moves an instance of an application whose updates complete on
+/// `completes_on` to, or `None` when it changes nothing.
+pub fn transition(
+    current: InstanceStatus,
+    event: &ClientEvent,
+    completes_on: CompletesOn,
+) -> Option<InstanceStatus> {
     use InstanceStatus as S;
     let next = match (event.event_type, event.event_result) {
         (_, 0) => S::Error,
         (EVENT_DOWNLOAD_STARTED, 1) => S::Downloading,
         (EVENT_DOWNLOAD_FINISHED, 1) => S::Downloaded,
+        // An application that does not reboot is done once installed (Nebraska's Go updater
+        // library then sends 3/2 without a previous version, which changes nothing below).
+        (EVENT_UPDATE_COMPLETE, 1) | (EVENT_INSTALLED, 1)
+            if completes_on == CompletesOn::Install =>
+        {
+            S::Complete
+        }
         (EVENT_UPDATE_COMPLETE, 1) | (EVENT_INSTALLED, 1) => S::Installed,
         (EVENT_UPDATE_COMPLETE, 2) => {
             // update_engine attaches 3/2 to every check; only a real previous version (the first
@@ -155,16 +169,54 @@ mod tests {
             (ev(3, 1, ""), S::Installed),
             (ev(3, 2, "3374.2.5"), S::Complete),
         ] {
-            s = transition(s, &e).unwrap_or(s);
+            s = transition(s, &e, CompletesOn::Reboot).unwrap_or(s);
             assert_eq!(s, want, "after {e:?}");
         }
     }
 
     #[test]
+    fn an_app_that_completes_on_install_is_complete_at_3_1() {
+        let on_install = |s, e: &ClientEvent| transition(s, e, CompletesOn::Install);
+        let mut s = S::Granted;
+        // Nebraska's Go updater library: 13/1, 14/1, 3/1 on completion, then 3/2 with no
+        // previous version.
+        for (e, want) in [
+            (ev(13, 1, ""), S::Downloading),
+            (ev(14, 1, ""), S::Downloaded),
+            (ev(3, 1, ""), S::Complete),
+            (ev(3, 2, ""), S::Complete),
+        ] {
+            s = on_install(s, &e).unwrap_or(s);
+            assert_eq!(s, want, "after {e:?}");
+        }
+        assert_eq!(
+            on_install(S::Downloaded, &ev(800, 1, "")),
+            Some(S::Complete)
+        );
+        // Failures and deferrals are the same as for any application.
+        assert_eq!(on_install(S::Downloading, &ev(3, 0, "")), Some(S::Error));
+        assert_eq!(on_install(S::Granted, &ev(3, 9, "")), Some(S::Deferred));
+        // The default is unchanged: 3/1 is only installed.
+        assert_eq!(
+            transition(S::Downloaded, &ev(3, 1, ""), CompletesOn::default()),
+            Some(S::Installed)
+        );
+    }
+
+    #[test]
     fn installed_is_not_a_failure_and_routine_3_2_changes_nothing() {
-        assert_eq!(transition(S::Installed, &ev(3, 2, "")), None);
-        assert_eq!(transition(S::Installed, &ev(3, 2, "0.0.0.0")), None);
-        assert_eq!(transition(S::Complete, &ev(3, 2, "")), None);
+        assert_eq!(
+            transition(S::Installed, &ev(3, 2, ""), CompletesOn::Reboot),
+            None
+        );
+        assert_eq!(
+            transition(S::Installed, &ev(3, 2, "0.0.0.0"), CompletesOn::Reboot),
+            None
+        );
+        assert_eq!(
+            transition(S::Complete, &ev(3, 2, ""), CompletesOn::Reboot),
+            None
+        );
         assert_ne!(S::Installed, S::Error);
     }
 
@@ -172,27 +224,36 @@ mod tests {
     fn errors_from_any_state() {
         for s in S::ALL {
             let want = if s == S::Error { None } else { Some(S::Error) };
-            assert_eq!(transition(s, &ev(3, 0, "")), want);
+            assert_eq!(transition(s, &ev(3, 0, ""), CompletesOn::Reboot), want);
         }
-        assert_eq!(transition(S::Downloading, &ev(13, 0, "")), Some(S::Error));
+        assert_eq!(
+            transition(S::Downloading, &ev(13, 0, ""), CompletesOn::Reboot),
+            Some(S::Error)
+        );
     }
 
     #[test]
     fn events_count_outside_an_update_in_progress() {
         // A machine updated out of band still completes.
         assert_eq!(
-            transition(S::Idle, &ev(3, 2, "3000.0.0")),
+            transition(S::Idle, &ev(3, 2, "3000.0.0"), CompletesOn::Reboot),
             Some(S::Complete)
         );
-        assert_eq!(transition(S::Error, &ev(13, 1, "")), Some(S::Downloading));
-        assert_eq!(transition(S::Idle, &ev(800, 1, "")), Some(S::Installed));
+        assert_eq!(
+            transition(S::Error, &ev(13, 1, ""), CompletesOn::Reboot),
+            Some(S::Downloading)
+        );
+        assert_eq!(
+            transition(S::Idle, &ev(800, 1, ""), CompletesOn::Reboot),
+            Some(S::Installed)
+        );
     }
 
     #[test]
     fn deferral_ends_an_update_in_flight_only() {
         for s in [S::Granted, S::Downloading, S::Downloaded] {
             assert_eq!(
-                transition(s, &ev(3, 9, "")),
+                transition(s, &ev(3, 9, ""), CompletesOn::Reboot),
                 Some(S::Deferred),
                 "from {s:?}"
             );
@@ -205,20 +266,30 @@ mod tests {
             S::OnHold,
             S::Deferred,
         ] {
-            assert_eq!(transition(s, &ev(3, 9, "")), None, "from {s:?}");
+            assert_eq!(
+                transition(s, &ev(3, 9, ""), CompletesOn::Reboot),
+                None,
+                "from {s:?}"
+            );
         }
         assert!(!S::Deferred.in_flight());
         // A deferred machine granted again goes through the sequence as usual.
         assert_eq!(
-            transition(S::Deferred, &ev(13, 1, "")),
+            transition(S::Deferred, &ev(13, 1, ""), CompletesOn::Reboot),
             Some(S::Downloading)
         );
     }
 
     #[test]
     fn unknown_events_change_nothing() {
-        assert_eq!(transition(S::Granted, &ev(15, 1, "")), None);
-        assert_eq!(transition(S::Granted, &ev(999, 4, "")), None);
+        assert_eq!(
+            transition(S::Granted, &ev(15, 1, ""), CompletesOn::Reboot),
+            None
+        );
+        assert_eq!(
+            transition(S::Granted, &ev(999, 4, ""), CompletesOn::Reboot),
+            None
+        );
     }
 
     #[test]

@@ -19,6 +19,57 @@ pub struct App {
     pub description: String,
     /// Creation time.
     pub created_at: i64,
+    /// The event that completes an update of this application [default: `reboot`].
+    #[serde(default)]
+    pub completes_on: CompletesOn,
+}
+
+/// The client event that completes an update of an application (`docs/usage/flatcar.md`,
+/// "Applications that do not reboot").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CompletesOn {
+    /// The first check after the update's reboot: 3/2 naming the previous version, as
+    /// update_engine and Platte's agent send it.
+    #[default]
+    Reboot,
+    /// The install: 3/1, for applications that do not reboot (Nebraska's Go `updater` library
+    /// sends 3/1, then 3/2 with no previous version).
+    Install,
+}
+
+impl CompletesOn {
+    /// The stored and wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CompletesOn::Reboot => "reboot",
+            CompletesOn::Install => "install",
+        }
+    }
+
+    /// The setting named `s` (as stored).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "reboot" => Some(CompletesOn::Reboot),
+            "install" => Some(CompletesOn::Install),
+            _ => None,
+        }
+    }
+}
+
+/// A further file of a package (an OEM or extension sysext image, for instance), served as a
+/// further `<package>` of the same manifest, under the package's codebase: hosted by this server
+/// when the package is, else at the package's external URL.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PackageFile {
+    /// File name clients append to the codebase URL (`oem-azure.gz`, `flatcar-podman.gz`).
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// SHA-1 of the file, base64 (Omaha `hash`).
+    pub sha1_base64: String,
+    /// SHA-256 of the file, hex.
+    pub sha256_hex: String,
 }
 
 /// A published payload (hosted by this server or at an external URL).
@@ -53,10 +104,46 @@ pub struct Package {
     /// to update_engine as `MetadataSize`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata_size: Option<u64>,
+    /// For an `update_engine` payload: the vendor's signature of its metadata, base64
+    /// (`MetadataSignatureRsa`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata_signature_rsa: Option<String>,
+    /// For an `update_engine` payload: `deadline` of the answer (`now` installs at once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<String>,
+    /// For an `update_engine` payload: it is a delta (`IsDeltaPayload`).
+    #[serde(default)]
+    pub is_delta: bool,
+    /// `DisablePayloadBackoff` of the answer [default: true].
+    #[serde(default = "yes")]
+    pub disable_payload_backoff: bool,
+    /// For an `update_engine` payload: `needsadmin` of the answer [default: false].
+    #[serde(default)]
+    pub needs_admin: bool,
+    /// Further files served with the payload, in order (OEM and extension sysexts).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<PackageFile>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// The format of a package's file, which decides which clients can apply it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum PackageFormat {
     /// Platte's signed payload (`docs/development/payload-format.md`), verified on publish against the
@@ -69,6 +156,9 @@ pub enum PackageFormat {
 }
 
 impl PackageFormat {
+    /// Every format.
+    pub const ALL: [PackageFormat; 2] = [PackageFormat::Platte, PackageFormat::UpdateEngine];
+
     /// The stored and wire name.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -125,9 +215,19 @@ impl ClientKind {
             ClientKind::Other => true,
         }
     }
+
+    /// The formats the client can apply, in the order a channel's pointers are tried for it.
+    pub fn formats(self) -> &'static [PackageFormat] {
+        match self {
+            ClientKind::PlatteAgent => &[PackageFormat::Platte],
+            ClientKind::UpdateEngine => &[PackageFormat::UpdateEngine],
+            ClientKind::Other => &PackageFormat::ALL,
+        }
+    }
 }
 
-/// A channel: names the package each architecture should run.
+/// A channel: names the package each architecture should run, one of each payload format, so
+/// that Platte's agents and update_engine hosts following the channel are each offered their own.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Channel {
     /// Server-assigned id.
@@ -136,10 +236,45 @@ pub struct Channel {
     pub app_id: String,
     /// Channel name (`stable`, `beta`...), unique per app.
     pub name: String,
-    /// Package id per architecture.
+    /// Package id per architecture: Platte payloads.
     pub packages: BTreeMap<String, String>,
+    /// Package id per architecture: update_engine payloads.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub update_engine_packages: BTreeMap<String, String>,
     /// Creation time.
     pub created_at: i64,
+}
+
+impl Channel {
+    /// The channel's pointers to packages of `format`: package id per architecture.
+    pub fn pointers(&self, format: PackageFormat) -> &BTreeMap<String, String> {
+        match format {
+            PackageFormat::Platte => &self.packages,
+            PackageFormat::UpdateEngine => &self.update_engine_packages,
+        }
+    }
+
+    /// The channel's pointers to packages of `format`, to change.
+    pub fn pointers_mut(&mut self, format: PackageFormat) -> &mut BTreeMap<String, String> {
+        match format {
+            PackageFormat::Platte => &mut self.packages,
+            PackageFormat::UpdateEngine => &mut self.update_engine_packages,
+        }
+    }
+
+    /// Every pointer: (format, architecture, package id), Platte's first.
+    pub fn all_pointers(&self) -> impl Iterator<Item = (PackageFormat, &str, &str)> {
+        PackageFormat::ALL.into_iter().flat_map(move |f| {
+            self.pointers(f)
+                .iter()
+                .map(move |(a, p)| (f, a.as_str(), p.as_str()))
+        })
+    }
+
+    /// Whether the channel points at package `id` (in any format).
+    pub fn points_at(&self, id: &str) -> bool {
+        self.all_pointers().any(|(_, _, p)| p == id)
+    }
 }
 
 /// Rollout policy of a group. Stored as one JSON document so the policy engine (issue 5) can add

@@ -25,7 +25,8 @@ use crate::config::OmahaSettings;
 use crate::lifecycle::{ClientEvent, InstanceStatus, transition};
 use crate::metrics::{ErrorLabels, Metrics, OutcomeLabels, error_code_label};
 use crate::model::{
-    ClientKind, Instance, NewActivity, Package, StatusChange, normalize_appid, normalize_arch,
+    ClientKind, Instance, NewActivity, Package, PackageFormat, StatusChange, normalize_appid,
+    normalize_arch,
 };
 use crate::rollout::Rollouts;
 use crate::rollout::engine::{HoldReason, Verdict, evaluate, is_canary};
@@ -714,12 +715,19 @@ impl UpdateService {
                         .any(|p| p.app_id == app_id && p.version == *v)
             });
         let mut settle = None;
-        if let Some(next) = transition(row.status, &ce) {
+        let completes_on = cat.app(app_id).map(|a| a.completes_on).unwrap_or_default();
+        if let Some(next) = transition(row.status, &ce, completes_on) {
             let detail = match (next, &refused) {
                 (InstanceStatus::Error, Some((v, _))) => {
                     format!("{} (version {v} refused)", e.error_detail)
                 }
                 (InstanceStatus::Error, None) => e.error_detail.clone(),
+                (InstanceStatus::Complete, _) if ce.previous_version.trim().is_empty() => {
+                    format!(
+                        "installed {}",
+                        row.granted_version.as_deref().unwrap_or("the update")
+                    )
+                }
                 (InstanceStatus::Complete, _) => format!("updated from {}", ce.previous_version),
                 _ => String::new(),
             };
@@ -809,7 +817,9 @@ impl UpdateService {
                     .resolve_group(app_id, &req.track)
                     .and_then(|g| g.channel_id.as_deref())
                     .and_then(|c| cat.channel(c))
-                    .and_then(|c| cat.channel_package(c, &normalize_arch(&req.board)))
+                    .and_then(|c| {
+                        cat.channel_package(c, &normalize_arch(&req.board), req.client.formats())
+                    })
                     .map(|p| p.version.clone())
                     .unwrap_or_default();
                 m.hold(app_id, g, &version, r);
@@ -910,7 +920,15 @@ impl UpdateService {
             return no(NoUpdateReason::NoPackage);
         };
         let arch = normalize_arch(&req.board);
-        let Some(target) = cat.channel_package(channel, &arch) else {
+        let Some(target) = cat.channel_package(channel, &arch, req.client.formats()) else {
+            // A package the client cannot apply is held like any other reason, so a mixed
+            // group shows what its machines wait for.
+            if cat
+                .channel_package(channel, &arch, &PackageFormat::ALL)
+                .is_some()
+            {
+                return no(NoUpdateReason::Hold(HoldReason::Format.as_str().to_owned()));
+            }
             return no(NoUpdateReason::NoPackage);
         };
         // The package of version `v` for this machine: of its arch before `all`, and only in a

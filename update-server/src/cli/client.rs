@@ -95,4 +95,9 @@ impl ApiClient {
         let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file));
         self.send(Method::POST, path, Some(body), None).await
     }
+    /// PUT a file as the raw body (streamed).
+    pub async fn upload_put(&self, path: &str, file: tokio::fs::File) -> anyhow::Result<Value> {
+        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file));
+        self.send(Method::PUT, path, Some(body), None).await
+    }
 }

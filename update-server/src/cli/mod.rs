@@ -5,13 +5,11 @@
 mod client;
 pub mod credential;
 pub mod fleetlock;
+pub mod package;
 pub mod prune;
 pub mod rollout;
 mod table;
 
-use std::path::PathBuf;
-
-use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use serde_json::{Value, json};
 
@@ -109,7 +107,7 @@ pub enum Command {
         conn: Conn,
         /// Action.
         #[command(subcommand)]
-        cmd: PackageCmd,
+        cmd: package::PackageCmd,
     },
     /// Instances (machines).
     Instance {
@@ -183,6 +181,19 @@ pub enum AppCmd {
         /// Description.
         #[arg(long, default_value = "")]
         description: String,
+        /// What completes an update: `reboot` (the first check after the update's reboot;
+        /// the default, for operating systems) or `install` (for applications that do not
+        /// reboot).
+        #[arg(long, value_parser = ["reboot", "install"])]
+        completes_on: Option<String>,
+    },
+    /// Change what completes an application's updates.
+    Set {
+        /// appid.
+        app: String,
+        /// `reboot` or `install`.
+        #[arg(long, value_parser = ["reboot", "install"])]
+        completes_on: String,
     },
     /// Delete one (refused while it has packages).
     Delete {
@@ -270,48 +281,6 @@ pub enum GroupCmd {
         app: String,
         /// Group id, track or name.
         group: String,
-    },
-}
-
-/// `package` actions.
-#[derive(Debug, Subcommand)]
-pub enum PackageCmd {
-    /// List packages.
-    List {
-        /// Only this application.
-        #[arg(long)]
-        app: Option<String>,
-    },
-    /// Upload a payload: a Platte payload (verified by the server against its trusted keys),
-    /// or with `--format update_engine` a Flatcar/ChromeOS update_engine payload (served as
-    /// it is; give `--app`, `--version` and `--arch`).
-    Publish {
-        /// Payload file.
-        file: PathBuf,
-        /// Payload format: `platte` (default) or `update_engine`.
-        #[arg(long, value_parser = ["platte", "update_engine"])]
-        format: Option<String>,
-        /// Application (update_engine payloads; for a Platte payload, the manifest must name it).
-        #[arg(long)]
-        app: Option<String>,
-        /// Version (update_engine payloads; for a Platte payload, the manifest must name it).
-        #[arg(long)]
-        version: Option<String>,
-        /// Architecture (update_engine payloads; for a Platte payload, the manifest must name
-        /// it).
-        #[arg(long)]
-        arch: Option<String>,
-        /// Name clients download it as.
-        #[arg(long)]
-        filename: Option<String>,
-        /// Serve from this external codebase URL instead of the server.
-        #[arg(long)]
-        external_url: Option<String>,
-    },
-    /// Delete a package no channel uses.
-    Delete {
-        /// Package id.
-        id: String,
     },
 }
 
@@ -450,28 +419,13 @@ async fn delete(
 
 fn apps_table(v: &Value) {
     print_table(
-        &["ID", "NAME", "CREATED"],
-        rows(v)
-            .iter()
-            .map(|a| vec![s(&a["id"]), s(&a["name"]), ts(&a["created_at"])]),
-    );
-}
-
-fn packages_table(v: &Value) {
-    print_table(
-        &[
-            "ID", "APP", "VERSION", "ARCH", "FORMAT", "KIND", "SIZE", "FILE",
-        ],
-        rows(v).iter().map(|p| {
+        &["ID", "NAME", "COMPLETES ON", "CREATED"],
+        rows(v).iter().map(|a| {
             vec![
-                s(&p["id"]),
-                s(&p["app_id"]),
-                s(&p["version"]),
-                s(&p["arch"]),
-                s(&p["format"]),
-                s(&p["kind"]),
-                s(&p["size"]),
-                s(&p["filename"]),
+                s(&a["id"]),
+                s(&a["name"]),
+                s(&a["completes_on"]),
+                ts(&a["created_at"]),
             ]
         }),
     );
@@ -496,12 +450,19 @@ pub async fn run_admin(cmd: Command) -> anyhow::Result<()> {
                     id,
                     name,
                     description,
+                    completes_on,
                 } => {
+                    let mut body = json!({"id": id, "name": name, "description": description});
+                    if let Some(on) = completes_on {
+                        body["completes_on"] = json!(on);
+                    }
+                    let v = c.post("/apps", &body).await?;
+                    output(&conn, &v, apps_table)
+                }
+                AppCmd::Set { app, completes_on } => {
+                    let path = format!("/apps/{}", enc(&app));
                     let v = c
-                        .post(
-                            "/apps",
-                            &json!({"id": id, "name": name, "description": description}),
-                        )
+                        .patch(&path, &json!({"completes_on": completes_on}))
                         .await?;
                     output(&conn, &v, apps_table)
                 }
@@ -517,15 +478,17 @@ pub async fn run_admin(cmd: Command) -> anyhow::Result<()> {
                 print_table(
                     &["ID", "NAME", "PACKAGES (arch=package)"],
                     rows(v).iter().map(|ch| {
-                        let pk = ch["packages"]
-                            .as_object()
-                            .map(|m| {
-                                m.iter()
-                                    .map(|(k, v)| format!("{k}={}", s(v)))
-                                    .collect::<Vec<_>>()
-                                    .join(" ")
-                            })
-                            .unwrap_or_default();
+                        let pointers = |field: &str, label: &str| {
+                            ch[field]
+                                .as_object()
+                                .into_iter()
+                                .flatten()
+                                .map(|(k, v)| format!("{k}{label}={}", s(v)))
+                                .collect::<Vec<_>>()
+                        };
+                        let mut pk = pointers("packages", "");
+                        pk.extend(pointers("update_engine_packages", "/update_engine"));
+                        let pk = pk.join(" ");
                         vec![s(&ch["id"]), s(&ch["name"]), pk]
                     }),
                 );
@@ -626,44 +589,7 @@ pub async fn run_admin(cmd: Command) -> anyhow::Result<()> {
                 }
             }
         }
-        Command::Package { conn, cmd } => {
-            let c = ApiClient::new(&conn.server, conn.token.as_deref())?;
-            match cmd {
-                PackageCmd::List { app } => output(
-                    &conn,
-                    &c.get(&format!("/packages{}", query(&[("app", app)])))
-                        .await?,
-                    packages_table,
-                ),
-                PackageCmd::Publish {
-                    file,
-                    format,
-                    app,
-                    version,
-                    arch,
-                    filename,
-                    external_url,
-                } => {
-                    let f = tokio::fs::File::open(&file)
-                        .await
-                        .with_context(|| format!("opening {}", file.display()))?;
-                    let q = query(&[
-                        ("format", format),
-                        ("app", app),
-                        ("version", version),
-                        ("arch", arch),
-                        ("filename", filename),
-                        ("external_url", external_url),
-                    ]);
-                    let v = c.upload(&format!("/packages{q}"), f).await?;
-                    output(&conn, &v, packages_table)
-                }
-                PackageCmd::Delete { id } => {
-                    let path = format!("/packages/{}", enc(&id));
-                    delete(&c, &conn, &path, "package", &id).await
-                }
-            }
-        }
+        Command::Package { conn, cmd } => package::run(&conn, cmd).await,
         Command::Instance { conn, cmd } => {
             let c = ApiClient::new(&conn.server, conn.token.as_deref())?;
             match cmd {

@@ -1,11 +1,11 @@
-//! Applications: list, show, create, rename or describe, delete (the store refuses while the
-//! application has packages).
+//! Applications: list, show, create, rename, describe or set what completes their updates,
+//! delete (the store refuses while the application has packages).
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::{Fleet, FleetResult, activity, check_text, find_app};
-use crate::model::{App, normalize_appid};
+use crate::model::{App, CompletesOn, normalize_appid};
 
 /// Body of `POST /apps`.
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
@@ -17,6 +17,10 @@ pub struct CreateApp {
     /// Free text.
     #[serde(default)]
     pub description: String,
+    /// The event that completes an update [default: `reboot`; `install` for applications that
+    /// do not reboot].
+    #[serde(default)]
+    pub completes_on: CompletesOn,
 }
 
 /// Body of `PATCH /apps/{app}`.
@@ -26,6 +30,8 @@ pub struct UpdateApp {
     pub name: Option<String>,
     /// New description.
     pub description: Option<String>,
+    /// The event that completes an update from now on.
+    pub completes_on: Option<CompletesOn>,
 }
 
 impl Fleet {
@@ -49,6 +55,7 @@ impl Fleet {
             name: input.name,
             description: input.description,
             created_at: self.now(),
+            completes_on: input.completes_on,
         };
         let _writing = self.write_lock.lock().await;
         let act = activity(
@@ -71,6 +78,9 @@ impl Fleet {
         }
         if let Some(d) = input.description {
             a.description = d;
+        }
+        if let Some(c) = input.completes_on {
+            a.completes_on = c;
         }
         let act = activity(
             "app_updated",

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use super::{Fleet, FleetResult, find_app, find_group};
 use crate::lifecycle::InstanceStatus;
-use crate::model::{Activity, App, Channel, Group};
+use crate::model::{Activity, App, Channel, Group, PackageFormat};
 use crate::rollout::ramp::effective_percent;
 use crate::rollout::spec::{AutoHalt, Halt};
 use crate::store::rollout::GrantStats;
@@ -53,7 +53,8 @@ pub struct AppOverview {
 pub struct ChannelOverview {
     /// The channel.
     pub channel: Channel,
-    /// The version it points at, per architecture (`None`: the package is gone).
+    /// The version it points at, per architecture (an update_engine pointer as `<arch>
+    /// (update_engine)`; `None`: the package is gone).
     pub versions: BTreeMap<String, Option<String>>,
     /// Groups following it, by name.
     pub groups: Vec<GroupOverview>,
@@ -148,9 +149,14 @@ impl Fleet {
             app_channels.sort_by(|a, b| a.name.cmp(&b.name));
             for ch in app_channels {
                 let versions = ch
-                    .packages
-                    .iter()
-                    .map(|(arch, id)| (arch.clone(), cat.package(id).map(|p| p.version.clone())))
+                    .all_pointers()
+                    .map(|(format, arch, id)| {
+                        let key = match format {
+                            PackageFormat::Platte => arch.to_owned(),
+                            other => format!("{arch} ({})", other.as_str()),
+                        };
+                        (key, cat.package(id).map(|p| p.version.clone()))
+                    })
                     .collect();
                 let mut members = Vec::new();
                 for g in groups

@@ -8,7 +8,7 @@ use utoipa::IntoParams;
 
 use super::groups::valid_spec;
 use super::{Fleet, FleetError, FleetResult, activity, find_app, find_group};
-use crate::model::{Group, GroupPolicy, normalize_arch};
+use crate::model::{Group, GroupPolicy, PackageFormat, normalize_arch};
 use crate::rollout::RolloutSpec;
 use crate::rollout::status::{
     PolicyPreview, Preview, RolloutStatus, policy_preview, preview, summarize,
@@ -44,11 +44,11 @@ impl Fleet {
         let cat = self.catalogue();
         let ch = cat.channel(g.channel_id.as_deref()?)?;
         let arch = ch
-            .packages
-            .keys()
+            .all_pointers()
             .next()
-            .map_or_else(|| "amd64".to_owned(), |a| normalize_arch(a));
-        cat.channel_package(ch, &arch).map(|p| p.version.clone())
+            .map_or_else(|| "amd64".to_owned(), |(_, a, _)| normalize_arch(a));
+        cat.channel_package(ch, &arch, &PackageFormat::ALL)
+            .map(|p| p.version.clone())
     }
 
     /// A group's rollout status.

@@ -66,7 +66,8 @@ pub fn parse_range(value: &str, len: u64) -> RangeSpec {
     }
 }
 
-/// Serves a hosted package file.
+/// Serves a hosted package file: a payload, or one of its extra files, by name under the
+/// payload's codebase (`/packages/<payload sha256>/<name>`).
 pub async fn download(
     State(st): State<AppState>,
     Path((sha, name)): Path<(String, String)>,
@@ -80,9 +81,15 @@ pub async fn download(
     let Some(pkg) = cat.hosted_package_by_sha256(&sha) else {
         return Err(ApiError::NotFound(format!("package {sha}")));
     };
-    if pkg.filename != name {
+    // The payload, or one of its extra files (served under the payload's codebase).
+    let content = if pkg.filename == name {
+        sha
+    } else if let Some(f) = cat.hosted_extra_file(&sha, &name) {
+        f.sha256_hex.clone()
+    } else {
         return Err(ApiError::NotFound(format!("package file {name}")));
-    }
+    };
+    let sha = content;
     let path = st.blobs.path_of(&sha);
     let mut file = tokio::fs::File::open(&path)
         .await

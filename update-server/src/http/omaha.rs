@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use omaha::{Action, AppResponse, DayStart, Manifest, Package, UpdateCheckResponse};
 
 use super::AppState;
+use crate::catalogue::PackageDigests;
 use crate::model::{ClientKind, PackageFormat};
 use crate::service::{AppAnswer, AppCheckIn, CheckAnswer, EventIn};
 
@@ -132,16 +133,32 @@ pub fn updatecheck_of(
                 pkg = pkg.with_sha256(d);
             }
             let sha256 = digests.sha256.unwrap_or([0; 32]);
-            let mut action = Action::postinstall(&sha256).with_disable_payload_backoff(true);
+            let mut action = Action::postinstall(&sha256)
+                .with_disable_payload_backoff(package.disable_payload_backoff);
             if package.format == PackageFormat::UpdateEngine {
                 // What update_engine reads beside `sha256` (omaha_request_action.cc).
                 action.chromeos_version = Some(package.version.clone());
                 action.metadata_size = package.metadata_size;
-                action.needs_admin = Some(false);
+                action.metadata_signature_rsa = package.metadata_signature_rsa.clone();
+                action.is_delta_payload = package.is_delta;
+                action.deadline = package.deadline.clone();
+                action.needs_admin = Some(package.needs_admin);
             }
-            let manifest = Manifest::new(&package.version)
-                .with_package(pkg)
-                .with_action(action);
+            let mut manifest = Manifest::new(&package.version).with_package(pkg);
+            // Extra files follow the payload, under the same codebase (Flatcar's post-install
+            // step looks them up by name in the stored answer).
+            for f in &package.files {
+                let d = PackageDigests::of_file(f);
+                let mut extra = Package::new(&f.name, f.size).required(false);
+                if let Some(h) = &d.sha1 {
+                    extra = extra.with_sha1(h);
+                }
+                if let Some(h) = &d.sha256 {
+                    extra = extra.with_sha256(h);
+                }
+                manifest = manifest.with_package(extra);
+            }
+            let manifest = manifest.with_action(action);
             let mut urls = codebases.iter();
             let first = urls.next().map(String::as_str).unwrap_or_default();
             urls.fold(UpdateCheckResponse::ok(first, manifest), |uc, u| {

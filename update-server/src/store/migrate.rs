@@ -20,8 +20,9 @@ use super::{PgStore, SqliteStore, StoreError};
 const TABLES: &[(&str, &str)] = &[
     ("apps", "id"),
     ("packages", "id"),
+    ("package_files", "package_id, position"),
     ("channels", "id"),
-    ("channel_packages", "channel_id, arch"),
+    ("channel_packages", "channel_id, arch, format"),
     ("groups_", "id"),
     ("machine_aliases", "machine_id"),
     ("instances", "machine_id, app_id"),
@@ -266,7 +267,9 @@ mod tests {
         out
     }
 
-    /// A row as `column=value` pairs, alike for both databases (integers as such, else text).
+    /// A row as `column=value` pairs in column-name order (a column added by a later migration
+    /// may sit elsewhere in one database's table than in the other's), alike for both databases
+    /// (integers as such, else text).
     fn render<R>(r: &R) -> String
     where
         R: sqlx::Row,
@@ -288,19 +291,23 @@ mod tests {
                     ),
                 }
             })
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
             .collect::<Vec<_>>()
             .join(" ")
     }
 
     /// A source with rows in every table (written as an older server would have left them).
     const FIXTURE: &str = "
-        INSERT INTO apps VALUES ('app', 'OS', 'the OS', 10);
+        INSERT INTO apps VALUES ('app', 'OS', 'the OS', 10, 'install');
         INSERT INTO packages VALUES ('p1', 'app', '1.0.0', 'amd64', 'platte', 'u.payload', 5,
-            'sha1', 'ab', NULL, 11, 'platte', NULL), ('p2', 'app', '2.0.0', 'amd64',
-            'update_engine', 'update.gz', 6, 'sha1b', 'cd', 'https://mirror.example/u', 12,
-            'update_engine', 1020);
+            'sha1', 'ab', NULL, 11, 'platte', NULL, NULL, NULL, 0, 1, 0), ('p2', 'app', '2.0.0',
+            'amd64', 'update_engine', 'update.gz', 6, 'sha1b', 'cd', 'https://mirror.example/u',
+            12, 'update_engine', 1020, 'c2ln', 'now', 1, 0, 1);
+        INSERT INTO package_files VALUES ('p2', 0, 'oem-azure.gz', 7, 'sha1c', 'ef');
         INSERT INTO channels VALUES ('c1', 'app', 'stable', 13);
-        INSERT INTO channel_packages VALUES ('c1', 'amd64', 'p2');
+        INSERT INTO channel_packages VALUES ('c1', 'amd64', 'update_engine', 'p2'),
+            ('c1', 'amd64', 'platte', 'p1');
         INSERT INTO groups_ VALUES ('g1', 'app', 'Stable', 'stable', 'c1', '',
             '{\"paused\":false,\"rollout\":{\"concurrency_limit\":5}}', 14);
         INSERT INTO machine_aliases VALUES ('m1', 'web-1', 15);

@@ -31,7 +31,8 @@ pub use sqlite::{DirectPool, DirectTx, SqliteStore, SqliteWriter, WriterTask};
 
 use crate::lifecycle::InstanceStatus;
 use crate::model::{
-    Activity, App, Channel, EventRecord, Group, Instance, NewActivity, Package, StatusChange,
+    Activity, App, Channel, EventRecord, Group, Instance, NewActivity, Package, PackageFile,
+    StatusChange,
 };
 
 /// A boxed future returned by [`Store`] methods (keeps the trait usable as `dyn Store`).
@@ -229,6 +230,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn delete_group<'a>(&'a self, id: &'a str, act: &'a NewActivity) -> StoreFuture<'a, ()>;
     /// Inserts a package.
     fn insert_package<'a>(&'a self, p: &'a Package, act: &'a NewActivity) -> StoreFuture<'a, ()>;
+    /// Replaces the extra files of package `id` (in order).
+    fn set_package_files<'a>(
+        &'a self,
+        id: &'a str,
+        files: &'a [PackageFile],
+        act: &'a NewActivity,
+    ) -> StoreFuture<'a, ()>;
     /// Deletes a package (refused while a channel points at it).
     fn delete_package<'a>(&'a self, id: &'a str, act: &'a NewActivity) -> StoreFuture<'a, ()>;
     /// The catalogue's generation: it grows with every change to what [`Store::load_catalogue`]

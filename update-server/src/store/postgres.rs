@@ -111,6 +111,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "group_counts_index",
         include_str!("../../migrations/postgres/0005_group_counts_index.sql"),
     ),
+    (
+        6,
+        "flatcar_packages",
+        include_str!("../../migrations/postgres/0006_flatcar_packages.sql"),
+    ),
 ];
 
 /// PostgreSQL-backed stores (every store trait, and the [`Transactor`] of the check path).

@@ -10,7 +10,8 @@ use sqlx::PgConnection;
 
 use super::{PgStore, add_activity};
 use crate::model::{
-    Activity, App, Channel, EventRecord, Group, Instance, NewActivity, Package, StatusChange,
+    Activity, App, Channel, EventRecord, Group, Instance, NewActivity, Package, PackageFile,
+    StatusChange,
 };
 use crate::store::sqlx_rows::{
     CatalogueRows, GroupInstanceCountRow, InstanceCountRow, VersionSampleRow, activity_of,
@@ -20,6 +21,26 @@ use crate::store::sqlx_rows::{
 use crate::store::sqlx_shared::{self as shared, RowChange, db, get, now};
 use crate::store::{CatalogueData, InstanceCount, InstanceFilter, Store, StoreError, StoreFuture};
 
+/// Replaces package `id`'s extra files with `files`.
+async fn set_package_files(
+    conn: &mut PgConnection,
+    id: &str,
+    files: &[PackageFile],
+) -> Result<(), StoreError> {
+    sqlx::query(shared::DELETE_PACKAGE_FILES)
+        .bind(id)
+        .execute(&mut *conn)
+        .await
+        .map_err(db("update package files"))?;
+    for (position, f) in (0i64..).zip(files) {
+        shared::bind_package_file(sqlx::query(shared::INSERT_PACKAGE_FILE), id, position, f)?
+            .execute(&mut *conn)
+            .await
+            .map_err(db("add package file"))?;
+    }
+    Ok(())
+}
+
 /// Points a channel at its packages: replaces its `channel_packages` rows.
 async fn set_channel_packages(conn: &mut PgConnection, c: &Channel) -> Result<(), StoreError> {
     sqlx::query(shared::DELETE_CHANNEL_PACKAGES)
@@ -27,10 +48,11 @@ async fn set_channel_packages(conn: &mut PgConnection, c: &Channel) -> Result<()
         .execute(&mut *conn)
         .await
         .map_err(db("update channel packages"))?;
-    for (arch, pkg) in &c.packages {
+    for (format, arch, pkg) in c.all_pointers() {
         sqlx::query(shared::INSERT_CHANNEL_PACKAGE)
             .bind(&c.id)
             .bind(arch)
+            .bind(format.as_str())
             .bind(pkg)
             .execute(&mut *conn)
             .await
@@ -134,6 +156,7 @@ impl Store for PgStore {
                     "load packages",
                 )
                 .await?,
+                package_files: all(tx, shared::SELECT_PACKAGE_FILES, "load package files").await?,
                 channel_packages: all(tx, shared::SELECT_CHANNEL_PACKAGES, "load channel packages")
                     .await?,
                 channels: all(
@@ -269,8 +292,33 @@ impl Store for PgStore {
                 .execute(&mut *tx.tx)
                 .await
                 .map_err(db("insert package"))?;
+            set_package_files(&mut tx.tx, &p.id, &p.files).await?;
             add_activity(&mut tx.tx, act, p.created_at).await?;
             tx.commit("insert package").await
+        })
+    }
+
+    fn set_package_files<'a>(
+        &'a self,
+        id: &'a str,
+        files: &'a [PackageFile],
+        act: &'a NewActivity,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let mut tx = self.begin("set package files").await?;
+            // The package's row is locked, so a concurrent delete waits or wins whole.
+            let found: Option<i32> =
+                sqlx::query_scalar("SELECT 1 FROM packages WHERE id = $1 FOR UPDATE")
+                    .bind(id)
+                    .fetch_optional(&mut *tx.tx)
+                    .await
+                    .map_err(db("set package files"))?;
+            if found.is_none() {
+                return Err(StoreError::NotFound(format!("package {id}")));
+            }
+            set_package_files(&mut tx.tx, id, files).await?;
+            add_activity(&mut tx.tx, act, now()).await?;
+            tx.commit("set package files").await
         })
     }
 

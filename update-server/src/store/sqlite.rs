@@ -22,7 +22,8 @@ pub(crate) use super::sqlx_shared::db;
 use super::sqlx_shared::{self as shared, RowChange, get, migrator, now};
 use super::{CatalogueData, InstanceFilter, Store, StoreError, StoreFuture};
 use crate::model::{
-    Activity, App, Channel, EventRecord, Group, Instance, NewActivity, Package, StatusChange,
+    Activity, App, Channel, EventRecord, Group, Instance, NewActivity, Package, PackageFile,
+    StatusChange,
 };
 
 const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -90,6 +91,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         13,
         "group_counts_index",
         include_str!("../../migrations/0013_group_counts_index.sql"),
+    ),
+    (
+        14,
+        "flatcar_packages",
+        include_str!("../../migrations/0014_flatcar_packages.sql"),
     ),
 ];
 
@@ -175,6 +181,26 @@ async fn add_activity(
     Ok(())
 }
 
+/// Replaces package `id`'s extra files with `files`.
+async fn set_package_files(
+    tx: &mut Transaction<'_, Sqlite>,
+    id: &str,
+    files: &[PackageFile],
+) -> Result<(), StoreError> {
+    sqlx::query(shared::DELETE_PACKAGE_FILES)
+        .bind(id)
+        .execute(&mut **tx)
+        .await
+        .map_err(db("update package files"))?;
+    for (position, f) in (0i64..).zip(files) {
+        shared::bind_package_file(sqlx::query(shared::INSERT_PACKAGE_FILE), id, position, f)?
+            .execute(&mut **tx)
+            .await
+            .map_err(db("add package file"))?;
+    }
+    Ok(())
+}
+
 async fn set_channel_packages(
     tx: &mut Transaction<'_, Sqlite>,
     c: &Channel,
@@ -184,10 +210,11 @@ async fn set_channel_packages(
         .execute(&mut **tx)
         .await
         .map_err(db("update channel packages"))?;
-    for (arch, pkg) in &c.packages {
+    for (format, arch, pkg) in c.all_pointers() {
         sqlx::query(shared::INSERT_CHANNEL_PACKAGE)
             .bind(&c.id)
             .bind(arch)
+            .bind(format.as_str())
             .bind(pkg)
             .execute(&mut **tx)
             .await
@@ -268,6 +295,7 @@ impl Store for SqliteStore {
                     "load packages",
                 )
                 .await?,
+                package_files: all(tx, shared::SELECT_PACKAGE_FILES, "load package files").await?,
                 channel_packages: all(tx, shared::SELECT_CHANNEL_PACKAGES, "load channel packages")
                     .await?,
                 channels: all(
@@ -402,8 +430,31 @@ impl Store for SqliteStore {
                 .execute(&mut *tx)
                 .await
                 .map_err(db("insert package"))?;
+            set_package_files(&mut tx, &p.id, &p.files).await?;
             add_activity(&mut tx, act, p.created_at).await?;
             tx.commit().await.map_err(db("insert package"))
+        })
+    }
+
+    fn set_package_files<'a>(
+        &'a self,
+        id: &'a str,
+        files: &'a [PackageFile],
+        act: &'a NewActivity,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let mut tx = self.begin("set package files").await?;
+            let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM packages WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db("set package files"))?;
+            if found.is_none() {
+                return Err(StoreError::NotFound(format!("package {id}")));
+            }
+            set_package_files(&mut tx, id, files).await?;
+            add_activity(&mut tx, act, now()).await?;
+            tx.commit().await.map_err(db("set package files"))
         })
     }
 

@@ -13,8 +13,8 @@ use super::sqlx_shared::{PortableRow, get};
 use super::{CatalogueData, InstanceCount, StoreError};
 use crate::lifecycle::InstanceStatus;
 use crate::model::{
-    Activity, App, Channel, EventRecord, Group, GroupPolicy, Instance, Package, PackageFormat,
-    Severity, StatusChange,
+    Activity, App, Channel, CompletesOn, EventRecord, Group, GroupPolicy, Instance, Package,
+    PackageFile, PackageFormat, Severity, StatusChange,
 };
 use crate::retention::protection::{GroupFacts, RolloutFacts};
 
@@ -98,6 +98,14 @@ pub fn app_of<R: PortableRow>(r: &R) -> Result<App, StoreError> {
         name: get(r, T, "name")?,
         description: get(r, T, "description")?,
         created_at: get(r, T, "created_at")?,
+        completes_on: {
+            let c: String = get(r, T, "completes_on")?;
+            CompletesOn::parse(&c).ok_or_else(|| StoreError::Corrupt {
+                table: T,
+                column: "completes_on",
+                detail: format!("unknown completion event {c:?}"),
+            })?
+        },
     })
 }
 
@@ -127,21 +135,57 @@ pub fn package_of<R: PortableRow>(r: &R) -> Result<Package, StoreError> {
         metadata_size: get::<Option<i64>, _>(r, T, "metadata_size")?
             .map(|m| u64_of(m, T, "metadata_size"))
             .transpose()?,
+        metadata_signature_rsa: get(r, T, "metadata_signature_rsa")?,
+        deadline: get(r, T, "deadline")?,
+        is_delta: get::<i64, _>(r, T, "is_delta")? != 0,
+        disable_payload_backoff: get::<i64, _>(r, T, "disable_payload_backoff")? != 0,
+        needs_admin: get::<i64, _>(r, T, "needs_admin")? != 0,
+        files: Vec::new(),
     })
 }
 
+/// The extra files of every package (rows of `package_files`, selected with `*`, in order), by
+/// package id.
+pub fn package_files_of<R: PortableRow>(
+    rows: &[R],
+) -> Result<BTreeMap<String, Vec<PackageFile>>, StoreError> {
+    const T: &str = "package_files";
+    let mut files: BTreeMap<String, Vec<PackageFile>> = BTreeMap::new();
+    for r in rows {
+        files
+            .entry(get(r, T, "package_id")?)
+            .or_default()
+            .push(PackageFile {
+                name: get(r, T, "name")?,
+                size: u64_of(get(r, T, "size")?, T, "size")?,
+                sha1_base64: get(r, T, "sha1_base64")?,
+                sha256_hex: get(r, T, "sha256_hex")?,
+            });
+    }
+    Ok(files)
+}
+
+/// A channel's package pointers: package id by format and architecture.
+type ChannelPointers = BTreeMap<(PackageFormat, String), String>;
+
 /// The package pointers of every channel (rows of `channel_packages`, selected with `*`): the
-/// package id per architecture, by channel id.
+/// package id per format and architecture, by channel id.
 pub fn channel_pointers_of<R: PortableRow>(
     rows: &[R],
-) -> Result<BTreeMap<String, BTreeMap<String, String>>, StoreError> {
+) -> Result<BTreeMap<String, ChannelPointers>, StoreError> {
     const T: &str = "channel_packages";
-    let mut pointers: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    let mut pointers: BTreeMap<String, ChannelPointers> = BTreeMap::new();
     for r in rows {
+        let f: String = get(r, T, "format")?;
+        let format = PackageFormat::parse(&f).ok_or_else(|| StoreError::Corrupt {
+            table: T,
+            column: "format",
+            detail: format!("unknown package format {f:?}"),
+        })?;
         pointers
             .entry(get(r, T, "channel_id")?)
             .or_default()
-            .insert(get(r, T, "arch")?, get(r, T, "package_id")?);
+            .insert((format, get(r, T, "arch")?), get(r, T, "package_id")?);
     }
     Ok(pointers)
 }
@@ -150,17 +194,22 @@ pub fn channel_pointers_of<R: PortableRow>(
 /// (see [`channel_pointers_of`]).
 pub fn channel_of<R: PortableRow>(
     r: &R,
-    pointers: &mut BTreeMap<String, BTreeMap<String, String>>,
+    pointers: &mut BTreeMap<String, ChannelPointers>,
 ) -> Result<Channel, StoreError> {
     const T: &str = "channels";
     let id: String = get(r, T, "id")?;
-    Ok(Channel {
-        packages: pointers.remove(&id).unwrap_or_default(),
+    let mut c = Channel {
+        packages: BTreeMap::new(),
+        update_engine_packages: BTreeMap::new(),
         id,
         app_id: get(r, T, "app_id")?,
         name: get(r, T, "name")?,
         created_at: get(r, T, "created_at")?,
-    })
+    };
+    for ((format, arch), package) in pointers.remove(&c.id).unwrap_or_default() {
+        c.pointers_mut(format).insert(arch, package);
+    }
+    Ok(c)
 }
 
 /// A row of `groups_` (selected with `*`).
@@ -187,6 +236,8 @@ pub struct CatalogueRows<R> {
     pub apps: Vec<R>,
     /// Rows of `packages`.
     pub packages: Vec<R>,
+    /// Rows of `package_files`, in order.
+    pub package_files: Vec<R>,
     /// Rows of `channel_packages`.
     pub channel_packages: Vec<R>,
     /// Rows of `channels`.
@@ -201,11 +252,16 @@ impl<R: PortableRow> CatalogueRows<R> {
     /// The catalogue these rows hold.
     pub fn decode(self) -> Result<CatalogueData, StoreError> {
         let apps = self.apps.iter().map(app_of).collect::<Result<_, _>>()?;
+        let mut files = package_files_of(&self.package_files)?;
         let packages = self
             .packages
             .iter()
-            .map(package_of)
-            .collect::<Result<_, _>>()?;
+            .map(|r| {
+                let mut p = package_of(r)?;
+                p.files = files.remove(&p.id).unwrap_or_default();
+                Ok(p)
+            })
+            .collect::<Result<_, StoreError>>()?;
         let mut pointers = channel_pointers_of(&self.channel_packages)?;
         let channels = self
             .channels

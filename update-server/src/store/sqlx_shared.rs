@@ -181,12 +181,39 @@ pub fn bind_activity<'q, Q: PortableQuery<'q>>(q: Q, a: &'q NewActivity, at: i64
 /// The package pointers of every channel.
 pub const SELECT_CHANNEL_PACKAGES: &str = "SELECT * FROM channel_packages";
 
+/// The extra files of every package, in order.
+pub const SELECT_PACKAGE_FILES: &str = "SELECT * FROM package_files ORDER BY package_id, position";
+
+/// Removes a package's extra files (`$1` package id).
+pub const DELETE_PACKAGE_FILES: &str = "DELETE FROM package_files WHERE package_id = $1";
+
+/// An extra file of a package (bound by [`bind_package_file`]).
+pub const INSERT_PACKAGE_FILE: &str = "INSERT INTO package_files (package_id, position, name, \
+     size, sha1_base64, sha256_hex) VALUES ($1, $2, $3, $4, $5, $6)";
+
+/// Binds extra file `f` of package `package_id`, at `position`, to [`INSERT_PACKAGE_FILE`].
+pub fn bind_package_file<'q, Q: PortableQuery<'q>>(
+    q: Q,
+    package_id: &'q str,
+    position: i64,
+    f: &'q crate::model::PackageFile,
+) -> Result<Q, StoreError> {
+    let size = i64::try_from(f.size)
+        .map_err(|_| StoreError::Conflict(format!("file size {} too large", f.size)))?;
+    Ok(q.bind_text(package_id)
+        .bind_int(position)
+        .bind_text(&f.name)
+        .bind_int(size)
+        .bind_text(&f.sha1_base64)
+        .bind_text(&f.sha256_hex))
+}
+
 /// Every machine's alias (machine id, alias).
 pub const SELECT_MACHINE_ALIASES: &str = "SELECT machine_id, alias FROM machine_aliases";
 
 /// An application (bound by [`bind_app`]).
-pub const INSERT_APP: &str =
-    "INSERT INTO apps (id, name, description, created_at) VALUES ($1, $2, $3, $4)";
+pub const INSERT_APP: &str = "INSERT INTO apps (id, name, description, created_at, \
+     completes_on) VALUES ($1, $2, $3, $4, $5)";
 
 /// Binds application `app` to [`INSERT_APP`].
 pub fn bind_app<'q, Q: PortableQuery<'q>>(q: Q, app: &'q App) -> Q {
@@ -194,6 +221,7 @@ pub fn bind_app<'q, Q: PortableQuery<'q>>(q: Q, app: &'q App) -> Q {
         .bind_text(&app.name)
         .bind_text(&app.description)
         .bind_int(app.created_at)
+        .bind_text(app.completes_on.as_str())
 }
 
 /// A statement that changes one catalogue row, run (with its activity entry, in one
@@ -217,8 +245,13 @@ impl RowChange {
         Self {
             op: "update app",
             what: format!("application {}", app.id),
-            sql: "UPDATE apps SET name = $1, description = $2 WHERE id = $3",
-            binds: vec![app.name.clone(), app.description.clone(), app.id.clone()],
+            sql: "UPDATE apps SET name = $1, description = $2, completes_on = $3 WHERE id = $4",
+            binds: vec![
+                app.name.clone(),
+                app.description.clone(),
+                app.completes_on.as_str().to_owned(),
+                app.id.clone(),
+            ],
         }
     }
 
@@ -291,10 +324,10 @@ pub const UPDATE_CHANNEL: &str = "UPDATE channels SET name = $1 WHERE id = $2";
 /// Removes a channel's package pointers (`$1` channel id).
 pub const DELETE_CHANNEL_PACKAGES: &str = "DELETE FROM channel_packages WHERE channel_id = $1";
 
-/// Points a channel at a package for an architecture (`$1` channel id, `$2` architecture, `$3`
-/// package id).
+/// Points a channel at a package for an architecture and format (`$1` channel id, `$2`
+/// architecture, `$3` format, `$4` package id).
 pub const INSERT_CHANNEL_PACKAGE: &str =
-    "INSERT INTO channel_packages (channel_id, arch, package_id) VALUES ($1, $2, $3)";
+    "INSERT INTO channel_packages (channel_id, arch, format, package_id) VALUES ($1, $2, $3, $4)";
 
 /// A group (bound by [`bind_group`]).
 pub const INSERT_GROUP: &str = "INSERT INTO groups_ (id, app_id, name, track, channel_id, \
@@ -329,8 +362,9 @@ pub fn bind_group_update<'q, Q: PortableQuery<'q>>(q: Q, g: &'q Group, policy: &
 
 /// A package (bound by [`bind_package`]).
 pub const INSERT_PACKAGE: &str = "INSERT INTO packages (id, app_id, version, arch, kind, \
-     filename, size, sha1_base64, sha256_hex, external_url, created_at, format, metadata_size) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
+     filename, size, sha1_base64, sha256_hex, external_url, created_at, format, metadata_size, \
+     metadata_signature_rsa, deadline, is_delta, disable_payload_backoff, needs_admin) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)";
 
 /// Binds package `p`, with its size as stored (`size`), to [`INSERT_PACKAGE`].
 pub fn bind_package<'q, Q: PortableQuery<'q>>(q: Q, p: &'q Package, size: i64) -> Q {
@@ -347,6 +381,11 @@ pub fn bind_package<'q, Q: PortableQuery<'q>>(q: Q, p: &'q Package, size: i64) -
         .bind_int(p.created_at)
         .bind_text(p.format.as_str())
         .bind_opt_int(p.metadata_size.and_then(|m| i64::try_from(m).ok()))
+        .bind_opt_text(p.metadata_signature_rsa.as_deref())
+        .bind_opt_text(p.deadline.as_deref())
+        .bind_int(i64::from(p.is_delta))
+        .bind_int(i64::from(p.disable_payload_backoff))
+        .bind_int(i64::from(p.needs_admin))
 }
 
 /// The catalogue's generation.

@@ -239,10 +239,9 @@ fn package_row(viewer: &Viewer, p: &PackagesPage, k: &Package, channels: &[&Chan
     let pointing: Vec<(&str, &str)> = channels
         .iter()
         .flat_map(|c| {
-            c.packages
-                .iter()
-                .filter(|(_, id)| **id == k.id)
-                .map(|(arch, _)| (c.name.as_str(), arch.as_str()))
+            c.all_pointers()
+                .filter(|(_, _, id)| *id == k.id)
+                .map(|(_, arch, _)| (c.name.as_str(), arch))
         })
         .collect();
     let short = k.sha256_hex.get(..SHORT_HASH).unwrap_or(&k.sha256_hex);
@@ -317,7 +316,7 @@ fn signer(k: &Package, signatures: Option<&Vec<PackageSignature>>) -> Markup {
 fn point_form(viewer: &Viewer, p: &PackagesPage, k: &Package, channels: &[&Channel]) -> Markup {
     // What each channel points at now for this package's architecture.
     let now_at = |c: &Channel| -> String {
-        match c.packages.get(&k.arch) {
+        match c.pointers(k.format).get(&k.arch) {
             Some(id) if *id == k.id => "already at it".to_owned(),
             Some(id) => p
                 .all
@@ -367,6 +366,12 @@ mod tests {
             created_at,
             format: PackageFormat::Platte,
             metadata_size: None,
+            metadata_signature_rsa: None,
+            deadline: None,
+            is_delta: false,
+            disable_payload_backoff: true,
+            needs_admin: false,
+            files: Vec::new(),
         }
     }
 

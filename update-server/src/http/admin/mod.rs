@@ -16,7 +16,7 @@ pub mod packages;
 pub mod rollouts;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 
 use super::AppState;
@@ -74,9 +74,17 @@ pub fn routes() -> Router<AppState> {
                 .post(packages::publish_package)
                 .layer(DefaultBodyLimit::disable()),
         )
+        .route("/packages/by-reference", post(packages::publish_reference))
         .route(
             "/packages/{id}",
             get(packages::get_package).delete(packages::delete_package),
+        )
+        .route("/packages/{id}/files", post(packages::add_file_reference))
+        .route(
+            "/packages/{id}/files/{name}",
+            put(packages::upload_file)
+                .delete(packages::remove_file)
+                .layer(DefaultBodyLimit::disable()),
         )
         .route("/instances", get(instances::list_instances))
         .route(

@@ -125,7 +125,10 @@ pub async fn list(
         // Named only when the channel does point at it now.
         channels
             .iter()
-            .find(|c| Some(&c.id) == q.channel.as_ref() && c.packages.get(&p.arch) == Some(&p.id))
+            .find(|c| {
+                Some(&c.id) == q.channel.as_ref()
+                    && c.pointers(p.format).get(&p.arch) == Some(&p.id)
+            })
             .map(|c| PackagesNotice::Pointed {
                 channel: c.name.clone(),
                 package: p,
@@ -372,6 +375,7 @@ pub async fn point(
         let input = UpdateChannel {
             name: None,
             packages: BTreeMap::from([(p.arch.clone(), Some(p.id.clone()))]),
+            update_engine_packages: BTreeMap::new(),
         };
         let c = fleet.update_channel(&p.app_id, channel, input).await?;
         Ok::<_, FleetError>((p, c))

@@ -5,7 +5,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::model::{App, Channel, Group, GroupPolicy, NewActivity, Package, PackageFormat};
+use crate::model::{
+    App, Channel, CompletesOn, Group, GroupPolicy, NewActivity, Package, PackageFile, PackageFormat,
+};
 use crate::store::StoreError;
 use crate::store::testkit::{TestStores, both_stores};
 use crate::store::tx::{Urgency, transact};
@@ -24,6 +26,7 @@ fn app(id: &str) -> App {
         name: "OS".into(),
         description: String::new(),
         created_at: 1,
+        completes_on: CompletesOn::Install,
     }
 }
 
@@ -42,16 +45,32 @@ fn pkg(id: &str, app: &str, v: &str) -> Package {
         created_at: 2,
         format: PackageFormat::UpdateEngine,
         metadata_size: Some(1_020),
+        metadata_signature_rsa: Some("c2ln".into()),
+        deadline: Some("now".into()),
+        is_delta: true,
+        disable_payload_backoff: false,
+        needs_admin: true,
+        files: vec![file("oem-azure.gz", 7), file("flatcar-podman.gz", 8)],
     }
 }
 
-/// Channel `id` of app `a`, pointing amd64 at package `p`.
+fn file(name: &str, size: u64) -> PackageFile {
+    PackageFile {
+        name: name.into(),
+        size,
+        sha1_base64: format!("sha1-{name}"),
+        sha256_hex: format!("sha256-{name}"),
+    }
+}
+
+/// Channel `id` of app `a`, pointing amd64's update_engine pointer at package `p`.
 fn channel(id: &str, p: &str) -> Channel {
     Channel {
         id: id.into(),
         app_id: "a".into(),
         name: "stable".into(),
-        packages: BTreeMap::from([("amd64".to_owned(), p.to_owned())]),
+        packages: BTreeMap::new(),
+        update_engine_packages: BTreeMap::from([("amd64".to_owned(), p.to_owned())]),
         created_at: 3,
     }
 }
@@ -95,13 +114,22 @@ async fn catalogue_round_trip_and_referential_rules(kit: &mut TestStores) {
     assert_eq!(data.apps, vec![app("a")]);
     assert_eq!(data.channels, vec![ch]);
     assert_eq!(data.groups, vec![g]);
-    assert_eq!(data.packages.len(), 1);
+    assert_eq!(data.packages, vec![pkg("p1", "a", "1.0.0")]);
+    // A package's extra files are replaced whole, in order; a missing package is not found.
+    let files = vec![file("flatcar-podman.gz", 8)];
+    s.set_package_files("p1", &files, &act()).await.unwrap();
+    let data = s.load_catalogue().await.unwrap();
+    assert_eq!(data.packages[0].files, files);
+    assert!(matches!(
+        s.set_package_files("nope", &files, &act()).await,
+        Err(StoreError::NotFound(_))
+    ));
     assert!(matches!(
         s.delete_group("nope", &act()).await,
         Err(StoreError::NotFound(_))
     ));
     let acts = s.list_activity(None, None, 100).await.unwrap();
-    assert_eq!(acts.len(), 4);
+    assert_eq!(acts.len(), 5);
 }
 
 async fn changes_to_missing_objects_are_not_found_and_references_are_kept(kit: &mut TestStores) {
@@ -140,7 +168,7 @@ async fn changes_to_missing_objects_are_not_found_and_references_are_kept(kit: &
 
     let mut renamed = channel("c", "p1");
     renamed.name = "beta".into();
-    renamed.packages.clear();
+    renamed.update_engine_packages.clear();
     s.update_channel(&renamed, &act()).await.unwrap();
     s.delete_package("p1", &act()).await.unwrap();
     let mut g = group(Some("c"));

@@ -38,6 +38,7 @@ async fn add_app(kit: &TestStores) {
         name: "OS".into(),
         description: String::new(),
         created_at: 0,
+        completes_on: Default::default(),
     };
     kit.store.insert_app(&app, &act()).await.unwrap();
 }

@@ -12,10 +12,18 @@ use serde_json::{Value, json};
 use sha2::Digest as _;
 use update_server::server::{RunningServer, start};
 
+#[path = "../common/mod.rs"]
 mod common;
+#[path = "../support/db.rs"]
+pub mod support_db;
 mod support {
-    pub mod db;
+    pub use super::support_db as db;
 }
+// One module per concern; they share `Env` and the request builders.
+mod completion;
+mod files;
+mod mixed;
+mod reference;
 use support::db::TestDb;
 
 const FLATCAR: &str = "e96281a6-d1af-4bde-9a0a-97b76e56dc57";
@@ -34,7 +42,7 @@ fn crau_file() -> Vec<u8> {
 }
 
 struct Env {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     server: RunningServer,
     http: reqwest::Client,
     base: String,
@@ -51,7 +59,7 @@ impl Env {
         let server = start(s).await.unwrap();
         let base = format!("http://{}", server.addr);
         let env = Self {
-            _dir: dir,
+            dir,
             server,
             http: reqwest::Client::new(),
             base,
@@ -101,6 +109,52 @@ impl Env {
             st,
             serde_json::from_str(&text).unwrap_or(Value::String(text)),
         )
+    }
+
+    /// `PUT /api/v1/packages/{id}/files/{name}` with `body`.
+    async fn upload_file(&self, id: &Value, name: &str, body: Vec<u8>) -> (StatusCode, Value) {
+        let id = id.as_str().unwrap();
+        let r = self
+            .http
+            .put(format!("{}/api/v1/packages/{id}/files/{name}", self.base))
+            .bearer_auth(&self.server.admin_token)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let st = r.status();
+        let text = r.text().await.unwrap();
+        (
+            st,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// Runs `update-server <args> --json` against this server; its JSON output, or the failure
+    /// with stderr.
+    async fn cli(&self, args: &[&str]) -> Result<Value, String> {
+        let mut cli = std::process::Command::new(env!("CARGO_BIN_EXE_update-server"));
+        cli.args(args)
+            .arg("--json")
+            .env("UPDATE_SERVER_URL", &self.base)
+            .env("UPDATE_SERVER_TOKEN", &self.server.admin_token);
+        let out = tokio::task::spawn_blocking(move || cli.output())
+            .await
+            .unwrap()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() {
+            return Err(format!("{stdout}{}", String::from_utf8_lossy(&out.stderr)));
+        }
+        Ok(serde_json::from_str(&stdout).unwrap())
+    }
+
+    /// The update check of an update_engine client `machine` running `version`: the answer.
+    async fn check(&self, machine: &str, version: &str) -> omaha::UpdateCheckResponse {
+        let body = "<ping active=\"1\"></ping><updatecheck></updatecheck>";
+        let xml = self.omaha(update_engine(machine, version, body)).await;
+        let resp = omaha::parse_response(xml.as_bytes()).unwrap();
+        resp.apps[0].updatecheck.clone().unwrap()
     }
 
     async fn omaha(&self, body: String) -> String {
@@ -296,24 +350,23 @@ async fn the_cli_publishes_an_update_engine_payload(db: TestDb) {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("flatcar_production_update.gz");
     std::fs::write(&file, crau_file()).unwrap();
-    let mut cli = std::process::Command::new(env!("CARGO_BIN_EXE_update-server"));
-    cli.args(["package", "publish"])
-        .arg(&file)
-        .args(["--format", "update_engine", "--app", FLATCAR])
-        .args(["--version", "3510.2.0", "--arch", "amd64", "--json"])
-        .env("UPDATE_SERVER_URL", &env.base)
-        .env("UPDATE_SERVER_TOKEN", &env.server.admin_token);
-    let out = tokio::task::spawn_blocking(move || cli.output())
+    let file = file.to_str().unwrap();
+    let pkg = env
+        .cli(&[
+            "package",
+            "publish",
+            file,
+            "--format",
+            "update_engine",
+            "--app",
+            FLATCAR,
+            "--version",
+            "3510.2.0",
+            "--arch",
+            "amd64",
+        ])
         .await
-        .unwrap()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let pkg: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(
         (&pkg["format"], &pkg["version"], &pkg["arch"]),
         (&json!("update_engine"), &json!("3510.2.0"), &json!("amd64")),
@@ -384,6 +437,17 @@ async fn a_client_is_offered_only_a_format_it_can_apply(db: TestDb) {
         .await;
     assert_eq!(st, StatusCode::CREATED, "{crau}");
     point_stable_at(&env, &crau["id"], false).await;
+    // The channel still serves the Platte payload to Platte's agents until its pointer goes.
+    let (st, v) = env
+        .api(
+            reqwest::Method::PATCH,
+            &format!("/apps/{FLATCAR}/channels/stable"),
+            Some(json!({"packages": {"amd64": null}})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["update_engine_packages"]["amd64"], crau["id"], "{v}");
+    assert!(v["packages"].as_object().unwrap().is_empty(), "{v}");
     let id = platte["id"].as_str().unwrap();
     let (st, v) = env
         .api(reqwest::Method::DELETE, &format!("/packages/{id}"), None)
