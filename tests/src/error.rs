@@ -102,6 +102,9 @@ pub enum Error {
         /// The bus error.
         detail: String,
     },
+    /// A test kit helper (the private bus, the proxy) failed.
+    #[error(transparent)]
+    Testkit(#[from] testkit::Error),
     /// Output of a tool or file was not what the harness expected.
     #[error("unexpected {what}: {detail}")]
     Unexpected {

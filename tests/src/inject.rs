@@ -20,12 +20,7 @@ use crate::error::{Error, Result, io};
 /// Whether `strace` is installed and may trace a child (ptrace allowed); prints a loud note when
 /// it cannot.
 pub fn available() -> bool {
-    let ok = Command::new("strace")
-        .args(["-qq", "-e", "trace=none", "true"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
+    let ok = testkit::tool_runs("strace", &["-qq", "-e", "trace=none", "true"]);
     if !ok {
         eprintln!(
             "!!!!! SKIPPED: strace is not installed or may not trace (ptrace); kill -9 at GPT writes NOT tested !!!!!"

@@ -8,15 +8,16 @@
 //! - [`server`]: `update-server serve` and its admin CLI/API; [`release`]: keys, demo OS
 //!   images, `payload build`; [`world`]: a scenario's server, keys and directory.
 //! - [`gpt`]: GPT disk images without `sgdisk`; [`bootloader`]: gptprio's selection rule;
-//!   [`machine`]: a simulated host and its agent commands; [`proxy`]: a throttling, recording
-//!   TCP proxy for fault scenarios, and the round-robin forwarder in front of server replicas;
-//!   [`omaha_wire`]: the `<app>`s of a recorded Omaha request.
+//!   [`machine`]: a simulated host and its agent commands; [`omaha_wire`]: the `<app>`s of an
+//!   Omaha request that the test kit's TCP proxy (`testkit::tcp_proxy`, also the round-robin
+//!   forwarder in front of server replicas) recorded.
 //! - [`pg`]: throwaway PostgreSQL databases for a [`World`] in [`Mode::Replicas`] (two server
 //!   replicas sharing one database and data directory); [`in_both_modes!`] runs a scenario
 //!   against one server and against the replicas.
 //! - [`browser`]: headless Chromium through chromedriver, for the dashboard scenario.
 //! - [`dbus`]: a private `dbus-daemon` per host, a logind stand-in recording reboots and a
-//!   systemd stand-in recording unit restarts (the agent daemon and `updatectl`);
+//!   systemd stand-in recording unit restarts (the agent daemon and `updatectl`), all three the
+//!   test kit's (`testkit`, shared with the agent's and the server's tests);
 //!   [`extension`]: a runtime extension configured on a host; [`inject`]: `SIGKILL` at an
 //!   exact write, through strace.
 
@@ -33,7 +34,6 @@ pub mod machine;
 pub mod omaha_wire;
 pub mod pg;
 pub mod process;
-pub mod proxy;
 pub mod release;
 pub mod server;
 pub mod world;

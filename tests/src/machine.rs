@@ -204,24 +204,9 @@ board = "amd64-usr"
 [boot]
 disk = "{disk}"
 
-[agent]
-state_dir = "/var/lib/platte"
-
-[check]
-initial_delay_secs = 0
-interval_secs = 60
-jitter_secs = 0
-backoff_base_secs = 1
-
-[install]
-checkpoint_interval_ms = 50
-
-[http]
-connect_timeout_secs = 5
-request_timeout_secs = 10
-stall_timeout_secs = 10
-"#,
+{common}"#,
             name = self.name,
+            common = testkit::agent::COMMON_CONFIG,
             keys = keys.display(),
             disk = self.disk.display(),
         )

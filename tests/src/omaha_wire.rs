@@ -1,4 +1,4 @@
-//! What an agent put on the wire in an Omaha request (as [`crate::proxy::Proxy`] recorded it):
+//! What an agent put on the wire in an Omaha request (as [`testkit::tcp_proxy::Proxy`] recorded it):
 //! its `<app>` elements with their attributes, update checks and events. A small scanner of its
 //! own, independent of the `omaha` crate, so a scenario checks the agent's XML against the
 //! protocol as documented rather than against the code that wrote it.

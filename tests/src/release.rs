@@ -137,21 +137,9 @@ fn run(cmd: &mut Command) -> Result<String> {
     }
 }
 
-/// `len` incompressible bytes seeded by `seed_text` (xorshift over an FNV-1a seed).
+/// `len` incompressible bytes seeded by `seed_text`.
 fn noise(seed_text: &str, len: usize) -> Vec<u8> {
-    let mut seed = 0xcbf2_9ce4_8422_2325u64;
-    for b in seed_text.bytes() {
-        seed = (seed ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
-    }
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
+    testkit::release::noise(len, testkit::release::text_seed(seed_text))
 }
 
 /// `v` with `head` written over its start (as much of it as fits).

@@ -13,13 +13,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::Value;
+use testkit::tcp_proxy::Proxy;
 
 use crate::bins::Binaries;
 use crate::error::{Error, Result, io};
 use crate::machine::{APP, DiskLayout, Machine, Site};
 use crate::pg::TestDatabase;
 use crate::process::poll_until;
-use crate::proxy::Proxy;
 use crate::release::{self, Publisher};
 use crate::server::Server;
 
@@ -326,7 +326,7 @@ impl World {
     }
 
     /// Makes machines created from now on talk to `base` (`http://host:port`, e.g. a
-    /// [`crate::proxy::Proxy`] in front of the server) instead of the server itself.
+    /// [`Proxy`] in front of the server) instead of the server itself.
     pub fn route_agents_via(&mut self, base: &str) {
         base.clone_into(&mut self.agent_base);
         self.omaha_url = format!("{base}/v1/update/");

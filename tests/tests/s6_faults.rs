@@ -19,8 +19,8 @@ use platte_e2e::bootloader::{self, Prio};
 use platte_e2e::gpt::{self, Copies, Entry, Table};
 use platte_e2e::inject::{self, Write};
 use platte_e2e::process::poll_until;
-use platte_e2e::proxy::Proxy;
 use platte_e2e::{APP, DiskLayout, Machine, Mode, Release, USR_A, USR_B, World, release};
+use testkit::tcp_proxy::Proxy;
 
 platte_e2e::in_both_modes!(
     server_killed_during_download_agent_resumes,

@@ -28,8 +28,8 @@ use platte_e2e::dbus::{self, Bus, Logind, RebootLog, RestartFault, Systemd, Unit
 use platte_e2e::extension::HostExtension;
 use platte_e2e::omaha_wire::{WireApp, request_apps};
 use platte_e2e::process::{Proc, poll_until, tail};
-use platte_e2e::proxy::Proxy;
 use platte_e2e::{APP, DiskLayout, Machine, Mode, Release, USR_B, World};
+use testkit::tcp_proxy::Proxy;
 
 /// The containerd extension's app id (docs/usage/container-runtime.md's example).
 const EXT_APP: &str = "5e8a1c7d-2f4b-4c6e-9a1d-3b7c9e2f4a60";

@@ -1,14 +1,12 @@
 //! The `update-agent` binary on a fake host root: `status-slots`, `mark-good`, `check-config`.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::{assert_verified, attrs, gptprio, make_image};
+use testkit::sgdisk::{self as common, assert_verified, attrs, gptprio, make_image};
 
 struct Host {
     root: tempfile::TempDir,

@@ -8,7 +8,6 @@
 //! `/run/reboot-required` back the same way.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
 mod support;
 
 use serde_json::{Value, json};
@@ -19,9 +18,9 @@ use support::agent_bus::{
     DaemonProcess, LONG, bus_world, connect, parts, updatectl, wait_for, wait_props,
 };
 use support::ext_world::{EXT_APP, ExtHost, UNIT, ext_image, ext_payload};
-use support::logind_standin::LogindStandin;
-use support::systemd_standin::SystemdStandin;
 use support::{MACHINE, World, image};
+use testkit::logind::LogindStandin;
+use testkit::systemd::SystemdStandin;
 
 /// The host side of containerd for `w`'s agent (under `DIR/ext/`), and the `[extensions]`
 /// drop-in that configures it: restarts `containerd.service`, runs the health command.

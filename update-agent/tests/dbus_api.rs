@@ -6,7 +6,6 @@
 //! them too when no policy is installed.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
 mod support;
 
 use std::process::Command;
@@ -17,9 +16,10 @@ use update_agent::dbus::proxy::{ManagerProxy, Update1Proxy};
 use support::agent_bus::{
     DaemonProcess, LONG, NotifyListener, QUIET, bus_world, connect, props, wait_for, wait_props,
 };
-use support::dbus_daemon::DbusDaemon;
-use support::logind_standin::LogindStandin;
 use support::{World, image};
+use testkit::dbus::DbusDaemon;
+use testkit::logind::LogindStandin;
+use testkit::sgdisk as common;
 
 #[test]
 fn immediate_strategy_reboots_once_staged_with_status_on_dbus_and_sd_notify() {

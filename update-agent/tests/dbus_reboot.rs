@@ -5,7 +5,6 @@
 //! mark-good, outside any window, before the first check.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
 mod support;
 
 use std::path::{Path, PathBuf};
@@ -19,9 +18,10 @@ use update_agent::reboot::time::TokioSleeper;
 use support::agent_bus::{
     InProcess, LONG, ManualClock, NotifyListener, bus_world, lock_holders, wait_for, wait_props,
 };
-use support::dbus_daemon::DbusDaemon;
-use support::logind_standin::LogindStandin;
 use support::{MACHINE, World, image};
+use testkit::dbus::DbusDaemon;
+use testkit::logind::LogindStandin;
+use testkit::sgdisk as common;
 
 // 2025-06-02 is a Monday.
 const MON_NOON: &str = "2025-06-02T12:00:00Z";

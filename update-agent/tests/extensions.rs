@@ -4,7 +4,6 @@
 //! a recording refresh command and a controllable health command.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
 mod support;
 
 use update_agent::extensions::{ExtensionState, Extensions, Outcome, Readiness, codes};

@@ -4,14 +4,12 @@
 //! boot loader uses before the next change; with both copies damaged nothing is written.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use common::{assert_verified, attrs, gptprio, info, make_image, sgdisk};
+use testkit::sgdisk::{assert_verified, attrs, gptprio, info, make_image, sgdisk};
 use update_agent::boot::gpt::{self, GptCopy, GptError, GptTable, Repair};
 use update_agent::boot::{
     BootBackend, BootError, GptprioBackend, SlotId, SlotSpec, gptprio_select,

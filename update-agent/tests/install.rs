@@ -6,13 +6,12 @@
 //! the daemon's next check.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
 mod support;
 
 use std::time::{Duration, Instant};
 
-use common::{assert_verified, attrs, gptprio};
 use support::{IMAGE_LEN, MACHINE, World, event_triples, image};
+use testkit::sgdisk::{assert_verified, attrs, gptprio};
 
 /// Non-production-server flag update_engine (and the Platte agent) ORs into error codes.
 const FLAG: i64 = 1 << 28;

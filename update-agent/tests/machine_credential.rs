@@ -5,7 +5,6 @@
 //! ignores.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
 mod support;
 
 use std::os::unix::fs::PermissionsExt as _;

@@ -2,11 +2,6 @@
 //! `dbus-daemon`: Reboot recorded, block inhibitors delay, users get a notice and a grace period.
 #![allow(clippy::unwrap_used)]
 
-#[path = "support/dbus_daemon.rs"]
-mod dbus_daemon;
-#[path = "support/logind_standin.rs"]
-mod logind_standin;
-
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,8 +12,8 @@ use update_agent::reboot::logind::Logind;
 use update_agent::reboot::time::{Clock, Sleeper};
 use update_agent::reboot::{Coordinator, Decision, Immediate, RebootStrategy};
 
-use dbus_daemon::DbusDaemon;
-use logind_standin::LogindStandin;
+use testkit::dbus::DbusDaemon;
+use testkit::logind::LogindStandin;
 
 /// A clock the test moves; sleeping moves it too.
 #[derive(Clone)]

@@ -4,14 +4,12 @@
 //! counts the boot down and sets `LoaderEntrySelected` like the real loader does.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{FileExt, symlink};
 use std::path::{Path, PathBuf};
 
-use common::sgdisk;
+use testkit::sgdisk::sgdisk;
 use update_agent::boot::sdboot::{
     DirSlotFiles, EntryFileName, LOADER_VENDOR_GUID, SdbootConfig, read_loader_var, resolve_in_root,
 };

@@ -2,11 +2,10 @@
 //! a real `dbus-daemon`.
 #![allow(clippy::unwrap_used)]
 
-#[path = "support/dbus_daemon.rs"]
-mod dbus_daemon;
-
 use std::path::PathBuf;
 use std::process::Command;
+
+use testkit::dbus as dbus_daemon;
 
 fn systemd_dir() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../systemd"))

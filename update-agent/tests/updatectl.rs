@@ -5,7 +5,6 @@
 //! caller that is not root.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
 mod support;
 
 use std::io::{BufRead as _, BufReader};
@@ -14,9 +13,9 @@ use std::process::{Command, Stdio};
 use support::agent_bus::{
     DaemonProcess, LONG, QUIET, bus_world, parts, updatectl, wait_for, wait_props,
 };
-use support::dbus_daemon::DbusDaemon;
-use support::logind_standin::LogindStandin;
 use support::{World, image};
+use testkit::dbus::DbusDaemon;
+use testkit::logind::LogindStandin;
 
 #[test]
 fn status_check_update_reboot_reset_and_deny_list() {

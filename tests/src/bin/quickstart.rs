@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 use platte_e2e::bins::Binaries;
 use platte_e2e::machine::{APP, DiskLayout, USR_A, USR_B};
-use platte_e2e::proxy::Proxy;
 use platte_e2e::world::World;
+use testkit::tcp_proxy::Proxy;
 
 /// Size of the demo OS image.
 const IMAGE_LEN: usize = 48 << 20;

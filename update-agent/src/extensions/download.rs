@@ -12,16 +12,17 @@
 //!    and checked against the signed image SHA-256, and renamed to `NAME-VERSION.raw`.
 //!
 //! A failed download leaves no file behind. Each URL is tried once; the next check retries.
+//! The transfer itself (the answer's checks, the body's accounting and hash, the applier on its
+//! own thread) is the OS install's ([`crate::install::download`]).
 
 use std::fs::{self, OpenOptions};
 use std::io::ErrorKind;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
 
-use futures_util::StreamExt as _;
+use futures_util::Stream;
 use payloads::format::prefix_len_needed;
 use payloads::{Applier, ApplyError, ApplyOptions, Expectations, Kind, Prefix, Target, TrustStore};
-use sha2::{Digest as _, Sha256};
 use url::Url;
 
 use super::compat::{self, CompatError};
@@ -30,6 +31,8 @@ use super::images::{image_file, partial_path, sync_dir};
 use super::state::Image;
 use crate::identity::Identity;
 use crate::install::InstallError;
+use crate::install::download::{self, Incoming, Piece, Worker, transfer};
+use crate::install::hasher::ResumableSha256;
 use crate::omaha_client::Offer;
 
 /// What to download and what it must be.
@@ -52,13 +55,6 @@ pub struct DownloadRequest<'a> {
     pub image_dir: &'a Path,
     /// Current time (Unix seconds) for the expiry check.
     pub now_unix: u64,
-}
-
-fn transfer(url: &Url, detail: impl std::fmt::Display) -> ExtensionError {
-    ExtensionError::Download(InstallError::Transfer {
-        url: url.to_string(),
-        detail: detail.to_string(),
-    })
 }
 
 /// Downloads and verifies the offer (see the module documentation); returns the stored image.
@@ -125,48 +121,11 @@ fn admit(
     Ok((info, versions.as_text()))
 }
 
-/// The payload written so far into the temporary file.
-struct Writing {
-    applier: Applier,
-}
-
-impl Writing {
-    /// Feeds `chunk` on a blocking thread (slot writes are synchronous).
-    async fn feed(self, chunk: Vec<u8>) -> (Self, Result<(), ApplyError>) {
-        let joined = tokio::task::spawn_blocking(move || {
-            let mut w = self;
-            let r = w.applier.feed(&chunk).map(|_| ());
-            (w, r)
-        })
-        .await;
-        match joined {
-            Ok(r) => r,
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
-        }
-    }
-}
-
 async fn attempt(req: &DownloadRequest<'_>, url: &Url) -> Result<Image, ExtensionError> {
-    let resp = req
-        .http
-        .get(url.clone())
-        .send()
-        .await
-        .map_err(|e| transfer(url, e))?;
-    if !resp.status().is_success() {
-        return Err(ExtensionError::Download(InstallError::HttpStatus {
-            url: url.to_string(),
-            status: resp.status().as_u16(),
-        }));
-    }
-    if let Some(len) = resp.content_length().filter(|&l| l != req.offer.size) {
-        return Err(ExtensionError::Download(InstallError::SizeMismatch {
-            announced: req.offer.size,
-            found: format!("the server sends {len} bytes"),
-        }));
-    }
+    let (resp, skip) = download::open(req.http, url, 0, req.offer.size, &req.offer.version).await?;
     let partial = partial_path(req.image_dir, req.name, &req.offer.version);
-    let result = stream(req, url, resp, &partial).await;
+    let body = download::incoming(resp, url, req.offer.size, 0, skip, ResumableSha256::new());
+    let result = stream(req, url, body, &partial).await;
     if result.is_err() {
         match fs::remove_file(&partial) {
             Err(e) if e.kind() != ErrorKind::NotFound => {
@@ -178,78 +137,81 @@ async fn attempt(req: &DownloadRequest<'_>, url: &Url) -> Result<Image, Extensio
     result
 }
 
-async fn stream(
+async fn stream<S, B>(
     req: &DownloadRequest<'_>,
     url: &Url,
-    resp: reqwest::Response,
+    mut body: Incoming<S>,
     partial: &Path,
-) -> Result<Image, ExtensionError> {
+) -> Result<Image, ExtensionError>
+where
+    S: Stream<Item = reqwest::Result<B>> + Unpin,
+    B: AsRef<[u8]> + Send + 'static,
+{
     let apply = |e: ApplyError| ExtensionError::Download(InstallError::Apply(e));
-    let mut hash = Sha256::new();
-    let mut received = 0u64;
-    let mut pending: Vec<u8> = Vec::new();
-    let mut writing: Option<Writing> = None;
+    // The signed prefix, as received (pieces, and their bytes for checking).
+    let mut pending: Vec<Piece<B>> = Vec::new();
+    let mut prefix: Vec<u8> = Vec::new();
+    let mut writing: Option<Worker<Piece<B>>> = None;
     let mut versions = String::new();
-    let mut body = resp.bytes_stream();
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| transfer(url, e))?;
-        received += chunk.len() as u64;
-        if received > req.offer.size {
-            return Err(ExtensionError::Download(InstallError::SizeMismatch {
-                announced: req.offer.size,
-                found: "the server sends more".into(),
-            }));
-        }
-        hash.update(&chunk);
-        let data = match writing.take() {
-            Some(w) => {
-                let (w, r) = w.feed(chunk.to_vec()).await;
-                r.map_err(apply)?;
-                writing = Some(w);
-                continue;
-            }
-            None => {
-                pending.extend_from_slice(&chunk);
-                let need = prefix_len_needed(&pending).map_err(|e| apply(e.into()))?;
-                if pending.len() < need {
-                    continue;
-                }
-                let (info, v) = admit(req, &pending[..need])?;
-                versions = v;
-                tracing::info!(extension = req.name, version = %req.offer.version,
-                    signer = %info.signer, os_versions = %versions,
-                    "extension payload signature and manifest verified");
-                // Only now is anything created on disk.
-                let file = create_partial(req.image_dir, partial)?;
-                let target =
-                    Target::new(file, 0, info.target_size()).map_err(io("opening", partial))?;
-                let opts = ApplyOptions {
-                    now: req.now_unix,
-                    expect: Expectations {
-                        kind: Some(Kind::File),
-                        version: Some(req.offer.version.clone()),
-                        ..Expectations::default()
-                    },
-                    sync: true,
-                };
-                writing = Some(Writing {
-                    applier: Applier::new(req.trust, target, opts),
-                });
-                std::mem::take(&mut pending)
-            }
+    let result: Result<(), ExtensionError> = loop {
+        let piece = match body.next().await {
+            None => break Ok(()),
+            Some(Err(e)) => break Err(e.into()),
+            Some(Ok(p)) => p,
         };
-        if let Some(w) = writing.take() {
-            let (w, r) = w.feed(data).await;
-            r.map_err(apply)?;
-            writing = Some(w);
+        if let Some(w) = &writing {
+            if !w.feed(piece) {
+                // The applier stopped on an error: collect it below.
+                break Ok(());
+            }
+            continue;
         }
-    }
+        prefix.extend_from_slice(piece.as_ref());
+        pending.push(piece);
+        let need = prefix_len_needed(&prefix).map_err(|e| apply(e.into()))?;
+        if prefix.len() < need {
+            continue;
+        }
+        let (info, v) = admit(req, &prefix[..need])?;
+        versions = v;
+        tracing::info!(extension = req.name, version = %req.offer.version,
+            signer = %info.signer, os_versions = %versions,
+            "extension payload signature and manifest verified");
+        // Only now is anything created on disk.
+        let file = create_partial(req.image_dir, partial)?;
+        let target = Target::new(file, 0, info.target_size()).map_err(io("opening", partial))?;
+        let opts = ApplyOptions {
+            now: req.now_unix,
+            expect: Expectations {
+                kind: Some(Kind::File),
+                version: Some(req.offer.version.clone()),
+                ..Expectations::default()
+            },
+            sync: true,
+        };
+        // The manifest was checked above, before the file was created.
+        let w = Worker::start(
+            Applier::new(req.trust, target, opts),
+            Box::new(|_, _| Ok(())),
+        );
+        let fed = pending.drain(..).all(|p| w.feed(p));
+        writing = Some(w);
+        if !fed {
+            break Ok(());
+        }
+    };
+    let received = body.pos();
     let Some(w) = writing else {
+        result?;
         return Err(transfer(
             url,
             format!("connection closed after {received} bytes, inside the payload's signed prefix"),
-        ));
+        )
+        .into());
     };
+    let (applier, worker_result) = w.finish();
+    worker_result?;
+    result?;
     if received != req.offer.size {
         return Err(transfer(
             url,
@@ -257,16 +219,17 @@ async fn stream(
                 "connection closed after {received} of {} bytes",
                 req.offer.size
             ),
-        ));
+        )
+        .into());
     }
-    let digest: [u8; 32] = hash.finalize().into();
+    let digest = body.into_hasher().finish();
     if digest != req.offer.sha256 {
         return Err(ExtensionError::Download(InstallError::HashMismatch {
             announced: hex::encode(req.offer.sha256),
             found: hex::encode(digest),
         }));
     }
-    let finished = tokio::task::spawn_blocking(move || w.applier.finish()).await;
+    let finished = tokio::task::spawn_blocking(move || applier.finish()).await;
     let applied = match finished {
         Ok(r) => r.map_err(apply)?,
         Err(e) => std::panic::resume_unwind(e.into_panic()),

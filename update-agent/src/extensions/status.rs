@@ -4,6 +4,8 @@
 
 use std::fmt;
 
+use super::{Extensions, supports};
+
 /// The state of one extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExtensionState {
@@ -151,4 +153,92 @@ pub struct ExtensionOutcome {
     pub name: String,
     /// What happened.
     pub outcome: Outcome,
+}
+
+impl Extensions {
+    /// Whether a staged OS update to `target_os` may reboot: every enabled extension with an
+    /// active image has a build supporting `target_os` staged, or its active image supports it.
+    pub fn readiness(&self, target_os: &str) -> Readiness {
+        let mut waiting = Vec::new();
+        for ext in self.settings.enabled() {
+            let Some(rec) = self.state.extensions.get(&ext.name) else {
+                continue;
+            };
+            if rec
+                .next_boot
+                .as_ref()
+                .is_some_and(|n| n.os_version == target_os)
+            {
+                continue;
+            }
+            let Some(active) = &rec.active else { continue };
+            if supports(active, target_os) {
+                continue;
+            }
+            let mut why = format!(
+                "{} {} supports OS {}, not {target_os}; waiting for a build supporting {target_os}",
+                ext.name, active.version, active.os_versions
+            );
+            if let Some(r) = rec.refused.as_ref().filter(|r| r.os_version == target_os) {
+                why.push_str(&format!(" (offered {} refused: {})", r.version, r.reason));
+            }
+            waiting.push(why);
+        }
+        if waiting.is_empty() {
+            Readiness::Ready
+        } else {
+            Readiness::Waiting(waiting)
+        }
+    }
+
+    /// Each configured extension's version and state; `target_os` is the staged OS version, if
+    /// any (an extension the reboot waits for is `waiting`).
+    pub fn status(&self, target_os: Option<&str>) -> Vec<ExtensionStatus> {
+        self.settings
+            .extensions
+            .iter()
+            .map(|ext| {
+                let rec = self
+                    .state
+                    .extensions
+                    .get(&ext.name)
+                    .cloned()
+                    .unwrap_or_default();
+                let version = rec
+                    .active
+                    .as_ref()
+                    .map(|i| i.version.clone())
+                    .unwrap_or_default();
+                let (state, detail) = if !ext.enabled {
+                    (ExtensionState::Disabled, String::new())
+                } else if let Some(n) = rec
+                    .next_boot
+                    .as_ref()
+                    .filter(|n| Some(n.os_version.as_str()) == target_os)
+                {
+                    (
+                        ExtensionState::Staged,
+                        format!("{} for OS {}", n.image.version, n.os_version),
+                    )
+                } else if let Some(Readiness::Waiting(w)) = target_os.map(|t| self.readiness(t))
+                    && let Some(line) = w.iter().find(|l| l.starts_with(&format!("{} ", ext.name)))
+                {
+                    (ExtensionState::Waiting, line.clone())
+                } else if let Some(err) = rec.last_error.as_ref().filter(|_| rec.refused.is_none())
+                {
+                    (ExtensionState::Failed, err.message.clone())
+                } else if rec.active.is_some() {
+                    (ExtensionState::Active, String::new())
+                } else {
+                    (ExtensionState::NotInstalled, String::new())
+                };
+                ExtensionStatus {
+                    name: ext.name.clone(),
+                    version,
+                    state,
+                    detail,
+                }
+            })
+            .collect()
+    }
 }

@@ -24,6 +24,7 @@
 //! [`BootBackend::target_slot`].
 
 pub mod compat;
+pub(crate) mod download;
 pub mod error;
 pub mod hasher;
 mod stream;

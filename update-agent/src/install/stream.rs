@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt as _;
 use payloads::{Applier, ApplyError, ApplyOptions, TrustStore};
 use reqwest::StatusCode;
-use reqwest::header::{CONTENT_RANGE, RANGE};
+use reqwest::header::RANGE;
 use url::Url;
 
+use super::download::{self, Worker, transfer};
 use super::hasher::ResumableSha256;
 use super::{InstallError, Installer, Observer, ResumeRecord, Streamed, compat};
 use crate::boot::TargetSlot;
@@ -126,13 +127,6 @@ pub(super) async fn stream_payload<O: Observer>(
     })
 }
 
-fn transfer(url: &Url, detail: impl std::fmt::Display) -> InstallError {
-    InstallError::Transfer {
-        url: url.to_string(),
-        detail: detail.to_string(),
-    }
-}
-
 /// Fetches payload bytes `start..end` exactly (for the prefix of a resumed download).
 async fn fetch_exact(
     http: &reqwest::Client,
@@ -205,7 +199,7 @@ async fn attempt_once<O: Observer>(
         sync: true,
     };
     let mut downloaded = 0u64;
-    let (applier, mut hasher, start, resumed) = match rec.as_ref() {
+    let (applier, hasher, start, resumed) = match rec.as_ref() {
         Some(r) => {
             let hasher = ResumableSha256::restore(&r.hash).ok_or_else(|| {
                 InstallError::Apply(ApplyError::InvalidCheckpoint {
@@ -238,122 +232,69 @@ async fn attempt_once<O: Observer>(
         ),
     };
 
-    let mut req = inst.http.get(url.clone());
-    if start > 0 {
-        req = req.header(RANGE, format!("bytes={start}-"));
-    }
-    let resp = req.send().await.map_err(|e| transfer(url, e))?;
-    let status = resp.status();
-    let mut skip = 0u64;
-    match status {
-        StatusCode::PARTIAL_CONTENT if start > 0 => {
-            let (from, total) = parse_content_range(resp.headers().get(CONTENT_RANGE))
-                .ok_or_else(|| transfer(url, "206 answer without a usable Content-Range"))?;
-            if from != start {
-                return Err(transfer(
-                    url,
-                    format!("asked for bytes from {start}, got {from}"),
-                ));
-            }
-            if let Some(t) = total.filter(|&t| t != offer.size) {
-                return Err(InstallError::SizeMismatch {
-                    announced: offer.size,
-                    found: format!("the server's Content-Range says {t}"),
-                });
-            }
-        }
-        StatusCode::OK => {
-            if let Some(len) = resp.content_length().filter(|&l| l != offer.size) {
-                return Err(InstallError::SizeMismatch {
-                    announced: offer.size,
-                    found: format!("the server sends {len} bytes"),
-                });
-            }
-            // The server ignored `Range` and sends the whole payload: the bytes before the
-            // checkpoint are already written (and hashed), so they are read and dropped, never
-            // fed to the applier again.
-            skip = start;
-            if start > 0 {
-                tracing::warn!(url = %url, version = %offer.version, discarded_bytes = start, "the server ignored Range; discarding the payload bytes already written");
-            }
-        }
-        s => {
-            return Err(InstallError::HttpStatus {
-                url: url.to_string(),
-                status: s.as_u16(),
-            });
-        }
-    }
+    let (resp, skip) = download::open(inst.http, url, start, offer.size, &offer.version).await?;
+    let mut body = download::incoming(resp, url, offer.size, start, skip, hasher);
 
     let interval = inst.settings.install.checkpoint_interval;
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_saved = Instant::now();
-    let mut saved_offset = rec.as_ref().map(|r| r.applier.payload_offset);
-    let mut pos = start;
+    let mut saved = rec.as_ref().map(|r| r.applier.payload_offset);
     // The applier (operation hashes, slot writes) runs on its own thread, fed through a small
     // bounded queue, so receiving and hashing the stream overlap with writing the slot.
+    let (size, identity, version) = (offer.size, inst.identity.clone(), offer.version.clone());
     let worker = Worker::start(
         applier,
-        offer.size,
-        inst.identity.clone(),
-        offer.version.clone(),
+        Box::new(move |applier, payload_len| {
+            if payload_len != Some(size) {
+                return Err(InstallError::SizeMismatch {
+                    announced: size,
+                    found: format!("the signed payload is {} bytes", payload_len.unwrap_or(0)),
+                });
+            }
+            if let Some(info) = applier.info() {
+                compat::check_manifest(&identity, info)?;
+            }
+            tracing::info!(version = %version, "payload signature and manifest verified");
+            Ok(())
+        }),
     );
-    let mut body = resp.bytes_stream();
     let result: Result<(), InstallError> = loop {
-        let chunk = tokio::select! {
-            c = body.next() => c,
+        let piece = tokio::select! {
+            p = body.next() => p,
             _ = tick.tick() => {
                 if last_saved.elapsed() >= interval {
                     if worker.failed() {
                         break Ok(());
                     }
-                    persist(&worker, &hasher, offer, target, rec, &mut saved_offset, obs)?;
+                    persist(&worker, body.hasher(), offer, target, rec, &mut saved, obs)?;
                     last_saved = Instant::now();
                 }
                 continue;
             }
         };
-        let Some(chunk) = chunk else { break Ok(()) };
-        let chunk = match chunk {
-            Ok(c) => c,
-            Err(e) => break Err(transfer(url, e)),
+        let piece = match piece {
+            None => break Ok(()),
+            Some(Err(e)) => break Err(e),
+            Some(Ok(p)) => p,
         };
-        downloaded += chunk.len() as u64;
-        let mut chunk = chunk;
-        if skip > 0 {
-            let n = skip.min(chunk.len() as u64) as usize;
-            let _ = chunk.split_to(n);
-            skip -= n as u64;
-            *discarded += n as u64;
-        }
-        if chunk.is_empty() {
-            continue;
-        }
-        let n = chunk.len() as u64;
-        if pos + n > offer.size {
-            break Err(InstallError::SizeMismatch {
-                announced: offer.size,
-                found: "the server sends more".into(),
-            });
-        }
-        let skip_hash = hasher.len().saturating_sub(pos).min(n) as usize;
-        hasher.update(&chunk[skip_hash..]);
-        if !worker.feed(chunk) {
+        if !worker.feed(piece) {
             // The worker stopped on an error: collect it below.
             break Ok(());
         }
-        pos += n;
-        obs.progress(pos, offer.size);
+        obs.progress(body.pos(), offer.size);
         if last_saved.elapsed() >= interval {
-            persist(&worker, &hasher, offer, target, rec, &mut saved_offset, obs)?;
+            persist(&worker, body.hasher(), offer, target, rec, &mut saved, obs)?;
             last_saved = Instant::now();
         }
     };
+    *discarded += body.discarded();
+    downloaded += body.downloaded();
+    let pos = body.pos();
     let transient = result.as_ref().is_err_and(InstallError::is_transient);
     if result.is_ok() && pos < offer.size && !worker.failed() || transient {
         // Keep what was written: the next attempt resumes from here.
-        persist(&worker, &hasher, offer, target, rec, &mut saved_offset, obs)?;
+        persist(&worker, body.hasher(), offer, target, rec, &mut saved, obs)?;
     }
     let (applier, worker_result) = worker.finish();
     worker_result?;
@@ -366,125 +307,12 @@ async fn attempt_once<O: Observer>(
     }
     Ok(Streamed {
         applier,
-        hash: hasher.finish(),
+        hash: body.into_hasher().finish(),
         received: pos,
         downloaded,
         resumed,
         discarded: *discarded,
     })
-}
-
-/// Work for the applier thread.
-enum Work<B> {
-    /// Payload bytes, in order.
-    Data(B),
-    /// Sync the slot and answer with the applier's checkpoint.
-    Checkpoint(std::sync::mpsc::SyncSender<Result<Option<payloads::Checkpoint>, ApplyError>>),
-}
-
-/// The applier on its own thread.
-struct Worker<B> {
-    tx: Option<std::sync::mpsc::SyncSender<Work<B>>>,
-    failed: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: std::thread::JoinHandle<(Applier, Result<(), InstallError>)>,
-}
-
-/// Chunks queued for the applier thread (bounded memory).
-const QUEUE: usize = 16;
-
-impl<B: AsRef<[u8]> + Send + 'static> Worker<B> {
-    fn start(
-        mut applier: Applier,
-        size: u64,
-        identity: crate::identity::Identity,
-        version: String,
-    ) -> Self {
-        use std::sync::atomic::Ordering;
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Work<B>>(QUEUE);
-        let failed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = std::sync::Arc::clone(&failed);
-        let thread = std::thread::spawn(move || {
-            let mut verified = applier.progress().is_verified();
-            let mut error: Option<InstallError> = None;
-            for work in rx {
-                match work {
-                    Work::Data(_) if error.is_some() => {}
-                    Work::Data(b) => match applier.feed(b.as_ref()) {
-                        Ok(p) if !verified && p.is_verified() => {
-                            verified = true;
-                            if p.payload_len != Some(size) {
-                                error = Some(InstallError::SizeMismatch {
-                                    announced: size,
-                                    found: format!(
-                                        "the signed payload is {} bytes",
-                                        p.payload_len.unwrap_or(0)
-                                    ),
-                                });
-                            } else if let Some(info) = applier.info()
-                                && let Err(e) = compat::check_manifest(&identity, info)
-                            {
-                                error = Some(e);
-                            } else {
-                                tracing::info!(version = %version, "payload signature and manifest verified");
-                            }
-                        }
-                        Ok(_) => {}
-                        Err(e) => error = Some(e.into()),
-                    },
-                    Work::Checkpoint(reply) => {
-                        let cp = if error.is_some() {
-                            Ok(None)
-                        } else {
-                            applier.sync().map(|()| applier.checkpoint())
-                        };
-                        let _ = reply.send(cp);
-                    }
-                }
-                if error.is_some() {
-                    flag.store(true, Ordering::Release);
-                }
-            }
-            (applier, error.map_or(Ok(()), Err))
-        });
-        Self {
-            tx: Some(tx),
-            failed,
-            thread,
-        }
-    }
-
-    /// Whether the applier stopped on an error.
-    fn failed(&self) -> bool {
-        self.failed.load(std::sync::atomic::Ordering::Acquire)
-    }
-
-    /// Queues bytes (blocking while the queue is full); false once the applier has failed.
-    fn feed(&self, b: B) -> bool {
-        !self.failed()
-            && self
-                .tx
-                .as_ref()
-                .is_some_and(|tx| tx.send(Work::Data(b)).is_ok())
-    }
-
-    /// The applier's checkpoint after everything queued so far was written and synced.
-    fn checkpoint(&self) -> Result<Option<payloads::Checkpoint>, InstallError> {
-        let (reply, answer) = std::sync::mpsc::sync_channel(1);
-        let Some(tx) = &self.tx else { return Ok(None) };
-        if tx.send(Work::Checkpoint(reply)).is_err() {
-            return Ok(None);
-        }
-        Ok(answer.recv().unwrap_or(Ok(None))?)
-    }
-
-    /// Waits for the thread; returns the applier and its first error.
-    fn finish(mut self) -> (Applier, Result<(), InstallError>) {
-        drop(self.tx.take());
-        match self.thread.join() {
-            Ok(r) => r,
-            Err(_) => std::panic::resume_unwind(Box::new("payload applier thread panicked")),
-        }
-    }
 }
 
 /// Syncs the target and persists a checkpoint when the applier has advanced.
@@ -517,32 +345,4 @@ fn persist<O: Observer, B: AsRef<[u8]> + Send + 'static>(
     tracing::debug!(offset = r.applier.payload_offset, "checkpoint saved");
     *rec = Some(r);
     Ok(())
-}
-
-/// `bytes START-END/TOTAL` → (START, TOTAL if known).
-fn parse_content_range(v: Option<&reqwest::header::HeaderValue>) -> Option<(u64, Option<u64>)> {
-    let s = v?.to_str().ok()?.strip_prefix("bytes ")?;
-    let (range, total) = s.split_once('/')?;
-    let (from, _) = range.split_once('-')?;
-    Some((from.trim().parse().ok()?, total.trim().parse().ok()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn content_range() {
-        let h = |s: &str| reqwest::header::HeaderValue::from_str(s).unwrap();
-        assert_eq!(
-            parse_content_range(Some(&h("bytes 100-199/200"))),
-            Some((100, Some(200)))
-        );
-        assert_eq!(
-            parse_content_range(Some(&h("bytes 5-9/*"))),
-            Some((5, None))
-        );
-        assert_eq!(parse_content_range(Some(&h("items 5-9/10"))), None);
-        assert_eq!(parse_content_range(None), None);
-    }
 }

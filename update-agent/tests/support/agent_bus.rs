@@ -2,7 +2,7 @@
 //! child process on a private bus, or in-process with an injected clock), an sd_notify listener,
 //! `updatectl` runs, a manual clock, and bounded polling.
 //!
-//! Part of `support` (it uses `support::World`): include with `mod common; mod support;`.
+//! Part of `support` (it uses `support::World`): include with `mod support;`.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::os::unix::net::UnixDatagram;
@@ -19,8 +19,9 @@ use update_agent::agent::daemon::{self, DaemonOptions};
 use update_agent::dbus::proxy::{Fetched, fetch_properties};
 use update_agent::reboot::time::{Clock, Sleeper};
 
+use testkit::dbus::DbusDaemon;
+
 use super::World;
-use super::dbus_daemon::DbusDaemon;
 
 /// Longest any one wait of these tests may take.
 pub const LONG: Duration = Duration::from_secs(60);

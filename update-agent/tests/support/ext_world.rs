@@ -1,13 +1,16 @@
 //! Test world for runtime extensions: a real `update-server` in-process (the test's tokio
 //! runtime) with an OS app and an extension app, a private `dbus-daemon` with the systemd
 //! stand-in, a recording refresh command and a controllable health command, and the agent-side
-//! directories. Part of `support`: include with `mod common; mod support;`.
+//! directories. Part of `support`: include with `mod support;`.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use testkit::dbus::DbusDaemon;
+use testkit::release::{options, signed_payload_with};
+use testkit::systemd::SystemdStandin;
 use update_agent::extensions::{
     ExtensionSettings, Extensions, ExtensionsEnv, ExtensionsSettings, Systemd,
 };
@@ -16,8 +19,6 @@ use update_agent::omaha_client::OmahaClient;
 use update_server::config::Settings;
 use update_server::server::{RunningServer, start};
 
-use super::dbus_daemon::DbusDaemon;
-use super::systemd_standin::SystemdStandin;
 use super::{MACHINE, lines, noise, release_key, script};
 
 /// The OS app id (the agent's default `updates.app_id`).
@@ -42,25 +43,21 @@ pub fn ext_payload(
     version: &str,
     os_versions: Option<&str>,
 ) -> Vec<u8> {
-    let mut o = payloads::BuildOptions::new(EXT_APP, version, "amd64", payloads::unix_now() - 10);
+    let mut o = options(EXT_APP, version);
     o.kind = payloads::Kind::File;
     o.threads = 1;
     o.chunk_size = 64 << 10;
     if let Some(v) = os_versions {
         o.metadata.insert("os.versions".into(), v.into());
     }
-    payloads::build_to_vec(&ext_image(version), std::slice::from_ref(key), &o)
-        .unwrap()
-        .0
+    signed_payload_with(key, &ext_image(version), &o)
 }
 
 /// A signed OS payload (kind `partition`).
 pub fn os_payload(key: &payloads::SigningKey, version: &str) -> Vec<u8> {
-    let mut o = payloads::BuildOptions::new(OS_APP, version, "amd64", payloads::unix_now() - 10);
+    let mut o = options(OS_APP, version);
     o.threads = 1;
-    payloads::build_to_vec(&noise(64 << 10, 3), std::slice::from_ref(key), &o)
-        .unwrap()
-        .0
+    signed_payload_with(key, &noise(64 << 10, 3), &o)
 }
 
 /// The host side of the containerd extension, under one directory: where images and the

@@ -2,19 +2,15 @@
 //! injecting HTTP proxy in front of it, a GPT disk image, and the `update-agent` binary run
 //! against them with a test config directory and host root.
 //!
-//! Include with `mod common; mod support;`. The submodules: [`proxy`] (the fault-injecting
-//! proxy), [`agent_bus`] (the daemon on a private bus, `updatectl`, polling), [`dbus_daemon`]
-//! (a private `dbus-daemon`), [`logind_standin`] and [`systemd_standin`], [`ext_world`] (the
-//! runtime-extension world). `dbus_daemon` and the stand-ins stand alone: a test that needs
-//! nothing else may include just them with `#[path = "support/…"]`.
+//! Include with `mod support;`. The submodules: [`agent_bus`] (the daemon on a private bus,
+//! `updatectl`, polling), [`ext_world`] (the runtime-extension world). What is not about the
+//! agent comes from the test kit (`testkit`): the fault-injecting proxy, the private
+//! `dbus-daemon` and the logind and systemd stand-ins, `sgdisk` disk images, image bytes and
+//! signing keys; a test that needs only those uses `testkit` directly.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod agent_bus;
-pub mod dbus_daemon;
 pub mod ext_world;
-pub mod logind_standin;
-pub mod proxy;
-pub mod systemd_standin;
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
@@ -25,7 +21,8 @@ use serde_json::{Value, json};
 use update_server::config::Settings;
 use update_server::server::{RunningServer, start};
 
-pub use proxy::Proxy;
+pub use testkit::fault_proxy::Proxy;
+pub use testkit::release::{noise, release_key};
 
 /// Platte's default app id (the agent's default `updates.app_id`).
 pub const APP: &str = "{7b3f6a2e-5c1d-4e8a-9f40-2d6b8c1e9a53}";
@@ -35,19 +32,6 @@ pub const MACHINE: &str = "0123456789abcdef0123456789abcdef";
 pub const CHUNK: u32 = 256 << 10;
 /// Size of test images.
 pub const IMAGE_LEN: usize = 6 << 20;
-
-/// Deterministic incompressible bytes.
-pub fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
 
 /// A release image: noise with a zero hole in the middle (so ZERO operations are exercised).
 pub fn image(seed: u64) -> Vec<u8> {
@@ -71,23 +55,6 @@ pub fn lines(p: &Path) -> Vec<String> {
         .collect()
 }
 
-/// A new release signing key, trusted by the server (`DIR/server-keys`) and by the agent
-/// (`DIR/agent-keys`); returns the key and the two directories.
-pub fn release_key(dir: &Path) -> (payloads::SigningKey, PathBuf, PathBuf) {
-    let key = payloads::keys::generate_signing_key();
-    let server_keys = dir.join("server-keys");
-    let agent_keys = dir.join("agent-keys");
-    for d in [&server_keys, &agent_keys] {
-        std::fs::create_dir_all(d).unwrap();
-        std::fs::write(
-            d.join("release.pub"),
-            payloads::keys::public_key_pem(&key.verifying_key()),
-        )
-        .unwrap();
-    }
-    (key, server_keys, agent_keys)
-}
-
 /// `cmd` without the proxy variables of the environment the tests run in: the agent talks to
 /// the servers on loopback directly.
 pub fn without_proxy_env(cmd: &mut Command) -> &mut Command {
@@ -106,12 +73,10 @@ pub fn without_proxy_env(cmd: &mut Command) -> &mut Command {
 
 /// Builds and signs a payload of `image` as `version`.
 pub fn build_payload(key: &payloads::SigningKey, version: &str, image: &[u8]) -> Vec<u8> {
-    let mut opts = payloads::BuildOptions::new(APP, version, "amd64", payloads::unix_now() - 10);
+    let mut opts = testkit::release::options(APP, version);
     opts.chunk_size = CHUNK;
     opts.threads = 1;
-    payloads::build_to_vec(image, std::slice::from_ref(key), &opts)
-        .unwrap()
-        .0
+    testkit::release::signed_payload_with(key, image, &opts)
 }
 
 /// The test world.
@@ -173,9 +138,9 @@ impl World {
             std::thread::yield_now();
         }
         proxy.with(|f| f.upstream = base.clone());
-        let img = super::common::make_image(dir.path());
+        let img = testkit::sgdisk::make_image(dir.path());
         // Slot A holds the running release.
-        let a = super::common::info(&img, 1, "First sector");
+        let a = testkit::sgdisk::info(&img, 1, "First sector");
         let a_off: u64 = a.split_whitespace().next().unwrap().parse::<u64>().unwrap() * 512;
         write_at(&img, a_off, &noise(IMAGE_LEN, 0xA));
         let root = dir.path().join("root");
@@ -221,24 +186,9 @@ board = "amd64-usr"
 disk = "{img}"
 booted_slot = "A"
 
-[agent]
-state_dir = "/var/lib/platte"
-
-[check]
-initial_delay_secs = 0
-interval_secs = 60
-jitter_secs = 0
-backoff_base_secs = 1
-
-[install]
-checkpoint_interval_ms = 50
-
-[http]
-connect_timeout_secs = 5
-request_timeout_secs = 10
-stall_timeout_secs = 10
-"#,
+{common}"#,
             proxy = self.proxy.addr,
+            common = testkit::agent::COMMON_CONFIG,
             keys = keys.display(),
             img = self.img.display(),
         )
@@ -281,38 +231,22 @@ stall_timeout_secs = 10
 
     /// An admin API call.
     pub fn api(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        self.rt.block_on(async {
-            let mut r = self
-                .http
-                .request(method, format!("{}/api/v1{path}", self.base))
-                .bearer_auth(&self.server.admin_token);
-            if let Some(b) = body {
-                r = r.json(&b);
-            }
-            let resp = r.send().await.unwrap();
-            let st = resp.status().as_u16();
-            let text = resp.text().await.unwrap();
-            (st, serde_json::from_str(&text).unwrap_or(Value::Null))
-        })
+        let token = &self.server.admin_token;
+        let (st, v) = self.rt.block_on(testkit::http::api(
+            &self.http, &self.base, token, method, path, body,
+        ));
+        (st.as_u16(), v)
     }
 
     /// Publishes a payload; returns its package id.
     pub fn publish(&self, payload: &[u8]) -> String {
-        let resp = self.rt.block_on(async {
-            let r = self
-                .http
-                .post(format!(
-                    "{}/api/v1/packages?filename=platte_update.payload",
-                    self.base
-                ))
-                .bearer_auth(&self.server.admin_token)
-                .body(payload.to_vec())
-                .send()
-                .await
-                .unwrap();
-            let st = r.status().as_u16();
-            (st, r.text().await.unwrap())
-        });
+        let resp = self.rt.block_on(testkit::http::publish_text(
+            &self.http,
+            &self.base,
+            &self.server.admin_token,
+            "platte_update.payload",
+            payload.to_vec(),
+        ));
         assert_eq!(resp.0, 201, "publish: {}", resp.1);
         let v: Value = serde_json::from_str(&resp.1).unwrap();
         v["id"].as_str().unwrap().to_owned()
@@ -460,13 +394,13 @@ stall_timeout_secs = 10
 
     /// (offset, length) of partition `n` in bytes.
     pub fn part_range(&self, n: u32) -> (u64, u64) {
-        let first: u64 = super::common::info(&self.img, n, "First sector")
+        let first: u64 = testkit::sgdisk::info(&self.img, n, "First sector")
             .split_whitespace()
             .next()
             .unwrap()
             .parse()
             .unwrap();
-        let last: u64 = super::common::info(&self.img, n, "Last sector")
+        let last: u64 = testkit::sgdisk::info(&self.img, n, "Last sector")
             .split_whitespace()
             .next()
             .unwrap()

@@ -13,18 +13,30 @@
 //!
 //! The booted slot comes from `LoaderEntrySelected` (efivarfs), checked against the kernel
 //! command line's `root=`; the booted slot and its entry are never written.
+//!
+//! Here: the configuration and the backend. Apart: the entries (file names, boot counters,
+//! fields: `entries.rs`), the EFI variables (`efivars.rs`), reading the new slot's files by
+//! mounting it (`slot_files.rs`), and the ESP writes with the kernel install (`esp.rs`).
+
+mod efivars;
+mod entries;
+mod esp;
+mod slot_files;
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
-use std::path::{Component, Path, PathBuf};
-use std::process::Command;
+use std::path::{Path, PathBuf};
 
 use super::slots::{SlotPartitions, disk_from_config, open_disk};
 use super::{
     BootBackend, BootError, SlotBootState, SlotId, SlotSpec, SlotStatus, SlotWriter, SlotsConfig,
     TargetSlot,
 };
-use crate::atomic_file::{self, WriteError};
+pub use efivars::read_loader_var;
+use entries::version_cmp;
+pub use entries::{Counter, EntryFileName, FoundEntry, entry_field, valid_entry_name};
+use esp::{esp_err, install_file, sync_dir};
+pub use slot_files::{DirSlotFiles, MountSlotFiles, SlotFiles, resolve_in_root};
 
 /// Vendor GUID of the Boot Loader Interface's EFI variables (`LoaderEntrySelected`, ...).
 pub const LOADER_VENDOR_GUID: &str = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f";
@@ -44,8 +56,6 @@ pub const DEFAULT_KERNEL_OPTIONS: &str = "rw";
 pub const DEFAULT_SLOT_LABELS: [&str; 2] = ["ROOT-A", "ROOT-B"];
 /// Largest entry file read (a BLS entry is a few hundred bytes).
 const MAX_ENTRY_BYTES: u64 = 64 * 1024;
-/// Most symlinks followed when resolving a path inside a slot.
-const MAX_SYMLINKS: usize = 40;
 
 /// How the backend is configured (`[boot.systemd_boot]`, see `docs/usage/agent.md`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,386 +86,6 @@ impl Default for SdbootConfig {
         }
     }
 }
-
-/// Whether `name` may be an entry name: 1..=64 of `[A-Za-z0-9._-]`, not starting with `.` or `-`
-/// (no `+`: it starts the boot counter).
-pub fn valid_entry_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && !name.starts_with(['.', '-'])
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
-
-// ---------------------------------------------------------------------------------------------
-// Entry file names and boot counters
-// ---------------------------------------------------------------------------------------------
-
-/// A boot counter, the `+LEFT[-DONE]` of an entry file name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Counter {
-    /// Tries left.
-    pub left: u32,
-    /// Tries used (absent before the first try).
-    pub done: Option<u32>,
-}
-
-/// An entry file name split per Boot Loader Specification boot counting: `ID[+LEFT[-DONE]].conf`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EntryFileName {
-    /// The entry id without counter and `.conf`.
-    pub id: String,
-    /// The boot counter; `None` for a blessed (or never counted) entry.
-    pub counter: Option<Counter>,
-}
-
-fn all_digits(s: &str) -> Option<u32> {
-    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    s.parse().ok()
-}
-
-impl EntryFileName {
-    /// Parses a file name; `None` unless it ends in `.conf` with a non-empty id.
-    pub fn parse(file_name: &str) -> Option<Self> {
-        let stem = file_name.strip_suffix(".conf")?;
-        Self::parse_id(stem)
-    }
-
-    /// Parses an entry id that may carry a counter (`platte-b+1`, `platte-b+0-1`, `platte-b`).
-    pub fn parse_id(stem: &str) -> Option<Self> {
-        let (id, counter) = match stem.rsplit_once('+') {
-            Some((id, c)) => {
-                let counter = match c.split_once('-') {
-                    Some((l, d)) => all_digits(l)
-                        .zip(all_digits(d))
-                        .map(|(left, done)| Counter {
-                            left,
-                            done: Some(done),
-                        }),
-                    None => all_digits(c).map(|left| Counter { left, done: None }),
-                };
-                match counter {
-                    Some(c) => (id, Some(c)),
-                    None => (stem, None),
-                }
-            }
-            None => (stem, None),
-        };
-        (!id.is_empty()).then(|| Self {
-            id: id.to_owned(),
-            counter,
-        })
-    }
-
-    /// The file name.
-    pub fn file_name(&self) -> String {
-        match self.counter {
-            None => format!("{}.conf", self.id),
-            Some(Counter { left, done: None }) => format!("{}+{left}.conf", self.id),
-            Some(Counter {
-                left,
-                done: Some(d),
-            }) => format!("{}+{left}-{d}.conf", self.id),
-        }
-    }
-
-    /// Whether systemd-boot treats it as bad (counted, no tries left): sorted last, not chosen.
-    pub fn exhausted(&self) -> bool {
-        matches!(self.counter, Some(Counter { left: 0, .. }))
-    }
-}
-
-/// One slot entry found on the ESP.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FoundEntry {
-    /// Its file name, parsed.
-    pub name: EntryFileName,
-    /// Its `version` line, if any.
-    pub version: Option<String>,
-}
-
-impl FoundEntry {
-    /// The boot state this entry gives its slot (priority filled in by the caller).
-    fn state(&self) -> SlotBootState {
-        match self.name.counter {
-            None => SlotBootState {
-                priority: 1,
-                tries: 0,
-                successful: true,
-            },
-            Some(c) => SlotBootState {
-                priority: 1,
-                tries: u8::try_from(c.left.min(15)).unwrap_or(15),
-                successful: false,
-            },
-        }
-    }
-}
-
-/// Compares two `version` values the way the entries' generations are written: numbers
-/// numerically, anything else as text; a missing version is lowest.
-fn version_cmp(a: Option<&str>, b: Option<&str>) -> std::cmp::Ordering {
-    match (a, b) {
-        (Some(x), Some(y)) => match (x.parse::<u64>(), y.parse::<u64>()) {
-            (Ok(p), Ok(q)) => p.cmp(&q),
-            _ => x.cmp(y),
-        },
-        (a, b) => a.is_some().cmp(&b.is_some()),
-    }
-}
-
-/// Reads the value of `key` from BLS entry text.
-pub fn entry_field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
-    text.lines().find_map(|l| {
-        let l = l.trim();
-        let rest = l.strip_prefix(key)?;
-        rest.starts_with([' ', '\t']).then(|| rest.trim())
-    })
-}
-
-// ---------------------------------------------------------------------------------------------
-// EFI variables
-// ---------------------------------------------------------------------------------------------
-
-/// Reads a Boot Loader Interface string variable (`NAME-4a67b082-…` in efivarfs: a 4-byte
-/// attribute word, then NUL-terminated UTF-16LE). `Ok(None)` when the variable does not exist.
-pub fn read_loader_var(efivars_dir: &Path, name: &str) -> Result<Option<String>, BootError> {
-    let path = efivars_dir.join(format!("{name}-{LOADER_VENDOR_GUID}"));
-    let bad = |detail: String| BootError::Efivar {
-        path: path.clone(),
-        detail,
-    };
-    // efivarfs files cannot seek ("Illegal seek"): read the whole file in one go.
-    let mut data = Vec::new();
-    match File::open(&path).and_then(|f| f.take(64 * 1024).read_to_end(&mut data)) {
-        Ok(_) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(bad(e.to_string())),
-    }
-    let body = data.get(4..).ok_or_else(|| {
-        bad(format!(
-            "{} bytes: shorter than the attribute word",
-            data.len()
-        ))
-    })?;
-    if body.len() % 2 != 0 {
-        return Err(bad(format!("odd UTF-16 length {}", body.len())));
-    }
-    let units: Vec<u16> = body
-        .chunks_exact(2)
-        .map(|c| u16::from_le_bytes([c[0], c[1]]))
-        .take_while(|&u| u != 0)
-        .collect();
-    String::from_utf16(&units)
-        .map(Some)
-        .map_err(|e| bad(format!("not UTF-16: {e}")))
-}
-
-// ---------------------------------------------------------------------------------------------
-// Reading a freshly written slot's files
-// ---------------------------------------------------------------------------------------------
-
-/// Resolves `path` inside the directory tree `root` as if `root` were `/`: symlinks are
-/// followed (absolute targets re-rooted at `root`), `..` never leaves `root`.
-pub fn resolve_in_root(root: &Path, path: &Path) -> io::Result<PathBuf> {
-    let mut pending: Vec<std::ffi::OsString> = path
-        .components()
-        .rev()
-        .filter_map(|c| match c {
-            Component::Normal(n) => Some(n.to_owned()),
-            Component::ParentDir => Some("..".into()),
-            _ => None,
-        })
-        .collect();
-    let mut done: Vec<std::ffi::OsString> = Vec::new();
-    let mut links = 0;
-    while let Some(c) = pending.pop() {
-        if c == ".." {
-            done.pop();
-            continue;
-        }
-        let mut here = root.to_path_buf();
-        here.extend(&done);
-        here.push(&c);
-        match fs::symlink_metadata(&here) {
-            Ok(m) if m.file_type().is_symlink() => {
-                links += 1;
-                if links > MAX_SYMLINKS {
-                    return Err(io::Error::other(format!(
-                        "too many symbolic links resolving {}",
-                        path.display()
-                    )));
-                }
-                let target = fs::read_link(&here)?;
-                if target.is_absolute() {
-                    done.clear();
-                }
-                for t in target.components().rev() {
-                    match t {
-                        Component::Normal(n) => pending.push(n.to_owned()),
-                        Component::ParentDir => pending.push("..".into()),
-                        _ => {}
-                    }
-                }
-            }
-            Ok(_) => done.push(c),
-            Err(e) => return Err(e),
-        }
-    }
-    let mut out = root.to_path_buf();
-    out.extend(&done);
-    Ok(out)
-}
-
-/// Gives read access to the filesystem just written into the target slot.
-pub trait SlotFiles: std::fmt::Debug + Send + Sync {
-    /// Makes `target`'s filesystem readable (e.g. mounts it read-only), calls `f` with its root
-    /// directory, and undoes it again, also when `f` fails.
-    fn with_root(
-        &self,
-        target: &TargetSlot,
-        f: &mut dyn FnMut(&Path) -> Result<(), BootError>,
-    ) -> Result<(), BootError>;
-}
-
-/// Mounts the target partition (`/dev/disk/by-partuuid/<uuid>`) read-only with `mount(8)`
-/// under a private directory, and unmounts it afterwards. Needs root and the `@mount` system
-/// calls (see `docs/usage/agent.md` for the unit drop-in).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MountSlotFiles {
-    /// The device directory (`/dev`).
-    pub dev_dir: PathBuf,
-    /// Directory under which the mount point is created (`/run/platte`).
-    pub mount_base: PathBuf,
-}
-
-impl MountSlotFiles {
-    fn run(&self, what: &str, cmd: &mut Command) -> Result<(), String> {
-        let out = cmd
-            .output()
-            .map_err(|e| format!("cannot run {what}: {e}"))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "{what} failed ({}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ))
-        }
-    }
-}
-
-impl SlotFiles for MountSlotFiles {
-    fn with_root(
-        &self,
-        target: &TargetSlot,
-        f: &mut dyn FnMut(&Path) -> Result<(), BootError>,
-    ) -> Result<(), BootError> {
-        let device = self
-            .dev_dir
-            .join("disk/by-partuuid")
-            .join(target.partuuid().to_string());
-        let fail = |detail: String| BootError::SlotFiles {
-            slot: target.slot(),
-            detail,
-        };
-        let dir = self
-            .mount_base
-            .join(format!("slot-{}.{}", target.slot(), std::process::id()));
-        fs::create_dir_all(&dir).map_err(|e| fail(format!("creating {}: {e}", dir.display())))?;
-        if let Err(e) = self.run(
-            "mount",
-            Command::new("mount")
-                .args(["-o", "ro,nodev,nosuid,noexec"])
-                .arg(&device)
-                .arg(&dir),
-        ) {
-            let _ = fs::remove_dir(&dir);
-            return Err(fail(format!(
-                "{} on {}: {e}",
-                device.display(),
-                dir.display()
-            )));
-        }
-        let result = f(&dir);
-        let unmounted = self.run("umount", Command::new("umount").arg(&dir));
-        match unmounted {
-            Ok(()) => {
-                let _ = fs::remove_dir(&dir);
-            }
-            Err(e) => {
-                tracing::warn!(dir = %dir.display(), error = %e, "cannot unmount the target slot");
-                if result.is_ok() {
-                    return Err(fail(format!("{}: {e}", dir.display())));
-                }
-            }
-        }
-        result
-    }
-}
-
-/// Reads each slot's files from a directory that holds its tree (`a/` and `b/` below `base`):
-/// for tests, and for hosts where something else unpacks the slot.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DirSlotFiles {
-    /// Holds `a/` and `b/`.
-    pub base: PathBuf,
-}
-
-impl SlotFiles for DirSlotFiles {
-    fn with_root(
-        &self,
-        target: &TargetSlot,
-        f: &mut dyn FnMut(&Path) -> Result<(), BootError>,
-    ) -> Result<(), BootError> {
-        f(&self
-            .base
-            .join(target.slot().to_string().to_ascii_lowercase()))
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Crash-safe ESP writes
-// ---------------------------------------------------------------------------------------------
-
-fn esp_err(path: &Path, action: &'static str) -> impl FnOnce(io::Error) -> BootError + use<> {
-    let path = path.to_owned();
-    move |source| BootError::Esp {
-        path,
-        action,
-        source,
-    }
-}
-
-/// A step of a crash-safe ESP write failed.
-fn esp_write(e: WriteError) -> BootError {
-    BootError::Esp {
-        path: e.path,
-        action: e.step,
-        source: e.source,
-    }
-}
-
-/// fsyncs a directory of the ESP (see [`atomic_file::sync_dir`]).
-fn sync_dir(dir: &Path) -> Result<(), BootError> {
-    atomic_file::sync_dir(dir).map_err(esp_write)
-}
-
-/// Writes `dst` crash-safely through its hidden `.NAME.tmp` sibling ([`atomic_file::replace`]).
-fn install_file(
-    dst: &Path,
-    write: impl FnOnce(&mut File) -> io::Result<()>,
-) -> Result<(), BootError> {
-    atomic_file::replace(dst, &atomic_file::tmp_path(dst), 0o644, write).map_err(esp_write)
-}
-
-// ---------------------------------------------------------------------------------------------
-// The backend
-// ---------------------------------------------------------------------------------------------
 
 /// Where the backend learns which slot is booted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -739,45 +369,6 @@ impl SdbootBackend {
             format!("root={value}")
         }
     }
-
-    /// Copies the target's kernel and initrd onto the ESP (`/<name>/<slot>/vmlinuz`,
-    /// `initrd.img`), each crash-safely; returns the slot's `PRETTY_NAME`, if it has one.
-    fn install_kernel(&self, target: &TargetSlot) -> Result<Option<String>, BootError> {
-        let dst_dir = self.config.esp.join(self.kernel_dir(target.slot()));
-        fs::create_dir_all(&dst_dir).map_err(esp_err(&dst_dir, "creating"))?;
-        let mut pretty = None;
-        let slot = target.slot();
-        let cfg = &self.config;
-        self.files.with_root(target, &mut |root| {
-            for (src, name) in [
-                (&cfg.kernel_path, "vmlinuz"),
-                (&cfg.initrd_path, "initrd.img"),
-            ] {
-                let missing = |e: io::Error| BootError::SlotFiles {
-                    slot,
-                    detail: format!("{} in the new slot: {e}", src.display()),
-                };
-                let real = resolve_in_root(root, src).map_err(missing)?;
-                let mut from = File::open(&real).map_err(missing)?;
-                install_file(&dst_dir.join(name), |to| {
-                    io::copy(&mut from, to).map(|_| ())
-                })?;
-            }
-            pretty = ["etc/os-release", "usr/lib/os-release"]
-                .iter()
-                .find_map(|p| {
-                    let real = resolve_in_root(root, Path::new(p)).ok()?;
-                    let text = fs::read_to_string(real).ok()?;
-                    text.lines().find_map(|l| {
-                        let v = l.strip_prefix("PRETTY_NAME=")?;
-                        let v = v.trim().trim_matches(['"', '\'']);
-                        (!v.is_empty() && !v.chars().any(char::is_control)).then(|| v.to_owned())
-                    })
-                });
-            Ok(())
-        })?;
-        Ok(pretty)
-    }
 }
 
 impl BootBackend for SdbootBackend {
@@ -898,67 +489,5 @@ impl BootBackend for SdbootBackend {
 
     fn disk(&self) -> &Path {
         &self.disk
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn entry_names_with_and_without_counters() {
-        let p = |s: &str| EntryFileName::parse(s);
-        assert_eq!(
-            p("platte-b+3.conf"),
-            Some(EntryFileName {
-                id: "platte-b".into(),
-                counter: Some(Counter {
-                    left: 3,
-                    done: None
-                })
-            })
-        );
-        let used = p("platte-b+0-1.conf").unwrap();
-        assert_eq!(
-            used.counter,
-            Some(Counter {
-                left: 0,
-                done: Some(1)
-            })
-        );
-        assert!(used.exhausted());
-        assert_eq!(used.file_name(), "platte-b+0-1.conf");
-        assert_eq!(p("platte-a.conf").unwrap().counter, None);
-        // A `+` not followed by a counter belongs to the id.
-        assert_eq!(p("a+b.conf").unwrap().id, "a+b");
-        assert_eq!(p("a+1-.conf").unwrap().id, "a+1-");
-        assert_eq!(p("platte-a.txt"), None);
-        assert_eq!(p(".conf"), None);
-        assert_eq!(p("+1.conf"), None);
-    }
-
-    #[test]
-    fn versions_compare_numerically() {
-        use std::cmp::Ordering::*;
-        assert_eq!(version_cmp(Some("10"), Some("9")), Greater);
-        assert_eq!(version_cmp(None, Some("1")), Less);
-        assert_eq!(version_cmp(Some("b"), Some("a")), Greater);
-    }
-
-    #[test]
-    fn fields_are_read_by_whole_key() {
-        let t = "title X\nversion 7\nversionx 9\noptions root=PARTLABEL=ROOT-A rw\n";
-        assert_eq!(entry_field(t, "version"), Some("7"));
-        assert_eq!(entry_field(t, "options"), Some("root=PARTLABEL=ROOT-A rw"));
-        assert_eq!(entry_field(t, "linux"), None);
-    }
-
-    #[test]
-    fn entry_names_are_restricted() {
-        assert!(valid_entry_name("platte"));
-        assert!(valid_entry_name("os.v2_x-y"));
-        for bad in ["", "-x", ".x", "a+b", "a/b", "a b"] {
-            assert!(!valid_entry_name(bad), "{bad:?}");
-        }
     }
 }

@@ -1,20 +1,26 @@
-//! Test support: a logind stand-in — `org.freedesktop.login1` at `/org/freedesktop/login1` on a
-//! given bus, with `ListInhibitors`, `ListSessions` (and `Session.Class` on each session object)
-//! and `Reboot`, which it records instead of rebooting. The test sets inhibitors and sessions.
+//! A logind stand-in: `org.freedesktop.login1` at `/org/freedesktop/login1` on a given bus, with
+//! `ListInhibitors`, `ListSessions` (and `Session.Class` on each session object) and `Reboot`,
+//! which it records instead of rebooting (and reports to a hook, for a log shared by several
+//! hosts). The test sets inhibitors and sessions.
 //!
 //! Like the real logind when called by root, `Reboot` succeeds even while a block inhibitor is
 //! held (root may ignore inhibitors): honouring them is the caller's job, which is what the
-//! agent's tests check. Part of `support`; stands alone, so a test may also include just this
-//! file with `#[path = "support/logind_standin.rs"] mod logind_standin;`.
-
-#![allow(dead_code)]
+//! agent's tests check.
 
 use std::sync::{Arc, Mutex};
 
 use zbus::zvariant::OwnedObjectPath;
 
+/// logind's bus name.
+pub const LOGIND_NAME: &str = "org.freedesktop.login1";
+/// logind's manager object.
+pub const LOGIND_PATH: &str = "/org/freedesktop/login1";
+
 /// One inhibitor as `ListInhibitors` returns it: (what, who, why, mode, uid, pid).
 pub type InhibitorRow = (String, String, String, String, u32, u32);
+
+/// Called with the `interactive` argument of every `Reboot` call, as it arrives.
+pub type RebootHook = Arc<dyn Fn(bool) + Send + Sync>;
 
 /// What the stand-in serves and records.
 #[derive(Debug, Default)]
@@ -29,10 +35,11 @@ pub struct State {
 
 struct Manager {
     state: Arc<Mutex<State>>,
+    on_reboot: Option<RebootHook>,
 }
 
 fn session_path(id: &str) -> String {
-    format!("/org/freedesktop/login1/session/_3{id}")
+    format!("{LOGIND_PATH}/session/_3{id}")
 }
 
 #[zbus::interface(name = "org.freedesktop.login1.Manager")]
@@ -61,6 +68,9 @@ impl Manager {
         if let Ok(mut s) = self.state.lock() {
             s.reboots.push(interactive);
         }
+        if let Some(hook) = &self.on_reboot {
+            hook(interactive);
+        }
     }
 }
 
@@ -83,18 +93,36 @@ pub struct LogindStandin {
     conn: zbus::Connection,
 }
 
+impl std::fmt::Debug for LogindStandin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogindStandin")
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
 impl LogindStandin {
     /// Serves logind on the bus at `address`.
     pub async fn start(address: &str) -> zbus::Result<Self> {
+        Self::serve(address, None).await
+    }
+
+    /// Serves logind on the bus at `address`, calling `on_reboot` at every `Reboot` call.
+    pub async fn start_with_hook(address: &str, on_reboot: RebootHook) -> zbus::Result<Self> {
+        Self::serve(address, Some(on_reboot)).await
+    }
+
+    async fn serve(address: &str, on_reboot: Option<RebootHook>) -> zbus::Result<Self> {
         let state = Arc::new(Mutex::new(State::default()));
         let conn = zbus::connection::Builder::address(address)?
             .serve_at(
-                "/org/freedesktop/login1",
+                LOGIND_PATH,
                 Manager {
                     state: state.clone(),
+                    on_reboot,
                 },
             )?
-            .name("org.freedesktop.login1")?
+            .name(LOGIND_NAME)?
             .build()
             .await?;
         Ok(Self { state, conn })

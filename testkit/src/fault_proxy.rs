@@ -2,7 +2,7 @@
 //! 500s or have their XML rewritten; package downloads can be cut, stalled or tampered with at
 //! exact payload offsets, resumed (`Range`) downloads refused or their `Range` ignored, and every
 //! downloaded payload byte is counted. One request per connection.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -49,9 +49,12 @@ pub struct Faults {
     pub omaha_requests: Vec<String>,
 }
 
-/// The running proxy.
+/// The running proxy (on the caller's tokio runtime).
+#[derive(Debug)]
 pub struct Proxy {
+    /// Where clients connect.
     pub addr: SocketAddr,
+    /// The faults to inject and what was seen; see [`Proxy::with`].
     pub faults: Arc<Mutex<Faults>>,
 }
 

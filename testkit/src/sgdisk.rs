@@ -1,5 +1,7 @@
-//! Shared helpers for integration tests: GPT disk images made and checked with `sgdisk`.
-#![allow(dead_code, clippy::unwrap_used)]
+//! GPT disk images made and checked with `sgdisk` (Debian package `gdisk`), independently of
+//! the agent's own GPT code: a two-slot image as a fresh Flatcar's, partition fields and
+//! attribute words, and `sgdisk -v`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs;
 use std::path::{Path, PathBuf};
