@@ -113,6 +113,98 @@ impl BlobStore {
         })
     }
 
+    /// The partial download of the file expected to have content `sha256_hex` (callers
+    /// validate the hex first), kept across failed attempts so the next one resumes it, and
+    /// its length so far.
+    pub fn partial(&self, sha256_hex: &str) -> (PathBuf, u64) {
+        let path = self.root.join("tmp").join(format!("partial-{sha256_hex}"));
+        let len = std::fs::metadata(&path).map_or(0, |m| m.len());
+        (path, len)
+    }
+
+    /// Appends `chunks` to the partial file `path` (or starts it over when `append` is false),
+    /// refusing more than `limit` bytes in all. The file is flushed and synced whatever
+    /// happens, so what arrived before a failure is kept for the next attempt.
+    pub async fn receive_partial<S, E>(
+        &self,
+        path: &Path,
+        append: bool,
+        mut chunks: S,
+        limit: u64,
+    ) -> Result<(), BlobError>
+    where
+        S: futures_util::Stream<Item = Result<axum::body::Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        use futures_util::StreamExt;
+        let mut file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(append)
+            .write(true)
+            .truncate(!append)
+            .open(path)
+            .await
+            .map_err(io_err("open", path))?;
+        let mut size = file.metadata().await.map_err(io_err("stat", path))?.len();
+        let mut result = Ok(());
+        while let Some(chunk) = chunks.next().await {
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(e) => {
+                    result = Err(BlobError::Upload(e.to_string()));
+                    break;
+                }
+            };
+            size = size.saturating_add(chunk.len() as u64);
+            if size > limit {
+                result = Err(BlobError::TooLarge { limit });
+                break;
+            }
+            if let Err(e) = file.write_all(&chunk).await {
+                result = Err(io_err("write", path)(e));
+                break;
+            }
+        }
+        file.flush().await.map_err(io_err("flush", path))?;
+        file.sync_all().await.map_err(io_err("fsync", path))?;
+        result
+    }
+
+    /// The whole partial file at `path`, hashed, as a received file (removed when dropped
+    /// uncommitted, so a file that turns out wrong is downloaded afresh next time).
+    pub async fn finish_partial(&self, path: PathBuf) -> Result<Received, BlobError> {
+        let temp = tempfile::TempPath::try_from_path(&path).map_err(io_err("open", &path))?;
+        let path: PathBuf = temp.to_path_buf();
+        let hashed = tokio::task::spawn_blocking(move || -> io::Result<_> {
+            use std::io::Read as _;
+            let mut f = std::fs::File::open(&path)?;
+            let mut sha1 = sha1::Sha1::new();
+            let mut sha256 = sha2::Sha256::new();
+            let mut size = 0u64;
+            let mut buf = vec![0u8; 256 * 1024];
+            loop {
+                let n = f.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                sha1.update(&buf[..n]);
+                sha256.update(&buf[..n]);
+                size += n as u64;
+            }
+            Ok((size, sha1.finalize().into(), sha256.finalize().into()))
+        })
+        .await
+        .map_err(|e| BlobError::Upload(format!("hashing task: {e}")))?
+        .map_err(io_err("read", &temp))?;
+        let (size, sha1, sha256) = hashed;
+        Ok(Received {
+            path: temp,
+            size,
+            sha1,
+            sha256,
+        })
+    }
+
     /// Moves a received file to its content address (durably). Idempotent.
     pub fn commit(&self, r: Received) -> Result<PathBuf, BlobError> {
         let hex = hex::encode(r.sha256);

@@ -286,6 +286,8 @@ pub struct FileConfig {
     pub http: Option<crate::http::connections::HttpFile>,
     /// The `[new_machines]` table.
     pub new_machines: Option<crate::rollout::newcomers::NewMachineFile>,
+    /// The `[sync]` table: following an upstream Omaha server.
+    pub sync: Option<crate::sync::SyncFile>,
 }
 
 /// Configuration errors.
@@ -356,6 +358,8 @@ pub struct Settings {
     pub http: crate::http::connections::HttpSettings,
     /// Grants to machines new to a rollout, per source network.
     pub new_machines: crate::rollout::newcomers::NewMachineSettings,
+    /// Following an upstream Omaha server (`None`: not configured).
+    pub sync: Option<crate::sync::SyncSettings>,
 }
 
 impl FileConfig {
@@ -497,6 +501,12 @@ impl Settings {
                 &args.new_machines,
                 file.new_machines.as_ref(),
             )?,
+            sync: file
+                .sync
+                .as_ref()
+                .map(crate::sync::SyncFile::resolve)
+                .transpose()?
+                .flatten(),
         })
     }
 
@@ -573,6 +583,7 @@ fn unreachable_defaults() -> Settings {
         machine_credentials: crate::credential::CredentialSettings::default(),
         http: crate::http::connections::HttpSettings::default(),
         new_machines: crate::rollout::newcomers::NewMachineSettings::default(),
+        sync: None,
     }
 }
 

@@ -9,8 +9,9 @@
 //! [`lifecycle`] is the instance state machine; [`rollout`] the staged-rollout rules;
 //! [`credential`] machine credentials; [`fleetlock`] the reboot semaphore; [`store`] is the
 //! database behind traits; [`bounds`] limits what one client can make the server keep;
-//! [`retention`] prunes old rows; [`blobs`] stores payload files; [`cli`] is the operator
-//! client; [`simulate`] is the fleet simulator; [`stdout`] prints for the command line without
+//! [`retention`] prunes old rows; [`blobs`] stores payload files; [`sync`] follows an upstream
+//! Omaha server; [`nebraska`] imports a Nebraska installation; [`cli`] is the operator client;
+//! [`simulate`] is the fleet simulator; [`stdout`] prints for the command line without
 //! panicking on a closed pipe.
 
 pub mod blobs;
@@ -28,6 +29,7 @@ pub mod http;
 pub mod lifecycle;
 pub mod metrics;
 pub mod model;
+pub mod nebraska;
 pub mod openapi;
 pub mod retention;
 pub mod rollout;
@@ -36,6 +38,7 @@ pub mod service;
 pub mod simulate;
 pub mod stdout;
 pub mod store;
+pub mod sync;
 pub mod version_history;
 /// Version ordering (`omaha::version`), the same the agent uses.
 pub use omaha::version;

@@ -6,7 +6,7 @@ use utoipa::{Modify, OpenApi};
 
 use crate::http::admin::{
     apps, channels, credentials, feed, fleetlock, groups, instances, maintenance, packages,
-    rollouts,
+    rollouts, sync,
 };
 
 struct BearerAuth;
@@ -44,6 +44,7 @@ impl Modify for BearerAuth {
         credentials::forget_credential,
         feed::list_events, feed::list_activity,
         maintenance::prune,
+        sync::status, sync::run,
         fleetlock::list_groups, fleetlock::get_group, fleetlock::set_slots,
         fleetlock::release_holder,
     ),

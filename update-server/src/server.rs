@@ -135,6 +135,17 @@ pub async fn start_with(
     ));
     let sampler =
         crate::version_history::VersionSampler::new(Arc::clone(&store), Arc::clone(&clock));
+    // The machine ids a sync shows the upstream derive from a secret kept with the data.
+    let seed_file = dir.join("sync-seed");
+    let (sync_seed, _) = auth::load_or_create(None, &seed_file)
+        .with_context(|| format!("sync seed file {}", seed_file.display()))?;
+    let syncer = Arc::new(crate::sync::Syncer::new(
+        settings.sync.clone(),
+        sync_seed,
+        Arc::clone(&clock),
+        Arc::clone(&stores.retention),
+        &metrics,
+    )?);
     let service = Arc::new(UpdateService {
         catalogue: Arc::clone(&cache),
         store: Arc::clone(&store),
@@ -167,6 +178,7 @@ pub async fn start_with(
         fleetlock,
         pruner: Arc::clone(&pruner),
         credentials,
+        sync: Arc::clone(&syncer),
     };
     let app = router(
         state.clone(),
@@ -226,6 +238,11 @@ pub async fn start_with(
     let pruning = pruner.spawn();
     // The version-over-time chart's samples: at start, then every sampling interval.
     let sampling = sampler.spawn(rx.clone());
+    // Upstream sync: at start, then every interval, one replica at a time.
+    let syncing = {
+        let state = state.clone();
+        syncer.spawn(move || state.fleet(), rx.clone())
+    };
 
     let http = settings.http;
     let conn_metrics = Arc::clone(&state.metrics);
@@ -241,6 +258,9 @@ pub async fn start_with(
             let _ = p.await;
         }
         let _ = sampling.await;
+        if let Some(s) = syncing {
+            let _ = s.await;
+        }
         // Pending check-ins: a failed batch is put back, so a retry writes it; what still
         // fails is reported (and lost: only those machines' last contact is older).
         let mut written = 0;

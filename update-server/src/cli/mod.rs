@@ -8,6 +8,7 @@ pub mod fleetlock;
 pub mod package;
 pub mod prune;
 pub mod rollout;
+pub mod sync;
 mod table;
 
 use clap::{Args, Parser, Subcommand};
@@ -138,6 +139,9 @@ pub enum Command {
     },
     /// Simulate a fleet of machines going through a staged rollout (see docs/usage/rollouts.md).
     Simulate(Box<crate::simulate::SimulateArgs>),
+    /// Create a Nebraska database's applications, packages, channels and groups in this
+    /// server, reporting what does not map (see docs/usage/flatcar.md).
+    ImportNebraska(Box<crate::nebraska::ImportArgs>),
     /// Prune old rows now with the server's retention settings (events, status history,
     /// activity, settled grants; instances not seen for the configured period).
     Prune {
@@ -147,6 +151,16 @@ pub enum Command {
         /// Count what would be deleted; delete nothing.
         #[arg(long)]
         dry_run: bool,
+    },
+    /// Follow the upstream Omaha server of the server's `[sync]` configuration: run a pass
+    /// now, or show each channel's last check (`sync status`).
+    Sync {
+        /// Connection.
+        #[command(flatten)]
+        conn: Conn,
+        /// `status`, or nothing to run a pass now.
+        #[command(subcommand)]
+        cmd: Option<sync::SyncCmd>,
     },
     /// The activity feed.
     Activity {
@@ -740,7 +754,9 @@ pub async fn run_admin(cmd: Command) -> anyhow::Result<()> {
         Command::Fleetlock { conn, cmd } => fleetlock::run(&conn, cmd).await,
         Command::Rollout { conn, cmd } => rollout::run(&conn, cmd).await,
         Command::Prune { conn, dry_run } => prune::run(&conn, dry_run).await,
+        Command::Sync { conn, cmd } => sync::run(&conn, cmd).await,
         Command::Simulate(args) => crate::simulate::run(*args).await,
+        Command::ImportNebraska(args) => crate::nebraska::run(*args).await,
         Command::Activity { conn, app, limit } => {
             let c = ApiClient::new(&conn.server, conn.token.as_deref())?;
             let q = query(&[("app", app), ("limit", Some(limit.to_string()))]);

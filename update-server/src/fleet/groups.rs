@@ -21,6 +21,11 @@ const SERVER_POLICY_FIELDS: [&str; 2] = ["halted", "halt_counted_since"];
 /// Body of `POST /apps/{app}/groups`.
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
 pub struct CreateGroup {
+    /// The group's id: 1..=100 letters, digits and `-` (for instance the id a group had on
+    /// another server, which its hosts may send as their track); refused (409) when taken
+    /// [default: a new random UUID].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     /// Human name.
     pub name: String,
     /// Omaha track clients send [default: the name].
@@ -48,6 +53,19 @@ pub struct UpdateGroup {
     pub description: Option<String>,
     /// Replacement policy.
     pub policy: Option<GroupPolicy>,
+}
+
+/// Checks a group id given by the caller: 1..=[`MAX_NAME`] ASCII letters, digits and `-`.
+fn check_group_id(id: &str) -> FleetResult<()> {
+    if id.is_empty()
+        || id.len() > MAX_NAME
+        || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
+        return Err(FleetError::Invalid(format!(
+            "group id {id:?} must be 1..={MAX_NAME} letters, digits and -"
+        )));
+    }
+    Ok(())
 }
 
 /// Checks that a policy is a valid rollout spec.
@@ -87,15 +105,21 @@ impl Fleet {
         check_policy(&input.policy)?;
         let track = input.track.unwrap_or_else(|| input.name.clone());
         check_text("track", &track, MAX_NAME)?;
+        if let Some(id) = &input.id {
+            check_group_id(id)?;
+        }
         let _writing = self.write_lock.lock().await;
         let cat = self.catalogue();
         let a = find_app(&cat, app)?;
+        if let Some(id) = input.id.as_deref().filter(|id| cat.group(id).is_some()) {
+            return Err(FleetError::Conflict(format!("group id {id} is taken")));
+        }
         let channel_id = match input.channel.as_deref().filter(|c| !c.is_empty()) {
             Some(c) => Some(find_channel(&cat, &a.id, c)?.id),
             None => None,
         };
         let g = Group {
-            id: new_id(),
+            id: input.id.unwrap_or_else(new_id),
             app_id: a.id.clone(),
             name: input.name,
             track,
@@ -209,5 +233,28 @@ impl Fleet {
         self.store.delete_group(&g.id, &act).await?;
         self.reload().await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_given_group_id_is_letters_digits_and_dashes() {
+        for ok in [
+            "9a2deb70-37be-4026-853f-bfdd6b347bbe",
+            "a",
+            "Stable-2",
+            &"x".repeat(100),
+        ] {
+            assert!(check_group_id(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "a b", "a/b", "{9a2deb70}", "é", &"x".repeat(101)] {
+            assert!(
+                matches!(check_group_id(bad), Err(FleetError::Invalid(_))),
+                "{bad}"
+            );
+        }
     }
 }

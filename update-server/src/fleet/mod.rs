@@ -143,7 +143,7 @@ fn new_id() -> String {
 }
 
 /// An activity entry of severity `info`.
-fn activity(kind: &str, app: Option<&str>, message: String) -> NewActivity {
+pub(crate) fn activity(kind: &str, app: Option<&str>, message: String) -> NewActivity {
     NewActivity {
         kind: kind.to_owned(),
         severity: "info",

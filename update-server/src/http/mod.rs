@@ -61,6 +61,8 @@ pub struct AppState {
     pub pruner: Arc<crate::retention::Pruner>,
     /// Machine-credential checks and the keys bound to machine ids.
     pub credentials: Arc<crate::credential::Credentials>,
+    /// Following an upstream Omaha server.
+    pub sync: Arc<crate::sync::Syncer>,
 }
 
 impl AppState {

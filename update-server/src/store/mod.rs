@@ -129,6 +129,27 @@ pub struct VersionSample {
     pub machines: u64,
 }
 
+/// The last upstream sync of one followed channel and architecture ([`crate::sync`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct SyncState {
+    /// Application.
+    pub app_id: String,
+    /// Local channel name.
+    pub channel: String,
+    /// Architecture.
+    pub arch: String,
+    /// When it was last checked (Unix seconds).
+    pub checked_at: i64,
+    /// The version the upstream last offered.
+    pub upstream_version: Option<String>,
+    /// The local package that version is.
+    pub package_id: Option<String>,
+    /// When a check last succeeded.
+    pub synced_at: Option<i64>,
+    /// The last check's error (`None` when it succeeded).
+    pub error: Option<String>,
+}
+
 /// How many instances of one group run a version in a status (and, on hold, for which reason).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupInstanceCount {
@@ -285,6 +306,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         since: i64,
         step: i64,
     ) -> StoreFuture<'a, Vec<VersionSample>>;
+    /// Records an activity entry on its own (one that no other write carries).
+    fn record_activity<'a>(&'a self, act: &'a NewActivity) -> StoreFuture<'a, ()>;
+    /// Records a sync check: a success replaces every field; a failure (`error` set) keeps
+    /// the last offered version, package and success time.
+    fn record_sync_state<'a>(&'a self, state: &'a SyncState) -> StoreFuture<'a, ()>;
+    /// Every recorded sync state, by application, channel and architecture.
+    fn sync_states(&self) -> StoreFuture<'_, Vec<SyncState>>;
     /// Lists instances matching a filter, with the total count.
     fn list_instances<'a>(&'a self, f: &'a InstanceFilter)
     -> StoreFuture<'a, (Vec<Instance>, u64)>;

@@ -109,7 +109,7 @@ pub struct Stores {
     pub credentials: Arc<dyn CredentialStore>,
     /// The FleetLock semaphore.
     pub fleetlock: Arc<dyn FleetLockStore>,
-    /// Runs the check path's write transactions (group commit on SQLite).
+    /// Runs the check path's write transactions (group commit).
     pub writer: Arc<dyn Transactor>,
     backend: Backend,
 }
@@ -160,7 +160,7 @@ impl Stores {
                     retention: Arc::new(store.clone()),
                     credentials: Arc::new(store.clone()),
                     fleetlock: Arc::new(store.clone()),
-                    writer: Arc::new(store.clone()),
+                    writer: Arc::new(super::postgres::batch::PgBatcher::start(store.clone())),
                     backend: Backend::Postgres(store),
                 })
             }

@@ -33,6 +33,8 @@
 
 #[path = "postgres_admin.rs"]
 mod admin;
+#[path = "postgres_batch.rs"]
+pub mod batch;
 #[path = "postgres_credential.rs"]
 mod credential;
 #[path = "postgres_deferred.rs"]
@@ -115,6 +117,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         6,
         "flatcar_packages",
         include_str!("../../migrations/postgres/0006_flatcar_packages.sql"),
+    ),
+    (
+        7,
+        "sync_states",
+        include_str!("../../migrations/postgres/0007_sync_states.sql"),
     ),
 ];
 

@@ -416,6 +416,34 @@ impl Store for PgStore {
         })
     }
 
+    fn record_activity<'a>(&'a self, act: &'a NewActivity) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let mut tx = self.begin("record activity").await?;
+            add_activity(&mut tx.tx, act, now()).await?;
+            tx.commit("record activity").await
+        })
+    }
+
+    fn record_sync_state<'a>(&'a self, state: &'a crate::store::SyncState) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            shared::bind_sync_state(sqlx::query(shared::UPSERT_SYNC_STATE), state)
+                .execute(&self.pool)
+                .await
+                .map_err(db("record sync state"))?;
+            Ok(())
+        })
+    }
+
+    fn sync_states(&self) -> StoreFuture<'_, Vec<crate::store::SyncState>> {
+        Box::pin(async move {
+            let rows: Vec<shared::SyncStateRow> = sqlx::query_as(shared::SELECT_SYNC_STATES)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db("read sync states"))?;
+            Ok(rows.into_iter().map(shared::sync_state_of).collect())
+        })
+    }
+
     fn version_samples<'a>(
         &'a self,
         app_id: &'a str,

@@ -97,6 +97,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "flatcar_packages",
         include_str!("../../migrations/0014_flatcar_packages.sql"),
     ),
+    (
+        15,
+        "sync_states",
+        include_str!("../../migrations/0015_sync_states.sql"),
+    ),
 ];
 
 #[path = "sqlite_credential.rs"]
@@ -540,6 +545,34 @@ impl Store for SqliteStore {
                 .map_err(db("prune version samples"))?;
             tx.commit().await.map_err(db("record version samples"))?;
             Ok(written)
+        })
+    }
+
+    fn record_activity<'a>(&'a self, act: &'a NewActivity) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let mut tx = self.begin("record activity").await?;
+            add_activity(&mut tx, act, now()).await?;
+            tx.commit().await.map_err(db("record activity"))
+        })
+    }
+
+    fn record_sync_state<'a>(&'a self, state: &'a crate::store::SyncState) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            shared::bind_sync_state(sqlx::query(shared::UPSERT_SYNC_STATE), state)
+                .execute(&self.pool)
+                .await
+                .map_err(db("record sync state"))?;
+            Ok(())
+        })
+    }
+
+    fn sync_states(&self) -> StoreFuture<'_, Vec<crate::store::SyncState>> {
+        Box::pin(async move {
+            let rows: Vec<shared::SyncStateRow> = sqlx::query_as(shared::SELECT_SYNC_STATES)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db("read sync states"))?;
+            Ok(rows.into_iter().map(shared::sync_state_of).collect())
         })
     }
 

@@ -620,3 +620,58 @@ pub fn bind_version_sample<'q, Q: PortableQuery<'q>>(q: Q, v: &'q super::Version
 /// SQLite store names the index to use).
 pub const COUNT_CHECKED_IN: &str = "SELECT app_id, group_id, COUNT(*) FROM instances \
      WHERE last_check_at >= $1 GROUP BY app_id, group_id";
+
+/// Records a sync check (bound by [`bind_sync_state`]): a failure keeps the last success's
+/// version, package and time.
+pub const UPSERT_SYNC_STATE: &str = "INSERT INTO sync_states (app_id, channel, arch, \
+     checked_at, upstream_version, package_id, synced_at, error) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (app_id, channel, arch) DO UPDATE SET \
+     checked_at = excluded.checked_at, \
+     upstream_version = COALESCE(excluded.upstream_version, sync_states.upstream_version), \
+     package_id = COALESCE(excluded.package_id, sync_states.package_id), \
+     synced_at = COALESCE(excluded.synced_at, sync_states.synced_at), error = excluded.error";
+
+/// Binds `s` to [`UPSERT_SYNC_STATE`].
+pub fn bind_sync_state<'q, Q: PortableQuery<'q>>(q: Q, s: &'q super::SyncState) -> Q {
+    q.bind_text(&s.app_id)
+        .bind_text(&s.channel)
+        .bind_text(&s.arch)
+        .bind_int(s.checked_at)
+        .bind_opt_text(s.upstream_version.as_deref())
+        .bind_opt_text(s.package_id.as_deref())
+        .bind_opt_int(s.synced_at)
+        .bind_opt_text(s.error.as_deref())
+}
+
+/// Every sync state.
+pub const SELECT_SYNC_STATES: &str = "SELECT app_id, channel, arch, checked_at, \
+     upstream_version, package_id, synced_at, error FROM sync_states \
+     ORDER BY app_id, channel, arch";
+
+/// A row of [`SELECT_SYNC_STATES`].
+pub type SyncStateRow = (
+    String,
+    String,
+    String,
+    i64,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    Option<String>,
+);
+
+/// The sync state of its row.
+pub fn sync_state_of(
+    (app_id, channel, arch, checked_at, upstream_version, package_id, synced_at, error): SyncStateRow,
+) -> super::SyncState {
+    super::SyncState {
+        app_id,
+        channel,
+        arch,
+        checked_at,
+        upstream_version,
+        package_id,
+        synced_at,
+        error,
+    }
+}

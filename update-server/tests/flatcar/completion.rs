@@ -8,8 +8,8 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use super::support::db::TestDb;
-use crate::both_databases;
 use super::{Env, common, event};
+use crate::both_databases;
 
 const ADDON: &str = "3c5e1b02-7f6d-4f43-9d57-0c2b1f1bd2c1";
 

@@ -9,8 +9,8 @@ use serde_json::{Value, json};
 use sha2::Digest as _;
 
 use super::support::db::TestDb;
-use crate::both_databases;
 use super::{Env, FLATCAR, crau_file, point_stable_at};
+use crate::both_databases;
 
 /// Bytes standing in for a sysext image.
 fn sysext(seed: u8, len: usize) -> Vec<u8> {

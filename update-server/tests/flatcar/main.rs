@@ -10,6 +10,7 @@ use base64::Engine as _;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sha2::Digest as _;
+use update_server::config::Settings;
 use update_server::server::{RunningServer, start};
 
 #[path = "../common/mod.rs"]
@@ -24,6 +25,7 @@ mod completion;
 mod files;
 mod mixed;
 mod reference;
+mod sync;
 use support::db::TestDb;
 
 const FLATCAR: &str = "e96281a6-d1af-4bde-9a0a-97b76e56dc57";
@@ -52,10 +54,16 @@ struct Env {
 
 impl Env {
     async fn new(db: &TestDb) -> Self {
+        Self::with(db, |_| {}).await
+    }
+
+    /// A server whose settings `configure` changes first.
+    async fn with(db: &TestDb, configure: impl FnOnce(&mut Settings)) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let key = common::trusted_key(dir.path(), "release");
         let mut s = db.settings(&dir.path().join("data"));
         s.trusted_keys = Some(dir.path().join("keys"));
+        configure(&mut s);
         let server = start(s).await.unwrap();
         let base = format!("http://{}", server.addr);
         let env = Self {
@@ -133,6 +141,15 @@ impl Env {
     /// Runs `update-server <args> --json` against this server; its JSON output, or the failure
     /// with stderr.
     async fn cli(&self, args: &[&str]) -> Result<Value, String> {
+        let (ok, stdout, stderr) = self.cli_output(args).await;
+        if !ok {
+            return Err(format!("{stdout}{stderr}"));
+        }
+        Ok(serde_json::from_str(&stdout).unwrap())
+    }
+
+    /// Runs `update-server <args> --json`: whether it succeeded, its stdout and its stderr.
+    async fn cli_output(&self, args: &[&str]) -> (bool, String, String) {
         let mut cli = std::process::Command::new(env!("CARGO_BIN_EXE_update-server"));
         cli.args(args)
             .arg("--json")
@@ -142,11 +159,11 @@ impl Env {
             .await
             .unwrap()
             .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        if !out.status.success() {
-            return Err(format!("{stdout}{}", String::from_utf8_lossy(&out.stderr)));
-        }
-        Ok(serde_json::from_str(&stdout).unwrap())
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 
     /// The update check of an update_engine client `machine` running `version`: the answer.

@@ -7,8 +7,8 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use super::support::db::TestDb;
-use crate::both_databases;
 use super::{Env, FLATCAR, common, crau_file, platte_agent};
+use crate::both_databases;
 
 async fn one_channel_serves_each_client_its_own_format(db: TestDb) {
     let env = Env::new(&db).await;

@@ -9,8 +9,8 @@ use serde_json::{Value, json};
 use sha2::Digest as _;
 
 use super::support::db::TestDb;
-use crate::both_databases;
 use super::{Env, FLATCAR, MANIFEST_LEN, crau_file, point_stable_at};
+use crate::both_databases;
 
 /// Hex SHA-1 and SHA-256 of `bytes`.
 fn digests(bytes: &[u8]) -> (String, String) {

@@ -157,6 +157,15 @@ pub(super) fn check_named(
     }
 }
 
+/// The client downloads use: bounded waits to connect and for the next bytes.
+fn download_client() -> FleetResult<reqwest::Client> {
+    reqwest::Client::builder()
+        .connect_timeout(DOWNLOAD_TIMEOUT)
+        .read_timeout(DOWNLOAD_TIMEOUT)
+        .build()
+        .map_err(|e| FleetError::Internal(format!("HTTP client: {e}")))
+}
+
 impl Fleet {
     /// Publishes a package hosted elsewhere, by reference (see the module documentation).
     pub async fn publish_reference(&self, input: PackageReference) -> FleetResult<Package> {
@@ -201,7 +210,7 @@ impl Fleet {
             needs_admin: input.needs_admin,
         };
         let (checked, to_store) = if download {
-            let payload = self.fetch(&input.url).await?;
+            let payload = self.fetch_to(&input.url, &digests, input.host).await?;
             check_named(&input.url, &payload, input.size, &digests)?;
             let checked = self.check_received(check, &payload).await?;
             if let (Some(given), Some(read)) = (input.metadata_size, checked.metadata_size)
@@ -214,11 +223,11 @@ impl Fleet {
             let mut received = vec![payload];
             for f in &files {
                 let url = format!("{codebase}{}", f.name);
-                let r = self.fetch(&url).await?;
                 let want = FileDigests {
                     sha1_base64: f.sha1_base64.clone(),
                     sha256_hex: f.sha256_hex.clone(),
                 };
+                let r = self.fetch_to(&url, &want, input.host).await?;
                 check_named(&url, &r, f.size, &want)?;
                 received.push(r);
             }
@@ -270,15 +279,68 @@ impl Fleet {
         .await
     }
 
+    /// Downloads `url`, expected to have `want`'s digests: to be kept (`resumable`), into a
+    /// partial file that a failed attempt leaves for the next one to resume with `Range`;
+    /// else once, into a temporary file.
+    async fn fetch_to(
+        &self,
+        url: &str,
+        want: &FileDigests,
+        resumable: bool,
+    ) -> FleetResult<Received> {
+        if resumable {
+            self.fetch_resumable(url, &want.sha256_hex).await
+        } else {
+            self.fetch(url).await
+        }
+    }
+
+    /// Downloads `url` into the partial file for content `sha256_hex`, resuming what an earlier
+    /// attempt left (when the server honours `Range`; else from the start), bounded by the
+    /// package size limit. An interrupted download keeps what arrived; the finished file is
+    /// hashed whole.
+    async fn fetch_resumable(&self, url: &str, sha256_hex: &str) -> FleetResult<Received> {
+        let (path, have) = self.blobs.partial(sha256_hex);
+        let mut req = download_client()?.get(url);
+        if have > 0 {
+            req = req.header(reqwest::header::RANGE, format!("bytes={have}-"));
+        }
+        let failed =
+            |e: reqwest::Error| FleetError::Unverifiable(format!("downloading {url}: {e}"));
+        let resp = req.send().await.map_err(failed)?;
+        let status = resp.status();
+        if have > 0 && status == reqwest::StatusCode::RANGE_NOT_SATISFIABLE {
+            // Everything had arrived: the file is checked whole below.
+            return self.blobs.finish_partial(path).await.map_err(receive_error);
+        }
+        let resp = resp.error_for_status().map_err(failed)?;
+        let resumed = have > 0
+            && status == reqwest::StatusCode::PARTIAL_CONTENT
+            && resp
+                .headers()
+                .get(reqwest::header::CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with(&format!("bytes {have}-")));
+        if have > 0 {
+            tracing::info!(url, from = have, resumed, "resuming a download");
+        }
+        let stream = resp.bytes_stream().map_err(|e| e.to_string());
+        self.blobs
+            .receive_partial(&path, resumed, Box::pin(stream), self.max_package_size)
+            .await
+            .map_err(|e| match e {
+                crate::blobs::BlobError::Upload(m) => {
+                    FleetError::Unverifiable(format!("downloading {url}: {m} (resumed next time)"))
+                }
+                other => receive_error(other),
+            })?;
+        self.blobs.finish_partial(path).await.map_err(receive_error)
+    }
+
     /// Downloads `url` into the package store's temporary area (bounded by the package size
     /// limit), computing its size and digests.
     pub(super) async fn fetch(&self, url: &str) -> FleetResult<Received> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(DOWNLOAD_TIMEOUT)
-            .read_timeout(DOWNLOAD_TIMEOUT)
-            .build()
-            .map_err(|e| FleetError::Internal(format!("HTTP client: {e}")))?;
-        let resp = client
+        let resp = download_client()?
             .get(url)
             .send()
             .await

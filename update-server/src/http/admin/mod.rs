@@ -14,6 +14,7 @@ pub mod instances;
 pub mod maintenance;
 pub mod packages;
 pub mod rollouts;
+pub mod sync;
 
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, post, put};
@@ -106,6 +107,7 @@ pub fn routes() -> Router<AppState> {
         .route("/events", get(feed::list_events))
         .route("/activity", get(feed::list_activity))
         .route("/maintenance/prune", post(maintenance::prune))
+        .route("/sync", get(sync::status).post(sync::run))
         .route("/fleetlock/groups", get(fleetlock::list_groups))
         .route(
             "/fleetlock/groups/{group}",

@@ -331,6 +331,7 @@ pub async fn create_group(
         return new_group_page(&d, &v, &app, fields, errors, StatusCode::BAD_REQUEST);
     }
     let input = CreateGroup {
+        id: None,
         name: name.to_owned(),
         track: (!track.is_empty()).then(|| track.to_owned()),
         channel: (!channel.is_empty()).then(|| channel.to_owned()),
