@@ -1,14 +1,15 @@
-//! Applications that do not reboot (`completes_on = "install"`): Nebraska's Go `updater` library
-//! sends 3/1 when done, then 3/2 without a previous version. Such an application's instance is
-//! complete at 3/1, in the instance list and in the rollout counts; an OS application still
-//! completes only on the first check after its reboot.
+//! How an update ends. Applications that do not reboot (`completes_on = "install"`): Nebraska's
+//! Go `updater` library sends 3/1 when done, then 3/2 without a previous version; such an
+//! application's instance is complete at 3/1, in the instance list and in the rollout counts,
+//! while an OS application still completes only on the first check after its reboot. And a
+//! Flatcar host's rollback report refuses the version it left.
 
 use reqwest::Method;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use super::support::db::TestDb;
-use super::{Env, common, event};
+use super::{Env, FLATCAR, common, event, update_engine};
 use crate::both_databases;
 
 const ADDON: &str = "3c5e1b02-7f6d-4f43-9d57-0c2b1f1bd2c1";
@@ -129,3 +130,51 @@ async fn an_app_that_completes_on_install_is_complete_at_3_1(db: TestDb) {
 }
 
 both_databases!(an_app_that_completes_on_install_is_complete_at_3_1);
+
+/// A Flatcar host whose new release failed to boot falls back to the old slot and reports the
+/// failure as 3/0 with Flatcar's `RollbackError` (44, with the dev-server flag bit as a real
+/// host sends it) naming the version it left: the server refuses that version for the machine
+/// and offers it nothing until an operator retries.
+async fn an_update_engine_rollback_refuses_the_version(db: TestDb) {
+    let env = Env::new(&db).await;
+    let (st, pkg) = env
+        .publish(
+            &format!("format=update_engine&app={FLATCAR}&version=3510.2.0&arch=amd64"),
+            super::crau_file(),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{pkg}");
+    super::point_stable_at(&env, &pkg["id"], true).await;
+    let m = "0123456789abcdef0123456789abcdef";
+    assert_eq!(env.check(m, "3510.1.0").await.status.as_str(), "ok");
+    for (kind, result) in [(13, 1), (14, 1), (3, 1)] {
+        env.omaha(update_engine(m, "3510.1.0", &event(kind, result, "")))
+            .await;
+    }
+    // Back on 3510.1.0 after the failed boot.
+    let rolled_back = format!(
+        r#"<event eventtype="3" eventresult="0" errorcode="{}" previousversion="3510.2.0"></event>"#,
+        44u32 | (1 << 28)
+    );
+    env.omaha(update_engine(m, "3510.1.0", &rolled_back)).await;
+    let (st, inst) = env.api(Method::GET, &format!("/instances/{m}"), None).await;
+    assert_eq!(st, StatusCode::OK, "{inst}");
+    let app = &inst["apps"][0];
+    assert_eq!(app["instance"]["status"], "error", "{inst}");
+    assert_eq!(
+        (
+            &app["refused_versions"][0]["version"],
+            &app["refused_versions"][0]["reason"]
+        ),
+        (&json!("3510.2.0"), &json!("rolled_back")),
+        "{inst}"
+    );
+    assert_eq!(
+        env.check(m, "3510.1.0").await.status.as_str(),
+        "noupdate",
+        "a refused version is not offered again"
+    );
+    env.server.shutdown().await.unwrap();
+}
+
+both_databases!(an_update_engine_rollback_refuses_the_version);

@@ -103,28 +103,32 @@ impl Env {
 
     /// `POST /api/v1/packages?{query}` with `body`.
     async fn publish(&self, query: &str, body: Vec<u8>) -> (StatusCode, Value) {
-        let r = self
-            .http
-            .post(format!("{}/api/v1/packages?{query}", self.base))
-            .bearer_auth(&self.server.admin_token)
-            .body(body)
-            .send()
+        self.send_bytes(reqwest::Method::POST, &format!("/packages?{query}"), body)
             .await
-            .unwrap();
-        let st = r.status();
-        let text = r.text().await.unwrap();
-        (
-            st,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
     }
 
     /// `PUT /api/v1/packages/{id}/files/{name}` with `body`.
     async fn upload_file(&self, id: &Value, name: &str, body: Vec<u8>) -> (StatusCode, Value) {
         let id = id.as_str().unwrap();
+        self.send_bytes(
+            reqwest::Method::PUT,
+            &format!("/packages/{id}/files/{name}"),
+            body,
+        )
+        .await
+    }
+
+    /// `method /api/v1{path}` with `body` as the raw request body: the status and the answer
+    /// (JSON, or its text).
+    async fn send_bytes(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Vec<u8>,
+    ) -> (StatusCode, Value) {
         let r = self
             .http
-            .put(format!("{}/api/v1/packages/{id}/files/{name}", self.base))
+            .request(method, format!("{}/api/v1{path}", self.base))
             .bearer_auth(&self.server.admin_token)
             .body(body)
             .send()
