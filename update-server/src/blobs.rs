@@ -11,6 +11,10 @@ use tokio::io::AsyncWriteExt;
 #[derive(Debug, Clone)]
 pub struct BlobStore {
     root: PathBuf,
+    /// One partial download per content at a time in this process.
+    partials: std::sync::Arc<
+        std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>,
+    >,
 }
 
 /// A file received into the temporary area with its digests.
@@ -24,6 +28,9 @@ pub struct Received {
     pub sha1: [u8; 20],
     /// SHA-256.
     pub sha256: [u8; 32],
+    /// For a partial download: this process's hold on its content, released with the file
+    /// (committed or removed), so no other download of the same content touches it meanwhile.
+    pub hold: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
 /// Errors of the blob store.
@@ -67,7 +74,10 @@ impl BlobStore {
     /// A store rooted at `root` (created if missing).
     pub fn open(root: PathBuf) -> Result<Self, BlobError> {
         std::fs::create_dir_all(root.join("tmp")).map_err(io_err("create", &root))?;
-        Ok(Self { root })
+        Ok(Self {
+            root,
+            partials: Default::default(),
+        })
     }
 
     /// Path of a stored file (callers validate the hex first).
@@ -110,6 +120,7 @@ impl BlobStore {
             size,
             sha1: sha1.finalize().into(),
             sha256: sha256.finalize().into(),
+            hold: None,
         })
     }
 
@@ -120,6 +131,19 @@ impl BlobStore {
         let path = self.root.join("tmp").join(format!("partial-{sha256_hex}"));
         let len = std::fs::metadata(&path).map_or(0, |m| m.len());
         (path, len)
+    }
+
+    /// Waits until no other download of content `sha256_hex` in this process holds its partial
+    /// file; the hold goes into the [`Received`] of the download ([`BlobStore::finish_partial`]).
+    pub async fn hold_partial(&self, sha256_hex: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut partials = self
+                .partials
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            std::sync::Arc::clone(partials.entry(sha256_hex.to_owned()).or_default())
+        };
+        lock.lock_owned().await
     }
 
     /// Appends `chunks` to the partial file `path` (or starts it over when `append` is false),
@@ -172,7 +196,11 @@ impl BlobStore {
 
     /// The whole partial file at `path`, hashed, as a received file (removed when dropped
     /// uncommitted, so a file that turns out wrong is downloaded afresh next time).
-    pub async fn finish_partial(&self, path: PathBuf) -> Result<Received, BlobError> {
+    pub async fn finish_partial(
+        &self,
+        path: PathBuf,
+        hold: tokio::sync::OwnedMutexGuard<()>,
+    ) -> Result<Received, BlobError> {
         let temp = tempfile::TempPath::try_from_path(&path).map_err(io_err("open", &path))?;
         let path: PathBuf = temp.to_path_buf();
         let hashed = tokio::task::spawn_blocking(move || -> io::Result<_> {
@@ -202,6 +230,7 @@ impl BlobStore {
             size,
             sha1,
             sha256,
+            hold: Some(hold),
         })
     }
 

@@ -144,11 +144,16 @@ impl Catalogue {
             })
     }
 
-    /// The extra file `name` of the hosted package whose payload has SHA-256 `sha256_hex`
-    /// (extra files are served under their package's codebase).
+    /// The extra file `name` of a hosted package whose payload has SHA-256 `sha256_hex`
+    /// (extra files are served under their package's codebase; packages sharing a payload share
+    /// that codebase, so any of theirs).
     pub fn hosted_extra_file(&self, sha256_hex: &str, name: &str) -> Option<&PackageFile> {
-        self.hosted_package_by_sha256(sha256_hex)
-            .and_then(|p| p.files.iter().find(|f| f.name == name))
+        self.data
+            .packages
+            .iter()
+            .filter(|p| p.external_url.is_none() && p.sha256_hex == sha256_hex)
+            .flat_map(|p| p.files.iter())
+            .find(|f| f.name == name)
     }
 
     /// A channel by id.

@@ -39,7 +39,7 @@ use crate::store::rollout::{
     GrantOutcome, GrantRequest, GrantState, HaltedRollout, ProgressReport, RefusalReason,
     RefusedVersion,
 };
-use crate::store::tx::{StoreTx, Transactor, Urgency, transact};
+use crate::store::tx::{StoreTx, Transactor, Urgency, transact_in};
 use crate::store::{InstanceChange, NewEvent, Store, StoreError};
 use crate::version;
 
@@ -509,7 +509,9 @@ impl UpdateService {
         let req = Arc::new(req.clone());
         let shared_key = Arc::new(key.clone());
         let keep = Arc::new(keep);
-        transact(self.writer.as_ref(), Urgency::Answer, move |tx| {
+        // The group the check's grant would lock: checks of different groups may commit apart.
+        let lane = cat.resolve_group(&key.1, &req.track).map(|g| g.id.clone());
+        transact_in(self.writer.as_ref(), Urgency::Answer, lane, move |tx| {
             let (svc, cat, req, key, keep) = (
                 Arc::clone(&svc),
                 Arc::clone(&cat),

@@ -39,7 +39,7 @@ const TABLES: &[(&str, &str)] = &[
         "group_version_samples",
         "app_id, group_id, at, other_versions, version",
     ),
-    ("sync_states", "app_id, channel, arch"),
+    ("sync_states", "app_id, channel, arch, format"),
 ];
 
 /// Tables whose ids PostgreSQL generates: their sequences continue after the copied ids.
@@ -336,7 +336,8 @@ mod tests {
             ('g1', 'app', 'm2', '2.0.0', 'failed', 1, 18, 21, 21, '10.0.0.0/24', 0);
         INSERT INTO refused_versions VALUES ('m2', 'app', '2.0.0', 'rolled_back', 44, 21);
         INSERT INTO rollout_starts VALUES ('g1', '2.0.0', 18);
-        INSERT INTO sync_states VALUES ('app', 'stable', 'amd64', 30, '2.0.0', 'p2', 30, NULL);
+        INSERT INTO sync_states VALUES ('app', 'stable', 'amd64', 'update_engine', 30, '2.0.0',
+            'p2', 30, NULL);
         INSERT INTO machine_credentials VALUES ('m1', 'key', 'enrolled', 24);
         INSERT INTO group_version_samples VALUES ('app', 'g1', 600, '1.0.0', 0, 2),
             ('app', 'g1', 600, '', 1, 3);

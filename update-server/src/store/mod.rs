@@ -138,6 +138,8 @@ pub struct SyncState {
     pub channel: String,
     /// Architecture.
     pub arch: String,
+    /// The payload format followed.
+    pub format: crate::model::PackageFormat,
     /// When it was last checked (Unix seconds).
     pub checked_at: i64,
     /// The version the upstream last offered.
@@ -251,10 +253,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     fn delete_group<'a>(&'a self, id: &'a str, act: &'a NewActivity) -> StoreFuture<'a, ()>;
     /// Inserts a package.
     fn insert_package<'a>(&'a self, p: &'a Package, act: &'a NewActivity) -> StoreFuture<'a, ()>;
-    /// Replaces the extra files of package `id` (in order).
+    /// Replaces the extra files of package `id` (in order) if they are still `expected` (else
+    /// [`StoreError::Conflict`]: another process changed them meanwhile).
     fn set_package_files<'a>(
         &'a self,
         id: &'a str,
+        expected: &'a [PackageFile],
         files: &'a [PackageFile],
         act: &'a NewActivity,
     ) -> StoreFuture<'a, ()>;

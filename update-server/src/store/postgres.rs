@@ -28,8 +28,8 @@
 //! default (the locks above rely on it), and timeouts that end the transactions and locks of a
 //! replica whose host vanished.
 //!
-//! There is no group commit in the process: PostgreSQL commits concurrent transactions of many
-//! connections with shared WAL flushes itself, so each [`Transactor`] job is one transaction.
+//! The check path's jobs are committed in groups, one lane per group ([`batch`]); a job run
+//! directly through this store's own [`Transactor`] is one transaction (with deadlock retries).
 
 #[path = "postgres_admin.rs"]
 mod admin;
@@ -315,7 +315,7 @@ const RETRIES: u32 = 3;
 
 /// Whether `e` is PostgreSQL aborting a transaction that can simply run again: a deadlock
 /// (`40P01`, a rare cycle between two groups' locks) or a serialisation failure (`40001`).
-fn retryable(e: &StoreError) -> bool {
+pub(crate) fn retryable(e: &StoreError) -> bool {
     let StoreError::Database {
         source: sqlx::Error::Database(d),
         ..

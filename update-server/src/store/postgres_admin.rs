@@ -301,6 +301,7 @@ impl Store for PgStore {
     fn set_package_files<'a>(
         &'a self,
         id: &'a str,
+        expected: &'a [PackageFile],
         files: &'a [PackageFile],
         act: &'a NewActivity,
     ) -> StoreFuture<'a, ()> {
@@ -315,6 +316,15 @@ impl Store for PgStore {
                     .map_err(db("set package files"))?;
             if found.is_none() {
                 return Err(StoreError::NotFound(format!("package {id}")));
+            }
+            let current: Vec<(String, i64, String, String)> =
+                sqlx::query_as(shared::SELECT_FILES_OF_PACKAGE)
+                    .bind(id)
+                    .fetch_all(&mut *tx.tx)
+                    .await
+                    .map_err(db("set package files"))?;
+            if !shared::files_are(&current, expected) {
+                return Err(shared::files_changed(id));
             }
             set_package_files(&mut tx.tx, id, files).await?;
             add_activity(&mut tx.tx, act, now()).await?;

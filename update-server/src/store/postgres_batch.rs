@@ -1,25 +1,33 @@
 //! Group commit on PostgreSQL ([`PgBatcher`]): the check path's write jobs (grants, events,
-//! status changes, batches of check-ins) queue in this process, and one task runs every job
-//! waiting (up to [`MAX_BATCH`]) in one transaction, commits once, and only then answers each
-//! waiter. A release day's grants of one group then take the group's row lock once per batch and
-//! wait for one commit (one WAL flush) together, instead of one lock hand-over and one flush per
-//! grant: per-group serialisation stays, exactly as strict, but its cost is shared.
+//! status changes, batches of check-ins) queue in this process by *lane* (the group a check's
+//! grant would lock; check-ins and jobs of no group share one lane), and each lane's task runs
+//! every job waiting in it (up to [`MAX_BATCH`]) in one transaction, commits once, and only then
+//! answers each waiter. A release day's grants of one group then take the group's row lock once
+//! per batch and wait for one commit (one WAL flush) together, instead of one lock hand-over and
+//! one flush per grant: per-group serialisation stays, exactly as strict, but its cost is
+//! shared. Lanes run at once, each on its own connection, so one group's queue (or a lock
+//! another replica holds on it) never holds up another group's checks.
 //!
 //! Jobs of one batch run one after the other in the same transaction, so each sees what the
 //! ones before it wrote (every limit is counted as if they had committed one by one), and other
 //! replicas see all of them or none. Answer jobs go first; a background job (a batch of
 //! coalesced check-ins) rides along, at most one per transaction.
 //!
-//! When a job of a batch fails (a conflict, PostgreSQL aborting the transaction, a failed
-//! commit), nothing of the batch is kept: every job of it runs again, each alone in its own
-//! transaction ([`PgStore`]'s own [`Transactor`], with its retries), so a job's result never
-//! depends on another's failure. Jobs may run more than once this way, as they already may on a
-//! deadlock retry: they are written to be run again.
+//! When a job of a batch fails before the commit (a conflict, PostgreSQL aborting the
+//! transaction, a panic), nothing of the batch is kept: every job of it runs again, each alone
+//! in its own transaction ([`PgStore`]'s own [`Transactor`], with its retries), so a job's result
+//! never depends on another's failure. Jobs may run more than once this way, as they already may
+//! on a deadlock retry: they are written to be run again. A commit that fails is retried the
+//! same way only when PostgreSQL says it did not commit (a deadlock or serialisation failure);
+//! otherwise (the connection lost while committing) whether it committed is unknown, and every
+//! job of the batch gets the error, as a single job would.
 
 use std::any::Any;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 
+use futures_util::FutureExt as _;
 use tokio::sync::{Notify, oneshot};
 
 use super::PgStore;
@@ -30,6 +38,7 @@ use crate::store::{StoreError, StoreFuture};
 pub const MAX_BATCH: usize = 64;
 
 type Reply = oneshot::Sender<Result<Box<dyn Any + Send>, StoreError>>;
+type Out = Result<Box<dyn Any + Send>, StoreError>;
 
 struct Queued {
     job: TxJob,
@@ -44,59 +53,98 @@ struct Queues {
     closing: bool,
 }
 
+/// One lane: its queues and the signal its task waits on.
 #[derive(Default)]
-struct Shared {
+struct Lane {
     queues: Mutex<Queues>,
     ready: Notify,
 }
 
-impl Shared {
+impl Lane {
     fn lock(&self) -> std::sync::MutexGuard<'_, Queues> {
         self.queues
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+
+    /// Marks the lane closing (its task ends once its queues are empty).
+    fn close(&self) {
+        self.lock().closing = true;
+        self.ready.notify_one();
+    }
 }
 
-/// The check path's [`Transactor`] on PostgreSQL: queues jobs for the batching task.
-#[derive(Debug)]
+/// The check path's [`Transactor`] on PostgreSQL: queues jobs for the batching tasks.
 pub struct PgBatcher {
-    shared: Arc<Shared>,
+    store: PgStore,
+    /// The lanes by group id (`""`: jobs of no group), each with its task.
+    lanes: Mutex<HashMap<String, Arc<Lane>>>,
 }
 
-impl std::fmt::Debug for Shared {
+impl std::fmt::Debug for PgBatcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let q = self.lock();
-        f.debug_struct("PgBatchQueues")
-            .field("answer", &q.answer.len())
-            .field("background", &q.background.len())
-            .finish()
+        f.debug_struct("PgBatcher").finish_non_exhaustive()
     }
 }
 
 impl PgBatcher {
-    /// Starts the batching task over `store` (it ends once the batcher is dropped and its
-    /// queue is empty).
+    /// A batcher over `store`: a lane's task starts with the lane's first job and ends once the
+    /// batcher is dropped and the lane's queue is empty.
     pub fn start(store: PgStore) -> Self {
-        let shared = Arc::new(Shared::default());
-        tokio::spawn(run(store, Arc::clone(&shared)));
-        Self { shared }
+        Self {
+            store,
+            lanes: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The lane `name`, started if new. (One per group ever written in this process: groups
+    /// are an operator's, few.)
+    fn lane(&self, name: String) -> Arc<Lane> {
+        let mut lanes = self
+            .lanes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Arc::clone(lanes.entry(name).or_insert_with(|| {
+            let lane = Arc::new(Lane::default());
+            tokio::spawn(run(self.store.clone(), Arc::clone(&lane)));
+            lane
+        }))
     }
 }
 
 impl Drop for PgBatcher {
     fn drop(&mut self) {
-        self.shared.lock().closing = true;
-        self.shared.ready.notify_one();
+        let lanes = self
+            .lanes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for lane in lanes.values() {
+            lane.close();
+        }
     }
 }
 
 impl Transactor for PgBatcher {
     fn run(&self, job: TxJob, urgency: Urgency) -> StoreFuture<'_, Box<dyn Any + Send>> {
+        self.run_in(job, urgency, None)
+    }
+
+    fn run_in(
+        &self,
+        job: TxJob,
+        urgency: Urgency,
+        lane: Option<String>,
+    ) -> StoreFuture<'_, Box<dyn Any + Send>> {
         Box::pin(async move {
+            let lane = self.lane(lane.unwrap_or_default());
             let (reply, answer) = oneshot::channel();
             {
-                let mut q = self.shared.lock();
+                let mut q = lane.lock();
+                if q.closing {
+                    return Err(StoreError::Internal(
+                        "the PostgreSQL write lane is closed".into(),
+                    ));
+                }
                 let queued = Queued {
                     job,
                     urgency,
@@ -107,7 +155,7 @@ impl Transactor for PgBatcher {
                     Urgency::Background => q.background.push_back(queued),
                 }
             }
-            self.shared.ready.notify_one();
+            lane.ready.notify_one();
             answer.await.map_err(|_| {
                 StoreError::Internal("the PostgreSQL write task stopped before answering".into())
             })?
@@ -117,8 +165,8 @@ impl Transactor for PgBatcher {
 
 /// The jobs of the next batch: answer jobs first (up to [`MAX_BATCH`]), at most one background
 /// job; `None` once closing with nothing left.
-fn next_batch(shared: &Shared) -> Option<Vec<Queued>> {
-    let mut q = shared.lock();
+fn next_batch(lane: &Lane) -> Option<Vec<Queued>> {
+    let mut q = lane.lock();
     let take = q.answer.len().min(MAX_BATCH);
     let mut batch: Vec<Queued> = q.answer.drain(..take).collect();
     if batch.len() < MAX_BATCH
@@ -132,20 +180,29 @@ fn next_batch(shared: &Shared) -> Option<Vec<Queued>> {
     Some(batch)
 }
 
-async fn run(store: PgStore, shared: Arc<Shared>) {
+/// A lane's task.
+async fn run(store: PgStore, lane: Arc<Lane>) {
     loop {
-        let Some(batch) = next_batch(&shared) else {
+        let Some(batch) = next_batch(&lane) else {
             return;
         };
         if batch.is_empty() {
-            shared.ready.notified().await;
+            lane.ready.notified().await;
             continue;
         }
         run_batch(&store, batch).await;
     }
 }
 
-/// Runs `batch` in one transaction; if anything fails, runs each job alone instead.
+/// Why a batch could not be committed whole.
+enum BatchFailure {
+    /// Before the commit, or a commit PostgreSQL refused to make: nothing was kept.
+    NothingKept(StoreError),
+    /// The commit itself failed another way: whether it committed is unknown.
+    Unknown(StoreError),
+}
+
+/// Runs `batch` in one transaction; if a job fails, runs each job alone instead.
 async fn run_batch(store: &PgStore, batch: Vec<Queued>) {
     if batch.len() > 1 {
         match together(store, &batch).await {
@@ -155,27 +212,60 @@ async fn run_batch(store: &PgStore, batch: Vec<Queued>) {
                 }
                 return;
             }
-            Err(e) => {
+            Err(BatchFailure::Unknown(e)) => {
+                tracing::warn!(error = %e, jobs = batch.len(), "committing a batched write failed; its outcome is unknown");
+                for q in batch {
+                    let _ = q.reply.send(Err(StoreError::Internal(format!(
+                        "committing the write failed: {e}"
+                    ))));
+                }
+                return;
+            }
+            Err(BatchFailure::NothingKept(e)) => {
                 tracing::debug!(error = %e, jobs = batch.len(), "a batched write failed; running its jobs one by one");
             }
         }
     }
     for q in batch {
-        let out = store.run(q.job, q.urgency).await;
+        let out = AssertUnwindSafe(store.run(q.job, q.urgency))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|_| Err(panicked()));
         let _ = q.reply.send(out);
     }
+}
+
+/// The error a job that panicked gets.
+fn panicked() -> StoreError {
+    StoreError::Internal("a write job panicked".into())
 }
 
 /// Runs every job of `batch` in one transaction and commits it.
 async fn together(
     store: &PgStore,
     batch: &[Queued],
-) -> Result<Vec<Box<dyn Any + Send>>, StoreError> {
-    let mut tx = store.begin("begin a batched write").await?;
+) -> Result<Vec<Box<dyn Any + Send>>, BatchFailure> {
+    let mut tx = store
+        .begin("begin a batched write")
+        .await
+        .map_err(BatchFailure::NothingKept)?;
     let mut outs = Vec::with_capacity(batch.len());
     for q in batch {
-        outs.push((q.job)(&mut tx).await?);
+        let out: Out = AssertUnwindSafe((q.job)(&mut tx))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|_| Err(panicked()));
+        outs.push(out.map_err(BatchFailure::NothingKept)?);
     }
-    tx.commit("commit a batched write").await?;
+    // The writes held back are statements like any other: their failure keeps nothing.
+    tx.flush().await.map_err(BatchFailure::NothingKept)?;
+    tx.tx.commit().await.map_err(|e| {
+        let e = crate::store::sqlx_shared::db("commit a batched write")(e);
+        if super::retryable(&e) {
+            BatchFailure::NothingKept(e)
+        } else {
+            BatchFailure::Unknown(e)
+        }
+    })?;
     Ok(outs)
 }

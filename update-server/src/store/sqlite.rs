@@ -444,6 +444,7 @@ impl Store for SqliteStore {
     fn set_package_files<'a>(
         &'a self,
         id: &'a str,
+        expected: &'a [PackageFile],
         files: &'a [PackageFile],
         act: &'a NewActivity,
     ) -> StoreFuture<'a, ()> {
@@ -456,6 +457,15 @@ impl Store for SqliteStore {
                 .map_err(db("set package files"))?;
             if found.is_none() {
                 return Err(StoreError::NotFound(format!("package {id}")));
+            }
+            let current: Vec<(String, i64, String, String)> =
+                sqlx::query_as(shared::SELECT_FILES_OF_PACKAGE)
+                    .bind(id)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(db("set package files"))?;
+            if !shared::files_are(&current, expected) {
+                return Err(shared::files_changed(id));
             }
             set_package_files(&mut tx, id, files).await?;
             add_activity(&mut tx, act, now()).await?;

@@ -184,6 +184,35 @@ pub const SELECT_CHANNEL_PACKAGES: &str = "SELECT * FROM channel_packages";
 /// The extra files of every package, in order.
 pub const SELECT_PACKAGE_FILES: &str = "SELECT * FROM package_files ORDER BY package_id, position";
 
+/// A package's extra files in order (`$1` package id): name, size, SHA-1, SHA-256.
+pub const SELECT_FILES_OF_PACKAGE: &str = "SELECT name, size, sha1_base64, sha256_hex \
+     FROM package_files WHERE package_id = $1 ORDER BY position";
+
+/// Whether the rows of [`SELECT_FILES_OF_PACKAGE`] are `expected`.
+pub fn files_are(
+    rows: &[(String, i64, String, String)],
+    expected: &[crate::model::PackageFile],
+) -> bool {
+    rows.len() == expected.len()
+        && rows
+            .iter()
+            .zip(expected)
+            .all(|((name, size, sha1, sha256), f)| {
+                *name == f.name
+                    && u64::try_from(*size).ok() == Some(f.size)
+                    && *sha1 == f.sha1_base64
+                    && *sha256 == f.sha256_hex
+            })
+}
+
+/// The conflict of a package whose files changed since they were read.
+pub fn files_changed(id: &str) -> StoreError {
+    StoreError::Conflict(format!(
+        "the extra files of package {id} changed meanwhile (another server or operator); read \
+         them again and retry"
+    ))
+}
+
 /// Removes a package's extra files (`$1` package id).
 pub const DELETE_PACKAGE_FILES: &str = "DELETE FROM package_files WHERE package_id = $1";
 
@@ -623,9 +652,10 @@ pub const COUNT_CHECKED_IN: &str = "SELECT app_id, group_id, COUNT(*) FROM insta
 
 /// Records a sync check (bound by [`bind_sync_state`]): a failure keeps the last success's
 /// version, package and time.
-pub const UPSERT_SYNC_STATE: &str = "INSERT INTO sync_states (app_id, channel, arch, \
+pub const UPSERT_SYNC_STATE: &str = "INSERT INTO sync_states (app_id, channel, arch, format, \
      checked_at, upstream_version, package_id, synced_at, error) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (app_id, channel, arch) DO UPDATE SET \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+     ON CONFLICT (app_id, channel, arch, format) DO UPDATE SET \
      checked_at = excluded.checked_at, \
      upstream_version = COALESCE(excluded.upstream_version, sync_states.upstream_version), \
      package_id = COALESCE(excluded.package_id, sync_states.package_id), \
@@ -636,6 +666,7 @@ pub fn bind_sync_state<'q, Q: PortableQuery<'q>>(q: Q, s: &'q super::SyncState) 
     q.bind_text(&s.app_id)
         .bind_text(&s.channel)
         .bind_text(&s.arch)
+        .bind_text(s.format.as_str())
         .bind_int(s.checked_at)
         .bind_opt_text(s.upstream_version.as_deref())
         .bind_opt_text(s.package_id.as_deref())
@@ -644,12 +675,13 @@ pub fn bind_sync_state<'q, Q: PortableQuery<'q>>(q: Q, s: &'q super::SyncState) 
 }
 
 /// Every sync state.
-pub const SELECT_SYNC_STATES: &str = "SELECT app_id, channel, arch, checked_at, \
+pub const SELECT_SYNC_STATES: &str = "SELECT app_id, channel, arch, format, checked_at, \
      upstream_version, package_id, synced_at, error FROM sync_states \
-     ORDER BY app_id, channel, arch";
+     ORDER BY app_id, channel, arch, format";
 
 /// A row of [`SELECT_SYNC_STATES`].
 pub type SyncStateRow = (
+    String,
     String,
     String,
     String,
@@ -660,14 +692,16 @@ pub type SyncStateRow = (
     Option<String>,
 );
 
-/// The sync state of its row.
+/// The sync state of its row (an unknown format reads as update_engine's).
 pub fn sync_state_of(
-    (app_id, channel, arch, checked_at, upstream_version, package_id, synced_at, error): SyncStateRow,
+    (app_id, channel, arch, format, checked_at, upstream_version, package_id, synced_at, error): SyncStateRow,
 ) -> super::SyncState {
     super::SyncState {
         app_id,
         channel,
         arch,
+        format: crate::model::PackageFormat::parse(&format)
+            .unwrap_or(crate::model::PackageFormat::UpdateEngine),
         checked_at,
         upstream_version,
         package_id,

@@ -1,16 +1,16 @@
 //! The narrow transactional interface the domain rules run over. The rollout rules
 //! ([`crate::rollout::grants`]) and the check path ([`crate::service`]) are written once, against
 //! [`StoreTx`]; each store implements its operations in a few lines of SQL and runs jobs through
-//! a [`Transactor`]. SQLite's transactor is a single writer thread that commits the jobs queued
-//! together in one transaction (group commit, [`crate::store::SqliteWriter`]); a store whose database
-//! serialises per row (PostgreSQL) can run each job in its own transaction.
+//! a [`Transactor`]. Both stores commit jobs queued together in one transaction (group commit):
+//! SQLite's single writer thread ([`crate::store::SqliteWriter`]) runs each job of a batch in a
+//! savepoint, so a job that fails rolls back alone while the others commit; PostgreSQL's
+//! batcher (`store/postgres_batch.rs`) runs the jobs of one group's queue together and, when
+//! one fails, runs each of them again alone.
 //!
 //! A job is a closure over the transaction; it awaits only the transaction's operations (a
 //! store may run it to completion in one poll, as SQLite's writer does, and fails a job that
-//! waits on anything else: no locks, timers or other I/O inside a transaction). It runs inside
-//! a savepoint, so a job that fails rolls
-//! back alone while the others of its batch commit. Its result is handed back only after the
-//! transaction is durable.
+//! waits on anything else: no locks, timers or other I/O inside a transaction). Its result is
+//! handed back only after the transaction is durable.
 
 use std::any::Any;
 use std::future::Future;
@@ -48,6 +48,19 @@ pub enum Urgency {
 pub trait Transactor: Send + Sync + std::fmt::Debug {
     /// Runs `job` in a write transaction; resolves with its result once that is durable.
     fn run(&self, job: TxJob, urgency: Urgency) -> StoreFuture<'_, Box<dyn Any + Send>>;
+
+    /// As [`Transactor::run`], for a job that mostly contends on `lane` (a group's id): a store
+    /// may run jobs of different lanes in different transactions at once, and batch a lane's
+    /// jobs together.
+    fn run_in(
+        &self,
+        job: TxJob,
+        urgency: Urgency,
+        lane: Option<String>,
+    ) -> StoreFuture<'_, Box<dyn Any + Send>> {
+        let _ = lane;
+        self.run(job, urgency)
+    }
 }
 
 /// Runs `f` in a write transaction of `t` and returns its result once it is durable.
@@ -56,11 +69,25 @@ where
     T: Send + 'static,
     F: for<'t> Fn(&'t mut dyn StoreTx) -> TxFuture<'t, T> + Send + Sync + 'static,
 {
+    transact_in(t, urgency, None, f).await
+}
+
+/// As [`transact`], in `lane` ([`Transactor::run_in`]).
+pub async fn transact_in<T, F>(
+    t: &dyn Transactor,
+    urgency: Urgency,
+    lane: Option<String>,
+    f: F,
+) -> Result<T, StoreError>
+where
+    T: Send + 'static,
+    F: for<'t> Fn(&'t mut dyn StoreTx) -> TxFuture<'t, T> + Send + Sync + 'static,
+{
     let job: TxJob = Box::new(move |tx| {
         let fut = f(tx);
         Box::pin(async move { fut.await.map(|v| Box::new(v) as Box<dyn Any + Send>) })
     });
-    let out = t.run(job, urgency).await?;
+    let out = t.run_in(job, urgency, lane).await?;
     out.downcast::<T>()
         .map(|b| *b)
         .map_err(|_| StoreError::Internal("a transaction job returned another type".into()))

@@ -200,12 +200,7 @@ impl Syncer {
             .channels
             .iter()
             .map(|spec| ChannelStatus {
-                last: states
-                    .iter()
-                    .find(|st| {
-                        st.app_id == spec.app && st.channel == spec.channel && st.arch == spec.arch
-                    })
-                    .cloned(),
+                last: states.iter().find(|st| same_channel(st, spec)).cloned(),
                 spec: spec.clone(),
             })
             .collect();
@@ -216,7 +211,36 @@ impl Syncer {
         })
     }
 
-    /// Runs one pass over every configured channel now, in this process.
+    /// Runs one pass now, holding the `sync` lease, so no other process (a replica's
+    /// background pass, another operator's `update-server sync`) runs one meanwhile; refused
+    /// ([`FleetError::Conflict`], naming the holder) while another holds it.
+    pub async fn run_leased(&self, fleet: &Fleet) -> Result<Vec<ChannelReport>, FleetError> {
+        if self.settings.is_none() {
+            return self.run_once(fleet).await;
+        }
+        let now = self.clock.now();
+        match self
+            .leases
+            .take_lease(LEASE, &self.holder, now, now.saturating_add(LEASE_TTL_SECS))
+            .await?
+        {
+            LeaseOutcome::Taken => {}
+            LeaseOutcome::Held { holder, expires_at } => {
+                return Err(FleetError::Conflict(format!(
+                    "a sync pass is running in server process {holder} (its lease ends at {})",
+                    crate::clock::format_utc(expires_at)
+                )));
+            }
+        }
+        let report = self.run_once(fleet).await;
+        if let Err(e) = self.leases.release_lease(LEASE, &self.holder).await {
+            tracing::warn!(error = %e, "giving the sync lease back failed");
+        }
+        report
+    }
+
+    /// Runs one pass over every configured channel now, in this process (callers hold the
+    /// lease: [`Syncer::run_leased`]).
     pub async fn run_once(&self, fleet: &Fleet) -> Result<Vec<ChannelReport>, FleetError> {
         let Some(settings) = &self.settings else {
             return Err(FleetError::Unavailable(
@@ -229,7 +253,7 @@ impl Syncer {
         for spec in &settings.channels {
             let last_offered = states
                 .iter()
-                .find(|s| s.app_id == spec.app && s.channel == spec.channel && s.arch == spec.arch)
+                .find(|s| same_channel(s, spec))
                 .and_then(|s| s.upstream_version.as_deref())
                 .unwrap_or(upstream::FIRST_VERSION);
             let outcome = match self
@@ -275,17 +299,15 @@ impl Syncer {
         let Some(release) = offered else {
             return Ok(ChannelOutcome::NothingNew);
         };
-        let (package_id, new) = match self.local_package(fleet, spec, &release.version) {
+        let (package_id, new) = match local_package(fleet, spec, &release)? {
             Some(id) => (id, false),
             None => match fleet.publish_reference(reference_of(spec, &release)).await {
                 Ok(p) => (p.id, true),
                 // Another replica's pass published it meanwhile.
-                Err(FleetError::Conflict(e)) => {
-                    match self.local_package(fleet, spec, &release.version) {
-                        Some(id) => (id, false),
-                        None => return Err(FleetError::Conflict(e)),
-                    }
-                }
+                Err(FleetError::Conflict(e)) => match local_package(fleet, spec, &release)? {
+                    Some(id) => (id, false),
+                    None => return Err(FleetError::Conflict(e)),
+                },
                 Err(e) => return Err(e),
             },
         };
@@ -334,22 +356,6 @@ impl Syncer {
             answer.extend_from_slice(&chunk);
         }
         Ok(answer)
-    }
-
-    /// The local package of `version` for the channel's application, arch and format.
-    fn local_package(&self, fleet: &Fleet, spec: &ChannelSpec, version: &str) -> Option<String> {
-        fleet
-            .catalogue()
-            .data()
-            .packages
-            .iter()
-            .find(|p| {
-                p.app_id == spec.app
-                    && p.version == version
-                    && p.arch == spec.arch
-                    && p.format == spec.format
-            })
-            .map(|p| p.id.clone())
     }
 
     /// Points the channel's pointer of the spec's format and arch at `package_id` (creating the
@@ -418,6 +424,7 @@ impl Syncer {
             app_id: spec.app.clone(),
             channel: spec.channel.clone(),
             arch: spec.arch.clone(),
+            format: spec.format,
             checked_at: now,
             upstream_version: None,
             package_id: None,
@@ -443,12 +450,9 @@ impl Syncer {
                 state.synced_at = None;
                 state.error = Some(error.clone());
                 let before = fleet.store.sync_states().await.unwrap_or_default();
-                let repeated = before.iter().any(|s| {
-                    s.app_id == spec.app
-                        && s.channel == spec.channel
-                        && s.arch == spec.arch
-                        && s.error.as_deref() == Some(error.as_str())
-                });
+                let repeated = before
+                    .iter()
+                    .any(|s| same_channel(s, spec) && s.error.as_deref() == Some(error.as_str()));
                 if !repeated {
                     let mut act = activity(
                         "sync_failed",
@@ -477,7 +481,16 @@ impl Syncer {
     /// and restarts, different per channel and per installation.
     fn machine_id(&self, spec: &ChannelSpec) -> String {
         let digest = sha2::Sha256::digest(
-            format!("{}\n{}\n{}\n{}", self.seed, spec.app, spec.track, spec.arch).as_bytes(),
+            format!(
+                "{}\n{}\n{}\n{}\n{}\n{}",
+                self.seed,
+                spec.app,
+                spec.channel,
+                spec.track,
+                spec.arch,
+                spec.format.as_str()
+            )
+            .as_bytes(),
         );
         hex::encode(&digest[..16])
     }
@@ -501,40 +514,67 @@ impl Syncer {
                     _ = tick.tick() => {}
                     _ = shutdown.changed() => break,
                 }
-                let now = self.clock.now();
-                match self
-                    .leases
-                    .take_lease(LEASE, &self.holder, now, now.saturating_add(LEASE_TTL_SECS))
-                    .await
-                {
-                    Ok(LeaseOutcome::Taken) => {}
-                    Ok(held) => {
-                        tracing::debug!(?held, "sync lease held elsewhere; skipping this pass");
-                        continue;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "taking the sync lease failed");
-                        continue;
-                    }
-                }
                 let fleet = fleet();
                 tokio::select! {
-                    r = self.run_once(&fleet) => {
-                        if let Err(e) = r {
-                            tracing::warn!(error = %e, "sync pass failed");
+                    r = self.run_leased(&fleet) => match r {
+                        Ok(_) => {}
+                        Err(FleetError::Conflict(e)) => {
+                            tracing::debug!(held = %e, "sync lease held elsewhere; skipping this pass");
                         }
-                    }
+                        Err(e) => tracing::warn!(error = %e, "sync pass failed"),
+                    },
                     _ = shutdown.changed() => {
                         let _ = self.leases.release_lease(LEASE, &self.holder).await;
                         break;
                     }
                 }
-                if let Err(e) = self.leases.release_lease(LEASE, &self.holder).await {
-                    tracing::warn!(error = %e, "giving the sync lease back failed");
-                }
             }
         }))
     }
+}
+
+/// The local package of the offered release (same application, version, arch and format), if
+/// any; refused when it is not that release as the channel wants it: other content, or hosted
+/// elsewhere while the channel hosts its releases.
+fn local_package(
+    fleet: &Fleet,
+    spec: &ChannelSpec,
+    release: &OfferedRelease,
+) -> Result<Option<String>, FleetError> {
+    let cat = fleet.catalogue();
+    let Some(p) = cat.data().packages.iter().find(|p| {
+        p.app_id == spec.app
+            && p.version == release.version
+            && p.arch == spec.arch
+            && p.format == spec.format
+    }) else {
+        return Ok(None);
+    };
+    if p.sha256_hex != hex::encode(release.payload.sha256) {
+        return Err(FleetError::Conflict(format!(
+            "version {} is published here as package {} with other content than the upstream's",
+            p.version, p.id
+        )));
+    }
+    if spec.host && p.external_url.is_some() {
+        return Err(FleetError::Conflict(format!(
+            "version {} is published here as package {} by reference to {}, but channel {} hosts \
+             its releases: delete that package, or set host = false",
+            p.version,
+            p.id,
+            p.external_url.as_deref().unwrap_or_default(),
+            spec.channel
+        )));
+    }
+    Ok(Some(p.id.clone()))
+}
+
+/// Whether `s` is the recorded state of `spec`'s channel.
+fn same_channel(s: &SyncState, spec: &ChannelSpec) -> bool {
+    s.app_id == spec.app
+        && s.channel == spec.channel
+        && s.arch == spec.arch
+        && s.format == spec.format
 }
 
 /// A random suffix for this process's lease holder name.

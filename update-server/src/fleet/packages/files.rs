@@ -49,10 +49,16 @@ impl Fleet {
             sha256_hex: digests.sha256_hex,
         };
         let _writing = self.write_lock.lock().await;
+        let sha = file.sha256_hex.clone();
         self.blobs
             .commit(received)
             .map_err(|e| FleetError::Internal(e.to_string()))?;
-        self.append_file(id, file, "uploaded").await
+        let added = self.append_file(id, file, "uploaded").await;
+        if added.is_err() {
+            // Not listed after all: its stored copy goes unless something else has it.
+            self.remove_unused_blob(&sha)?;
+        }
+        added
     }
 
     /// Adds an extra file by reference to the package `id` hosted elsewhere (the file is at
@@ -96,6 +102,7 @@ impl Fleet {
         let Some(at) = pkg.files.iter().position(|f| f.name == name) else {
             return Err(FleetError::NotFound(format!("file {name} of package {id}")));
         };
+        let before = pkg.files.clone();
         let removed = pkg.files.remove(at);
         let mut act = activity(
             "package_file_removed",
@@ -106,7 +113,9 @@ impl Fleet {
             ),
         );
         act.version = Some(pkg.version.clone());
-        self.store.set_package_files(id, &pkg.files, &act).await?;
+        self.store
+            .set_package_files(id, &before, &pkg.files, &act)
+            .await?;
         self.reload().await?;
         if pkg.external_url.is_none() {
             self.remove_unused_blob(&removed.sha256_hex)?;
@@ -127,8 +136,11 @@ impl Fleet {
             ),
         );
         act.version = Some(pkg.version.clone());
+        let before = pkg.files.clone();
         pkg.files.push(file);
-        self.store.set_package_files(id, &pkg.files, &act).await?;
+        self.store
+            .set_package_files(id, &before, &pkg.files, &act)
+            .await?;
         self.reload().await?;
         Ok(pkg)
     }

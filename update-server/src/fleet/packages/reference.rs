@@ -210,28 +210,23 @@ impl Fleet {
             needs_admin: input.needs_admin,
         };
         let (checked, to_store) = if download {
-            let payload = self.fetch_to(&input.url, &digests, input.host).await?;
-            check_named(&input.url, &payload, input.size, &digests)?;
-            let checked = self.check_received(check, &payload).await?;
-            if let (Some(given), Some(read)) = (input.metadata_size, checked.metadata_size)
-                && given != read
-            {
-                return Err(FleetError::Unverifiable(format!(
-                    "metadata_size is {given}, but the payload's header says {read}"
-                )));
+            let mut received = Vec::new();
+            let downloaded = self
+                .download_checked(&input, &codebase, &digests, &files, check, &mut received)
+                .await;
+            match downloaded {
+                Ok(checked) => (checked, if input.host { received } else { Vec::new() }),
+                Err(e) => {
+                    if input.host {
+                        // What arrived and matched its digests is kept: the next attempt
+                        // resumes from it instead of downloading it again.
+                        for r in received {
+                            let _ = r.path.keep();
+                        }
+                    }
+                    return Err(e);
+                }
             }
-            let mut received = vec![payload];
-            for f in &files {
-                let url = format!("{codebase}{}", f.name);
-                let want = FileDigests {
-                    sha1_base64: f.sha1_base64.clone(),
-                    sha256_hex: f.sha256_hex.clone(),
-                };
-                let r = self.fetch_to(&url, &want, input.host).await?;
-                check_named(&url, &r, f.size, &want)?;
-                received.push(r);
-            }
-            (checked, if input.host { received } else { Vec::new() })
         } else {
             let super::publish::PayloadCheck::Named {
                 app_id,
@@ -279,19 +274,71 @@ impl Fleet {
         .await
     }
 
+    /// Downloads the payload and each extra file of `input` (each content once) into
+    /// `received`, checking each against its size and digests as it arrives, then the payload by
+    /// its format (and its metadata size against the given one).
+    async fn download_checked(
+        &self,
+        input: &PackageReference,
+        codebase: &str,
+        digests: &FileDigests,
+        files: &[PackageFile],
+        check: super::publish::PayloadCheck,
+        received: &mut Vec<Received>,
+    ) -> FleetResult<Checked> {
+        let payload = self
+            .fetch_to(&input.url, digests, input.size, input.host)
+            .await?;
+        check_named(&input.url, &payload, input.size, digests)?;
+        received.push(payload);
+        for f in files {
+            let url = format!("{codebase}{}", f.name);
+            let want = FileDigests {
+                sha1_base64: f.sha1_base64.clone(),
+                sha256_hex: f.sha256_hex.clone(),
+            };
+            // A content already fetched (two names for one file) is not fetched again.
+            if let Some(same) = received
+                .iter()
+                .find(|r| hex::encode(r.sha256) == f.sha256_hex)
+            {
+                check_named(&url, same, f.size, &want)?;
+                continue;
+            }
+            let r = self.fetch_to(&url, &want, f.size, input.host).await?;
+            check_named(&url, &r, f.size, &want)?;
+            received.push(r);
+        }
+        let Some(payload) = received.first() else {
+            return Err(FleetError::Internal("no payload downloaded".into()));
+        };
+        let checked = self.check_received(check, payload).await?;
+        if let (Some(given), Some(read)) = (input.metadata_size, checked.metadata_size)
+            && given != read
+        {
+            return Err(FleetError::Unverifiable(format!(
+                "metadata_size is {given}, but the payload's header says {read}"
+            )));
+        }
+        Ok(checked)
+    }
+
     /// Downloads `url`, expected to have `want`'s digests: to be kept (`resumable`), into a
     /// partial file that a failed attempt leaves for the next one to resume with `Range`;
     /// else once, into a temporary file.
+    /// Never more than `size` bytes (the size named) are accepted.
     async fn fetch_to(
         &self,
         url: &str,
         want: &FileDigests,
+        size: u64,
         resumable: bool,
     ) -> FleetResult<Received> {
+        let limit = size.min(self.max_package_size);
         if resumable {
-            self.fetch_resumable(url, &want.sha256_hex).await
+            self.fetch_resumable(url, &want.sha256_hex, limit).await
         } else {
-            self.fetch(url).await
+            self.fetch_limited(url, limit).await
         }
     }
 
@@ -299,7 +346,13 @@ impl Fleet {
     /// attempt left (when the server honours `Range`; else from the start), bounded by the
     /// package size limit. An interrupted download keeps what arrived; the finished file is
     /// hashed whole.
-    async fn fetch_resumable(&self, url: &str, sha256_hex: &str) -> FleetResult<Received> {
+    async fn fetch_resumable(
+        &self,
+        url: &str,
+        sha256_hex: &str,
+        limit: u64,
+    ) -> FleetResult<Received> {
+        let hold = self.blobs.hold_partial(sha256_hex).await;
         let (path, have) = self.blobs.partial(sha256_hex);
         let mut req = download_client()?.get(url);
         if have > 0 {
@@ -311,7 +364,11 @@ impl Fleet {
         let status = resp.status();
         if have > 0 && status == reqwest::StatusCode::RANGE_NOT_SATISFIABLE {
             // Everything had arrived: the file is checked whole below.
-            return self.blobs.finish_partial(path).await.map_err(receive_error);
+            return self
+                .blobs
+                .finish_partial(path, hold)
+                .await
+                .map_err(receive_error);
         }
         let resp = resp.error_for_status().map_err(failed)?;
         let resumed = have > 0
@@ -325,43 +382,66 @@ impl Fleet {
             tracing::info!(url, from = have, resumed, "resuming a download");
         }
         let stream = resp.bytes_stream().map_err(|e| e.to_string());
+        let received = self
+            .blobs
+            .receive_partial(&path, resumed, Box::pin(stream), limit)
+            .await;
+        if let Err(crate::blobs::BlobError::TooLarge { .. }) = &received {
+            // More than named: not the file, and nothing to resume.
+            let _ = std::fs::remove_file(&path);
+        }
+        received.map_err(|e| match e {
+            crate::blobs::BlobError::Upload(m) => {
+                FleetError::Unverifiable(format!("downloading {url}: {m} (resumed next time)"))
+            }
+            other => receive_error(other),
+        })?;
         self.blobs
-            .receive_partial(&path, resumed, Box::pin(stream), self.max_package_size)
+            .finish_partial(path, hold)
             .await
-            .map_err(|e| match e {
-                crate::blobs::BlobError::Upload(m) => {
-                    FleetError::Unverifiable(format!("downloading {url}: {m} (resumed next time)"))
-                }
-                other => receive_error(other),
-            })?;
-        self.blobs.finish_partial(path).await.map_err(receive_error)
+            .map_err(receive_error)
     }
 
     /// Downloads `url` into the package store's temporary area (bounded by the package size
     /// limit), computing its size and digests.
     pub(super) async fn fetch(&self, url: &str) -> FleetResult<Received> {
+        self.fetch_limited(url, self.max_package_size).await
+    }
+
+    /// As [`Fleet::fetch`], accepting at most `limit` bytes.
+    async fn fetch_limited(&self, url: &str, limit: u64) -> FleetResult<Received> {
         let resp = download_client()?
             .get(url)
             .send()
             .await
             .and_then(reqwest::Response::error_for_status)
             .map_err(|e| FleetError::Unverifiable(format!("downloading {url}: {e}")))?;
+        let too_large = |len: Option<u64>| {
+            let len = len.map_or_else(|| "more".to_owned(), |l| l.to_string());
+            if limit < self.max_package_size {
+                FleetError::Unverifiable(format!(
+                    "{url} does not match its reference: {len} bytes, more than the {limit} named"
+                ))
+            } else {
+                FleetError::TooLarge(format!(
+                    "{url} is {len} bytes, more than the {limit}-byte package limit"
+                ))
+            }
+        };
         if let Some(len) = resp.content_length()
-            && len > self.max_package_size
+            && len > limit
         {
-            return Err(FleetError::TooLarge(format!(
-                "{url} is {len} bytes, more than the {}-byte package limit",
-                self.max_package_size
-            )));
+            return Err(too_large(Some(len)));
         }
         let stream = resp.bytes_stream().map_err(|e| e.to_string());
         self.blobs
-            .receive(Box::pin(stream), self.max_package_size)
+            .receive(Box::pin(stream), limit)
             .await
             .map_err(|e| match e {
                 crate::blobs::BlobError::Upload(m) => {
                     FleetError::Unverifiable(format!("downloading {url}: {m}"))
                 }
+                crate::blobs::BlobError::TooLarge { .. } => too_large(None),
                 other => receive_error(other),
             })
     }

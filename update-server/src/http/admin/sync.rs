@@ -18,9 +18,11 @@ pub async fn status(State(st): State<AppState>) -> ApiResult<SyncStatus> {
 }
 
 /// Runs a sync pass now, in this server process, and reports each channel's outcome (a
-/// channel's failure is reported, not an error of the request).
+/// channel's failure is reported, not an error of the request); 409 while another process runs
+/// one.
 #[utoipa::path(post, path = "/api/v1/sync", tag = "sync",
-    responses((status = 200, body = [ChannelReport]), (status = 503, body = ErrorBody)))]
+    responses((status = 200, body = [ChannelReport]), (status = 409, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
 pub async fn run(State(st): State<AppState>) -> ApiResult<Vec<ChannelReport>> {
-    Ok(Json(st.sync.run_once(&st.fleet()).await?))
+    Ok(Json(st.sync.run_leased(&st.fleet()).await?))
 }

@@ -116,12 +116,21 @@ async fn catalogue_round_trip_and_referential_rules(kit: &mut TestStores) {
     assert_eq!(data.groups, vec![g]);
     assert_eq!(data.packages, vec![pkg("p1", "a", "1.0.0")]);
     // A package's extra files are replaced whole, in order; a missing package is not found.
+    let before = pkg("p1", "a", "1.0.0").files;
     let files = vec![file("flatcar-podman.gz", 8)];
-    s.set_package_files("p1", &files, &act()).await.unwrap();
+    s.set_package_files("p1", &before, &files, &act())
+        .await
+        .unwrap();
     let data = s.load_catalogue().await.unwrap();
     assert_eq!(data.packages[0].files, files);
+    // Written from a stale read: refused, nothing changed.
     assert!(matches!(
-        s.set_package_files("nope", &files, &act()).await,
+        s.set_package_files("p1", &before, &[], &act()).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(s.load_catalogue().await.unwrap().packages[0].files, files);
+    assert!(matches!(
+        s.set_package_files("nope", &[], &files, &act()).await,
         Err(StoreError::NotFound(_))
     ));
     assert!(matches!(

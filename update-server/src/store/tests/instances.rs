@@ -203,6 +203,56 @@ async fn a_failing_job_rolls_back_alone_and_the_batch_commits(kit: &mut TestStor
     assert_eq!(kit.store.instance("m5", "a").await.unwrap(), None);
 }
 
+async fn a_panicking_job_fails_alone_and_the_writer_goes_on(kit: &mut TestStores) {
+    let mut jobs = Vec::new();
+    for n in 0..12_i64 {
+        let w = Arc::clone(&kit.writer);
+        jobs.push(tokio::spawn(async move {
+            transact(w.as_ref(), Urgency::Answer, move |tx| {
+                Box::pin(async move {
+                    let mut c = check_in(n, "1.0.0", "");
+                    c.machine_id = format!("m{n}");
+                    tx.check_in(&[c]).await?;
+                    assert!(n != 7, "job 7 fails hard after its write");
+                    Ok(n)
+                })
+            })
+            .await
+        }));
+    }
+    let mut failed = Vec::new();
+    for j in jobs {
+        if let Err(e) = j.await.unwrap() {
+            failed.push(e.to_string());
+        }
+    }
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert!(failed[0].contains("panicked"), "{failed:?}");
+    assert_eq!(kit.store.instance("m7", "a").await.unwrap(), None);
+    // The writer still answers.
+    let after = write(kit, |tx| {
+        Box::pin(async move {
+            let mut c = check_in(99, "1.0.0", "");
+            c.machine_id = "m-after".into();
+            tx.check_in(&[c]).await
+        })
+    })
+    .await;
+    after.unwrap();
+    let (_, total) = kit
+        .store
+        .list_instances(&InstanceFilter {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        total, 12,
+        "every job but the panicking one committed, and the one after"
+    );
+}
+
 async fn instance_lists_filter_search_count_and_order_alike(kit: &mut TestStores) {
     // (machine, app, group, alias, ip, last check)
     let machines = [
@@ -539,5 +589,6 @@ both_stores!(
     a_checks_events_and_activity_keep_their_order,
     a_check_in_writes_only_its_columns_and_never_goes_back_in_time,
     a_failing_job_rolls_back_alone_and_the_batch_commits,
+    a_panicking_job_fails_alone_and_the_writer_goes_on,
     instance_lists_filter_search_count_and_order_alike,
 );
