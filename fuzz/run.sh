@@ -13,8 +13,8 @@ secs=60
 if [ "${1:-}" = -t ]; then secs=$2; shift 2; fi
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(omaha_request omaha_response payload_prefix agent_config fleetlock_body admin_json
-           version_order crau_header)
+  targets=(omaha_request omaha_response payload_prefix payload_delta agent_config fleetlock_body
+           admin_json version_order crau_header)
 fi
 
 # Stable Rust: no sanitizer (-Zsanitizer is nightly-only); debug assertions and overflow checks

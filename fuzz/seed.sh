@@ -32,7 +32,7 @@ blocks() { # blocks LANG: each ```LANG block of docs/*/*.md, NUL-separated
     inblock { print }' "$repo"/docs/*/*.md
 }
 
-for t in omaha_request omaha_response payload_prefix agent_config fleetlock_body admin_json version_order crau_header; do
+for t in omaha_request omaha_response payload_prefix payload_delta agent_config fleetlock_body admin_json version_order crau_header; do
   mkdir -p "$corpus/$t"
   if [ -d "$fuzz/seeds/$t" ]; then
     for f in "$fuzz/seeds/$t"/*; do add "$t" "$f"; done

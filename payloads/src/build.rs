@@ -78,7 +78,7 @@ impl BuildOptions {
         }
     }
 
-    fn manifest(
+    pub(crate) fn manifest(
         &self,
         target_size: u64,
         target_sha256: Sha256Digest,
@@ -96,13 +96,14 @@ impl BuildOptions {
             block_size: self.block_size,
             target_size,
             target_sha256,
+            source: None,
             metadata: self.metadata.clone(),
             operations,
         }
     }
 
     /// Checks the options by encoding a one-operation manifest with them.
-    fn validate(&self) -> Result<(), BuildError> {
+    pub(crate) fn validate(&self) -> Result<(), BuildError> {
         let bs = u64::from(self.block_size);
         let chunk = u64::from(self.chunk_size);
         if self.block_size == 0 || chunk == 0 || chunk % bs != 0 || chunk > MAX_DATA_OPERATION_LEN {
@@ -115,17 +116,7 @@ impl BuildOptions {
                 "threads must be at least 1".to_owned(),
             ));
         }
-        let probe = self.manifest(
-            bs,
-            Sha256Digest::ZERO,
-            vec![Operation {
-                kind: OpKind::Zero,
-                dst_offset: 0,
-                dst_len: bs,
-                data_len: 0,
-                data_sha256: Sha256Digest::ZERO,
-            }],
-        );
+        let probe = self.manifest(bs, Sha256Digest::ZERO, vec![Operation::zero(0, bs)]);
         probe.encode()?;
         Ok(())
     }
@@ -164,7 +155,10 @@ impl From<FormatError> for BuildError {
     }
 }
 
-fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> BuildError + 'a {
+pub(crate) fn io_err<'a>(
+    action: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(io::Error) -> BuildError + 'a {
     move |error| BuildError::Io {
         action,
         path: path.to_owned(),
@@ -197,13 +191,13 @@ impl BuildReport {
 }
 
 /// How one chunk is encoded.
-enum Encoded {
+pub(crate) enum Encoded {
     Zero,
     Raw(Sha256Digest),
     Zstd(Vec<u8>, Sha256Digest),
 }
 
-fn is_zero(chunk: &[u8]) -> bool {
+pub(crate) fn is_zero(chunk: &[u8]) -> bool {
     // Word-wise OR over fixed-size blocks: vectorises well and stops at the first non-zero block.
     let blocks = chunk.chunks_exact(256);
     let tail = blocks.remainder();
@@ -227,7 +221,7 @@ fn encode_chunk(compressor: &mut zstd::bulk::Compressor<'_>, chunk: &[u8]) -> io
 }
 
 /// Reads until `buf` is full or the reader ends; returns the bytes read.
-fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+pub(crate) fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut filled = 0;
     while filled < buf.len() {
         match reader.read(&mut buf[filled..]) {
@@ -240,12 +234,13 @@ fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(filled)
 }
 
-/// Encodes a batch of chunks on `threads` threads while this thread hashes them into `target`.
-fn encode_batch(
+/// Encodes a batch of chunks on `threads` threads while this thread hashes them into `target`
+/// (if given).
+pub(crate) fn encode_batch(
     chunks: &[Vec<u8>],
     level: i32,
     threads: usize,
-    target: &mut Sha256,
+    target: Option<&mut Sha256>,
 ) -> io::Result<Vec<Encoded>> {
     let threads = threads.clamp(1, chunks.len().max(1));
     let results: Vec<io::Result<Vec<(usize, Encoded)>>> = thread::scope(|s| {
@@ -263,8 +258,10 @@ fn encode_batch(
                 })
             })
             .collect();
-        for c in chunks {
-            target.update(c);
+        if let Some(target) = target {
+            for c in chunks {
+                target.update(c);
+            }
         }
         workers
             .into_iter()
@@ -321,7 +318,7 @@ pub fn build_payload(
                 break;
             }
         }
-        let encoded = encode_batch(&batch, opts.zstd_level, opts.threads, &mut target)
+        let encoded = encode_batch(&batch, opts.zstd_level, opts.threads, Some(&mut target))
             .map_err(io_err("compressing image", none))?;
         for (chunk, enc) in batch.iter().zip(encoded) {
             let len = chunk.len() as u64;
@@ -335,37 +332,19 @@ pub fn build_payload(
                         offset += len;
                         continue;
                     }
-                    Operation {
-                        kind: OpKind::Zero,
-                        dst_offset: offset,
-                        dst_len: len,
-                        data_len: 0,
-                        data_sha256: Sha256Digest::ZERO,
-                    }
+                    Operation::zero(offset, len)
                 }
                 Encoded::Raw(digest) => {
                     spool
                         .write_all(chunk)
                         .map_err(io_err("spooling data", none))?;
-                    Operation {
-                        kind: OpKind::Replace,
-                        dst_offset: offset,
-                        dst_len: len,
-                        data_len: len,
-                        data_sha256: digest,
-                    }
+                    Operation::data(OpKind::Replace, offset, len, len, digest)
                 }
                 Encoded::Zstd(data, digest) => {
                     spool
                         .write_all(&data)
                         .map_err(io_err("spooling data", none))?;
-                    Operation {
-                        kind: OpKind::ReplaceZstd,
-                        dst_offset: offset,
-                        dst_len: len,
-                        data_len: data.len() as u64,
-                        data_sha256: digest,
-                    }
+                    Operation::data(OpKind::ReplaceZstd, offset, len, data.len() as u64, digest)
                 }
             };
             ops.push(op);
@@ -376,6 +355,17 @@ pub fn build_payload(
         return Err(BuildError::EmptyImage);
     }
     let manifest = opts.manifest(offset, Sha256Digest(target.finalize().into()), ops);
+    write_payload(manifest, keys, spool, out)
+}
+
+/// Signs `manifest` and writes the prefix, then the operation data spooled in `spool`, to `out`.
+pub(crate) fn write_payload(
+    manifest: Manifest,
+    keys: &[SigningKey],
+    spool: &mut (impl Read + Seek),
+    out: &mut impl Write,
+) -> Result<BuildReport, BuildError> {
+    let none = Path::new("");
     let data_len = manifest.data_len();
     let prefix = Prefix::new_signed(manifest, keys)?;
     out.write_all(&prefix.encode())
@@ -409,24 +399,35 @@ pub fn build_file(
     keys: &[SigningKey],
     opts: &BuildOptions,
 ) -> Result<BuildReport, BuildError> {
+    let image_file = File::open(image).map_err(io_err("opening image", image))?;
+    write_atomically(out, |spool, writer| {
+        build_payload(
+            io::BufReader::with_capacity(1 << 20, image_file),
+            spool,
+            writer,
+            keys,
+            opts,
+        )
+        .map_err(|e| with_paths(e, image, out))
+    })
+}
+
+/// Runs `build` with a spool file and a writer onto a temporary file in `out`'s directory, then
+/// syncs it and renames it to `out`.
+pub(crate) fn write_atomically(
+    out: &Path,
+    build: impl FnOnce(&mut File, &mut BufWriter<&mut File>) -> Result<BuildReport, BuildError>,
+) -> Result<BuildReport, BuildError> {
     let dir = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    let image_file = File::open(image).map_err(io_err("opening image", image))?;
     let mut spool = tempfile::tempfile_in(dir).map_err(io_err("creating spool file in", dir))?;
     let mut tmp =
         tempfile::NamedTempFile::new_in(dir).map_err(io_err("creating temporary file in", dir))?;
     let report = {
         let mut writer = BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
-        let report = build_payload(
-            io::BufReader::with_capacity(1 << 20, image_file),
-            &mut spool,
-            &mut writer,
-            keys,
-            opts,
-        )
-        .map_err(|e| with_paths(e, image, out))?;
+        let report = build(&mut spool, &mut writer)?;
         writer.flush().map_err(io_err("writing", out))?;
         report
     };
@@ -443,7 +444,7 @@ pub fn build_file(
 }
 
 /// Fills in the file names for I/O errors raised on anonymous streams.
-fn with_paths(e: BuildError, image: &Path, out: &Path) -> BuildError {
+pub(crate) fn with_paths(e: BuildError, image: &Path, out: &Path) -> BuildError {
     match e {
         BuildError::Io {
             action,

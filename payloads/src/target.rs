@@ -128,7 +128,7 @@ impl Target {
 }
 
 /// Size of a regular file, or of a block device (by seeking to its end).
-fn device_or_file_size(file: &File) -> io::Result<u64> {
+pub(crate) fn device_or_file_size(file: &File) -> io::Result<u64> {
     let meta = file.metadata()?;
     if meta.file_type().is_block_device() {
         let mut f = file;

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use ed25519_dalek::Signature;
 
 use crate::digest::Sha256Digest;
-use crate::format::{Kind, Manifest, Prefix, signed_message};
+use crate::format::{DeltaSource, Kind, Manifest, Prefix, signed_message};
 use crate::keys::{KeyId, TrustStore};
 
 /// Why a well-formed payload is not trusted (or no longer valid).
@@ -92,6 +92,14 @@ impl PayloadInfo {
     /// SHA-256 of the final target.
     pub fn target_sha256(&self) -> Sha256Digest {
         self.manifest.target_sha256
+    }
+    /// The source a delta payload applies to; `None` for a full payload.
+    pub fn source(&self) -> Option<&DeltaSource> {
+        self.manifest.source.as_ref()
+    }
+    /// Whether this is a delta payload.
+    pub fn is_delta(&self) -> bool {
+        self.manifest.is_delta()
     }
     /// Free-form metadata.
     pub fn metadata(&self) -> &BTreeMap<String, String> {

@@ -1,5 +1,6 @@
 //! The `payload` binary end to end: keygen, build, inspect, sign, verify and apply, and the
-//! documented exit codes (0 ok, 1 local/I/O, 2 usage, 3 invalid payload, 4 untrusted payload).
+//! documented exit codes (0 ok, 1 local/I/O, 2 usage, 3 invalid payload, 4 untrusted payload,
+//! 5 delta source mismatch).
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -328,4 +329,86 @@ fn a_closed_stdout_is_no_panic_and_keeps_the_exit_status() {
     }
     // The work is done although nobody read the report.
     assert!(env.path("other.pub").exists());
+}
+
+#[test]
+fn delta_build_inspect_verify_and_apply() {
+    let env = setup();
+    let mut new = env.image.clone();
+    new[70_000..90_000].copy_from_slice(&random_bytes(8, 20_000));
+    new.extend(random_bytes(9, 5000));
+    fs::write(env.path("new"), &new).unwrap();
+    let out = env.run(&[
+        "delta",
+        "--key",
+        "rel.key",
+        "--app",
+        "my-app",
+        "--version",
+        "1.3.0",
+        "--kind",
+        "file",
+        "--from",
+        "img",
+        "--from-version",
+        "1.2.3",
+        "--to",
+        "new",
+        "--out",
+        "d",
+    ]);
+    let stdout = expect_code(&out, 0);
+    assert!(stdout.contains("delta from 1.2.3"), "{stdout}");
+    assert!(stdout.contains("copied from the source"), "{stdout}");
+
+    let stdout = expect_code(&env.run(&["inspect", "d"]), 0);
+    assert!(stdout.contains("version 2 (delta)"), "{stdout}");
+    assert!(stdout.contains("delta from         1.2.3"), "{stdout}");
+    let json: serde_json::Value =
+        serde_json::from_str(&expect_code(&env.run(&["inspect", "--json", "d"]), 0)).unwrap();
+    assert_eq!(json["format_version"], 2);
+    assert_eq!(json["source"]["version"], "1.2.3");
+    assert!(json["target_bytes"]["copied"].as_u64().unwrap() > 500_000);
+    assert!(json["operation_counts"]["SOURCE_COPY"].as_u64().unwrap() > 0);
+
+    let stdout = expect_code(&env.run(&["verify", "--trusted", "rel.pub", "d"]), 0);
+    assert!(stdout.contains("NOT checked"), "{stdout}");
+    expect_code(
+        &env.run(&["verify", "--trusted", "rel.pub", "--source", "img", "d"]),
+        0,
+    );
+
+    // Without a source: exit 5; with the right one: the new image; with a wrong one: exit 5.
+    fs::write(env.path("t"), vec![OLD; new.len()]).unwrap();
+    expect_code(
+        &env.run(&["apply", "--trusted", "rel.pub", "--target", "t", "d"]),
+        5,
+    );
+    expect_code(
+        &env.run(&[
+            "apply",
+            "--trusted",
+            "rel.pub",
+            "--target",
+            "t",
+            "--source",
+            "img",
+            "d",
+        ]),
+        0,
+    );
+    assert!(fs::read(env.path("t")).unwrap() == new);
+    fs::write(env.path("wrong"), random_bytes(3, env.image.len())).unwrap();
+    let out = env.run(&[
+        "apply",
+        "--trusted",
+        "rel.pub",
+        "--target",
+        "t",
+        "--source",
+        "wrong",
+        "d",
+    ]);
+    expect_code(&out, 5);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("use the full payload"));
 }

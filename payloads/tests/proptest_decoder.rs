@@ -8,34 +8,46 @@ use std::collections::BTreeMap;
 
 use common::*;
 use payloads::format::{Prefix, prefix_len_needed};
-use payloads::{Applier, ApplyOptions, Kind, Manifest, OpKind, Operation, Sha256Digest};
+use payloads::{
+    Applier, ApplyOptions, DeltaSource, Kind, Manifest, OpKind, Operation, Sha256Digest,
+};
 use proptest::prelude::*;
 
 fn ident(max: usize) -> impl Strategy<Value = String> {
     proptest::string::string_regex(&format!("[!-~]{{1,{max}}}")).unwrap()
 }
 
+/// Size of the source in generated delta manifests: 1000 blocks.
+const SOURCE_SIZE: u64 = 1000 * 4096;
+
 prop_compose! {
-    fn operations()(lens in proptest::collection::vec((0u8..3, 1u64..4, 1u64..5000), 1..20))
-        -> (Vec<Operation>, u64) {
+    /// Operations covering a target; kind 3 (SOURCE_COPY, from block `src` of the source) only
+    /// when `delta`.
+    fn operations(delta: bool)(
+        lens in proptest::collection::vec((0u8..4, 1u64..4, 1u64..5000, 0u64..997), 1..20),
+    ) -> (Vec<Operation>, u64) {
         let mut ops = Vec::new();
         let mut offset = 0u64;
-        for (kind, blocks, zlen) in lens {
+        for (kind, blocks, zlen, src) in lens {
             let dst_len = blocks * 4096;
-            let (kind, data_len, digest) = match kind {
-                0 => (OpKind::Replace, dst_len, Sha256Digest([3; 32])),
-                1 => (OpKind::ReplaceZstd, zlen, Sha256Digest([4; 32])),
-                _ => (OpKind::Zero, 0, Sha256Digest::ZERO),
-            };
-            ops.push(Operation { kind, dst_offset: offset, dst_len, data_len, data_sha256: digest });
+            ops.push(match kind {
+                0 => Operation::data(OpKind::Replace, offset, dst_len, dst_len, Sha256Digest([3; 32])),
+                1 => Operation::data(OpKind::ReplaceZstd, offset, dst_len, zlen, Sha256Digest([4; 32])),
+                3 if delta => Operation::source_copy(offset, dst_len, src * 4096, Sha256Digest([6; 32])),
+                _ => Operation::zero(offset, dst_len),
+            });
             offset += dst_len;
         }
         (ops, offset)
     }
 }
 
+fn manifest() -> impl Strategy<Value = Manifest> {
+    any::<bool>().prop_flat_map(manifest_of)
+}
+
 prop_compose! {
-    fn manifest()(
+    fn manifest_of(delta: bool)(
         app_id in ident(128),
         version in ident(64),
         file in any::<bool>(),
@@ -45,7 +57,8 @@ prop_compose! {
         expires_after in proptest::option::of(1u64..1_000_000),
         min_source_version in proptest::option::of(ident(64)),
         metadata in proptest::collection::btree_map("[a-z0-9._-]{1,20}", "\\PC{0,40}", 0..5),
-        (operations, target_size) in operations(),
+        (operations, target_size) in operations(delta),
+        source_version in ident(64),
     ) -> Manifest {
         Manifest {
             app_id, version,
@@ -55,6 +68,11 @@ prop_compose! {
             min_source_version,
             block_size: 4096, target_size,
             target_sha256: Sha256Digest([5; 32]),
+            source: delta.then_some(DeltaSource {
+                version: source_version,
+                size: SOURCE_SIZE,
+                sha256: Sha256Digest([7; 32]),
+            }),
             metadata: metadata.into_iter().collect::<BTreeMap<_, _>>(),
             operations,
         }
@@ -67,6 +85,7 @@ proptest! {
     #[test]
     fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
         let _ = Manifest::decode(&bytes);
+        let _ = Manifest::decode_version(&bytes, 2);
         let _ = Prefix::decode(&bytes);
         let _ = prefix_len_needed(&bytes);
     }
@@ -74,7 +93,7 @@ proptest! {
     #[test]
     fn valid_manifests_round_trip(m in manifest()) {
         let bytes = m.encode().unwrap();
-        prop_assert_eq!(Manifest::decode(&bytes).unwrap(), m);
+        prop_assert_eq!(Manifest::decode_version(&bytes, m.format_version()).unwrap(), m);
     }
 
     #[test]
@@ -92,7 +111,7 @@ proptest! {
         if truncate {
             bytes.truncate(cut.index(bytes.len()));
         }
-        if let Ok(decoded) = Manifest::decode(&bytes) {
+        if let Ok(decoded) = Manifest::decode_version(&bytes, m.format_version()) {
             // Exactly one encoding per manifest: what decodes re-encodes to the same bytes.
             prop_assert_eq!(decoded.encode().unwrap(), bytes);
         }

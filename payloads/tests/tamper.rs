@@ -122,11 +122,14 @@ fn header_problems_write_nothing() {
     });
 
     let mut p = fx.payload.clone();
-    p[8..12].copy_from_slice(&2u32.to_be_bytes());
-    rejected_untouched("version 2", &p, ErrorClass::Invalid, |e| {
+    p[8..12].copy_from_slice(&3u32.to_be_bytes());
+    rejected_untouched("version 3", &p, ErrorClass::Invalid, |e| {
         matches!(
             e,
-            ApplyError::Format(FormatError::UnsupportedVersion { found: 2, .. })
+            ApplyError::Format(FormatError::UnsupportedVersion {
+                found: 3,
+                supported: 2
+            })
         )
     });
 
@@ -334,7 +337,8 @@ fn bad_operation_lists_write_nothing() {
         )
     });
 
-    // SOURCE_COPY (opcode 3) is reserved: patch the first opcode in the manifest, re-sign.
+    // SOURCE_COPY (opcode 3) is only allowed in a delta (format version 2): patch the first
+    // opcode of this full manifest, re-sign.
     let mut manifest = fx.manifest.encode().unwrap();
     let first_op = manifest.len() - n * payloads::format::OPERATION_LEN;
     manifest[first_op] = 3;

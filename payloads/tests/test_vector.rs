@@ -33,16 +33,13 @@ fn vector() -> (Vec<u8>, Vec<u8>) {
     image.extend([b'a'; 4096]);
     image.extend([0u8; 4096]);
     image.extend(&tail);
-    let op = |kind, dst_offset, dst_len, data: &[u8]| Operation {
-        kind,
-        dst_offset,
-        dst_len,
-        data_len: data.len() as u64,
-        data_sha256: if kind == OpKind::Zero {
+    let op = |kind, dst_offset, dst_len, data: &[u8]| {
+        let digest = if kind == OpKind::Zero {
             Sha256Digest::ZERO
         } else {
             Sha256Digest::of(data)
-        },
+        };
+        Operation::data(kind, dst_offset, dst_len, data.len() as u64, digest)
     };
     let manifest = Manifest {
         app_id: "demo".into(),
@@ -56,6 +53,7 @@ fn vector() -> (Vec<u8>, Vec<u8>) {
         block_size: 4096,
         target_size: image.len() as u64,
         target_sha256: Sha256Digest::of(&image),
+        source: None,
         metadata: BTreeMap::from([("os.versions".to_owned(), "4081.*".to_owned())]),
         operations: vec![
             op(OpKind::Replace, 0, 4096, &block1),

@@ -1,6 +1,7 @@
 //! `ApplyError`: every way applying or verifying a payload stream can fail, and its class
-//! (invalid payload, untrusted payload, or a local problem) for callers that map it to an action
-//! or an exit code.
+//! (invalid payload, untrusted payload, a delta whose source does not match, or a local problem)
+//! for callers that map it to an action or an exit code. `SourceError`: why a delta's source
+//! was refused.
 
 use std::io;
 
@@ -17,6 +18,74 @@ pub enum ErrorClass {
     Untrusted,
     /// A local problem: I/O, a too-small target, or an unusable checkpoint.
     Local,
+    /// A delta payload that cannot be applied to this source (another source version, a source
+    /// extent that does not match its signed SHA-256, a source too small or unreadable). The
+    /// payload itself may be fine; the remedy is the full payload.
+    Source,
+}
+
+/// Why a delta payload's source was refused. Nothing derived from a refused source is written.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// A delta payload was given to an applier without a source.
+    #[error(
+        "the payload is a delta from version {version} and needs that version's image as its source"
+    )]
+    Required {
+        /// The delta's source version.
+        version: String,
+    },
+    /// The delta was built from another version than the caller runs.
+    #[error("the delta applies to source version {found}, but the source is version {expected}")]
+    VersionMismatch {
+        /// Source version the caller has.
+        expected: String,
+        /// Source version in the signed manifest.
+        found: String,
+    },
+    /// The source range is smaller than the source image the delta was built from.
+    #[error("the delta's source image is {needed} bytes, the source range has only {available}")]
+    TooSmall {
+        /// Source size from the manifest.
+        needed: u64,
+        /// Length of the source range.
+        available: u64,
+    },
+    /// A source extent does not match its signed SHA-256 (another image, or the source changed
+    /// after the apply started); the operation was not written.
+    #[error(
+        "operation {index}: source bytes {src_offset}..{} have SHA-256 {found}, the manifest says {expected}; the source is not the image the delta was built from, nothing of it was written",
+        src_offset + len
+    )]
+    ExtentMismatch {
+        /// Operation index.
+        index: usize,
+        /// Source offset of the extent.
+        src_offset: u64,
+        /// Extent length.
+        len: u64,
+        /// Digest from the manifest.
+        expected: Sha256Digest,
+        /// Digest of the bytes read from the source.
+        found: Sha256Digest,
+    },
+    /// The whole source image does not match the manifest's `source_sha256`
+    /// ([`Source::check_image`](crate::Source::check_image)).
+    #[error("the source image has SHA-256 {found}, the delta was built from {expected}")]
+    ImageMismatch {
+        /// Digest from the manifest.
+        expected: Sha256Digest,
+        /// Digest of the source range's first `source_size` bytes.
+        found: Sha256Digest,
+    },
+    /// Reading the source failed.
+    #[error("reading the source at offset {offset}: {error}")]
+    Read {
+        /// Offset in the source range.
+        offset: u64,
+        /// The underlying error.
+        error: io::Error,
+    },
 }
 
 /// Why a payload could not be applied or verified.
@@ -110,6 +179,10 @@ pub enum ApplyError {
         /// Why.
         reason: String,
     },
+    /// A delta payload's source is missing, of another version, or does not match its signed
+    /// digests; nothing derived from it was written. Apply the full payload instead.
+    #[error("delta cannot be applied to this source: {0}; use the full payload")]
+    Source(#[from] SourceError),
     /// The applier was used after it had failed; resume from its last checkpoint instead.
     #[error("applier stopped after an earlier error; resume from its last checkpoint")]
     Stopped,
@@ -136,6 +209,7 @@ impl ApplyError {
             | ApplyError::Io { .. }
             | ApplyError::InvalidCheckpoint { .. }
             | ApplyError::Stopped => ErrorClass::Local,
+            ApplyError::Source(_) => ErrorClass::Source,
         }
     }
 }

@@ -3,8 +3,12 @@
 //! operation's SHA-256 before writing it, and finally re-reads the target and checks its SHA-256.
 //! It does no network I/O; the caller owns the transport, the clock and checkpoint persistence.
 //!
+//! A delta payload's SOURCE_COPY operations read from a read-only [`Source`]: each extent is read,
+//! hashed and compared with its signed SHA-256 right before it is written, so a wrong or modified
+//! source fails with [`ApplyError::Source`] and nothing derived from it reaches the target.
+//!
 //! Memory is bounded independently of the image size: the prefix (≤ 1 MiB + signatures), one
-//! operation's data (≤ 4 MiB) and one decompressed operation (≤ 4 MiB).
+//! operation's data (≤ 4 MiB) and one decompressed operation or source extent (≤ 4 MiB).
 
 mod checkpoint;
 mod error;
@@ -13,13 +17,14 @@ mod sink;
 use std::io::{self, Read};
 
 pub use checkpoint::{CHECKPOINT_VERSION, Checkpoint};
-pub use error::{ApplyError, ErrorClass};
+pub use error::{ApplyError, ErrorClass, SourceError};
 
 use sink::Sink;
 
 use crate::digest::Sha256Digest;
 use crate::format::{Kind, Manifest, OpKind, Operation, Prefix, prefix_len_needed};
 use crate::keys::TrustStore;
+use crate::source::Source;
 use crate::target::Target;
 use crate::verify::PayloadInfo;
 
@@ -39,6 +44,9 @@ pub struct Expectations {
     pub arch: Option<String>,
     /// Required board.
     pub board: Option<String>,
+    /// The version the source runs: a delta payload must have been built from it (else
+    /// [`SourceError::VersionMismatch`]). Ignored for full payloads.
+    pub source_version: Option<String>,
 }
 
 impl Expectations {
@@ -59,6 +67,15 @@ impl Expectations {
                     found: found.to_owned(),
                 });
             }
+        }
+        if let (Some(expected), Some(source)) = (&self.source_version, &manifest.source)
+            && *expected != source.version
+        {
+            return Err(SourceError::VersionMismatch {
+                expected: expected.clone(),
+                found: source.version.clone(),
+            }
+            .into());
         }
         Ok(())
     }
@@ -127,6 +144,8 @@ pub struct Applier {
     trust: TrustStore,
     opts: ApplyOptions,
     sink: Sink,
+    /// Where a delta's SOURCE_COPY operations read from.
+    source: Option<Source>,
     stage: Stage,
     received: u64,
     stopped: bool,
@@ -155,22 +174,50 @@ struct DataState {
 
 impl Applier {
     /// An applier that writes into `target` once the payload it is fed has been verified against
-    /// `trust` (copied: trust stores are small).
+    /// `trust` (copied: trust stores are small). It applies full payloads; a delta payload is
+    /// refused with [`SourceError::Required`] (use [`Applier::with_source`]).
     pub fn new(trust: &TrustStore, target: Target, opts: ApplyOptions) -> Self {
-        Self::with_sink(trust, Sink::target(target), opts)
+        Self::with_sink(trust, Sink::target(target), None, opts)
+    }
+
+    /// An applier that writes into `target` and reads a delta payload's SOURCE_COPY extents from
+    /// `source` (opened read-only, never written). Full payloads are applied as by
+    /// [`Applier::new`] (the source is then unused).
+    pub fn with_source(
+        trust: &TrustStore,
+        target: Target,
+        source: Source,
+        opts: ApplyOptions,
+    ) -> Self {
+        Self::with_sink(trust, Sink::target(target), Some(source), opts)
     }
 
     /// An applier that writes nothing: it reconstructs the target in memory order, hashes it and
-    /// checks the result, so a payload can be fully verified without a target.
+    /// checks the result, so a payload can be fully verified without a target. A delta payload
+    /// has no source here: its data operations are checked (digest, decompression) but the
+    /// target cannot be reconstructed, so its digest is not checked (use
+    /// [`Applier::verifier_with_source`] for that).
     pub fn verifier(trust: &TrustStore, opts: ApplyOptions) -> Self {
-        Self::with_sink(trust, Sink::Hash(Default::default()), opts)
+        Self::with_sink(trust, Sink::Hash(Default::default()), None, opts)
     }
 
-    fn with_sink(trust: &TrustStore, sink: Sink, opts: ApplyOptions) -> Self {
+    /// A verifier (see [`Applier::verifier`]) that reconstructs a delta's target from `source`, so
+    /// every source extent and the target digest are checked too.
+    pub fn verifier_with_source(trust: &TrustStore, source: Source, opts: ApplyOptions) -> Self {
+        Self::with_sink(trust, Sink::Hash(Default::default()), Some(source), opts)
+    }
+
+    fn with_sink(
+        trust: &TrustStore,
+        sink: Sink,
+        source: Option<Source>,
+        opts: ApplyOptions,
+    ) -> Self {
         Self {
             trust: trust.clone(),
             opts,
             sink,
+            source,
             stage: Stage::Prefix(Vec::new()),
             received: 0,
             stopped: false,
@@ -184,6 +231,31 @@ impl Applier {
     pub fn resume(
         trust: &TrustStore,
         target: Target,
+        checkpoint: &Checkpoint,
+        prefix: &[u8],
+        opts: ApplyOptions,
+    ) -> Result<Self, ApplyError> {
+        Self::resume_inner(trust, target, None, checkpoint, prefix, opts)
+    }
+
+    /// [`Applier::resume`] for a delta payload: SOURCE_COPY operations read from `source`. The
+    /// source need not be the same handle as before the interruption, but every extent read is
+    /// checked against its signed SHA-256 as always.
+    pub fn resume_with_source(
+        trust: &TrustStore,
+        target: Target,
+        source: Source,
+        checkpoint: &Checkpoint,
+        prefix: &[u8],
+        opts: ApplyOptions,
+    ) -> Result<Self, ApplyError> {
+        Self::resume_inner(trust, target, Some(source), checkpoint, prefix, opts)
+    }
+
+    fn resume_inner(
+        trust: &TrustStore,
+        target: Target,
+        source: Option<Source>,
         checkpoint: &Checkpoint,
         prefix: &[u8],
         opts: ApplyOptions,
@@ -211,7 +283,7 @@ impl Applier {
                 checkpoint.target_len
             )));
         }
-        let mut applier = Self::new(trust, target, opts);
+        let mut applier = Self::with_sink(trust, Sink::target(target), source, opts);
         let info = applier.admit(prefix)?;
         if info.signed_sha256 != checkpoint.signed_sha256 {
             return Err(bad(
@@ -245,11 +317,32 @@ impl Applier {
         Ok(applier)
     }
 
-    /// Decodes and verifies a complete prefix, and checks expectations and target capacity.
-    fn admit(&self, prefix: &[u8]) -> Result<PayloadInfo, ApplyError> {
+    /// Decodes and verifies a complete prefix, and checks expectations, the source of a delta and
+    /// target capacity.
+    fn admit(&mut self, prefix: &[u8]) -> Result<PayloadInfo, ApplyError> {
         let prefix = Prefix::decode(prefix)?;
         let info = prefix.verify(&self.trust, self.opts.now)?;
         self.opts.expect.check(&info.manifest)?;
+        if let Some(delta) = &info.manifest.source {
+            match &self.source {
+                Some(source) if source.len() < delta.size => {
+                    return Err(SourceError::TooSmall {
+                        needed: delta.size,
+                        available: source.len(),
+                    }
+                    .into());
+                }
+                Some(_) => {}
+                // Verifying a delta without its source: check what can be checked.
+                None if self.sink.is_hash() => self.sink = Sink::Discard,
+                None => {
+                    return Err(SourceError::Required {
+                        version: delta.version.clone(),
+                    }
+                    .into());
+                }
+            }
+        }
         let capacity = self.sink.capacity().map_err(|error| ApplyError::Io {
             action: "checking target size",
             offset: 0,
@@ -303,7 +396,12 @@ impl Applier {
             self.stage = Stage::Data(Box::new(DataState::new(info, 0, start, 0)));
         }
         match &mut self.stage {
-            Stage::Data(state) => state.consume(&mut self.sink, chunk, &mut self.received),
+            Stage::Data(state) => state.consume(
+                &mut self.sink,
+                self.source.as_ref(),
+                chunk,
+                &mut self.received,
+            ),
             Stage::Prefix(_) => Ok(()),
         }
     }
@@ -366,7 +464,8 @@ impl Applier {
 
     /// Completes the apply: every operation must have been written and nothing may be left over;
     /// then the target is synced (if [`ApplyOptions::sync`]) and re-read, and its SHA-256 must
-    /// equal the manifest's.
+    /// equal the manifest's. (A delta verified without its source cannot be reconstructed; its
+    /// result carries the manifest's target digest.)
     pub fn finish(self) -> Result<Applied, ApplyError> {
         if self.stopped {
             return Err(ApplyError::Stopped);
@@ -378,7 +477,7 @@ impl Applier {
                 expected: None,
             });
         };
-        s.run_zero_ops(&mut sink)?;
+        s.run_dataless_ops(&mut sink, self.source.as_ref())?;
         if s.next_op < s.info.manifest.operations.len() {
             return Err(ApplyError::Truncated {
                 received: self.received,
@@ -392,7 +491,8 @@ impl Applier {
                 action: "re-reading target",
                 offset,
                 error,
-            })?;
+            })?
+            .unwrap_or(expected);
         if found != expected {
             return Err(ApplyError::TargetHashMismatch { expected, found });
         }
@@ -428,11 +528,12 @@ impl DataState {
     fn consume(
         &mut self,
         sink: &mut Sink,
+        source: Option<&Source>,
         mut chunk: &[u8],
         received: &mut u64,
     ) -> Result<(), ApplyError> {
         loop {
-            self.run_zero_ops(sink)?;
+            self.run_dataless_ops(sink, source)?;
             let Some(op) = self.info.manifest.operations.get(self.next_op).copied() else {
                 if chunk.is_empty() {
                     return Ok(());
@@ -452,7 +553,7 @@ impl DataState {
                 let (data, rest) = chunk.split_at(need);
                 *received += need as u64;
                 chunk = rest;
-                self.apply_op(sink, &op, data)?;
+                self.apply_op(sink, source, &op, data)?;
             } else {
                 let take = need.min(chunk.len());
                 self.buf.extend_from_slice(&chunk[..take]);
@@ -460,7 +561,7 @@ impl DataState {
                 chunk = &chunk[take..];
                 if self.buf.len() == data_len {
                     let data = std::mem::take(&mut self.buf);
-                    let result = self.apply_op(sink, &op, &data);
+                    let result = self.apply_op(sink, source, &op, &data);
                     self.buf = data;
                     self.buf.clear();
                     result?;
@@ -469,24 +570,55 @@ impl DataState {
         }
     }
 
-    /// Applies the ZERO operations at the current position (they need no data).
-    fn run_zero_ops(&mut self, sink: &mut Sink) -> Result<(), ApplyError> {
+    /// Applies the ZERO and SOURCE_COPY operations at the current position (they need no data).
+    fn run_dataless_ops(
+        &mut self,
+        sink: &mut Sink,
+        source: Option<&Source>,
+    ) -> Result<(), ApplyError> {
         while let Some(op) = self.info.manifest.operations.get(self.next_op).copied() {
-            if op.kind != OpKind::Zero {
+            if op.kind.has_data() {
                 break;
             }
-            self.apply_op(sink, &op, &[])?;
+            self.apply_op(sink, source, &op, &[])?;
         }
         Ok(())
     }
 
-    /// Checks an operation's data against its digest, then writes it.
-    fn apply_op(&mut self, sink: &mut Sink, op: &Operation, data: &[u8]) -> Result<(), ApplyError> {
+    /// Checks an operation's input (payload data, or source extent) against its digest, then
+    /// writes it.
+    fn apply_op(
+        &mut self,
+        sink: &mut Sink,
+        source: Option<&Source>,
+        op: &Operation,
+        data: &[u8],
+    ) -> Result<(), ApplyError> {
         let index = self.next_op;
         match op.kind {
             OpKind::Zero => sink
                 .write_zeros(op.dst_offset, op.dst_len)
                 .map_err(write_error(op.dst_offset))?,
+            OpKind::SourceCopy => match source {
+                Some(source) => {
+                    let bytes = self.read_source(index, source, op)?;
+                    sink.write(op.dst_offset, bytes)
+                        .map_err(write_error(op.dst_offset))?;
+                }
+                // A verifier without the source: nothing to reconstruct (checked in `admit`).
+                None if sink.is_discard() => {}
+                None => {
+                    return Err(SourceError::Required {
+                        version: self
+                            .info
+                            .manifest
+                            .source
+                            .as_ref()
+                            .map_or_else(String::new, |s| s.version.clone()),
+                    }
+                    .into());
+                }
+            },
             OpKind::Replace | OpKind::ReplaceZstd => {
                 let found = Sha256Digest::of(data);
                 if found != op.data_sha256 {
@@ -511,6 +643,39 @@ impl DataState {
         self.op_data_offset += op.data_len;
         self.target_done += op.dst_len;
         Ok(())
+    }
+
+    /// Reads a SOURCE_COPY extent and checks it against its signed digest before returning it.
+    fn read_source(
+        &mut self,
+        index: usize,
+        source: &Source,
+        op: &Operation,
+    ) -> Result<&[u8], ApplyError> {
+        // dst_len ≤ MAX_COPY_OPERATION_LEN (4 MiB), checked by the manifest decoder.
+        let len = op.dst_len as usize;
+        if self.scratch.len() < len {
+            self.scratch.resize(len, 0);
+        }
+        let buf = &mut self.scratch[..len];
+        source
+            .read_at(op.src_offset, buf)
+            .map_err(|error| SourceError::Read {
+                offset: op.src_offset,
+                error,
+            })?;
+        let found = Sha256Digest::of(buf);
+        if found != op.src_sha256 {
+            return Err(SourceError::ExtentMismatch {
+                index,
+                src_offset: op.src_offset,
+                len: op.dst_len,
+                expected: op.src_sha256,
+                found,
+            }
+            .into());
+        }
+        Ok(&self.scratch[..len])
     }
 
     /// Decompresses one zstd operation into exactly `dst_len` bytes.
@@ -571,14 +736,43 @@ pub fn apply_from_reader(
     applier.finish()
 }
 
+/// [`apply_from_reader`] for a payload that may be a delta: SOURCE_COPY operations read from
+/// `source` (read-only).
+pub fn apply_from_reader_with_source(
+    reader: impl Read,
+    trust: &TrustStore,
+    target: Target,
+    source: Source,
+    opts: ApplyOptions,
+) -> Result<Applied, ApplyError> {
+    let mut applier = Applier::with_source(trust, target, source, opts);
+    drive(&mut applier, reader)?;
+    applier.finish()
+}
+
 /// Fully verifies a payload without writing anything: prefix, signatures, expiry, expectations,
 /// every operation's data, nothing after the end, and the SHA-256 of the target it produces.
+/// For a delta payload everything but the source extents and the target digest is checked (there
+/// is no source here); [`verify_payload_with_source`] checks those too.
 pub fn verify_payload(
     reader: impl Read,
     trust: &TrustStore,
     opts: ApplyOptions,
 ) -> Result<PayloadInfo, ApplyError> {
     let mut applier = Applier::verifier(trust, opts);
+    drive(&mut applier, reader)?;
+    applier.finish().map(|applied| applied.info)
+}
+
+/// [`verify_payload`] that reconstructs a delta's target from `source`: every source extent and
+/// the target digest are checked as well.
+pub fn verify_payload_with_source(
+    reader: impl Read,
+    trust: &TrustStore,
+    source: Source,
+    opts: ApplyOptions,
+) -> Result<PayloadInfo, ApplyError> {
+    let mut applier = Applier::verifier_with_source(trust, source, opts);
     drive(&mut applier, reader)?;
     applier.finish().map(|applied| applied.info)
 }

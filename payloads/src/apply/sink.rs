@@ -35,6 +35,8 @@ pub(crate) enum Sink {
     },
     /// Hash the reconstructed target bytes (operations arrive in target order).
     Hash(Sha256),
+    /// Verify a delta without its source: the target cannot be reconstructed, so nothing is kept.
+    Discard,
 }
 
 impl Sink {
@@ -64,6 +66,16 @@ impl Sink {
         }
     }
 
+    /// Whether this sink hashes (a verifier).
+    pub(crate) fn is_hash(&self) -> bool {
+        matches!(self, Sink::Hash(_))
+    }
+
+    /// Whether this sink discards (a verifier of a delta without its source).
+    pub(crate) fn is_discard(&self) -> bool {
+        matches!(self, Sink::Discard)
+    }
+
     /// Writes `data` at `offset`.
     pub(crate) fn write(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
         match self {
@@ -72,6 +84,7 @@ impl Sink {
                 h.update(data);
                 Ok(())
             }
+            Sink::Discard => Ok(()),
         }
     }
 
@@ -89,6 +102,7 @@ impl Sink {
                 }
                 Ok(())
             }
+            Sink::Discard => Ok(()),
         }
     }
 
@@ -96,7 +110,7 @@ impl Sink {
     pub(crate) fn capacity(&self) -> io::Result<Option<u64>> {
         match self {
             Sink::Target { target, .. } => target.capacity().map(Some),
-            Sink::Hash(_) => Ok(None),
+            Sink::Hash(_) | Sink::Discard => Ok(None),
         }
     }
 
@@ -104,7 +118,7 @@ impl Sink {
     pub(crate) fn range(&self) -> Option<(u64, u64)> {
         match self {
             Sink::Target { target, .. } => Some((target.base(), target.len())),
-            Sink::Hash(_) => None,
+            Sink::Hash(_) | Sink::Discard => None,
         }
     }
 
@@ -112,15 +126,20 @@ impl Sink {
     pub(crate) fn sync(&self) -> io::Result<()> {
         match self {
             Sink::Target { target, .. } => target.sync(),
-            Sink::Hash(_) => Ok(()),
+            Sink::Hash(_) | Sink::Discard => Ok(()),
         }
     }
 
     /// SHA-256 of the first `size` target bytes, as re-read from the target (after an optional
-    /// sync), or the running hash. Every operation must have been written.
-    pub(crate) fn final_digest(self, size: u64, sync: bool) -> Result<Sha256Digest, RereadError> {
+    /// sync), or the running hash; `None` when discarding. Every operation must have been written.
+    pub(crate) fn final_digest(
+        self,
+        size: u64,
+        sync: bool,
+    ) -> Result<Option<Sha256Digest>, RereadError> {
         match self {
-            Sink::Hash(h) => Ok(Sha256Digest(h.finalize().into())),
+            Sink::Discard => Ok(None),
+            Sink::Hash(h) => Ok(Some(Sha256Digest(h.finalize().into()))),
             Sink::Target { target, reread } => {
                 if sync {
                     target.sync().map_err(|e| (0, e))?;
@@ -129,6 +148,7 @@ impl Sink {
                     Some(r) => r.finish(),
                     None => hash_range(&target, size, &AtomicBool::new(false), |_| size),
                 }
+                .map(Some)
             }
         }
     }

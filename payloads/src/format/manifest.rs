@@ -1,6 +1,7 @@
 //! The manifest: what a payload installs (application, version, kind, target size and digest,
-//! board/arch, times, metadata) and the ordered operations that produce the target. Encoding is
-//! canonical: [`Manifest::decode`] accepts exactly the byte strings [`Manifest::encode`] produces.
+//! board/arch, times, metadata, and for a delta the source it applies to) and the ordered
+//! operations that produce the target. Encoding is canonical: [`Manifest::decode_version`]
+//! accepts exactly the byte strings [`Manifest::encode`] produces.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -8,8 +9,9 @@ use std::str::FromStr;
 
 use super::wire::{Cursor, put_bytes8, put_bytes16};
 use super::{
-    FormatError, MAX_DATA_OPERATION_LEN, MAX_MANIFEST_LEN, MAX_METADATA_ENTRIES, MAX_TARGET_SIZE,
-    MIN_MANIFEST_LEN, OPERATION_LEN,
+    DELTA_FORMAT_VERSION, FORMAT_VERSION, FormatError, MAX_COPY_OPERATION_LEN,
+    MAX_DATA_OPERATION_LEN, MAX_FORMAT_VERSION, MAX_MANIFEST_LEN, MAX_METADATA_ENTRIES,
+    MAX_TARGET_SIZE, MIN_MANIFEST_LEN, OPERATION_LEN,
 };
 use crate::digest::Sha256Digest;
 
@@ -79,7 +81,7 @@ impl FromStr for Kind {
     }
 }
 
-/// The kind of an operation. Opcode 3 (SOURCE_COPY) is reserved for delta payloads.
+/// The kind of an operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum OpKind {
     /// Opcode 0: the data is written as is.
@@ -88,6 +90,9 @@ pub enum OpKind {
     ReplaceZstd,
     /// Opcode 2: `dst_len` zero bytes are written; no data.
     Zero,
+    /// Opcode 3, delta payloads only: `dst_len` bytes are read from the source at `src_offset`,
+    /// checked against `src_sha256`, and written; no data.
+    SourceCopy,
 }
 
 impl OpKind {
@@ -97,7 +102,13 @@ impl OpKind {
             OpKind::Replace => 0,
             OpKind::ReplaceZstd => 1,
             OpKind::Zero => 2,
+            OpKind::SourceCopy => OPCODE_SOURCE_COPY,
         }
+    }
+
+    /// Whether the operation consumes payload data (REPLACE, REPLACE_ZSTD).
+    pub fn has_data(self) -> bool {
+        matches!(self, OpKind::Replace | OpKind::ReplaceZstd)
     }
 
     /// Upper-case name used in the spec and by `inspect`.
@@ -106,11 +117,12 @@ impl OpKind {
             OpKind::Replace => "REPLACE",
             OpKind::ReplaceZstd => "REPLACE_ZSTD",
             OpKind::Zero => "ZERO",
+            OpKind::SourceCopy => "SOURCE_COPY",
         }
     }
 }
 
-/// The reserved SOURCE_COPY opcode.
+/// The SOURCE_COPY opcode (allowed in delta payloads only).
 pub const OPCODE_SOURCE_COPY: u8 = 3;
 
 /// One step that writes `dst_len` bytes at `dst_offset` of the target.
@@ -122,17 +134,79 @@ pub struct Operation {
     pub dst_offset: u64,
     /// Number of target bytes written.
     pub dst_len: u64,
-    /// Number of payload data bytes this operation consumes.
+    /// Number of payload data bytes this operation consumes (0 for ZERO and SOURCE_COPY).
     pub data_len: u64,
-    /// SHA-256 of those data bytes (all zero for ZERO).
+    /// SHA-256 of those data bytes (all zero for ZERO and SOURCE_COPY).
     pub data_sha256: Sha256Digest,
+    /// SOURCE_COPY: offset of the extent in the source; 0 for the other kinds.
+    pub src_offset: u64,
+    /// SOURCE_COPY: SHA-256 of the `dst_len` source bytes at `src_offset`, checked before they are
+    /// used; all zero for the other kinds.
+    pub src_sha256: Sha256Digest,
 }
 
 impl Operation {
+    /// A REPLACE or REPLACE_ZSTD operation consuming `data_len` bytes with digest `data_sha256`.
+    pub fn data(
+        kind: OpKind,
+        dst_offset: u64,
+        dst_len: u64,
+        data_len: u64,
+        data_sha256: Sha256Digest,
+    ) -> Self {
+        Self {
+            kind,
+            dst_offset,
+            dst_len,
+            data_len,
+            data_sha256,
+            src_offset: 0,
+            src_sha256: Sha256Digest::ZERO,
+        }
+    }
+
+    /// A ZERO operation.
+    pub fn zero(dst_offset: u64, dst_len: u64) -> Self {
+        Self::data(OpKind::Zero, dst_offset, dst_len, 0, Sha256Digest::ZERO)
+    }
+
+    /// A SOURCE_COPY operation: `dst_len` bytes from `src_offset` of the source, whose SHA-256 is
+    /// `src_sha256`.
+    pub fn source_copy(
+        dst_offset: u64,
+        dst_len: u64,
+        src_offset: u64,
+        src_sha256: Sha256Digest,
+    ) -> Self {
+        Self {
+            kind: OpKind::SourceCopy,
+            dst_offset,
+            dst_len,
+            data_len: 0,
+            data_sha256: Sha256Digest::ZERO,
+            src_offset,
+            src_sha256,
+        }
+    }
+
     /// End offset in the target (exclusive).
     pub fn dst_end(&self) -> u64 {
         self.dst_offset.saturating_add(self.dst_len)
     }
+}
+
+/// What a delta payload applies to: the source image its SOURCE_COPY operations read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeltaSource {
+    /// Version of the source image (the version the machine must be running), same charset and
+    /// length as `version`.
+    pub version: String,
+    /// Size in bytes of the source image; every SOURCE_COPY extent lies inside `[0, size)`.
+    pub size: u64,
+    /// SHA-256 of the whole source image `[0, size)`. The applier does not need it (it checks each
+    /// extent it reads); it identifies the exact source for servers, tools and an optional
+    /// up-front check of the source slot.
+    pub sha256: Sha256Digest,
 }
 
 /// A decoded, validated manifest.
@@ -160,6 +234,9 @@ pub struct Manifest {
     pub target_size: u64,
     /// SHA-256 of the final target bytes.
     pub target_sha256: Sha256Digest,
+    /// The source of a delta payload; `None` for a full payload. A manifest with a source is
+    /// encoded as format version 2 and may contain SOURCE_COPY operations.
+    pub source: Option<DeltaSource>,
     /// Free-form key/value metadata (keys `[A-Za-z0-9._-]{1,64}`, values ≤ 1024 bytes UTF-8).
     pub metadata: BTreeMap<String, String>,
     /// Operations, sorted by target offset, covering the target exactly once.
@@ -167,6 +244,29 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// The header format version this manifest is encoded with: [`DELTA_FORMAT_VERSION`] for a
+    /// delta, [`FORMAT_VERSION`] otherwise.
+    pub fn format_version(&self) -> u32 {
+        if self.source.is_some() {
+            DELTA_FORMAT_VERSION
+        } else {
+            FORMAT_VERSION
+        }
+    }
+
+    /// Whether this is a delta payload (it names a source).
+    pub fn is_delta(&self) -> bool {
+        self.source.is_some()
+    }
+
+    /// Target bytes produced by operations of `kind`.
+    pub fn target_bytes(&self, kind: OpKind) -> u64 {
+        self.operations
+            .iter()
+            .filter(|op| op.kind == kind)
+            .fold(0u64, |acc, op| acc.saturating_add(op.dst_len))
+    }
+
     /// Total payload data bytes consumed by all operations.
     pub fn data_len(&self) -> u64 {
         self.operations
@@ -178,7 +278,7 @@ impl Manifest {
     /// is ever produced. Returns the canonical bytes.
     pub fn encode(&self) -> Result<Vec<u8>, FormatError> {
         let bytes = self.encode_unchecked()?;
-        let decoded = Self::decode(&bytes)?;
+        let decoded = Self::decode_version(&bytes, self.format_version())?;
         debug_assert_eq!(&decoded, self);
         Ok(bytes)
     }
@@ -210,6 +310,11 @@ impl Manifest {
         out.extend_from_slice(&self.block_size.to_be_bytes());
         out.extend_from_slice(&self.target_size.to_be_bytes());
         out.extend_from_slice(self.target_sha256.as_bytes());
+        if let Some(source) = &self.source {
+            put_bytes8(&mut out, "source_version", source.version.as_bytes())?;
+            out.extend_from_slice(&source.size.to_be_bytes());
+            out.extend_from_slice(source.sha256.as_bytes());
+        }
         let count = u16::try_from(self.metadata.len()).map_err(|_| too_many("metadata", &out))?;
         out.extend_from_slice(&count.to_be_bytes());
         for (k, v) in &self.metadata {
@@ -223,15 +328,34 @@ impl Manifest {
             out.push(op.kind.opcode());
             out.extend_from_slice(&op.dst_offset.to_be_bytes());
             out.extend_from_slice(&op.dst_len.to_be_bytes());
-            out.extend_from_slice(&op.data_len.to_be_bytes());
-            out.extend_from_slice(op.data_sha256.as_bytes());
+            if op.kind == OpKind::SourceCopy {
+                out.extend_from_slice(&op.src_offset.to_be_bytes());
+                out.extend_from_slice(op.src_sha256.as_bytes());
+            } else {
+                out.extend_from_slice(&op.data_len.to_be_bytes());
+                out.extend_from_slice(op.data_sha256.as_bytes());
+            }
         }
         Ok(out)
     }
 
-    /// Decodes and validates manifest bytes. Never panics and never allocates more than the input
-    /// size justifies; the first violated rule is reported with its byte offset or operation index.
+    /// Decodes and validates the manifest of a full (format version 1) payload. See
+    /// [`Manifest::decode_version`].
     pub fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
+        Self::decode_version(bytes, FORMAT_VERSION)
+    }
+
+    /// Decodes and validates manifest bytes for the header's `format_version` (1: full payload,
+    /// 2: delta payload with a source section and SOURCE_COPY operations). Never panics and never
+    /// allocates more than the input size justifies; the first violated rule is reported with its
+    /// byte offset or operation index.
+    pub fn decode_version(bytes: &[u8], format_version: u32) -> Result<Self, FormatError> {
+        if !(FORMAT_VERSION..=MAX_FORMAT_VERSION).contains(&format_version) {
+            return Err(FormatError::UnsupportedVersion {
+                found: format_version,
+                supported: MAX_FORMAT_VERSION,
+            });
+        }
         let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
         if !(MIN_MANIFEST_LEN..=MAX_MANIFEST_LEN).contains(&len) {
             return Err(FormatError::ManifestLength {
@@ -292,9 +416,13 @@ impl Manifest {
             ));
         }
         let target_sha256 = Sha256Digest(c.array("target_sha256")?);
+        let source = match format_version {
+            DELTA_FORMAT_VERSION => Some(decode_source(&mut c)?),
+            _ => None,
+        };
 
         let metadata = decode_metadata(&mut c)?;
-        let operations = decode_operations(&mut c, block_size, target_size)?;
+        let operations = decode_operations(&mut c, block_size, target_size, source.as_ref())?;
         if c.remaining() != 0 {
             return Err(FormatError::TrailingBytes {
                 offset: c.offset(),
@@ -315,10 +443,31 @@ impl Manifest {
             block_size,
             target_size,
             target_sha256,
+            source,
             metadata,
             operations,
         })
     }
+}
+
+/// Reads the source section of a delta manifest.
+fn decode_source(c: &mut Cursor<'_>) -> Result<DeltaSource, FormatError> {
+    let version = ident(c, "source_version", VERSION_LEN)?;
+    let offset = c.offset();
+    let size = c.u64("source_size")?;
+    if size == 0 || size > MAX_TARGET_SIZE {
+        return Err(invalid(
+            "source_size",
+            offset,
+            format!("{size} is outside 1..={MAX_TARGET_SIZE}"),
+        ));
+    }
+    let sha256 = Sha256Digest(c.array("source_sha256")?);
+    Ok(DeltaSource {
+        version,
+        size,
+        sha256,
+    })
 }
 
 fn too_many(field: &'static str, out: &[u8]) -> FormatError {
@@ -430,6 +579,7 @@ fn decode_operations(
     c: &mut Cursor<'_>,
     block_size: u32,
     target_size: u64,
+    source: Option<&DeltaSource>,
 ) -> Result<Vec<Operation>, FormatError> {
     let offset = c.offset();
     let count = c.u32("operation_count")?;
@@ -460,7 +610,8 @@ fn decode_operations(
             0 => OpKind::Replace,
             1 => OpKind::ReplaceZstd,
             2 => OpKind::Zero,
-            super::manifest::OPCODE_SOURCE_COPY => {
+            OPCODE_SOURCE_COPY if source.is_some() => OpKind::SourceCopy,
+            OPCODE_SOURCE_COPY => {
                 return Err(FormatError::UnsupportedOperation {
                     index,
                     name: "SOURCE_COPY",
@@ -468,14 +619,21 @@ fn decode_operations(
             }
             _ => return Err(FormatError::UnknownOperation { index, opcode }),
         };
-        let op = Operation {
-            kind,
-            dst_offset: c.u64("dst_offset")?,
-            dst_len: c.u64("dst_len")?,
-            data_len: c.u64("data_len")?,
-            data_sha256: Sha256Digest(c.array("data_sha256")?),
+        let dst_offset = c.u64("dst_offset")?;
+        let dst_len = c.u64("dst_len")?;
+        let op = if kind == OpKind::SourceCopy {
+            let src_offset = c.u64("src_offset")?;
+            let src_sha256 = Sha256Digest(c.array("src_sha256")?);
+            Operation::source_copy(dst_offset, dst_len, src_offset, src_sha256)
+        } else {
+            let data_len = c.u64("data_len")?;
+            let data_sha256 = Sha256Digest(c.array("data_sha256")?);
+            Operation::data(kind, dst_offset, dst_len, data_len, data_sha256)
         };
         check_operation(index, &op, block_size, target_size)?;
+        if let Some(source) = source.filter(|_| kind == OpKind::SourceCopy) {
+            check_source_extent(index, &op, block_size, source)?;
+        }
         ops.push(op);
     }
     Ok(ops)
@@ -536,8 +694,42 @@ fn check_operation(
         OpKind::Zero if op.data_len != 0 || op.data_sha256 != Sha256Digest::ZERO => Err(bad(
             "ZERO must have data_len 0 and an all-zero data_sha256".to_owned(),
         )),
+        OpKind::SourceCopy if op.dst_len > MAX_COPY_OPERATION_LEN => Err(bad(format!(
+            "SOURCE_COPY copies {} bytes; at most {MAX_COPY_OPERATION_LEN} per operation",
+            op.dst_len
+        ))),
         _ => Ok(()),
     }
+}
+
+/// Rules of a SOURCE_COPY extent against the manifest's source: aligned start, inside the source.
+fn check_source_extent(
+    index: u32,
+    op: &Operation,
+    block_size: u32,
+    source: &DeltaSource,
+) -> Result<(), FormatError> {
+    match op.src_offset.checked_add(op.dst_len) {
+        Some(end) if end <= source.size => {}
+        _ => {
+            return Err(FormatError::SourceExtentOutside {
+                index,
+                src_offset: op.src_offset,
+                end: op.src_offset.saturating_add(op.dst_len),
+                source_size: source.size,
+            });
+        }
+    }
+    if !op.src_offset.is_multiple_of(u64::from(block_size)) {
+        return Err(FormatError::InvalidOperation {
+            index,
+            reason: format!(
+                "SOURCE_COPY source offset {} is not aligned to the block size {block_size}",
+                op.src_offset
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Rules that concern the sequence: sorted, no overlap, then exact coverage of the target.
@@ -598,14 +790,9 @@ mod tests {
             block_size: 512,
             target_size: 1,
             target_sha256: Sha256Digest::ZERO,
+            source: None,
             metadata: BTreeMap::new(),
-            operations: vec![Operation {
-                kind: OpKind::Zero,
-                dst_offset: 0,
-                dst_len: 1,
-                data_len: 0,
-                data_sha256: Sha256Digest::ZERO,
-            }],
+            operations: vec![Operation::zero(0, 1)],
         }
     }
 
@@ -624,29 +811,102 @@ mod tests {
         m.metadata.insert("os.versions".into(), "4081.*".into());
         m.metadata.insert("a".into(), "é".into());
         m.operations = vec![
-            Operation {
-                kind: OpKind::Replace,
-                dst_offset: 0,
-                dst_len: 4096,
-                data_len: 4096,
-                data_sha256: Sha256Digest([7; 32]),
-            },
-            Operation {
-                kind: OpKind::Zero,
-                dst_offset: 4096,
-                dst_len: 8192,
-                data_len: 0,
-                data_sha256: Sha256Digest::ZERO,
-            },
-            Operation {
-                kind: OpKind::ReplaceZstd,
-                dst_offset: 3 * 4096,
-                dst_len: 100,
-                data_len: 20,
-                data_sha256: Sha256Digest([9; 32]),
-            },
+            Operation::data(OpKind::Replace, 0, 4096, 4096, Sha256Digest([7; 32])),
+            Operation::zero(4096, 8192),
+            Operation::data(
+                OpKind::ReplaceZstd,
+                3 * 4096,
+                100,
+                20,
+                Sha256Digest([9; 32]),
+            ),
         ];
         m
+    }
+
+    /// `sample` as a delta: op 1 copies two blocks from the source.
+    fn delta_sample() -> Manifest {
+        let mut m = sample();
+        m.source = Some(DeltaSource {
+            version: "4080.0.0".into(),
+            size: 5 * 4096,
+            sha256: Sha256Digest([1; 32]),
+        });
+        m.operations[1] = Operation::source_copy(4096, 8192, 3 * 4096, Sha256Digest([2; 32]));
+        m
+    }
+
+    #[test]
+    fn delta_round_trip_and_version() {
+        let m = delta_sample();
+        assert_eq!(m.format_version(), 2);
+        assert_eq!(sample().format_version(), 1);
+        let bytes = m.encode().unwrap();
+        assert_eq!(Manifest::decode_version(&bytes, 2).unwrap(), m);
+        // The same bytes are not a version-1 manifest, and a full manifest is not a version-2 one.
+        assert!(Manifest::decode(&bytes).is_err());
+        assert!(Manifest::decode_version(&sample().encode().unwrap(), 2).is_err());
+        assert!(matches!(
+            Manifest::decode_version(&bytes, 3),
+            Err(FormatError::UnsupportedVersion { found: 3, .. })
+        ));
+        assert_eq!(m.target_bytes(OpKind::SourceCopy), 8192);
+    }
+
+    #[test]
+    fn source_extent_rules() {
+        let decode = |m: &Manifest| Manifest::decode_version(&m.encode_unchecked().unwrap(), 2);
+        let mut m = delta_sample();
+        m.operations[1].src_offset = 4 * 4096; // 4..6 blocks of a 5-block source
+        assert!(matches!(
+            decode(&m),
+            Err(FormatError::SourceExtentOutside { index: 1, .. })
+        ));
+        let mut m = delta_sample();
+        m.operations[1].src_offset = u64::MAX - 100;
+        assert!(matches!(
+            decode(&m),
+            Err(FormatError::SourceExtentOutside { index: 1, .. })
+        ));
+        let mut m = delta_sample();
+        m.operations[1].src_offset = 100;
+        assert!(matches!(
+            decode(&m),
+            Err(FormatError::InvalidOperation { index: 1, .. })
+        ));
+        let mut m = delta_sample();
+        m.target_size = 4096 + (8 << 20) + 100;
+        m.operations[1].dst_len = 8 << 20;
+        m.operations[2].dst_offset = 4096 + (8 << 20);
+        if let Some(s) = m.source.as_mut() {
+            s.size = 16 << 20;
+        }
+        assert!(matches!(
+            decode(&m),
+            Err(FormatError::InvalidOperation { index: 1, .. })
+        ));
+        let mut m = delta_sample();
+        if let Some(s) = m.source.as_mut() {
+            s.size = 0;
+        }
+        assert!(matches!(
+            decode(&m),
+            Err(FormatError::InvalidField {
+                field: "source_size",
+                ..
+            })
+        ));
+        let mut m = delta_sample();
+        if let Some(s) = m.source.as_mut() {
+            s.version = "a b".into();
+        }
+        assert!(matches!(
+            decode(&m),
+            Err(FormatError::InvalidField {
+                field: "source_version",
+                ..
+            })
+        ));
     }
 
     #[test]

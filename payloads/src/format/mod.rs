@@ -9,8 +9,10 @@ mod signatures;
 pub(crate) mod wire;
 
 pub use header::Header;
-pub use manifest::{Kind, Manifest, OpKind, Operation};
-pub use prefix::{Prefix, ReadPrefixError, encode_prefix, prefix_len_needed, read_prefix};
+pub use manifest::{DeltaSource, Kind, Manifest, OpKind, Operation};
+pub use prefix::{
+    Prefix, ReadPrefixError, encode_prefix, encode_prefix_version, prefix_len_needed, read_prefix,
+};
 pub use signatures::SignatureEntry;
 pub(crate) use signatures::signed_message;
 
@@ -18,8 +20,16 @@ use crate::keys::KeyId;
 
 /// The eight magic bytes that open every payload.
 pub const MAGIC: [u8; 8] = *b"PLTPAYLD";
-/// The only format version this crate reads and writes.
+/// The format version of full payloads (every target byte comes from the payload). A payload
+/// without a source is always written with this version, so full payloads stay readable by
+/// verifiers that know only version 1.
 pub const FORMAT_VERSION: u32 = 1;
+/// The format version of delta payloads: the manifest names a source image and operations may
+/// copy extents from it (SOURCE_COPY). A verifier that knows only version 1 refuses it from the
+/// header ("unsupported format version 2") instead of misapplying it.
+pub const DELTA_FORMAT_VERSION: u32 = 2;
+/// The highest format version this crate reads.
+pub const MAX_FORMAT_VERSION: u32 = DELTA_FORMAT_VERSION;
 /// Length of the fixed header.
 pub const HEADER_LEN: usize = 20;
 /// Largest manifest accepted (1 MiB), checked before it is read.
@@ -33,8 +43,11 @@ pub const SIGNATURE_ENTRY_LEN: usize = 96;
 /// Largest target region (`dst_len`) of a REPLACE or REPLACE_ZSTD operation, so also the most data
 /// the applier buffers for one operation (4 MiB).
 pub const MAX_DATA_OPERATION_LEN: u64 = 4 << 20;
-/// Largest target size a manifest may declare (2^48 bytes = 256 TiB).
+/// Largest target size a manifest may declare (2^48 bytes = 256 TiB); also the largest source size.
 pub const MAX_TARGET_SIZE: u64 = 1 << 48;
+/// Largest target region of one SOURCE_COPY operation (4 MiB), so also the most source bytes the
+/// applier reads and hashes before writing them.
+pub const MAX_COPY_OPERATION_LEN: u64 = 4 << 20;
 /// Encoded length of one operation in the manifest.
 pub const OPERATION_LEN: usize = 57;
 /// Most metadata entries in a manifest.
@@ -57,12 +70,12 @@ pub enum FormatError {
     },
     /// The header names a format version this verifier does not know.
     #[error(
-        "unsupported payload format version {found}; this verifier reads version {supported} only (upgrade it or rebuild the payload)"
+        "unsupported payload format version {found}; this verifier reads versions 1 to {supported} only (upgrade it or rebuild the payload)"
     )]
     UnsupportedVersion {
         /// Version found in the header.
         found: u32,
-        /// Version this verifier reads.
+        /// Highest version this verifier reads.
         supported: u32,
     },
     /// Header flag bits that no format version defines.
@@ -163,8 +176,9 @@ pub enum FormatError {
         /// Opcode found.
         opcode: u8,
     },
-    /// An opcode reserved for later (SOURCE_COPY).
-    #[error("operation {index}: {name} is reserved and not supported by this verifier")]
+    /// An opcode that the payload's format version does not allow (SOURCE_COPY in a full,
+    /// version-1 payload).
+    #[error("operation {index}: {name} is only allowed in a delta payload (format version 2)")]
     UnsupportedOperation {
         /// Operation index.
         index: u32,
@@ -240,6 +254,20 @@ pub enum FormatError {
         len: u64,
         /// Block size.
         block_size: u32,
+    },
+    /// A SOURCE_COPY operation reads beyond the source image the delta was built from.
+    #[error(
+        "operation {index} copies source bytes {src_offset}..{end}, beyond the source size {source_size}"
+    )]
+    SourceExtentOutside {
+        /// Operation index.
+        index: u32,
+        /// Source offset of the extent.
+        src_offset: u64,
+        /// End of the extent (saturated).
+        end: u64,
+        /// Source size from the manifest.
+        source_size: u64,
     },
     /// An operation's lengths or digest break the rules of its kind.
     #[error("operation {index}: {reason}")]

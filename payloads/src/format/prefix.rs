@@ -35,7 +35,7 @@ impl Prefix {
         let header = Header::decode(&header_bytes)?;
         let manifest_len = header.manifest_len as usize;
         let manifest_bytes = c.take(manifest_len, "manifest")?;
-        let manifest = Manifest::decode(manifest_bytes)?;
+        let manifest = Manifest::decode_version(manifest_bytes, header.format_version)?;
         let signatures = decode_block(&mut c)?;
         if c.remaining() != 0 {
             return Err(FormatError::TrailingBytes {
@@ -60,7 +60,10 @@ impl Prefix {
                 min: super::MIN_MANIFEST_LEN,
                 max: super::MAX_MANIFEST_LEN,
             })?;
-        let header = Header { manifest_len };
+        let header = Header {
+            manifest_len,
+            format_version: manifest.format_version(),
+        };
         let mut signed = header.encode().to_vec();
         signed.extend_from_slice(&manifest_bytes);
         let mut prefix = Self {
@@ -212,8 +215,18 @@ pub fn read_prefix(reader: &mut impl Read) -> Result<(Prefix, Vec<u8>), ReadPref
 /// bytes, signing with each key. For tests and tools that need to craft payloads; [`Prefix`] is
 /// the checked way.
 pub fn encode_prefix(manifest_bytes: &[u8], keys: &[SigningKey]) -> Vec<u8> {
+    encode_prefix_version(super::FORMAT_VERSION, manifest_bytes, keys)
+}
+
+/// [`encode_prefix`] with the given header format version (2 for delta manifests).
+pub fn encode_prefix_version(
+    format_version: u32,
+    manifest_bytes: &[u8],
+    keys: &[SigningKey],
+) -> Vec<u8> {
     let header = Header {
         manifest_len: u32::try_from(manifest_bytes.len()).unwrap_or(u32::MAX),
+        format_version,
     };
     let mut out = header.encode().to_vec();
     out.extend_from_slice(manifest_bytes);

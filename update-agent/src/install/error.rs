@@ -164,6 +164,9 @@ impl InstallError {
                 ApplyError::Io { .. } => ErrorCode::DownloadWriteError,
                 ApplyError::InvalidCheckpoint { .. } => ErrorCode::DownloadStateInitializationError,
                 ApplyError::Stopped => ErrorCode::Error,
+                // A delta whose source does not match: update_engine's code for a source hash
+                // mismatch. (payloads issue 22: the agent's fallback to the full payload is to come.)
+                ApplyError::Source(_) => ErrorCode::DownloadStateInitializationError,
             },
         }
     }

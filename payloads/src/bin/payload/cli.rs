@@ -15,7 +15,7 @@ pub struct Cli {
 }
 
 const EXIT_CODES: &str = "Exit codes: 0 ok, 1 I/O or local error, 2 usage error, \
-3 invalid payload, 4 untrusted payload.";
+3 invalid payload, 4 untrusted payload, 5 delta source mismatch (use the full payload).";
 
 /// Subcommands.
 #[derive(Debug, Subcommand)]
@@ -28,6 +28,8 @@ pub enum Command {
     },
     /// Build and sign a payload from an image.
     Build(BuildArgs),
+    /// Build and sign a delta payload that turns the image --from into the image --to.
+    Delta(DeltaArgs),
     /// Add a signature to an existing payload (in place, atomically).
     Sign {
         /// Private key (PKCS#8 PEM).
@@ -41,6 +43,10 @@ pub enum Command {
         /// Directory of trusted *.pub files, or one public key file.
         #[arg(long, value_name = "DIR|PUBFILE")]
         trusted: PathBuf,
+        /// For a delta: the source image, so that source extents and the target digest are
+        /// checked too (without it they are not).
+        #[arg(long, value_name = "IMG")]
+        source: Option<PathBuf>,
         /// Payload file.
         payload: PathBuf,
     },
@@ -62,6 +68,41 @@ pub enum Command {
 /// Arguments of `payload build`.
 #[derive(Debug, Args)]
 pub struct BuildArgs {
+    /// Manifest, signing and compression options.
+    #[command(flatten)]
+    pub common: PayloadArgs,
+    /// Image file to package.
+    #[arg(long, value_name = "IMG")]
+    pub image: PathBuf,
+    /// Payload file to write.
+    #[arg(long, value_name = "P")]
+    pub out: PathBuf,
+}
+
+/// Arguments of `payload delta`.
+#[derive(Debug, Args)]
+pub struct DeltaArgs {
+    /// Manifest, signing and compression options (--version is the new image's version;
+    /// --block-size is also the unit of matching: use the file system's block size).
+    #[command(flatten)]
+    pub common: PayloadArgs,
+    /// The source image (the version machines run).
+    #[arg(long, value_name = "IMG")]
+    pub from: PathBuf,
+    /// Version of the source image; the delta applies only to it.
+    #[arg(long, value_name = "VERSION")]
+    pub from_version: String,
+    /// The new image.
+    #[arg(long, value_name = "IMG")]
+    pub to: PathBuf,
+    /// Payload file to write.
+    #[arg(long, value_name = "P")]
+    pub out: PathBuf,
+}
+
+/// Options shared by `payload build` and `payload delta`.
+#[derive(Debug, Args)]
+pub struct PayloadArgs {
     /// Private signing key; repeat to sign with several keys.
     #[arg(long = "key", value_name = "KEY", required = true)]
     pub keys: Vec<PathBuf>,
@@ -104,12 +145,6 @@ pub struct BuildArgs {
     /// Compression threads (default: one per CPU).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Image file to package.
-    #[arg(long, value_name = "IMG")]
-    pub image: PathBuf,
-    /// Payload file to write.
-    #[arg(long, value_name = "P")]
-    pub out: PathBuf,
 }
 
 /// Arguments of `payload apply`.
@@ -130,6 +165,15 @@ pub struct ApplyArgs {
     /// Create PATH as a new regular file (it must not exist) sized for the payload.
     #[arg(long)]
     pub create: bool,
+    /// For a delta payload: the source image or device it copies from (opened read-only).
+    #[arg(long, value_name = "PATH")]
+    pub source: Option<PathBuf>,
+    /// Byte offset of the source range in the --source PATH.
+    #[arg(long, default_value_t = 0, requires = "source")]
+    pub source_offset: u64,
+    /// Length of the source range (default: from --source-offset to the end of the --source PATH).
+    #[arg(long, requires = "source")]
+    pub source_length: Option<u64>,
     /// Payload file.
     pub payload: PathBuf,
 }

@@ -7,15 +7,17 @@ use std::os::unix::fs::FileTypeExt as _;
 use std::path::Path;
 
 use anyhow::{Context as _, Result, bail};
-use payloads::build::{BuildOptions, build_file};
+use payloads::build::{BuildOptions, BuildReport, build_file};
+use payloads::delta::{DeltaOptions, build_delta_file};
 use payloads::format::read_prefix;
 use payloads::keys::{load_signing_key, write_keypair};
 use payloads::{
-    ApplyOptions, OpKind, Prefix, Target, TrustStore, apply_from_reader, unix_now, verify_payload,
+    ApplyOptions, Manifest, OpKind, Prefix, Source, Target, TrustStore, apply_from_reader,
+    apply_from_reader_with_source, unix_now, verify_payload, verify_payload_with_source,
 };
 use serde_json::json;
 
-use crate::cli::{ApplyArgs, BuildArgs, Cli, Command};
+use crate::cli::{ApplyArgs, BuildArgs, Cli, Command, DeltaArgs, PayloadArgs};
 use crate::exit::UsageError;
 use crate::output::Output;
 
@@ -24,8 +26,13 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Keygen { out } => keygen(&out),
         Command::Build(args) => build(args),
+        Command::Delta(args) => delta(args),
         Command::Sign { key, payload } => sign(&key, &payload),
-        Command::Verify { trusted, payload } => verify(&trusted, &payload),
+        Command::Verify {
+            trusted,
+            source,
+            payload,
+        } => verify(&trusted, source.as_deref(), &payload),
         Command::Inspect {
             json,
             operations,
@@ -54,7 +61,8 @@ fn created_default() -> Result<u64> {
     }
 }
 
-fn build(args: BuildArgs) -> Result<()> {
+/// Loads the signing keys and turns the shared options into [`BuildOptions`].
+fn build_options(args: PayloadArgs) -> Result<(Vec<payloads::SigningKey>, BuildOptions)> {
     let keys = args
         .keys
         .iter()
@@ -82,38 +90,99 @@ fn build(args: BuildArgs) -> Result<()> {
         }
     }
     opts.metadata = metadata;
+    Ok((keys, opts))
+}
 
+fn build(args: BuildArgs) -> Result<()> {
+    let (keys, opts) = build_options(args.common)?;
     let report = build_file(&args.image, &args.out, &keys, &opts)
         .with_context(|| format!("building {}", args.out.display()))?;
+    print_report(&args.out, &report)
+}
+
+fn delta(args: DeltaArgs) -> Result<()> {
+    let (keys, opts) = build_options(args.common)?;
+    let opts = DeltaOptions::new(opts, &args.from_version);
+    let report = build_delta_file(&args.from, &args.to, &args.out, &keys, &opts)
+        .with_context(|| format!("building {}", args.out.display()))?;
+    print_report(&args.out, &report)
+}
+
+fn print_report(path: &Path, report: &BuildReport) -> Result<()> {
     let m = &report.manifest;
     let mut out = Output::stdout();
     writeln!(
         out,
         "built {} ({} bytes): {} {} {} for {}",
-        args.out.display(),
+        path.display(),
         report.payload_len,
         m.app_id,
         m.version,
         m.kind,
         m.arch
     )?;
+    if let Some(source) = &m.source {
+        writeln!(
+            out,
+            "delta from {} ({} bytes, sha256 {})",
+            source.version, source.size, source.sha256
+        )?;
+    }
     writeln!(
         out,
         "target {} bytes, sha256 {}",
         m.target_size, m.target_sha256
     )?;
-    writeln!(
-        out,
-        "operations {}: REPLACE {}, REPLACE_ZSTD {}, ZERO {}",
-        m.operations.len(),
-        report.count(OpKind::Replace),
-        report.count(OpKind::ReplaceZstd),
-        report.count(OpKind::Zero)
-    )?;
+    writeln!(out, "operations {}: {}", m.operations.len(), op_counts(m))?;
+    if m.is_delta() {
+        writeln!(out, "target bytes {}", shares(m))?;
+    }
     for id in &report.signers {
         writeln!(out, "signed by {id}")?;
     }
     Ok(())
+}
+
+const OP_KINDS: [OpKind; 4] = [
+    OpKind::Replace,
+    OpKind::ReplaceZstd,
+    OpKind::Zero,
+    OpKind::SourceCopy,
+];
+
+/// "REPLACE 3, REPLACE_ZSTD 5, ZERO 2" (SOURCE_COPY only for a delta).
+fn op_counts(m: &Manifest) -> String {
+    OP_KINDS
+        .iter()
+        .filter(|&&k| k != OpKind::SourceCopy || m.is_delta())
+        .map(|&k| {
+            let n = m.operations.iter().filter(|op| op.kind == k).count();
+            format!("{} {n}", k.name())
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn percent(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 * 100.0 / whole as f64
+    }
+}
+
+/// Where a delta's target bytes come from, and how much it ships.
+fn shares(m: &Manifest) -> String {
+    let copied = m.target_bytes(OpKind::SourceCopy);
+    let zero = m.target_bytes(OpKind::Zero);
+    let new = m.target_size.saturating_sub(copied).saturating_sub(zero);
+    format!(
+        "copied from the source {copied} ({:.1} %), zero {zero} ({:.1} %), shipped {new} ({:.1} %) as {} bytes of data",
+        percent(copied, m.target_size),
+        percent(zero, m.target_size),
+        percent(new, m.target_size),
+        m.data_len()
+    )
 }
 
 fn sign(key: &Path, payload: &Path) -> Result<()> {
@@ -132,16 +201,33 @@ fn open_payload(path: &Path) -> Result<BufReader<File>> {
     Ok(BufReader::with_capacity(1 << 20, file))
 }
 
-fn verify(trusted: &Path, payload: &Path) -> Result<()> {
+fn verify(trusted: &Path, source: Option<&Path>, payload: &Path) -> Result<()> {
     let trust = TrustStore::load(trusted)?;
-    let info = verify_payload(
-        open_payload(payload)?,
-        &trust,
-        ApplyOptions::new(unix_now()),
-    )
+    let opts = ApplyOptions::new(unix_now());
+    let info = match source {
+        Some(path) => {
+            let source =
+                Source::open(path).with_context(|| format!("opening source {}", path.display()))?;
+            verify_payload_with_source(open_payload(payload)?, &trust, source, opts)
+        }
+        None => verify_payload(open_payload(payload)?, &trust, opts),
+    }
     .with_context(|| format!("verifying {}", payload.display()))?;
+    let mut out = Output::stdout();
+    if let Some(delta) = info.source() {
+        writeln!(
+            out,
+            "delta from {}: {}",
+            delta.version,
+            if source.is_some() {
+                "source extents and target digest checked against the given source"
+            } else {
+                "source extents and target digest NOT checked (give --source to check them)"
+            }
+        )?;
+    }
     writeln!(
-        Output::stdout(),
+        out,
         "OK: {} is {} {} ({}, {}), {} target bytes with sha256 {}, signed by trusted key {}",
         payload.display(),
         info.app_id(),
@@ -174,19 +260,11 @@ fn inspect(path: &Path, as_json: bool, list_ops: bool) -> Result<()> {
     Ok(())
 }
 
-fn count(prefix: &Prefix, kind: OpKind) -> usize {
-    prefix
-        .manifest
-        .operations
-        .iter()
-        .filter(|op| op.kind == kind)
-        .count()
-}
-
 fn inspect_json(prefix: &Prefix, file_len: u64, list_ops: bool) -> serde_json::Value {
     let m = &prefix.manifest;
+    let count = |kind: OpKind| m.operations.iter().filter(|op| op.kind == kind).count();
     let mut v = json!({
-        "format_version": payloads::format::FORMAT_VERSION,
+        "format_version": prefix.header.format_version,
         "file_len": file_len,
         "payload_len": prefix.payload_len(),
         "prefix_len": prefix.len(),
@@ -205,9 +283,20 @@ fn inspect_json(prefix: &Prefix, file_len: u64, list_ops: bool) -> serde_json::V
         "metadata": m.metadata,
         "operation_count": m.operations.len(),
         "operation_counts": {
-            "REPLACE": count(prefix, OpKind::Replace),
-            "REPLACE_ZSTD": count(prefix, OpKind::ReplaceZstd),
-            "ZERO": count(prefix, OpKind::Zero),
+            "REPLACE": count(OpKind::Replace),
+            "REPLACE_ZSTD": count(OpKind::ReplaceZstd),
+            "ZERO": count(OpKind::Zero),
+            "SOURCE_COPY": count(OpKind::SourceCopy),
+        },
+        "source": m.source.as_ref().map(|s| json!({
+            "version": s.version,
+            "size": s.size,
+            "sha256": s.sha256,
+        })),
+        "target_bytes": {
+            "copied": m.target_bytes(OpKind::SourceCopy),
+            "zero": m.target_bytes(OpKind::Zero),
+            "shipped": m.target_bytes(OpKind::Replace) + m.target_bytes(OpKind::ReplaceZstd),
         },
         "data_len": m.data_len(),
         "signatures": prefix.signatures.iter().map(|s| s.key_id()).collect::<Vec<_>>(),
@@ -218,13 +307,23 @@ fn inspect_json(prefix: &Prefix, file_len: u64, list_ops: bool) -> serde_json::V
             .operations
             .iter()
             .map(|op| {
-                json!({
-                    "kind": op.kind.name(),
-                    "dst_offset": op.dst_offset,
-                    "dst_len": op.dst_len,
-                    "data_len": op.data_len,
-                    "data_sha256": op.data_sha256,
-                })
+                if op.kind == OpKind::SourceCopy {
+                    json!({
+                        "kind": op.kind.name(),
+                        "dst_offset": op.dst_offset,
+                        "dst_len": op.dst_len,
+                        "src_offset": op.src_offset,
+                        "src_sha256": op.src_sha256,
+                    })
+                } else {
+                    json!({
+                        "kind": op.kind.name(),
+                        "dst_offset": op.dst_offset,
+                        "dst_len": op.dst_len,
+                        "data_len": op.data_len,
+                        "data_sha256": op.data_sha256,
+                    })
+                }
             })
             .collect();
     }
@@ -240,8 +339,9 @@ fn print_inspect(
     let m = &prefix.manifest;
     writeln!(
         w,
-        "format             version {}",
-        payloads::format::FORMAT_VERSION
+        "format             version {}{}",
+        prefix.header.format_version,
+        if m.is_delta() { " (delta)" } else { " (full)" }
     )?;
     writeln!(
         w,
@@ -278,6 +378,13 @@ fn print_inspect(
         "min source version {}",
         m.min_source_version.as_deref().unwrap_or("(none)")
     )?;
+    if let Some(source) = &m.source {
+        writeln!(
+            w,
+            "delta from         {} ({} bytes, sha256 {})",
+            source.version, source.size, source.sha256
+        )?;
+    }
     writeln!(w, "block size         {}", m.block_size)?;
     writeln!(
         w,
@@ -289,23 +396,36 @@ fn print_inspect(
     }
     writeln!(
         w,
-        "operations         {} (REPLACE {}, REPLACE_ZSTD {}, ZERO {})",
+        "operations         {} ({})",
         m.operations.len(),
-        count(prefix, OpKind::Replace),
-        count(prefix, OpKind::ReplaceZstd),
-        count(prefix, OpKind::Zero)
+        op_counts(m)
     )?;
+    if m.is_delta() {
+        writeln!(w, "target bytes       {}", shares(m))?;
+    }
     if list_ops {
         for (i, op) in m.operations.iter().enumerate() {
-            writeln!(
-                w,
-                "  {i:>6} {:<12} dst {}+{} data {} sha256 {}",
-                op.kind.name(),
-                op.dst_offset,
-                op.dst_len,
-                op.data_len,
-                op.data_sha256
-            )?;
+            if op.kind == OpKind::SourceCopy {
+                writeln!(
+                    w,
+                    "  {i:>6} {:<12} dst {}+{} src {} sha256 {}",
+                    op.kind.name(),
+                    op.dst_offset,
+                    op.dst_len,
+                    op.src_offset,
+                    op.src_sha256
+                )?;
+            } else {
+                writeln!(
+                    w,
+                    "  {i:>6} {:<12} dst {}+{} data {} sha256 {}",
+                    op.kind.name(),
+                    op.dst_offset,
+                    op.dst_len,
+                    op.data_len,
+                    op.data_sha256
+                )?;
+            }
         }
     }
     writeln!(
@@ -367,6 +487,27 @@ fn open_target(args: &ApplyArgs, target_size: u64) -> Result<Target> {
     Target::new(file, args.offset, len).with_context(|| format!("target {}", path.display()))
 }
 
+/// Opens the --source range read-only, if one was given.
+fn open_source(args: &ApplyArgs) -> Result<Option<Source>> {
+    let Some(path) = &args.source else {
+        return Ok(None);
+    };
+    let whole = Source::open(path).with_context(|| format!("opening source {}", path.display()))?;
+    let size = whole.len();
+    if args.source_offset > size {
+        bail!(UsageError(format!(
+            "--source-offset {} is beyond the end of {} ({size} bytes)",
+            args.source_offset,
+            path.display()
+        )));
+    }
+    let len = args.source_length.unwrap_or(size - args.source_offset);
+    let file = File::open(path).with_context(|| format!("opening source {}", path.display()))?;
+    Source::new(file, args.source_offset, len)
+        .map(Some)
+        .with_context(|| format!("source {}", path.display()))
+}
+
 fn apply(args: ApplyArgs) -> Result<()> {
     let trust = TrustStore::load(&args.trusted)?;
     // Read the prefix once (unverified) only to size a new target; the applier verifies it.
@@ -383,13 +524,14 @@ fn apply(args: ApplyArgs) -> Result<()> {
         }
         prefix.manifest.target_size
     };
+    let source = open_source(&args)?;
     let target = open_target(&args, target_size)?;
-    let result = apply_from_reader(
-        open_payload(&args.payload)?,
-        &trust,
-        target,
-        ApplyOptions::new(now),
-    );
+    let reader = open_payload(&args.payload)?;
+    let opts = ApplyOptions::new(now);
+    let result = match source {
+        Some(source) => apply_from_reader_with_source(reader, &trust, target, source, opts),
+        None => apply_from_reader(reader, &trust, target, opts),
+    };
     let applied = match result {
         Ok(applied) => applied,
         Err(e) => {

@@ -13,6 +13,8 @@ pub const USAGE: u8 = 2;
 pub const INVALID: u8 = 3;
 /// Untrusted payload.
 pub const UNTRUSTED: u8 = 4;
+/// A delta payload whose source does not match (the full payload is needed).
+pub const SOURCE: u8 = 5;
 
 /// A usage error detected after argument parsing.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +26,7 @@ fn class_code(class: ErrorClass) -> u8 {
         ErrorClass::Invalid => INVALID,
         ErrorClass::Untrusted => UNTRUSTED,
         ErrorClass::Local => LOCAL,
+        ErrorClass::Source => SOURCE,
     }
 }
 

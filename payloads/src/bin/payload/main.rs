@@ -2,7 +2,9 @@
 //!
 //! Exit codes: 0 success; 1 I/O or other local error (files, keys, trust store, target too
 //! small); 2 usage error; 3 invalid payload (malformed, corrupted, truncated, expired, hash
-//! mismatch); 4 untrusted payload (no signature, no signature by a trusted key, bad signature).
+//! mismatch); 4 untrusted payload (no signature, no signature by a trusted key, bad signature);
+//! 5 a delta payload whose source does not match (wrong version or image, modified source): use
+//! the full payload.
 //! A reader that closes standard output early changes neither: the rest of the output is
 //! discarded (`output.rs`).
 
