@@ -699,6 +699,19 @@ async fn publish_refuses_bad_payloads_and_downloads_support_ranges(db: TestDb) {
     bad[last] ^= 1;
     let r = publish(bad).await.unwrap();
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    // A delta payload, validly signed: refused, since nothing offers it on its source version
+    // only (served as a full payload it would fail on every other machine).
+    let from = common::image(64 * 1024);
+    let mut to = from.clone();
+    to[10_000] ^= 1;
+    let opts =
+        payloads::DeltaOptions::new(testkit::release::options(FLATCAR, "3601.0.0"), "3600.0.0");
+    let (delta, _) =
+        payloads::build_delta_to_vec(&from, &to, std::slice::from_ref(&env.key), &opts).unwrap();
+    let r = publish(delta).await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let text = r.text().await.unwrap();
+    assert!(text.contains("a delta from version 3600.0.0"), "{text}");
     // Signed by an untrusted key: refused.
     let other = build_payload(tempfile::tempdir().unwrap().path(), FLATCAR, "3600.0.0").0;
     assert_eq!(

@@ -164,8 +164,8 @@ impl InstallError {
                 ApplyError::Io { .. } => ErrorCode::DownloadWriteError,
                 ApplyError::InvalidCheckpoint { .. } => ErrorCode::DownloadStateInitializationError,
                 ApplyError::Stopped => ErrorCode::Error,
-                // A delta whose source does not match: update_engine's code for a source hash
-                // mismatch. (payloads issue 22: the agent's fallback to the full payload is to come.)
+                // A delta whose source does not match the running slot. No code of its own yet:
+                // the agent does not apply deltas (issue 22), so this is not reached today.
                 ApplyError::Source(_) => ErrorCode::DownloadStateInitializationError,
             },
         }

@@ -344,6 +344,15 @@ impl Fleet {
         .map_err(|e| FleetError::Internal(format!("reading upload: {e}")))?
         .map_err(|e| FleetError::Unverifiable(format!("payload rejected: {e}")))?;
 
+        // A delta applies only on its source version, and nothing here offers it that way yet:
+        // served as a full payload it would fail on every other machine.
+        if info.is_delta() {
+            return Err(FleetError::Unverifiable(format!(
+                "payload rejected: it is a delta from version {}, and this server publishes full \
+                 payloads only",
+                info.source().map_or("?", |s| s.version.as_str())
+            )));
+        }
         let app_id = normalize_appid(info.app_id());
         let arch = normalize_arch(info.arch());
         let version = info.version().to_owned();
