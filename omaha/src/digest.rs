@@ -56,7 +56,7 @@ pub(crate) fn decode_hex<const N: usize>(
 /// Decodes either hex (either case, `2 * N` characters) or standard padded base64 into exactly
 /// `N` bytes. The two forms cannot be confused: hex of `N` bytes is longer than base64 of `N`
 /// bytes.
-pub(crate) fn decode_hex_or_base64<const N: usize>(
+pub fn decode_hex_or_base64<const N: usize>(
     attribute: &'static str,
     value: &str,
 ) -> Result<[u8; N], DigestError> {

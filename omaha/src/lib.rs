@@ -49,7 +49,7 @@ pub use appid::normalize_appid;
 pub use codes::error_code::{DecodedErrorCode, ErrorCode, ErrorFlags};
 pub use codes::event::{EventResult, EventType};
 pub use codes::platte::PlatteCode;
-pub use digest::DigestError;
+pub use digest::{DigestError, decode_hex_or_base64};
 pub use error::ParseError;
 pub use limits::{Limits, MAX_ID_LEN, MAX_NAME_LEN};
 pub use request::{AppRequest, EventRequest, Os, PingRequest, Request, UpdateCheckRequest};

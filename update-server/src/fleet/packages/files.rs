@@ -6,7 +6,7 @@
 
 use hyper::body::Bytes;
 
-use super::reference::{FileReference, MAX_FILES, check_named};
+use super::reference::{FileReference, MAX_FILES};
 use super::{FileDigests, receive_error, valid_filename};
 use crate::fleet::{Fleet, FleetError, FleetResult, activity};
 use crate::model::{Package, PackageFile};
@@ -79,13 +79,7 @@ impl Fleet {
         };
         check_new_name(&pkg, &file.name)?;
         let how = if verify {
-            let url = format!("{codebase}{}", file.name);
-            let r = self.fetch(&url).await?;
-            let want = FileDigests {
-                sha1_base64: file.sha1_base64.clone(),
-                sha256_hex: file.sha256_hex.clone(),
-            };
-            check_named(&url, &r, file.size, &want)?;
+            self.fetch_file(&codebase, &file, false).await?;
             "by reference, verified"
         } else {
             "by reference"

@@ -130,6 +130,14 @@ impl FileDigests {
         Ok(Self::of(&sha1, &sha256))
     }
 
+    /// The digests of an extra file, as stored.
+    pub fn of_file(f: &crate::model::PackageFile) -> Self {
+        Self {
+            sha1_base64: f.sha1_base64.clone(),
+            sha256_hex: f.sha256_hex.clone(),
+        }
+    }
+
     /// The stored forms of raw digests.
     pub fn of(sha1: &[u8; 20], sha256: &[u8; 32]) -> Self {
         Self {
@@ -139,21 +147,10 @@ impl FileDigests {
     }
 }
 
-/// Decodes an `N`-byte digest given in hex or base64.
-fn decode_digest<const N: usize>(what: &str, text: &str) -> FleetResult<[u8; N]> {
-    let bytes = if text.len() == 2 * N {
-        hex::decode(text.to_ascii_lowercase()).ok()
-    } else {
-        base64::engine::general_purpose::STANDARD.decode(text).ok()
-    };
-    bytes
-        .and_then(|b| <[u8; N]>::try_from(b.as_slice()).ok())
-        .ok_or_else(|| {
-            FleetError::Invalid(format!(
-                "{what} must be {N} bytes in hex ({} digits) or base64, got {text:?}",
-                2 * N
-            ))
-        })
+/// Decodes an `N`-byte digest given in hex or base64 ([`omaha::decode_hex_or_base64`], the same
+/// rule the agent applies to answers).
+fn decode_digest<const N: usize>(what: &'static str, text: &str) -> FleetResult<[u8; N]> {
+    omaha::decode_hex_or_base64::<N>(what, text).map_err(|e| FleetError::Invalid(e.to_string()))
 }
 
 /// Whether `f` may be a download file name: 1..=200 bytes of letters, digits and `._-+`, not

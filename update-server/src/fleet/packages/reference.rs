@@ -292,22 +292,16 @@ impl Fleet {
         check_named(&input.url, &payload, input.size, digests)?;
         received.push(payload);
         for f in files {
-            let url = format!("{codebase}{}", f.name);
-            let want = FileDigests {
-                sha1_base64: f.sha1_base64.clone(),
-                sha256_hex: f.sha256_hex.clone(),
-            };
             // A content already fetched (two names for one file) is not fetched again.
             if let Some(same) = received
                 .iter()
                 .find(|r| hex::encode(r.sha256) == f.sha256_hex)
             {
-                check_named(&url, same, f.size, &want)?;
+                let url = format!("{codebase}{}", f.name);
+                check_named(&url, same, f.size, &FileDigests::of_file(f))?;
                 continue;
             }
-            let r = self.fetch_to(&url, &want, f.size, input.host).await?;
-            check_named(&url, &r, f.size, &want)?;
-            received.push(r);
+            received.push(self.fetch_file(codebase, f, input.host).await?);
         }
         let Some(payload) = received.first() else {
             return Err(FleetError::Internal("no payload downloaded".into()));
@@ -321,6 +315,21 @@ impl Fleet {
             )));
         }
         Ok(checked)
+    }
+
+    /// Downloads the extra file `f` from `codebase` (kept for resuming when `resumable`) and
+    /// checks it against its size and digests.
+    pub(super) async fn fetch_file(
+        &self,
+        codebase: &str,
+        f: &PackageFile,
+        resumable: bool,
+    ) -> FleetResult<Received> {
+        let url = format!("{codebase}{}", f.name);
+        let want = FileDigests::of_file(f);
+        let r = self.fetch_to(&url, &want, f.size, resumable).await?;
+        check_named(&url, &r, f.size, &want)?;
+        Ok(r)
     }
 
     /// Downloads `url`, expected to have `want`'s digests: to be kept (`resumable`), into a
@@ -402,13 +411,8 @@ impl Fleet {
             .map_err(receive_error)
     }
 
-    /// Downloads `url` into the package store's temporary area (bounded by the package size
-    /// limit), computing its size and digests.
-    pub(super) async fn fetch(&self, url: &str) -> FleetResult<Received> {
-        self.fetch_limited(url, self.max_package_size).await
-    }
-
-    /// As [`Fleet::fetch`], accepting at most `limit` bytes.
+    /// Downloads `url` into the package store's temporary area, accepting at most `limit` bytes
+    /// (the size named, within the package size limit), computing its size and digests.
     async fn fetch_limited(&self, url: &str, limit: u64) -> FleetResult<Received> {
         let resp = download_client()?
             .get(url)
