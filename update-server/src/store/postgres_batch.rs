@@ -23,7 +23,7 @@
 //! job of the batch gets the error, as a single job would.
 
 use std::any::Any;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 
@@ -31,7 +31,7 @@ use futures_util::FutureExt as _;
 use tokio::sync::{Notify, oneshot};
 
 use super::PgStore;
-use crate::store::tx::{Transactor, TxJob, Urgency};
+use crate::store::tx::{JobQueues, Transactor, TxJob, Urgency};
 use crate::store::{StoreError, StoreFuture};
 
 /// Most jobs committed in one transaction.
@@ -46,22 +46,15 @@ struct Queued {
     reply: Reply,
 }
 
-#[derive(Default)]
-struct Queues {
-    answer: VecDeque<Queued>,
-    background: VecDeque<Queued>,
-    closing: bool,
-}
-
 /// One lane: its queues and the signal its task waits on.
 #[derive(Default)]
 struct Lane {
-    queues: Mutex<Queues>,
+    queues: Mutex<JobQueues<Queued>>,
     ready: Notify,
 }
 
 impl Lane {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Queues> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, JobQueues<Queued>> {
         self.queues
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -69,7 +62,7 @@ impl Lane {
 
     /// Marks the lane closing (its task ends once its queues are empty).
     fn close(&self) {
-        self.lock().closing = true;
+        self.lock().close_when_done();
         self.ready.notify_one();
     }
 }
@@ -138,22 +131,15 @@ impl Transactor for PgBatcher {
         Box::pin(async move {
             let lane = self.lane(lane.unwrap_or_default());
             let (reply, answer) = oneshot::channel();
-            {
-                let mut q = lane.lock();
-                if q.closing {
-                    return Err(StoreError::Internal(
-                        "the PostgreSQL write lane is closed".into(),
-                    ));
-                }
-                let queued = Queued {
-                    job,
-                    urgency,
-                    reply,
-                };
-                match urgency {
-                    Urgency::Answer => q.answer.push_back(queued),
-                    Urgency::Background => q.background.push_back(queued),
-                }
+            let queued = Queued {
+                job,
+                urgency,
+                reply,
+            };
+            if lane.lock().push(urgency, queued).is_err() {
+                return Err(StoreError::Internal(
+                    "the PostgreSQL write lane is closed".into(),
+                ));
             }
             lane.ready.notify_one();
             answer.await.map_err(|_| {
@@ -167,14 +153,8 @@ impl Transactor for PgBatcher {
 /// job; `None` once closing with nothing left.
 fn next_batch(lane: &Lane) -> Option<Vec<Queued>> {
     let mut q = lane.lock();
-    let take = q.answer.len().min(MAX_BATCH);
-    let mut batch: Vec<Queued> = q.answer.drain(..take).collect();
-    if batch.len() < MAX_BATCH
-        && let Some(b) = q.background.pop_front()
-    {
-        batch.push(b);
-    }
-    if batch.is_empty() && q.closing {
+    let batch = q.take(MAX_BATCH, MAX_BATCH);
+    if batch.is_empty() && q.is_closing() {
         return None;
     }
     Some(batch)

@@ -21,7 +21,6 @@
 //! that waits on anything but the database fails, see [`super::direct::complete`]).
 
 use std::any::Any;
-use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Condvar, Mutex};
@@ -32,7 +31,7 @@ use tokio::sync::oneshot;
 
 use super::SqliteStore;
 use super::direct::{self, DirectTx, complete, lite};
-use crate::store::tx::{Transactor, TxJob, Urgency};
+use crate::store::tx::{JobQueues, Transactor, TxJob, Urgency};
 use crate::store::{StoreError, StoreFuture};
 
 /// Most jobs committed in one transaction.
@@ -47,30 +46,21 @@ struct Queued {
     reply: Reply,
 }
 
-/// The queues between the handles and the writer thread. They need no bound of their own: an
-/// answer job is a request in flight (bounded by the connection cap), and the check-in buffer
-/// sends one background job at a time.
-#[derive(Default)]
-struct Queues {
-    answer: VecDeque<Queued>,
-    background: VecDeque<Queued>,
-    /// Stop once the queues are empty: [`WriterTask::stop`] was called, or every handle dropped.
-    closing: bool,
-}
-
+/// The queues between the handles and the writer thread. They close, and the writer stops once
+/// they are empty, when [`WriterTask::stop`] is called or every handle is dropped.
 #[derive(Default)]
 struct Shared {
-    queues: Mutex<Queues>,
+    queues: Mutex<JobQueues<Queued>>,
     wake: Condvar,
 }
 
 impl Shared {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Queues> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, JobQueues<Queued>> {
         self.queues.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn close(&self) {
-        self.lock().closing = true;
+        self.lock().close_when_done();
         self.wake.notify_one();
     }
 }
@@ -165,16 +155,9 @@ impl Transactor for SqliteWriter {
             let stopped = || StoreError::Internal("the database writer has stopped".into());
             {
                 let shared = &self.handles.0;
-                let mut q = shared.lock();
-                if q.closing {
+                if shared.lock().push(urgency, Queued { job, reply }).is_err() {
                     return Err(stopped());
                 }
-                let queued = Queued { job, reply };
-                match urgency {
-                    Urgency::Answer => q.answer.push_back(queued),
-                    Urgency::Background => q.background.push_back(queued),
-                }
-                drop(q);
                 shared.wake.notify_one();
             }
             rx.await.map_err(|_| stopped())?
@@ -186,18 +169,13 @@ impl Transactor for SqliteWriter {
 /// `None` once the queues are closed and empty.
 fn next_batch(shared: &Shared) -> Option<Vec<Queued>> {
     let mut q = shared.lock();
-    while q.answer.is_empty() && q.background.is_empty() {
-        if q.closing {
+    while q.is_empty() {
+        if q.is_closing() {
             return None;
         }
         q = shared.wake.wait(q).unwrap_or_else(|p| p.into_inner());
     }
-    let take = q.answer.len().min(MAX_BATCH);
-    let mut batch: Vec<Queued> = q.answer.drain(..take).collect();
-    if let Some(b) = q.background.pop_front() {
-        batch.push(b);
-    }
-    Some(batch)
+    Some(q.take(MAX_BATCH, MAX_BATCH + 1))
 }
 
 fn run(path: &std::path::Path, mut conn: Connection, shared: &Shared, kick: &SyncSender<()>) {
@@ -232,13 +210,7 @@ struct CloseOnExit<'s>(&'s Shared);
 
 impl Drop for CloseOnExit<'_> {
     fn drop(&mut self) {
-        let left: Vec<Queued> = {
-            let mut q = self.0.lock();
-            q.closing = true;
-            let answer = std::mem::take(&mut q.answer);
-            let background = std::mem::take(&mut q.background);
-            answer.into_iter().chain(background).collect()
-        };
+        let left = self.0.lock().close();
         for q in left {
             let _ = q.reply.send(Err(StoreError::Internal(
                 "the database writer has stopped".into(),

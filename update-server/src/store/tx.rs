@@ -13,6 +13,7 @@
 //! handed back only after the transaction is durable.
 
 use std::any::Any;
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 
@@ -91,4 +92,77 @@ where
     out.downcast::<T>()
         .map(|b| *b)
         .map_err(|_| StoreError::Internal("a transaction job returned another type".into()))
+}
+
+/// The jobs waiting for a group-commit writer (SQLite's writer thread, PostgreSQL's lanes): jobs a
+/// client waits for go first, and a background job (a batch of coalesced check-ins) rides along,
+/// at most one per transaction, so bookkeeping never holds a grant up for long. The queues need
+/// no bound of their own: an answer job is a request in flight (bounded by the connection cap),
+/// and the check-in buffer sends one background job at a time.
+#[derive(Debug)]
+pub(crate) struct JobQueues<T> {
+    answer: VecDeque<T>,
+    background: VecDeque<T>,
+    /// No job is taken any more; the writer stops once the queues are empty.
+    closing: bool,
+}
+
+impl<T> Default for JobQueues<T> {
+    fn default() -> Self {
+        Self {
+            answer: VecDeque::new(),
+            background: VecDeque::new(),
+            closing: false,
+        }
+    }
+}
+
+impl<T> JobQueues<T> {
+    /// Queues `job` by its urgency; hands it back once closing.
+    pub(crate) fn push(&mut self, urgency: Urgency, job: T) -> Result<(), T> {
+        if self.closing {
+            return Err(job);
+        }
+        match urgency {
+            Urgency::Answer => self.answer.push_back(job),
+            Urgency::Background => self.background.push_back(job),
+        }
+        Ok(())
+    }
+
+    /// Whether no job waits.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.answer.is_empty() && self.background.is_empty()
+    }
+
+    /// Whether the queues are closing.
+    pub(crate) fn is_closing(&self) -> bool {
+        self.closing
+    }
+
+    /// The next batch: up to `max_answers` answer jobs, then one background job if the batch
+    /// holds fewer than `max_jobs`.
+    pub(crate) fn take(&mut self, max_answers: usize, max_jobs: usize) -> Vec<T> {
+        let take = self.answer.len().min(max_answers);
+        let mut batch: Vec<T> = self.answer.drain(..take).collect();
+        if batch.len() < max_jobs
+            && let Some(b) = self.background.pop_front()
+        {
+            batch.push(b);
+        }
+        batch
+    }
+
+    /// Closes the queues (new jobs are refused) and returns the jobs still waiting.
+    pub(crate) fn close(&mut self) -> Vec<T> {
+        self.closing = true;
+        let answer = std::mem::take(&mut self.answer);
+        let background = std::mem::take(&mut self.background);
+        answer.into_iter().chain(background).collect()
+    }
+
+    /// Closes the queues once the jobs waiting are taken (new jobs are refused).
+    pub(crate) fn close_when_done(&mut self) {
+        self.closing = true;
+    }
 }
