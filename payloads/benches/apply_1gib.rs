@@ -1,121 +1,155 @@
-//! Benchmark: build and apply a 1 GiB image (a third random, a third compressible text, a third
-//! zeros, in 4 MiB regions) and compare apply throughput with a plain 1 MiB read/write copy of the
-//! same image into a target of the same size, in the same run. Each measurement runs in a fresh
-//! child process so its peak memory (VmHWM) is its own. Two modes: `cached` (no sync: page-cache
-//! speed) and `durable` (the target is fdatasync'ed before the clock stops; apply also re-reads
-//! and hashes the target, as it always does).
+//! Benchmark: build and apply images of 512 MiB and 1 GiB (a third random, a third compressible
+//! text, a third zeros, in 4 MiB regions) and compare apply throughput with a plain 1 MiB
+//! read/write copy of the same image into a target of the same size (`cp`), in the same run. Apply
+//! is measured twice: with the writer thread (`apply_from_reader`, what the agent and the CLI do)
+//! and single-threaded (`Applier::inline_writes`: decompress, hash and write on one thread, the
+//! applier before its pipeline). Each measurement runs in a fresh child process so its peak memory
+//! (VmHWM) is its own. Two modes: `cached` (no sync: page-cache speed) and `durable` (the target
+//! is fdatasync'ed before the clock stops, as `cp` + `sync`; apply also re-reads and hashes the
+//! target, as it always does).
 //!
-//! Run with `cargo bench -p payloads --bench apply_1gib`. Uses about 3.5 GiB in
-//! `target/tmp` (CARGO_TARGET_TMPDIR) and removes it afterwards.
+//! Run with `cargo bench -p payloads --bench apply_1gib` (`BENCH_ROUNDS=N` for N rounds, default
+//! 5; `BENCH_SIZES_MIB=512,1024` to choose the sizes). Uses about 3.5 GiB in `target/tmp`
+//! (CARGO_TARGET_TMPDIR) and removes it afterwards.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::env;
+use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Instant;
 
+use common::{Run, Stats, run_child, stats, times};
 use payloads::build::{BuildOptions, build_file};
 use payloads::keys::{load_signing_key, write_keypair};
-use payloads::{ApplyOptions, OpKind, Target, TrustStore, apply_from_reader, unix_now};
+use payloads::{Applier, ApplyOptions, OpKind, Target, TrustStore, apply_from_reader, unix_now};
 
 const MIB: u64 = 1 << 20;
-const IMAGE_LEN: u64 = 1024 * MIB;
 const REGION: usize = 4 << 20;
-const ROUNDS: usize = 5;
+/// The child-process role variable.
+const ROLE: &str = "PAYLOADS_BENCH_CHILD";
+/// What is measured, in the order of the first round.
+const ROLES: [&str; 3] = ["copy", "threaded", "single"];
 
 fn main() {
-    if let Ok(role) = env::var("PAYLOADS_BENCH_CHILD") {
+    if let Ok(role) = env::var(ROLE) {
         child(&role);
         return;
     }
+    let rounds: usize = env::var("BENCH_ROUNDS").map_or(5, |v| v.parse().unwrap());
+    let sizes: Vec<u64> = env::var("BENCH_SIZES_MIB").map_or_else(
+        |_| vec![512, 1024],
+        |v| v.split(',').map(|s| s.trim().parse().unwrap()).collect(),
+    );
     let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     fs::create_dir_all(&base).unwrap();
     let dir = tempfile::tempdir_in(&base).unwrap();
     let d = dir.path();
-
-    let image = d.join("image");
-    let t = Instant::now();
-    write_image(&image);
-    println!(
-        "image: {} MiB in 4 MiB regions (1/3 random, 1/3 text, 1/3 zero), generated in {:.1} s",
-        IMAGE_LEN / MIB,
-        t.elapsed().as_secs_f64()
-    );
-
     let keys = write_keypair(&d.join("bench")).unwrap();
     let key = load_signing_key(&keys.private).unwrap();
-    let payload = d.join("payload");
-    let opts = BuildOptions::new("bench", "1.0.0", "x86_64", unix_now());
-    let t = Instant::now();
-    let report = build_file(&image, &payload, &[key], &opts).unwrap();
-    let build_s = t.elapsed().as_secs_f64();
-    println!(
-        "build: {build_s:.2} s ({:.0} MiB/s of image, {} threads), payload {:.1} MiB, operations: REPLACE {}, REPLACE_ZSTD {}, ZERO {}",
-        IMAGE_LEN as f64 / MIB as f64 / build_s,
-        opts.threads,
-        report.payload_len as f64 / MIB as f64,
-        report.count(OpKind::Replace),
-        report.count(OpKind::ReplaceZstd),
-        report.count(OpKind::Zero),
-    );
 
+    let mut summary = Vec::new();
+    for size_mib in sizes {
+        let image_len = size_mib * MIB;
+        let image = d.join("image");
+        let t = Instant::now();
+        write_image(&image, image_len);
+        println!(
+            "image: {size_mib} MiB in 4 MiB regions (1/3 random, 1/3 text, 1/3 zero), generated in {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
+        let payload = d.join("payload");
+        let opts = BuildOptions::new("bench", "1.0.0", "x86_64", unix_now());
+        let t = Instant::now();
+        let report = build_file(&image, &payload, std::slice::from_ref(&key), &opts).unwrap();
+        let build_s = t.elapsed().as_secs_f64();
+        println!(
+            "build: {build_s:.2} s ({:.0} MiB/s of image, {} threads), payload {:.1} MiB, operations: REPLACE {}, REPLACE_ZSTD {}, ZERO {}",
+            size_mib as f64 / build_s,
+            opts.threads,
+            report.payload_len as f64 / MIB as f64,
+            report.count(OpKind::Replace),
+            report.count(OpKind::ReplaceZstd),
+            report.count(OpKind::Zero),
+        );
+        println!(
+            "{:<16} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7}   {:>9} {:>9} {:>9}",
+            "mode",
+            "copy s",
+            "thr s",
+            "thr/cp",
+            "single",
+            "sgl/cp",
+            "thr/sgl",
+            "copy HWM",
+            "thr HWM",
+            "sgl HWM"
+        );
+        for mode in ["cached", "durable"] {
+            let mut runs: [Vec<Run>; 3] = Default::default();
+            for round in 0..rounds {
+                // Rotate which goes first, so none always pays for another's writeback.
+                for k in 0..ROLES.len() {
+                    let i = (round + k) % ROLES.len();
+                    let env: [(&str, &OsStr); 4] = [
+                        ("BENCH_MODE", mode.as_ref()),
+                        ("BENCH_IMAGE", image.as_os_str()),
+                        ("BENCH_PAYLOAD", payload.as_os_str()),
+                        ("BENCH_PUBLIC", keys.public.as_os_str()),
+                    ];
+                    let target = d.join("target");
+                    runs[i].push(run_child(ROLE, ROLES[i], &target, image_len, &env));
+                }
+            }
+            let [copy, threaded, single] = runs.each_ref().map(|r| stats(r));
+            let row = |label: &str, pick: fn(&Stats) -> f64| {
+                let (c, t, s) = (pick(&copy), pick(&threaded), pick(&single));
+                println!(
+                    "{:<16} {c:>7.2} {t:>7.2} {:>7.2} {s:>7.2} {:>7.2} {:>7.2}   {:>5.1} MiB {:>5.1} MiB {:>5.1} MiB",
+                    format!("{mode}/{label}"),
+                    c / t,
+                    c / s,
+                    s / t,
+                    copy.hwm_kib as f64 / 1024.0,
+                    threaded.hwm_kib as f64 / 1024.0,
+                    single.hwm_kib as f64 / 1024.0,
+                );
+            };
+            row("best", |s| s.best);
+            row("median", |s| s.median);
+            for (role, r) in ROLES.iter().zip(&runs) {
+                println!("                 {role} runs, s (CPU s): {}", times(r));
+            }
+            summary.push((size_mib, mode, copy, threaded, single));
+        }
+        fs::remove_file(&image).unwrap();
+        fs::remove_file(&payload).unwrap();
+        println!();
+    }
+
+    println!("Markdown summary (medians of {rounds} runs; ratio = copy time / apply time):");
     println!();
     println!(
-        "{:<15} {:>8} {:>11} {:>8} {:>11} {:>6} {:>13} {:>14}",
-        "mode",
-        "copy s",
-        "copy MiB/s",
-        "apply s",
-        "apply MiB/s",
-        "ratio",
-        "copy VmHWM",
-        "apply VmHWM"
+        "| image | mode | cp (+ sync) | single-threaded apply | ratio | threaded apply | ratio | peak RSS threaded / single |"
     );
-    for mode in ["cached", "durable"] {
-        let mut copy = Vec::new();
-        let mut apply = Vec::new();
-        for round in 0..ROUNDS {
-            // Alternate which goes first, so neither always pays for the other's writeback.
-            let mut pair = [("copy", &mut copy), ("apply", &mut apply)];
-            if round % 2 == 1 {
-                pair.reverse();
-            }
-            for (role, results) in pair {
-                results.push(run_child(d, role, mode, &image, &payload, &keys.public));
-            }
-        }
-        // Best and median time, peak memory over all runs.
-        let stats = |v: &[(f64, u64)]| {
-            let mut t: Vec<f64> = v.iter().map(|r| r.0).collect();
-            t.sort_by(f64::total_cmp);
-            let hwm = v.iter().map(|r| r.1).max().unwrap_or(0);
-            (t[0], t[t.len() / 2], hwm)
-        };
-        let (cs, cmed, chwm) = stats(&copy);
-        let (as_, amed, ahwm) = stats(&apply);
-        let mibs = |s: f64| IMAGE_LEN as f64 / MIB as f64 / s;
-        for (label, c, a) in [("best", cs, as_), ("median", cmed, amed)] {
-            println!(
-                "{:<15} {c:>8.2} {:>11.0} {a:>8.2} {:>11.0} {:>6.2} {:>10.1} MiB {:>11.1} MiB",
-                format!("{mode}/{label}"),
-                mibs(c),
-                mibs(a),
-                c / a,
-                chwm as f64 / 1024.0,
-                ahwm as f64 / 1024.0,
-            );
-        }
+    println!("|---|---|---:|---:|---:|---:|---:|---:|");
+    for (size, mode, c, t, s) in summary {
+        let mibs = |secs: f64| size as f64 / secs;
         println!(
-            "                (all runs: copy {:?} s, apply {:?} s)",
-            copy.iter()
-                .map(|r| (r.0 * 100.0).round() / 100.0)
-                .collect::<Vec<_>>(),
-            apply
-                .iter()
-                .map(|r| (r.0 * 100.0).round() / 100.0)
-                .collect::<Vec<_>>()
+            "| {size} MiB | {mode} | {:.2} s ({:.0} MiB/s) | {:.2} s ({:.0} MiB/s) | {:.2} | {:.2} s ({:.0} MiB/s) | **{:.2}** | {:.1} / {:.1} MiB |",
+            c.median,
+            mibs(c.median),
+            s.median,
+            mibs(s.median),
+            c.median / s.median,
+            t.median,
+            mibs(t.median),
+            c.median / t.median,
+            t.hwm_kib as f64 / 1024.0,
+            s.hwm_kib as f64 / 1024.0,
         );
     }
     println!();
@@ -123,14 +157,14 @@ fn main() {
     drop(dir);
 }
 
-/// Writes the 1 GiB test image without holding it in memory.
-fn write_image(path: &Path) {
+/// Writes a test image of `len` bytes (a multiple of 4 MiB) without holding it in memory.
+fn write_image(path: &Path, len: u64) {
     let mut w = BufWriter::with_capacity(REGION, File::create(path).unwrap());
     let text = text_block();
     let zeros = vec![0u8; REGION];
     let mut random = vec![0u8; REGION];
     let mut x = 0x9E37_79B9_7F4A_7C15u64;
-    for r in 0..(IMAGE_LEN as usize / REGION) {
+    for r in 0..(len as usize / REGION) {
         match r % 3 {
             0 => {
                 for word in random.chunks_exact_mut(8) {
@@ -168,59 +202,7 @@ fn text_block() -> Vec<u8> {
     out
 }
 
-/// Runs one measurement in a child process; returns (seconds, VmHWM KiB).
-fn run_child(
-    dir: &Path,
-    role: &str,
-    mode: &str,
-    image: &Path,
-    payload: &Path,
-    public: &Path,
-) -> (f64, u64) {
-    let target = dir.join(format!("target-{role}"));
-    let f = File::create(&target).unwrap();
-    f.set_len(IMAGE_LEN).unwrap();
-    drop(f);
-    // Start from a clean page cache state: no dirty pages left by the previous run.
-    Command::new("sync").status().unwrap();
-    let out = Command::new(env::current_exe().unwrap())
-        .env("PAYLOADS_BENCH_CHILD", role)
-        .env("BENCH_MODE", mode)
-        .env("BENCH_IMAGE", image)
-        .env("BENCH_PAYLOAD", payload)
-        .env("BENCH_PUBLIC", public)
-        .env("BENCH_TARGET", &target)
-        .output()
-        .unwrap();
-    fs::remove_file(&target).unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{role} child failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut secs = None;
-    let mut hwm = None;
-    for field in stdout.split_whitespace() {
-        if let Some(v) = field.strip_prefix("seconds=") {
-            secs = v.parse().ok();
-        }
-        if let Some(v) = field.strip_prefix("hwm_kib=") {
-            hwm = v.parse().ok();
-        }
-    }
-    (secs.unwrap(), hwm.unwrap())
-}
-
-fn vm_hwm_kib() -> u64 {
-    let status = fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
+/// The child: one measurement.
 fn child(role: &str) {
     let var = |k: &str| PathBuf::from(env::var_os(k).unwrap());
     let durable = env::var("BENCH_MODE").unwrap() == "durable";
@@ -243,16 +225,30 @@ fn child(role: &str) {
                 dst.sync_data().unwrap();
             }
         }
-        "apply" => {
+        "threaded" | "single" => {
             let trust = TrustStore::load(&var("BENCH_PUBLIC")).unwrap();
             let target = Target::open(&target_path).unwrap();
             let mut opts = ApplyOptions::new(unix_now());
             opts.sync = durable;
             let payload = File::open(var("BENCH_PAYLOAD")).unwrap();
-            apply_from_reader(payload, &trust, target, opts).unwrap();
+            if role == "threaded" {
+                apply_from_reader(payload, &trust, target, opts).unwrap();
+            } else {
+                // apply_from_reader's loop, on an applier that writes on this thread.
+                let mut applier = Applier::new(&trust, target, opts).inline_writes();
+                let mut payload = payload;
+                let mut buf = vec![0u8; MIB as usize];
+                loop {
+                    let n = payload.read(&mut buf).unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    applier.feed(&buf[..n]).unwrap();
+                }
+                applier.finish().unwrap();
+            }
         }
         other => panic!("unknown child role {other}"),
     }
-    let secs = t.elapsed().as_secs_f64();
-    println!("seconds={secs:.4} hwm_kib={}", vm_hwm_kib());
+    common::report(t);
 }

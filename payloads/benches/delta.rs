@@ -17,14 +17,18 @@
 //! (CARGO_TARGET_TMPDIR) and removes it afterwards.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::env;
+use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+use common::{run_child, stats};
 use payloads::build::{BuildOptions, build_file};
 use payloads::delta::{DeltaOptions, build_delta_file};
 use payloads::keys::{load_signing_key, write_keypair};
@@ -38,9 +42,11 @@ const MIB: f64 = (1 << 20) as f64;
 const IMAGE_MIB: u64 = 320;
 const ROUNDS: usize = 3;
 const PACKAGES: u64 = 100;
+/// The child-process role variable.
+const ROLE: &str = "PAYLOADS_DELTA_BENCH_CHILD";
 
 fn main() {
-    if let Ok(role) = env::var("PAYLOADS_DELTA_BENCH_CHILD") {
+    if let Ok(role) = env::var(ROLE) {
         child(&role);
         return;
     }
@@ -175,11 +181,19 @@ fn main() {
                 }
                 for (role, results) in pair {
                     let payload = if role == "full" { &full } else { &delta };
-                    results.push(run_child(d, role, mode, payload, old, &keys.public));
+                    let env: [(&str, &OsStr); 4] = [
+                        ("BENCH_MODE", mode.as_ref()),
+                        ("BENCH_PAYLOAD", payload.as_os_str()),
+                        ("BENCH_SOURCE", old.as_os_str()),
+                        ("BENCH_PUBLIC", keys.public.as_os_str()),
+                    ];
+                    let target = d.join(format!("target-{role}"));
+                    results.push(run_child(ROLE, role, &target, IMAGE_MIB << 20, &env));
                 }
             }
-            let (fb, fm, fh) = stats(&fulls);
-            let (db, dm, dh) = stats(&deltas);
+            let (f, dl) = (stats(&fulls), stats(&deltas));
+            let (fb, fm, fh) = (f.best, f.median, f.hwm_kib);
+            let (db, dm, dh) = (dl.best, dl.median, dl.hwm_kib);
             println!(
                 "apply {mode:<8} full best {fb:.2} s median {fm:.2} s peak RSS {:.1} MiB | delta best {db:.2} s median {dm:.2} s peak RSS {:.1} MiB | delta/full time {:.2}",
                 fh as f64 / 1024.0,
@@ -230,17 +244,6 @@ fn main() {
 
 fn pct(part: u64, whole: u64) -> f64 {
     part as f64 * 100.0 / whole.max(1) as f64
-}
-
-/// Best and median time, peak memory over all runs.
-fn stats(v: &[(f64, u64)]) -> (f64, f64, u64) {
-    let mut t: Vec<f64> = v.iter().map(|r| r.0).collect();
-    t.sort_by(f64::total_cmp);
-    (
-        t[0],
-        t[t.len() / 2],
-        v.iter().map(|r| r.1).max().unwrap_or(0),
-    )
 }
 
 /// One file of the userland.
@@ -501,58 +504,7 @@ fn bsdiff_size(old: &Path, new: &Path, d: &Path) -> u64 {
     n
 }
 
-/// Runs one apply in a child process; returns (seconds, VmHWM KiB).
-fn run_child(
-    dir: &Path,
-    role: &str,
-    mode: &str,
-    payload: &Path,
-    source: &Path,
-    public: &Path,
-) -> (f64, u64) {
-    let target = dir.join(format!("target-{role}"));
-    let f = File::create(&target).unwrap();
-    f.set_len(IMAGE_MIB << 20).unwrap();
-    drop(f);
-    Command::new("sync").status().unwrap();
-    let out = Command::new(env::current_exe().unwrap())
-        .env("PAYLOADS_DELTA_BENCH_CHILD", role)
-        .env("BENCH_MODE", mode)
-        .env("BENCH_PAYLOAD", payload)
-        .env("BENCH_SOURCE", source)
-        .env("BENCH_PUBLIC", public)
-        .env("BENCH_TARGET", &target)
-        .output()
-        .unwrap();
-    fs::remove_file(&target).unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{role} child failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let field = |name: &str| {
-        stdout
-            .split_whitespace()
-            .find_map(|f| f.strip_prefix(name))
-            .unwrap()
-            .to_owned()
-    };
-    (
-        field("seconds=").parse().unwrap(),
-        field("hwm_kib=").parse().unwrap(),
-    )
-}
-
-fn vm_hwm_kib() -> u64 {
-    let status = fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
+/// The child: one apply.
 fn child(role: &str) {
     let var = |k: &str| PathBuf::from(env::var_os(k).unwrap());
     let trust = TrustStore::load(&var("BENCH_PUBLIC")).unwrap();
@@ -571,6 +523,5 @@ fn child(role: &str) {
         }
         other => panic!("unknown child role {other}"),
     }
-    let secs = t.elapsed().as_secs_f64();
-    println!("seconds={secs:.4} hwm_kib={}", vm_hwm_kib());
+    common::report(t);
 }

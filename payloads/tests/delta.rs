@@ -113,14 +113,6 @@ impl Fixture {
     }
 }
 
-/// A temporary source file holding `bytes`, and a read-only [`Source`] on it.
-fn source_file(bytes: &[u8]) -> (File, Source) {
-    let f = tempfile::tempfile().unwrap();
-    f.write_all_at(bytes, 0).unwrap();
-    let source = Source::new(f.try_clone().unwrap(), 0, bytes.len() as u64).unwrap();
-    (f, source)
-}
-
 /// Applies `payload` with `source` into a fresh [`OLD`]-filled target, fed in odd-sized chunks.
 fn run(
     payload: &[u8],
@@ -128,17 +120,7 @@ fn run(
     target_len: usize,
     opts: ApplyOptions,
 ) -> (Result<Applied, ApplyError>, Vec<u8>) {
-    let (target, reader) = target(target_len);
-    let trust = trust(&[1]);
-    let mut applier = match source {
-        Some(s) => Applier::with_source(&trust, target, s, opts),
-        None => Applier::new(&trust, target, opts),
-    };
-    let fed = payload
-        .chunks(7919)
-        .try_for_each(|c| applier.feed(c).map(|_| ()));
-    let result = fed.and_then(|()| applier.finish());
-    (result, contents(&reader))
+    apply_in_chunks(payload, target_len, &trust(&[1]), source, opts)
 }
 
 /// Asserts that the target holds the new image below `end` and untouched old bytes from `end`:
@@ -424,27 +406,6 @@ fn resume_at_many_cut_points_gives_the_new_image() {
     }
 }
 
-/// Asserts that `payload` is refused with an error matching `expected` before anything is written.
-#[track_caller]
-fn refused_untouched(
-    name: &str,
-    payload: &[u8],
-    source: &[u8],
-    opts: ApplyOptions,
-    class: ErrorClass,
-    expected: impl Fn(&ApplyError) -> bool,
-) {
-    let (_f, source) = source_file(source);
-    let (result, target) = run(payload, Some(source), 1_000_000, opts);
-    let err = result.expect_err(name);
-    assert!(expected(&err), "{name}: unexpected error {err:?}");
-    assert_eq!(err.class(), class, "{name}: class of {err}");
-    assert!(
-        target.iter().all(|&b| b == OLD),
-        "{name}: the target was written to"
-    );
-}
-
 #[test]
 fn copy_extents_outside_the_source() {
     let fx = fixture();
@@ -461,7 +422,7 @@ fn copy_extents_outside_the_source() {
     refused_untouched(
         "extent past the source",
         &p,
-        &fx.old,
+        Some(&fx.old),
         ApplyOptions::new(NOW),
         ErrorClass::Invalid,
         |e| matches!(e, ApplyError::Format(FormatError::SourceExtentOutside { index, .. }) if *index as usize == copy),
@@ -476,7 +437,7 @@ fn copy_extents_outside_the_source() {
     refused_untouched(
         "source larger than the slot",
         &p,
-        &fx.old,
+        Some(&fx.old),
         ApplyOptions::new(NOW),
         ErrorClass::Source,
         |e| matches!(e, ApplyError::Source(SourceError::TooSmall { .. })),
@@ -504,7 +465,7 @@ fn overlapping_and_out_of_order_extents() {
     refused_untouched(
         "overlap",
         &p,
-        &fx.old,
+        Some(&fx.old),
         ApplyOptions::new(NOW),
         ErrorClass::Invalid,
         |e| matches!(e, ApplyError::Format(FormatError::OperationOverlap { index, .. }) if *index as usize == copy),
@@ -515,7 +476,7 @@ fn overlapping_and_out_of_order_extents() {
     refused_untouched(
         "out of order",
         &p,
-        &fx.old,
+        Some(&fx.old),
         ApplyOptions::new(NOW),
         ErrorClass::Invalid,
         |e| {
@@ -531,7 +492,7 @@ fn overlapping_and_out_of_order_extents() {
     refused_untouched(
         "misaligned source",
         &p,
-        &fx.old,
+        Some(&fx.old),
         ApplyOptions::new(NOW),
         ErrorClass::Invalid,
         |e| matches!(e, ApplyError::Format(FormatError::InvalidOperation { .. })),
@@ -569,7 +530,7 @@ fn a_delta_for_another_app_or_source_version() {
     refused_untouched(
         "another app",
         &fx.payload,
-        &fx.old,
+        Some(&fx.old),
         opts,
         ErrorClass::Invalid,
         |e| {
@@ -588,7 +549,7 @@ fn a_delta_for_another_app_or_source_version() {
     refused_untouched(
         "another source version",
         &fx.payload,
-        &fx.old,
+        Some(&fx.old),
         opts,
         ErrorClass::Source,
         |e| {
@@ -617,7 +578,7 @@ fn a_delta_for_another_app_or_source_version() {
     refused_untouched(
         "delta of another app",
         &other_app,
-        &fx.old,
+        Some(&fx.old),
         opts,
         ErrorClass::Invalid,
         |e| {

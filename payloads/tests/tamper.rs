@@ -64,41 +64,11 @@ fn run_with(
     trust: &TrustStore,
     opts: ApplyOptions,
 ) -> (Result<Applied, ApplyError>, Vec<u8>) {
-    let (target, reader) = target(target_len);
-    let mut applier = Applier::new(trust, target, opts);
-    let mut result = Ok(());
-    for chunk in payload.chunks(7919) {
-        if let Err(e) = applier.feed(chunk) {
-            result = Err(e);
-            break;
-        }
-    }
-    let result = result.and_then(|()| applier.finish());
-    (result, contents(&reader))
+    apply_in_chunks(payload, target_len, trust, None, opts)
 }
 
 fn run(payload: &[u8], target_len: usize) -> (Result<Applied, ApplyError>, Vec<u8>) {
     run_with(payload, target_len, &trust(&[1]), ApplyOptions::new(NOW))
-}
-
-/// Asserts that applying fails with an error matching `expected` (and `class`) and that the
-/// target was not touched at all.
-#[track_caller]
-fn rejected_untouched(
-    name: &str,
-    payload: &[u8],
-    class: ErrorClass,
-    expected: impl Fn(&ApplyError) -> bool,
-) {
-    let len = 1_000_000;
-    let (result, target) = run(payload, len);
-    let err = result.expect_err(name);
-    assert!(expected(&err), "{name}: unexpected error {err:?}");
-    assert_eq!(err.class(), class, "{name}: class of {err}");
-    assert!(
-        target.iter().all(|&b| b == OLD),
-        "{name}: the target was written to"
-    );
 }
 
 #[test]
@@ -117,36 +87,60 @@ fn header_problems_write_nothing() {
     let fx = fixture();
     let mut p = fx.payload.clone();
     p[0] ^= 0xff;
-    rejected_untouched("bad magic", &p, ErrorClass::Invalid, |e| {
-        matches!(e, ApplyError::Format(FormatError::BadMagic { .. }))
-    });
+    refused_untouched(
+        "bad magic",
+        &p,
+        None,
+        ApplyOptions::new(NOW),
+        ErrorClass::Invalid,
+        |e| matches!(e, ApplyError::Format(FormatError::BadMagic { .. })),
+    );
 
     let mut p = fx.payload.clone();
     p[8..12].copy_from_slice(&3u32.to_be_bytes());
-    rejected_untouched("version 3", &p, ErrorClass::Invalid, |e| {
-        matches!(
-            e,
-            ApplyError::Format(FormatError::UnsupportedVersion {
-                found: 3,
-                supported: 2
-            })
-        )
-    });
+    refused_untouched(
+        "version 3",
+        &p,
+        None,
+        ApplyOptions::new(NOW),
+        ErrorClass::Invalid,
+        |e| {
+            matches!(
+                e,
+                ApplyError::Format(FormatError::UnsupportedVersion {
+                    found: 3,
+                    supported: 2
+                })
+            )
+        },
+    );
 
     let mut p = fx.payload.clone();
     p[12..16].copy_from_slice(&1u32.to_be_bytes());
-    rejected_untouched("flags", &p, ErrorClass::Invalid, |e| {
-        matches!(
-            e,
-            ApplyError::Format(FormatError::UnknownFlags { flags: 1 })
-        )
-    });
+    refused_untouched(
+        "flags",
+        &p,
+        None,
+        ApplyOptions::new(NOW),
+        ErrorClass::Invalid,
+        |e| {
+            matches!(
+                e,
+                ApplyError::Format(FormatError::UnknownFlags { flags: 1 })
+            )
+        },
+    );
 
     let mut p = fx.payload.clone();
     p[16..20].copy_from_slice(&(2u32 << 20).to_be_bytes());
-    rejected_untouched("oversize manifest", &p, ErrorClass::Invalid, |e| {
-        matches!(e, ApplyError::Format(FormatError::ManifestLength { .. }))
-    });
+    refused_untouched(
+        "oversize manifest",
+        &p,
+        None,
+        ApplyOptions::new(NOW),
+        ErrorClass::Invalid,
+        |e| matches!(e, ApplyError::Format(FormatError::ManifestLength { .. })),
+    );
 }
 
 #[test]
@@ -168,9 +162,11 @@ fn oversize_manifest_is_refused_from_the_header_alone() {
 fn truncated_payloads() {
     let fx = fixture();
     for cut in [10, HEADER_LEN + 50, fx.prefix_len - 1] {
-        rejected_untouched(
+        refused_untouched(
             "truncated prefix",
             &fx.payload[..cut],
+            None,
+            ApplyOptions::new(NOW),
             ErrorClass::Invalid,
             |e| matches!(e, ApplyError::Truncated { expected: None, .. }),
         );
@@ -191,14 +187,21 @@ fn signature_problems_write_nothing() {
     let fx = fixture();
 
     let unsigned = fx.crafted(&[], |_| {});
-    rejected_untouched("no signature", &unsigned, ErrorClass::Untrusted, |e| {
-        matches!(e, ApplyError::Verify(VerifyError::NoSignature))
-    });
+    refused_untouched(
+        "no signature",
+        &unsigned,
+        None,
+        ApplyOptions::new(NOW),
+        ErrorClass::Untrusted,
+        |e| matches!(e, ApplyError::Verify(VerifyError::NoSignature)),
+    );
 
     let other = fx.crafted(&[2, 3], |_| {});
-    rejected_untouched(
+    refused_untouched(
         "untrusted",
         &other,
+        None,
+        ApplyOptions::new(NOW),
         ErrorClass::Untrusted,
         |e| matches!(e, ApplyError::Verify(VerifyError::UntrustedSigners { key_ids }) if key_ids.len() == 2),
     );
@@ -206,29 +209,46 @@ fn signature_problems_write_nothing() {
     let mut p = fx.payload.clone();
     let last_sig_byte = fx.prefix_len - 1;
     p[last_sig_byte] ^= 0x01;
-    rejected_untouched("corrupted signature", &p, ErrorClass::Untrusted, |e| {
-        matches!(e, ApplyError::Verify(VerifyError::BadSignature { .. }))
-    });
+    refused_untouched(
+        "corrupted signature",
+        &p,
+        None,
+        ApplyOptions::new(NOW),
+        ErrorClass::Untrusted,
+        |e| matches!(e, ApplyError::Verify(VerifyError::BadSignature { .. })),
+    );
 
     // A manifest byte changed so that it still decodes: only the signature catches it.
     let mut p = fx.payload.clone();
     let version_at = HEADER_LEN + 1 + "test-app".len() + 1; // first byte of "1.0.0"
     assert_eq!(p[version_at], b'1');
     p[version_at] = b'9';
-    rejected_untouched("corrupted manifest", &p, ErrorClass::Untrusted, |e| {
-        matches!(e, ApplyError::Verify(VerifyError::BadSignature { .. }))
-    });
+    refused_untouched(
+        "corrupted manifest",
+        &p,
+        None,
+        ApplyOptions::new(NOW),
+        ErrorClass::Untrusted,
+        |e| matches!(e, ApplyError::Verify(VerifyError::BadSignature { .. })),
+    );
 
     // A manifest byte changed so that it no longer decodes: the decoder catches it first.
     let mut p = fx.payload.clone();
     let kind_at = version_at + "1.0.0".len();
     p[kind_at] = 9;
-    rejected_untouched("malformed manifest", &p, ErrorClass::Invalid, |e| {
-        matches!(
-            e,
-            ApplyError::Format(FormatError::InvalidField { field: "kind", .. })
-        )
-    });
+    refused_untouched(
+        "malformed manifest",
+        &p,
+        None,
+        ApplyOptions::new(NOW),
+        ErrorClass::Invalid,
+        |e| {
+            matches!(
+                e,
+                ApplyError::Format(FormatError::InvalidField { field: "kind", .. })
+            )
+        },
+    );
 
     // A signature by an untrusted key next to a good one is fine; by a trusted key that fails is not.
     let both = fx.crafted(&[2, 1], |_| {});
@@ -242,12 +262,19 @@ fn signature_block_limits() {
     let mut p = fx.crafted(&[1], |_| {});
     let count_at = HEADER_LEN + (fx.prefix_len - HEADER_LEN - 2 - 96);
     p[count_at..count_at + 2].copy_from_slice(&17u16.to_be_bytes());
-    rejected_untouched("17 signatures", &p, ErrorClass::Invalid, |e| {
-        matches!(
-            e,
-            ApplyError::Format(FormatError::TooManySignatures { count: 17, .. })
-        )
-    });
+    refused_untouched(
+        "17 signatures",
+        &p,
+        None,
+        ApplyOptions::new(NOW),
+        ErrorClass::Invalid,
+        |e| {
+            matches!(
+                e,
+                ApplyError::Format(FormatError::TooManySignatures { count: 17, .. })
+            )
+        },
+    );
 
     // The same key twice.
     let mut p = fx.payload[..fx.prefix_len].to_vec();
@@ -255,27 +282,41 @@ fn signature_block_limits() {
     p[count_at..count_at + 2].copy_from_slice(&2u16.to_be_bytes());
     p.extend_from_slice(&entry);
     p.extend_from_slice(fx.data());
-    rejected_untouched("duplicate signature", &p, ErrorClass::Invalid, |e| {
-        matches!(
-            e,
-            ApplyError::Format(FormatError::DuplicateSignature { index: 1, .. })
-        )
-    });
+    refused_untouched(
+        "duplicate signature",
+        &p,
+        None,
+        ApplyOptions::new(NOW),
+        ErrorClass::Invalid,
+        |e| {
+            matches!(
+                e,
+                ApplyError::Format(FormatError::DuplicateSignature { index: 1, .. })
+            )
+        },
+    );
 }
 
 #[test]
 fn expired_payload_writes_nothing() {
     let fx = fixture();
     let p = fx.crafted(&[1], |m| m.expires = Some(NOW));
-    rejected_untouched("expired", &p, ErrorClass::Invalid, |e| {
-        matches!(
-            e,
-            ApplyError::Verify(VerifyError::Expired {
-                expires: NOW,
-                now: NOW
-            })
-        )
-    });
+    refused_untouched(
+        "expired",
+        &p,
+        None,
+        ApplyOptions::new(NOW),
+        ErrorClass::Invalid,
+        |e| {
+            matches!(
+                e,
+                ApplyError::Verify(VerifyError::Expired {
+                    expires: NOW,
+                    now: NOW
+                })
+            )
+        },
+    );
     // One second earlier it is still valid.
     let (target, _) = target(1_000_000);
     let mut a = Applier::new(&trust(&[1]), target, ApplyOptions::new(NOW - 1));
@@ -297,45 +338,78 @@ fn bad_operation_lists_write_nothing() {
             last.data_len = last.dst_len;
         }
     });
-    rejected_untouched("outside target", &p, ErrorClass::Invalid, |e| {
-        matches!(
-            e,
-            ApplyError::Format(FormatError::OperationOutsideTarget { .. })
-        )
-    });
+    refused_untouched(
+        "outside target",
+        &p,
+        None,
+        ApplyOptions::new(NOW),
+        ErrorClass::Invalid,
+        |e| {
+            matches!(
+                e,
+                ApplyError::Format(FormatError::OperationOutsideTarget { .. })
+            )
+        },
+    );
 
     let p = fx.crafted(&[1], |m| m.operations[2].dst_offset -= 4096);
-    rejected_untouched("overlap", &p, ErrorClass::Invalid, |e| {
-        matches!(
-            e,
-            ApplyError::Format(FormatError::OperationOverlap { index: 2, .. })
-        )
-    });
+    refused_untouched(
+        "overlap",
+        &p,
+        None,
+        ApplyOptions::new(NOW),
+        ErrorClass::Invalid,
+        |e| {
+            matches!(
+                e,
+                ApplyError::Format(FormatError::OperationOverlap { index: 2, .. })
+            )
+        },
+    );
 
     let p = fx.crafted(&[1], |m| m.operations.swap(3, 4));
-    rejected_untouched("out of order", &p, ErrorClass::Invalid, |e| {
-        matches!(
-            e,
-            ApplyError::Format(FormatError::OperationOutOfOrder { index: 4, .. })
-        )
-    });
+    refused_untouched(
+        "out of order",
+        &p,
+        None,
+        ApplyOptions::new(NOW),
+        ErrorClass::Invalid,
+        |e| {
+            matches!(
+                e,
+                ApplyError::Format(FormatError::OperationOutOfOrder { index: 4, .. })
+            )
+        },
+    );
 
     let p = fx.crafted(&[1], |m| {
         m.operations.remove(n / 2);
     });
-    rejected_untouched("gap", &p, ErrorClass::Invalid, |e| {
-        matches!(e, ApplyError::Format(FormatError::OperationGap { .. }))
-    });
+    refused_untouched(
+        "gap",
+        &p,
+        None,
+        ApplyOptions::new(NOW),
+        ErrorClass::Invalid,
+        |e| matches!(e, ApplyError::Format(FormatError::OperationGap { .. })),
+    );
 
     let p = fx.crafted(&[1], |m| {
         m.operations.pop();
     });
-    rejected_untouched("incomplete", &p, ErrorClass::Invalid, |e| {
-        matches!(
-            e,
-            ApplyError::Format(FormatError::OperationsIncomplete { .. })
-        )
-    });
+    refused_untouched(
+        "incomplete",
+        &p,
+        None,
+        ApplyOptions::new(NOW),
+        ErrorClass::Invalid,
+        |e| {
+            matches!(
+                e,
+                ApplyError::Format(FormatError::OperationsIncomplete { .. })
+            )
+        },
+    );
 
     // SOURCE_COPY (opcode 3) is only allowed in a delta (format version 2): patch the first
     // opcode of this full manifest, re-sign.
@@ -344,15 +418,22 @@ fn bad_operation_lists_write_nothing() {
     manifest[first_op] = 3;
     let mut p = encode_prefix(&manifest, &[key(1)]);
     p.extend_from_slice(fx.data());
-    rejected_untouched("source copy", &p, ErrorClass::Invalid, |e| {
-        matches!(
-            e,
-            ApplyError::Format(FormatError::UnsupportedOperation {
-                index: 0,
-                name: "SOURCE_COPY"
-            })
-        )
-    });
+    refused_untouched(
+        "source copy",
+        &p,
+        None,
+        ApplyOptions::new(NOW),
+        ErrorClass::Invalid,
+        |e| {
+            matches!(
+                e,
+                ApplyError::Format(FormatError::UnsupportedOperation {
+                    index: 0,
+                    name: "SOURCE_COPY"
+                })
+            )
+        },
+    );
 }
 
 #[test]

@@ -7,12 +7,23 @@
 //! hashed and compared with its signed SHA-256 right before it is written, so a wrong or modified
 //! source fails with [`ApplyError::Source`] and nothing derived from it reaches the target.
 //!
+//! The work is pipelined over threads: the caller's thread (in [`Applier::feed`]) buffers an
+//! operation's data, checks its digest, decompresses it or reads and checks its source extent;
+//! a writer thread writes the checked bytes into the target (the private `writer` module); a
+//! re-read thread hashes the written target for the final check (the private `sink` module). So
+//! checking operation *n + 1* overlaps with writing operation *n*. Only checked bytes are handed
+//! to the writer, and [`Applier::checkpoint`], [`Applier::sync`] and [`Applier::finish`] first
+//! wait for it to write everything handed over, so a checkpoint claims only written operations.
+//! [`Applier::inline_writes`] writes on the caller's thread instead.
+//!
 //! Memory is bounded independently of the image size: the prefix (≤ 1 MiB + signatures), one
-//! operation's data (≤ 4 MiB) and one decompressed operation or source extent (≤ 4 MiB).
+//! operation's data (≤ 4 MiB), the operations in flight to the writer (at most two buffers of
+//! one operation's target bytes each, ≤ 4 MiB), and the re-read buffer (1 MiB).
 
 mod checkpoint;
 mod error;
 mod sink;
+mod writer;
 
 use std::io::{self, Read};
 
@@ -20,6 +31,7 @@ pub use checkpoint::{CHECKPOINT_VERSION, Checkpoint};
 pub use error::{ApplyError, ErrorClass, SourceError};
 
 use sink::Sink;
+use writer::{Body, Job, Position, Writer};
 
 use crate::digest::Sha256Digest;
 use crate::format::{Kind, Manifest, OpKind, Operation, Prefix, prefix_len_needed};
@@ -110,11 +122,12 @@ pub struct Progress {
     pub received: u64,
     /// Total payload length, once the prefix has been verified.
     pub payload_len: Option<u64>,
-    /// Operations written.
+    /// Operations checked and handed to the writer (the last of them may still be being written:
+    /// [`Applier::checkpoint`] and [`Applier::sync`] wait for them).
     pub operations_done: u64,
     /// Number of operations, once the prefix has been verified.
     pub operations_total: Option<u64>,
-    /// Target bytes written.
+    /// Target bytes of those operations.
     pub target_bytes_done: u64,
 }
 
@@ -124,7 +137,8 @@ impl Progress {
         self.payload_len.is_some()
     }
 
-    /// Whether every operation has been written; [`Applier::finish`] remains.
+    /// Whether every operation has been checked and handed to the writer; [`Applier::finish`]
+    /// remains (it waits for the writer).
     pub fn is_complete(&self) -> bool {
         self.operations_total == Some(self.operations_done)
     }
@@ -143,7 +157,12 @@ pub struct Applied {
 pub struct Applier {
     trust: TrustStore,
     opts: ApplyOptions,
-    sink: Sink,
+    /// Where operations go, until the prefix is verified; then it moves into the writer.
+    sink: Option<Sink>,
+    /// The target's `(base, len)`, or `None` when only verifying.
+    target_range: Option<(u64, u64)>,
+    /// Write on the caller's thread instead of a writer thread.
+    inline_writes: bool,
     /// Where a delta's SOURCE_COPY operations read from.
     source: Option<Source>,
     stage: Stage,
@@ -160,16 +179,19 @@ enum Stage {
 
 struct DataState {
     info: PayloadInfo,
-    /// Index of the first operation not yet written.
+    /// Index of the first operation not yet checked and handed to the writer.
     next_op: usize,
     /// Payload offset of that operation's data.
     op_data_offset: u64,
+    /// Target bytes of the operations before `next_op`.
     target_done: u64,
     /// Partial data of `next_op`.
     buf: Vec<u8>,
-    /// Decompression output.
-    scratch: Vec<u8>,
     decompressor: Option<zstd::bulk::Decompressor<'static>>,
+    /// Writes the checked operations, in order.
+    writer: Writer,
+    /// A verifier of a delta without its source: nothing is reconstructed.
+    discard: bool,
 }
 
 impl Applier {
@@ -216,12 +238,54 @@ impl Applier {
         Self {
             trust: trust.clone(),
             opts,
-            sink,
+            target_range: sink.range(),
+            sink: Some(sink),
+            inline_writes: false,
             source,
             stage: Stage::Prefix(Vec::new()),
             received: 0,
             stopped: false,
         }
+    }
+
+    /// Writes on the thread that calls [`feed`](Self::feed) instead of a writer thread, so
+    /// checking and writing do not overlap: how the applier worked before it had a writer thread,
+    /// kept to measure against (the `apply_1gib` bench). The final check's re-read still runs in
+    /// the background. Call it before the first `feed` (the writer thread starts there).
+    pub fn inline_writes(mut self) -> Self {
+        self.inline_writes = true;
+        self
+    }
+
+    /// Enters the data stage at operation `next_op`: starts the final check's re-read, and a
+    /// writer on the caller's thread (it moves to its own thread at the first
+    /// [`feed`](Self::feed), unless [`inline_writes`](Self::inline_writes)).
+    fn start_data(
+        &mut self,
+        info: PayloadInfo,
+        next_op: usize,
+        op_data_offset: u64,
+        target_done: u64,
+    ) {
+        let mut sink = self.sink.take().unwrap_or(Sink::Discard);
+        sink.start(info.manifest.target_size, target_done);
+        let discard = sink.is_discard();
+        let at = Position {
+            next_op,
+            payload_offset: op_data_offset,
+            target_done,
+        };
+        let writer = Writer::inline(sink, at);
+        self.stage = Stage::Data(Box::new(DataState {
+            info,
+            next_op,
+            op_data_offset,
+            target_done,
+            buf: Vec::new(),
+            decompressor: None,
+            writer,
+            discard,
+        }));
     }
 
     /// Continues an apply from `checkpoint`. `prefix` must be the payload's first
@@ -311,8 +375,7 @@ impl Applier {
             )));
         }
         let target_done = done.iter().map(|op| op.dst_len).sum();
-        applier.sink.start(info.manifest.target_size, target_done);
-        applier.stage = Stage::Data(Box::new(DataState::new(info, next_op, offset, target_done)));
+        applier.start_data(info, next_op, offset, target_done);
         applier.received = offset;
         Ok(applier)
     }
@@ -323,6 +386,10 @@ impl Applier {
         let prefix = Prefix::decode(prefix)?;
         let info = prefix.verify(&self.trust, self.opts.now)?;
         self.opts.expect.check(&info.manifest)?;
+        let Some(sink) = &mut self.sink else {
+            // Unreachable: the sink moves to the writer only after this check.
+            return Err(ApplyError::Stopped);
+        };
         if let Some(delta) = &info.manifest.source {
             match &self.source {
                 Some(source) if source.len() < delta.size => {
@@ -334,7 +401,7 @@ impl Applier {
                 }
                 Some(_) => {}
                 // Verifying a delta without its source: check what can be checked.
-                None if self.sink.is_hash() => self.sink = Sink::Discard,
+                None if sink.is_hash() => *sink = Sink::Discard,
                 None => {
                     return Err(SourceError::Required {
                         version: delta.version.clone(),
@@ -343,7 +410,7 @@ impl Applier {
                 }
             }
         }
-        let capacity = self.sink.capacity().map_err(|error| ApplyError::Io {
+        let capacity = sink.capacity().map_err(|error| ApplyError::Io {
             action: "checking target size",
             offset: 0,
             error,
@@ -369,8 +436,17 @@ impl Applier {
             Ok(()) => Ok(self.progress()),
             Err(e) => {
                 self.stopped = true;
+                self.drain();
                 Err(e)
             }
+        }
+    }
+
+    /// Waits until the writer has written every operation handed to it (after an error: so what
+    /// was checked before it is in the target, and the checkpoint says so).
+    fn drain(&self) {
+        if let Stage::Data(s) = &self.stage {
+            s.writer.drain();
         }
     }
 
@@ -392,16 +468,17 @@ impl Applier {
             let prefix = std::mem::take(buf);
             let info = self.admit(&prefix)?;
             let start = info.prefix_len;
-            self.sink.start(info.manifest.target_size, 0);
-            self.stage = Stage::Data(Box::new(DataState::new(info, 0, start, 0)));
+            self.start_data(info, 0, start, 0);
         }
         match &mut self.stage {
-            Stage::Data(state) => state.consume(
-                &mut self.sink,
-                self.source.as_ref(),
-                chunk,
-                &mut self.received,
-            ),
+            Stage::Data(state) => {
+                // A write error of an earlier operation surfaces here.
+                state.writer.check()?;
+                if !self.inline_writes && !state.discard {
+                    state.writer.move_to_thread();
+                }
+                state.consume(self.source.as_ref(), chunk, &mut self.received)
+            }
             Stage::Prefix(_) => Ok(()),
         }
     }
@@ -435,31 +512,39 @@ impl Applier {
     }
 
     /// A checkpoint of the operations written so far, once the prefix has been verified (and only
-    /// when writing to a target). Call [`sync`](Self::sync) before persisting it if it must survive
-    /// a power loss; the final hash check catches lost writes in any case.
+    /// when writing to a target). It first waits for the writer to write every operation fed so
+    /// far (after a write error: it claims only those before it). Call [`sync`](Self::sync) before
+    /// persisting it if it must survive a power loss; the final hash check catches lost writes in
+    /// any case.
     pub fn checkpoint(&self) -> Option<Checkpoint> {
         let Stage::Data(s) = &self.stage else {
             return None;
         };
-        let (target_base, target_len) = self.sink.range()?;
+        let (target_base, target_len) = self.target_range?;
+        let written = s.writer.drain();
         Some(Checkpoint {
             version: CHECKPOINT_VERSION,
             signed_sha256: s.info.signed_sha256,
             prefix_len: s.info.prefix_len,
-            next_operation: s.next_op as u64,
-            payload_offset: s.op_data_offset,
+            next_operation: written.next_op as u64,
+            payload_offset: written.payload_offset,
             target_base,
             target_len,
         })
     }
 
-    /// Flushes the target's written data to its device.
+    /// Waits for the writer to write every operation fed so far, then flushes the target's
+    /// written data to its device. A write error not reported yet is reported here.
     pub fn sync(&self) -> Result<(), ApplyError> {
-        self.sink.sync().map_err(|error| ApplyError::Io {
-            action: "syncing target",
-            offset: 0,
-            error,
-        })
+        match (&self.stage, &self.sink) {
+            (Stage::Data(s), _) => s.writer.sync(),
+            (Stage::Prefix(_), Some(sink)) => sink.sync().map_err(|error| ApplyError::Io {
+                action: "syncing target",
+                offset: 0,
+                error,
+            }),
+            (Stage::Prefix(_), None) => Ok(()),
+        }
     }
 
     /// Completes the apply: every operation must have been written and nothing may be left over;
@@ -470,14 +555,18 @@ impl Applier {
         if self.stopped {
             return Err(ApplyError::Stopped);
         }
-        let mut sink = self.sink;
         let Stage::Data(mut s) = self.stage else {
             return Err(ApplyError::Truncated {
                 received: self.received,
                 expected: None,
             });
         };
-        s.run_dataless_ops(&mut sink, self.source.as_ref())?;
+        if let Err(e) = s.run_dataless_ops(self.source.as_ref()) {
+            s.writer.drain();
+            return Err(e);
+        }
+        // Waits for every write; a write error surfaces here.
+        let sink = s.writer.finish()?;
         if s.next_op < s.info.manifest.operations.len() {
             return Err(ApplyError::Truncated {
                 received: self.received,
@@ -503,37 +592,16 @@ impl Applier {
     }
 }
 
-fn write_error(offset: u64) -> impl FnOnce(io::Error) -> ApplyError {
-    move |error| ApplyError::Io {
-        action: "writing target",
-        offset,
-        error,
-    }
-}
-
 impl DataState {
-    fn new(info: PayloadInfo, next_op: usize, op_data_offset: u64, target_done: u64) -> Self {
-        Self {
-            info,
-            next_op,
-            op_data_offset,
-            target_done,
-            buf: Vec::new(),
-            scratch: Vec::new(),
-            decompressor: None,
-        }
-    }
-
     /// Applies operations as their data completes.
     fn consume(
         &mut self,
-        sink: &mut Sink,
         source: Option<&Source>,
         mut chunk: &[u8],
         received: &mut u64,
     ) -> Result<(), ApplyError> {
         loop {
-            self.run_dataless_ops(sink, source)?;
+            self.run_dataless_ops(source)?;
             let Some(op) = self.info.manifest.operations.get(self.next_op).copied() else {
                 if chunk.is_empty() {
                     return Ok(());
@@ -553,16 +621,17 @@ impl DataState {
                 let (data, rest) = chunk.split_at(need);
                 *received += need as u64;
                 chunk = rest;
-                self.apply_op(sink, source, &op, data)?;
+                self.apply_op(source, &op, Input::Chunk(data))?;
             } else {
                 let take = need.min(chunk.len());
+                if self.buf.is_empty() {
+                    self.buf.reserve_exact(data_len);
+                }
                 self.buf.extend_from_slice(&chunk[..take]);
                 *received += take as u64;
                 chunk = &chunk[take..];
                 if self.buf.len() == data_len {
-                    let data = std::mem::take(&mut self.buf);
-                    let result = self.apply_op(sink, source, &op, &data);
-                    self.buf = data;
+                    let result = self.apply_op(source, &op, Input::Buffered);
                     self.buf.clear();
                     result?;
                 }
@@ -571,42 +640,40 @@ impl DataState {
     }
 
     /// Applies the ZERO and SOURCE_COPY operations at the current position (they need no data).
-    fn run_dataless_ops(
-        &mut self,
-        sink: &mut Sink,
-        source: Option<&Source>,
-    ) -> Result<(), ApplyError> {
+    fn run_dataless_ops(&mut self, source: Option<&Source>) -> Result<(), ApplyError> {
         while let Some(op) = self.info.manifest.operations.get(self.next_op).copied() {
             if op.kind.has_data() {
                 break;
             }
-            self.apply_op(sink, source, &op, &[])?;
+            self.apply_op(source, &op, Input::Chunk(&[]))?;
         }
         Ok(())
     }
 
     /// Checks an operation's input (payload data, or source extent) against its digest, then
-    /// writes it.
+    /// hands its target bytes to the writer.
     fn apply_op(
         &mut self,
-        sink: &mut Sink,
         source: Option<&Source>,
         op: &Operation,
-        data: &[u8],
+        input: Input<'_>,
     ) -> Result<(), ApplyError> {
         let index = self.next_op;
-        match op.kind {
-            OpKind::Zero => sink
-                .write_zeros(op.dst_offset, op.dst_len)
-                .map_err(write_error(op.dst_offset))?,
+        let body = match op.kind {
+            OpKind::Zero => Body::Zeros,
             OpKind::SourceCopy => match source {
                 Some(source) => {
-                    let bytes = self.read_source(index, source, op)?;
-                    sink.write(op.dst_offset, bytes)
-                        .map_err(write_error(op.dst_offset))?;
+                    let mut out = self.writer.buffer()?;
+                    match read_source(index, source, op, &mut out) {
+                        Ok(()) => Body::Bytes(out),
+                        Err(e) => {
+                            self.writer.recycle(out);
+                            return Err(e);
+                        }
+                    }
                 }
                 // A verifier without the source: nothing to reconstruct (checked in `admit`).
-                None if sink.is_discard() => {}
+                None if self.discard => Body::Nothing,
                 None => {
                     return Err(SourceError::Required {
                         version: self
@@ -620,6 +687,10 @@ impl DataState {
                 }
             },
             OpKind::Replace | OpKind::ReplaceZstd => {
+                let data = match input {
+                    Input::Chunk(data) => data,
+                    Input::Buffered => self.buf.as_slice(),
+                };
                 let found = Sha256Digest::of(data);
                 if found != op.data_sha256 {
                     return Err(ApplyError::DataHashMismatch {
@@ -629,79 +700,118 @@ impl DataState {
                         found,
                     });
                 }
-                let bytes = if op.kind == OpKind::Replace {
-                    data
-                } else {
-                    self.decompress(index, data, op.dst_len as usize)?
-                };
-                sink.write(op.dst_offset, bytes)
-                    .map_err(write_error(op.dst_offset))?;
+                let mut out = self.writer.buffer()?;
+                match (op.kind, input) {
+                    // The buffered data are the target bytes: hand that buffer over, and keep
+                    // the empty one for the next operation's data.
+                    (OpKind::Replace, Input::Buffered) => std::mem::swap(&mut out, &mut self.buf),
+                    (OpKind::Replace, Input::Chunk(data)) => {
+                        out.clear();
+                        out.extend_from_slice(data);
+                    }
+                    _ => {
+                        let decompressed = decompress(
+                            &mut self.decompressor,
+                            index,
+                            data,
+                            &mut out,
+                            op.dst_len as usize,
+                        );
+                        if let Err(e) = decompressed {
+                            self.writer.recycle(out);
+                            return Err(e);
+                        }
+                    }
+                }
+                Body::Bytes(out)
             }
-        }
-        sink.advance(op.dst_end());
-        self.next_op += 1;
-        self.op_data_offset += op.data_len;
-        self.target_done += op.dst_len;
+        };
+        let after = Position {
+            next_op: index + 1,
+            payload_offset: self.op_data_offset + op.data_len,
+            target_done: self.target_done + op.dst_len,
+        };
+        self.writer.submit(Job {
+            dst_offset: op.dst_offset,
+            dst_len: op.dst_len,
+            body,
+            after,
+        })?;
+        self.next_op = after.next_op;
+        self.op_data_offset = after.payload_offset;
+        self.target_done = after.target_done;
         Ok(())
     }
+}
 
-    /// Reads a SOURCE_COPY extent and checks it against its signed digest before returning it.
-    fn read_source(
-        &mut self,
-        index: usize,
-        source: &Source,
-        op: &Operation,
-    ) -> Result<&[u8], ApplyError> {
-        // dst_len ≤ MAX_COPY_OPERATION_LEN (4 MiB), checked by the manifest decoder.
-        let len = op.dst_len as usize;
-        if self.scratch.len() < len {
-            self.scratch.resize(len, 0);
-        }
-        let buf = &mut self.scratch[..len];
-        source
-            .read_at(op.src_offset, buf)
-            .map_err(|error| SourceError::Read {
-                offset: op.src_offset,
-                error,
-            })?;
-        let found = Sha256Digest::of(buf);
-        if found != op.src_sha256 {
-            return Err(SourceError::ExtentMismatch {
-                index,
-                src_offset: op.src_offset,
-                len: op.dst_len,
-                expected: op.src_sha256,
-                found,
-            }
-            .into());
-        }
-        Ok(&self.scratch[..len])
-    }
+/// Where an operation's data is.
+#[derive(Clone, Copy)]
+enum Input<'a> {
+    /// In the chunk being fed (empty for operations without data).
+    Chunk(&'a [u8]),
+    /// In [`DataState::buf`].
+    Buffered,
+}
 
-    /// Decompresses one zstd operation into exactly `dst_len` bytes.
-    fn decompress(
-        &mut self,
-        index: usize,
-        data: &[u8],
-        dst_len: usize,
-    ) -> Result<&[u8], ApplyError> {
-        let fail = |reason: String| ApplyError::Decompress { index, reason };
-        let decompressor = match &mut self.decompressor {
-            Some(d) => d,
-            slot => slot.insert(zstd::bulk::Decompressor::new().map_err(|e| fail(e.to_string()))?),
-        };
-        if self.scratch.len() < dst_len {
-            self.scratch.resize(dst_len, 0);
-        }
-        let out = &mut self.scratch[..dst_len];
-        let n = decompressor
-            .decompress_to_buffer(data, out)
-            .map_err(|e| fail(e.to_string()))?;
-        if n != dst_len {
-            return Err(fail(format!("produced {n} bytes, expected {dst_len}")));
-        }
-        Ok(&self.scratch[..dst_len])
+/// Reads a SOURCE_COPY extent into the first `dst_len` bytes of `out` and checks it against its
+/// signed digest.
+fn read_source(
+    index: usize,
+    source: &Source,
+    op: &Operation,
+    out: &mut Vec<u8>,
+) -> Result<(), ApplyError> {
+    // dst_len ≤ MAX_COPY_OPERATION_LEN (4 MiB), checked by the manifest decoder.
+    let len = op.dst_len as usize;
+    if out.len() < len {
+        out.resize(len, 0);
     }
+    let buf = &mut out[..len];
+    source
+        .read_at(op.src_offset, buf)
+        .map_err(|error| SourceError::Read {
+            offset: op.src_offset,
+            error,
+        })?;
+    let found = Sha256Digest::of(buf);
+    if found != op.src_sha256 {
+        return Err(SourceError::ExtentMismatch {
+            index,
+            src_offset: op.src_offset,
+            len: op.dst_len,
+            expected: op.src_sha256,
+            found,
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// Decompresses one zstd operation into exactly the first `dst_len` bytes of `out`.
+fn decompress(
+    decompressor: &mut Option<zstd::bulk::Decompressor<'static>>,
+    index: usize,
+    data: &[u8],
+    out: &mut Vec<u8>,
+    dst_len: usize,
+) -> Result<(), ApplyError> {
+    let fail = |reason: String| ApplyError::Decompress { index, reason };
+    let decompressor = match decompressor {
+        Some(d) => d,
+        slot => slot.insert(zstd::bulk::Decompressor::new().map_err(|e| fail(e.to_string()))?),
+    };
+    // Grown once to the largest operation; not cleared between operations (every byte used is
+    // overwritten, and the length is checked below).
+    if out.len() < dst_len {
+        out.resize(dst_len, 0);
+    }
+    let n = decompressor
+        .decompress_to_buffer(data, &mut out[..dst_len])
+        .map_err(|e| fail(e.to_string()))?;
+    if n != dst_len {
+        return Err(fail(format!("produced {n} bytes, expected {dst_len}")));
+    }
+    Ok(())
 }
 
 /// Feeds everything `reader` yields into `applier`, in 1 MiB reads.
@@ -781,11 +891,14 @@ pub fn verify_payload_with_source(
 mod tests {
     use super::*;
 
-    /// The agent drives the applier from a blocking task of an async runtime.
+    /// The agent drives the applier from a blocking task of an async runtime (and shares it by
+    /// reference for checkpoints).
     #[test]
     fn applier_and_checkpoint_are_send() {
         fn assert_send<T: Send + 'static>() {}
+        fn assert_sync<T: Sync>() {}
         assert_send::<Applier>();
+        assert_sync::<Applier>();
         assert_send::<Checkpoint>();
         assert_send::<ApplyError>();
     }

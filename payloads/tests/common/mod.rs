@@ -7,7 +7,9 @@ use std::io::Write as _;
 use std::os::unix::fs::FileExt as _;
 
 use payloads::build::{BuildOptions, build_to_vec};
-use payloads::{SigningKey, Target, TrustStore};
+use payloads::{
+    Applied, Applier, ApplyError, ApplyOptions, ErrorClass, SigningKey, Source, Target, TrustStore,
+};
 
 /// The byte every target starts filled with (stands for the old slot contents).
 pub const OLD: u8 = 0xA5;
@@ -101,4 +103,57 @@ pub fn contents(file: &File) -> Vec<u8> {
     let mut buf = vec![0u8; len];
     file.read_exact_at(&mut buf, 0).unwrap();
     buf
+}
+
+/// A temporary source file holding `bytes`, and a read-only [`Source`] on it.
+pub fn source_file(bytes: &[u8]) -> (File, Source) {
+    let f = tempfile::tempfile().unwrap();
+    f.write_all_at(bytes, 0).unwrap();
+    let source = Source::new(f.try_clone().unwrap(), 0, bytes.len() as u64).unwrap();
+    (f, source)
+}
+
+/// Applies `payload` (with `source`, for a delta) into a fresh [`OLD`]-filled target of
+/// `target_len` bytes, fed in odd-sized chunks, then finishes; returns the result of the first
+/// failing step (or of `finish`) and the target bytes.
+pub fn apply_in_chunks(
+    payload: &[u8],
+    target_len: usize,
+    trust: &TrustStore,
+    source: Option<Source>,
+    opts: ApplyOptions,
+) -> (Result<Applied, ApplyError>, Vec<u8>) {
+    let (target, reader) = target(target_len);
+    let mut applier = match source {
+        Some(s) => Applier::with_source(trust, target, s, opts),
+        None => Applier::new(trust, target, opts),
+    };
+    let fed = payload
+        .chunks(7919)
+        .try_for_each(|c| applier.feed(c).map(|_| ()));
+    let result = fed.and_then(|()| applier.finish());
+    (result, contents(&reader))
+}
+
+/// Asserts that applying `payload` (trusted key seed 1, from a source holding `source` if given)
+/// fails with an error matching `expected`, of class `class`, and that the target was not touched
+/// at all.
+#[track_caller]
+pub fn refused_untouched(
+    name: &str,
+    payload: &[u8],
+    source: Option<&[u8]>,
+    opts: ApplyOptions,
+    class: ErrorClass,
+    expected: impl Fn(&ApplyError) -> bool,
+) {
+    let (_file, source) = source.map(source_file).unzip();
+    let (result, target) = apply_in_chunks(payload, 1_000_000, &trust(&[1]), source, opts);
+    let err = result.expect_err(name);
+    assert!(expected(&err), "{name}: unexpected error {err:?}");
+    assert_eq!(err.class(), class, "{name}: class of {err}");
+    assert!(
+        target.iter().all(|&b| b == OLD),
+        "{name}: the target was written to"
+    );
 }
