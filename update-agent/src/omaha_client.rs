@@ -38,6 +38,11 @@ pub struct Offer {
     pub sha256: [u8; 32],
     /// The server marked this a downgrade (`_rollback="true"`).
     pub rollback: bool,
+    /// The server announced a delta payload (`IsDeltaPayload="true"` on the postinstall
+    /// action). Information only (logged, shown in the status until the payload is verified):
+    /// what the payload is, and whether it needs the running slot as its source, is decided by
+    /// its verified manifest.
+    pub delta: bool,
 }
 
 /// What an update check answered.
@@ -131,8 +136,9 @@ pub fn reported(code: ErrorCode) -> DecodedErrorCode {
     DecodedErrorCode::new(code).with_flags(ErrorFlags::NON_PRODUCTION_SERVER)
 }
 
-/// The request skeleton with `<os>` and one `<app>` describing this host.
-fn base(id: &Identity, interactive: bool) -> (Request, AppRequest) {
+/// The request skeleton with `<os>` and one `<app>` describing this host, saying
+/// `delta_okay` (whether a delta payload from the running version may be offered).
+fn base(id: &Identity, interactive: bool, delta_okay: bool) -> (Request, AppRequest) {
     let req = Request::new(CLIENT_VERSION)
         .with_installsource(if interactive {
             "ondemandupdate"
@@ -144,11 +150,14 @@ fn base(id: &Identity, interactive: bool) -> (Request, AppRequest) {
             "Chateau",
             format!("{}_{}", id.os_version, id.arch),
         ));
-    (req, host_app(id, &id.app_id, &id.os_version, &id.group))
+    let mut app = host_app(id, &id.app_id, &id.os_version, &id.group);
+    app.delta_okay = Some(delta_okay);
+    (req, app)
 }
 
 /// An `<app>` of this host: `app_id` at `version` on `track`, with the host's boot and machine
-/// ids, alias and board, `en-US`, and no deltas.
+/// ids, alias and board, `en-US`, and no deltas (`delta_okay="false"`; the OS app's is set by
+/// the caller).
 fn host_app(id: &Identity, app_id: &str, version: &str, track: &str) -> AppRequest {
     let mut app = AppRequest::new(app_id, version);
     app.track = Some(track.to_owned());
@@ -162,9 +171,15 @@ fn host_app(id: &Identity, app_id: &str, version: &str, track: &str) -> AppReque
 }
 
 /// An update check: ping + updatecheck + the 3/2 event, whose `previousversion` is the version
-/// before the update on the first check after an update reboot, and empty otherwise.
-pub fn check_request(id: &Identity, previous_version: Option<&str>, interactive: bool) -> Request {
-    check_request_with(id, previous_version, interactive, Vec::new())
+/// before the update on the first check after an update reboot, and empty otherwise. The OS
+/// app says `delta_okay` (see the agent's `updates.deltas` and its delta fallback).
+pub fn check_request(
+    id: &Identity,
+    previous_version: Option<&str>,
+    interactive: bool,
+    delta_okay: bool,
+) -> Request {
+    check_request_with(id, previous_version, interactive, delta_okay, Vec::new())
 }
 
 /// [`check_request`] with further `<app>`s (runtime extensions, from [`extension_app`]) after
@@ -173,9 +188,10 @@ pub fn check_request_with(
     id: &Identity,
     previous_version: Option<&str>,
     interactive: bool,
+    delta_okay: bool,
     extra_apps: Vec<AppRequest>,
 ) -> Request {
-    let (req, app) = base(id, interactive);
+    let (req, app) = base(id, interactive, delta_okay);
     let req = req.with_app(
         app.with_active_ping()
             .with_updatecheck()
@@ -209,13 +225,14 @@ pub fn os_context(app: &AppRequest) -> Option<&str> {
 
 /// A request with the `<os>` of this host and exactly `apps` (e.g. extension apps only).
 pub fn multi_app_request(id: &Identity, apps: Vec<AppRequest>, interactive: bool) -> Request {
-    let (req, _) = base(id, interactive);
+    let (req, _) = base(id, interactive, false);
     apps.into_iter().fold(req, Request::with_app)
 }
 
-/// A request carrying one event (13/1, 14/1, 3/1, 3/0...).
-pub fn event_request(id: &Identity, event: EventRequest) -> Request {
-    let (req, app) = base(id, false);
+/// A request carrying one event (13/1, 14/1, 3/1, 3/0...); its `<app>` says `delta_okay` as the
+/// check did (update_engine sends the attribute on every `<app>`).
+pub fn event_request(id: &Identity, event: EventRequest, delta_okay: bool) -> Request {
+    let (req, app) = base(id, false, delta_okay);
     req.with_app(app.with_event(event))
 }
 
@@ -255,7 +272,8 @@ pub fn interpret(resp: &Response, app_id: &str) -> Result<CheckAnswer, CheckErro
     if pkg.name.is_empty() || pkg.name.contains('/') || pkg.size == 0 {
         return Err(bad("the package has no usable name or size"));
     }
-    let sha256 = offered_sha256(pkg, manifest.postinstall())?;
+    let postinstall = manifest.postinstall();
+    let sha256 = offered_sha256(pkg, postinstall)?;
     let urls: Vec<Url> = uc
         .urls
         .iter()
@@ -281,6 +299,7 @@ pub fn interpret(resp: &Response, app_id: &str) -> Result<CheckAnswer, CheckErro
             size: pkg.size,
             sha256,
             rollback: uc.rollback,
+            delta: postinstall.is_some_and(|a| a.is_delta_payload),
         }),
         poll_interval,
     })
@@ -461,7 +480,7 @@ mod tests {
 
     #[test]
     fn check_request_has_the_update_engine_shape() {
-        let xml = check_request(&id(), Some("3998.0.0"), false).to_xml();
+        let xml = check_request(&id(), Some("3998.0.0"), false, true).to_xml();
         let req = omaha::parse_request(xml.as_bytes()).unwrap();
         assert_eq!(req.installsource.as_deref(), Some("scheduler"));
         let app = &req.apps[0];
@@ -473,9 +492,12 @@ mod tests {
         assert_eq!(app.events.len(), 1);
         assert!(app.events[0].is_reboot_completion());
         assert_eq!(app.events[0].previousversion.as_deref(), Some("3998.0.0"));
-        let later = check_request(&id(), None, true);
+        assert_eq!(app.delta_okay, Some(true));
+        let later = check_request(&id(), None, true, false);
         assert_eq!(later.installsource.as_deref(), Some("ondemandupdate"));
         assert!(!later.apps[0].events[0].is_reboot_completion());
+        assert_eq!(later.apps[0].delta_okay, Some(false));
+        assert!(later.to_xml().contains(r#"delta_okay="false""#));
     }
 
     #[test]
@@ -483,7 +505,7 @@ mod tests {
         let ext = extension_app(&id(), "containerd", "1.7.0", "edge", "4000.0.0")
             .with_active_ping()
             .with_updatecheck();
-        let xml = check_request_with(&id(), None, false, vec![ext]).to_xml();
+        let xml = check_request_with(&id(), None, false, true, vec![ext]).to_xml();
         let req = omaha::parse_request(xml.as_bytes()).unwrap();
         assert_eq!(req.apps.len(), 2);
         let (os, ext) = (&req.apps[0], &req.apps[1]);
@@ -499,6 +521,8 @@ mod tests {
             (Some("1.7.0"), Some("edge"))
         );
         assert_eq!(os_context(ext), Some("4000.0.0"));
+        // Deltas are for the OS image only.
+        assert_eq!((os.delta_okay, ext.delta_okay), (Some(true), Some(false)));
         assert_eq!(
             ext.machineid.as_deref(),
             Some("0123456789abcdef0123456789abcdef")
@@ -520,10 +544,12 @@ mod tests {
         let req = event_request(
             &id(),
             EventRequest::error(reported(ErrorCode::RollbackError)),
+            true,
         );
         let xml = req.to_xml();
         assert!(xml.contains(r#"errorcode="268435500""#), "{xml}");
         assert!(req.apps[0].updatecheck.is_none());
+        assert_eq!(req.apps[0].delta_okay, Some(true));
     }
 
     #[test]
@@ -543,6 +569,7 @@ mod tests {
         assert_eq!(o.size, 1234);
         assert_eq!(o.sha256, digest);
         assert!(!o.rollback);
+        assert!(!o.delta);
         assert_eq!(
             o.urls.iter().map(Url::as_str).collect::<Vec<_>>(),
             [
@@ -560,6 +587,20 @@ mod tests {
         let o = interpret(&answer(uc), APP).unwrap().offer.unwrap();
         assert!(o.rollback);
         assert_eq!(o.sha256, digest);
+
+        // A delta is announced on the postinstall action; the offer records it.
+        let m = Manifest::new("4000.0.0")
+            .with_package(Package::new("d.payload", 99).with_sha256(&digest))
+            .with_action(Action::postinstall(&digest).with_is_delta_payload(true));
+        let o = interpret(
+            &answer(UpdateCheckResponse::ok("http://a.example/", m)),
+            APP,
+        )
+        .unwrap()
+        .offer
+        .unwrap();
+        assert!(o.delta);
+        assert_eq!((o.version.as_str(), o.size), ("4000.0.0", 99));
 
         let none = interpret(&answer(UpdateCheckResponse::noupdate()), APP).unwrap();
         assert_eq!(none.offer, None);

@@ -76,6 +76,22 @@ pub struct LastError {
     pub at_unix: u64,
 }
 
+/// A delta payload that failed on this machine (its source did not match the active slot, or
+/// the delta itself was bad): while the machine runs `running_version`, checks send
+/// `delta_okay="false"` so the server offers the full payload. Forgotten once another version
+/// runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeltaFailure {
+    /// The version running when the delta failed (the delta's source version).
+    pub running_version: String,
+    /// The version the delta was to install.
+    pub version: String,
+    /// The error code reported for it.
+    pub code: u32,
+    /// When it failed (seconds since the Unix epoch).
+    pub at_unix: u64,
+}
+
 /// Everything the agent persists. Unknown fields (from a newer agent) are ignored on load.
 ///
 /// `phase`, `staged`, `checkpoint` and `installed_before_reboot` are the update flow's record of
@@ -104,6 +120,11 @@ pub struct AgentState {
     pub previous_version: Option<String>,
     /// A post-reboot outcome not yet reported to the server.
     pub pending_report: Option<PendingReport>,
+    /// The last delta payload that failed, while its running version still runs (deltas are
+    /// not asked for then). Absent from the file when there is none, so the file keeps the
+    /// layout earlier agents wrote.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delta_failure: Option<DeltaFailure>,
 }
 
 /// A post-reboot outcome to report on the next check.
@@ -134,7 +155,31 @@ impl Default for AgentState {
             installed_before_reboot: None,
             previous_version: None,
             pending_report: None,
+            delta_failure: None,
         }
+    }
+}
+
+impl AgentState {
+    /// Whether a delta payload failed while `running_version` ran: checks then send
+    /// `delta_okay="false"`.
+    pub fn delta_failed_on(&self, running_version: &str) -> bool {
+        self.delta_failure
+            .as_ref()
+            .is_some_and(|f| f.running_version == running_version)
+    }
+
+    /// Forgets a delta failure recorded while another version than `running_version` ran (the
+    /// machine has moved on: deltas from the new version are okay); whether there was one.
+    pub fn forget_stale_delta_failure(&mut self, running_version: &str) -> bool {
+        let stale = self
+            .delta_failure
+            .as_ref()
+            .is_some_and(|f| f.running_version != running_version);
+        if stale {
+            self.delta_failure = None;
+        }
+        stale
     }
 }
 
@@ -374,6 +419,12 @@ mod tests {
                 boot_id: "b".into(),
             }),
             previous_version: Some("3997.0.0".into()),
+            delta_failure: Some(DeltaFailure {
+                running_version: "3999.0.0".into(),
+                version: "4000.0.0".into(),
+                code: 3105,
+                at_unix: 2,
+            }),
             ..AgentState::default()
         }
     }
@@ -388,6 +439,21 @@ mod tests {
         assert_eq!(loaded.state, sample());
         assert!(loaded.corrupt.is_none());
         assert!(!d.path().join(STATE_TMP).exists());
+    }
+
+    #[test]
+    fn a_delta_failure_holds_while_its_version_runs() {
+        let mut s = sample();
+        assert!(s.delta_failed_on("3999.0.0"));
+        assert!(!s.delta_failed_on("4000.0.0"));
+        assert!(!s.forget_stale_delta_failure("3999.0.0"));
+        assert!(s.delta_failure.is_some());
+        assert!(s.forget_stale_delta_failure("4000.0.0"));
+        assert_eq!(s.delta_failure, None);
+        assert!(!s.delta_failed_on("3999.0.0"));
+        // A state file from before deltas has none.
+        let old: AgentState = serde_json::from_str(r#"{"schema": 1, "phase": "idle"}"#).unwrap();
+        assert_eq!(old.delta_failure, None);
     }
 
     #[test]

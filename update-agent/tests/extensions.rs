@@ -51,7 +51,7 @@ async fn multi_app_request_updates_os_and_runtime_independently() {
 
     // The OS group is paused: one request, the OS app answered noupdate, the runtime updated.
     w.pause(OS_APP, true).await;
-    let req = omaha_client::check_request_with(&id, None, false, ext.app_requests(None));
+    let req = omaha_client::check_request_with(&id, None, false, true, ext.app_requests(None));
     assert_eq!(req.apps.len(), 2);
     let resp = w.omaha().send(&req).await.unwrap();
     let os = omaha_client::interpret(&resp, OS_APP).unwrap();
@@ -72,7 +72,7 @@ async fn multi_app_request_updates_os_and_runtime_independently() {
         .await;
     w.pause(EXT_APP, true).await;
     w.pause(OS_APP, false).await;
-    let req = omaha_client::check_request_with(&id, None, false, ext.app_requests(None));
+    let req = omaha_client::check_request_with(&id, None, false, true, ext.app_requests(None));
     let ext_app = &req.apps[1];
     assert_eq!(ext_app.version.as_deref(), Some("1.1"));
     assert_eq!(omaha_client::os_context(ext_app), Some("1.0.0"));

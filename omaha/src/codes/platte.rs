@@ -17,6 +17,9 @@ numbered_enum! {
         /// 3104: the offered version is the one already running; installing it would overwrite
         /// the fallback slot, so the agent declines it (sent as a `3/9` "deferred" event).
         AlreadyRunning = 3104 => "Platte: offered version is already running",
+        /// 3105: a delta payload's source (the active slot) is not the image the delta was built
+        /// from; nothing derived from it was written, and the next check asks for the full payload.
+        DeltaSourceMismatch = 3105 => "Platte: delta source does not match the running slot",
         /// 3110: a runtime extension build does not support the OS version it must run on.
         ExtensionUnsupportedOs = 3110 => "Platte: extension build does not support this OS version",
         /// 3111: switching a runtime extension's `NAME.raw` link failed (a host problem).

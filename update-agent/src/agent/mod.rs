@@ -34,12 +34,14 @@ use crate::boot::{BootBackend, BootError, SlotId};
 use crate::config::Settings;
 use crate::extensions::{ExtensionStatus, Extensions};
 use crate::identity::Identity;
-use crate::install::{InstallError, Installed, Installer, Refusal, ResumeRecord};
+use crate::install::{InstallError, Installed, Installer, PayloadKind, Refusal, ResumeRecord};
 use crate::omaha_client::{self, CheckError, OmahaClient, reported};
 use crate::reboot::sentinel::{self, SentinelError};
 use crate::rollback::{self, BootObservation, Outcome};
 use crate::scheduler::{CheckResult, OsRng, Scheduler};
-use crate::state::{AgentState, InstalledUpdate, LastError, PendingReport, StateError, StateStore};
+use crate::state::{
+    AgentState, DeltaFailure, InstalledUpdate, LastError, PendingReport, StateError, StateStore,
+};
 
 /// What one cycle did.
 #[derive(Debug)]
@@ -162,8 +164,8 @@ pub struct AgentInfo {
     pub booted_slot: Option<SlotId>,
     /// When the server last answered an update check (Unix seconds; `None`: not since start).
     pub last_check_unix: Option<u64>,
-    /// Version and payload size of the last offer being installed or staged.
-    pub offer: Option<(String, u64)>,
+    /// The last offer being installed or staged.
+    pub offer: Option<OfferInfo>,
     /// The last failure (persisted in the state).
     pub last_error: Option<LastError>,
     /// Versions never installed automatically, sorted.
@@ -178,6 +180,18 @@ pub struct AgentInfo {
     pub extensions: Vec<ExtensionStatus>,
     /// Why the staged OS update waits for runtime extensions (empty: it does not).
     pub extensions_wait: String,
+}
+
+/// The offer being installed or staged, as the status shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OfferInfo {
+    /// Version offered.
+    pub version: String,
+    /// Payload size announced.
+    pub size: u64,
+    /// Whether the payload is a delta (reading the active slot): as the offer announced it
+    /// (`IsDeltaPayload`) until the payload's signed prefix is verified, then as it is.
+    pub delta: bool,
 }
 
 /// A command the agent could not carry out.
@@ -393,6 +407,20 @@ fn apply(flow: &mut UpdateFlow, event: Event) -> Action {
     })
 }
 
+/// Whether the failed install of `offer` was a delta's own failure, after which the agent asks
+/// for the full payload: a delta that does not apply to the active slot, or a delta (as its
+/// verified manifest says, `kind`; as the offer announced it when the payload was never
+/// verified) that failed for a reason the full payload may not have
+/// ([`InstallError::is_delta_failure`]).
+fn failed_as_delta(
+    e: &InstallError,
+    kind: Option<&PayloadKind>,
+    offer: &omaha_client::Offer,
+) -> bool {
+    let delta = kind.map_or(offer.delta, PayloadKind::is_delta);
+    e.is_source_mismatch() || delta && e.is_delta_failure()
+}
+
 impl Agent {
     /// Sets the agent up: loads the state, and after a reboot detects whether the staged update
     /// booted or rolled back (a rollback deny-lists the version; both are reported on the next
@@ -441,8 +469,18 @@ impl Agent {
                 tracing::error!(version = %version, running = %identity.os_version, slot = %booted, "update rolled back; version deny-listed");
             }
         }
+        let mut changed = false;
         if state.record_outcome(&outcome) {
             apply(&mut flow, Event::Rebooted);
+            changed = true;
+        }
+        if let Some(failed) = state.delta_failure.clone()
+            && state.forget_stale_delta_failure(&identity.os_version)
+        {
+            tracing::info!(failed_on = %failed.running_version, running = %identity.os_version, "a delta failed on another version than the running one; deltas are asked for again");
+            changed = true;
+        }
+        if changed {
             save_state(&flow, &mut state, &store)?;
         }
         let extensions = runtime_extensions::open(&settings, &identity, &http, &omaha);
@@ -653,6 +691,12 @@ impl Agent {
         save_state(&self.flow, &mut self.state, &self.store)
     }
 
+    /// Whether this agent's requests say `delta_okay="true"`: deltas are enabled
+    /// (`updates.deltas`) and none failed while the running version runs.
+    pub fn delta_okay(&self) -> bool {
+        self.settings.updates.deltas && !self.state.delta_failed_on(&self.identity.os_version)
+    }
+
     fn record_error(&mut self, code: ErrorCode, message: String) -> Result<(), StateError> {
         self.state.last_error = Some(LastError {
             code: code.to_u32(),
@@ -664,7 +708,7 @@ impl Agent {
 
     /// Sends one event, logging (not failing) when the server cannot be reached.
     async fn send_event(&self, event: EventRequest) -> bool {
-        let req = omaha_client::event_request(&self.identity, event);
+        let req = omaha_client::event_request(&self.identity, event, self.delta_okay());
         match self.omaha.send(&req).await {
             Ok(_) => true,
             Err(e) => {
@@ -709,11 +753,13 @@ impl Agent {
         // their context while an OS update waits for its reboot.
         let target_os = self.flow.staged_version().map(str::to_owned);
         self.on(Event::CheckStarted);
-        tracing::info!(version = %self.identity.os_version, app = %self.identity.app_id, server = %self.omaha.url(), "checking for an update");
+        let delta_okay = self.delta_okay();
+        tracing::info!(version = %self.identity.os_version, app = %self.identity.app_id, server = %self.omaha.url(), delta_okay, "checking for an update");
         let req = omaha_client::check_request_with(
             &self.identity,
             previous.as_deref(),
             interactive,
+            delta_okay,
             self.extension_apps(target_os.as_deref()),
         );
         let answer = match self.omaha.send(&req).await {
@@ -775,11 +821,21 @@ impl Agent {
                 version: offer.version,
             };
         }
-        let offered = (offer.version.clone(), offer.size);
+        let offered = OfferInfo {
+            version: offer.version.clone(),
+            size: offer.size,
+            delta: offer.delta,
+        };
         self.info.send_if_modified(|i| {
-            let changed = i.offer.as_ref() != Some(&offered);
-            i.offer = Some(offered);
-            changed
+            // The same offer again: what its verified payload showed stays.
+            let same = i
+                .offer
+                .as_ref()
+                .is_some_and(|o| (&o.version, o.size) == (&offered.version, offered.size));
+            if !same {
+                i.offer = Some(offered);
+            }
+            !same
         });
         if self.on(Event::Offered(offer.version.clone())) == Action::None {
             tracing::info!(version = %offer.version, "offered version is already staged; waiting for a reboot");
@@ -787,7 +843,7 @@ impl Agent {
                 version: offer.version,
             };
         }
-        tracing::info!(version = %offer.version, size = offer.size, rollback = offer.rollback, "update offered");
+        tracing::info!(version = %offer.version, size = offer.size, rollback = offer.rollback, delta = offer.delta, "update offered");
         let outcome = self.install(&offer).await;
         if let CycleOutcome::Installed(done) = &outcome {
             // Builds of the runtime extensions for the new OS, before the reboot may go ahead.
@@ -803,7 +859,8 @@ impl Agent {
             .checkpoint()
             .and_then(|v| ResumeRecord::deserialize(v).ok());
         let deny_list = self.state.deny_list.clone();
-        let result = {
+        let delta_okay = self.delta_okay();
+        let (result, kind) = {
             let installer = Installer {
                 identity: &self.identity,
                 settings: &self.settings,
@@ -818,13 +875,17 @@ impl Agent {
                 state: &mut self.state,
                 flow: &mut self.flow,
                 publisher: &self.publisher,
+                info: &self.info,
                 version: &offer.version,
+                delta_okay,
                 last_progress_log: Instant::now(),
                 claimed_over: None,
+                kind: None,
             };
-            installer
+            let result = installer
                 .install(offer, &deny_list, resume, &mut reporter)
-                .await
+                .await;
+            (result, reporter.kind)
         };
         match result {
             Ok(done) => {
@@ -842,7 +903,7 @@ impl Agent {
                 }
                 self.publisher.publish(&self.flow);
                 self.send_event(EventRequest::update_installed()).await;
-                tracing::info!(version = %done.version, slot = %done.slot, downloaded = done.downloaded, resumed = done.resumed, discarded = done.discarded, "update staged; reboot to activate it");
+                tracing::info!(version = %done.version, slot = %done.slot, downloaded = done.downloaded, resumed = done.resumed, discarded = done.discarded, delta = done.kind.is_delta(), "update staged; reboot to activate it");
                 CycleOutcome::Installed(done)
             }
             Err(InstallError::Refused(r)) => {
@@ -866,6 +927,16 @@ impl Agent {
                     code: code.to_u32(),
                     message: e.to_string(),
                 });
+                if failed_as_delta(&e, kind.as_ref(), offer) {
+                    // Saved with the error below: the next checks ask for the full payload.
+                    tracing::warn!(version = %offer.version, running = %self.identity.os_version, code = code.to_u32(), "the delta payload failed; checks ask for the full payload while this version runs");
+                    self.state.delta_failure = Some(DeltaFailure {
+                        running_version: self.identity.os_version.clone(),
+                        version: offer.version.clone(),
+                        code: code.to_u32(),
+                        at_unix: unix_now(),
+                    });
+                }
                 if let Err(se) = self.record_error(code, e.to_string()) {
                     tracing::error!(error = %se, "cannot save state");
                 }
@@ -943,5 +1014,62 @@ impl Agent {
             }
         }
         self.commands_rx = commands;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offer(delta: bool) -> omaha_client::Offer {
+        omaha_client::Offer {
+            version: "2.0.0".into(),
+            urls: Vec::new(),
+            size: 1,
+            sha256: [0; 32],
+            rollback: false,
+            delta,
+        }
+    }
+
+    #[test]
+    fn the_verified_payload_decides_whether_a_failure_was_a_deltas() {
+        let bad = || {
+            InstallError::Apply(payloads::ApplyError::Truncated {
+                received: 1,
+                expected: None,
+            })
+        };
+        let delta = PayloadKind::Delta {
+            source_version: "1.0.0".into(),
+        };
+        // A bad payload that verified as a delta, whatever the offer said.
+        assert!(failed_as_delta(&bad(), Some(&delta), &offer(false)));
+        // A bad full payload, although the offer announced a delta.
+        assert!(!failed_as_delta(
+            &bad(),
+            Some(&PayloadKind::Full),
+            &offer(true)
+        ));
+        // Never verified: the offer's announcement is all there is.
+        let refused = InstallError::HttpStatus {
+            url: "http://a/p".into(),
+            status: 404,
+        };
+        assert!(failed_as_delta(&refused, None, &offer(true)));
+        assert!(!failed_as_delta(&refused, None, &offer(false)));
+        // A dropped connection is no delta failure: the delta resumes.
+        let cut = InstallError::Transfer {
+            url: "http://a/p".into(),
+            detail: "reset".into(),
+        };
+        assert!(!failed_as_delta(&cut, Some(&delta), &offer(true)));
+        // A source mismatch is one, however it was announced.
+        let mismatch = InstallError::Apply(payloads::ApplyError::Source(
+            payloads::SourceError::Required {
+                version: "1.0.0".into(),
+            },
+        ));
+        assert!(failed_as_delta(&mismatch, None, &offer(false)));
     }
 }

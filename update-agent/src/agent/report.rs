@@ -1,16 +1,19 @@
 //! The agent's [`Observer`] of an install: feeds the install's steps, progress and checkpoints
-//! to the update flow, saves the state when the flow's record changes, and reports the 13/1 and
-//! 14/1 events to the server.
+//! to the update flow, saves the state when the flow's record changes, reports the 13/1 and
+//! 14/1 events to the server, and keeps what the verified payload is (full or delta) for the
+//! status and the delta fallback.
 
 use std::time::{Duration, Instant};
 
 use omaha::EventRequest;
 
+use tokio::sync::watch;
+
 use super::flow::{Event, SlotRecord, UpdateFlow};
-use super::{Publisher, apply, save_state};
+use super::{AgentInfo, Publisher, apply, save_state};
 use crate::boot::SlotId;
 use crate::identity::Identity;
-use crate::install::{Observer, ResumeRecord, Step};
+use crate::install::{Observer, PayloadKind, ResumeRecord, Step};
 use crate::omaha_client::{self, OmahaClient};
 use crate::state::{AgentState, StagedUpdate, StateError, StateStore};
 
@@ -22,10 +25,16 @@ pub(super) struct Reporter<'a> {
     pub state: &'a mut AgentState,
     pub flow: &'a mut UpdateFlow,
     pub publisher: &'a Publisher,
+    /// Where the status shows whether the payload is a delta.
+    pub info: &'a watch::Sender<AgentInfo>,
     pub version: &'a str,
+    /// What the events' `<app>` says (as the check did).
+    pub delta_okay: bool,
     pub last_progress_log: Instant,
     /// The record from before [`Observer::claim_target`], until the slot is made unbootable.
     pub claimed_over: Option<SlotRecord>,
+    /// What the payload is, once its signed prefix was verified.
+    pub kind: Option<PayloadKind>,
 }
 
 impl Reporter<'_> {
@@ -35,7 +44,7 @@ impl Reporter<'_> {
     }
 
     async fn send(&self, ev: EventRequest) {
-        let req = omaha_client::event_request(self.identity, ev);
+        let req = omaha_client::event_request(self.identity, ev, self.delta_okay);
         if let Err(e) = self.omaha.send(&req).await {
             tracing::warn!(error = %e, "could not report event");
         }
@@ -64,6 +73,19 @@ impl Observer for Reporter<'_> {
             self.last_progress_log = Instant::now();
             tracing::info!(version = %self.version, received, total, "downloading");
         }
+    }
+
+    fn payload_verified(&mut self, kind: &PayloadKind) {
+        let delta = kind.is_delta();
+        let version = self.version;
+        self.info.send_if_modified(|i| match &mut i.offer {
+            Some(o) if o.version == version && o.delta != delta => {
+                o.delta = delta;
+                true
+            }
+            _ => false,
+        });
+        self.kind = Some(kind.clone());
     }
 
     fn save_resume(&mut self, record: Option<&ResumeRecord>) -> Result<(), StateError> {

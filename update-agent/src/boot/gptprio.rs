@@ -302,6 +302,12 @@ impl BootBackend for GptprioBackend {
             target.len,
         ))
     }
+
+    fn open_source(&self, target: &TargetSlot) -> Result<payloads::Source, BootError> {
+        let file = open_disk(&self.disk, false)?;
+        let loc = self.recheck(&file, target)?;
+        loc.source(&self.disk, file, target)
+    }
 }
 
 #[cfg(test)]

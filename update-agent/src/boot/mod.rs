@@ -9,7 +9,8 @@
 //!
 //! The booted slot can never be a write target: the only way to get a [`TargetSlot`] (and from
 //! it a [`SlotWriter`]) is [`BootBackend::target_slot`], which returns the slot that is *not*
-//! booted, and fails when the booted slot is unknown.
+//! booted, and fails when the booted slot is unknown. The booted slot is only ever opened
+//! read-only, as a delta payload's source ([`BootBackend::open_source`]).
 
 pub mod cmdline;
 pub mod disk;
@@ -344,6 +345,9 @@ pub trait BootBackend {
     fn mark_booted_good(&self) -> Result<(), BootError>;
     /// Opens `target` for writing, confined to its byte range.
     fn open_target(&self, target: &TargetSlot) -> Result<SlotWriter, BootError>;
+    /// Opens the booted slot — the other slot than `target`, checked to be the booted one —
+    /// **read-only**, as the source a delta payload copies from. No write handle on it exists.
+    fn open_source(&self, target: &TargetSlot) -> Result<payloads::Source, BootError>;
 }
 
 /// Where a backend finds its two slots and which one is booted: what every backend is built with.

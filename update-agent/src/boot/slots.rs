@@ -149,6 +149,26 @@ impl SlotPartitions {
         })
     }
 
+    /// The booted slot — the other slot than `target`, which [`Self::check_target`] has checked
+    /// — as a read-only delta source over `file` (the disk `disk`, opened read-only).
+    pub fn source(
+        &self,
+        disk: &Path,
+        file: File,
+        target: &TargetSlot,
+    ) -> Result<payloads::Source, BootError> {
+        let slot = target.slot.other();
+        let e = self.entry(slot);
+        let (offset, len) = self.table.byte_range(e).ok_or(BootError::OutsideDisk {
+            slot,
+            partition: e.number,
+        })?;
+        payloads::Source::new(file, offset, len).map_err(|source| BootError::Open {
+            disk: disk.to_owned(),
+            source,
+        })
+    }
+
     /// Checks that `target` (chosen earlier) still names the inactive slot's partition, with
     /// the same byte range, now that `booted` is the booted slot.
     pub fn check_target(&self, target: &TargetSlot, booted: SlotId) -> Result<(), BootError> {

@@ -72,6 +72,8 @@ pub struct UpdatesFragment {
     pub trusted_keys_dir: Option<PathBuf>,
     /// Sign every Omaha request with this host's machine key.
     pub machine_credential: Option<bool>,
+    /// Ask for delta payloads (`delta_okay="true"`).
+    pub deltas: Option<bool>,
 }
 
 /// `[identity]` section.

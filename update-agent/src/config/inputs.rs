@@ -60,6 +60,7 @@ pub struct Inputs {
     pub updates_allow_downgrade: Option<Sourced<bool>>,
     pub updates_trusted_keys_dir: Option<Sourced<PathBuf>>,
     pub updates_machine_credential: Option<Sourced<bool>>,
+    pub updates_deltas: Option<Sourced<bool>>,
     pub identity_alias: Option<Sourced<String>>,
     pub identity_os_version: Option<Sourced<String>>,
     pub identity_board: Option<Sourced<String>>,
@@ -167,6 +168,7 @@ impl Inputs {
                 u.machine_credential,
                 file,
             );
+            set(&mut self.updates_deltas, u.deltas, file);
         }
         if let Some(i) = f.identity {
             set(&mut self.identity_alias, i.alias, file);

@@ -90,6 +90,10 @@ pub struct UpdateSettings {
     /// Whether Omaha requests are signed with the machine key (`state_dir/machine-key`, created
     /// at the first run) [default: true].
     pub machine_credential: bool,
+    /// Whether update checks ask for delta payloads (`delta_okay="true"`), which read the
+    /// active slot; the agent still stops asking after a delta failed on the running version
+    /// [default: true].
+    pub deltas: bool,
 }
 
 /// `[identity]` settings.
@@ -479,6 +483,7 @@ fn updates(i: &Inputs) -> Result<UpdateSettings, ConfigError> {
             .updates_machine_credential
             .as_ref()
             .is_none_or(|s| s.value),
+        deltas: i.updates_deltas.as_ref().is_none_or(|s| s.value),
     })
 }
 
@@ -899,6 +904,7 @@ mod tests {
             s.updates.machine_credential,
             "requests are signed by default"
         );
+        assert!(s.updates.deltas, "deltas are asked for by default");
         assert_eq!(s.state_dir, PathBuf::from("/var/lib/platte"));
         assert_eq!(s.boot.slot_a, SlotSpec::Label("USR-A".into()));
         assert_eq!(s.boot.slot_b, SlotSpec::Label("USR-B".into()));
@@ -957,6 +963,7 @@ group = "beta"
 app_id = "e96281a6-d1af-4bde-9a0a-97b76e56dc57"
 allow_downgrade = true
 machine_credential = false
+deltas = false
 [boot]
 slot_partuuids = ["7130c94a-213a-4e5a-8e26-6cce9662f132", "e03dd35c-7c2d-4a47-b3fe-27f15780a57c"]
 tries = 3
@@ -979,6 +986,7 @@ strategy = "immediate"
         .unwrap();
         assert!(!s.updates.enabled);
         assert!(!s.updates.machine_credential);
+        assert!(!s.updates.deltas);
         assert_eq!(
             s.updates.server.unwrap().host_str(),
             Some("updates.example.com")

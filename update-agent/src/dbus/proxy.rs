@@ -122,6 +122,11 @@ pub async fn fetch_properties(conn: &zbus::Connection) -> Result<Fetched, FetchE
         current_version: take(&map, "CurrentVersion")?,
         new_version: take(&map, "NewVersion")?,
         new_size: take(&map, "NewSize")?,
+        // Absent from agents that predate delta payloads: not a delta.
+        new_is_delta: match map.contains_key("NewIsDelta") {
+            true => take(&map, "NewIsDelta")?,
+            false => false,
+        },
         last_check_time: take(&map, "LastCheckTime")?,
         booted_slot: take(&map, "BootedSlot")?,
         reboot_strategy: take(&map, "RebootStrategy")?,

@@ -69,6 +69,13 @@ impl Update1 {
         self.props().new_size
     }
 
+    /// Whether the new version's payload is a delta, read against the running slot (false: a
+    /// full payload, none, or unknown).
+    #[zbus(property)]
+    fn new_is_delta(&self) -> bool {
+        self.props().new_is_delta
+    }
+
     /// When the server last answered a check, in Unix seconds (0: not since the agent started).
     #[zbus(property)]
     fn last_check_time(&self) -> i64 {

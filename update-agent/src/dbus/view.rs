@@ -28,12 +28,13 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 const COMPAT_PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
 /// Names of the signalled `org.platte.Update1` properties.
-pub const PROPERTY_NAMES: [&str; 15] = [
+pub const PROPERTY_NAMES: [&str; 16] = [
     "Status",
     "Progress",
     "CurrentVersion",
     "NewVersion",
     "NewSize",
+    "NewIsDelta",
     "LastCheckTime",
     "BootedSlot",
     "RebootStrategy",
@@ -63,6 +64,10 @@ pub struct Properties {
     pub new_version: String,
     /// `NewSize`: its payload size in bytes (0: unknown or none).
     pub new_size: u64,
+    /// `NewIsDelta`: its payload is a delta, reading the running slot (false: a full payload,
+    /// none, or unknown).
+    #[serde(default)]
+    pub new_is_delta: bool,
     /// `LastCheckTime`: when the server last answered a check (Unix seconds; 0: not since start).
     pub last_check_time: i64,
     /// `BootedSlot`: `A`, `B` (`""`: unknown).
@@ -113,11 +118,16 @@ impl Snapshot {
     ) -> Self {
         let name = status.property_name(reboot.rebooting);
         let new_version = status.version().or(staged).unwrap_or("").to_owned();
-        let new_size = match (status, &info.offer) {
+        let offer = info
+            .offer
+            .as_ref()
+            .filter(|o| !new_version.is_empty() && o.version == new_version);
+        let new_size = match (status, offer) {
             (Status::Downloading { total, .. }, _) if *total > 0 => *total,
-            (_, Some((v, size))) if !new_version.is_empty() && *v == new_version => *size,
+            (_, Some(o)) => o.size,
             _ => 0,
         };
+        let new_is_delta = offer.is_some_and(|o| o.delta);
         let last_error = match (status, &info.last_error) {
             (Status::Error { code, message }, _) => format!("{message} (code {code})"),
             (_, Some(e)) => format!("{} (code {})", e.message, e.code),
@@ -140,6 +150,7 @@ impl Snapshot {
             current_version: info.current_version.clone(),
             new_version: new_version.clone(),
             new_size,
+            new_is_delta,
             last_check_time,
             booted_slot: info.booted_slot.map(|s| s.to_string()).unwrap_or_default(),
             reboot_strategy: strategy.to_owned(),
@@ -193,6 +204,7 @@ impl Properties {
         );
         check(self.new_version != old.new_version, "NewVersion");
         check(self.new_size != old.new_size, "NewSize");
+        check(self.new_is_delta != old.new_is_delta, "NewIsDelta");
         check(self.last_check_time != old.last_check_time, "LastCheckTime");
         check(self.booted_slot != old.booted_slot, "BootedSlot");
         check(
@@ -223,6 +235,7 @@ impl Properties {
             "CurrentVersion" => Value::from(self.current_version.clone()),
             "NewVersion" => Value::from(self.new_version.clone()),
             "NewSize" => Value::from(self.new_size),
+            "NewIsDelta" => Value::from(self.new_is_delta),
             "LastCheckTime" => Value::from(self.last_check_time),
             "BootedSlot" => Value::from(self.booted_slot.clone()),
             "RebootStrategy" => Value::from(self.reboot_strategy.clone()),
@@ -296,7 +309,7 @@ impl Throttle {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::CycleResult;
+    use crate::agent::{CycleResult, OfferInfo};
     use crate::boot::SlotId;
     use crate::reboot::WaitReason;
     use crate::state::LastError;
@@ -328,7 +341,11 @@ mod tests {
     #[test]
     fn download_phases_and_sizes() {
         let mut i = info();
-        i.offer = Some(("2.0.0".into(), 1000));
+        i.offer = Some(OfferInfo {
+            version: "2.0.0".into(),
+            size: 1000,
+            delta: true,
+        });
         i.last_check_unix = Some(1_700_000_000);
         let d = Status::Downloading {
             version: "2.0.0".into(),
@@ -339,6 +356,7 @@ mod tests {
         assert_eq!(s.props.status, "downloading");
         assert!((s.props.progress - 0.25).abs() < 1e-9);
         assert_eq!(s.props.new_size, 1000);
+        assert!(s.props.new_is_delta);
         assert_eq!(
             s.compat,
             (

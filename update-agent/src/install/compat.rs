@@ -69,12 +69,15 @@ pub fn load_trust(dir: &Path) -> Result<TrustStore, InstallError> {
     }
 }
 
-/// What the signed payload manifest must say for this offer (version, partition image); checked
-/// by the applier as soon as the payload's prefix is verified, before any byte is written.
-pub fn expectations(offer: &Offer) -> payloads::Expectations {
+/// What the signed payload manifest must say for this offer (version, partition image, and for a
+/// delta its source version: `running_version`); checked by the applier as soon as the payload's
+/// prefix is verified, before any byte is written.
+pub fn expectations(offer: &Offer, running_version: &str) -> payloads::Expectations {
     payloads::Expectations {
         version: Some(offer.version.clone()),
         kind: Some(payloads::Kind::Partition),
+        // A delta must have been built from the version the active slot runs.
+        source_version: Some(running_version.to_owned()),
         ..payloads::Expectations::default()
     }
 }
@@ -120,6 +123,7 @@ mod tests {
             size: 1,
             sha256: [0; 32],
             rollback,
+            delta: false,
         }
     }
 

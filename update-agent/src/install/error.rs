@@ -22,6 +22,9 @@ pub mod platte_codes {
     pub const NO_TRUSTED_KEYS: u32 = PlatteCode::NoTrustedKeys.to_u32();
     /// The offered version is the running one: declined (`3/9`), the fallback slot is kept.
     pub const ALREADY_RUNNING: u32 = PlatteCode::AlreadyRunning.to_u32();
+    /// A delta payload's source (the active slot) is not the image it was built from: nothing
+    /// derived from it was written; the next check asks for the full payload.
+    pub const DELTA_SOURCE_MISMATCH: u32 = PlatteCode::DeltaSourceMismatch.to_u32();
 }
 
 /// Why an offered update is not installed although nothing is broken (policy).
@@ -164,9 +167,9 @@ impl InstallError {
                 ApplyError::Io { .. } => ErrorCode::DownloadWriteError,
                 ApplyError::InvalidCheckpoint { .. } => ErrorCode::DownloadStateInitializationError,
                 ApplyError::Stopped => ErrorCode::Error,
-                // A delta whose source does not match the running slot. No code of its own yet:
-                // the agent does not apply deltas (issue 22), so this is not reached today.
-                ApplyError::Source(_) => ErrorCode::DownloadStateInitializationError,
+                // A delta whose source (the active slot) is not the image it was built from, or
+                // cannot be read: the remedy is the full payload.
+                ApplyError::Source(_) => ErrorCode::Other(DELTA_SOURCE_MISMATCH),
             },
         }
     }
@@ -183,6 +186,32 @@ impl InstallError {
         }
     }
 
+    /// Whether a delta payload does not apply to the active slot ([`ErrorClass::Source`]: built
+    /// from another version, a source extent that does not match its signed SHA-256, a source
+    /// too small or unreadable). Only a delta fails so; the checkpoint must be dropped.
+    pub fn is_source_mismatch(&self) -> bool {
+        match self {
+            InstallError::Apply(e) => e.class() == ErrorClass::Source,
+            InstallError::AllUrlsFailed(e) => e.is_source_mismatch(),
+            _ => false,
+        }
+    }
+
+    /// For the install of a delta payload: whether this failure is the delta's own, one the
+    /// full payload of the same version may not have, so that the agent asks for the full
+    /// payload next ([`is_source_mismatch`](Self::is_source_mismatch), a bad or untrusted
+    /// payload, one not for this machine, a download URL that refuses it). Not a failure that
+    /// would hit the full payload alike: transient transfer errors (the download resumes), a
+    /// local problem (slots, target I/O, state), or a refusal by policy.
+    pub fn is_delta_failure(&self) -> bool {
+        match self {
+            InstallError::Incompatible { .. } => true,
+            InstallError::HttpStatus { .. } => !self.is_transient(),
+            InstallError::AllUrlsFailed(e) => e.is_delta_failure(),
+            _ => self.is_bad_payload() || self.is_source_mismatch(),
+        }
+    }
+
     /// Whether the payload itself is bad or untrusted (the checkpoint must be dropped).
     pub fn is_bad_payload(&self) -> bool {
         match self {
@@ -192,6 +221,67 @@ impl InstallError {
             }
             InstallError::AllUrlsFailed(e) => e.is_bad_payload(),
             _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use payloads::SourceError;
+
+    use super::*;
+
+    fn source_mismatch() -> InstallError {
+        InstallError::Apply(ApplyError::Source(SourceError::VersionMismatch {
+            expected: "1.0.0".into(),
+            found: "0.9.0".into(),
+        }))
+    }
+
+    fn transfer() -> InstallError {
+        InstallError::Transfer {
+            url: "http://a/p".into(),
+            detail: "connection reset".into(),
+        }
+    }
+
+    #[test]
+    fn a_source_mismatch_has_its_own_code_and_is_a_delta_failure() {
+        let e = source_mismatch();
+        assert_eq!(e.code(), ErrorCode::Other(3105));
+        assert!(e.is_source_mismatch() && e.is_delta_failure());
+        assert!(!e.is_bad_payload() && !e.is_transient());
+        let all = InstallError::AllUrlsFailed(Box::new(source_mismatch()));
+        assert!(all.is_source_mismatch() && all.is_delta_failure());
+        assert_eq!(all.code(), ErrorCode::Other(3105));
+    }
+
+    #[test]
+    fn only_failures_the_full_payload_may_not_have_are_delta_failures() {
+        let http = |status| InstallError::HttpStatus {
+            url: "http://a/p".into(),
+            status,
+        };
+        let bad = InstallError::Apply(ApplyError::Truncated {
+            received: 1,
+            expected: None,
+        });
+        let incompatible = InstallError::Incompatible {
+            what: "board",
+            expected: "a".into(),
+            found: "b".into(),
+        };
+        for e in [bad, incompatible, http(404)] {
+            assert!(e.is_delta_failure(), "{e}");
+            assert!(!e.is_source_mismatch(), "{e}");
+        }
+        let local = InstallError::Apply(ApplyError::TargetTooSmall {
+            needed: 2,
+            available: 1,
+        });
+        let all_transient = InstallError::AllUrlsFailed(Box::new(transfer()));
+        for e in [transfer(), http(503), local, all_transient] {
+            assert!(!e.is_delta_failure(), "{e}");
         }
     }
 }

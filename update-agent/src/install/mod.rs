@@ -10,7 +10,10 @@
 //! 3. [`Installer::stream_payload`]: the payload is streamed from its URL through the
 //!    `payloads` applier into the inactive slot's byte range, in bounded memory; its signed
 //!    prefix is verified (trusted key, app id, arch, board, version, slot size) before data is
-//!    written; a checkpoint (applier checkpoint + running SHA-256) is persisted at most every
+//!    written; a delta payload (one whose verified manifest names a source, [`PayloadKind`])
+//!    also copies extents of the **active** slot, opened read-only ([`BootBackend::open_source`]),
+//!    each checked against its signed SHA-256 before it is written, and must have been built from
+//!    the running version; a checkpoint (applier checkpoint + running SHA-256) is persisted at most every
 //!    `install.checkpoint_interval`; an interrupted download resumes with HTTP `Range` (the
 //!    prefix again, then from the checkpoint; a server ignoring `Range` sends everything, and
 //!    the bytes before the checkpoint are discarded unwritten); after `install.start_over_after` failed attempts
@@ -21,7 +24,7 @@
 //!    `boot.tries` tries, not successful).
 //!
 //! The booted slot is never opened for writing: the only write handle comes from
-//! [`BootBackend::target_slot`].
+//! [`BootBackend::target_slot`]; a delta's source is a read-only [`payloads::Source`].
 
 pub mod compat;
 pub(crate) mod download;
@@ -72,6 +75,37 @@ impl ResumeRecord {
     }
 }
 
+/// What the verified payload is: it decides whether the active slot is read (a delta), not the
+/// offer's `IsDeltaPayload`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PayloadKind {
+    /// A full image: the active slot is not read.
+    Full,
+    /// A delta: its SOURCE_COPY operations read the active slot, which must hold
+    /// `source_version`'s image.
+    Delta {
+        /// The version the delta was built from (the signed manifest's `source_version`).
+        source_version: String,
+    },
+}
+
+impl PayloadKind {
+    /// The kind of a verified payload.
+    pub fn of(info: &payloads::PayloadInfo) -> Self {
+        match &info.manifest.source {
+            Some(source) => PayloadKind::Delta {
+                source_version: source.version.clone(),
+            },
+            None => PayloadKind::Full,
+        }
+    }
+
+    /// Whether it is a delta.
+    pub fn is_delta(&self) -> bool {
+        matches!(self, PayloadKind::Delta { .. })
+    }
+}
+
 /// Steps reported to the caller while installing (for events and status).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
@@ -89,6 +123,8 @@ pub trait Observer {
     fn step(&mut self, step: Step) -> impl Future<Output = ()>;
     /// Download progress: payload bytes received of `total`.
     fn progress(&mut self, received: u64, total: u64);
+    /// The payload's signed prefix was verified (or verified again when resuming): what it is.
+    fn payload_verified(&mut self, kind: &PayloadKind);
     /// Persists the resume record (`None` clears it).
     fn save_resume(&mut self, record: Option<&ResumeRecord>) -> Result<(), StateError>;
     /// Persists that the target `slot` is about to be overwritten with `version` (an unfinished
@@ -114,6 +150,8 @@ pub struct Installed {
     /// Payload bytes a server that ignored `Range` sent again (answering `200` to a resumed
     /// request) and that were discarded unwritten: they were already in the slot.
     pub discarded: u64,
+    /// What the payload was (a delta read the active slot).
+    pub kind: PayloadKind,
 }
 
 /// Everything an install needs.
@@ -166,11 +204,16 @@ impl Installer<'_> {
         let (downloaded, resumed, discarded) =
             (streamed.downloaded, streamed.resumed, streamed.discarded);
         let verified = self.verify(offer, streamed);
-        // Verified or bad: either way the checkpoint has served (a bad payload is not resumed).
-        if verified.as_ref().is_ok() || verified.as_ref().is_err_and(InstallError::is_bad_payload) {
+        // Verified or bad: either way the checkpoint has served (a bad payload is not resumed,
+        // nor a delta that does not apply to the active slot).
+        if verified.as_ref().is_ok()
+            || verified
+                .as_ref()
+                .is_err_and(|e| e.is_bad_payload() || e.is_source_mismatch())
+        {
             obs.save_resume(None)?;
         }
-        verified?;
+        let kind = verified?;
         obs.step(Step::DownloadVerified).await;
         self.mark_target_active(&target)?;
         obs.step(Step::SlotActivated).await;
@@ -180,6 +223,7 @@ impl Installer<'_> {
             downloaded,
             resumed,
             discarded,
+            kind,
         })
     }
 
@@ -226,8 +270,9 @@ impl Installer<'_> {
     }
 
     /// Step 4: announced size and SHA-256, then the applier's final check (every operation
-    /// written, target re-read and hashed against the signed manifest).
-    pub fn verify(&self, offer: &Offer, s: Streamed) -> Result<(), InstallError> {
+    /// written, target re-read and hashed against the signed manifest). Returns what the
+    /// payload was.
+    pub fn verify(&self, offer: &Offer, s: Streamed) -> Result<PayloadKind, InstallError> {
         if s.received != offer.size {
             return Err(InstallError::SizeMismatch {
                 announced: offer.size,
@@ -241,13 +286,15 @@ impl Installer<'_> {
             });
         }
         let applied = s.applier.finish()?;
+        let kind = PayloadKind::of(&applied.info);
         tracing::info!(
             version = %offer.version,
             target_sha256 = %applied.target_sha256,
             signer = %applied.info.signer,
+            delta = kind.is_delta(),
             "payload written and verified"
         );
-        Ok(())
+        Ok(kind)
     }
 
     /// Step 5: the target becomes the slot to boot next.

@@ -1,6 +1,10 @@
 //! Step 3 of the install: download attempts over the offer's URLs, each streaming the payload
 //! (from byte 0, or resuming from a checkpoint with HTTP `Range`) through the applier.
 //!
+//! Every attempt hands the applier the active slot, read-only, as a delta's source (a full
+//! payload leaves it unread); a delta that does not apply to it ends the install at once, its
+//! checkpoint dropped, whatever URLs are left.
+//!
 //! URLs are tried in the order of the Omaha answer. A URL is left for the next one after
 //! `attempts_per_url` transient failures (transport errors, 5xx, 408, 429: retried after 1 s,
 //! 2 s, 4 s … at most 30 s), at once on any other HTTP status (404, 403 …: that URL will not
@@ -17,7 +21,7 @@ use url::Url;
 
 use super::download::{self, Worker, transfer};
 use super::hasher::ResumableSha256;
-use super::{InstallError, Installer, Observer, ResumeRecord, Streamed, compat};
+use super::{InstallError, Installer, Observer, PayloadKind, ResumeRecord, Streamed, compat};
 use crate::boot::TargetSlot;
 use crate::omaha_client::Offer;
 
@@ -106,6 +110,13 @@ pub(super) async fn stream_payload<O: Observer>(
                     last = Some(e);
                     break;
                 }
+                Err(e) if e.is_source_mismatch() => {
+                    // Another URL serves the same delta, and the active slot stays what it is:
+                    // only the full payload helps (the next check asks for it).
+                    tracing::error!(url = %url, error = %e, "delta payload does not apply to the active slot");
+                    obs.save_resume(None)?;
+                    return Err(e);
+                }
                 Err(e) if e.is_bad_payload() => {
                     tracing::error!(url = %url, error = %e, "payload rejected");
                     rec = None;
@@ -193,9 +204,16 @@ async fn attempt_once<O: Observer>(
 ) -> Result<Streamed, InstallError> {
     let writer = inst.backend.open_target(target)?;
     let tgt = writer.into_target().map_err(InstallError::TargetOpen)?;
+    // The active slot, read-only: what a delta copies from (a full payload leaves it unread).
+    // Without it a full payload still applies, and a delta fails as a source mismatch.
+    let source = inst
+        .backend
+        .open_source(target)
+        .inspect_err(|e| tracing::warn!(error = %e, "cannot open the active slot as a delta source; only a full payload can be applied"))
+        .ok();
     let opts = ApplyOptions {
         now: inst.now_unix,
-        expect: compat::expectations(offer),
+        expect: compat::expectations(offer, &inst.identity.os_version),
         sync: true,
     };
     let mut downloaded = 0u64;
@@ -213,19 +231,30 @@ async fn attempt_once<O: Observer>(
             }
             let prefix = fetch_exact(inst.http, url, 0, r.applier.prefix_len).await?;
             downloaded += prefix.len() as u64;
-            let applier = Applier::resume(trust, tgt, &r.applier, &prefix, opts)?;
+            let applier = match source {
+                Some(src) => {
+                    Applier::resume_with_source(trust, tgt, src, &r.applier, &prefix, opts)?
+                }
+                None => Applier::resume(trust, tgt, &r.applier, &prefix, opts)?,
+            };
             if let Some(info) = applier.info() {
+                let kind = PayloadKind::of(info);
+                obs.payload_verified(&kind);
                 compat::check_manifest(inst.identity, info)?;
+                tracing::info!(
+                    version = %offer.version,
+                    offset = r.applier.payload_offset,
+                    delta = kind.is_delta(),
+                    "resuming download from checkpoint"
+                );
             }
-            tracing::info!(
-                version = %offer.version,
-                offset = r.applier.payload_offset,
-                "resuming download from checkpoint"
-            );
             (applier, hasher, r.applier.payload_offset, true)
         }
         None => (
-            Applier::new(trust, tgt, opts),
+            match source {
+                Some(src) => Applier::with_source(trust, tgt, src, opts),
+                None => Applier::new(trust, tgt, opts),
+            },
             ResumableSha256::new(),
             0,
             false,
@@ -243,9 +272,16 @@ async fn attempt_once<O: Observer>(
     // The applier (operation hashes, slot writes) runs on its own thread, fed through a small
     // bounded queue, so receiving and hashing the stream overlap with writing the slot.
     let (size, identity, version) = (offer.size, inst.identity.clone(), offer.version.clone());
+    // What the payload is, from the applier thread once its prefix is verified.
+    let (kind_tx, kinds) = std::sync::mpsc::channel::<PayloadKind>();
     let worker = Worker::start(
         applier,
         Box::new(move |applier, payload_len| {
+            let kind = applier.info().map(PayloadKind::of);
+            if let Some(kind) = &kind {
+                // The receiver lives as long as the download: a send cannot fail before it ends.
+                let _ = kind_tx.send(kind.clone());
+            }
             if payload_len != Some(size) {
                 return Err(InstallError::SizeMismatch {
                     announced: size,
@@ -255,7 +291,12 @@ async fn attempt_once<O: Observer>(
             if let Some(info) = applier.info() {
                 compat::check_manifest(&identity, info)?;
             }
-            tracing::info!(version = %version, "payload signature and manifest verified");
+            match kind {
+                Some(PayloadKind::Delta { source_version }) => {
+                    tracing::info!(version = %version, source_version = %source_version, "payload signature and manifest verified: a delta from the running version, reading the active slot")
+                }
+                _ => tracing::info!(version = %version, "payload signature and manifest verified"),
+            }
             Ok(())
         }),
     );
@@ -282,6 +323,9 @@ async fn attempt_once<O: Observer>(
             // The worker stopped on an error: collect it below.
             break Ok(());
         }
+        if let Ok(kind) = kinds.try_recv() {
+            obs.payload_verified(&kind);
+        }
         obs.progress(body.pos(), offer.size);
         if last_saved.elapsed() >= interval {
             persist(&worker, body.hasher(), offer, target, rec, &mut saved, obs)?;
@@ -297,6 +341,9 @@ async fn attempt_once<O: Observer>(
         persist(&worker, body.hasher(), offer, target, rec, &mut saved, obs)?;
     }
     let (applier, worker_result) = worker.finish();
+    if let Ok(kind) = kinds.try_recv() {
+        obs.payload_verified(&kind);
+    }
     worker_result?;
     result?;
     if pos < offer.size {

@@ -138,12 +138,19 @@ pub fn status_table(f: &Fetched, _now: Timestamp) -> String {
         ),
     ];
     if !p.new_version.is_empty() {
-        let size = if p.new_size > 0 {
-            format!(" ({})", mib(p.new_size as f64))
-        } else {
+        let mut about = Vec::new();
+        if p.new_size > 0 {
+            about.push(mib(p.new_size as f64));
+        }
+        if p.new_is_delta {
+            about.push(format!("delta from {}", p.current_version));
+        }
+        let about = if about.is_empty() {
             String::new()
+        } else {
+            format!(" ({})", about.join(", "))
         };
-        rows.push(("New version", format!("{}{size}", p.new_version)));
+        rows.push(("New version", format!("{}{about}", p.new_version)));
     }
     if p.status == "downloading" {
         rows.push(("Progress", format!("{:.0}%", p.progress * 100.0)));
@@ -272,6 +279,8 @@ mod tests {
                 current_version: "1.0.0".into(),
                 booted_slot: "A".into(),
                 new_version: "2.0.0".into(),
+                new_size: 3 << 20,
+                new_is_delta: true,
                 reboot_strategy: "windows".into(),
                 reboot_wait: "outside the maintenance windows".into(),
                 deny_list: vec!["1.5.0".into()],
@@ -289,6 +298,10 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("Current version:    1.0.0 (slot A)"), "{t}");
+        assert!(
+            t.contains("New version:        2.0.0 (3.0 MiB, delta from 1.0.0)"),
+            "{t}"
+        );
         assert!(
             t.contains("Next reboot window: 2025-06-02 12:03:00 UTC"),
             "{t}"

@@ -487,6 +487,12 @@ impl BootBackend for SdbootBackend {
         ))
     }
 
+    fn open_source(&self, target: &TargetSlot) -> Result<payloads::Source, BootError> {
+        let loc = self.recheck(target)?;
+        let file = open_disk(&self.disk, false)?;
+        loc.source(&self.disk, file, target)
+    }
+
     fn disk(&self) -> &Path {
         &self.disk
     }
