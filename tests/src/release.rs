@@ -83,6 +83,33 @@ impl Publisher {
             .map(drop)
     }
 
+    /// Builds and signs a delta payload (`payload delta`) from `from` (the image of
+    /// `from_version`) to `to` (the image of `version`), written to `out`.
+    pub fn delta(
+        &self,
+        app: &str,
+        from_version: &str,
+        from: &Path,
+        version: &str,
+        to: &Path,
+        out: &Path,
+    ) -> Result<()> {
+        let mut args = self.build_args(app, version, to, out);
+        args[0] = "delta".to_owned();
+        for a in &mut args {
+            if a == "--image" {
+                *a = "--to".to_owned();
+            }
+        }
+        args.extend([
+            "--from".to_owned(),
+            from.display().to_string(),
+            "--from-version".to_owned(),
+            from_version.to_owned(),
+        ]);
+        run(Command::new(&self.payload_bin).args(args)).map(drop)
+    }
+
     /// The `payload build` arguments of a runtime extension: `image` as `version` of `app`, kind
     /// `file`, supporting the OS versions `os_versions` (metadata `os.versions`, e.g.
     /// `1.* 2.0.0`), written to `out`.

@@ -380,6 +380,40 @@ impl World {
         self.publish_payload(version, image, payload)
     }
 
+    /// Signs `image` as `version` (`payload build`) and publishes it. The channel is not
+    /// changed.
+    pub fn publish_image(&self, version: &str, image: Vec<u8>) -> Result<Release> {
+        let dir = self.releases_dir()?;
+        let img = dir.join(format!("usr-{version}.img"));
+        std::fs::write(&img, &image).map_err(io("writing an image", &img))?;
+        let payload = dir.join(format!("platte-{version}.payload"));
+        self.publisher.build(APP, version, &img, &payload)?;
+        self.publish_payload(version, image, payload)
+    }
+
+    /// Builds a delta from `from_image` (the image of `from_version`) to `to`'s image
+    /// (`payload delta`) and publishes it (`update-server package publish`), linked to `to`'s
+    /// package; returns the package as the server shows it, with its deltas.
+    pub fn publish_delta(
+        &self,
+        from_version: &str,
+        from_image: &[u8],
+        to: &Release,
+    ) -> Result<Value> {
+        let dir = self.releases_dir()?;
+        let from = dir.join(format!("usr-{from_version}.source.img"));
+        std::fs::write(&from, from_image).map_err(io("writing an image", &from))?;
+        let to_img = dir.join(format!("usr-{}.target.img", to.version));
+        std::fs::write(&to_img, &to.image).map_err(io("writing an image", &to_img))?;
+        let out = dir.join(format!("platte-{from_version}-to-{}.payload", to.version));
+        self.publisher
+            .delta(APP, from_version, &from, &to.version, &to_img, &out)?;
+        let p = out.display().to_string();
+        let v = self.server.cli_json(&["package", "publish", &p])?;
+        self.settle()?;
+        Ok(v)
+    }
+
     /// Operator setup of a runtime extension's own app through the admin CLI: app `app` named
     /// `name`, channel `stable`, group `stable` following it (see docs/usage/container-runtime.md).
     pub fn setup_extension_app(&self, app: &str, name: &str) -> Result<()> {

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use crate::model::{App, Channel, Group, Package, PackageFile, PackageFormat};
+use crate::model::{App, Channel, Group, Package, PackageDelta, PackageFile, PackageFormat};
 use crate::rollout::RolloutSpec;
 use crate::store::{CatalogueData, Store, StoreError};
 
@@ -133,15 +133,26 @@ impl Catalogue {
     }
 
     /// Whether a hosted package or a hosted package's extra file other than `except` (a
-    /// package id) has the content `sha256_hex`: its file in the store is still in use.
+    /// package id), or any package's delta (deltas are always hosted), has the content
+    /// `sha256_hex`: its file in the store is still in use.
     pub fn hosted_content_in_use(&self, sha256_hex: &str, except: &str) -> bool {
+        self.data.packages.iter().any(|p| {
+            (p.external_url.is_none()
+                && p.id != except
+                && (p.sha256_hex == sha256_hex
+                    || p.files.iter().any(|f| f.sha256_hex == sha256_hex)))
+                || p.deltas.iter().any(|d| d.sha256_hex == sha256_hex)
+        })
+    }
+
+    /// A package's delta with SHA-256 `sha256_hex` (deltas are hosted by this server, each
+    /// under its own codebase `/packages/<its sha256>/`).
+    pub fn delta_by_sha256(&self, sha256_hex: &str) -> Option<&PackageDelta> {
         self.data
             .packages
             .iter()
-            .filter(|p| p.external_url.is_none() && p.id != except)
-            .any(|p| {
-                p.sha256_hex == sha256_hex || p.files.iter().any(|f| f.sha256_hex == sha256_hex)
-            })
+            .flat_map(|p| p.deltas.iter())
+            .find(|d| d.sha256_hex == sha256_hex)
     }
 
     /// The extra file `name` of a hosted package whose payload has SHA-256 `sha256_hex`
@@ -325,6 +336,7 @@ mod tests {
             disable_payload_backoff: true,
             needs_admin: false,
             files: Vec::new(),
+            deltas: Vec::new(),
         };
         CatalogueData {
             apps: vec![App {

@@ -128,6 +128,15 @@ pub struct ErrorLabels {
     pub name: String,
 }
 
+/// Labels of the payloads update checks offered.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PayloadLabels {
+    /// Application.
+    pub app: String,
+    /// `full` or `delta`.
+    pub payload: &'static str,
+}
+
 /// Labels of update outcomes.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
@@ -186,6 +195,8 @@ pub struct Metrics {
     pub http_latency: HistogramFamily,
     /// Update checks by outcome.
     pub update_checks: Family<CheckLabels, Counter>,
+    /// Payloads offered, full or delta.
+    pub payloads_offered: Family<PayloadLabels, Counter>,
     /// Client events.
     pub events: Family<EventLabels, Counter>,
     /// Client events acknowledged but not stored, by reason.
@@ -233,6 +244,12 @@ impl Metrics {
             "update_checks",
             "Omaha update checks by outcome",
             update_checks.clone(),
+        );
+        let payloads_offered = Family::<PayloadLabels, Counter>::default();
+        r.register(
+            "update_payloads_offered",
+            "Payloads offered by update checks, full or delta",
+            payloads_offered.clone(),
         );
         let events = Family::<EventLabels, Counter>::default();
         r.register("client_events", "Omaha client events", events.clone());
@@ -285,6 +302,7 @@ impl Metrics {
             http_requests,
             http_latency,
             update_checks,
+            payloads_offered,
             events,
             events_dropped,
             update_errors,
@@ -303,6 +321,16 @@ impl Metrics {
             .get_or_create(&CheckLabels {
                 app: app.to_owned(),
                 outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a payload an update check offered (`full` or `delta`).
+    pub fn payload_offered(&self, app: &str, payload: &'static str) {
+        self.payloads_offered
+            .get_or_create(&PayloadLabels {
+                app: app.to_owned(),
+                payload,
             })
             .inc();
     }

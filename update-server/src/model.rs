@@ -123,6 +123,58 @@ pub struct Package {
     /// Further files served with the payload, in order (OEM and extension sysexts).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<PackageFile>,
+    /// Delta payloads that turn an earlier version's image into this package's, one per
+    /// source version (Platte payloads only): offered instead of the full payload to a machine
+    /// that runs exactly that version and accepts deltas (`delta_okay`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deltas: Vec<PackageDelta>,
+}
+
+/// A delta payload linked to its full package: a signed Platte payload (format version 2) that
+/// builds the package's image from the image of `source_version`, hosted by this server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PackageDelta {
+    /// The version whose image the delta reads (the machine's running version).
+    pub source_version: String,
+    /// File name clients append to the codebase URL.
+    pub filename: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// SHA-1 of the file, base64 (Omaha `hash`).
+    pub sha1_base64: String,
+    /// SHA-256 of the file, hex.
+    pub sha256_hex: String,
+    /// When it was published.
+    pub created_at: i64,
+}
+
+/// Which payload of its release an update check last offered a machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ServedPayload {
+    /// The full payload.
+    Full,
+    /// A delta from the version the machine ran.
+    Delta,
+}
+
+impl ServedPayload {
+    /// The stored and wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServedPayload::Full => "full",
+            ServedPayload::Delta => "delta",
+        }
+    }
+
+    /// The kind named `s` (as stored).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "full" => Some(ServedPayload::Full),
+            "delta" => Some(ServedPayload::Delta),
+            _ => None,
+        }
+    }
 }
 
 fn yes() -> bool {
@@ -359,6 +411,10 @@ pub struct Instance {
     pub status_at: i64,
     /// First contact.
     pub created_at: i64,
+    /// Which payload of its release the last offer served (full or delta); none before the
+    /// first offer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served_payload: Option<ServedPayload>,
 }
 
 /// One entry of an instance's status history.

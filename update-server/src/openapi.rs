@@ -36,7 +36,7 @@ impl Modify for BearerAuth {
         rollouts::status, rollouts::preview, rollouts::pause, rollouts::resume,
         packages::list_packages, packages::get_package, packages::publish_package,
         packages::delete_package, packages::publish_reference, packages::add_file_reference,
-        packages::upload_file, packages::remove_file,
+        packages::upload_file, packages::remove_file, packages::delete_delta,
         instances::list_instances, instances::get_instance, instances::update_instance,
         instances::delete_instance,
         instances::retry_instance,

@@ -25,8 +25,8 @@ use crate::config::OmahaSettings;
 use crate::lifecycle::{ClientEvent, InstanceStatus, transition};
 use crate::metrics::{ErrorLabels, Metrics, OutcomeLabels, error_code_label};
 use crate::model::{
-    ClientKind, Instance, NewActivity, Package, PackageFormat, StatusChange, normalize_appid,
-    normalize_arch,
+    ClientKind, Instance, NewActivity, Package, PackageFormat, ServedPayload, StatusChange,
+    normalize_appid, normalize_arch,
 };
 use crate::rollout::Rollouts;
 use crate::rollout::engine::{HoldReason, Verdict, evaluate, is_canary};
@@ -91,6 +91,8 @@ pub struct AppCheckIn {
     pub updatecheck: bool,
     /// Who sent the request (the payload formats it can apply).
     pub client: ClientKind,
+    /// The client takes a delta payload from the version it runs (`delta_okay="true"`).
+    pub delta_okay: bool,
 }
 
 /// Why there is no update.
@@ -137,6 +139,9 @@ pub enum CheckAnswer {
         codebases: Vec<String>,
         /// A deliberate downgrade (`_rollback="true"`).
         rollback: bool,
+        /// The payload is the package's delta from this version (the one the machine runs),
+        /// not its full payload: `package` then names the delta's file.
+        delta_from: Option<String>,
     },
     /// No update.
     NoUpdate(NoUpdateReason),
@@ -267,6 +272,12 @@ impl Plan {
     /// Moves the status to what the answer means: `granted` for a grant, `on_hold` (with the
     /// reason) for a hold unless the machine awaits its reboot; records the change if any.
     fn settle_status(&mut self, now: i64) {
+        if let Some(CheckAnswer::Update { delta_from, .. }) = &self.check {
+            self.row.served_payload = Some(match delta_from {
+                Some(_) => ServedPayload::Delta,
+                None => ServedPayload::Full,
+            });
+        }
         let update = match (&self.check, self.granted) {
             (Some(CheckAnswer::Update { package, .. }), true) => Some((
                 InstanceStatus::Granted,
@@ -406,13 +417,43 @@ impl UpdateService {
         }
     }
 
-    /// The answer serving `pkg`.
-    fn serve(&self, cat: &Catalogue, pkg: &Package, rollback: bool) -> CheckAnswer {
+    /// The answer serving `pkg` to `req`: its delta from the version the machine runs when it
+    /// has one and the machine takes deltas, else its full payload.
+    fn serve(
+        &self,
+        cat: &Catalogue,
+        pkg: &Package,
+        rollback: bool,
+        req: &AppCheckIn,
+    ) -> CheckAnswer {
+        if req.delta_okay
+            && let Some(d) = pkg.deltas.iter().find(|d| d.source_version == req.version)
+        {
+            // The delta's file in the package's place; deltas are hosted here, without extras.
+            let served = Package {
+                filename: d.filename.clone(),
+                size: d.size,
+                sha1_base64: d.sha1_base64.clone(),
+                sha256_hex: d.sha256_hex.clone(),
+                external_url: None,
+                files: Vec::new(),
+                deltas: Vec::new(),
+                ..pkg.clone()
+            };
+            return CheckAnswer::Update {
+                digests: PackageDigests::of(&served),
+                codebases: self.codebases(&served),
+                package: Box::new(served),
+                rollback,
+                delta_from: Some(d.source_version.clone()),
+            };
+        }
         CheckAnswer::Update {
             package: Box::new(pkg.clone()),
             digests: cat.digests(&pkg.id),
             codebases: self.codebases(pkg),
             rollback,
+            delta_from: None,
         }
     }
 
@@ -827,7 +868,14 @@ impl UpdateService {
                 m.hold(app_id, g, &version, r);
             }
             let label = match answer {
-                CheckAnswer::Update { .. } => "update".to_owned(),
+                CheckAnswer::Update { delta_from, .. } => {
+                    let payload = match delta_from {
+                        Some(_) => ServedPayload::Delta,
+                        None => ServedPayload::Full,
+                    };
+                    self.metrics.payload_offered(app_id, payload.as_str());
+                    "update".to_owned()
+                }
                 CheckAnswer::NoUpdate(r) => format!("noupdate_{}", r.label()),
             };
             self.metrics.check(app_id, &label);
@@ -957,7 +1005,7 @@ impl UpdateService {
                 // package is there (and one the client can apply); else decide afresh.
                 if let Some(pkg) = find(granted) {
                     let rollback = version::compare(&req.version, granted).is_gt();
-                    return (self.serve(cat, pkg, rollback), None);
+                    return (self.serve(cat, pkg, rollback, req), None);
                 }
             }
             if inst.status == InstanceStatus::Installed {
@@ -1018,7 +1066,7 @@ impl UpdateService {
             return no(NoUpdateReason::Hold(reason.as_str().to_owned()));
         }
         (
-            self.serve(cat, pkg, rollback),
+            self.serve(cat, pkg, rollback, req),
             Some(GrantPlan {
                 group_id: group.id.clone(),
                 version: pkg.version.clone(),

@@ -699,19 +699,13 @@ async fn publish_refuses_bad_payloads_and_downloads_support_ranges(db: TestDb) {
     bad[last] ^= 1;
     let r = publish(bad).await.unwrap();
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
-    // A delta payload, validly signed: refused, since nothing offers it on its source version
-    // only (served as a full payload it would fail on every other machine).
-    let from = common::image(64 * 1024);
-    let mut to = from.clone();
-    to[10_000] ^= 1;
-    let opts =
-        payloads::DeltaOptions::new(testkit::release::options(FLATCAR, "3601.0.0"), "3600.0.0");
-    let (delta, _) =
-        payloads::build_delta_to_vec(&from, &to, std::slice::from_ref(&env.key), &opts).unwrap();
+    // A delta payload, validly signed, of a version with no full package: not found (it is
+    // linked to its full package, never served on its own).
+    let (delta, _) = delta_payload(&env.key, "3600.0.0", &common::image(64 * 1024), "3601.0.0");
     let r = publish(delta).await.unwrap();
-    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
     let text = r.text().await.unwrap();
-    assert!(text.contains("a delta from version 3600.0.0"), "{text}");
+    assert!(text.contains("publish the full payload first"), "{text}");
     // Signed by an untrusted key: refused.
     let other = build_payload(tempfile::tempdir().unwrap().path(), FLATCAR, "3600.0.0").0;
     assert_eq!(
@@ -797,6 +791,234 @@ async fn publish_refuses_bad_payloads_and_downloads_support_ranges(db: TestDb) {
     env.server.shutdown().await.unwrap();
 }
 both_databases!(publish_refuses_bad_payloads_and_downloads_support_ranges);
+
+/// The image of `version` in the delta tests: the seed's image (`common::image(200_000)`) with
+/// a few bytes changed per version.
+fn image_of(version: &str) -> Vec<u8> {
+    let mut image = common::image(200_000);
+    for (i, b) in version.bytes().enumerate() {
+        image[4096 * (i + 1)] ^= b;
+    }
+    image
+}
+
+/// A delta from `source` (whose image is `from`) to `version` (image [`image_of`]), signed.
+fn delta_payload(
+    key: &payloads::SigningKey,
+    source: &str,
+    from: &[u8],
+    version: &str,
+) -> (Vec<u8>, Vec<u8>) {
+    let to = image_of(version);
+    let opts = payloads::DeltaOptions::new(testkit::release::options(FLATCAR, version), source);
+    let (delta, _) =
+        payloads::build_delta_to_vec(from, &to, std::slice::from_ref(key), &opts).unwrap();
+    (delta, to)
+}
+
+/// An update check from `machine` on `version`, with `delta_okay` as given (absent if `None`).
+fn delta_check(machine: &str, version: &str, delta_okay: Option<bool>) -> String {
+    let attr = delta_okay.map_or(String::new(), |d| format!(r#" delta_okay="{d}""#));
+    check_xml(
+        machine,
+        version,
+        r#"<ping active="1"></ping><updatecheck></updatecheck>"#,
+    )
+    .replace(
+        r#"board="amd64-usr">"#,
+        &format!(r#"board="amd64-usr"{attr}>"#),
+    )
+}
+
+async fn deltas_are_offered_on_their_source_version_only(db: TestDb) {
+    let env = Env::new(&db).await;
+    env.seed().await;
+    let seed_image = common::image(200_000);
+    // 3510.3.0: its full payload, then a delta from the seed's 3510.2.0.
+    let (st, full) = env
+        .publish(common::signed_payload(
+            &env.key,
+            FLATCAR,
+            "3510.3.0",
+            &image_of("3510.3.0"),
+        ))
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{full}");
+    let (st, v) = env
+        .api(
+            reqwest::Method::PATCH,
+            &format!("/apps/{FLATCAR}/channels/stable"),
+            Some(json!({"packages": {"amd64": full["id"]}})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let (delta, _) = delta_payload(&env.key, "3510.2.0", &seed_image, "3510.3.0");
+    // Published without naming anything: the manifest names app, version and arch.
+    let r = env
+        .http
+        .post(format!("{}/api/v1/packages", env.base))
+        .bearer_auth(&env.server.admin_token)
+        .body(delta.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let linked: Value = r.json().await.unwrap();
+    assert_eq!(linked["id"], full["id"], "the answer is the full package");
+    let d = &linked["deltas"][0];
+    assert_eq!(d["source_version"], "3510.2.0", "{linked}");
+    assert_eq!(d["size"], delta.len());
+    assert_eq!(
+        d["filename"],
+        format!("{FLATCAR}-3510.2.0-to-3510.3.0-amd64.payload")
+    );
+    let delta_sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&delta));
+    assert_eq!(d["sha256_hex"], delta_sha.as_str());
+    // The same source again: conflict. A delta that builds another image than the full
+    // package's: conflict, nothing stored.
+    let (st, v) = env.publish(delta.clone()).await;
+    assert_eq!(st, StatusCode::CONFLICT, "{v}");
+    let mut other = seed_image.clone();
+    other[100] ^= 1;
+    let wrong = {
+        let opts =
+            payloads::DeltaOptions::new(testkit::release::options(FLATCAR, "3510.3.0"), "3510.1.0");
+        payloads::build_delta_to_vec(&seed_image, &other, std::slice::from_ref(&env.key), &opts)
+            .unwrap()
+            .0
+    };
+    let (st, v) = env.publish(wrong).await;
+    assert_eq!(st, StatusCode::CONFLICT, "{v}");
+    assert!(v.to_string().contains("holds image"), "{v}");
+
+    // A machine on the source version that takes deltas gets the delta, marked as one.
+    let (_, xml) = env
+        .omaha(delta_check(
+            "de17a000000000000000000000000001",
+            "3510.2.0",
+            Some(true),
+        ))
+        .await;
+    let uc = updatecheck(&xml);
+    let man = uc.target_manifest().unwrap();
+    assert_eq!(man.version, "3510.3.0", "{xml}");
+    assert_eq!(
+        man.packages[0]
+            .sha256()
+            .unwrap()
+            .map(hex::encode)
+            .as_deref(),
+        Some(delta_sha.as_str()),
+        "{xml}"
+    );
+    assert_eq!(man.packages[0].size, delta.len() as u64);
+    assert!(man.postinstall().unwrap().is_delta_payload, "{xml}");
+    assert!(
+        uc.urls[0].ends_with(&format!("/packages/{delta_sha}/")),
+        "{xml}"
+    );
+    // The delta is downloadable under its codebase.
+    let url = format!("{}{}", uc.urls[0], man.packages[0].name);
+    let got = env.http.get(&url).send().await.unwrap();
+    assert_eq!(got.status(), StatusCode::OK, "{url}");
+    assert_eq!(got.bytes().await.unwrap().as_ref(), delta.as_slice());
+    let i = instance(&env, "de17a000000000000000000000000001").await;
+    assert_eq!(i["instance"]["served_payload"], "delta", "{i}");
+
+    // The full payload for a machine that does not say it takes deltas, says it does not, or
+    // runs a version no delta starts from.
+    for (machine, version, okay) in [
+        ("de17a000000000000000000000000002", "3510.2.0", None),
+        ("de17a000000000000000000000000003", "3510.2.0", Some(false)),
+        ("de17a000000000000000000000000004", "3374.2.5", Some(true)),
+    ] {
+        let (_, xml) = env.omaha(delta_check(machine, version, okay)).await;
+        let uc = updatecheck(&xml);
+        let man = uc.target_manifest().unwrap();
+        assert_eq!(
+            man.packages[0]
+                .sha256()
+                .unwrap()
+                .map(hex::encode)
+                .as_deref(),
+            full["sha256_hex"].as_str(),
+            "{machine}: {xml}"
+        );
+        assert!(!man.postinstall().unwrap().is_delta_payload, "{xml}");
+        let i = instance(&env, machine).await;
+        assert_eq!(i["instance"]["served_payload"], "full", "{i}");
+    }
+
+    // The delta fails on the first machine (its source does not match): it reports the
+    // failure and asks again without deltas, and is offered the full payload.
+    let m = "de17a000000000000000000000000001";
+    let failed = r#"<event eventtype="3" eventresult="0" errorcode="3105"></event>"#;
+    let (st, _) = env.omaha(check_xml(m, "3510.2.0", failed)).await;
+    assert_eq!(st, StatusCode::OK);
+    let (_, xml) = env.omaha(delta_check(m, "3510.2.0", Some(false))).await;
+    let uc = updatecheck(&xml);
+    assert_eq!(
+        uc.status.as_str(),
+        "ok",
+        "never stuck on a delta it cannot apply: {xml}"
+    );
+    let man = uc.target_manifest().unwrap();
+    assert_eq!(
+        man.packages[0]
+            .sha256()
+            .unwrap()
+            .map(hex::encode)
+            .as_deref(),
+        full["sha256_hex"].as_str(),
+        "{xml}"
+    );
+    let i = instance(&env, m).await;
+    assert_eq!(i["instance"]["served_payload"], "full", "{i}");
+    let metrics = common::metrics(&env.http, &env.base).await;
+    let app = FLATCAR;
+    assert!(
+        metrics.contains(&format!(
+            r#"platte_update_payloads_offered_total{{app="{app}",payload="delta"}} 1"#
+        )),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!(
+            r#"platte_update_payloads_offered_total{{app="{app}",payload="full"}} 4"#
+        )),
+        "{metrics}"
+    );
+
+    // Deleted: no longer offered, no longer served.
+    let path = format!("/packages/{}/deltas/3510.2.0", full["id"].as_str().unwrap());
+    let (st, _) = env.api(reqwest::Method::DELETE, &path, None).await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    let (st, _) = env.api(reqwest::Method::DELETE, &path, None).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    let (_, xml) = env
+        .omaha(delta_check(
+            "de17a000000000000000000000000005",
+            "3510.2.0",
+            Some(true),
+        ))
+        .await;
+    let man = updatecheck(&xml).target_manifest().unwrap().clone();
+    assert_eq!(
+        man.packages[0]
+            .sha256()
+            .unwrap()
+            .map(hex::encode)
+            .as_deref(),
+        full["sha256_hex"].as_str(),
+        "{xml}"
+    );
+    assert_eq!(
+        env.http.get(&url).send().await.unwrap().status(),
+        StatusCode::NOT_FOUND
+    );
+    env.server.shutdown().await.unwrap();
+}
+both_databases!(deltas_are_offered_on_their_source_version_only);
 
 async fn instances_filter_delete_and_survive_restart(db: TestDb) {
     let dir = tempfile::tempdir().unwrap();

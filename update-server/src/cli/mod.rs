@@ -663,13 +663,17 @@ pub async fn run_admin(cmd: Command) -> anyhow::Result<()> {
                         for a in rows(&v["apps"]) {
                             let i = &a["instance"];
                             crate::outln!(
-                                "{} app {} version {} status {} {} (granted {}, last check {})",
+                                "{} app {} version {} status {} {} (granted {}{}, last check {})",
                                 s(&i["machine_id"]),
                                 s(&i["app_id"]),
                                 s(&i["version"]),
                                 s(&i["status"]),
                                 s(&i["status_detail"]),
                                 s(&i["granted_version"]),
+                                i["served_payload"]
+                                    .as_str()
+                                    .map(|p| format!(" as {p} payload"))
+                                    .unwrap_or_default(),
                                 ts(&i["last_check_at"])
                             );
                             print_table(

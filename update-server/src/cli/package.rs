@@ -26,7 +26,8 @@ pub enum PackageCmd {
     },
     /// Upload a payload: a Platte payload (verified by the server against its trusted keys),
     /// or with `--format update_engine` a Flatcar/ChromeOS update_engine payload (served as
-    /// it is; give `--app`, `--version` and `--arch`).
+    /// it is; give `--app`, `--version` and `--arch`). A Platte delta payload is linked to its
+    /// full package (published before it).
     Publish {
         /// Payload file.
         file: PathBuf,
@@ -49,6 +50,10 @@ pub enum PackageCmd {
         /// Serve from this external codebase URL instead of the server.
         #[arg(long)]
         external_url: Option<String>,
+        /// A delta payload: the id of its full package [default: the one package of the
+        /// delta's application, version and arch].
+        #[arg(long)]
+        delta_of: Option<String>,
         /// update_engine's postinstall action attributes.
         #[command(flatten)]
         action: ActionArgs,
@@ -128,6 +133,13 @@ pub enum PackageCmd {
         /// Package id.
         id: String,
     },
+    /// Delete a package's delta payload.
+    DeleteDelta {
+        /// Package id.
+        id: String,
+        /// The delta's source version.
+        source_version: String,
+    },
 }
 
 /// update_engine's postinstall action attributes an operator may set.
@@ -193,6 +205,7 @@ fn packages_table(v: &Value) {
             "SIZE",
             "FILE",
             "EXTRA FILES",
+            "DELTAS FROM",
         ],
         list.iter().map(|p| {
             let extra = p["files"]
@@ -200,6 +213,13 @@ fn packages_table(v: &Value) {
                 .into_iter()
                 .flatten()
                 .map(|f| s(&f["name"]))
+                .collect::<Vec<_>>()
+                .join(" ");
+            let deltas = p["deltas"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|d| s(&d["source_version"]))
                 .collect::<Vec<_>>()
                 .join(" ");
             vec![
@@ -212,6 +232,7 @@ fn packages_table(v: &Value) {
                 s(&p["size"]),
                 s(&p["filename"]),
                 extra,
+                deltas,
             ]
         }),
     );
@@ -240,6 +261,7 @@ pub async fn run(conn: &Conn, cmd: PackageCmd) -> anyhow::Result<()> {
             arch,
             filename,
             external_url,
+            delta_of,
             action,
         } => {
             let f = tokio::fs::File::open(&file)
@@ -252,6 +274,7 @@ pub async fn run(conn: &Conn, cmd: PackageCmd) -> anyhow::Result<()> {
                 ("arch", arch),
                 ("filename", filename),
                 ("external_url", external_url),
+                ("delta_of", delta_of),
             ];
             pairs.extend(action.query());
             let v = c.upload(&format!("/packages{}", query(&pairs)), f).await?;
@@ -318,6 +341,11 @@ pub async fn run(conn: &Conn, cmd: PackageCmd) -> anyhow::Result<()> {
         PackageCmd::Delete { id } => {
             let path = format!("/packages/{}", enc(&id));
             delete(&c, conn, &path, "package", &id).await
+        }
+        PackageCmd::DeleteDelta { id, source_version } => {
+            let path = format!("/packages/{}/deltas/{}", enc(&id), enc(&source_version));
+            let what = format!("{id}'s delta from");
+            delete(&c, conn, &path, &what, &source_version).await
         }
     }
 }

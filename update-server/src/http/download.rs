@@ -67,7 +67,8 @@ pub fn parse_range(value: &str, len: u64) -> RangeSpec {
 }
 
 /// Serves a hosted package file: a payload, or one of its extra files, by name under the
-/// payload's codebase (`/packages/<payload sha256>/<name>`).
+/// payload's codebase (`/packages/<payload sha256>/<name>`), or a delta payload under its own
+/// (`/packages/<delta sha256>/<name>`).
 pub async fn download(
     State(st): State<AppState>,
     Path((sha, name)): Path<(String, String)>,
@@ -78,16 +79,23 @@ pub async fn download(
         return Err(ApiError::NotFound(format!("package {sha}")));
     }
     let cat = st.service.catalogue.get();
-    let Some(pkg) = cat.hosted_package_by_sha256(&sha) else {
-        return Err(ApiError::NotFound(format!("package {sha}")));
-    };
-    // The payload, or one of its extra files (served under the payload's codebase).
-    let content = if pkg.filename == name {
+    let content = if let Some(pkg) = cat.hosted_package_by_sha256(&sha) {
+        // The payload, or one of its extra files (served under the payload's codebase).
+        if pkg.filename == name {
+            sha
+        } else if let Some(f) = cat.hosted_extra_file(&sha, &name) {
+            f.sha256_hex.clone()
+        } else {
+            return Err(ApiError::NotFound(format!("package file {name}")));
+        }
+    } else if let Some(d) = cat.delta_by_sha256(&sha) {
+        // A delta payload, under its own codebase.
+        if d.filename != name {
+            return Err(ApiError::NotFound(format!("package file {name}")));
+        }
         sha
-    } else if let Some(f) = cat.hosted_extra_file(&sha, &name) {
-        f.sha256_hex.clone()
     } else {
-        return Err(ApiError::NotFound(format!("package file {name}")));
+        return Err(ApiError::NotFound(format!("package {sha}")));
     };
     let sha = content;
     let path = st.blobs.path_of(&sha);

@@ -109,6 +109,7 @@ pub fn check_in_of(
         ignored_events: 0,
         ping: app.ping.is_some(),
         updatecheck: app.updatecheck.is_some(),
+        delta_okay: app.delta_okay == Some(true),
     }
 }
 
@@ -124,6 +125,7 @@ pub fn updatecheck_of(
             digests,
             codebases,
             rollback,
+            delta_from,
         } => {
             let mut pkg = Package::new(&package.filename, package.size).required(true);
             if let Some(d) = &digests.sha1 {
@@ -143,6 +145,10 @@ pub fn updatecheck_of(
                 action.is_delta_payload = package.is_delta;
                 action.deadline = package.deadline.clone();
                 action.needs_admin = Some(package.needs_admin);
+            }
+            if delta_from.is_some() {
+                // A delta linked to its full package, offered on its source version.
+                action.is_delta_payload = true;
             }
             let mut manifest = Manifest::new(&package.version).with_package(pkg);
             // Extra files follow the payload, under the same codebase (Flatcar's post-install

@@ -433,6 +433,7 @@ mod tests {
             error_code: None,
             status_at: 0,
             created_at: 0,
+            served_payload: None,
         }
     }
 

@@ -8,7 +8,7 @@
 use super::InstanceChange;
 use super::tx::TxFuture;
 use crate::lifecycle::InstanceStatus;
-use crate::model::Instance;
+use crate::model::{Instance, ServedPayload};
 
 /// What one check reports about the machine: the check-in columns of its instance row.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +65,7 @@ impl CheckIn {
             error_code: None,
             status_at: self.at,
             created_at: self.first_seen.min(self.at),
+            served_payload: None,
         }
     }
 
@@ -132,6 +133,8 @@ pub struct StatusColumns {
     pub granted_version: Option<String>,
     /// When it was granted.
     pub granted_at: Option<i64>,
+    /// Which payload the last offer served.
+    pub served_payload: Option<ServedPayload>,
 }
 
 impl StatusColumns {
@@ -144,6 +147,7 @@ impl StatusColumns {
             status_at: row.status_at,
             granted_version: row.granted_version.clone(),
             granted_at: row.granted_at,
+            served_payload: row.served_payload,
         }
     }
 }

@@ -21,6 +21,7 @@ const TABLES: &[(&str, &str)] = &[
     ("apps", "id"),
     ("packages", "id"),
     ("package_files", "package_id, position"),
+    ("package_deltas", "package_id, source_version"),
     ("channels", "id"),
     ("channel_packages", "channel_id, arch, format"),
     ("groups_", "id"),
@@ -306,6 +307,7 @@ mod tests {
             'amd64', 'update_engine', 'update.gz', 6, 'sha1b', 'cd', 'https://mirror.example/u',
             12, 'update_engine', 1020, 'c2ln', 'now', 1, 0, 1);
         INSERT INTO package_files VALUES ('p2', 0, 'oem-azure.gz', 7, 'sha1c', 'ef');
+        INSERT INTO package_deltas VALUES ('p1', '0.9.0', 'd.payload', 3, 'sha1d', '0d', 25);
         INSERT INTO channels VALUES ('c1', 'app', 'stable', 13);
         INSERT INTO channel_packages VALUES ('c1', 'amd64', 'update_engine', 'p2'),
             ('c1', 'amd64', 'platte', 'p1');
@@ -319,6 +321,7 @@ mod tests {
             'granted', 'ok', NULL, 19, 16),
             ('m2', 'app', '', '10.0.0.2', '1.0.0', 'g1', 'stable', 21, NULL, NULL,
             'error', 'bad', 44, 21, 17);
+        UPDATE instances SET served_payload = 'delta' WHERE machine_id = 'm1';
         INSERT INTO instance_status_history (machine_id, app_id, status, version, detail,
             error_code, at) VALUES ('m1', 'app', 'granted', '1.0.0', '', NULL, 19),
             ('m2', 'app', 'error', '1.0.0', 'bad', 44, 21);

@@ -31,8 +31,8 @@ pub use sqlite::{DirectPool, DirectTx, SqliteStore, SqliteWriter, WriterTask};
 
 use crate::lifecycle::InstanceStatus;
 use crate::model::{
-    Activity, App, Channel, EventRecord, Group, Instance, NewActivity, Package, PackageFile,
-    StatusChange,
+    Activity, App, Channel, EventRecord, Group, Instance, NewActivity, Package, PackageDelta,
+    PackageFile, StatusChange,
 };
 
 /// A boxed future returned by [`Store`] methods (keeps the trait usable as `dyn Store`).
@@ -260,6 +260,21 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         id: &'a str,
         expected: &'a [PackageFile],
         files: &'a [PackageFile],
+        act: &'a NewActivity,
+    ) -> StoreFuture<'a, ()>;
+    /// Adds a delta to package `id` ([`StoreError::NotFound`] without the package,
+    /// [`StoreError::Conflict`] when it has a delta from that source version already).
+    fn add_package_delta<'a>(
+        &'a self,
+        id: &'a str,
+        delta: &'a PackageDelta,
+        act: &'a NewActivity,
+    ) -> StoreFuture<'a, ()>;
+    /// Removes package `id`'s delta from `source_version`.
+    fn delete_package_delta<'a>(
+        &'a self,
+        id: &'a str,
+        source_version: &'a str,
         act: &'a NewActivity,
     ) -> StoreFuture<'a, ()>;
     /// Deletes a package (refused while a channel points at it).

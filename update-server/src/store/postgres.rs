@@ -123,6 +123,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "sync_states",
         include_str!("../../migrations/postgres/0007_sync_states.sql"),
     ),
+    (
+        8,
+        "package_deltas",
+        include_str!("../../migrations/postgres/0008_package_deltas.sql"),
+    ),
 ];
 
 /// PostgreSQL-backed stores (every store trait, and the [`Transactor`] of the check path).

@@ -10,8 +10,8 @@ use sqlx::PgConnection;
 
 use super::{PgStore, add_activity};
 use crate::model::{
-    Activity, App, Channel, EventRecord, Group, Instance, NewActivity, Package, PackageFile,
-    StatusChange,
+    Activity, App, Channel, EventRecord, Group, Instance, NewActivity, Package, PackageDelta,
+    PackageFile, StatusChange,
 };
 use crate::store::sqlx_rows::{
     CatalogueRows, GroupInstanceCountRow, InstanceCountRow, VersionSampleRow, activity_of,
@@ -157,6 +157,8 @@ impl Store for PgStore {
                 )
                 .await?,
                 package_files: all(tx, shared::SELECT_PACKAGE_FILES, "load package files").await?,
+                package_deltas: all(tx, shared::SELECT_PACKAGE_DELTAS, "load package deltas")
+                    .await?,
                 channel_packages: all(tx, shared::SELECT_CHANNEL_PACKAGES, "load channel packages")
                     .await?,
                 channels: all(
@@ -334,6 +336,37 @@ impl Store for PgStore {
 
     fn delete_package<'a>(&'a self, id: &'a str, act: &'a NewActivity) -> StoreFuture<'a, ()> {
         Box::pin(self.exec_one(RowChange::delete_package(id), act))
+    }
+
+    fn add_package_delta<'a>(
+        &'a self,
+        id: &'a str,
+        delta: &'a PackageDelta,
+        act: &'a NewActivity,
+    ) -> StoreFuture<'a, ()> {
+        const OP: &str = "add package delta";
+        Box::pin(async move {
+            let mut tx = self.begin(OP).await?;
+            let added =
+                shared::bind_package_delta(sqlx::query(shared::INSERT_PACKAGE_DELTA), id, delta)?
+                    .execute(&mut *tx.tx)
+                    .await
+                    .map_err(db(OP))?;
+            if added.rows_affected() == 0 {
+                return Err(StoreError::NotFound(format!("package {id}")));
+            }
+            add_activity(&mut tx.tx, act, delta.created_at).await?;
+            tx.commit(OP).await
+        })
+    }
+
+    fn delete_package_delta<'a>(
+        &'a self,
+        id: &'a str,
+        source_version: &'a str,
+        act: &'a NewActivity,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(self.exec_one(RowChange::delete_package_delta(id, source_version), act))
     }
 
     fn catalogue_generation(&self) -> StoreFuture<'_, i64> {

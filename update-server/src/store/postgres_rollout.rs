@@ -36,7 +36,7 @@ use sqlx::PgConnection;
 use sqlx::postgres::PgRow;
 
 use super::{PgStore, PgTx, add_activity};
-use crate::model::{GroupPolicy, Instance, NewActivity};
+use crate::model::{GroupPolicy, Instance, NewActivity, ServedPayload};
 use crate::rollout::grants::{
     self, GrantCount, GrantKey, GrantTx, GroupPolicyRow, NewGrant, RolloutKey, Settlement,
 };
@@ -922,8 +922,8 @@ impl InstanceTx for PgTx {
         let held = self
             .defer(
                 "UPDATE instances SET status = $1, status_detail = $2, error_code = $3, \
-                 status_at = $4, granted_version = $5, granted_at = $6 \
-                 WHERE machine_id = $7 AND app_id = $8",
+                 status_at = $4, granted_version = $5, granted_at = $6, served_payload = $7 \
+                 WHERE machine_id = $8 AND app_id = $9",
             )
             .bind(s.status.as_str())
             .bind(&s.status_detail)
@@ -931,6 +931,7 @@ impl InstanceTx for PgTx {
             .bind(s.status_at)
             .bind(&s.granted_version)
             .bind(s.granted_at)
+            .bind(s.served_payload.map(ServedPayload::as_str))
             .bind(machine_id)
             .bind(app_id)
             .done();

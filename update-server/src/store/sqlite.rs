@@ -22,8 +22,8 @@ pub(crate) use super::sqlx_shared::db;
 use super::sqlx_shared::{self as shared, RowChange, get, migrator, now};
 use super::{CatalogueData, InstanceFilter, Store, StoreError, StoreFuture};
 use crate::model::{
-    Activity, App, Channel, EventRecord, Group, Instance, NewActivity, Package, PackageFile,
-    StatusChange,
+    Activity, App, Channel, EventRecord, Group, Instance, NewActivity, Package, PackageDelta,
+    PackageFile, StatusChange,
 };
 
 const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -101,6 +101,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         15,
         "sync_states",
         include_str!("../../migrations/0015_sync_states.sql"),
+    ),
+    (
+        16,
+        "package_deltas",
+        include_str!("../../migrations/0016_package_deltas.sql"),
     ),
 ];
 
@@ -301,6 +306,8 @@ impl Store for SqliteStore {
                 )
                 .await?,
                 package_files: all(tx, shared::SELECT_PACKAGE_FILES, "load package files").await?,
+                package_deltas: all(tx, shared::SELECT_PACKAGE_DELTAS, "load package deltas")
+                    .await?,
                 channel_packages: all(tx, shared::SELECT_CHANNEL_PACKAGES, "load channel packages")
                     .await?,
                 channels: all(
@@ -475,6 +482,37 @@ impl Store for SqliteStore {
 
     fn delete_package<'a>(&'a self, id: &'a str, act: &'a NewActivity) -> StoreFuture<'a, ()> {
         Box::pin(self.exec_one(RowChange::delete_package(id), act))
+    }
+
+    fn add_package_delta<'a>(
+        &'a self,
+        id: &'a str,
+        delta: &'a PackageDelta,
+        act: &'a NewActivity,
+    ) -> StoreFuture<'a, ()> {
+        const OP: &str = "add package delta";
+        Box::pin(async move {
+            let mut tx = self.begin(OP).await?;
+            let added =
+                shared::bind_package_delta(sqlx::query(shared::INSERT_PACKAGE_DELTA), id, delta)?
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db(OP))?;
+            if added.rows_affected() == 0 {
+                return Err(StoreError::NotFound(format!("package {id}")));
+            }
+            add_activity(&mut tx, act, delta.created_at).await?;
+            tx.commit().await.map_err(db(OP))
+        })
+    }
+
+    fn delete_package_delta<'a>(
+        &'a self,
+        id: &'a str,
+        source_version: &'a str,
+        act: &'a NewActivity,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(self.exec_one(RowChange::delete_package_delta(id, source_version), act))
     }
 
     fn catalogue_generation(&self) -> StoreFuture<'_, i64> {

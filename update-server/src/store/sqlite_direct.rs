@@ -202,7 +202,7 @@ pub(crate) fn read_instance(
         .prepare_cached(
             "SELECT machine_id, app_id, alias, ip, version, group_id, track, oem, oem_version, \
              board, boot_id, last_check_at, granted_version, granted_at, status, status_detail, \
-             error_code, status_at, created_at FROM instances \
+             error_code, status_at, created_at, served_payload FROM instances \
              WHERE machine_id = ?1 AND app_id = ?2",
         )
         .map_err(lite("read instance"))?;
@@ -239,6 +239,10 @@ pub(crate) fn instance_of(r: &Row<'_>) -> Result<Instance, StoreError> {
         error_code: col(r, 16, T, "error_code")?,
         status_at: col(r, 17, T, "status_at")?,
         created_at: col(r, 18, T, "created_at")?,
+        served_payload: crate::store::sqlx_rows::served_payload_of(
+            col(r, 19, T, "served_payload")?,
+            T,
+        )?,
     })
 }
 

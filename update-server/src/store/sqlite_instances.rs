@@ -7,6 +7,7 @@ use rusqlite::Connection;
 
 use super::direct::{DirectTx, lite, read_instance, ready};
 use super::rollout::add_activity_direct;
+use crate::model::ServedPayload;
 use crate::store::instances::{CheckIn, InstanceTx, StatusColumns};
 use crate::store::tx::TxFuture;
 use crate::store::{InstanceChange, StoreError};
@@ -157,7 +158,8 @@ fn set_status(
 ) -> Result<(), StoreError> {
     conn.prepare_cached(
         "UPDATE instances SET status = ?, status_detail = ?, error_code = ?, status_at = ?, \
-         granted_version = ?, granted_at = ? WHERE machine_id = ? AND app_id = ?",
+         granted_version = ?, granted_at = ?, served_payload = ? \
+         WHERE machine_id = ? AND app_id = ?",
     )
     .and_then(|mut q| {
         q.execute((
@@ -167,6 +169,7 @@ fn set_status(
             s.status_at,
             &s.granted_version,
             s.granted_at,
+            s.served_payload.map(ServedPayload::as_str),
             machine_id,
             app_id,
         ))

@@ -14,7 +14,7 @@ use super::{CatalogueData, InstanceCount, StoreError};
 use crate::lifecycle::InstanceStatus;
 use crate::model::{
     Activity, App, Channel, CompletesOn, EventRecord, Group, GroupPolicy, Instance, Package,
-    PackageFile, PackageFormat, Severity, StatusChange,
+    PackageDelta, PackageFile, PackageFormat, ServedPayload, Severity, StatusChange,
 };
 use crate::retention::protection::{GroupFacts, RolloutFacts};
 
@@ -77,7 +77,23 @@ pub fn instance_of<R: PortableRow>(r: &R) -> Result<Instance, StoreError> {
         error_code: get(r, T, "error_code")?,
         status_at: get(r, T, "status_at")?,
         created_at: get(r, T, "created_at")?,
+        served_payload: served_payload_of(get(r, T, "served_payload")?, T)?,
     })
+}
+
+/// The `served_payload` column of an instance row.
+pub fn served_payload_of(
+    s: Option<String>,
+    table: &'static str,
+) -> Result<Option<ServedPayload>, StoreError> {
+    s.map(|s| {
+        ServedPayload::parse(&s).ok_or_else(|| StoreError::Corrupt {
+            table,
+            column: "served_payload",
+            detail: format!("unknown payload kind {s:?}"),
+        })
+    })
+    .transpose()
 }
 
 /// A page of a listing of `instances` (rows selected with `*`) and the count of every row the
@@ -141,7 +157,30 @@ pub fn package_of<R: PortableRow>(r: &R) -> Result<Package, StoreError> {
         disable_payload_backoff: get::<i64, _>(r, T, "disable_payload_backoff")? != 0,
         needs_admin: get::<i64, _>(r, T, "needs_admin")? != 0,
         files: Vec::new(),
+        deltas: Vec::new(),
     })
+}
+
+/// The deltas of every package (rows of `package_deltas`, selected with `*`), by package id.
+pub fn package_deltas_of<R: PortableRow>(
+    rows: &[R],
+) -> Result<BTreeMap<String, Vec<PackageDelta>>, StoreError> {
+    const T: &str = "package_deltas";
+    let mut deltas: BTreeMap<String, Vec<PackageDelta>> = BTreeMap::new();
+    for r in rows {
+        deltas
+            .entry(get(r, T, "package_id")?)
+            .or_default()
+            .push(PackageDelta {
+                source_version: get(r, T, "source_version")?,
+                filename: get(r, T, "filename")?,
+                size: u64_of(get(r, T, "size")?, T, "size")?,
+                sha1_base64: get(r, T, "sha1_base64")?,
+                sha256_hex: get(r, T, "sha256_hex")?,
+                created_at: get(r, T, "created_at")?,
+            });
+    }
+    Ok(deltas)
 }
 
 /// The extra files of every package (rows of `package_files`, selected with `*`, in order), by
@@ -238,6 +277,8 @@ pub struct CatalogueRows<R> {
     pub packages: Vec<R>,
     /// Rows of `package_files`, in order.
     pub package_files: Vec<R>,
+    /// Rows of `package_deltas`.
+    pub package_deltas: Vec<R>,
     /// Rows of `channel_packages`.
     pub channel_packages: Vec<R>,
     /// Rows of `channels`.
@@ -253,12 +294,14 @@ impl<R: PortableRow> CatalogueRows<R> {
     pub fn decode(self) -> Result<CatalogueData, StoreError> {
         let apps = self.apps.iter().map(app_of).collect::<Result<_, _>>()?;
         let mut files = package_files_of(&self.package_files)?;
+        let mut deltas = package_deltas_of(&self.package_deltas)?;
         let packages = self
             .packages
             .iter()
             .map(|r| {
                 let mut p = package_of(r)?;
                 p.files = files.remove(&p.id).unwrap_or_default();
+                p.deltas = deltas.remove(&p.id).unwrap_or_default();
                 Ok(p)
             })
             .collect::<Result<_, StoreError>>()?;

@@ -237,6 +237,33 @@ pub fn bind_package_file<'q, Q: PortableQuery<'q>>(
         .bind_text(&f.sha256_hex))
 }
 
+/// The deltas of every package.
+pub const SELECT_PACKAGE_DELTAS: &str =
+    "SELECT * FROM package_deltas ORDER BY package_id, source_version";
+
+/// A delta of a package (bound by [`bind_package_delta`]); inserts nothing (no row changed) when
+/// the package does not exist.
+pub const INSERT_PACKAGE_DELTA: &str = "INSERT INTO package_deltas (package_id, \
+     source_version, filename, size, sha1_base64, sha256_hex, created_at) \
+     SELECT $1, $2, $3, $4, $5, $6, $7 WHERE EXISTS (SELECT 1 FROM packages WHERE id = $1)";
+
+/// Binds delta `d` of package `package_id` to [`INSERT_PACKAGE_DELTA`].
+pub fn bind_package_delta<'q, Q: PortableQuery<'q>>(
+    q: Q,
+    package_id: &'q str,
+    d: &'q crate::model::PackageDelta,
+) -> Result<Q, StoreError> {
+    let size = i64::try_from(d.size)
+        .map_err(|_| StoreError::Conflict(format!("delta size {} too large", d.size)))?;
+    Ok(q.bind_text(package_id)
+        .bind_text(&d.source_version)
+        .bind_text(&d.filename)
+        .bind_int(size)
+        .bind_text(&d.sha1_base64)
+        .bind_text(&d.sha256_hex)
+        .bind_int(d.created_at))
+}
+
 /// Every machine's alias (machine id, alias).
 pub const SELECT_MACHINE_ALIASES: &str = "SELECT machine_id, alias FROM machine_aliases";
 
@@ -322,6 +349,16 @@ impl RowChange {
             "DELETE FROM packages WHERE id = $1",
             id,
         )
+    }
+
+    /// Deletes package `package_id`'s delta from `source_version`.
+    pub fn delete_package_delta(package_id: &str, source_version: &str) -> Self {
+        Self {
+            op: "delete package delta",
+            what: format!("delta from {source_version} of package {package_id}"),
+            sql: "DELETE FROM package_deltas WHERE package_id = $1 AND source_version = $2",
+            binds: vec![package_id.to_owned(), source_version.to_owned()],
+        }
     }
 
     /// Deletes the row `id` by `sql` (`$1` id).

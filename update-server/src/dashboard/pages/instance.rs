@@ -138,6 +138,9 @@ fn app_section(viewer: &Viewer, cat: &Catalogue, machine: &str, a: &InstanceWith
                 dt { "Granted" } dd {
                     (i.granted_version.as_deref().unwrap_or("–")) " " (maybe_time(i.granted_at))
                 }
+                @if let Some(p) = i.served_payload {
+                    dt { "Payload" } dd.payload { (p.as_str()) }
+                }
                 dt { "IP" } dd { (i.ip) }
                 dt { "Board / OEM" } dd { (i.board) " / " (i.oem) " " (i.oem_version) }
                 dt { "Last check" } dd { (time(i.last_check_at)) }

@@ -251,6 +251,12 @@ fn package_row(viewer: &Viewer, p: &PackagesPage, k: &Package, channels: &[&Chan
                 strong { (k.version) } " " span.tag { (k.kind) }
                 br;
                 span.sub.mono { (k.id) }
+                @for d in &k.deltas {
+                    br;
+                    span.sub.delta title={ (d.size) " bytes, SHA-256 " (d.sha256_hex) } {
+                        "delta from " (d.source_version) ", " (bytes(d.size))
+                    }
+                }
             }
             td.format { (k.format.as_str()) }
             td.num.size title={ (k.size) " bytes" } data-bytes=(k.size) { (bytes(k.size)) }
@@ -372,6 +378,7 @@ mod tests {
             disable_payload_backoff: true,
             needs_admin: false,
             files: Vec::new(),
+            deltas: Vec::new(),
         }
     }
 

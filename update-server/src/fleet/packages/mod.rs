@@ -4,8 +4,10 @@
 //!   signatures against the trusted publisher keys; an update_engine payload's CrAU header);
 //! - [`reference`]: a file hosted elsewhere, named by URL, size and digests, optionally
 //!   downloaded once to verify it, or to host it here;
-//! - [`files`]: a package's extra files (OEM and extension sysexts), served with it.
+//! - [`files`]: a package's extra files (OEM and extension sysexts), served with it;
+//! - [`deltas`]: a package's delta payloads, each from one earlier version.
 
+pub mod deltas;
 pub mod files;
 pub mod publish;
 pub mod reference;
@@ -65,6 +67,9 @@ pub struct PublishQuery {
     pub disable_payload_backoff: Option<bool>,
     /// update_engine payload: `needsadmin` to send [default: false].
     pub needs_admin: Option<bool>,
+    /// A Platte delta payload: the id of the full package it is linked to [default: the one
+    /// package of the delta's application, version and arch in Platte's format].
+    pub delta_of: Option<String>,
 }
 
 /// The attributes of update_engine's postinstall action an operator may set on a package
@@ -298,6 +303,10 @@ impl Fleet {
         act.version = Some(pkg.version.clone());
         self.store.delete_package(id, &act).await?;
         self.reload().await?;
+        // Its deltas went with it (hosted whatever the package is).
+        for d in &pkg.deltas {
+            self.remove_unused_blob(&d.sha256_hex)?;
+        }
         if pkg.external_url.is_none() {
             let contents =
                 std::iter::once(&pkg.sha256_hex).chain(pkg.files.iter().map(|f| &f.sha256_hex));

@@ -52,6 +52,8 @@ pub(super) struct Checked {
     pub(super) metadata_size: Option<u64>,
     /// How it was checked, for the activity feed.
     pub(super) provenance: String,
+    /// A Platte delta payload: what it applies to and what it builds.
+    pub(super) delta: Option<super::deltas::DeltaFacts>,
 }
 
 /// A package about to be recorded: its checked file and where it is served from.
@@ -122,6 +124,7 @@ async fn check_update_engine_payload(
             header.version,
             header.metadata_len()
         ),
+        delta: None,
     })
 }
 
@@ -159,6 +162,9 @@ impl Fleet {
             .await
             .map_err(receive_error)?;
         let checked = self.check_received(check, &received).await?;
+        if let Some(facts) = checked.delta.clone() {
+            return self.record_delta(query, checked, facts, received).await;
+        }
         let size = received.size;
         let digests = FileDigests::of(&received.sha1, &received.sha256);
         let external_url = query.external_url.clone();
@@ -265,7 +271,15 @@ impl Fleet {
             kind,
             metadata_size,
             provenance,
+            delta,
         } = checked;
+        if let Some(d) = delta {
+            return Err(FleetError::Unverifiable(format!(
+                "payload rejected: it is a delta from version {}; upload it to be linked to its \
+                 full package (`update-server package publish`)",
+                d.source_version
+            )));
+        }
         if !version::is_valid(&version) {
             return Err(FleetError::Unverifiable(format!(
                 "version {version:?} is not a release version"
@@ -295,6 +309,7 @@ impl Fleet {
             disable_payload_backoff: true,
             needs_admin: false,
             files,
+            deltas: Vec::new(),
         };
         action.apply(&mut pkg)?;
         let _writing = self.write_lock.lock().await;
@@ -344,15 +359,10 @@ impl Fleet {
         .map_err(|e| FleetError::Internal(format!("reading upload: {e}")))?
         .map_err(|e| FleetError::Unverifiable(format!("payload rejected: {e}")))?;
 
-        // A delta applies only on its source version, and nothing here offers it that way yet:
-        // served as a full payload it would fail on every other machine.
-        if info.is_delta() {
-            return Err(FleetError::Unverifiable(format!(
-                "payload rejected: it is a delta from version {}, and this server publishes full \
-                 payloads only",
-                info.source().map_or("?", |s| s.version.as_str())
-            )));
-        }
+        let delta = info.source().map(|s| super::deltas::DeltaFacts {
+            source_version: s.version.clone(),
+            target_sha256: info.target_sha256(),
+        });
         let app_id = normalize_appid(info.app_id());
         let arch = normalize_arch(info.arch());
         let version = info.version().to_owned();
@@ -376,6 +386,7 @@ impl Fleet {
             kind: kind_name(info.kind()).to_owned(),
             metadata_size: None,
             provenance: format!("signed by {}", hex::encode(info.signer.0)),
+            delta,
         })
     }
 }

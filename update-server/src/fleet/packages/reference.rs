@@ -248,6 +248,7 @@ impl Fleet {
                     "an update_engine payload by reference to {}, not downloaded",
                     input.url
                 ),
+                delta: None,
             };
             (checked, Vec::new())
         };

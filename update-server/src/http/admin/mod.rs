@@ -82,6 +82,10 @@ pub fn routes() -> Router<AppState> {
         )
         .route("/packages/{id}/files", post(packages::add_file_reference))
         .route(
+            "/packages/{id}/deltas/{source}",
+            delete(packages::delete_delta),
+        )
+        .route(
             "/packages/{id}/files/{name}",
             put(packages::upload_file)
                 .delete(packages::remove_file)

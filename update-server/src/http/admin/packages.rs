@@ -35,7 +35,9 @@ pub async fn get_package(State(st): State<AppState>, Path(id): Path<String>) -> 
 
 /// Publishes a signed payload: verifies its signatures against the trusted publisher keys and
 /// its data against the manifest, reads app/version/arch/kind from the manifest, computes SHA-1
-/// and SHA-256, and stores it content-addressed (or records its external URL).
+/// and SHA-256, and stores it content-addressed (or records its external URL). A delta payload
+/// is linked to its full package (of the same app, version and arch, or `delta_of`) once its
+/// target image is that package's; the answer is then the full package with its deltas.
 #[utoipa::path(post, path = "/api/v1/packages", tag = "packages", params(PublishQuery),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses((status = 201, body = Package), (status = 409, body = ErrorBody),
@@ -60,6 +62,18 @@ pub async fn delete_package(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     st.fleet().delete_package(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Deletes a package's delta from `source` (and its file when nothing else shares it).
+#[utoipa::path(delete, path = "/api/v1/packages/{id}/deltas/{source}", tag = "packages",
+    params(("id" = String, Path), ("source" = String, Path, description = "the delta's source version")),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+pub async fn delete_delta(
+    State(st): State<AppState>,
+    Path((id, source)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    st.fleet().delete_package_delta(&id, &source).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

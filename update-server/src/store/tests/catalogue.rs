@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::model::{
-    App, Channel, CompletesOn, Group, GroupPolicy, NewActivity, Package, PackageFile, PackageFormat,
+    App, Channel, CompletesOn, Group, GroupPolicy, NewActivity, Package, PackageDelta, PackageFile,
+    PackageFormat,
 };
 use crate::store::StoreError;
 use crate::store::testkit::{TestStores, both_stores};
@@ -51,6 +52,18 @@ fn pkg(id: &str, app: &str, v: &str) -> Package {
         disable_payload_backoff: false,
         needs_admin: true,
         files: vec![file("oem-azure.gz", 7), file("flatcar-podman.gz", 8)],
+        deltas: Vec::new(),
+    }
+}
+
+fn delta(source: &str) -> PackageDelta {
+    PackageDelta {
+        source_version: source.into(),
+        filename: format!("from-{source}.payload"),
+        size: 5,
+        sha1_base64: format!("sha1-{source}"),
+        sha256_hex: format!("sha256-{source}"),
+        created_at: 9,
     }
 }
 
@@ -133,12 +146,38 @@ async fn catalogue_round_trip_and_referential_rules(kit: &mut TestStores) {
         s.set_package_files("nope", &[], &files, &act()).await,
         Err(StoreError::NotFound(_))
     ));
+    // Deltas, one per source version, load with their package.
+    s.add_package_delta("p1", &delta("0.9.0"), &act())
+        .await
+        .unwrap();
+    s.add_package_delta("p1", &delta("0.8.0"), &act())
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.add_package_delta("p1", &delta("0.9.0"), &act()).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        s.add_package_delta("nope", &delta("0.9.0"), &act()).await,
+        Err(StoreError::NotFound(_))
+    ));
+    let generation = s.catalogue_generation().await.unwrap();
+    s.delete_package_delta("p1", "0.8.0", &act()).await.unwrap();
+    assert!(s.catalogue_generation().await.unwrap() > generation);
+    assert!(matches!(
+        s.delete_package_delta("p1", "0.8.0", &act()).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(
+        s.load_catalogue().await.unwrap().packages[0].deltas,
+        vec![delta("0.9.0")]
+    );
     assert!(matches!(
         s.delete_group("nope", &act()).await,
         Err(StoreError::NotFound(_))
     ));
     let acts = s.list_activity(None, None, 100).await.unwrap();
-    assert_eq!(acts.len(), 5);
+    assert_eq!(acts.len(), 8);
 }
 
 async fn changes_to_missing_objects_are_not_found_and_references_are_kept(kit: &mut TestStores) {
