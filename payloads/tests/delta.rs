@@ -105,11 +105,7 @@ impl Fixture {
 
     /// Payload offset where operation `index`'s data starts (all data before it).
     fn data_offset(&self, index: usize) -> usize {
-        self.prefix_len
-            + self.manifest.operations[..index]
-                .iter()
-                .map(|op| op.data_len as usize)
-                .sum::<usize>()
+        data_offset(&self.manifest, self.prefix_len, index)
     }
 }
 

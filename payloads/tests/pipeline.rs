@@ -10,41 +10,16 @@ use std::io::Write as _;
 use std::path::Path;
 
 use common::*;
-use payloads::format::read_prefix;
-use payloads::{Applier, ApplyError, ApplyOptions, Manifest, OpKind, Target};
+use payloads::{Applier, ApplyError, ApplyOptions, OpKind, Target};
 use rustix::fs::{MemfdFlags, SealFlags, fcntl_add_seals, memfd_create};
 
 const CHUNK: u32 = 64 * 1024;
 
-struct Fixture {
-    image: Vec<u8>,
-    payload: Vec<u8>,
-    manifest: Manifest,
-    prefix_len: usize,
-}
-
 fn fixture() -> Fixture {
-    let image = mixed_image(150_000, 6);
-    let payload = build(&image, CHUNK, &[1]);
-    let (prefix, raw) = read_prefix(&mut payload.as_slice()).unwrap();
-    Fixture {
-        image,
-        payload,
-        manifest: prefix.manifest,
-        prefix_len: raw.len(),
-    }
+    fixture_of(mixed_image(150_000, 6), CHUNK)
 }
 
 impl Fixture {
-    /// Payload offset of operation `index`'s data (the payload length for `index` = count).
-    fn data_offset(&self, index: usize) -> usize {
-        self.prefix_len
-            + self.manifest.operations[..index]
-                .iter()
-                .map(|op| op.data_len as usize)
-                .sum::<usize>()
-    }
-
     /// The first REPLACE_ZSTD operation after the first third of the operations.
     fn zstd_op(&self) -> usize {
         let ops = &self.manifest.operations;

@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use payloads::format::{FormatError, HEADER_LEN, encode_prefix, read_prefix};
+use payloads::format::{FormatError, HEADER_LEN, encode_prefix};
 use payloads::{
     Applied, Applier, ApplyError, ApplyOptions, ErrorClass, Kind, Manifest, OpKind, Sha256Digest,
     Target, TrustStore, VerifyError,
@@ -13,30 +13,11 @@ use payloads::{
 
 const CHUNK: u32 = 64 * 1024;
 
-struct Fixture {
-    image: Vec<u8>,
-    payload: Vec<u8>,
-    manifest: Manifest,
-    prefix_len: usize,
-}
-
 fn fixture() -> Fixture {
-    let image = mixed_image(150_000, 6);
-    let payload = build(&image, CHUNK, &[1]);
-    let (prefix, raw) = read_prefix(&mut payload.as_slice()).unwrap();
-    Fixture {
-        image,
-        payload,
-        manifest: prefix.manifest,
-        prefix_len: raw.len(),
-    }
+    fixture_of(mixed_image(150_000, 6), CHUNK)
 }
 
 impl Fixture {
-    fn data(&self) -> &[u8] {
-        &self.payload[self.prefix_len..]
-    }
-
     /// The payload with its manifest changed by `f`, encoded without checks and signed by `seeds`.
     fn crafted(&self, seeds: &[u8], f: impl FnOnce(&mut Manifest)) -> Vec<u8> {
         let mut m = self.manifest.clone();
@@ -45,15 +26,6 @@ impl Fixture {
         let mut out = encode_prefix(&m.encode_unchecked().unwrap(), &keys);
         out.extend_from_slice(self.data());
         out
-    }
-
-    /// Offset in the payload of operation `index`'s data.
-    fn data_offset(&self, index: usize) -> usize {
-        self.prefix_len
-            + self.manifest.operations[..index]
-                .iter()
-                .map(|op| op.data_len as usize)
-                .sum::<usize>()
     }
 }
 

@@ -157,3 +157,49 @@ pub fn refused_untouched(
         "{name}: the target was written to"
     );
 }
+
+/// A payload built from an image, with its parsed manifest and the length of its signed prefix.
+pub struct Fixture {
+    /// The image.
+    pub image: Vec<u8>,
+    /// The payload (chunks of the size given, signed by key 1).
+    pub payload: Vec<u8>,
+    /// Its manifest.
+    pub manifest: payloads::Manifest,
+    /// Bytes before the operations' data.
+    pub prefix_len: usize,
+}
+
+/// The payload of `image` in chunks of `chunk_size`, signed by key 1, parsed.
+pub fn fixture_of(image: Vec<u8>, chunk_size: u32) -> Fixture {
+    let payload = build(&image, chunk_size, &[1]);
+    let (prefix, raw) = payloads::format::read_prefix(&mut payload.as_slice()).unwrap();
+    Fixture {
+        image,
+        payload,
+        manifest: prefix.manifest,
+        prefix_len: raw.len(),
+    }
+}
+
+impl Fixture {
+    /// The operations' data (everything after the prefix).
+    pub fn data(&self) -> &[u8] {
+        &self.payload[self.prefix_len..]
+    }
+
+    /// Offset in the payload of operation `index`'s data (the payload's length for the count).
+    pub fn data_offset(&self, index: usize) -> usize {
+        data_offset(&self.manifest, self.prefix_len, index)
+    }
+}
+
+/// Offset of operation `index`'s data in a payload of `manifest` whose prefix is `prefix_len`
+/// bytes.
+pub fn data_offset(manifest: &payloads::Manifest, prefix_len: usize, index: usize) -> usize {
+    prefix_len
+        + manifest.operations[..index]
+            .iter()
+            .map(|op| op.data_len as usize)
+            .sum::<usize>()
+}
