@@ -53,8 +53,16 @@ impl Publisher {
 
     /// The `payload build` arguments for `image` as `version` of `app`, written to `out`.
     pub fn build_args(&self, app: &str, version: &str, image: &Path, out: &Path) -> Vec<String> {
+        let mut args = vec!["build".to_owned()];
+        args.extend(self.common_args(app, version, out));
+        args.extend(["--image".to_owned(), image.display().to_string()]);
+        args
+    }
+
+    /// The arguments `payload build` and `payload delta` share: key, app, version, arch, chunk
+    /// size, threads, output.
+    fn common_args(&self, app: &str, version: &str, out: &Path) -> Vec<String> {
         [
-            "build",
             "--key",
             &self.key.display().to_string(),
             "--app",
@@ -67,8 +75,6 @@ impl Publisher {
             &CHUNK_SIZE.to_string(),
             "--threads",
             "1",
-            "--image",
-            &image.display().to_string(),
             "--out",
             &out.display().to_string(),
         ]
@@ -94,14 +100,11 @@ impl Publisher {
         to: &Path,
         out: &Path,
     ) -> Result<()> {
-        let mut args = self.build_args(app, version, to, out);
-        args[0] = "delta".to_owned();
-        for a in &mut args {
-            if a == "--image" {
-                *a = "--to".to_owned();
-            }
-        }
+        let mut args = vec!["delta".to_owned()];
+        args.extend(self.common_args(app, version, out));
         args.extend([
+            "--to".to_owned(),
+            to.display().to_string(),
             "--from".to_owned(),
             from.display().to_string(),
             "--from-version".to_owned(),

@@ -371,13 +371,7 @@ impl World {
     /// Builds a demo image of `len` bytes for `version`, signs it (`payload build`) and
     /// publishes it (`update-server package publish`). The channel is not changed.
     pub fn publish(&self, version: &str, len: usize) -> Result<Release> {
-        let dir = self.releases_dir()?;
-        let image = release::os_image(version, len);
-        let img = dir.join(format!("usr-{version}.img"));
-        std::fs::write(&img, &image).map_err(io("writing an image", &img))?;
-        let payload = dir.join(format!("platte-{version}.payload"));
-        self.publisher.build(APP, version, &img, &payload)?;
-        self.publish_payload(version, image, payload)
+        self.publish_image(version, release::os_image(version, len))
     }
 
     /// Signs `image` as `version` (`payload build`) and publishes it. The channel is not

@@ -133,11 +133,19 @@ fn delta_then_full_then_fallback(mode: Mode) {
         drifted,
         "slot A was written"
     );
+    // Reported as deferred with 3105, not as a failure: the rollout does not count it.
     let inst = w
         .server
-        .wait_instance(APP, &h2.machine_id, "in error", |i| i["status"] == "error")
+        .wait_instance(APP, &h2.machine_id, "deferred", |i| {
+            i["status"] == "deferred"
+        })
         .unwrap();
     assert_eq!(inst["served_payload"], "delta", "{inst}");
+    assert_eq!(
+        inst["error_code"].as_i64().map(|c| c & 0xfff_ffff),
+        Some(3105),
+        "{inst}"
+    );
 
     // Its next check asks for the full payload, and installs it.
     let r = h2.run_once().unwrap();

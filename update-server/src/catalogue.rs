@@ -55,6 +55,8 @@ pub struct Catalogue {
     groups: HashMap<String, Group>,
     group_by_track: HashMap<(String, String), String>,
     package_by_sha256: HashMap<String, String>,
+    /// A delta's SHA-256 → its package's id and its index in the package's deltas.
+    delta_by_sha256: HashMap<String, (String, usize)>,
     specs: HashMap<String, RolloutSpec>,
     /// Operator alias → the machine it is assigned to.
     alias_owners: HashMap<String, String>,
@@ -77,6 +79,10 @@ impl Catalogue {
             if p.external_url.is_none() {
                 c.package_by_sha256
                     .insert(p.sha256_hex.clone(), p.id.clone());
+            }
+            for (i, d) in p.deltas.iter().enumerate() {
+                c.delta_by_sha256
+                    .insert(d.sha256_hex.clone(), (p.id.clone(), i));
             }
             c.digests.insert(p.id.clone(), PackageDigests::of(p));
             c.packages.insert(p.id.clone(), p.clone());
@@ -148,11 +154,8 @@ impl Catalogue {
     /// A package's delta with SHA-256 `sha256_hex` (deltas are hosted by this server, each
     /// under its own codebase `/packages/<its sha256>/`).
     pub fn delta_by_sha256(&self, sha256_hex: &str) -> Option<&PackageDelta> {
-        self.data
-            .packages
-            .iter()
-            .flat_map(|p| p.deltas.iter())
-            .find(|d| d.sha256_hex == sha256_hex)
+        let (id, i) = self.delta_by_sha256.get(sha256_hex)?;
+        self.packages.get(id)?.deltas.get(*i)
     }
 
     /// The extra file `name` of a hosted package whose payload has SHA-256 `sha256_hex`

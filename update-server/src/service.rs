@@ -147,6 +147,19 @@ pub enum CheckAnswer {
     NoUpdate(NoUpdateReason),
 }
 
+impl CheckAnswer {
+    /// Which payload an update serves (`None` for no update).
+    pub fn served_payload(&self) -> Option<ServedPayload> {
+        match self {
+            CheckAnswer::Update { delta_from, .. } => Some(match delta_from {
+                Some(_) => ServedPayload::Delta,
+                None => ServedPayload::Full,
+            }),
+            CheckAnswer::NoUpdate(_) => None,
+        }
+    }
+}
+
 /// The answer for one app.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AppAnswer {
@@ -272,11 +285,8 @@ impl Plan {
     /// Moves the status to what the answer means: `granted` for a grant, `on_hold` (with the
     /// reason) for a hold unless the machine awaits its reboot; records the change if any.
     fn settle_status(&mut self, now: i64) {
-        if let Some(CheckAnswer::Update { delta_from, .. }) = &self.check {
-            self.row.served_payload = Some(match delta_from {
-                Some(_) => ServedPayload::Delta,
-                None => ServedPayload::Full,
-            });
+        if let Some(served) = self.check.as_ref().and_then(CheckAnswer::served_payload) {
+            self.row.served_payload = Some(served);
         }
         let update = match (&self.check, self.granted) {
             (Some(CheckAnswer::Update { package, .. }), true) => Some((
@@ -418,15 +428,17 @@ impl UpdateService {
     }
 
     /// The answer serving `pkg` to `req`: its delta from the version the machine runs when it
-    /// has one and the machine takes deltas, else its full payload.
+    /// has one, the machine takes deltas and `full_only` is not set, else its full payload.
     fn serve(
         &self,
         cat: &Catalogue,
         pkg: &Package,
         rollback: bool,
         req: &AppCheckIn,
+        full_only: bool,
     ) -> CheckAnswer {
         if req.delta_okay
+            && !full_only
             && let Some(d) = pkg.deltas.iter().find(|d| d.source_version == req.version)
         {
             // The delta's file in the package's place; deltas are hosted here, without extras.
@@ -867,15 +879,11 @@ impl UpdateService {
                     .unwrap_or_default();
                 m.hold(app_id, g, &version, r);
             }
+            if let Some(served) = answer.served_payload() {
+                self.metrics.payload_offered(app_id, served.as_str());
+            }
             let label = match answer {
-                CheckAnswer::Update { delta_from, .. } => {
-                    let payload = match delta_from {
-                        Some(_) => ServedPayload::Delta,
-                        None => ServedPayload::Full,
-                    };
-                    self.metrics.payload_offered(app_id, payload.as_str());
-                    "update".to_owned()
-                }
+                CheckAnswer::Update { .. } => "update".to_owned(),
                 CheckAnswer::NoUpdate(r) => format!("noupdate_{}", r.label()),
             };
             self.metrics.check(app_id, &label);
@@ -1005,7 +1013,11 @@ impl UpdateService {
                 // package is there (and one the client can apply); else decide afresh.
                 if let Some(pkg) = find(granted) {
                     let rollback = version::compare(&req.version, granted).is_gt();
-                    return (self.serve(cat, pkg, rollback, req), None);
+                    // A machine downloading the full payload keeps it: a delta published
+                    // meanwhile would discard its checkpoint. (One downloading a delta falls
+                    // back to the full payload once it stops sending delta_okay.)
+                    let full_only = inst.served_payload == Some(ServedPayload::Full);
+                    return (self.serve(cat, pkg, rollback, req, full_only), None);
                 }
             }
             if inst.status == InstanceStatus::Installed {
@@ -1066,7 +1078,7 @@ impl UpdateService {
             return no(NoUpdateReason::Hold(reason.as_str().to_owned()));
         }
         (
-            self.serve(cat, pkg, rollback, req),
+            self.serve(cat, pkg, rollback, req, false),
             Some(GrantPlan {
                 group_id: group.id.clone(),
                 version: pkg.version.clone(),

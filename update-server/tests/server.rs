@@ -66,8 +66,14 @@ impl Env {
 
     /// Publishes `version` (signed by the trusted key) and points channel `stable` at it.
     async fn release(&self, version: &str) -> Value {
+        self.release_image(version, &common::image(200_000)).await
+    }
+
+    /// Publishes `image` as `version` (signed by the trusted key) and points channel `stable`
+    /// at it.
+    async fn release_image(&self, version: &str, image: &[u8]) -> Value {
         let (st, pkg) = self
-            .publish(signed_payload(&self.key, FLATCAR, version))
+            .publish(common::signed_payload(&self.key, FLATCAR, version, image))
             .await;
         assert_eq!(st, StatusCode::CREATED, "{pkg}");
         let (st, v) = self
@@ -835,23 +841,7 @@ async fn deltas_are_offered_on_their_source_version_only(db: TestDb) {
     env.seed().await;
     let seed_image = common::image(200_000);
     // 3510.3.0: its full payload, then a delta from the seed's 3510.2.0.
-    let (st, full) = env
-        .publish(common::signed_payload(
-            &env.key,
-            FLATCAR,
-            "3510.3.0",
-            &image_of("3510.3.0"),
-        ))
-        .await;
-    assert_eq!(st, StatusCode::CREATED, "{full}");
-    let (st, v) = env
-        .api(
-            reqwest::Method::PATCH,
-            &format!("/apps/{FLATCAR}/channels/stable"),
-            Some(json!({"packages": {"amd64": full["id"]}})),
-        )
-        .await;
-    assert_eq!(st, StatusCode::OK, "{v}");
+    let full = env.release_image("3510.3.0", &image_of("3510.3.0")).await;
     let (delta, _) = delta_payload(&env.key, "3510.2.0", &seed_image, "3510.3.0");
     // Published without naming anything: the manifest names app, version and arch.
     let r = env
@@ -949,12 +939,33 @@ async fn deltas_are_offered_on_their_source_version_only(db: TestDb) {
         assert_eq!(i["instance"]["served_payload"], "full", "{i}");
     }
 
-    // The delta fails on the first machine (its source does not match): it reports the
-    // failure and asks again without deltas, and is offered the full payload.
+    // A machine downloading the full payload keeps it when it then says it takes deltas: a
+    // switch would discard its download.
+    let m2 = "de17a000000000000000000000000002";
+    let started = r#"<event eventtype="13" eventresult="1"></event>"#;
+    let (st, _) = env.omaha(check_xml(m2, "3510.2.0", started)).await;
+    assert_eq!(st, StatusCode::OK);
+    let (_, xml) = env.omaha(delta_check(m2, "3510.2.0", Some(true))).await;
+    let man = updatecheck(&xml).target_manifest().unwrap().clone();
+    assert_eq!(
+        man.packages[0]
+            .sha256()
+            .unwrap()
+            .map(hex::encode)
+            .as_deref(),
+        full["sha256_hex"].as_str(),
+        "{xml}"
+    );
+
+    // The delta fails on the first machine (its source does not match): the agent reports it
+    // as deferred with code 3105 (not a failure of the release) and asks again without deltas,
+    // and is offered the full payload.
     let m = "de17a000000000000000000000000001";
-    let failed = r#"<event eventtype="3" eventresult="0" errorcode="3105"></event>"#;
+    let failed = r#"<event eventtype="3" eventresult="9" errorcode="3105"></event>"#;
     let (st, _) = env.omaha(check_xml(m, "3510.2.0", failed)).await;
     assert_eq!(st, StatusCode::OK);
+    let i = instance(&env, m).await;
+    assert_eq!(i["instance"]["status"], "deferred", "{i}");
     let (_, xml) = env.omaha(delta_check(m, "3510.2.0", Some(false))).await;
     let uc = updatecheck(&xml);
     assert_eq!(
@@ -984,7 +995,7 @@ async fn deltas_are_offered_on_their_source_version_only(db: TestDb) {
     );
     assert!(
         metrics.contains(&format!(
-            r#"platte_update_payloads_offered_total{{app="{app}",payload="full"}} 4"#
+            r#"platte_update_payloads_offered_total{{app="{app}",payload="full"}} 5"#
         )),
         "{metrics}"
     );

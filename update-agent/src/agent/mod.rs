@@ -940,7 +940,16 @@ impl Agent {
                 if let Err(se) = self.record_error(code, e.to_string()) {
                     tracing::error!(error = %se, "cannot save state");
                 }
-                self.send_event(EventRequest::error(reported(code))).await;
+                // A delta whose source is not the running slot says nothing about the release
+                // (this host's slot differs): reported as deferred (3/9), like a policy refusal,
+                // so the rollout does not count it as a failure; the next check asks for the
+                // full payload. Any other failure, of a delta too, is a failure (3/0).
+                let event = if e.is_source_mismatch() {
+                    EventRequest::deferred(reported(code))
+                } else {
+                    EventRequest::error(reported(code))
+                };
+                self.send_event(event).await;
                 CycleOutcome::InstallFailed(e)
             }
         }

@@ -8,7 +8,6 @@
 //! full payload only to a machine that runs exactly its source version and says it can take
 //! deltas ([`crate::service`]).
 
-use std::io::Read as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -27,10 +26,6 @@ pub struct DeltaFacts {
     /// SHA-256 of the image it builds.
     pub target_sha256: payloads::Sha256Digest,
 }
-
-/// Largest signed prefix (header, manifest, signatures) read from a full payload to learn its
-/// target image.
-const MAX_PREFIX_READ: u64 = 64 << 20;
 
 impl Fleet {
     /// Links a verified, received delta payload to its full package and stores it; returns
@@ -91,7 +86,9 @@ impl Fleet {
             sha256_hex: digests.sha256_hex,
             created_at: self.now(),
         };
-        let _writing = self.write_lock.lock().await;
+        // Held until the file is in use or removed: a concurrent delete of the same content
+        // must not remove the file between this commit and the row that uses it.
+        let writing = self.write_lock.lock().await;
         self.blobs
             .commit(received)
             .map_err(|e| FleetError::Internal(e.to_string()))?;
@@ -113,12 +110,12 @@ impl Fleet {
         let stored = self.store.add_package_delta(&full.id, &delta, &act).await;
         if let Err(e) = stored {
             // The file stays only if something else has the same content.
-            drop(_writing);
             self.reload().await?;
             self.remove_unused_blob(&delta.sha256_hex)?;
             return Err(e.into());
         }
         self.reload().await?;
+        drop(writing);
         self.catalogue()
             .package(&full.id)
             .cloned()
@@ -151,6 +148,9 @@ impl Fleet {
             ),
         );
         act.version = Some(pkg.version.clone());
+        // Held from the delete to the file's removal: a concurrent publish of the same content
+        // waits, and then commits the file again.
+        let _writing = self.write_lock.lock().await;
         self.store
             .delete_package_delta(id, source_version, &act)
             .await?;
@@ -201,8 +201,8 @@ impl Fleet {
     }
 
     /// Checks that the delta builds `full`'s image: compares the delta's target with the
-    /// target named in the full payload's signed manifest (read from the start of the hosted
-    /// file). Returns what was compared, for the activity feed.
+    /// target named in the full payload's signed manifest (its prefix, read from the start of
+    /// the hosted file and verified again). Returns what was compared, for the activity feed.
     async fn check_delta_target(&self, full: &Package, facts: &DeltaFacts) -> FleetResult<String> {
         if full.external_url.is_some() {
             return Ok("target image not compared: the full payload is hosted elsewhere".into());
@@ -225,35 +225,20 @@ impl Fleet {
     }
 }
 
-/// The target image SHA-256 named by the signed manifest of the full payload at `path`.
+/// The target image SHA-256 named by the signed manifest of the full payload at `path` (its
+/// prefix read and its signatures verified; the data is not read).
 fn full_payload_target(
     path: PathBuf,
     trust: &Arc<payloads::TrustStore>,
     now_s: u64,
 ) -> FleetResult<payloads::Sha256Digest> {
-    let unreadable = |e: std::io::Error| {
+    let file = std::fs::File::open(&path).map_err(|e| {
         FleetError::Internal(format!("reading the full payload {}: {e}", path.display()))
-    };
-    let mut file = std::fs::File::open(&path)
-        .map_err(unreadable)?
-        .take(MAX_PREFIX_READ);
-    let mut opts = payloads::ApplyOptions::new(now_s);
-    opts.sync = false;
-    let mut verifier = payloads::Applier::verifier(trust, opts);
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        if let Some(info) = verifier.info() {
-            return Ok(info.target_sha256());
-        }
-        let n = file.read(&mut buf).map_err(unreadable)?;
-        if n == 0 {
-            return Err(FleetError::Internal(format!(
-                "the full payload {} holds no signed manifest in its first {MAX_PREFIX_READ} bytes",
-                path.display()
-            )));
-        }
-        verifier.feed(&buf[..n]).map_err(|e| {
-            FleetError::Internal(format!("the full payload {}: {e}", path.display()))
-        })?;
-    }
+    })?;
+    let (prefix, _) = payloads::format::read_prefix(&mut std::io::BufReader::new(file))
+        .map_err(|e| FleetError::Internal(format!("the full payload {}: {e}", path.display())))?;
+    let info = prefix.verify(trust, now_s).map_err(|e| {
+        FleetError::Unverifiable(format!("the full payload this delta is for: {e}"))
+    })?;
+    Ok(info.target_sha256())
 }
