@@ -11,10 +11,15 @@ R=${1:?usage: configure-rootfs.sh ROOTFS}
 echo platte-vm > "$R/etc/hostname"
 chroot "$R" passwd -d root >/dev/null # serial-console login, for debugging a kept VM
 mkdir -p "$R/efi" "$R/var/lib/platte"
+# Each slot (ROOT-A/ROOT-B) is a whole root filesystem, mounted read-only (`ro` on the kernel
+# command line), as Flatcar mounts its /usr: the running slot stays block for block the image it
+# was written as, which is what a delta payload copies from. What the OS writes as it runs goes
+# to tmpfs; the ESP and the agent's state are shared, persistent partitions.
 cat > "$R/etc/fstab" <<'EOF'
-# Each slot (ROOT-A/ROOT-B) is a whole root filesystem; the ESP and the agent's state are shared.
-PARTLABEL=ESP            /efi             vfat umask=0077                  0 0
-PARTLABEL=PLATTE-STATE   /var/lib/platte  ext4 defaults                  0 0
+PARTLABEL=ESP            /efi             vfat  umask=0077                 0 0
+tmpfs                    /var             tmpfs mode=0755,size=64m         0 0
+PARTLABEL=PLATTE-STATE   /var/lib/platte  ext4  defaults                   0 0
+tmpfs                    /tmp             tmpfs mode=1777,size=64m         0 0
 EOF
 
 # DHCP on QEMU user networking (the host is 10.0.2.2).

@@ -42,7 +42,7 @@ backend = "systemd-boot"
 
 [boot.systemd_boot]
 esp = "/efi"
-kernel_options = "rw console=ttyS0 quiet"
+kernel_options = "ro console=ttyS0 quiet"
 
 [health.checks.image]
 command = ["/usr/local/bin/platte-vm-health"]

@@ -27,8 +27,12 @@ PRETTY_NAME="Platte VM test OS $1"
 EOF
   echo "$2" > "$R/usr/local/lib/platte-vm/health"
   rm -f "$O/root-$1.img"
-  mkfs.ext4 -q -m 0 -E nodiscard -d "$R" "$O/root-$1.img" "${ROOT_MB}M"
+  # Reproducible: the same UUID, hash seed and time for every release, so two releases differ
+  # only where their files do (what a delta payload ships).
+  E2FSPROGS_FAKE_TIME=1704067200 mkfs.ext4 -q -m 0 -U "$FS_UUID" \
+    -E nodiscard,hash_seed="$FS_UUID" -d "$R" "$O/root-$1.img" "${ROOT_MB}M"
 }
+FS_UUID=5f0e3c6a-1d2b-4c8e-9a7f-2b6d4e8c1a30
 release 1.0.0 ok
 release 2.0.0 ok
 release 3.0.0 fail
@@ -47,7 +51,7 @@ mcopy -i "$esp" "$R/boot/initrd.img-$kver" ::/platte/a/initrd.img
 printf 'timeout 0\ndefault platte-*\neditor no\n' > "$O/loader.conf"
 printf '%s\n' "title Platte VM test OS 1.0.0 (slot A)" "sort-key platte" "version 1" \
   "linux /platte/a/vmlinuz" "initrd /platte/a/initrd.img" \
-  "options root=PARTLABEL=ROOT-A rw console=ttyS0 quiet" > "$O/platte-a.conf"
+  "options root=PARTLABEL=ROOT-A ro console=ttyS0 quiet" > "$O/platte-a.conf"
 mcopy -i "$esp" "$O/loader.conf" ::/loader/loader.conf
 mcopy -i "$esp" "$O/platte-a.conf" ::/loader/entries/platte-a.conf
 rm -f "$O/loader.conf" "$O/platte-a.conf"

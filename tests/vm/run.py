@@ -5,9 +5,11 @@ A debootstrapped Debian 12 on a GPT disk (ESP, ROOT-A, ROOT-B, PLATTE-STATE) boo
 and systemd-boot; Platte's update-agent (this checkout's release build) talks to an
 update-server on the host through QEMU user networking (10.0.2.2).
 
-  Scenario 1: boot A (1.0.0) -> publish 2.0.0 -> `updatectl check` installs it into B, the agent
-  takes the FleetLock slot and reboots through logind -> systemd-boot tries B -> mark-good
-  passes and blesses B -> the server shows the instance complete and the lock released.
+  Scenario 1: boot A (1.0.0) -> publish 2.0.0 with a delta from 1.0.0 -> `updatectl check`
+  installs it into B by the delta (copying the rest from the running slot A, which the guest
+  mounts read-only), the agent takes the FleetLock slot and reboots through logind ->
+  systemd-boot tries B -> mark-good passes and blesses B -> the server shows the instance
+  complete, updated by the delta, and the lock released.
   Scenario 2: publish 3.0.0, whose own health check fails -> installed into A, reboot -> A is
   tried once, the health gate fails and reboots -> systemd-boot falls back to B by itself ->
   the agent reports the rollback (3/0, code 44) and deny-lists 3.0.0 -> a later check installs
@@ -471,6 +473,7 @@ class Test:
         self.rundir = os.path.join(self.vmdir, "run")
         self.server = self.vm = None
         self.releases = {}
+        self.delta_2 = None
         self.ext_releases = {}
         self.ext_os = self.os_before = self.os_agent_before = self.ext_invocation = None
         self.machine = None
@@ -495,15 +498,26 @@ class Test:
             self.machine = f.read().strip()
 
     def build_payloads(self):
+        key = os.path.join(self.vmdir, "keys", "release.key")
         for v in ("2.0.0", "3.0.0"):
             out = os.path.join(self.rundir, f"platte-{v}.payload")
             t = time.monotonic()
-            run([os.path.join(self.bin, "payload"), "build",
-                 "--key", os.path.join(self.vmdir, "keys", "release.key"), "--app", APP,
+            run([os.path.join(self.bin, "payload"), "build", "--key", key, "--app", APP,
                  "--version", v, "--arch", "amd64",
                  "--image", os.path.join(self.image, f"root-{v}.img"), "--out", out])
             log(f"payload {v}: {os.path.getsize(out) >> 20} MiB in {time.monotonic() - t:.1f} s")
             self.releases[v] = out
+        # 2.0.0 also as a delta from 1.0.0 (the image slot A was written with).
+        out = os.path.join(self.rundir, "platte-1.0.0-to-2.0.0.payload")
+        t = time.monotonic()
+        run([os.path.join(self.bin, "payload"), "delta", "--key", key, "--app", APP,
+             "--version", "2.0.0", "--arch", "amd64",
+             "--from", os.path.join(self.image, "root-1.0.0.img"), "--from-version", "1.0.0",
+             "--to", os.path.join(self.image, "root-2.0.0.img"), "--out", out])
+        full, delta = os.path.getsize(self.releases["2.0.0"]), os.path.getsize(out)
+        log(f"delta 1.0.0 -> 2.0.0: {delta >> 10} KiB ({100 * delta / full:.1f} % of the full "
+            f"payload) in {time.monotonic() - t:.1f} s")
+        self.delta_2 = out
 
     def publish(self, version):
         pkg = self.server.cli_json("package", "publish", self.releases[version])
@@ -526,6 +540,9 @@ class Test:
 
     def update_to_b(self):
         self.publish("2.0.0")
+        pkg = self.server.cli_json("package", "publish", self.delta_2)
+        expect([d.get("source_version") for d in pkg.get("deltas", [])] == ["1.0.0"],
+               f"the delta was not linked to 2.0.0: {pkg}")
         # The agent reboots right after staging, so the answer is all this boot can give; the
         # entry it wrote shows in the next boot's markers.
         rc, out = self.vm.cmd("updatectl check", timeout=600)
@@ -545,7 +562,9 @@ class Test:
         inst = poll("the server to show the instance complete on 2.0.0", 120, lambda: (
             lambda i: i if i and i.get("status") == "complete" and i.get("version") == "2.0.0"
             else None)(self.server.instance(self.machine)))
-        log(f"server: status={inst.get('status')} version={inst.get('version')}")
+        log(f"server: status={inst.get('status')} version={inst.get('version')} "
+            f"payload={inst.get('served_payload')}")
+        expect(inst.get("served_payload") == "delta", f"2.0.0 did not arrive by the delta: {inst}")
         poll("the FleetLock slot to be released", 60,
              lambda: self.server.lock_holders() == [])
         log("server: FleetLock group default has no holders")
@@ -852,12 +871,14 @@ class Test:
             if not self.args.no_build:
                 p.run("build image", self.build)
             p.run("start update-server, create app/channel/group", self.start_server)
-            p.run("build and sign payloads 2.0.0 and 3.0.0", self.build_payloads)
+            p.run("build and sign payloads 2.0.0, 3.0.0 and a delta 1.0.0 -> 2.0.0",
+                  self.build_payloads)
             p.run("start qemu", self.boot_vm, accel)
             p.run("S1: boot slot A (1.0.0), first check-in", self.boot_a)
-            p.run("S1: publish 2.0.0, updatectl check installs it into B", self.update_to_b)
+            p.run("S1: publish 2.0.0 and its delta, updatectl check installs it into B",
+                  self.update_to_b)
             p.run("S1: agent reboots via FleetLock+logind, B tried, mark-good", self.reboot_into_b)
-            p.run("S1: server shows complete, lock released", self.b_complete)
+            p.run("S1: server shows complete (by the delta), lock released", self.b_complete)
             p.run("S2: publish 3.0.0 (bad), installed into A", self.install_bad_into_a)
             p.run("S2: A tried once, health fails, fallback to B", self.fall_back)
             p.run("S2: rollback reported, 3.0.0 deny-listed", self.rollback_reported)
