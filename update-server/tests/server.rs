@@ -822,6 +822,11 @@ fn delta_payload(
     (delta, to)
 }
 
+/// The SHA-256 (hex) of the payload an answer's manifest offers.
+fn offered_sha256(man: &omaha::Manifest) -> Option<String> {
+    man.packages[0].sha256().unwrap().map(hex::encode)
+}
+
 /// An update check from `machine` on `version`, with `delta_okay` as given (absent if `None`).
 fn delta_check(machine: &str, version: &str, delta_okay: Option<bool>) -> String {
     let attr = delta_okay.map_or(String::new(), |d| format!(r#" delta_okay="{d}""#));
@@ -893,11 +898,7 @@ async fn deltas_are_offered_on_their_source_version_only(db: TestDb) {
     let man = uc.target_manifest().unwrap();
     assert_eq!(man.version, "3510.3.0", "{xml}");
     assert_eq!(
-        man.packages[0]
-            .sha256()
-            .unwrap()
-            .map(hex::encode)
-            .as_deref(),
+        offered_sha256(man).as_deref(),
         Some(delta_sha.as_str()),
         "{xml}"
     );
@@ -926,11 +927,7 @@ async fn deltas_are_offered_on_their_source_version_only(db: TestDb) {
         let uc = updatecheck(&xml);
         let man = uc.target_manifest().unwrap();
         assert_eq!(
-            man.packages[0]
-                .sha256()
-                .unwrap()
-                .map(hex::encode)
-                .as_deref(),
+            offered_sha256(man).as_deref(),
             full["sha256_hex"].as_str(),
             "{machine}: {xml}"
         );
@@ -948,11 +945,7 @@ async fn deltas_are_offered_on_their_source_version_only(db: TestDb) {
     let (_, xml) = env.omaha(delta_check(m2, "3510.2.0", Some(true))).await;
     let man = updatecheck(&xml).target_manifest().unwrap().clone();
     assert_eq!(
-        man.packages[0]
-            .sha256()
-            .unwrap()
-            .map(hex::encode)
-            .as_deref(),
+        offered_sha256(&man).as_deref(),
         full["sha256_hex"].as_str(),
         "{xml}"
     );
@@ -975,11 +968,7 @@ async fn deltas_are_offered_on_their_source_version_only(db: TestDb) {
     );
     let man = uc.target_manifest().unwrap();
     assert_eq!(
-        man.packages[0]
-            .sha256()
-            .unwrap()
-            .map(hex::encode)
-            .as_deref(),
+        offered_sha256(man).as_deref(),
         full["sha256_hex"].as_str(),
         "{xml}"
     );
@@ -1015,11 +1004,7 @@ async fn deltas_are_offered_on_their_source_version_only(db: TestDb) {
         .await;
     let man = updatecheck(&xml).target_manifest().unwrap().clone();
     assert_eq!(
-        man.packages[0]
-            .sha256()
-            .unwrap()
-            .map(hex::encode)
-            .as_deref(),
+        offered_sha256(&man).as_deref(),
         full["sha256_hex"].as_str(),
         "{xml}"
     );
