@@ -12,7 +12,7 @@ use sha2::{Digest as _, Sha256};
 use crate::apply::SourceError;
 use crate::digest::Sha256Digest;
 use crate::format::DeltaSource;
-use crate::target::device_or_file_size;
+use crate::target::{check_range, device_or_file_size};
 
 /// Read size of [`Source::check_image`].
 const CHECK_CHUNK: usize = 1 << 20;
@@ -29,12 +29,7 @@ pub struct Source {
 impl Source {
     /// The range `[base, base + len)` of `file` (opened for reading; it is never written).
     pub fn new(file: File, base: u64, len: u64) -> io::Result<Self> {
-        if base.checked_add(len).is_none() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("source range {base}+{len} overflows"),
-            ));
-        }
+        check_range("source", base, len)?;
         Ok(Self { file, base, len })
     }
 

@@ -22,12 +22,7 @@ pub struct Target {
 impl Target {
     /// The range `[base, base + len)` of `file`, which must be open for reading and writing.
     pub fn new(file: File, base: u64, len: u64) -> io::Result<Self> {
-        if base.checked_add(len).is_none() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("target range {base}+{len} overflows"),
-            ));
-        }
+        check_range("target", base, len)?;
         Ok(Self { file, base, len })
     }
 
@@ -125,6 +120,18 @@ impl Target {
     pub(crate) fn sync(&self) -> io::Result<()> {
         self.file.sync_data()
     }
+}
+
+/// Checks that the byte range `[base, base + len)` of a `what` (`target`, `source`) does not
+/// overflow.
+pub(crate) fn check_range(what: &str, base: u64, len: u64) -> io::Result<()> {
+    if base.checked_add(len).is_none() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{what} range {base}+{len} overflows"),
+        ));
+    }
+    Ok(())
 }
 
 /// Size of a regular file, or of a block device (by seeking to its end).

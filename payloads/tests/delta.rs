@@ -92,6 +92,14 @@ impl Fixture {
         out
     }
 
+    /// Index of the last data operation before operation `index`.
+    fn data_op_before(&self, index: usize) -> usize {
+        self.manifest.operations[..index]
+            .iter()
+            .rposition(|op| op.kind.has_data())
+            .unwrap()
+    }
+
     /// Index of the first SOURCE_COPY operation at or after a data operation.
     fn copy_after_data(&self) -> usize {
         let ops = &self.manifest.operations;
@@ -272,10 +280,7 @@ fn source_modified_after_the_apply_started() {
     let victim = fx.copy_after_data();
     let op = fx.manifest.operations[victim];
     // Everything up to (not including) the data operation before the victim.
-    let data_op = fx.manifest.operations[..victim]
-        .iter()
-        .rposition(|op| op.kind.has_data())
-        .unwrap();
+    let data_op = fx.data_op_before(victim);
     let cut = fx.data_offset(data_op);
 
     let (old_file, source) = source_file(&fx.old);
@@ -302,10 +307,7 @@ fn source_modified_between_two_resumed_steps() {
     let fx = fixture();
     let victim = fx.copy_after_data();
     let op = fx.manifest.operations[victim];
-    let data_op = fx.manifest.operations[..victim]
-        .iter()
-        .rposition(|op| op.kind.has_data())
-        .unwrap();
+    let data_op = fx.data_op_before(victim);
     let (old_file, source) = source_file(&fx.old);
     let file = old_file_for(fx.new.len());
     let reader = file.try_clone().unwrap();
