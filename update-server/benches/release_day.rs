@@ -44,7 +44,9 @@
 //! over them, one `wrk` process per replica with one thread each, and their rates summed),
 //! `BENCH_COMPARE=1` (with `BENCH_DATABASE`: three runs one after the other — SQLite,
 //! PostgreSQL with one replica, PostgreSQL with `BENCH_REPLICAS` or 3 — and a side-by-side
-//! table of them, each with its own fresh fleet).
+//! table of them, each with its own fresh fleet), `BENCH_SERVER_BIN` (the `update-server` binary
+//! to measure instead of this build's, e.g. a copy built from an earlier commit, to compare two
+//! builds in alternating runs on a noisy machine).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::collections::HashMap;
@@ -1249,7 +1251,9 @@ async fn run(
     replicas: usize,
 ) -> Result<Report> {
     require_wrk()?;
-    let bin = env!("CARGO_BIN_EXE_update-server");
+    let bin = std::env::var("BENCH_SERVER_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_update-server").to_owned());
+    let bin = bin.as_str();
     let work = tempfile::tempdir()?;
     let data = work.path().join("data");
     let keys = work.path().join("keys");

@@ -89,8 +89,12 @@ pub(crate) fn open(path: &Path) -> Result<Connection, StoreError> {
     .map_err(lite("open a direct connection"))?;
     conn.busy_timeout(BUSY_TIMEOUT)
         .map_err(lite("set the busy timeout"))?;
-    conn.execute_batch("PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL;")
-        .map_err(lite("set connection pragmas"))?;
+    // Temporary storage (statement journals of savepoints, sorts) in memory: a savepoint's
+    // journal would otherwise spill to a temporary file past 64 KiB, one write call per page.
+    conn.execute_batch(
+        "PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL; PRAGMA temp_store = MEMORY;",
+    )
+    .map_err(lite("set connection pragmas"))?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     Ok(conn)
 }

@@ -135,6 +135,12 @@ impl<T> JobQueues<T> {
         self.answer.is_empty() && self.background.is_empty()
     }
 
+    /// How many jobs wait.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.answer.len() + self.background.len()
+    }
+
     /// Whether the queues are closing.
     pub(crate) fn is_closing(&self) -> bool {
         self.closing
@@ -150,6 +156,21 @@ impl<T> JobQueues<T> {
         {
             batch.push(b);
         }
+        batch
+    }
+
+    /// [`JobQueues::take`] with the background job, if one is taken, first: SQLite's writer
+    /// runs a transaction's first job without a savepoint, and the background job (a batch of
+    /// check-ins) is the one that changes the most pages.
+    pub(crate) fn take_background_first(&mut self, max_answers: usize, max_jobs: usize) -> Vec<T> {
+        let take = self.answer.len().min(max_answers);
+        let mut batch = Vec::with_capacity(take + 1);
+        if take < max_jobs
+            && let Some(b) = self.background.pop_front()
+        {
+            batch.push(b);
+        }
+        batch.extend(self.answer.drain(..take));
         batch
     }
 
