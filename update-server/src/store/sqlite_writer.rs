@@ -1,12 +1,12 @@
 //! Group commit on SQLite ([`SqliteWriter`]): one thread owns a direct write connection and
 //! drains a queue. It takes every job waiting (up to [`MAX_BATCH`]), runs them in one
-//! `BEGIN IMMEDIATE` transaction, each in its own savepoint, commits (one fsync for the lot) and
-//! only then answers every waiter. Jobs a client waits for (grants, events, status changes) are
-//! taken first; a background job (a batch of coalesced check-ins) rides along, at most one per
-//! transaction, so bookkeeping never holds a grant up for long. The transaction's first job
-//! (the background job when there is one) runs without a savepoint: if it fails, the whole
-//! transaction is rolled back and begun again, which undoes exactly that job, and SQLite need
-//! not copy the pages it changes into a statement journal first.
+//! `BEGIN IMMEDIATE` transaction, commits (one fsync for the lot) and
+//! only then answers every waiter. Jobs a client waits for (grants, events, status changes) go
+//! first; a background job (a batch of coalesced check-ins) rides along, at most one per
+//! transaction, so bookkeeping never holds a grant up for long. Jobs run without savepoints;
+//! when one fails, the transaction is rolled back and the batch runs again, each job in a
+//! savepoint and the failed one left out ([`run_jobs`]), so a failing job never takes the
+//! others with it.
 //!
 //! SQLite has one writer at a time anyway; doing the queueing in the process replaces the busy
 //! handler's sleep-and-retry between this process's writers with a queue. A second server process
@@ -178,7 +178,7 @@ fn next_batch(shared: &Shared) -> Option<Vec<Queued>> {
         }
         q = shared.wake.wait(q).unwrap_or_else(|p| p.into_inner());
     }
-    Some(q.take_background_first(MAX_BATCH, MAX_BATCH + 1))
+    Some(q.take(MAX_BATCH, MAX_BATCH + 1))
 }
 
 fn run(path: &std::path::Path, mut conn: Connection, shared: &Shared, kick: &SyncSender<()>) {
@@ -239,11 +239,14 @@ fn checkpoint_after_commits(conn: &Connection, kicks: &Receiver<()>) {
     checkpoint();
 }
 
+/// What a job returned (or why it failed).
+type JobResult = Result<Box<dyn Any + Send>, StoreError>;
+
 /// Runs `batch` in one transaction and answers every job once it committed (or failed).
-/// Returns `false` when the transaction itself broke (a savepoint could not be rolled back or
-/// released, e.g. SQLite rolled the whole transaction back on a full disk): then every job of
-/// the batch is answered with an error, none is reported durable, and the caller reopens the
-/// connection.
+/// Returns `false` when the transaction itself broke (it could not be begun again, or a
+/// savepoint could not be rolled back or released, e.g. SQLite rolled the whole transaction back
+/// on a full disk): then every job of the batch is answered with an error, none is reported
+/// durable, and the caller reopens the connection.
 fn run_batch(conn: &mut Connection, batch: Vec<Queued>) -> bool {
     if let Err(e) = cached(conn, "BEGIN IMMEDIATE") {
         let msg = e.to_string();
@@ -254,46 +257,31 @@ fn run_batch(conn: &mut Connection, batch: Vec<Queued>) -> bool {
         }
         return conn.is_autocommit();
     }
-    let mut done = Vec::with_capacity(batch.len());
-    let mut pending = batch.into_iter();
-    let mut broken = None;
-    let mut first = true;
-    for q in pending.by_ref() {
-        let ran = if std::mem::take(&mut first) {
-            run_first_job(conn, q.job)
-        } else {
-            run_job(conn, q.job)
-        };
-        match ran {
-            Ok(out) => done.push((q.reply, out)),
-            Err(e) => {
-                broken = Some(e.to_string());
-                let _ = q.reply.send(Err(e));
-                break;
+    let (replies, jobs): (Vec<Reply>, Vec<TxJob>) =
+        batch.into_iter().map(|q| (q.reply, q.job)).unzip();
+    let outs = match run_jobs(conn, &jobs) {
+        Ok(outs) => outs,
+        Err(e) => {
+            let why = e.to_string();
+            tracing::error!(error = %why, "a write transaction broke; its batch is answered with errors");
+            for reply in replies {
+                let _ = reply.send(Err(StoreError::Internal(format!(
+                    "the write transaction broke: {why}"
+                ))));
             }
+            return false;
         }
-    }
-    if let Some(why) = broken {
-        tracing::error!(error = %why, "a write transaction broke; its batch is answered with errors");
-        let fail = |_| StoreError::Internal(format!("the write transaction broke: {why}"));
-        for (reply, _) in done {
-            let _ = reply.send(Err(fail(())));
-        }
-        for q in pending {
-            let _ = q.reply.send(Err(fail(())));
-        }
-        return false;
-    }
+    };
     match cached(conn, "COMMIT") {
         Ok(()) => {
-            for (reply, out) in done {
+            for (reply, out) in replies.into_iter().zip(outs) {
                 let _ = reply.send(out);
             }
             true
         }
         Err(e) => {
             let msg = e.to_string();
-            for (reply, out) in done {
+            for (reply, out) in replies.into_iter().zip(outs) {
                 let err = out.err().unwrap_or_else(|| {
                     StoreError::Internal(format!("the write transaction failed to commit: {msg}"))
                 });
@@ -304,64 +292,64 @@ fn run_batch(conn: &mut Connection, batch: Vec<Queued>) -> bool {
     }
 }
 
-/// Runs the first job of a transaction without a savepoint: when it fails or panics, the
-/// transaction holds nothing else, so rolling all of it back and beginning again undoes exactly
-/// that job. A savepoint would copy every page the job changes into SQLite's statement journal
-/// first; the first job is usually the only one, or the largest (a batch of check-ins), so this
-/// saves most of that copying.
-fn run_first_job(
-    conn: &mut Connection,
-    job: TxJob,
-) -> Result<Result<Box<dyn Any + Send>, StoreError>, StoreError> {
-    let out = std::panic::catch_unwind(AssertUnwindSafe(|| {
+/// Runs `jobs` in the open transaction, one after the other, without savepoints: nearly every
+/// job succeeds, and a savepoint would make SQLite copy every page a job changes into a
+/// statement journal first (a seventh of the writer's time under grants). When a job fails or
+/// panics, the whole transaction is rolled back and begun again, and the batch runs once more
+/// with each job in its own savepoint and without the failed one (jobs may run again: they
+/// only read and write the database). The outer error means the transaction itself broke.
+fn run_jobs(conn: &mut Connection, jobs: &[TxJob]) -> Result<Vec<JobResult>, StoreError> {
+    let mut outs = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        match run_plain(conn, job) {
+            Ok(v) => outs.push(Ok(v)),
+            Err(failed) => {
+                let failed_at = outs.len();
+                // SQLite may have rolled the transaction back already (e.g. a full disk).
+                if !conn.is_autocommit() {
+                    cached(conn, "ROLLBACK").map_err(lite("roll back a failed job"))?;
+                }
+                cached(conn, "BEGIN IMMEDIATE").map_err(lite("begin again after a job failed"))?;
+                let mut failed = Some(failed);
+                let mut again = Vec::with_capacity(jobs.len());
+                for (i, job) in jobs.iter().enumerate() {
+                    match failed.take_if(|_| i == failed_at) {
+                        Some(e) => again.push(Err(e)),
+                        None => again.push(run_job(conn, job)?),
+                    }
+                }
+                return Ok(again);
+            }
+        }
+    }
+    Ok(outs)
+}
+
+/// Runs one job with no savepoint of its own; a panic is its error.
+fn run_plain(conn: &mut Connection, job: &TxJob) -> JobResult {
+    std::panic::catch_unwind(AssertUnwindSafe(|| {
         let mut tx = DirectTx::new(conn);
         complete(job(&mut tx)).and_then(|r| r)
-    }));
-    let failed = match out {
-        Ok(Ok(v)) => return Ok(Ok(v)),
-        Ok(Err(e)) => e,
-        Err(_) => {
-            tracing::error!("a database write job panicked; its changes were rolled back");
-            StoreError::Internal("a database write job panicked".into())
-        }
-    };
-    // SQLite may have rolled the transaction back already (e.g. a full disk): then ROLLBACK
-    // fails harmlessly and BEGIN starts the fresh one the rest of the batch needs.
-    if !conn.is_autocommit() {
-        conn.execute_batch("ROLLBACK")
-            .map_err(lite("roll back the first job"))?;
-    }
-    cached(conn, "BEGIN IMMEDIATE").map_err(lite("begin again after the first job failed"))?;
-    Ok(Err(failed))
+    }))
+    .unwrap_or_else(|_| {
+        tracing::error!("a database write job panicked; its changes were rolled back");
+        Err(StoreError::Internal("a database write job panicked".into()))
+    })
 }
 
 /// Runs one job in a savepoint: released when the job succeeds, rolled back when it fails or
 /// panics (the other jobs of the batch are unaffected). The outer error means the transaction
 /// itself broke (the savepoint could not be opened, released or rolled back).
-fn run_job(
-    conn: &mut Connection,
-    job: TxJob,
-) -> Result<Result<Box<dyn Any + Send>, StoreError>, StoreError> {
+fn run_job(conn: &mut Connection, job: &TxJob) -> Result<JobResult, StoreError> {
     cached(conn, "SAVEPOINT job").map_err(lite("begin savepoint"))?;
-    let out = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        let mut tx = DirectTx::new(conn);
-        complete(job(&mut tx)).and_then(|r| r)
-    }));
-    match out {
-        Ok(Ok(v)) => {
+    match run_plain(conn, job) {
+        Ok(v) => {
             cached(conn, "RELEASE job").map_err(lite("release savepoint"))?;
             Ok(Ok(v))
         }
-        Ok(Err(e)) => {
+        Err(e) => {
             roll_back_savepoint(conn)?;
             Ok(Err(e))
-        }
-        Err(_) => {
-            roll_back_savepoint(conn)?;
-            tracing::error!("a database write job panicked; its changes were rolled back");
-            Ok(Err(StoreError::Internal(
-                "a database write job panicked".into(),
-            )))
         }
     }
 }
@@ -517,10 +505,12 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_failing_job_of_a_batch_rolls_back_alone_first_or_not() {
+    async fn a_failing_job_of_a_batch_rolls_back_alone_wherever_it_runs() {
         let (_dir, s, w, task) = writer().await;
-        // The background job runs first, without a savepoint; it fails: the transaction is
-        // begun again and the answer jobs after it (one of them failing too) still commit.
+        // Answer jobs run first, then the background job. The second one panics: the
+        // transaction is begun again and the batch runs once more without it, each job in a
+        // savepoint (the first one again); the background job fails there and is rolled back
+        // alone.
         let first = one_batch(
             &w,
             &[
@@ -531,7 +521,7 @@ mod tests {
             ],
         )
         .await;
-        // The first job panics; a later background job succeeds.
+        // The first job panics; of the rest, run in savepoints, one fails and one commits.
         let second = one_batch(
             &w,
             &[

@@ -159,21 +159,6 @@ impl<T> JobQueues<T> {
         batch
     }
 
-    /// [`JobQueues::take`] with the background job, if one is taken, first: SQLite's writer
-    /// runs a transaction's first job without a savepoint, and the background job (a batch of
-    /// check-ins) is the one that changes the most pages.
-    pub(crate) fn take_background_first(&mut self, max_answers: usize, max_jobs: usize) -> Vec<T> {
-        let take = self.answer.len().min(max_answers);
-        let mut batch = Vec::with_capacity(take + 1);
-        if take < max_jobs
-            && let Some(b) = self.background.pop_front()
-        {
-            batch.push(b);
-        }
-        batch.extend(self.answer.drain(..take));
-        batch
-    }
-
     /// Closes the queues (new jobs are refused) and returns the jobs still waiting.
     pub(crate) fn close(&mut self) -> Vec<T> {
         self.closing = true;
