@@ -9,6 +9,11 @@ use clap::Parser as _;
 use update_server::cli::{Cli, Command, run_admin};
 use update_server::config::Settings;
 
+/// mimalloc instead of glibc's malloc: the server allocates per request (HTTP, XML, rows), and
+/// the release-day bench answered 12–23 % more checks with it (docs/usage/operations.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let result = run();
     if result.is_ok() && update_server::stdout::failed() {
