@@ -689,6 +689,38 @@ async fn auth_failures(db: TestDb) {
 }
 both_databases!(auth_failures);
 
+/// A client still sending a large body when the server refuses it (an upload with a wrong
+/// token, refused from its headers) gets the refusal, not a reset connection: the server shuts
+/// its side and reads what is still coming before it closes (a lingering close).
+async fn a_refused_upload_gets_its_answer_while_its_body_is_still_being_sent(db: TestDb) {
+    const BODY: usize = 32 << 20;
+    let env = Env::new(&db).await;
+    let addr = env.base.trim_start_matches("http://").to_owned();
+    let sent = tokio::task::spawn_blocking(move || -> std::io::Result<String> {
+        use std::io::{Read as _, Write as _};
+        let mut s = std::net::TcpStream::connect(&addr)?;
+        write!(
+            s,
+            "POST /api/v1/packages HTTP/1.1\r\nHost: {addr}\r\n\
+             Authorization: Bearer wrong-token-wrong-token\r\n\
+             Content-Type: application/octet-stream\r\nContent-Length: {BODY}\r\n\r\n"
+        )?;
+        let chunk = vec![0u8; 1 << 20];
+        for _ in 0..BODY / chunk.len() {
+            s.write_all(&chunk)?;
+        }
+        let mut answer = String::new();
+        s.read_to_string(&mut answer)?;
+        Ok(answer)
+    })
+    .await
+    .unwrap();
+    let answer = sent.expect("the whole body is sent and the answer read");
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    env.server.shutdown().await.unwrap();
+}
+both_databases!(a_refused_upload_gets_its_answer_while_its_body_is_still_being_sent);
+
 async fn publish_refuses_bad_payloads_and_downloads_support_ranges(db: TestDb) {
     let env = Env::new(&db).await;
     let pkg = env.seed().await;

@@ -401,8 +401,11 @@ impl Conn {
 /// Why a connection task ended (for the logs and metrics).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Closed {
-    /// Client closed, protocol error, or the connection finished after a graceful stop.
+    /// The connection finished: the client closed it, or its last answer was written (after a
+    /// graceful stop, or when the request's body was not read to its end).
     Done,
+    /// A protocol or I/O error.
+    Failed,
     /// Shed to make room.
     Shed,
     /// A timeout.
@@ -439,15 +442,12 @@ async fn run_connection(
     let mut builder = hyper::server::conn::http1::Builder::new();
     // Header and idle timeouts are ours (hyper's would also cut kept-alive connections).
     builder.header_read_timeout(None);
-    // The connection (and its socket) is dropped at the end of this block, before the table
-    // hears that it closed.
+    let mut http = builder.serve_connection(io, service);
     let closed = {
-        let http = builder.serve_connection(io, service);
-        let mut http = std::pin::pin!(http);
         let mut stopping = *stop.borrow();
         let mut graceful = false;
         if stopping {
-            http.as_mut().graceful_shutdown();
+            Pin::new(&mut http).graceful_shutdown();
             graceful = true;
         }
         loop {
@@ -467,7 +467,7 @@ async fn run_connection(
             }
             if !graceful && conn.body_timed_out.load(Ordering::Acquire) {
                 // Answer the request (its handler saw the error), then close.
-                http.as_mut().graceful_shutdown();
+                Pin::new(&mut http).graceful_shutdown();
                 graceful = true;
             }
             let due = deadline(state, conn.write_blocked_since(), &table.timeouts);
@@ -479,18 +479,21 @@ async fn run_connection(
             }
             let sleep = due.map(|(at, _)| tokio::time::sleep_until(table.epoch + at));
             tokio::select! {
-                r = http.as_mut() => {
-                    if let Err(e) = r {
-                        tracing::debug!(error = %e, %peer, "HTTP connection error");
+                r = std::future::poll_fn(|cx| http.poll_without_shutdown(cx)) => {
+                    match r {
+                        Ok(()) => break Closed::Done,
+                        Err(e) => {
+                            tracing::debug!(error = %e, %peer, "HTTP connection error");
+                            break Closed::Failed;
+                        }
                     }
-                    break Closed::Done;
                 }
                 () = conn.wake.notified() => {}
                 () = async { if let Some(s) = sleep { s.await } else { std::future::pending().await } } => {}
                 _ = stop.wait_for(|s| *s), if !stopping => {
                     stopping = true;
                     if !graceful {
-                        http.as_mut().graceful_shutdown();
+                        Pin::new(&mut http).graceful_shutdown();
                         graceful = true;
                     }
                 }
@@ -505,9 +508,42 @@ async fn run_connection(
             table.metrics.connection_timeout(kind);
             tracing::debug!(%peer, kind = kind.as_str(), "closing connection: timeout");
         }
-        Closed::Done | Closed::Stopping => {}
+        Closed::Done if !conn.body_timed_out.load(Ordering::Acquire) => {
+            linger(http.into_parts().io.into_inner().inner).await;
+        }
+        Closed::Done | Closed::Failed | Closed::Stopping => {}
     }
-    // The socket is closed by now; dropping `registration` removes the connection from the table.
+    // The socket is closed by now (dropped with `http`, or by `linger`); dropping
+    // `registration` removes the connection from the table.
+}
+
+/// Longest a finished connection's socket is read and discarded before it is closed.
+const LINGER_TIME: Duration = Duration::from_secs(2);
+/// Most bytes read and discarded that way.
+const LINGER_BYTES: usize = 64 << 20;
+
+/// Closes a connection whose last answer was written, the way HTTP/1.1 servers must (RFC 9112
+/// §9.6, "lingering close"): the write side first, then reading and discarding what the client
+/// still sends until it closes too (at most [`LINGER_TIME`] and [`LINGER_BYTES`]). Closing a
+/// socket with unread data makes the kernel reset the connection, and a client still sending a
+/// request body then loses the answer that refused it (a 401 to an upload with a wrong token
+/// reached the CLI as a reset connection).
+async fn linger(mut stream: TcpStream) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    if stream.shutdown().await.is_err() {
+        return;
+    }
+    let mut buf = vec![0; 16 * 1024];
+    let mut left = LINGER_BYTES;
+    let _ = tokio::time::timeout(LINGER_TIME, async {
+        while left > 0 {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    })
+    .await;
 }
 
 /// The socket, noting when the first byte of a request arrives on an idle connection (the
