@@ -691,7 +691,8 @@ both_databases!(auth_failures);
 
 /// A client still sending a large body when the server refuses it (an upload with a wrong
 /// token, refused from its headers) gets the refusal, not a reset connection: the server shuts
-/// its side and reads what is still coming before it closes (a lingering close).
+/// its side and reads what is still coming before it closes (a lingering close), and the
+/// answer says the connection closes.
 async fn a_refused_upload_gets_its_answer_while_its_body_is_still_being_sent(db: TestDb) {
     const BODY: usize = 32 << 20;
     let env = Env::new(&db).await;
@@ -717,6 +718,13 @@ async fn a_refused_upload_gets_its_answer_while_its_body_is_still_being_sent(db:
     .unwrap();
     let answer = sent.expect("the whole body is sent and the answer read");
     assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    // And it is told the connection closes, so it sends no next request on it.
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("\r\nconnection: close\r\n"),
+        "{answer}"
+    );
     env.server.shutdown().await.unwrap();
 }
 both_databases!(a_refused_upload_gets_its_answer_while_its_body_is_still_being_sent);

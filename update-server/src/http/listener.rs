@@ -269,6 +269,7 @@ impl Table {
             quiet: AtomicBool::new(false),
             shed: AtomicBool::new(false),
             body_timed_out: AtomicBool::new(false),
+            body_unread: AtomicBool::new(false),
             write_blocked_since: AtomicU64::new(0),
             wake: Notify::new(),
         });
@@ -363,6 +364,8 @@ struct Conn {
     shed: AtomicBool,
     /// A request body stalled: close once the answer is written.
     body_timed_out: AtomicBool,
+    /// The current request's body has not been read to its end (HTTP/1: one request at a time).
+    body_unread: AtomicBool,
     /// 0: the last write made progress (or none was tried); else milliseconds + 1 when a write
     /// last found the socket full, with no byte written since.
     write_blocked_since: AtomicU64,
@@ -509,7 +512,7 @@ async fn run_connection(
             tracing::debug!(%peer, kind = kind.as_str(), "closing connection: timeout");
         }
         Closed::Done if !conn.body_timed_out.load(Ordering::Acquire) => {
-            linger(http.into_parts().io.into_inner().inner).await;
+            linger(http.into_parts().io.into_inner().inner, &conn).await;
         }
         Closed::Done | Closed::Failed | Closed::Stopping => {}
     }
@@ -524,26 +527,35 @@ const LINGER_BYTES: usize = 64 << 20;
 
 /// Closes a connection whose last answer was written, the way HTTP/1.1 servers must (RFC 9112
 /// §9.6, "lingering close"): the write side first, then reading and discarding what the client
-/// still sends until it closes too (at most [`LINGER_TIME`] and [`LINGER_BYTES`]). Closing a
-/// socket with unread data makes the kernel reset the connection, and a client still sending a
-/// request body then loses the answer that refused it (a 401 to an upload with a wrong token
-/// reached the CLI as a reset connection).
-async fn linger(mut stream: TcpStream) {
+/// still sends until it closes too (at most [`LINGER_TIME`] and [`LINGER_BYTES`], and no longer
+/// once the connection is shed to make room). Closing a socket with unread data makes the
+/// kernel reset the connection, and a client still sending a request body then loses the
+/// answer that refused it (tests/server.rs: an upload refused for its token).
+async fn linger(mut stream: TcpStream, conn: &Conn) {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     if stream.shutdown().await.is_err() {
         return;
     }
-    let mut buf = vec![0; 16 * 1024];
-    let mut left = LINGER_BYTES;
-    let _ = tokio::time::timeout(LINGER_TIME, async {
+    let drain = async {
+        let mut buf = vec![0; 16 * 1024];
+        let mut left = LINGER_BYTES;
         while left > 0 {
             match stream.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => left = left.saturating_sub(n),
             }
         }
-    })
-    .await;
+    };
+    let shed = async {
+        while !conn.shed.load(Ordering::Acquire) {
+            conn.wake.notified().await;
+        }
+    };
+    tokio::select! {
+        () = drain => {}
+        () = shed => {}
+        () = tokio::time::sleep(LINGER_TIME) => {}
+    }
 }
 
 /// The socket, noting when the first byte of a request arrives on an idle connection (the
@@ -657,6 +669,9 @@ impl hyper::service::Service<hyper::Request<Incoming>> for ConnService {
 
     fn call(&self, req: hyper::Request<Incoming>) -> Self::Future {
         let guard = BusyGuard::new(Arc::clone(&self.conn), Arc::clone(&self.table));
+        self.conn
+            .body_unread
+            .store(!req.body().is_end_stream(), Ordering::Release);
         let body_timeout = TimeoutBody {
             inner: None,
             sleep: None,
@@ -674,8 +689,9 @@ impl hyper::service::Service<hyper::Request<Incoming>> for ConnService {
         let mut router = self.router.clone();
         let fut = tower_service::Service::call(&mut router, req);
         let peer = self.peer;
+        let conn = Arc::clone(&self.conn);
         Box::pin(async move {
-            let resp = match catch_panic(fut).await {
+            let mut resp = match catch_panic(fut).await {
                 Ok(Ok(r)) => r,
                 Ok(Err(never)) => match never {},
                 Err(payload) => {
@@ -686,6 +702,15 @@ impl hyper::service::Service<hyper::Request<Incoming>> for ConnService {
                         .unwrap_or_default()
                 }
             };
+            // Answered before its body was read to the end (a refusal from the headers): hyper
+            // closes the connection after this answer, and says so only if told here. A client
+            // not told would send its next request on a connection that is closing.
+            if conn.body_unread.load(Ordering::Acquire) {
+                resp.headers_mut().insert(
+                    hyper::header::CONNECTION,
+                    hyper::header::HeaderValue::from_static("close"),
+                );
+            }
             Ok(resp.map(|inner| GuardedBody {
                 inner,
                 _guard: guard,
@@ -800,9 +825,12 @@ impl HttpBody for TimeoutBody {
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
-        match Pin::new(inner).poll_frame(cx) {
+        match Pin::new(&mut *inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 this.sleep = None;
+                if inner.is_end_stream() {
+                    this.conn.body_unread.store(false, Ordering::Release);
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
@@ -811,6 +839,7 @@ impl HttpBody for TimeoutBody {
             }
             Poll::Ready(None) => {
                 this.sleep = None;
+                this.conn.body_unread.store(false, Ordering::Release);
                 Poll::Ready(None)
             }
             Poll::Pending => {
