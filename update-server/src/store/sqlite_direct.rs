@@ -64,6 +64,19 @@ pub(crate) fn lite(op: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreErr
     }
 }
 
+/// Runs a statement that returns no rows (operation `op`), prepared once per connection.
+pub(crate) fn execute(
+    conn: &Connection,
+    op: &'static str,
+    sql: &'static str,
+    params: impl rusqlite::Params,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(sql)
+        .and_then(|mut stmt| stmt.execute(params))
+        .map_err(lite(op))?;
+    Ok(())
+}
+
 /// Column `i` (named `column` in errors) of `row` in `table`; a value of the wrong type is a
 /// [`StoreError::Corrupt`].
 pub(crate) fn col<T: rusqlite::types::FromSql>(

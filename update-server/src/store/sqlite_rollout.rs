@@ -18,7 +18,7 @@
 use rusqlite::Connection;
 use sqlx::{Sqlite, Transaction};
 
-use super::direct::{col, complete, lite, ready};
+use super::direct::{col, complete, execute, lite, ready};
 use super::{DirectTx, SqliteStore, add_activity, db};
 use crate::model::{GroupPolicy, NewActivity};
 use crate::rollout::grants::{
@@ -329,19 +329,6 @@ impl GrantTx for DirectTx<'_> {
     fn add_activity<'a>(&'a mut self, act: &'a NewActivity, at: i64) -> TxFuture<'a, ()> {
         ready(add_activity_direct(self.conn, act, at))
     }
-}
-
-/// Runs a statement that returns no rows (operation `op`).
-fn execute(
-    conn: &Connection,
-    op: &'static str,
-    sql: &'static str,
-    params: impl rusqlite::Params,
-) -> Result<(), StoreError> {
-    conn.prepare_cached(sql)
-        .and_then(|mut stmt| stmt.execute(params))
-        .map_err(lite(op))?;
-    Ok(())
 }
 
 /// The `COUNT(*)` a query of `rollout_grants` returns.

@@ -1,12 +1,11 @@
 //! Group commit on SQLite ([`SqliteWriter`]): one thread owns a direct write connection and
 //! drains a queue. It takes every job waiting (up to [`MAX_BATCH`]), runs them in one
 //! `BEGIN IMMEDIATE` transaction, commits (one fsync for the lot) and only then answers every
-//! waiter. Jobs a client waits for (grants, events, status changes) go
-//! first; a background job (a batch of coalesced check-ins) rides along, at most one per
-//! transaction, so bookkeeping never holds a grant up for long. Jobs run without savepoints;
-//! when one fails, the transaction is rolled back and the batch runs again, each job in a
-//! savepoint and the failed one left out ([`run_jobs`]), so a failing job never takes the
-//! others with it.
+//! waiter. Jobs a client waits for (grants, events, status changes) go first; a background job
+//! (a batch of coalesced check-ins) rides along, at most one per transaction, so bookkeeping
+//! never holds a grant up for long. Jobs run without savepoints; when one fails, the transaction
+//! is rolled back and the batch runs again, each job in a savepoint and the failed one left out
+//! ([`run_jobs`]), so a failing job never takes the others with it.
 //!
 //! SQLite has one writer at a time anyway; doing the queueing in the process replaces the busy
 //! handler's sleep-and-retry between this process's writers with a queue. A second server process
@@ -33,7 +32,7 @@ use rusqlite::Connection;
 use tokio::sync::oneshot;
 
 use super::SqliteStore;
-use super::direct::{self, DirectTx, complete, lite};
+use super::direct::{self, DirectTx, complete, execute, lite};
 use crate::store::tx::{JobQueues, Transactor, TxJob, Urgency};
 use crate::store::{StoreError, StoreFuture};
 
@@ -248,12 +247,10 @@ type JobResult = Result<Box<dyn Any + Send>, StoreError>;
 /// on a full disk): then every job of the batch is answered with an error, none is reported
 /// durable, and the caller reopens the connection.
 fn run_batch(conn: &mut Connection, batch: Vec<Queued>) -> bool {
-    if let Err(e) = cached(conn, "BEGIN IMMEDIATE") {
+    if let Err(e) = execute(conn, "begin a write transaction", "BEGIN IMMEDIATE", []) {
         let msg = e.to_string();
         for q in batch {
-            let _ = q.reply.send(Err(StoreError::Internal(format!(
-                "could not begin a write transaction: {msg}"
-            ))));
+            let _ = q.reply.send(Err(StoreError::Internal(msg.clone())));
         }
         return conn.is_autocommit();
     }
@@ -272,7 +269,7 @@ fn run_batch(conn: &mut Connection, batch: Vec<Queued>) -> bool {
             return false;
         }
     };
-    match cached(conn, "COMMIT") {
+    match execute(conn, "commit the write transaction", "COMMIT", []) {
         Ok(()) => {
             for (reply, out) in replies.into_iter().zip(outs) {
                 let _ = reply.send(out);
@@ -282,9 +279,9 @@ fn run_batch(conn: &mut Connection, batch: Vec<Queued>) -> bool {
         Err(e) => {
             let msg = e.to_string();
             for (reply, out) in replies.into_iter().zip(outs) {
-                let err = out.err().unwrap_or_else(|| {
-                    StoreError::Internal(format!("the write transaction failed to commit: {msg}"))
-                });
+                let err = out
+                    .err()
+                    .unwrap_or_else(|| StoreError::Internal(msg.clone()));
                 let _ = reply.send(Err(err));
             }
             false
@@ -295,10 +292,9 @@ fn run_batch(conn: &mut Connection, batch: Vec<Queued>) -> bool {
 /// Runs `jobs` in the open transaction, one after the other, without savepoints: nearly every
 /// job succeeds, and a savepoint makes SQLite copy every page a job changes into a statement
 /// journal first (a third of the writer's time when it wrote batches of check-ins, a twentieth
-/// under grants). When a job fails or
-/// panics, the whole transaction is rolled back and begun again, and the batch runs once more
-/// with each job in its own savepoint and without the failed one (jobs may run again: they
-/// only read and write the database). The outer error means the transaction itself broke.
+/// under grants). When a job fails or panics, the whole transaction is rolled back and begun
+/// again, and the batch runs once more with each job in its own savepoint and without the
+/// failed one (jobs may run again: they only read and write the database). The outer error means the transaction itself broke.
 fn run_jobs(conn: &mut Connection, jobs: &[TxJob]) -> Result<Vec<JobResult>, StoreError> {
     let mut outs = Vec::with_capacity(jobs.len());
     for job in jobs {
@@ -308,9 +304,14 @@ fn run_jobs(conn: &mut Connection, jobs: &[TxJob]) -> Result<Vec<JobResult>, Sto
                 let failed_at = outs.len();
                 // SQLite may have rolled the transaction back already (e.g. a full disk).
                 if !conn.is_autocommit() {
-                    cached(conn, "ROLLBACK").map_err(lite("roll back a failed job"))?;
+                    execute(conn, "roll back a failed job", "ROLLBACK", [])?;
                 }
-                cached(conn, "BEGIN IMMEDIATE").map_err(lite("begin again after a job failed"))?;
+                execute(
+                    conn,
+                    "begin again after a job failed",
+                    "BEGIN IMMEDIATE",
+                    [],
+                )?;
                 let mut failed = Some(failed);
                 let mut again = Vec::with_capacity(jobs.len());
                 for (i, job) in jobs.iter().enumerate() {
@@ -342,10 +343,10 @@ fn run_plain(conn: &mut Connection, job: &TxJob) -> JobResult {
 /// panics (the other jobs of the batch are unaffected). The outer error means the transaction
 /// itself broke (the savepoint could not be opened, released or rolled back).
 fn run_job(conn: &mut Connection, job: &TxJob) -> Result<JobResult, StoreError> {
-    cached(conn, "SAVEPOINT job").map_err(lite("begin savepoint"))?;
+    execute(conn, "begin savepoint", "SAVEPOINT job", [])?;
     match run_plain(conn, job) {
         Ok(v) => {
-            cached(conn, "RELEASE job").map_err(lite("release savepoint"))?;
+            execute(conn, "release savepoint", "RELEASE job", [])?;
             Ok(Ok(v))
         }
         Err(e) => {
@@ -353,12 +354,6 @@ fn run_job(conn: &mut Connection, job: &TxJob) -> Result<JobResult, StoreError> 
             Ok(Err(e))
         }
     }
-}
-
-/// Runs a statement of the writer's own (begin, commit, savepoints) from the connection's cache
-/// of prepared statements, instead of parsing it again for every batch and job.
-fn cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
-    conn.prepare_cached(sql)?.execute([]).map(|_| ())
 }
 
 fn roll_back_savepoint(conn: &Connection) -> Result<(), StoreError> {
