@@ -128,6 +128,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "package_deltas",
         include_str!("../../migrations/postgres/0008_package_deltas.sql"),
     ),
+    (
+        9,
+        "grant_context_by_machine",
+        include_str!("../../migrations/postgres/0009_grant_context_by_machine.sql"),
+    ),
 ];
 
 /// PostgreSQL-backed stores (every store trait, and the [`Transactor`] of the check path).

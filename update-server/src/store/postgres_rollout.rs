@@ -488,15 +488,18 @@ impl GrantTx for PgTx {
 
     fn recorded_new_machine<'a>(&'a mut self, key: GrantKey<'a>) -> TxFuture<'a, Option<bool>> {
         Box::pin(async move {
+            // Keyed by the machine and application alone (the aggregate picks the one grant):
+            // with the group and version in the condition, the planner may take a group's
+            // index and scan every grant of the version (migration 0009).
             let recorded: Option<i64> = sqlx::query_scalar(
-                "SELECT new_machine FROM rollout_grants WHERE machine_id = $1 AND app_id = $2 \
-                 AND group_id = $3 AND version = $4",
+                "SELECT max(new_machine) FILTER (WHERE group_id = $3 AND version = $4) \
+                 FROM rollout_grants WHERE machine_id = $1 AND app_id = $2",
             )
             .bind(key.machine_id)
             .bind(key.app_id)
             .bind(key.group_id)
             .bind(key.version)
-            .fetch_optional(self.conn().await?)
+            .fetch_one(self.conn().await?)
             .await
             .map_err(db("read rollout grant"))?;
             Ok(recorded.map(|n| n != 0))

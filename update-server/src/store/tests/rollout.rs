@@ -882,3 +882,58 @@ async fn the_grant_context_holds_the_planned_counts_when_the_policy_is_the_expec
     assert!(ctx.group.is_some());
     kit.close().await;
 }
+
+/// On PostgreSQL a grant attempt's reads of the machine's own grants stay point lookups however
+/// many grants the version has and whatever the statistics say: on a release day the planner,
+/// with statistics taken while the table was empty, once read every grant of the version for
+/// each attempt (through the group's index), and grants slowed down as they were made.
+#[tokio::test]
+async fn a_grant_attempt_reads_its_own_machines_grants_not_the_versions() {
+    let Some(mut kit) = TestStores::postgres().await else {
+        return;
+    };
+    setup(&kit, r#"{"percentage": 100}"#).await;
+    let policy =
+        serde_json::to_string(&stored_policies(&kit).await.remove(GROUP).unwrap()).unwrap();
+    // Statistics of the empty table, then a release day's grants without a new analysis.
+    kit.exec("ANALYZE rollout_grants").await;
+    const GRANTED: i64 = 3_000;
+    kit.exec(&format!(
+        "INSERT INTO rollout_grants (group_id, app_id, machine_id, version, state, granted_at, \
+         progress_at) SELECT '{GROUP}', '{APP}', 'm' || i, '2.0.0', 'in_flight', i, i \
+         FROM generate_series(1, {GRANTED}) AS i"
+    ))
+    .await;
+    let pool = kit.stores.postgres().expect("PostgreSQL").pool().clone();
+    let mut tx = pool.begin().await.unwrap();
+    // Past the fifth call, PostgreSQL may keep one generic plan for the function's statements.
+    const ATTEMPTS: i64 = 40;
+    for i in 0..ATTEMPTS {
+        let row: (Option<bool>, Option<i64>) = sqlx::query_as(
+            "SELECT ctx_in_flight_here, ctx_recorded_new_machine FROM platte_grant_context( \
+             $1, $2, $3, '2.0.0', 100, $4, NULL, FALSE, NULL, NULL, NULL)",
+        )
+        .bind(GROUP)
+        .bind(format!("new{i}"))
+        .bind(APP)
+        .bind(&policy)
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+        assert_eq!(row, (Some(false), None), "attempt {i}");
+    }
+    // Index entries this transaction read from the grants' indexes.
+    let read: i64 = sqlx::query_scalar(
+        "SELECT COALESCE(SUM(pg_stat_get_xact_tuples_returned(indexrelid)), 0)::BIGINT \
+         FROM pg_index WHERE indrelid = 'rollout_grants'::regclass",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    tx.rollback().await.unwrap();
+    assert!(
+        read <= ATTEMPTS * 4,
+        "{ATTEMPTS} attempts read {read} grant index entries of the {GRANTED} granted"
+    );
+    kit.close().await;
+}
