@@ -33,6 +33,7 @@ use crate::rollout::engine::{HoldReason, Verdict, evaluate, is_canary};
 use crate::rollout::grants;
 use crate::rollout::newcomers::network_of;
 use crate::rollout::policy::{PolicyContext, PolicyDecision, RolloutPolicy};
+use crate::rollout::prefetch::{GrantContext, GrantPrefetch};
 use crate::rollout::target::{TargetChoice, choose};
 use crate::store::instances::{CheckIn, StatusColumns};
 use crate::store::rollout::{
@@ -316,6 +317,32 @@ impl Plan {
     }
 }
 
+/// The check-in columns a check writes: what the request says, the group its track resolves
+/// to, and when (`first_seen`: the machine's first contact, for a row not written yet).
+fn check_in_of(
+    cat: &Catalogue,
+    req: &AppCheckIn,
+    app_id: &str,
+    first_seen: i64,
+    now: i64,
+) -> CheckIn {
+    CheckIn {
+        machine_id: req.machine_id.trim().to_owned(),
+        app_id: app_id.to_owned(),
+        version: req.version.clone(),
+        group_id: cat.resolve_group(app_id, &req.track).map(|g| g.id.clone()),
+        track: req.track.clone(),
+        alias: req.alias.clone(),
+        ip: req.ip.clone(),
+        oem: req.oem.clone(),
+        oem_version: req.oem_version.clone(),
+        board: req.board.clone(),
+        boot_id: req.boot_id.clone(),
+        at: now,
+        first_seen,
+    }
+}
+
 fn is_routine(e: &EventIn) -> bool {
     let pv = e.previous_version.trim();
     e.event_type == 3 && e.event_result == 2 && (pv.is_empty() || pv == "0.0.0.0")
@@ -510,9 +537,21 @@ impl UpdateService {
             .instance(&key.0, &key.1)
             .await
             .map_err(CheckError::of(&key))?;
-        let mut plan = self.plan(&cat, req, &app_id, stored, &keep, first_seen, now);
+        let check_in = check_in_of(&cat, req, &app_id, first_seen, now);
+        let mut plan = self.plan(&cat, req, &app_id, check_in, stored, &keep, now);
         if plan.needs_write() {
-            plan = self.write(cat, req, &key, keep, first_seen, now).await?;
+            // A plain first check (no events) reads the grant attempt's context with its
+            // check-in, planned from the row read here; the transaction uses it when it plans the
+            // same attempt.
+            let attempt = match &plan.grant {
+                Some(g) if plan.progress.is_empty() => {
+                    Some(self.grant_request(&plan, g, &cat, now))
+                }
+                _ => None,
+            };
+            plan = self
+                .write(cat, req, &key, keep, first_seen, now, attempt)
+                .await?;
             self.checkins.written(&key.0, &key.1, now);
         } else {
             self.checkins
@@ -547,7 +586,9 @@ impl UpdateService {
     }
 
     /// Plans the check again inside a write transaction, on the row as committed, applies the
-    /// grant rules and writes the outcome; returns the plan once it is durable.
+    /// grant rules and writes the outcome; returns the plan once it is durable. `attempt`: the
+    /// grant attempt planned before, whose context is read with the check-in.
+    #[allow(clippy::too_many_arguments)]
     async fn write(
         self: &Arc<Self>,
         cat: Arc<Catalogue>,
@@ -556,27 +597,39 @@ impl UpdateService {
         keep: Vec<bool>,
         first_seen: i64,
         now: i64,
+        attempt: Option<GrantRequest>,
     ) -> Result<Plan, CheckError> {
         // Shared, not copied: a store may run the job again after a deadlock.
         let svc = Arc::clone(self);
         let req = Arc::new(req.clone());
         let shared_key = Arc::new(key.clone());
         let keep = Arc::new(keep);
+        let attempt = Arc::new(attempt);
         // The group the check's grant would lock: checks of different groups may commit apart.
         let lane = cat.resolve_group(&key.1, &req.track).map(|g| g.id.clone());
         transact_in(self.writer.as_ref(), Urgency::Answer, lane, move |tx| {
-            let (svc, cat, req, key, keep) = (
+            let (svc, cat, req, key, keep, attempt) = (
                 Arc::clone(&svc),
                 Arc::clone(&cat),
                 Arc::clone(&req),
                 Arc::clone(&shared_key),
                 Arc::clone(&keep),
+                Arc::clone(&attempt),
             );
             Box::pin(async move {
-                let (machine_id, app_id) = &*key;
-                let stored = tx.instance(machine_id, app_id).await?;
-                let mut plan = svc.plan(&cat, &req, app_id, stored, &keep, first_seen, now);
-                svc.commit(tx, &mut plan, &cat, now).await?;
+                let check_in = check_in_of(&cat, &req, &key.1, first_seen, now);
+                let prefetch = attempt
+                    .as_ref()
+                    .as_ref()
+                    .map(|a| GrantPrefetch::plan(a, a.expected_policy.as_ref()));
+                // The check-in first: it does not depend on the stored row, whose state before
+                // it the plan starts from.
+                let (stored, context) = tx
+                    .check_in_and_prefetch(&check_in, prefetch.as_ref())
+                    .await?;
+                let mut plan = svc.plan(&cat, &req, &key.1, check_in, stored, &keep, now);
+                svc.commit(tx, &mut plan, &cat, now, prefetch.zip(context))
+                    .await?;
                 Ok(plan)
             })
         })
@@ -584,17 +637,18 @@ impl UpdateService {
         .map_err(CheckError::of(key))
     }
 
-    /// Writes a plan in `tx`: the check-in, the settled grants (which may halt a rollout), the
-    /// grant attempt (which may turn the answer into a hold), the status columns if they
-    /// changed, and the events, history and activity that explain it.
+    /// Writes the rest of a plan in `tx`, after its check-in: the settled grants (which may halt
+    /// a rollout), the grant attempt (which may turn the answer into a hold), the status columns
+    /// if they changed, and the events, history and activity that explain it. `read`: a grant
+    /// context read with the check-in, for the attempt it was planned for.
     async fn commit(
         &self,
         tx: &mut dyn StoreTx,
         plan: &mut Plan,
         cat: &Catalogue,
         now: i64,
+        read: Option<(GrantPrefetch<'_>, GrantContext)>,
     ) -> Result<(), StoreError> {
-        tx.check_in(std::slice::from_ref(&plan.check_in)).await?;
         let (machine_id, app_id) = (plan.row.machine_id.clone(), plan.row.app_id.clone());
         for p in &plan.progress {
             let halts = grants::record_progress(
@@ -612,22 +666,11 @@ impl UpdateService {
             plan.halts.extend(halts);
         }
         if let Some(g) = plan.grant.clone() {
-            let outcome = grants::try_grant(
-                tx,
-                &GrantRequest {
-                    group_id: g.group_id.clone(),
-                    app_id: app_id.clone(),
-                    machine_id: machine_id.clone(),
-                    version: g.version.clone(),
-                    canary: g.canary,
-                    first_seen: plan.row.created_at,
-                    network: network_of(&plan.row.ip),
-                    new_machine_limit: self.rollouts.new_machines.per_network,
-                    now,
-                    expected_policy: cat.group(&g.group_id).map(|grp| grp.policy.clone()),
-                },
-            )
-            .await?;
+            // The context read with the check-in is as current as a read here only if nothing
+            // was written since (settled grants).
+            let read = read.filter(|_| plan.progress.is_empty());
+            let req = self.grant_request(plan, &g, cat, now);
+            let outcome = grants::try_grant_with(tx, &req, read).await?;
             match outcome {
                 GrantOutcome::Granted => plan.granted = true,
                 GrantOutcome::Held { reason, halted_now } => {
@@ -653,6 +696,22 @@ impl UpdateService {
             .await
     }
 
+    /// The grant attempt of `plan`'s planned grant `g`.
+    fn grant_request(&self, plan: &Plan, g: &GrantPlan, cat: &Catalogue, now: i64) -> GrantRequest {
+        GrantRequest {
+            group_id: g.group_id.clone(),
+            app_id: plan.row.app_id.clone(),
+            machine_id: plan.row.machine_id.clone(),
+            version: g.version.clone(),
+            canary: g.canary,
+            first_seen: plan.row.created_at,
+            network: network_of(&plan.row.ip),
+            new_machine_limit: self.rollouts.new_machines.per_network,
+            now,
+            expected_policy: cat.group(&g.group_id).map(|grp| grp.policy.clone()),
+        }
+    }
+
     /// Applies a check to the instance row in memory: the check-in, the events (lifecycle
     /// transitions, refusals, which grants they settle), then the update decision. Pure: the
     /// caller writes what it decided.
@@ -662,27 +721,11 @@ impl UpdateService {
         cat: &Catalogue,
         req: &AppCheckIn,
         app_id: &str,
+        check_in: CheckIn,
         stored: Option<Instance>,
         keep: &[bool],
-        first_seen: i64,
         now: i64,
     ) -> Plan {
-        let group = cat.resolve_group(app_id, &req.track);
-        let check_in = CheckIn {
-            machine_id: req.machine_id.trim().to_owned(),
-            app_id: app_id.to_owned(),
-            version: req.version.clone(),
-            group_id: group.map(|g| g.id.clone()),
-            track: req.track.clone(),
-            alias: req.alias.clone(),
-            ip: req.ip.clone(),
-            oem: req.oem.clone(),
-            oem_version: req.oem_version.clone(),
-            board: req.board.clone(),
-            boot_id: req.boot_id.clone(),
-            at: now,
-            first_seen,
-        };
         let mut row = stored.unwrap_or_else(|| check_in.new_row());
         check_in.apply_to(&mut row);
         let mut plan = Plan {

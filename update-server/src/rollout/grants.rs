@@ -729,8 +729,23 @@ pub async fn try_grant(
     tx: &mut dyn GrantTx,
     req: &GrantRequest,
 ) -> Result<GrantOutcome, StoreError> {
+    try_grant_with(tx, req, None).await
+}
+
+/// [`try_grant`] with a context the store already read in this transaction (with the check's
+/// first statement, [`crate::store::instances::InstanceTx::check_in_and_prefetch`]), nothing
+/// written since: used when it was read for the prefetch `req` plans, else read anew.
+pub async fn try_grant_with(
+    tx: &mut dyn GrantTx,
+    req: &GrantRequest,
+    read: Option<(GrantPrefetch<'_>, GrantContext)>,
+) -> Result<GrantOutcome, StoreError> {
     let plan = GrantPrefetch::plan(req, req.expected_policy.as_ref());
-    match tx.prefetch_grant(&plan).await? {
+    let ctx = match read {
+        Some((read_for, ctx)) if read_for == plan => Some(ctx),
+        _ => tx.prefetch_grant(&plan).await?,
+    };
+    match ctx {
         Some(ctx) => decide_grant(&mut Prefetched::new(tx, plan, ctx), req).await,
         None => decide_grant(tx, req).await,
     }

@@ -9,6 +9,7 @@ use super::InstanceChange;
 use super::tx::TxFuture;
 use crate::lifecycle::InstanceStatus;
 use crate::model::{Instance, ServedPayload};
+use crate::rollout::prefetch::{GrantContext, GrantPrefetch};
 
 /// What one check reports about the machine: the check-in columns of its instance row.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -163,6 +164,32 @@ pub trait InstanceTx: Send {
     /// Writes check-ins: creates missing rows (status `idle`), and updates the check-in columns
     /// of a stored row unless it holds a newer check-in.
     fn check_in<'a>(&'a mut self, rows: &'a [CheckIn]) -> TxFuture<'a, ()>;
+    /// Writes one check-in as [`InstanceTx::check_in`] does and returns the machine's row as
+    /// it was stored before: [`InstanceTx::instance`] then [`InstanceTx::check_in`], in one
+    /// round trip where the store talks to a server.
+    fn check_in_returning_previous<'a>(
+        &'a mut self,
+        row: &'a CheckIn,
+    ) -> TxFuture<'a, Option<Instance>> {
+        Box::pin(async move {
+            let previous = self.instance(&row.machine_id, &row.app_id).await?;
+            self.check_in(std::slice::from_ref(row)).await?;
+            Ok(previous)
+        })
+    }
+    /// [`InstanceTx::check_in_returning_previous`] and, where the store can in the same round
+    /// trip, what the grant attempt `grant` plans to read
+    /// ([`crate::rollout::grants::GrantTx::prefetch_grant`], the group's lock taken), as of
+    /// before the check-in (which changes nothing the attempt reads: a new row's first contact is
+    /// the one the attempt is given). `None` for the context: read it when the attempt comes.
+    fn check_in_and_prefetch<'a>(
+        &'a mut self,
+        row: &'a CheckIn,
+        grant: Option<&'a GrantPrefetch<'a>>,
+    ) -> TxFuture<'a, (Option<Instance>, Option<GrantContext>)> {
+        let _ = grant;
+        Box::pin(async move { Ok((self.check_in_returning_previous(row).await?, None)) })
+    }
     /// Sets the status columns of an existing row.
     fn set_status<'a>(
         &'a mut self,

@@ -654,41 +654,57 @@ impl GrantTx for PgTx {
 }
 
 /// Locks the group and reads what a grant attempt will, in one call of the schema's
-/// `platte_grant_context` (migration 0002).
+/// `platte_grant_context` (migrations 0002, 0009).
 async fn prefetch_grant(
     conn: &mut PgConnection,
     plan: &GrantPrefetch<'_>,
 ) -> Result<GrantContext, StoreError> {
-    const CTX: &str = "platte_grant_context";
+    let row = bind_context_args(
+        sqlx::query(
+            "SELECT * FROM platte_grant_context($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        ),
+        plan,
+    )?
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(db("lock the group and read the grant's context"))?;
+    // No row: no such group.
+    match row {
+        Some(r) => context_of(&r, plan),
+        None => Ok(GrantContext::default()),
+    }
+}
+
+/// Binds `platte_grant_context`'s eleven arguments for `plan`, in order.
+fn bind_context_args<'q>(
+    query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    plan: &'q GrantPrefetch<'q>,
+) -> Result<sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>, StoreError> {
     let expected = plan
         .expected_policy
         .map(serde_json::to_string)
         .transpose()
         .map_err(|e| corrupt_policy(e.to_string()))?;
     let k = &plan.key;
-    let row = sqlx::query(
-        "SELECT * FROM platte_grant_context($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-    )
-    .bind(k.group_id)
-    .bind(k.machine_id)
-    .bind(k.app_id)
-    .bind(k.version)
-    .bind(plan.now)
-    .bind(expected)
-    .bind(plan.expire_before)
-    .bind(plan.count_in_flight)
-    .bind(plan.granted_after)
-    .bind(plan.halt_counted_after)
-    .bind(plan.gate_group.as_deref())
-    .fetch_optional(&mut *conn)
-    .await
-    .map_err(db("lock the group and read the grant's context"))?;
-    // No row: no such group.
-    let Some(r) = row else {
-        return Ok(GrantContext::default());
-    };
+    Ok(query
+        .bind(k.group_id)
+        .bind(k.machine_id)
+        .bind(k.app_id)
+        .bind(k.version)
+        .bind(plan.now)
+        .bind(expected)
+        .bind(plan.expire_before)
+        .bind(plan.count_in_flight)
+        .bind(plan.granted_after)
+        .bind(plan.halt_counted_after)
+        .bind(plan.gate_group.as_deref()))
+}
+
+/// The grant context in a row of `platte_grant_context`'s columns (`ctx_…`).
+fn context_of(r: &PgRow, plan: &GrantPrefetch<'_>) -> Result<GrantContext, StoreError> {
+    const CTX: &str = "platte_grant_context";
     let count = |column: &'static str| -> Result<Option<u64>, StoreError> {
-        get::<Option<i64>, _>(&r, CTX, column)?
+        get::<Option<i64>, _>(r, CTX, column)?
             .map(|n| u64_of(n, CTX, column))
             .transpose()
     };
@@ -699,14 +715,14 @@ async fn prefetch_grant(
         })),
         _ => Ok::<_, StoreError>(None),
     };
-    let group = group_row(get(&r, CTX, "ctx_app_id")?, get(&r, CTX, "ctx_policy")?)?;
-    let refusal: Option<String> = get(&r, CTX, "ctx_refusal")?;
-    let counts = if get::<Option<bool>, _>(&r, CTX, "ctx_planned")? == Some(true) {
-        let halt_counts = match get::<Option<Vec<String>>, _>(&r, CTX, "ctx_halt_states")? {
+    let group = group_row(get(r, CTX, "ctx_app_id")?, get(r, CTX, "ctx_policy")?)?;
+    let refusal: Option<String> = get(r, CTX, "ctx_refusal")?;
+    let counts = if get::<Option<bool>, _>(r, CTX, "ctx_planned")? == Some(true) {
+        let halt_counts = match get::<Option<Vec<String>>, _>(r, CTX, "ctx_halt_states")? {
             None => None,
             Some(states) => {
-                let new: Vec<i64> = get(&r, CTX, "ctx_halt_new_machines")?;
-                let machines: Vec<i64> = get(&r, CTX, "ctx_halt_machines")?;
+                let new: Vec<i64> = get(r, CTX, "ctx_halt_new_machines")?;
+                let machines: Vec<i64> = get(r, CTX, "ctx_halt_machines")?;
                 let rows = states.iter().zip(new).zip(machines);
                 Some(
                     rows.map(|((state, new_machine), n)| {
@@ -724,8 +740,8 @@ async fn prefetch_grant(
             None => None,
             Some(_) => Some((
                 group_row(
-                    get(&r, CTX, "ctx_gate_app_id")?,
-                    get(&r, CTX, "ctx_gate_policy")?,
+                    get(r, CTX, "ctx_gate_app_id")?,
+                    get(r, CTX, "ctx_gate_policy")?,
                 )?,
                 count("ctx_gate_completed")?.unwrap_or(0),
             )),
@@ -742,12 +758,12 @@ async fn prefetch_grant(
     Ok(GrantContext {
         group,
         refusal: refusal.as_deref().map(refusal_reason).transpose()?,
-        in_flight_here: get::<Option<bool>, _>(&r, CTX, "ctx_in_flight_here")? == Some(true),
-        recorded_new_machine: get::<Option<i64>, _>(&r, CTX, "ctx_recorded_new_machine")?
+        in_flight_here: get::<Option<bool>, _>(r, CTX, "ctx_in_flight_here")? == Some(true),
+        recorded_new_machine: get::<Option<i64>, _>(r, CTX, "ctx_recorded_new_machine")?
             .map(|n| n != 0),
-        instance_created_at: get(&r, CTX, "ctx_instance_created_at")?,
-        rollout_start: get(&r, CTX, "ctx_rollout_start")?,
-        other_open_grants: get::<Option<bool>, _>(&r, CTX, "ctx_other_open_grants")? != Some(false),
+        instance_created_at: get(r, CTX, "ctx_instance_created_at")?,
+        rollout_start: get(r, CTX, "ctx_rollout_start")?,
+        other_open_grants: get::<Option<bool>, _>(r, CTX, "ctx_other_open_grants")? != Some(false),
         counts,
     })
 }
@@ -778,36 +794,65 @@ fn newest_in_key_order(rows: &[CheckIn]) -> Vec<&CheckIn> {
 
 async fn check_in(conn: &mut PgConnection, rows: &[CheckIn]) -> Result<(), StoreError> {
     for chunk in newest_in_key_order(rows).chunks(CHECK_INS_PER_STATEMENT) {
-        let text = |f: fn(&CheckIn) -> &str| chunk.iter().map(|c| f(c)).collect::<Vec<&str>>();
-        sqlx::query(CHECK_IN)
-            .bind(text(|c| &c.machine_id))
-            .bind(text(|c| &c.app_id))
-            .bind(text(|c| &c.alias))
-            .bind(text(|c| &c.ip))
-            .bind(text(|c| &c.version))
-            .bind(
-                chunk
-                    .iter()
-                    .map(|c| c.group_id.as_deref())
-                    .collect::<Vec<Option<&str>>>(),
-            )
-            .bind(text(|c| &c.track))
-            .bind(text(|c| &c.oem))
-            .bind(text(|c| &c.oem_version))
-            .bind(text(|c| &c.board))
-            .bind(text(|c| &c.boot_id))
-            .bind(chunk.iter().map(|c| c.at).collect::<Vec<i64>>())
-            .bind(
-                chunk
-                    .iter()
-                    .map(|c| c.first_seen.min(c.at))
-                    .collect::<Vec<i64>>(),
-            )
+        bind_check_ins(sqlx::query(CHECK_IN), chunk)
             .execute(&mut *conn)
             .await
             .map_err(db("write check-ins"))?;
     }
     Ok(())
+}
+
+/// [`CHECK_IN`] of one machine's check-in (`$1` … `$13`), whose statement returns the
+/// machine's row as it was before (`$14`, `$15`: machine and application): the statement's
+/// snapshot does not see what its `WITH` part writes.
+static CHECK_IN_RETURNING_PREVIOUS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "WITH written AS ({CHECK_IN}) SELECT * FROM instances WHERE machine_id = $14 AND app_id = $15"
+    )
+});
+
+/// [`CHECK_IN_RETURNING_PREVIOUS`] with the grant context of the check's planned attempt read
+/// in the same statement (`platte_grant_context`, `$16` … `$26`): the machine's row before the
+/// check-in beside the context's columns, each `NULL` where there is none.
+static CHECK_IN_AND_PREFETCH: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "WITH written AS ({CHECK_IN}) SELECT i.*, c.* FROM (SELECT 1) AS one \
+         LEFT JOIN instances i ON i.machine_id = $14 AND i.app_id = $15 \
+         LEFT JOIN LATERAL platte_grant_context($16, $17, $18, $19, $20, $21, $22, $23, $24, \
+         $25, $26) c ON TRUE"
+    )
+});
+
+/// Binds check-ins to [`CHECK_IN`]'s parameters `$1` … `$13`, one array per column.
+fn bind_check_ins<'q>(
+    query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    chunk: &[&'q CheckIn],
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    let text = |f: fn(&CheckIn) -> &str| chunk.iter().map(|c| f(c)).collect::<Vec<&str>>();
+    query
+        .bind(text(|c| &c.machine_id))
+        .bind(text(|c| &c.app_id))
+        .bind(text(|c| &c.alias))
+        .bind(text(|c| &c.ip))
+        .bind(text(|c| &c.version))
+        .bind(
+            chunk
+                .iter()
+                .map(|c| c.group_id.as_deref())
+                .collect::<Vec<Option<&str>>>(),
+        )
+        .bind(text(|c| &c.track))
+        .bind(text(|c| &c.oem))
+        .bind(text(|c| &c.oem_version))
+        .bind(text(|c| &c.board))
+        .bind(text(|c| &c.boot_id))
+        .bind(chunk.iter().map(|c| c.at).collect::<Vec<i64>>())
+        .bind(
+            chunk
+                .iter()
+                .map(|c| c.first_seen.min(c.at))
+                .collect::<Vec<i64>>(),
+        )
 }
 
 /// `INSERT INTO {into} VALUES` with `rows` tuples of `columns` parameters each, numbered from
@@ -912,6 +957,53 @@ impl InstanceTx for PgTx {
 
     fn check_in<'a>(&'a mut self, rows: &'a [CheckIn]) -> TxFuture<'a, ()> {
         Box::pin(async move { check_in(self.conn().await?, rows).await })
+    }
+
+    fn check_in_returning_previous<'a>(
+        &'a mut self,
+        row: &'a CheckIn,
+    ) -> TxFuture<'a, Option<Instance>> {
+        Box::pin(async move {
+            let previous: Option<PgRow> =
+                bind_check_ins(sqlx::query(&CHECK_IN_RETURNING_PREVIOUS), &[row])
+                    .bind(&row.machine_id)
+                    .bind(&row.app_id)
+                    .fetch_optional(self.conn().await?)
+                    .await
+                    .map_err(db("write a check-in"))?;
+            previous.as_ref().map(instance_of).transpose()
+        })
+    }
+
+    fn check_in_and_prefetch<'a>(
+        &'a mut self,
+        row: &'a CheckIn,
+        grant: Option<&'a GrantPrefetch<'a>>,
+    ) -> TxFuture<'a, (Option<Instance>, Option<GrantContext>)> {
+        Box::pin(async move {
+            let Some(plan) = grant else {
+                return Ok((self.check_in_returning_previous(row).await?, None));
+            };
+            self.take_turn(plan.key.group_id).await;
+            let query = bind_check_ins(sqlx::query(&CHECK_IN_AND_PREFETCH), &[row])
+                .bind(&row.machine_id)
+                .bind(&row.app_id);
+            let r = bind_context_args(query, plan)?
+                .fetch_one(self.conn().await?)
+                .await
+                .map_err(db("write a check-in and read the grant's context"))?;
+            let previous = match get::<Option<String>, _>(&r, "instances", "machine_id")? {
+                Some(_) => Some(instance_of(&r)?),
+                None => None,
+            };
+            // No context row: no such group.
+            let context = match get::<Option<String>, _>(&r, "platte_grant_context", "ctx_app_id")?
+            {
+                Some(_) => context_of(&r, plan)?,
+                None => GrantContext::default(),
+            };
+            Ok((previous, Some(context)))
+        })
     }
 
     fn set_status<'a>(

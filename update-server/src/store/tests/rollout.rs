@@ -11,6 +11,7 @@ use crate::model::{App, Group, GroupPolicy, NewActivity};
 use crate::rollout::prefetch::GrantPrefetch;
 use crate::rollout::{HoldReason, RateLimit};
 use crate::store::Database;
+use crate::store::instances::CheckIn;
 use crate::store::rollout::{
     GrantOutcome, GrantRequest, GrantState, GrantStats, HaltedRollout, ProgressReport,
     RefusalReason, RefusedVersion,
@@ -637,6 +638,112 @@ async fn a_machine_already_in_flight_times_out_nobody(kit: &mut TestStores) {
     );
 }
 
+/// A check's grant context read with its check-in, in the check's first statement (on
+/// PostgreSQL), decides as one read when the attempt comes: the same outcome, the same record of
+/// whether the machine is new to the rollout, the same counts; and the row returned is the one
+/// stored before the check-in.
+async fn a_grant_context_read_with_the_check_in_decides_as_one_read_later(kit: &mut TestStores) {
+    setup(
+        kit,
+        r#"{"concurrency_limit": 5, "update_timeout_secs": 600}"#,
+    )
+    .await;
+    let expected = stored_policies(kit).await.remove(GROUP);
+    // The rollout starts at 100 with "a"; "old-*" were first seen long before it.
+    assert_eq!(grant(kit, "a", "2.0.0", 100).await, GrantOutcome::Granted);
+    let check_in = |machine: &str, at: i64| CheckIn {
+        machine_id: machine.into(),
+        app_id: APP.into(),
+        version: "1.0.0".into(),
+        group_id: Some(GROUP.into()),
+        track: GROUP.into(),
+        alias: String::new(),
+        ip: "192.0.2.9".into(),
+        oem: String::new(),
+        oem_version: String::new(),
+        board: String::new(),
+        boot_id: String::new(),
+        at,
+        first_seen: at,
+    };
+    let old = vec![check_in("old-together", 5), check_in("old-apart", 5)];
+    transact(kit.writer.as_ref(), Urgency::Answer, move |tx| {
+        let old = old.clone();
+        Box::pin(async move { tx.check_in(&old).await })
+    })
+    .await
+    .unwrap();
+    // Two machines of each kind check in and are granted, one each way, at 200; then one more
+    // each way, held by the concurrency limit (5 in flight).
+    let mut outcomes = HashMap::new();
+    for (machine, together) in [
+        ("old-together", true),
+        ("old-apart", false),
+        ("new-together", true),
+        ("new-apart", false),
+        ("last-together", true),
+        ("last-apart", false),
+    ] {
+        let row = check_in(machine, 200);
+        let req = GrantRequest {
+            expected_policy: expected.clone(),
+            ..request(GROUP, machine, "2.0.0", 200, 200)
+        };
+        let done = transact(kit.writer.as_ref(), Urgency::Answer, move |tx| {
+            let (row, req) = (row.clone(), req.clone());
+            Box::pin(async move {
+                let plan = GrantPrefetch::plan(&req, req.expected_policy.as_ref());
+                let (before, read) = if together {
+                    tx.check_in_and_prefetch(&row, Some(&plan)).await?
+                } else {
+                    let before = tx.instance(&row.machine_id, APP).await?;
+                    tx.check_in(std::slice::from_ref(&row)).await?;
+                    (before, None)
+                };
+                // The attempt is given the machine's first contact, as the check path does.
+                let req = GrantRequest {
+                    first_seen: before.as_ref().map_or(200, |b| b.created_at),
+                    ..req.clone()
+                };
+                let outcome =
+                    crate::rollout::grants::try_grant_with(tx, &req, read.map(|c| (plan, c)))
+                        .await?;
+                Ok((before.map(|b| b.created_at), outcome))
+            })
+        })
+        .await
+        .unwrap();
+        outcomes.insert(machine, done);
+    }
+    assert_eq!(outcomes["old-together"], (Some(5), GrantOutcome::Granted));
+    assert_eq!(outcomes["old-apart"], (Some(5), GrantOutcome::Granted));
+    assert_eq!(outcomes["new-together"], (None, GrantOutcome::Granted));
+    assert_eq!(outcomes["new-apart"], (None, GrantOutcome::Granted));
+    for last in ["last-together", "last-apart"] {
+        assert_eq!(outcomes[last].0, None);
+        assert!(
+            is_held(&outcomes[last].1, HoldReason::Concurrency),
+            "{last}"
+        );
+    }
+    let new_machine: Vec<(String, i64)> = kit
+        .rows(
+            "SELECT machine_id, new_machine FROM rollout_grants \
+             WHERE machine_id LIKE 'old-%' OR machine_id LIKE 'new-%' ORDER BY machine_id",
+        )
+        .await;
+    let new_machine: Vec<(&str, i64)> = new_machine.iter().map(|(m, n)| (m.as_str(), *n)).collect();
+    assert_eq!(
+        new_machine,
+        [
+            ("new-apart", 1),
+            ("new-together", 1),
+            ("old-apart", 0),
+            ("old-together", 0)
+        ]
+    );
+}
+
 both_stores!(
     the_tallies_equal_a_count_of_the_grants_through_every_change,
     a_machine_failing_a_version_again_and_again_is_one_attempt_and_one_failure,
@@ -649,6 +756,7 @@ both_stores!(
     a_stale_expected_policy_decides_as_the_stored_one,
     prefetched_and_asked_reads_decide_alike,
     a_machine_already_in_flight_times_out_nobody,
+    a_grant_context_read_with_the_check_in_decides_as_one_read_later,
 );
 
 /// A second replica: another [`PgStore`] (a pool of its own) on the kit's database.
