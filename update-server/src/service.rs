@@ -40,7 +40,7 @@ use crate::store::rollout::{
     GrantOutcome, GrantRequest, GrantState, HaltedRollout, ProgressReport, RefusalReason,
     RefusedVersion,
 };
-use crate::store::tx::{StoreTx, Transactor, Urgency, transact_in};
+use crate::store::tx::{SHARED_LANES, StoreTx, Transactor, Urgency, WriteLane, transact_in};
 use crate::store::{InstanceChange, NewEvent, Store, StoreError};
 use crate::version;
 
@@ -315,6 +315,14 @@ impl Plan {
         }
         set_status(row, &mut self.change, status, detail, None, now);
     }
+}
+
+/// The shared lane of `machine_id`'s plain first checks ([`WriteLane::shared`]).
+fn shared_lane_of(machine_id: &str) -> u16 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut h = std::hash::DefaultHasher::new();
+    machine_id.hash(&mut h);
+    u16::try_from(h.finish() % u64::from(SHARED_LANES)).unwrap_or(0)
 }
 
 /// The check-in columns a check writes: what the request says, the group its track resolves
@@ -605,8 +613,18 @@ impl UpdateService {
         let shared_key = Arc::new(key.clone());
         let keep = Arc::new(keep);
         let attempt = Arc::new(attempt);
-        // The group the check's grant would lock: checks of different groups may commit apart.
-        let lane = cat.resolve_group(&key.1, &req.track).map(|g| g.id.clone());
+        // The group the check's grant would lock: checks of different groups may commit apart,
+        // and a plain first check whose attempt counts nothing in one of the group's shared
+        // lanes, by machine.
+        let shared = attempt
+            .as_ref()
+            .as_ref()
+            .filter(|a| GrantPrefetch::plan(a, a.expected_policy.as_ref()).counts_nothing())
+            .map(|_| shared_lane_of(&key.0));
+        let lane = cat.resolve_group(&key.1, &req.track).map(|g| WriteLane {
+            group: g.id.clone(),
+            shared,
+        });
         transact_in(self.writer.as_ref(), Urgency::Answer, lane, move |tx| {
             let (svc, cat, req, key, keep, attempt) = (
                 Arc::clone(&svc),

@@ -47,6 +47,17 @@ pub struct GrantPrefetch<'a> {
 }
 
 impl<'a> GrantPrefetch<'a> {
+    /// The expected policy counts nothing another grant of the group changes (no timeout, no
+    /// concurrency or rate limit, no auto-halt; a gate only reads another group): grants of the
+    /// group may then be decided by several transactions at once.
+    pub fn counts_nothing(&self) -> bool {
+        self.expected_policy.is_some()
+            && self.expire_before.is_none()
+            && !self.count_in_flight
+            && self.granted_after.is_none()
+            && self.halt_counted_after.is_none()
+    }
+
     /// Plans the prefetch of `r`, as [`super::grants::try_grant`] will read with `expected` as
     /// the group's policy (`None` or an unreadable policy: the per-machine facts only).
     pub fn plan(r: &'a GrantRequest, expected: Option<&'a GroupPolicy>) -> Self {

@@ -238,34 +238,44 @@ mod tests {
     use super::*;
     use crate::store::testkit::pg::TestDatabase;
 
+    /// The grant tallies, their shards (PostgreSQL, migration 0010) summed.
+    const TALLIES: &str = "SELECT group_id, version, state, new_machine, \
+        CAST(SUM(machines) AS BIGINT) AS machines FROM rollout_grant_tallies \
+        GROUP BY group_id, version, state, new_machine HAVING SUM(machines) <> 0 \
+        ORDER BY 1, 2, 3, 4";
+
     /// Every table's rows, rendered, in key order (both databases render them alike).
     async fn dump_sqlite(s: &SqliteStore) -> Vec<(String, Vec<String>)> {
         let mut out = Vec::new();
-        for (table, key) in TABLES
-            .iter()
-            .chain([&("rollout_grant_tallies", "1, 2, 3, 4")])
-        {
+        for (table, key) in TABLES {
             let rows = sqlx::query(&format!("SELECT * FROM {table} ORDER BY {key}"))
                 .fetch_all(s.pool())
                 .await
                 .unwrap();
             out.push((table.to_string(), rows.iter().map(render).collect()));
         }
+        let rows = sqlx::query(TALLIES).fetch_all(s.pool()).await.unwrap();
+        out.push((
+            "rollout_grant_tallies".into(),
+            rows.iter().map(render).collect(),
+        ));
         out
     }
 
     async fn dump_pg(p: &PgStore) -> Vec<(String, Vec<String>)> {
         let mut out = Vec::new();
-        for (table, key) in TABLES
-            .iter()
-            .chain([&("rollout_grant_tallies", "1, 2, 3, 4")])
-        {
+        for (table, key) in TABLES {
             let rows = sqlx::query(&format!("SELECT * FROM {table} ORDER BY {key}"))
                 .fetch_all(p.pool())
                 .await
                 .unwrap();
             out.push((table.to_string(), rows.iter().map(render).collect()));
         }
+        let rows = sqlx::query(TALLIES).fetch_all(p.pool()).await.unwrap();
+        out.push((
+            "rollout_grant_tallies".into(),
+            rows.iter().map(render).collect(),
+        ));
         out
     }
 

@@ -133,6 +133,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "grant_context_by_machine",
         include_str!("../../migrations/postgres/0009_grant_context_by_machine.sql"),
     ),
+    (
+        10,
+        "shared_grant_lanes",
+        include_str!("../../migrations/postgres/0010_shared_grant_lanes.sql"),
+    ),
 ];
 
 /// PostgreSQL-backed stores (every store trait, and the [`Transactor`] of the check path).
@@ -157,6 +162,9 @@ pub struct PgTx {
     turn: Option<OwnedMutexGuard<()>>,
     /// The transaction may hold a group's row lock (it must not wait for a turn then).
     locked_groups: bool,
+    /// A shared lane's transaction ([`batch`]): its tally shard. Its grant attempts lock their
+    /// group shared, and it takes no group lock exclusively ([`PgTx::exclusive`]).
+    shared_shard: Option<i32>,
 }
 
 /// Turns on each group's grant attempts within this process: a grant attempt waits for its
@@ -251,6 +259,7 @@ impl PgStore {
             turns: Arc::clone(&self.turns),
             turn: None,
             locked_groups: false,
+            shared_shard: None,
         })
     }
 }
@@ -265,9 +274,33 @@ impl PgTx {
         self.locked_groups = true;
     }
 
-    /// Notes that the transaction may now hold a group's row lock.
-    pub(crate) fn locking_groups(&mut self) {
+    /// Makes this a shared lane's transaction with tally shard `shard` ([`batch`]).
+    pub(crate) fn share_groups(&mut self, shard: i32) {
+        self.shared_shard = Some(shard);
+    }
+
+    /// The tally shard of a shared lane's transaction (`None`: an exclusive one).
+    pub(crate) fn shared_shard(&self) -> Option<i32> {
+        self.shared_shard
+    }
+
+    /// Before a statement that locks group rows exclusively: refused in a shared lane's
+    /// transaction. It may hold group locks shared, and two transactions waiting to make a
+    /// shared lock exclusive would wait on each other; its jobs run again, each alone in an
+    /// exclusive transaction.
+    pub(crate) fn exclusive(&self) -> Result<(), StoreError> {
+        match self.shared_shard {
+            None => Ok(()),
+            Some(_) => Err(needs_exclusive()),
+        }
+    }
+
+    /// Notes that the transaction may now hold a group's row lock (exclusively: refused in a
+    /// shared lane's transaction, [`PgTx::exclusive`]).
+    pub(crate) fn locking_groups(&mut self) -> Result<(), StoreError> {
+        self.exclusive()?;
         self.locked_groups = true;
+        Ok(())
     }
 
     /// The grant attempt is decided (the grant written, or the check moved on to the instance's
@@ -317,6 +350,14 @@ pub(crate) async fn add_activity(
         .await
         .map_err(db("insert activity"))?;
     Ok(())
+}
+
+/// The error a shared lane's job gets where it needs a group's lock exclusively (a policy that
+/// counts, a settlement): the batch is rolled back and its jobs run again, each alone.
+pub(crate) fn needs_exclusive() -> StoreError {
+    StoreError::Internal(
+        "a grant of a shared lane needs its group's lock exclusively; it runs again alone".into(),
+    )
 }
 
 /// Runs of a job after the first, when PostgreSQL aborted its transaction to break a deadlock or

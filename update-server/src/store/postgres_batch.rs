@@ -8,6 +8,15 @@
 //! shared. Lanes run at once, each on its own connection, so one group's queue (or a lock
 //! another replica holds on it) never holds up another group's checks.
 //!
+//! A group whose policy counts nothing that another grant of it changes (no timeout, no
+//! concurrency or rate limit, no auto-halt) has [`SHARED_LANES`] shared lanes beside its own:
+//! plain first checks go to one of them (by machine), and their transactions lock the group's
+//! row shared (`FOR SHARE`), each adding its grants to its own shard of the tallies (migration
+//! 0010), so that up to that many batches of the group's grants are decided and committed at
+//! once. A shared lane's transaction never takes a group's lock exclusively: a job that would
+//! (the locked policy is not the expected one, a grant to settle or supersede) fails the batch,
+//! and its jobs run again alone, exclusively.
+//!
 //! Jobs of one batch run one after the other in the same transaction, so each sees what the
 //! ones before it wrote (every limit is counted as if they had committed one by one), and other
 //! replicas see all of them or none. Answer jobs go first; a background job (a batch of
@@ -31,7 +40,7 @@ use futures_util::FutureExt as _;
 use tokio::sync::{Notify, oneshot};
 
 use super::PgStore;
-use crate::store::tx::{JobQueues, Transactor, TxJob, Urgency};
+use crate::store::tx::{JobQueues, SHARED_LANES, Transactor, TxJob, Urgency, WriteLane};
 use crate::store::{StoreError, StoreFuture};
 
 /// Most jobs committed in one transaction.
@@ -70,8 +79,12 @@ impl Lane {
 /// The check path's [`Transactor`] on PostgreSQL: queues jobs for the batching tasks.
 pub struct PgBatcher {
     store: PgStore,
-    /// The lanes by group id (`""`: jobs of no group), each with its task.
-    lanes: Mutex<HashMap<String, Arc<Lane>>>,
+    /// The lanes (`None`: jobs of no group), each with its task.
+    lanes: Mutex<HashMap<Option<WriteLane>, Arc<Lane>>>,
+    /// This process's first tally shard: its shared lanes use this and the next
+    /// [`SHARED_LANES`] - 1, so that other replicas' lanes rarely share one (they would only wait
+    /// on each other's commits).
+    shard_base: i32,
 }
 
 impl std::fmt::Debug for PgBatcher {
@@ -84,22 +97,30 @@ impl PgBatcher {
     /// A batcher over `store`: a lane's task starts with the lane's first job and ends once the
     /// batcher is dropped and the lane's queue is empty.
     pub fn start(store: PgStore) -> Self {
+        // The process id picks the range (tally shards are any integer): replicas on one
+        // database have different ids unless they run on different hosts.
+        let slot = i32::try_from(std::process::id() % 1_000_000).unwrap_or(0);
         Self {
             store,
             lanes: Mutex::new(HashMap::new()),
+            shard_base: 1 + slot * i32::from(SHARED_LANES),
         }
     }
 
-    /// The lane `name`, started if new. (One per group ever written in this process: groups
+    /// The lane `key`, started if new. (A few per group ever written in this process: groups
     /// are an operator's, few.)
-    fn lane(&self, name: String) -> Arc<Lane> {
+    fn lane(&self, key: Option<WriteLane>) -> Arc<Lane> {
         let mut lanes = self
             .lanes
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        Arc::clone(lanes.entry(name).or_insert_with(|| {
+        let shard = key
+            .as_ref()
+            .and_then(|k| k.shared)
+            .map(|n| self.shard_base + i32::from(n % SHARED_LANES));
+        Arc::clone(lanes.entry(key).or_insert_with(|| {
             let lane = Arc::new(Lane::default());
-            tokio::spawn(run(self.store.clone(), Arc::clone(&lane)));
+            tokio::spawn(run(self.store.clone(), Arc::clone(&lane), shard));
             lane
         }))
     }
@@ -126,10 +147,10 @@ impl Transactor for PgBatcher {
         &self,
         job: TxJob,
         urgency: Urgency,
-        lane: Option<String>,
+        lane: Option<WriteLane>,
     ) -> StoreFuture<'_, Box<dyn Any + Send>> {
         Box::pin(async move {
-            let lane = self.lane(lane.unwrap_or_default());
+            let lane = self.lane(lane);
             let (reply, answer) = oneshot::channel();
             let queued = Queued {
                 job,
@@ -160,8 +181,8 @@ fn next_batch(lane: &Lane) -> Option<Vec<Queued>> {
     Some(batch)
 }
 
-/// A lane's task.
-async fn run(store: PgStore, lane: Arc<Lane>) {
+/// A lane's task (`shard`: a shared lane's tally shard).
+async fn run(store: PgStore, lane: Arc<Lane>, shard: Option<i32>) {
     loop {
         let Some(batch) = next_batch(&lane) else {
             return;
@@ -170,7 +191,7 @@ async fn run(store: PgStore, lane: Arc<Lane>) {
             lane.ready.notified().await;
             continue;
         }
-        run_batch(&store, batch).await;
+        run_batch(&store, batch, shard).await;
     }
 }
 
@@ -182,10 +203,11 @@ enum BatchFailure {
     Unknown(StoreError),
 }
 
-/// Runs `batch` in one transaction; if a job fails, runs each job alone instead.
-async fn run_batch(store: &PgStore, batch: Vec<Queued>) {
-    if batch.len() > 1 {
-        match together(store, &batch).await {
+/// Runs `batch` in one transaction (a shared one with `shard`); if a job fails, runs each job
+/// alone instead, exclusively.
+async fn run_batch(store: &PgStore, batch: Vec<Queued>, shard: Option<i32>) {
+    if batch.len() > 1 || shard.is_some() {
+        match together(store, &batch, shard).await {
             Ok(outs) => {
                 for (q, out) in batch.into_iter().zip(outs) {
                     let _ = q.reply.send(Ok(out));
@@ -220,15 +242,19 @@ fn panicked() -> StoreError {
     StoreError::Internal("a write job panicked".into())
 }
 
-/// Runs every job of `batch` in one transaction and commits it.
+/// Runs every job of `batch` in one transaction (a shared lane's with `shard`) and commits it.
 async fn together(
     store: &PgStore,
     batch: &[Queued],
+    shard: Option<i32>,
 ) -> Result<Vec<Box<dyn Any + Send>>, BatchFailure> {
     let mut tx = store
         .begin("begin a batched write")
         .await
         .map_err(BatchFailure::NothingKept)?;
+    if let Some(shard) = shard {
+        tx.share_groups(shard);
+    }
     let mut outs = Vec::with_capacity(batch.len());
     for q in batch {
         let out: Out = AssertUnwindSafe((q.job)(&mut tx))

@@ -9,7 +9,11 @@
 //! replicas is serialised by locks, always taken in this order:
 //!
 //! 1. the instance row (a check writes its check-in first; a batch of check-ins locks its rows
-//!    in key order and takes no other lock);
+//!    in key order and takes no other lock). A plain first check's first statement writes its
+//!    check-in and reads its grant context, which locks the group, in one statement
+//!    ([`InstanceTx::check_in_and_prefetch`]): the two locks are taken together there, so the
+//!    same machine checking in at once through two replicas can make a cycle, which PostgreSQL
+//!    breaks (the job runs again);
 //! 2. group rows (`groups_ … FOR UPDATE`): a grant attempt locks its group as it reads the
 //!    policy, so the grants of one group are decided one at a time across every replica, and
 //!    the counts read after the lock include every grant committed before it. Every write of a
@@ -17,7 +21,12 @@
 //!    machine's grants it settles, in id order, before it changes them; superseding a machine's
 //!    grants in other groups locks those groups — so the grant tallies the triggers keep
 //!    (`rollout_grant_tallies`) are only ever written by the holder of their group's lock, and
-//!    row locks cannot form a cycle;
+//!    row locks cannot form a cycle. The exception: a group whose policy counts nothing that
+//!    another grant changes (no timeout, limit or auto-halt) is locked `FOR SHARE` by the
+//!    transactions of its shared lanes ([`super::batch`]), which decide its plain first checks
+//!    at once; each adds to its own shard of the tallies (migration 0010), and none takes a
+//!    group's lock exclusively ([`PgTx::exclusive`]): a job that would fails its batch, whose
+//!    jobs run again alone;
 //! 3. the source network, for the limit on new machines across groups: a transaction advisory
 //!    lock on a key derived from the network (`pg_advisory_xact_lock`), taken before counting.
 //!
@@ -277,10 +286,27 @@ async fn read_group_policy(
     }))
 }
 
+impl PgTx {
+    /// How a grant attempt planned as `plan` locks its group: in a shared lane's transaction,
+    /// shared and with its tally shard (returned), when the expected policy counts nothing;
+    /// else exclusively, after this process's turn on the group.
+    async fn grant_lock(&mut self, plan: &GrantPrefetch<'_>) -> Result<Option<i32>, StoreError> {
+        match self.shared_shard() {
+            Some(shard) if plan.counts_nothing() => Ok(Some(shard)),
+            Some(_) => Err(super::needs_exclusive()),
+            None => {
+                self.take_turn(plan.key.group_id).await;
+                Ok(None)
+            }
+        }
+    }
+}
+
 impl GrantTx for PgTx {
     fn group_policy<'a>(&'a mut self, group_id: &'a str) -> TxFuture<'a, Option<GroupPolicyRow>> {
         // The lock that makes the group's limits exact: held until this transaction ends.
         Box::pin(async move {
+            self.exclusive()?;
             self.take_turn(group_id).await;
             read_group_policy(
                 self.conn().await?,
@@ -309,7 +335,7 @@ impl GrantTx for PgTx {
     ) -> TxFuture<'a, ()> {
         Box::pin(async move {
             let json = serde_json::to_string(policy).map_err(|e| corrupt_policy(e.to_string()))?;
-            self.locking_groups();
+            self.locking_groups()?;
             sqlx::query("UPDATE groups_ SET policy = $1 WHERE id = $2")
                 .bind(json)
                 .bind(group_id)
@@ -388,6 +414,8 @@ impl GrantTx for PgTx {
         now: i64,
     ) -> TxFuture<'a, ()> {
         Box::pin(async move {
+            // Under the group's lock, exclusive: others' grants change.
+            self.exclusive()?;
             sqlx::query(
                 "UPDATE rollout_grants SET state = 'timed_out', settled_at = $1 \
                  WHERE group_id = $2 AND state = 'in_flight' AND progress_at < $3",
@@ -571,7 +599,7 @@ impl GrantTx for PgTx {
         Box::pin(async move {
             // The grants may be of other groups (the machine moved): their tallies change too,
             // so their groups are locked first, as a report does.
-            self.locking_groups();
+            self.locking_groups()?;
             sqlx::query(
                 "SELECT id FROM groups_ WHERE id IN (SELECT group_id FROM rollout_grants \
                  WHERE machine_id = $1 AND app_id = $2 AND version <> $3 \
@@ -632,8 +660,8 @@ impl GrantTx for PgTx {
         settlement: Settlement<'a>,
         now: i64,
     ) -> TxFuture<'a, Vec<RolloutKey>> {
-        self.locking_groups();
         Box::pin(async move {
+            self.locking_groups()?;
             settle_grants(self.conn().await?, machine_id, app_id, settlement, now).await
         })
     }
@@ -647,8 +675,10 @@ impl GrantTx for PgTx {
         plan: &'a GrantPrefetch<'a>,
     ) -> TxFuture<'a, Option<GrantContext>> {
         Box::pin(async move {
-            self.take_turn(plan.key.group_id).await;
-            prefetch_grant(self.conn().await?, plan).await.map(Some)
+            let shard = self.grant_lock(plan).await?;
+            prefetch_grant(self.conn().await?, plan, shard)
+                .await
+                .map(Some)
         })
     }
 }
@@ -658,12 +688,15 @@ impl GrantTx for PgTx {
 async fn prefetch_grant(
     conn: &mut PgConnection,
     plan: &GrantPrefetch<'_>,
+    shared_shard: Option<i32>,
 ) -> Result<GrantContext, StoreError> {
     let row = bind_context_args(
         sqlx::query(
-            "SELECT * FROM platte_grant_context($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            "SELECT * FROM platte_grant_context($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
+             $12)",
         ),
         plan,
+        shared_shard,
     )?
     .fetch_optional(&mut *conn)
     .await
@@ -675,10 +708,12 @@ async fn prefetch_grant(
     }
 }
 
-/// Binds `platte_grant_context`'s eleven arguments for `plan`, in order.
+/// Binds `platte_grant_context`'s twelve arguments for `plan`, in order (`shared_shard`: lock
+/// the group shared, naming this tally shard).
 fn bind_context_args<'q>(
     query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
     plan: &'q GrantPrefetch<'q>,
+    shared_shard: Option<i32>,
 ) -> Result<sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>, StoreError> {
     let expected = plan
         .expected_policy
@@ -697,12 +732,17 @@ fn bind_context_args<'q>(
         .bind(plan.count_in_flight)
         .bind(plan.granted_after)
         .bind(plan.halt_counted_after)
-        .bind(plan.gate_group.as_deref()))
+        .bind(plan.gate_group.as_deref())
+        .bind(shared_shard))
 }
 
 /// The grant context in a row of `platte_grant_context`'s columns (`ctx_…`).
 fn context_of(r: &PgRow, plan: &GrantPrefetch<'_>) -> Result<GrantContext, StoreError> {
     const CTX: &str = "platte_grant_context";
+    // Locked shared, the policy was not the expected one: decide under the exclusive lock.
+    if get::<Option<bool>, _>(r, CTX, "ctx_shared_refused")? == Some(true) {
+        return Err(super::needs_exclusive());
+    }
     let count = |column: &'static str| -> Result<Option<u64>, StoreError> {
         get::<Option<i64>, _>(r, CTX, column)?
             .map(|n| u64_of(n, CTX, column))
@@ -812,14 +852,14 @@ static CHECK_IN_RETURNING_PREVIOUS: std::sync::LazyLock<String> = std::sync::Laz
 });
 
 /// [`CHECK_IN_RETURNING_PREVIOUS`] with the grant context of the check's planned attempt read
-/// in the same statement (`platte_grant_context`, `$16` … `$26`): the machine's row before the
+/// in the same statement (`platte_grant_context`, `$16` … `$27`): the machine's row before the
 /// check-in beside the context's columns, each `NULL` where there is none.
 static CHECK_IN_AND_PREFETCH: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "WITH written AS ({CHECK_IN}) SELECT i.*, c.* FROM (SELECT 1) AS one \
          LEFT JOIN instances i ON i.machine_id = $14 AND i.app_id = $15 \
          LEFT JOIN LATERAL platte_grant_context($16, $17, $18, $19, $20, $21, $22, $23, $24, \
-         $25, $26) c ON TRUE"
+         $25, $26, $27) c ON TRUE"
     )
 });
 
@@ -984,11 +1024,11 @@ impl InstanceTx for PgTx {
             let Some(plan) = grant else {
                 return Ok((self.check_in_returning_previous(row).await?, None));
             };
-            self.take_turn(plan.key.group_id).await;
+            let shard = self.grant_lock(plan).await?;
             let query = bind_check_ins(sqlx::query(&CHECK_IN_AND_PREFETCH), &[row])
                 .bind(&row.machine_id)
                 .bind(&row.app_id);
-            let r = bind_context_args(query, plan)?
+            let r = bind_context_args(query, plan, shard)?
                 .fetch_one(self.conn().await?)
                 .await
                 .map_err(db("write a check-in and read the grant's context"))?;

@@ -45,19 +45,34 @@ pub enum Urgency {
     Background,
 }
 
+/// Where a check's write job queues ([`Transactor::run_in`]): the lane of the group whose grant
+/// it may attempt, or one of that group's shared lanes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct WriteLane {
+    /// The group.
+    pub group: String,
+    /// One of the group's [`SHARED_LANES`] shared lanes: a plain first check (no events) whose
+    /// grant attempt counts nothing that another grant of the group changes (see
+    /// [`crate::rollout::prefetch::GrantPrefetch::counts_nothing`]). Such attempts may be
+    /// decided by several transactions at once. `None`: the group's own lane.
+    pub shared: Option<u16>,
+}
+
+/// Shared lanes per group ([`WriteLane::shared`]).
+pub const SHARED_LANES: u16 = 4;
+
 /// Runs jobs in write transactions.
 pub trait Transactor: Send + Sync + std::fmt::Debug {
     /// Runs `job` in a write transaction; resolves with its result once that is durable.
     fn run(&self, job: TxJob, urgency: Urgency) -> StoreFuture<'_, Box<dyn Any + Send>>;
 
-    /// As [`Transactor::run`], for a job that mostly contends on `lane` (a group's id): a store
-    /// may run jobs of different lanes in different transactions at once, and batch a lane's
-    /// jobs together.
+    /// As [`Transactor::run`], for a job that mostly contends on `lane`: a store may run jobs
+    /// of different lanes in different transactions at once, and batch a lane's jobs together.
     fn run_in(
         &self,
         job: TxJob,
         urgency: Urgency,
-        lane: Option<String>,
+        lane: Option<WriteLane>,
     ) -> StoreFuture<'_, Box<dyn Any + Send>> {
         let _ = lane;
         self.run(job, urgency)
@@ -77,7 +92,7 @@ where
 pub async fn transact_in<T, F>(
     t: &dyn Transactor,
     urgency: Urgency,
-    lane: Option<String>,
+    lane: Option<WriteLane>,
     f: F,
 ) -> Result<T, StoreError>
 where

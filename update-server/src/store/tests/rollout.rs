@@ -17,7 +17,7 @@ use crate::store::rollout::{
     RefusalReason, RefusedVersion,
 };
 use crate::store::testkit::{TestStores, both_stores};
-use crate::store::tx::{Urgency, transact};
+use crate::store::tx::{Urgency, WriteLane, transact, transact_in};
 use crate::store::{PgStore, RolloutStore, StoreError};
 
 const APP: &str = "app";
@@ -1019,7 +1019,7 @@ async fn a_grant_attempt_reads_its_own_machines_grants_not_the_versions() {
     for i in 0..ATTEMPTS {
         let row: (Option<bool>, Option<i64>) = sqlx::query_as(
             "SELECT ctx_in_flight_here, ctx_recorded_new_machine FROM platte_grant_context( \
-             $1, $2, $3, '2.0.0', 100, $4, NULL, FALSE, NULL, NULL, NULL)",
+             $1, $2, $3, '2.0.0', 100, $4, NULL, FALSE, NULL, NULL, NULL, NULL)",
         )
         .bind(GROUP)
         .bind(format!("new{i}"))
@@ -1043,5 +1043,146 @@ async fn a_grant_attempt_reads_its_own_machines_grants_not_the_versions() {
         read <= ATTEMPTS * 4,
         "{ATTEMPTS} attempts read {read} grant index entries of the {GRANTED} granted"
     );
+    kit.close().await;
+}
+
+/// A plain first check of `machine` at `now` in `lane`, as the check path writes it: its
+/// check-in with the grant context (the catalogue's policy `expected`), then the attempt; then,
+/// if given, it signals `held` and waits for `release` before its transaction commits.
+async fn check_in_lane(
+    kit: &TestStores,
+    lane: Option<u16>,
+    machine: &str,
+    expected: Option<GroupPolicy>,
+    now: i64,
+    hold: Option<(Arc<tokio::sync::Notify>, Arc<tokio::sync::Notify>)>,
+) -> Result<GrantOutcome, StoreError> {
+    let row = CheckIn {
+        machine_id: machine.into(),
+        app_id: APP.into(),
+        version: "1.0.0".into(),
+        group_id: Some(GROUP.into()),
+        track: GROUP.into(),
+        alias: String::new(),
+        ip: "192.0.2.9".into(),
+        oem: String::new(),
+        oem_version: String::new(),
+        board: String::new(),
+        boot_id: String::new(),
+        at: now,
+        first_seen: now,
+    };
+    let req = GrantRequest {
+        expected_policy: expected,
+        ..request(GROUP, machine, "2.0.0", now, now)
+    };
+    let lane = WriteLane {
+        group: GROUP.into(),
+        shared: lane,
+    };
+    transact_in(
+        kit.writer.as_ref(),
+        Urgency::Answer,
+        Some(lane),
+        move |tx| {
+            let (row, req, hold) = (row.clone(), req.clone(), hold.clone());
+            Box::pin(async move {
+                let plan = GrantPrefetch::plan(&req, req.expected_policy.as_ref());
+                let (_, read) = tx.check_in_and_prefetch(&row, Some(&plan)).await?;
+                let outcome =
+                    crate::rollout::grants::try_grant_with(tx, &req, read.map(|c| (plan, c)))
+                        .await?;
+                if let Some((held, release)) = hold {
+                    held.notify_one();
+                    release.notified().await;
+                }
+                Ok(outcome)
+            })
+        },
+    )
+    .await
+}
+
+/// On PostgreSQL the plain first checks of a group whose policy counts nothing are decided in
+/// its shared lanes at once: one lane's transaction, granted and not yet committed, does not
+/// hold up another's grant (an exclusive group lock would), and the tallies, kept in a shard per
+/// lane, still equal the grants.
+#[tokio::test]
+async fn grants_of_a_group_that_counts_nothing_commit_in_shared_lanes_at_once() {
+    let Some(kit) = TestStores::postgres().await else {
+        return;
+    };
+    setup(&kit, r#"{"percentage": 100}"#).await;
+    let expected = stored_policies(&kit).await.remove(GROUP);
+    // The rollout has begun (its first grant records its start, which the next waits for).
+    assert_eq!(grant(&kit, "a", "2.0.0", 50).await, GrantOutcome::Granted);
+    let (held, release) = (
+        Arc::new(tokio::sync::Notify::new()),
+        Arc::new(tokio::sync::Notify::new()),
+    );
+    let kit = Arc::new(kit);
+    let first = tokio::spawn({
+        let (kit, expected) = (Arc::clone(&kit), expected.clone());
+        let hold = Some((Arc::clone(&held), Arc::clone(&release)));
+        async move { check_in_lane(&kit, Some(0), "first", expected, 100, hold).await }
+    });
+    held.notified().await;
+    // The first lane's transaction holds its grant open; the second lane's grant commits.
+    let second = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        check_in_lane(&kit, Some(1), "second", expected.clone(), 101, None),
+    )
+    .await
+    .expect("a shared lane's grant waited for another shared lane's transaction");
+    assert_eq!(second.unwrap(), GrantOutcome::Granted);
+    release.notify_one();
+    assert_eq!(first.await.unwrap().unwrap(), GrantOutcome::Granted);
+    let shards: Vec<(i64,)> = kit
+        .rows("SELECT DISTINCT shard::BIGINT FROM rollout_grant_tallies WHERE machines <> 0")
+        .await;
+    // "a" in the exclusive shard 0, the two lanes' grants each in its own.
+    assert_eq!(shards.len(), 3, "one tally shard per lane: {shards:?}");
+    assert_eq!(
+        tallied(&kit, "2.0.0", i64::MIN).await,
+        counted(&kit, "2.0.0", i64::MIN).await
+    );
+    let Ok(mut kit) = Arc::try_unwrap(kit) else {
+        panic!("the kit is still shared");
+    };
+    kit.close().await;
+}
+
+/// A check routed to a shared lane by a stale catalogue (the group got a concurrency limit a
+/// moment ago) is decided under the group's exclusive lock: the limit stays exact.
+#[tokio::test]
+async fn a_shared_lane_check_under_a_changed_policy_is_decided_exclusively() {
+    let Some(kit) = TestStores::postgres().await else {
+        return;
+    };
+    setup(&kit, r#"{"concurrency_limit": 2}"#).await;
+    let stale: GroupPolicy = serde_json::from_str(r#"{"percentage": 100}"#).unwrap();
+    let kit = Arc::new(kit);
+    let checks = (0..6).map(|m| {
+        let (kit, stale) = (Arc::clone(&kit), stale.clone());
+        tokio::spawn(async move {
+            let lane = u16::try_from(m % 3).unwrap();
+            check_in_lane(&kit, Some(lane), &format!("m{m}"), Some(stale), 100, None).await
+        })
+    });
+    let mut granted = 0;
+    for done in futures_util::future::join_all(checks).await {
+        match done.unwrap().unwrap() {
+            GrantOutcome::Granted => granted += 1,
+            held => assert!(is_held(&held, HoldReason::Concurrency), "{held:?}"),
+        }
+    }
+    assert_eq!(granted, 2);
+    assert_eq!(
+        tallied(&kit, "2.0.0", i64::MIN).await,
+        counted(&kit, "2.0.0", i64::MIN).await
+    );
+    let Ok(mut kit) = Arc::try_unwrap(kit) else {
+        panic!("the kit is still shared");
+    };
     kit.close().await;
 }
