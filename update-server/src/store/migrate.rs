@@ -238,7 +238,7 @@ mod tests {
     use super::*;
     use crate::store::testkit::pg::TestDatabase;
 
-    /// The grant tallies, their shards (PostgreSQL, migration 0010) summed.
+    /// The grant tallies, their shards (PostgreSQL, migration 0009) summed.
     const TALLIES: &str = "SELECT group_id, version, state, new_machine, \
         CAST(SUM(machines) AS BIGINT) AS machines FROM rollout_grant_tallies \
         GROUP BY group_id, version, state, new_machine HAVING SUM(machines) <> 0 \

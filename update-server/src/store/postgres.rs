@@ -130,13 +130,8 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
     (
         9,
-        "grant_context_by_machine",
-        include_str!("../../migrations/postgres/0009_grant_context_by_machine.sql"),
-    ),
-    (
-        10,
         "shared_grant_lanes",
-        include_str!("../../migrations/postgres/0010_shared_grant_lanes.sql"),
+        include_str!("../../migrations/postgres/0009_shared_grant_lanes.sql"),
     ),
 ];
 

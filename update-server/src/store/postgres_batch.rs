@@ -12,7 +12,7 @@
 //! concurrency or rate limit, no auto-halt) has [`SHARED_LANES`] shared lanes beside its own:
 //! plain first checks go to one of them (by machine), and their transactions lock the group's
 //! row shared (`FOR SHARE`), each adding its grants to its own shard of the tallies (migration
-//! 0010), so that up to that many batches of the group's grants are decided and committed at
+//! 0009), so that up to that many batches of the group's grants are decided and committed at
 //! once. A shared lane's transaction never takes a group's lock exclusively: a job that would
 //! (the locked policy is not the expected one, a grant to settle or supersede) fails the batch,
 //! and its jobs run again alone, exclusively.

@@ -24,7 +24,7 @@
 //!    row locks cannot form a cycle. The exception: a group whose policy counts nothing that
 //!    another grant changes (no timeout, limit or auto-halt) is locked `FOR SHARE` by the
 //!    transactions of its shared lanes ([`super::batch`]), which decide its plain first checks
-//!    at once; each adds to its own shard of the tallies (migration 0010), and none takes a
+//!    at once; each adds to its own shard of the tallies (PostgreSQL migration 0009), and none takes a
 //!    group's lock exclusively ([`PgTx::exclusive`]): a job that would fails its batch, whose
 //!    jobs run again alone;
 //! 3. the source network, for the limit on new machines across groups: a transaction advisory
@@ -518,7 +518,7 @@ impl GrantTx for PgTx {
         Box::pin(async move {
             // Keyed by the machine and application alone (the aggregate picks the one grant):
             // with the group and version in the condition, the planner may take a group's
-            // index and scan every grant of the version (migration 0009).
+            // index and scan every grant of the version (PostgreSQL migration 0009).
             let recorded: Option<i64> = sqlx::query_scalar(
                 "SELECT max(new_machine) FILTER (WHERE group_id = $3 AND version = $4) \
                  FROM rollout_grants WHERE machine_id = $1 AND app_id = $2",

@@ -638,20 +638,9 @@ async fn a_machine_already_in_flight_times_out_nobody(kit: &mut TestStores) {
     );
 }
 
-/// A check's grant context read with its check-in, in the check's first statement (on
-/// PostgreSQL), decides as one read when the attempt comes: the same outcome, the same record of
-/// whether the machine is new to the rollout, the same counts; and the row returned is the one
-/// stored before the check-in.
-async fn a_grant_context_read_with_the_check_in_decides_as_one_read_later(kit: &mut TestStores) {
-    setup(
-        kit,
-        r#"{"concurrency_limit": 5, "update_timeout_secs": 600}"#,
-    )
-    .await;
-    let expected = stored_policies(kit).await.remove(GROUP);
-    // The rollout starts at 100 with "a"; "old-*" were first seen long before it.
-    assert_eq!(grant(kit, "a", "2.0.0", 100).await, GrantOutcome::Granted);
-    let check_in = |machine: &str, at: i64| CheckIn {
+/// A check-in of `machine` at `at`, on 1.0.0 in group `g`, first seen then.
+fn check_in_of(machine: &str, at: i64) -> CheckIn {
+    CheckIn {
         machine_id: machine.into(),
         app_id: APP.into(),
         version: "1.0.0".into(),
@@ -665,8 +654,23 @@ async fn a_grant_context_read_with_the_check_in_decides_as_one_read_later(kit: &
         boot_id: String::new(),
         at,
         first_seen: at,
-    };
-    let old = vec![check_in("old-together", 5), check_in("old-apart", 5)];
+    }
+}
+
+/// A check's grant context read with its check-in, in the check's first statement (on
+/// PostgreSQL), decides as one read when the attempt comes: the same outcome, the same record of
+/// whether the machine is new to the rollout, the same counts; and the row returned is the one
+/// stored before the check-in.
+async fn a_grant_context_read_with_the_check_in_decides_as_one_read_later(kit: &mut TestStores) {
+    setup(
+        kit,
+        r#"{"concurrency_limit": 5, "update_timeout_secs": 600}"#,
+    )
+    .await;
+    let expected = stored_policies(kit).await.remove(GROUP);
+    // The rollout starts at 100 with "a"; "old-*" were first seen long before it.
+    assert_eq!(grant(kit, "a", "2.0.0", 100).await, GrantOutcome::Granted);
+    let old = vec![check_in_of("old-together", 5), check_in_of("old-apart", 5)];
     transact(kit.writer.as_ref(), Urgency::Answer, move |tx| {
         let old = old.clone();
         Box::pin(async move { tx.check_in(&old).await })
@@ -684,7 +688,7 @@ async fn a_grant_context_read_with_the_check_in_decides_as_one_read_later(kit: &
         ("last-together", true),
         ("last-apart", false),
     ] {
-        let row = check_in(machine, 200);
+        let row = check_in_of(machine, 200);
         let req = GrantRequest {
             expected_policy: expected.clone(),
             ..request(GROUP, machine, "2.0.0", 200, 200)
@@ -1057,21 +1061,7 @@ async fn check_in_lane(
     now: i64,
     hold: Option<(Arc<tokio::sync::Notify>, Arc<tokio::sync::Notify>)>,
 ) -> Result<GrantOutcome, StoreError> {
-    let row = CheckIn {
-        machine_id: machine.into(),
-        app_id: APP.into(),
-        version: "1.0.0".into(),
-        group_id: Some(GROUP.into()),
-        track: GROUP.into(),
-        alias: String::new(),
-        ip: "192.0.2.9".into(),
-        oem: String::new(),
-        oem_version: String::new(),
-        board: String::new(),
-        boot_id: String::new(),
-        at: now,
-        first_seen: now,
-    };
+    let row = check_in_of(machine, now);
     let req = GrantRequest {
         expected_policy: expected,
         ..request(GROUP, machine, "2.0.0", now, now)
